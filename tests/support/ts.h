@@ -1,0 +1,297 @@
+/*
+ * ts.h - support library for the integration tests (stampcp_testsupport).
+ *
+ * Tests drive the real binaries over real sockets against real PostgreSQL and
+ * Redis. Everything here is blocking and bounded: every wait has a deadline,
+ * every process a test starts is registered and killed at exit (also when a
+ * test fails or the binary is interrupted), and every database it creates has
+ * a unique name so tests can run in parallel.
+ *
+ * Failure policy: helpers that cannot do their job (a database that cannot be
+ * created, a daemon that never becomes healthy) fail the running cmocka test
+ * through ts_fail(), which prints why first. Outside a test they exit(1).
+ *
+ * Memory: responses and strings handed out by the helpers are owned by the
+ * library and released by ts_finish(), so a failing assertion (which longjmps
+ * out of the test) leaks nothing LeakSanitizer would report.
+ */
+#ifndef STAMPCP_TS_H
+#define STAMPCP_TS_H
+
+#include <jansson.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/* ------------------------------------------------------------------ */
+/* Lifecycle and environment (ts_env.c)                               */
+/* ------------------------------------------------------------------ */
+
+/*
+ * Must be called first in main(). Checks the required environment
+ * (STAMPCP_SOURCE_DIR, STAMPCP_BIN_DIR, STAMPCP_TEST_PG, STAMPCP_TEST_REDIS,
+ * STAMPCP_TEST_TMP: a missing one exits 1, never skips), creates the per-test
+ * scratch dir and installs the atexit/signal cleanup.
+ */
+void ts_init(const char *test_name);
+/*
+ * Call with cmocka's result (number of failed tests). Stops the daemons that
+ * are still running (SIGTERM, then SIGKILL), scans their logs for sanitizer
+ * reports (any one fails the run), dumps log tails on failure, drops the
+ * databases and removes the scratch dir on success. Returns the exit code.
+ */
+int ts_finish(int failed);
+
+/* A required environment variable; exits 1 with a message when unset or empty. */
+const char *ts_env(const char *name);
+const char *ts_test_name(void);
+/* The per-test scratch directory: $STAMPCP_TEST_TMP/<test>_<pid>. */
+const char *ts_tmp(void);
+/* "t_<test>_<pid>_<suffix>": unique lowercase name for databases and dirs. Library-owned. */
+const char *ts_unique(const char *suffix);
+
+/* Print a line "[test +12.345s] ..." to stderr. */
+void ts_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Print the message and fail the running test (exit 1 outside a test). */
+void ts_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
+/* A printf into library-owned memory (freed by ts_finish). */
+char *ts_str(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Like ts_str, then every ' becomes " so JSON can be written as "{'id':'eu'}". */
+char *ts_json(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+/* Remember p (malloc'd) and free it in ts_finish. Returns p. */
+void *ts_keep(void *p);
+
+int64_t ts_now_ms(void);
+void ts_sleep_ms(int ms);
+/*
+ * Poll fn(arg) every 50 ms until it returns true or timeout_ms passes.
+ * Returns whether it became true. fn is called at least once.
+ */
+bool ts_wait_until(bool (*fn)(void *arg), void *arg, int timeout_ms);
+
+/* A currently free TCP port on 127.0.0.1 (bind to port 0 and ask the kernel). */
+int ts_free_port(void);
+
+/* Files. ts_read_file returns library-owned memory, NULL if unreadable. */
+char *ts_read_file(const char *path, size_t *len);
+void ts_write_file(const char *path, const char *content);
+bool ts_file_contains(const char *path, const char *needle);
+
+/* ------------------------------------------------------------------ */
+/* HTTP/1.1 client (ts_http.c)                                        */
+/* ------------------------------------------------------------------ */
+
+struct ts_resp {
+    int status;          /* 0: transport error or timeout, see err */
+    char err[160];
+    size_t nheaders;
+    char **hname;
+    char **hvalue;
+    char *body;          /* NUL-terminated (the NUL is not counted in body_len) */
+    size_t body_len;
+    json_t *json;        /* the parsed body when it is JSON, else NULL */
+    int64_t elapsed_ms;
+};
+
+/* Per-request deadline (connect + send + full answer); default 10000 ms. */
+void ts_http_set_timeout(int ms);
+
+/*
+ * Send one request to 127.0.0.1:port with "Connection: close" and read the
+ * whole answer (Content-Length, chunked, or until close). headers is a
+ * NULL-terminated list of "Name: value" lines (may be NULL); Host, Connection
+ * and, when body != NULL, Content-Length are added. Returns a library-owned
+ * response (never NULL).
+ */
+struct ts_resp *ts_http(int port, const char *method, const char *path,
+                        const char *const *headers, const void *body, size_t body_len);
+/* Send the bytes as they are (for malformed requests) and read the answer. */
+struct ts_resp *ts_http_raw(int port, const void *bytes, size_t len);
+/* Free a response early (optional: ts_finish frees the rest). */
+void ts_resp_free(struct ts_resp *r);
+
+/* Header value by name (case-insensitive), NULL when absent. */
+const char *ts_header(const struct ts_resp *r, const char *name);
+/* error.code / error.target / error.message of an error body, NULL when absent. */
+const char *ts_err_code(const struct ts_resp *r);
+const char *ts_err_target(const struct ts_resp *r);
+/* A string member of a JSON object (NULL if obj is not an object or the member is not a string). */
+const char *ts_jstr(const json_t *obj, const char *key);
+/* An integer member, or def when absent / not an integer. */
+json_int_t ts_jint(const json_t *obj, const char *key, json_int_t def);
+/* Whether the body is the documented error shape {"error":{"code":..,"message":..}}. */
+bool ts_is_error_body(const struct ts_resp *r);
+/* One-line summary for assertion messages: "409 {...body...}" (library-owned). */
+const char *ts_resp_str(const struct ts_resp *r);
+
+/*
+ * Assertions that print the whole answer when they fail (cmocka's own macros
+ * only show the two numbers). They fail the running test via ts_fail.
+ */
+#define TS_EXPECT_STATUS(resp, st) \
+    ts_expect_status((resp), (st), __FILE__, __LINE__)
+/* status, a well-formed error body and error.code == code */
+#define TS_EXPECT_ERROR(resp, st, code) \
+    ts_expect_error((resp), (st), (code), __FILE__, __LINE__)
+#define TS_EXPECT_STREQ(actual, expected) \
+    ts_expect_streq((actual), (expected), #actual, __FILE__, __LINE__)
+void ts_expect_status(const struct ts_resp *r, int status, const char *file, int line);
+void ts_expect_error(const struct ts_resp *r, int status, const char *code, const char *file, int line);
+void ts_expect_streq(const char *actual, const char *expected, const char *what, const char *file, int line);
+
+/* Percent-encode s for use in a query string (library-owned). */
+const char *ts_urlencode(const char *s);
+
+/* Parse an RFC 3339 timestamp to ms since the epoch; -1 if it is not one (UTC: Z or +00:00). */
+int64_t ts_parse_rfc3339(const char *s);
+
+/* ------------------------------------------------------------------ */
+/* Processes (ts_proc.c)                                              */
+/* ------------------------------------------------------------------ */
+
+struct ts_proc {
+    pid_t pid;
+    char name[64];
+    char log_path[512];  /* stdout (and stderr unless err_path is set) */
+    char err_path[512];  /* stderr when separate, else "" */
+    bool reaped;
+    int wstatus;         /* waitpid status once reaped */
+};
+
+/*
+ * fork/exec argv[0] (a path) with stdout/stderr appended to log_path (NULL:
+ * <tmp>/<name>.log) and stderr to err_path when not NULL. The child gets
+ * PR_SET_PDEATHSIG(SIGKILL) so it cannot outlive a test killed by ctest.
+ * The process is registered: ts_finish / exit kills it if still running.
+ */
+struct ts_proc *ts_proc_spawn(const char *name, char *const argv[],
+                              const char *log_path, const char *err_path);
+bool ts_proc_alive(struct ts_proc *p);
+void ts_proc_kill(struct ts_proc *p, int sig);
+/* Wait up to timeout_ms for exit; true if it exited (status in wstatus). */
+bool ts_proc_wait(struct ts_proc *p, int timeout_ms);
+/* Exit code once exited normally; -1 if still running or killed by a signal. */
+int ts_proc_exit_code(const struct ts_proc *p);
+/* Signal number that ended it, 0 otherwise. */
+int ts_proc_term_signal(const struct ts_proc *p);
+/* Print the last max_bytes of the process's log(s) to stderr. */
+void ts_proc_dump_log(const struct ts_proc *p, size_t max_bytes);
+/* Whether the log (or separate stderr file) contains needle. */
+bool ts_proc_log_contains(const struct ts_proc *p, const char *needle);
+
+/*
+ * Run a command to completion (stdout+stderr captured into *output,
+ * library-owned, when output != NULL). Returns the exit code, or -1 if it
+ * had to be killed after timeout_ms or died from a signal.
+ */
+int ts_run(char *const argv[], int timeout_ms, char **output);
+
+/* ------------------------------------------------------------------ */
+/* PostgreSQL (ts_pg.c)                                               */
+/* ------------------------------------------------------------------ */
+
+/* base conninfo with dbname replaced (library-owned). */
+const char *ts_pg_conninfo_db(const char *base, const char *dbname);
+/* Connect (connect_timeout=5) or fail the test. Caller PQfinish()es. */
+PGconn *ts_pg_connect(const char *conninfo);
+/* Create database name on the server of admin_conninfo; dropped at ts_finish. Returns its conninfo. */
+const char *ts_pg_create_db(const char *admin_conninfo, const char *name);
+void ts_pg_drop_db(const char *admin_conninfo, const char *name);
+/* Run sql (must succeed) and return the result; caller PQclear()s. */
+PGresult *ts_pg_query(const char *conninfo, const char *sql);
+/* First column of the first row (library-owned), NULL for no row or SQL NULL. */
+const char *ts_pg_scalar(const char *conninfo, const char *sql);
+long ts_pg_count(const char *conninfo, const char *sql);
+bool ts_pg_table_exists(const char *conninfo, const char *table);
+
+/* ------------------------------------------------------------------ */
+/* Private PostgreSQL / Redis servers (ts_servers.c)                  */
+/* ------------------------------------------------------------------ */
+
+struct ts_pgserver {
+    char dir[512];
+    int port;
+    char conninfo[256];  /* superuser, dbname=postgres */
+    bool running;
+};
+
+/* infra/pg-server init + start on a free port; waits until it accepts connections. */
+struct ts_pgserver *ts_pgserver_start(const char *name);
+/* infra/pg-server stop DIR mode ("fast" or "immediate"). */
+void ts_pgserver_stop(struct ts_pgserver *s, const char *mode);
+/* Start again on the same port and wait until it accepts connections. */
+void ts_pgserver_restart(struct ts_pgserver *s);
+
+struct ts_redis {
+    char dir[512];
+    int port;
+    char addr[64];       /* 127.0.0.1:PORT */
+    bool running;
+};
+
+struct ts_redis *ts_redis_start(const char *name);
+void ts_redis_stop(struct ts_redis *r);
+void ts_redis_restart(struct ts_redis *r);
+/* Run one Redis command (argv-style); returns the reply as a string (library-owned) or NULL. */
+const char *ts_redis_cmd(const char *addr, const char *fmt, ...);
+
+/* ------------------------------------------------------------------ */
+/* The daemons under test (ts_daemons.c)                              */
+/* ------------------------------------------------------------------ */
+
+#define TS_MAX_GEOS 8
+
+struct ts_cp_opts {
+    const char *name;                 /* log/config file stem; default "controlplane" */
+    const char *global_db;            /* conninfo; NULL: a fresh DB on STAMPCP_TEST_PG */
+    const char *geo_ids[TS_MAX_GEOS]; /* NULL-terminated; all NULL: {"us","eu"} */
+    const char *geo_dbs[TS_MAX_GEOS]; /* conninfo per geography; NULL: a fresh DB */
+    const char *redis;                /* host:port; NULL: STAMPCP_TEST_REDIS */
+    int stale_after;                  /* staleAfterIntervals; 0: omitted */
+    int down_after;                   /* downAfterIntervals; 0: omitted */
+    const char *extra_json;           /* extra members, e.g. "\"maxBodyBytes\":65536" */
+    bool no_wait;                     /* don't wait for /healthz */
+};
+
+struct ts_cp {
+    struct ts_proc *proc;
+    int port;
+    char token[64];
+    char config_path[512];
+    const char *global_db;
+    const char *geo_ids[TS_MAX_GEOS];
+    const char *geo_dbs[TS_MAX_GEOS];
+    const char *redis;
+};
+
+/* Write the config, start the daemon on a free port, wait (20 s) for /healthz 200. */
+struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o);
+/* Wait (timeout_ms) for /readyz 200. */
+bool ts_controlplane_wait_ready(struct ts_cp *cp, int timeout_ms);
+/* SIGTERM, wait up to timeout_ms; returns the exit code (-1: signal/timeout, then SIGKILLed). */
+int ts_controlplane_stop(struct ts_cp *cp, int timeout_ms);
+
+/* Admin call with the bearer token; json_body may be NULL (then no Content-Type). */
+struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path, const char *json_body);
+/* A GET without token (probes). */
+struct ts_resp *ts_get(struct ts_cp *cp, const char *path);
+
+struct ts_agent_opts {
+    const char *stamp_id;
+    const char *region;
+    const char *redis;                /* NULL: STAMPCP_TEST_REDIS */
+    int interval_ms;                  /* 0: 200 */
+    const char *dps[4];               /* NULL-terminated */
+    const char *hubs[4];
+};
+
+/* Write the agent config and start it; waits until the process has been alive 200 ms. */
+struct ts_proc *ts_agent_start(const struct ts_agent_opts *o);
+
+/* Path of a binary in STAMPCP_BIN_DIR (library-owned). */
+const char *ts_bin(const char *name);
+
+#endif

@@ -1,0 +1,198 @@
+/*
+ * ts_daemons.c - start the binaries under test with generated configs:
+ * the control plane (waits for /healthz) and the stamp agent.
+ */
+#include "ts_internal.h"
+#include "util.h"
+
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+const char *ts_bin(const char *name)
+{
+    const char *p = ts_str("%s/%s", ts_env("STAMPCP_BIN_DIR"), name);
+    if (access(p, X_OK) != 0)
+        ts_fail("binary %s is missing (is STAMPCP_BIN_DIR right? was it built?)", p);
+    return p;
+}
+
+static const char *default_geos[] = { "us", "eu", NULL };
+
+static bool healthz_ok(void *arg)
+{
+    struct ts_cp *cp = arg;
+    struct ts_resp *r;
+    bool ok;
+    if (!ts_proc_alive(cp->proc))
+        return true; /* stop waiting; the caller checks */
+    r = ts_http(cp->port, "GET", "/healthz", NULL, NULL, 0);
+    ok = r->status == 200;
+    ts_resp_free(r);
+    return ok;
+}
+
+static bool readyz_ok(void *arg)
+{
+    struct ts_cp *cp = arg;
+    struct ts_resp *r = ts_http(cp->port, "GET", "/readyz", NULL, NULL, 0);
+    bool ok = r->status == 200;
+    ts_resp_free(r);
+    return ok;
+}
+
+static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const char *name)
+{
+    json_t *cfg = json_object();
+    json_t *geos = json_object();
+    char *txt;
+
+    json_object_set_new(cfg, "listen", json_string(ts_str("127.0.0.1:%d", cp->port)));
+    json_object_set_new(cfg, "operatorToken", json_string(cp->token));
+    json_object_set_new(cfg, "globalDatabase", json_string(cp->global_db));
+    for (int i = 0; cp->geo_ids[i]; i++)
+        json_object_set_new(geos, cp->geo_ids[i], json_string(cp->geo_dbs[i]));
+    json_object_set_new(cfg, "geographies", geos);
+    json_object_set_new(cfg, "redis", json_string(cp->redis));
+    json_object_set_new(cfg, "logLevel", json_string("info"));
+    if (o->stale_after)
+        json_object_set_new(cfg, "staleAfterIntervals", json_integer(o->stale_after));
+    if (o->down_after)
+        json_object_set_new(cfg, "downAfterIntervals", json_integer(o->down_after));
+    txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(cfg);
+    if (o->extra_json && *o->extra_json) {
+        /* splice the extra members in before the closing brace */
+        char *end = strrchr(txt, '}');
+        *end = '\0';
+        ts_write_file(cp->config_path, ts_str("%s,\n  %s\n}\n", txt, o->extra_json));
+    } else {
+        ts_write_file(cp->config_path, ts_str("%s\n", txt));
+    }
+    free(txt);
+    (void)name;
+}
+
+struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o)
+{
+    static int seq;
+    struct ts_cp *cp = ts_keep(calloc(1, sizeof *cp));
+    const char *name = o->name ? o->name : "controlplane";
+    const char *admin = ts_env("STAMPCP_TEST_PG");
+    const char *const *ids = o->geo_ids[0] ? o->geo_ids : default_geos;
+    int n = seq++;
+
+    util_random_hex(cp->token, 16);
+    if (o->global_db) {
+        cp->global_db = o->global_db;
+    } else {
+        cp->global_db = ts_pg_create_db(admin, ts_unique(ts_str("%d_global", n)));
+    }
+    for (int i = 0; ids[i] && i < TS_MAX_GEOS - 1; i++) {
+        cp->geo_ids[i] = ids[i];
+        cp->geo_dbs[i] = o->geo_dbs[i] ? o->geo_dbs[i]
+                                       : ts_pg_create_db(admin, ts_unique(ts_str("%d_%s", n, ids[i])));
+    }
+    cp->redis = o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS");
+
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int64_t t0 = ts_now_ms();
+        cp->port = ts_free_port();
+        snprintf(cp->config_path, sizeof cp->config_path, "%s/%s-%d.json", ts_tmp(), name, n);
+        write_cp_config(cp, o, name);
+        char *argv[] = { (char *)ts_bin("controlplane"), "--config", cp->config_path, NULL };
+        cp->proc = ts_proc_spawn(ts_str("%s-%d", name, n), argv, NULL, NULL);
+        if (o->no_wait)
+            return cp;
+        (void)ts_wait_until(healthz_ok, cp, 20000);
+        if (ts_proc_alive(cp->proc)) {
+            struct ts_resp *r = ts_http(cp->port, "GET", "/healthz", NULL, NULL, 0);
+            int st = r->status;
+            ts_resp_free(r);
+            if (st != 200) {
+                ts_proc_dump_log(cp->proc, 4000);
+                ts_fail("controlplane on port %d not healthy after 20 s", cp->port);
+            }
+            ts_log("controlplane %s up on port %d in %lld ms", cp->proc->name, cp->port,
+                   (long long)(ts_now_ms() - t0));
+            return cp;
+        }
+        /* It exited: a port taken between free-port and bind is worth a retry. */
+        if (ts_proc_log_contains(cp->proc, "in use")) {
+            ts_log("port %d was taken; retrying", cp->port);
+            continue;
+        }
+        ts_proc_dump_log(cp->proc, 4000);
+        ts_fail("controlplane exited during startup (exit %d, signal %d)",
+                ts_proc_exit_code(cp->proc), ts_proc_term_signal(cp->proc));
+    }
+    ts_fail("controlplane could not bind a port in 3 attempts");
+}
+
+bool ts_controlplane_wait_ready(struct ts_cp *cp, int timeout_ms)
+{
+    return ts_wait_until(readyz_ok, cp, timeout_ms);
+}
+
+int ts_controlplane_stop(struct ts_cp *cp, int timeout_ms)
+{
+    ts_proc_kill(cp->proc, SIGTERM);
+    if (!ts_proc_wait(cp->proc, timeout_ms)) {
+        ts_proc_kill(cp->proc, SIGKILL);
+        (void)ts_proc_wait(cp->proc, 5000);
+        return -1;
+    }
+    return ts_proc_exit_code(cp->proc);
+}
+
+struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path, const char *json_body)
+{
+    const char *auth = ts_str("Authorization: Bearer %s", cp->token);
+    const char *h_body[] = { auth, "Content-Type: application/json", NULL };
+    const char *h_nobody[] = { auth, NULL };
+    if (json_body)
+        return ts_http(cp->port, method, path, h_body, json_body, strlen(json_body));
+    return ts_http(cp->port, method, path, h_nobody, NULL, 0);
+}
+
+struct ts_resp *ts_get(struct ts_cp *cp, const char *path)
+{
+    return ts_http(cp->port, "GET", path, NULL, NULL, 0);
+}
+
+struct ts_proc *ts_agent_start(const struct ts_agent_opts *o)
+{
+    static int seq;
+    json_t *cfg = json_object();
+    json_t *dps = json_array();
+    json_t *hubs = json_array();
+    const char *path = ts_str("%s/agent-%s-%d.json", ts_tmp(), o->stamp_id, seq);
+    struct ts_proc *p;
+    char *txt;
+
+    json_object_set_new(cfg, "stampId", json_string(o->stamp_id));
+    json_object_set_new(cfg, "region", json_string(o->region));
+    json_object_set_new(cfg, "redis", json_string(o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS")));
+    json_object_set_new(cfg, "reportIntervalMs", json_integer(o->interval_ms ? o->interval_ms : 200));
+    for (int i = 0; i < 4 && o->dps[i]; i++)
+        json_array_append_new(dps, json_string(o->dps[i]));
+    for (int i = 0; i < 4 && o->hubs[i]; i++)
+        json_array_append_new(hubs, json_string(o->hubs[i]));
+    json_object_set_new(cfg, "dpsInstances", dps);
+    json_object_set_new(cfg, "hubs", hubs);
+    txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    json_decref(cfg);
+    ts_write_file(path, txt);
+    free(txt);
+
+    char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
+    p = ts_proc_spawn(ts_str("agent-%s-%d", o->stamp_id, seq++), argv, NULL, NULL);
+    ts_sleep_ms(200);
+    if (!ts_proc_alive(p)) {
+        ts_proc_dump_log(p, 4000);
+        ts_fail("stamp-agent exited at startup (exit %d)", ts_proc_exit_code(p));
+    }
+    return p;
+}

@@ -1,0 +1,179 @@
+/*
+ * ts_servers.c - private PostgreSQL and Redis servers for tests that stop and
+ * restart them (infra/pg-server, infra/redis-server-ctl), plus a one-shot
+ * Redis command helper.
+ */
+#include "ts_internal.h"
+
+#include <hiredis/hiredis.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+static void run_script(const char *what, char *const argv[], int timeout_ms)
+{
+    char *out = NULL;
+    int rc = ts_run(argv, timeout_ms, &out);
+    if (rc != 0)
+        ts_fail("%s failed (exit %d): %s", what, rc, out ? out : "");
+}
+
+static void pgserver_cleanup(void *arg)
+{
+    struct ts_pgserver *s = arg;
+    if (s->running) {
+        char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "stop", s->dir, "immediate", NULL };
+        (void)ts_run(argv, 60000, NULL);
+        s->running = false;
+    }
+    free(s);
+}
+
+static void pgserver_run_start(struct ts_pgserver *s)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", s->port);
+    char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "start", s->dir, port, NULL };
+    run_script("pg-server start", argv, 90000);
+    s->running = true;
+}
+
+struct ts_pgserver *ts_pgserver_start(const char *name)
+{
+    struct ts_pgserver *s = calloc(1, sizeof *s);
+    int64_t t0 = ts_now_ms();
+    if (!s)
+        abort();
+    snprintf(s->dir, sizeof s->dir, "%s/pg-%s", ts_tmp(), name);
+    {
+        char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "init", s->dir, NULL };
+        run_script("pg-server init", argv, 120000);
+    }
+    ts_on_cleanup(pgserver_cleanup, s);
+    s->port = ts_free_port();
+    snprintf(s->conninfo, sizeof s->conninfo,
+             "host=127.0.0.1 port=%d user=postgres dbname=postgres", s->port);
+    pgserver_run_start(s);
+    ts_log("private PostgreSQL %s on port %d (%lld ms)", name, s->port, (long long)(ts_now_ms() - t0));
+    return s;
+}
+
+void ts_pgserver_stop(struct ts_pgserver *s, const char *mode)
+{
+    char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "stop", s->dir, (char *)mode, NULL };
+    run_script("pg-server stop", argv, 90000);
+    s->running = false;
+    ts_log("private PostgreSQL on port %d stopped (%s)", s->port, mode);
+}
+
+void ts_pgserver_restart(struct ts_pgserver *s)
+{
+    pgserver_run_start(s);
+    ts_log("private PostgreSQL on port %d started again", s->port);
+}
+
+static void redis_cleanup(void *arg)
+{
+    struct ts_redis *r = arg;
+    if (r->running) {
+        char *argv[] = { (char *)ts_str("%s/redis-server-ctl", ts_infra_dir()), "stop", r->dir, NULL };
+        (void)ts_run(argv, 30000, NULL);
+        r->running = false;
+    }
+    free(r);
+}
+
+static void redis_run_start(struct ts_redis *r)
+{
+    char port[16];
+    snprintf(port, sizeof port, "%d", r->port);
+    char *argv[] = { (char *)ts_str("%s/redis-server-ctl", ts_infra_dir()), "start", r->dir, port, NULL };
+    run_script("redis-server-ctl start", argv, 60000);
+    r->running = true;
+}
+
+struct ts_redis *ts_redis_start(const char *name)
+{
+    struct ts_redis *r = calloc(1, sizeof *r);
+    if (!r)
+        abort();
+    snprintf(r->dir, sizeof r->dir, "%s/redis-%s", ts_tmp(), name);
+    r->port = ts_free_port();
+    snprintf(r->addr, sizeof r->addr, "127.0.0.1:%d", r->port);
+    ts_on_cleanup(redis_cleanup, r);
+    redis_run_start(r);
+    ts_log("private Redis %s on port %d", name, r->port);
+    return r;
+}
+
+void ts_redis_stop(struct ts_redis *r)
+{
+    char *argv[] = { (char *)ts_str("%s/redis-server-ctl", ts_infra_dir()), "stop", r->dir, NULL };
+    run_script("redis-server-ctl stop", argv, 30000);
+    r->running = false;
+    ts_log("private Redis on port %d stopped", r->port);
+}
+
+void ts_redis_restart(struct ts_redis *r)
+{
+    redis_run_start(r);
+    ts_log("private Redis on port %d started again", r->port);
+}
+
+static char *reply_str(const redisReply *rep)
+{
+    switch (rep->type) {
+    case REDIS_REPLY_STRING:
+    case REDIS_REPLY_STATUS:
+    case REDIS_REPLY_ERROR:
+        return ts_str("%.*s", (int)rep->len, rep->str);
+    case REDIS_REPLY_INTEGER:
+        return ts_str("%lld", rep->integer);
+    case REDIS_REPLY_NIL:
+        return NULL;
+    case REDIS_REPLY_ARRAY: {
+        /* space-separated elements */
+        char *acc = ts_str("%s", "");
+        for (size_t i = 0; i < rep->elements; i++) {
+            char *e = reply_str(rep->element[i]);
+            acc = ts_str("%s%s%s", acc, i ? " " : "", e ? e : "(nil)");
+        }
+        return acc;
+    }
+    default:
+        return NULL;
+    }
+}
+
+const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
+{
+    char host[64];
+    const char *colon = strrchr(addr, ':');
+    struct timeval tv = { 3, 0 };
+    redisContext *c;
+    redisReply *rep;
+    char *out = NULL;
+    va_list ap;
+
+    if (!colon || (size_t)(colon - addr) >= sizeof host)
+        ts_fail("bad redis address %s", addr);
+    snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+    c = redisConnectWithTimeout(host, atoi(colon + 1), tv);
+    if (!c || c->err) {
+        if (c)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    va_start(ap, fmt);
+    rep = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (rep) {
+        out = reply_str(rep);
+        freeReplyObject(rep);
+    }
+    redisFree(c);
+    return out;
+}
