@@ -1,0 +1,23 @@
+# Script mode: turns the numbered SQL files of one schema folder into a C file
+# holding them as a migration table, so the daemon needs no files at run time.
+# Inputs: -DOUT=<file.c> -DNAME=<global|geo> -DDIR=<schema folder>
+file(GLOB files RELATIVE ${DIR} ${DIR}/[0-9][0-9][0-9]_*.sql)
+list(SORT files)
+set(body "/* Generated from schema/${NAME}/ by cmake/embed_sql.cmake: do not edit. */\n#include \"migrate.h\"\n\n")
+set(table "")
+set(n 0)
+foreach(f ${files})
+  string(REGEX MATCH "^([0-9][0-9][0-9])_(.*)\\.sql$" _ ${f})
+  set(ver ${CMAKE_MATCH_1})
+  math(EXPR ver "${ver}")
+  string(REGEX REPLACE "\\.sql$" "" stem ${f})
+  file(READ ${DIR}/${f} hex HEX)
+  string(REGEX REPLACE "([0-9a-f][0-9a-f])" "0x\\1," hex "${hex}")
+  string(APPEND body "static const char sql_${NAME}_${n}[] = {${hex}0x00};\n")
+  string(APPEND table "    {${ver}, \"${stem}\", sql_${NAME}_${n}},\n")
+  math(EXPR n "${n} + 1")
+endforeach()
+string(APPEND body "\nconst struct migration migrations_${NAME}[] = {\n${table}};\n")
+string(APPEND body "const int migrations_${NAME}_count = ${n};\n")
+file(WRITE ${OUT}.tmp "${body}")
+execute_process(COMMAND ${CMAKE_COMMAND} -E copy_if_different ${OUT}.tmp ${OUT})

@@ -1,0 +1,354 @@
+/*
+ * api_catalog.c - create/get/list/update/delete for the layout resources,
+ * driven by the descriptors in catalog.c; statements go to the global catalog.
+ */
+#include "api_catalog.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+#define CAT_LIST_DEFAULT 100
+#define CAT_LIST_MAX 500
+
+enum cat_kind { CAT_CREATE, CAT_GET, CAT_UPDATE, CAT_DELETE, CAT_LIST };
+
+struct cat_op {
+    struct cp_req *r;
+    const struct catalog_resource *res;
+    enum cat_kind kind;
+    int limit;
+    char id[64];
+};
+
+static struct cat_op *cat_op_new(struct cp_req *r, const struct catalog_resource *res, enum cat_kind k)
+{
+    struct cat_op *op = xcalloc(1, sizeof *op);
+    op->r = r;
+    op->res = res;
+    op->kind = k;
+    return op;
+}
+
+/* Add the live fields of a stamp (health, lastReportAt, load) from the load table. */
+static void cat_decorate(struct cp *cp, json_t *item)
+{
+    const char *id = json_string_value(json_object_get(item, "id"));
+    const struct load_entry *e = id ? loadtable_get(cp->lt, id) : NULL;
+    enum stamp_health h = id ? loadtable_health(cp->lt, id, util_mono_ms()) : STAMP_DOWN;
+    char ts[40];
+
+    json_object_set_new(item, "health", json_string(loadtable_health_word(h)));
+    if (e) {
+        util_format_time(e->report_wall_ms, ts, sizeof ts);
+        json_object_set_new(item, "lastReportAt", json_string(ts));
+        json_object_set(item, "load", e->load ? e->load : json_null());
+    } else {
+        json_object_set_new(item, "lastReportAt", json_null());
+        json_object_set_new(item, "load", json_null());
+    }
+}
+
+/* Reply with one resource row (JSON text built by PostgreSQL). */
+static void cat_reply_row(struct cat_op *op, int status, const char *text)
+{
+    json_t *item;
+    if (!op->res->live_health) {
+        cpreq_reply_text(op->r, status, text, strlen(text));
+        return;
+    }
+    item = json_loads(text, 0, NULL);
+    if (!item) {
+        cpreq_reply_error(op->r, 500, "internal", NULL, "the database returned a malformed row");
+        return;
+    }
+    cat_decorate(op->r->cp, item);
+    cpreq_reply_json(op->r, status, item);
+}
+
+static void cat_reply_sql_error(struct cat_op *op, const struct pgq_result *q)
+{
+    const char *field = catalog_field_for_constraint(op->res, q->constraint, q->column);
+    struct cp_req *r = op->r;
+
+    if (strcmp(q->sqlstate, "23505") == 0) {
+        cpreq_reply_error(r, 409, "already_exists", field ? field : "id",
+                          "a %s with this %s already exists", op->res->noun, field ? field : "id");
+    } else if (strcmp(q->sqlstate, "23503") == 0 && op->kind == CAT_DELETE) {
+        const char *by = "other resources";
+        for (int i = 0; i < catalog_nresources; i++) {
+            const char *t = catalog_resources[i].table;
+            size_t n = strlen(t);
+            if (q->constraint && strncmp(q->constraint, t, n) == 0 && q->constraint[n] == '_')
+                by = catalog_resources[i].collection;
+        }
+        cpreq_reply_error(r, 409, "has_dependents", NULL, "%s '%s' is still referenced by %s",
+                          op->res->noun, op->id, by);
+    } else if (strcmp(q->sqlstate, "23503") == 0) {
+        cpreq_reply_error(r, 422, "invalid_reference", field,
+                          "'%s' does not name an existing resource it may refer to",
+                          field ? field : "a reference");
+    } else if (strncmp(q->sqlstate, "23", 2) == 0 || strncmp(q->sqlstate, "22", 2) == 0) {
+        cpreq_reply_error(r, 400, "invalid_value", field, "a value breaks a rule of the %s",
+                          op->res->noun);
+    } else {
+        log_write(LOG_ERROR, r->id, "event=sql_error sqlstate=%s error=\"%.300s\"", q->sqlstate,
+                  q->message ? q->message : "");
+        cpreq_reply_error(r, 500, "internal", NULL, "internal error (request %s)", r->id);
+    }
+}
+
+static void cat_on_row(const struct pgq_result *q, void *arg)
+{
+    struct cat_op *op = arg;
+    struct cp_req *r = op->r;
+
+    if (q->status == PGQ_UNAVAILABLE) {
+        cpreq_reply_db_unavailable(r, q);
+    } else if (q->status == PGQ_SQL_ERROR) {
+        cat_reply_sql_error(op, q);
+    } else if (PQntuples(q->res) == 0) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no %s '%s'", op->res->noun, op->id);
+    } else if (op->kind == CAT_DELETE) {
+        cpreq_reply_empty(r, 204);
+    } else if (op->kind == CAT_CREATE) {
+        char *loc = xasprintf("/v1/%s/%s", op->res->collection, op->id);
+        cpreq_add_header(r, "Location", loc);
+        free(loc);
+        cat_reply_row(op, 201, PQgetvalue(q->res, 0, 0));
+    } else {
+        cat_reply_row(op, 200, PQgetvalue(q->res, 0, 0));
+    }
+    free(op);
+}
+
+static void cat_on_list(const struct pgq_result *q, void *arg)
+{
+    struct cat_op *op = arg;
+    struct cp_req *r = op->r;
+    json_t *items, *body;
+    int n;
+
+    if (q->status != PGQ_OK) {
+        if (q->status == PGQ_UNAVAILABLE)
+            cpreq_reply_db_unavailable(r, q);
+        else
+            cat_reply_sql_error(op, q);
+        free(op);
+        return;
+    }
+    n = PQntuples(q->res);
+    items = json_array();
+    for (int i = 0; i < n && i < op->limit; i++) {
+        json_t *item = json_loads(PQgetvalue(q->res, i, 0), 0, NULL);
+        if (!item) continue;
+        if (op->res->live_health)
+            cat_decorate(r->cp, item);
+        json_array_append_new(items, item);
+    }
+    body = json_pack("{s:o}", "items", items);
+    if (n > op->limit) {
+        char *cursor = catalog_cursor_encode(PQgetvalue(q->res, op->limit - 1, 1));
+        json_object_set_new(body, "next", json_string(cursor));
+        free(cursor);
+    } else {
+        json_object_set_new(body, "next", json_null());
+    }
+    cpreq_reply_json(r, 200, body);
+    free(op);
+}
+
+static void cat_run(struct cat_op *op, const char *sql, int n, const char *const *values,
+                    pgpool_cb cb)
+{
+    if (!pgpool_query(op->r->cp->global, sql, n, values, cb, op)) {
+        cpreq_reply_error(op->r, 503, "shutting_down", NULL, "the server is shutting down");
+        free(op);
+    }
+}
+
+static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res,
+                            const struct catalog_values *v, const char *id)
+{
+    bool present;
+    const char *pair = catalog_value(res, v, "pairedRegion", &present);
+    if (res->needs_geo_config && !cp_config_geo_conninfo(&r->cp->cfg, id)) {
+        cpreq_reply_error(r, 422, "geography_not_configured", "id",
+                          "geography '%s' has no database in the control plane's configuration", id);
+        return false;
+    }
+    if (present && pair && strcmp(pair, id) == 0) {
+        cpreq_reply_error(r, 422, "invalid_reference", "pairedRegion", "a region cannot pair with itself");
+        return false;
+    }
+    return true;
+}
+
+static void cat_create(struct cp_req *r, const struct catalog_resource *res)
+{
+    struct catalog_values v;
+    struct jv_err e;
+    json_t *body = cpreq_json_body(r, false);
+    struct cat_op *op;
+    char *sql;
+
+    if (!body)
+        return;
+    if (!catalog_validate(res, body, true, &v, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    json_decref(body);
+    if (!cat_check_rules(r, res, &v, v.value[0])) {
+        catalog_values_free(&v);
+        return;
+    }
+    op = cat_op_new(r, res, CAT_CREATE);
+    snprintf(op->id, sizeof op->id, "%s", v.value[0]);
+    sql = catalog_sql_insert(res, &v);
+    cat_run(op, sql, v.n, (const char *const *)v.value, cat_on_row);
+    free(sql);
+    catalog_values_free(&v);
+}
+
+static void cat_get(struct cp_req *r, const struct catalog_resource *res, const char *id)
+{
+    struct cat_op *op = cat_op_new(r, res, CAT_GET);
+    char *sql = catalog_sql_get(res);
+    const char *values[1] = {id};
+    snprintf(op->id, sizeof op->id, "%s", id);
+    cat_run(op, sql, 1, values, cat_on_row);
+    free(sql);
+}
+
+static void cat_update(struct cp_req *r, const struct catalog_resource *res, const char *id)
+{
+    struct catalog_values v;
+    struct jv_err e;
+    json_t *body = cpreq_json_body(r, true);
+    struct cat_op *op;
+    const char *values[17];
+    char *sql;
+
+    if (!body)
+        return;
+    if (!catalog_validate(res, body, false, &v, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    json_decref(body);
+    if (v.n == 0) {   /* an empty merge patch changes nothing */
+        cat_get(r, res, id);
+        return;
+    }
+    if (!cat_check_rules(r, res, &v, id)) {
+        catalog_values_free(&v);
+        return;
+    }
+    op = cat_op_new(r, res, CAT_UPDATE);
+    snprintf(op->id, sizeof op->id, "%s", id);
+    values[0] = id;
+    for (int i = 0; i < v.n; i++)
+        values[i + 1] = v.value[i];
+    sql = catalog_sql_update(res, &v);
+    cat_run(op, sql, v.n + 1, values, cat_on_row);
+    free(sql);
+    catalog_values_free(&v);
+}
+
+static void cat_delete(struct cp_req *r, const struct catalog_resource *res, const char *id)
+{
+    struct cat_op *op = cat_op_new(r, res, CAT_DELETE);
+    char *sql = catalog_sql_delete(res);
+    const char *values[1] = {id};
+    snprintf(op->id, sizeof op->id, "%s", id);
+    cat_run(op, sql, 1, values, cat_on_row);
+    free(sql);
+}
+
+static void cat_list(struct cp_req *r, const struct catalog_resource *res)
+{
+    const char *allowed[8] = {"limit", "cursor"};
+    const char *values[8] = {NULL};
+    int fidx[4], nf = 0;
+    int64_t limit = CAT_LIST_DEFAULT;
+    char cursor_id[64], limit_s[24];
+    const char *s;
+    struct cat_op *op;
+    char *sql;
+
+    for (int i = 0; i < res->nfilters; i++)
+        allowed[2 + i] = res->filters[i].param;
+    if (!cpreq_check_query(r, allowed))
+        return;
+    if ((s = cpreq_query(r, "limit")) && !util_parse_int64(s, 1, CAT_LIST_MAX, &limit)) {
+        cpreq_reply_error(r, 400, "invalid_query", "limit", "limit must be an integer from 1 to %d",
+                          CAT_LIST_MAX);
+        return;
+    }
+    if ((s = cpreq_query(r, "cursor"))) {
+        if (!catalog_cursor_decode(s, cursor_id, sizeof cursor_id)) {
+            cpreq_reply_error(r, 400, "invalid_query", "cursor", "cursor is not one this server issued");
+            return;
+        }
+        values[0] = cursor_id;
+    }
+    snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit + 1);
+    values[1] = limit_s;
+    for (int i = 0; i < res->nfilters; i++) {
+        if (!(s = cpreq_query(r, res->filters[i].param)))
+            continue;
+        if (!jv_valid_id(s)) {
+            cpreq_reply_error(r, 400, "invalid_query", res->filters[i].param,
+                              "'%s' must be an id", res->filters[i].param);
+            return;
+        }
+        fidx[nf] = i;
+        values[2 + nf] = s;
+        nf++;
+    }
+    op = cat_op_new(r, res, CAT_LIST);
+    op->limit = (int)limit;
+    sql = catalog_sql_list(res, fidx, nf);
+    cat_run(op, sql, 2 + nf, values, cat_on_list);
+    free(sql);
+}
+
+void api_catalog_handle(struct cp_req *r, const struct catalog_resource *res, const char *id)
+{
+    if (!id) {
+        if (r->method == EVHTTP_REQ_GET) {
+            cat_list(r, res);
+        } else if (r->method == EVHTTP_REQ_POST) {
+            if (cpreq_check_query(r, NULL))
+                cat_create(r, res);
+        } else {
+            cpreq_add_header(r, "Allow", "GET, POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET or POST on /v1/%s",
+                              res->collection);
+        }
+        return;
+    }
+    if (r->method != EVHTTP_REQ_GET && r->method != EVHTTP_REQ_PATCH && r->method != EVHTTP_REQ_DELETE) {
+        cpreq_add_header(r, "Allow", "GET, PATCH, DELETE");
+        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET, PATCH or DELETE on a %s",
+                          res->noun);
+        return;
+    }
+    if (!cpreq_check_query(r, NULL))
+        return;
+    if (!jv_valid_id(id)) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no %s with that id", res->noun);
+        return;
+    }
+    if (r->method == EVHTTP_REQ_GET)
+        cat_get(r, res, id);
+    else if (r->method == EVHTTP_REQ_PATCH)
+        cat_update(r, res, id);
+    else
+        cat_delete(r, res, id);
+}

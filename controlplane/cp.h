@@ -1,0 +1,32 @@
+/*
+ * cp.h - the control plane daemon's one context object, passed explicitly to
+ * every module instead of living in globals.
+ */
+#ifndef CP_CP_H
+#define CP_CP_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <stdbool.h>
+
+#include "cp_config.h"
+#include "loadtable.h"
+#include "pgpool.h"
+#include "redisfeed.h"
+
+struct cp {
+    struct event_base *base;
+    struct cp_config cfg;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    struct pgpool *global;
+    struct pgpool *geo[CP_MAX_GEOGRAPHIES];   /* same order as cfg.geos */
+    struct loadtable *lt;
+    struct redisfeed *feed;
+    int inflight;                /* requests accepted and not yet answered */
+    bool shutting_down;
+    int64_t shutdown_deadline_ms;
+    struct event *sig_term, *sig_int, *sig_hup, *drain_timer;
+};
+
+#endif

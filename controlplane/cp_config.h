@@ -1,0 +1,54 @@
+/*
+ * cp_config.h - the control plane's configuration: parsed from a strict JSON
+ * file, overridden by command-line flags and the environment, validated whole
+ * before the daemon uses any of it.
+ */
+#ifndef CP_CONFIG_H
+#define CP_CONFIG_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "jsonv.h"
+
+#define CP_MAX_GEOGRAPHIES 32
+
+struct cp_geo_config {
+    char *id;        /* geography id, e.g. "eu" */
+    char *conninfo;  /* libpq connection string of its database */
+};
+
+struct cp_config {
+    char *listen_host;
+    int listen_port;
+    char *operator_token;        /* sensitive: never logged */
+    char *global_conninfo;
+    struct cp_geo_config geos[CP_MAX_GEOGRAPHIES];
+    int n_geos;
+    char *redis_host;
+    int redis_port;
+    int64_t max_body_bytes;
+    int64_t stale_after_intervals;
+    int64_t down_after_intervals;
+    int64_t shutdown_timeout_ms;
+    int64_t db_pool_size;
+    int64_t db_connect_timeout_ms;
+    int64_t db_query_timeout_ms;
+    int64_t db_queue_timeout_ms;
+    int64_t db_max_queue;
+    int log_level;
+};
+
+/*
+ * Parse the JSON text of a config into cfg (which the caller zeroes first).
+ * On failure returns false, fills e, and leaves cfg safe to pass to
+ * cp_config_free().
+ */
+bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e) MUSTCHECK;
+bool cp_config_load(const char *path, struct cp_config *cfg, struct jv_err *e) MUSTCHECK;
+/* Apply "--listen HOST:PORT" style overrides; false with e filled on a bad value. */
+bool cp_config_set_listen(struct cp_config *cfg, const char *hostport, struct jv_err *e) MUSTCHECK;
+const char *cp_config_geo_conninfo(const struct cp_config *cfg, const char *geo_id);
+void cp_config_free(struct cp_config *cfg);
+
+#endif

@@ -1,0 +1,289 @@
+/*
+ * http_req.c - request parsing, reply helpers and the access log line.
+ */
+#include "http_req.h"
+
+#include <event2/buffer.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/queue.h>
+
+#include "log.h"
+#include "util.h"
+
+static bool cpreq_valid_client_id(const char *s)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > 64)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '-' || c == '_' || c == '.'))
+            return false;
+    }
+    return true;
+}
+
+static void cpreq_free(struct cp_req *r)
+{
+    for (int i = 0; i < r->nsegs; i++)
+        free(r->segs[i]);
+    if (r->query_parsed)
+        evhttp_clear_headers(&r->query);
+    free(r->body);
+    free(r->json_text);
+    r->cp->inflight--;
+    free(r);
+}
+
+static const char *cpreq_method_name(enum evhttp_cmd_type m)
+{
+    switch (m) {
+    case EVHTTP_REQ_GET: return "GET";
+    case EVHTTP_REQ_POST: return "POST";
+    case EVHTTP_REQ_HEAD: return "HEAD";
+    case EVHTTP_REQ_PUT: return "PUT";
+    case EVHTTP_REQ_DELETE: return "DELETE";
+    case EVHTTP_REQ_OPTIONS: return "OPTIONS";
+    case EVHTTP_REQ_TRACE: return "TRACE";
+    case EVHTTP_REQ_CONNECT: return "CONNECT";
+    case EVHTTP_REQ_PATCH: return "PATCH";
+    }
+    return "?";
+}
+
+static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
+{
+    char path[160];
+    const char *uri = evhttp_request_get_uri(r->ev);
+    evhttp_add_header(evhttp_request_get_output_headers(r->ev), "X-Request-Id", r->id);
+    evhttp_send_reply(r->ev, status, NULL, buf);
+    if (log_enabled(LOG_INFO) && (status >= 400 || log_enabled(LOG_DEBUG)))
+        log_write(status >= 500 ? LOG_WARN : LOG_INFO, r->id,
+                  "event=http_request method=%s path=%s status=%d ms=%lld",
+                  cpreq_method_name(r->method), log_quote(uri, path, sizeof path), status,
+                  (long long)(util_mono_ms() - r->start_ms));
+    cpreq_free(r);
+}
+
+void cpreq_add_header(struct cp_req *r, const char *name, const char *value)
+{
+    evhttp_add_header(evhttp_request_get_output_headers(r->ev), name, value);
+}
+
+void cpreq_reply_text(struct cp_req *r, int status, const char *json_text, size_t len)
+{
+    struct evbuffer *buf = evbuffer_new();
+    if (!buf) {
+        log_error("event=out_of_memory");
+        abort();
+    }
+    evbuffer_add(buf, json_text, len);
+    evbuffer_add(buf, "\n", 1);
+    cpreq_add_header(r, "Content-Type", "application/json; charset=utf-8");
+    cpreq_finish(r, status, buf);
+    evbuffer_free(buf);
+}
+
+void cpreq_reply_json(struct cp_req *r, int status, json_t *body)
+{
+    char *text = json_dumps(body, JSON_COMPACT);
+    json_decref(body);
+    if (!text) {
+        log_error("event=out_of_memory");
+        abort();
+    }
+    cpreq_reply_text(r, status, text, strlen(text));
+    free(text);
+}
+
+void cpreq_reply_empty(struct cp_req *r, int status)
+{
+    cpreq_finish(r, status, NULL);
+}
+
+static void cpreq_reply_errorv(struct cp_req *r, int status, const char *code, const char *target,
+                               const char *fmt, va_list ap)
+{
+    char msg[512];
+    json_t *err;
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    err = json_pack("{s:s, s:s, s:s}", "code", code, "message", msg, "requestId", r->id);
+    if (target && *target)
+        json_object_set_new(err, "target", json_string(target));
+    cpreq_reply_json(r, status, json_pack("{s:o}", "error", err));
+}
+
+void cpreq_reply_error(struct cp_req *r, int status, const char *code, const char *target,
+                       const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    cpreq_reply_errorv(r, status, code, target, fmt, ap);
+    va_end(ap);
+}
+
+void cpreq_reply_jv(struct cp_req *r, const struct jv_err *e)
+{
+    cpreq_reply_error(r, 400, e->code, e->field, "%s", e->message);
+}
+
+void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res)
+{
+    log_write(LOG_WARN, r->id, "event=db_unavailable error=\"%.200s\"",
+              res && res->message ? res->message : "");
+    cpreq_add_header(r, "Retry-After", "1");
+    cpreq_reply_error(r, 503, "database_unavailable", NULL,
+                      "the database is unavailable; retry later");
+}
+
+/* Split the raw path into percent-decoded segments; false if it can't be. */
+static bool cpreq_split_path(struct cp_req *r, const char *raw)
+{
+    const char *p = raw;
+    if (*p != '/')
+        return false;
+    while (*p) {
+        const char *start, *end;
+        char *enc, *dec;
+        size_t declen;
+        while (*p == '/') p++;
+        if (!*p) break;
+        start = p;
+        end = strchr(p, '/');
+        if (!end) end = p + strlen(p);
+        if (r->nsegs == CPREQ_MAX_SEGS)
+            return false;
+        enc = xstrndup(start, (size_t)(end - start));
+        dec = evhttp_uridecode(enc, 0, &declen);
+        free(enc);
+        if (!dec)
+            return false;
+        /* A segment with a NUL or invalid UTF-8 can't name anything we serve. */
+        if (strlen(dec) != declen || !util_utf8_valid(dec, declen)) {
+            free(dec);
+            return false;
+        }
+        r->segs[r->nsegs++] = dec;
+        p = end;
+    }
+    return true;
+}
+
+struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev)
+{
+    struct cp_req *r = xcalloc(1, sizeof *r);
+    const struct evhttp_uri *uri = evhttp_request_get_evhttp_uri(ev);
+    const char *given = evhttp_find_header(evhttp_request_get_input_headers(ev), "X-Request-Id");
+    const char *path = uri ? evhttp_uri_get_path(uri) : NULL;
+    const char *query = uri ? evhttp_uri_get_query(uri) : NULL;
+    struct evbuffer *in = evhttp_request_get_input_buffer(ev);
+
+    r->cp = cp;
+    r->ev = ev;
+    r->method = evhttp_request_get_command(ev);
+    r->start_ms = util_mono_ms();
+    cp->inflight++;
+    if (given && cpreq_valid_client_id(given))
+        snprintf(r->id, sizeof r->id, "%s", given);
+    else
+        util_random_hex(r->id, 8);
+
+    if (!path || !cpreq_split_path(r, path)) {
+        cpreq_reply_error(r, 400, "invalid_path", NULL, "the request path is malformed");
+        return NULL;
+    }
+    TAILQ_INIT(&r->query);
+    r->query_parsed = true;
+    if (query && evhttp_parse_query_str(query, &r->query) != 0) {
+        cpreq_reply_error(r, 400, "invalid_query", NULL, "the query string is malformed");
+        return NULL;
+    }
+    r->body_len = evbuffer_get_length(in);
+    if (r->body_len > (size_t)cp->cfg.max_body_bytes) {
+        cpreq_reply_error(r, 413, "body_too_large", NULL, "request body is %zu bytes; the limit is %lld",
+                          r->body_len, (long long)cp->cfg.max_body_bytes);
+        return NULL;
+    }
+    if (r->body_len > 0) {
+        r->body = xmalloc(r->body_len + 1);
+        if (evbuffer_remove(in, r->body, r->body_len) != (int)r->body_len) {
+            cpreq_reply_error(r, 400, "invalid_body", NULL, "could not read the request body");
+            return NULL;
+        }
+        r->body[r->body_len] = '\0';
+    }
+    return r;
+}
+
+bool cpreq_is_operator(struct cp_req *r)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Authorization");
+    if (!h || strncasecmp(h, "Bearer ", 7) != 0)
+        return false;
+    h += 7;
+    while (*h == ' ') h++;
+    return util_secret_equal(h, r->cp->cfg.operator_token);
+}
+
+static bool cpreq_media_type_is(const char *ct, const char *want)
+{
+    size_t n = strlen(want);
+    while (*ct == ' ') ct++;
+    return strncasecmp(ct, want, n) == 0 && (ct[n] == '\0' || ct[n] == ';' || ct[n] == ' ');
+}
+
+json_t *cpreq_json_body(struct cp_req *r, bool allow_merge_patch)
+{
+    const char *ct = evhttp_find_header(evhttp_request_get_input_headers(r->ev), "Content-Type");
+    struct jv_err e;
+    json_t *body;
+    if (!ct || !(cpreq_media_type_is(ct, "application/json") ||
+                 (allow_merge_patch && cpreq_media_type_is(ct, "application/merge-patch+json")))) {
+        cpreq_reply_error(r, 415, "unsupported_media_type", NULL,
+                          "the body must be sent as Content-Type: application/json");
+        return NULL;
+    }
+    body = jv_parse_object(r->body ? r->body : "", r->body_len, &e);
+    if (!body) {
+        cpreq_reply_error(r, 400, e.code, NULL, "%s", e.message);
+        return NULL;
+    }
+    return body;
+}
+
+bool cpreq_check_query(struct cp_req *r, const char *const *allowed)
+{
+    struct evkeyval *kv;
+    TAILQ_FOREACH(kv, &r->query, next) {
+        bool ok = false;
+        int seen = 0;
+        struct evkeyval *kv2;
+        for (const char *const *a = allowed; a && *a; a++)
+            if (strcmp(*a, kv->key) == 0) { ok = true; break; }
+        if (!ok) {
+            cpreq_reply_error(r, 400, "invalid_query", kv->key, "unknown query parameter '%.64s'", kv->key);
+            return false;
+        }
+        TAILQ_FOREACH(kv2, &r->query, next)
+            if (strcmp(kv2->key, kv->key) == 0) seen++;
+        if (seen > 1) {
+            cpreq_reply_error(r, 400, "invalid_query", kv->key, "query parameter '%.64s' is repeated", kv->key);
+            return false;
+        }
+        if (!util_utf8_valid(kv->value, strlen(kv->value))) {
+            cpreq_reply_error(r, 400, "invalid_query", kv->key, "query parameter '%.64s' is not valid UTF-8", kv->key);
+            return false;
+        }
+    }
+    return true;
+}
+
+const char *cpreq_query(struct cp_req *r, const char *name)
+{
+    return evhttp_find_header(&r->query, name);
+}

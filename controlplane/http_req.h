@@ -1,0 +1,71 @@
+/*
+ * http_req.h - one admin/API request from arrival to its single reply:
+ * parsed path and query, body checks, JSON and error replies, access log.
+ *
+ * Contract: every handler given a cp_req must end in exactly one call to a
+ * cpreq_reply_* function on every path (possibly later, from a database
+ * callback). That call sends the answer and frees the cp_req.
+ */
+#ifndef CP_HTTP_REQ_H
+#define CP_HTTP_REQ_H
+
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cp.h"
+#include "jsonv.h"
+#include "pgpool.h"
+
+#define CPREQ_MAX_SEGS 6
+
+struct cp_req {
+    struct cp *cp;
+    struct evhttp_request *ev;
+    enum evhttp_cmd_type method;
+    char id[65];                     /* request id, echoed as X-Request-Id */
+    char *segs[CPREQ_MAX_SEGS];      /* percent-decoded path segments */
+    int nsegs;
+    struct evkeyvalq query;
+    bool query_parsed;
+    char *body;                      /* NUL-terminated copy, or NULL */
+    size_t body_len;
+    int64_t start_ms;
+    const void *route;               /* the matched resource, for handlers */
+    char *json_text;                 /* scratch owned by the request, freed with it */
+};
+
+/* Build the context for an incoming request; NULL means it was answered already. */
+struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev);
+
+/* Send a JSON value (reference stolen) with the given status. */
+void cpreq_reply_json(struct cp_req *r, int status, json_t *body);
+/* Send JSON text that is already serialised (e.g. built by PostgreSQL). */
+void cpreq_reply_text(struct cp_req *r, int status, const char *json_text, size_t len);
+/* Send 204 No Content. */
+void cpreq_reply_empty(struct cp_req *r, int status);
+/* Send {"error":{"code","message","target"?,"requestId"}}; target may be NULL or "". */
+void cpreq_reply_error(struct cp_req *r, int status, const char *code, const char *target,
+                       const char *fmt, ...) __attribute__((format(printf, 5, 6)));
+/* A validation failure from jsonv: 400 with its code and field. */
+void cpreq_reply_jv(struct cp_req *r, const struct jv_err *e);
+/* 503 database_unavailable with Retry-After. */
+void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res);
+
+void cpreq_add_header(struct cp_req *r, const char *name, const char *value);
+
+/* Whether the bearer token matches the operator token. */
+bool cpreq_is_operator(struct cp_req *r);
+
+/* Body checks for POST/PATCH: size, media type, JSON object. Replies and
+ * returns NULL on failure; returns a new reference on success. */
+json_t *cpreq_json_body(struct cp_req *r, bool allow_merge_patch);
+
+/* A query parameter, or NULL. Only the names in allowed may appear at all:
+ * returns false (after replying 400) if another one does. */
+bool cpreq_check_query(struct cp_req *r, const char *const *allowed);
+const char *cpreq_query(struct cp_req *r, const char *name);
+
+#endif

@@ -1,0 +1,212 @@
+/*
+ * main.c - the control plane daemon: command line, start-up, signals and the
+ * graceful shutdown (stop accepting, drain requests in flight, close pools).
+ */
+#include <event2/event.h>
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cp.h"
+#include "http_server.h"
+#include "log.h"
+#include "util.h"
+
+#define CP_EXIT_CONFIG 2
+
+static void cp_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: controlplane --config FILE [--listen HOST:PORT] [--log-level LEVEL] [--check-config]\n"
+            "  The operator token comes from the config's operatorToken or, overriding it,\n"
+            "  the CONTROLPLANE_OPERATOR_TOKEN environment variable.\n");
+}
+
+static void cp_drain_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct cp *cp = arg;
+    (void)fd; (void)what;
+    if (cp->inflight == 0 || util_mono_ms() >= cp->shutdown_deadline_ms) {
+        if (cp->inflight > 0)
+            log_warn("event=shutdown_deadline abandoned_requests=%d", cp->inflight);
+        event_base_loopbreak(cp->base);
+    }
+}
+
+static void cp_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+    struct cp *cp = arg;
+    struct timeval tick = {0, 20000};
+    (void)what;
+    if (sig == SIGHUP) {
+        log_info("event=sighup_ignored note=\"restart to apply a new configuration\"");
+        return;
+    }
+    if (cp->shutting_down) {
+        log_warn("event=shutdown_forced signal=%d", (int)sig);
+        event_base_loopbreak(cp->base);
+        return;
+    }
+    log_info("event=shutdown_started signal=%d inflight=%d", (int)sig, cp->inflight);
+    cp->shutting_down = true;
+    cp->shutdown_deadline_ms = util_mono_ms() + cp->cfg.shutdown_timeout_ms;
+    http_server_stop_accepting(cp);
+    cp->drain_timer = event_new(cp->base, -1, EV_PERSIST, cp_drain_tick, cp);
+    if (!cp->drain_timer || event_add(cp->drain_timer, &tick) != 0)
+        event_base_loopbreak(cp->base);
+}
+
+static bool cp_parse_args(int argc, char **argv, struct cp *cp, bool *check_only)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"listen", required_argument, NULL, 'l'},
+        {"log-level", required_argument, NULL, 'L'},
+        {"check-config", no_argument, NULL, 'k'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config = NULL, *listen = NULL, *level = NULL, *env_token;
+    struct jv_err e;
+    int ch;
+
+    while ((ch = getopt_long(argc, argv, "c:l:L:kh", opts, NULL)) != -1) {
+        switch (ch) {
+        case 'c': config = optarg; break;
+        case 'l': listen = optarg; break;
+        case 'L': level = optarg; break;
+        case 'k': *check_only = true; break;
+        case 'h': cp_usage(stdout); exit(0);
+        default: cp_usage(stderr); return false;
+        }
+    }
+    if (optind < argc || !config) {
+        fprintf(stderr, "controlplane: %s\n", config ? "unexpected arguments" : "--config is required");
+        cp_usage(stderr);
+        return false;
+    }
+    if (!cp_config_load(config, &cp->cfg, &e) ||
+        (listen && !cp_config_set_listen(&cp->cfg, listen, &e))) {
+        fprintf(stderr, "controlplane: config error: %s%s%s\n", e.message,
+                e.field[0] ? " (field: " : "", e.field[0] ? e.field : "");
+        if (e.field[0]) fprintf(stderr, ")\n");
+        return false;
+    }
+    if (level) {
+        int l = log_level_parse(level);
+        if (l < 0) {
+            fprintf(stderr, "controlplane: --log-level must be debug, info, warn or error\n");
+            return false;
+        }
+        cp->cfg.log_level = l;
+    }
+    env_token = getenv("CONTROLPLANE_OPERATOR_TOKEN");
+    if (env_token && *env_token) {
+        free(cp->cfg.operator_token);
+        cp->cfg.operator_token = xstrdup(env_token);
+    }
+    if (!cp->cfg.operator_token || strlen(cp->cfg.operator_token) < 16) {
+        fprintf(stderr, "controlplane: config error: an operator token of at least 16 characters is "
+                        "required (operatorToken or CONTROLPLANE_OPERATOR_TOKEN)\n");
+        return false;
+    }
+    return true;
+}
+
+static struct event *cp_signal(struct cp *cp, int sig)
+{
+    struct event *ev = evsignal_new(cp->base, sig, cp_on_signal, cp);
+    if (!ev || event_add(ev, NULL) != 0) {
+        log_error("event=signal_setup_failed signal=%d", sig);
+        exit(1);
+    }
+    return ev;
+}
+
+static void cp_start_pools(struct cp *cp)
+{
+    struct pgpool_opts o = {
+        .size = (int)cp->cfg.db_pool_size,
+        .connect_timeout_ms = (int)cp->cfg.db_connect_timeout_ms,
+        .query_timeout_ms = (int)cp->cfg.db_query_timeout_ms,
+        .queue_timeout_ms = (int)cp->cfg.db_queue_timeout_ms,
+        .max_queue = (int)cp->cfg.db_max_queue,
+    };
+    o.name = "globalDatabase";
+    o.conninfo = cp->cfg.global_conninfo;
+    o.migrations = migrations_global;
+    o.n_migrations = migrations_global_count;
+    cp->global = pgpool_new(cp->base, &o);
+    for (int i = 0; i < cp->cfg.n_geos; i++) {
+        char name[80];
+        snprintf(name, sizeof name, "geo:%s", cp->cfg.geos[i].id);
+        o.name = name;
+        o.conninfo = cp->cfg.geos[i].conninfo;
+        o.migrations = migrations_geo;
+        o.n_migrations = migrations_geo_count;
+        o.geography = cp->cfg.geos[i].id;
+        cp->geo[i] = pgpool_new(cp->base, &o);
+    }
+}
+
+static void cp_free(struct cp *cp)
+{
+    http_server_free(cp);
+    redisfeed_free(cp->feed);
+    pgpool_free(cp->global);
+    for (int i = 0; i < cp->cfg.n_geos; i++)
+        pgpool_free(cp->geo[i]);
+    loadtable_free(cp->lt);
+    if (cp->drain_timer) event_free(cp->drain_timer);
+    if (cp->sig_term) event_free(cp->sig_term);
+    if (cp->sig_int) event_free(cp->sig_int);
+    if (cp->sig_hup) event_free(cp->sig_hup);
+    if (cp->base) event_base_free(cp->base);
+    cp_config_free(&cp->cfg);
+}
+
+int main(int argc, char **argv)
+{
+    struct cp cp;
+    bool check_only = false;
+    int rc = 0;
+
+    memset(&cp, 0, sizeof cp);
+    log_init("controlplane", LOG_INFO);
+    if (!cp_parse_args(argc, argv, &cp, &check_only)) {
+        cp_config_free(&cp.cfg);
+        return CP_EXIT_CONFIG;
+    }
+    if (check_only) {
+        printf("config ok\n");
+        cp_config_free(&cp.cfg);
+        return 0;
+    }
+    log_init("controlplane", (enum log_level)cp.cfg.log_level);
+    /* A client that hangs up mid-reply must not kill the daemon. */
+    signal(SIGPIPE, SIG_IGN);
+
+    cp.base = event_base_new();
+    if (!cp.base) {
+        log_error("event=event_base_failed");
+        cp_config_free(&cp.cfg);
+        return 1;
+    }
+    cp.sig_term = cp_signal(&cp, SIGTERM);
+    cp.sig_int = cp_signal(&cp, SIGINT);
+    cp.sig_hup = cp_signal(&cp, SIGHUP);
+    cp.lt = loadtable_new(cp.cfg.stale_after_intervals, cp.cfg.down_after_intervals);
+    cp_start_pools(&cp);
+    cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, cp.lt);
+    if (!http_server_start(&cp)) {
+        rc = 1;
+    } else {
+        log_info("event=started geographies=%d", cp.cfg.n_geos);
+        event_base_dispatch(cp.base);
+        log_info("event=stopped");
+    }
+    cp_free(&cp);
+    return rc;
+}

@@ -1,0 +1,744 @@
+/*
+ * pgpool.c - asynchronous PostgreSQL pool: per-connection state machine,
+ * bounded wait queue, reconnect with backoff, migrations on first connect.
+ *
+ * Connection states (one transition function, conn_set_state):
+ *
+ *   DOWN --timer--> CONNECTING --PQconnectPoll OK--> SETUP (first conn of a
+ *   pool that is not migrated yet) or IDLE;  SETUP --done--> IDLE;
+ *   IDLE --job--> BUSY --result--> IDLE;  any --error/timeout--> DOWN.
+ *
+ * While connected, the socket's read event stays armed even when IDLE, so a
+ * database that goes away is noticed at once rather than by the next request.
+ */
+#include "pgpool.h"
+
+#include <stdlib.h>
+#include <string.h>
+#include <sys/queue.h>
+
+#include "log.h"
+
+#define PG_BACKOFF_MIN_MS 100
+#define PG_BACKOFF_MAX_MS 5000
+/* Every control plane takes this advisory lock while migrating, so two
+ * processes starting at once apply each migration exactly once. */
+#define PG_MIGRATION_LOCK 7273620001LL
+
+enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_SETUP, PGC_IDLE, PGC_BUSY };
+static const char *const pgc_state_names[] = {"down", "connecting", "setup", "idle", "busy"};
+
+enum pool_setup { SETUP_NONE, SETUP_RUNNING, SETUP_DONE };
+
+struct pgjob {
+    TAILQ_ENTRY(pgjob) link;
+    struct pgpool *pool;
+    char *sql;
+    int nparams;
+    char **values;
+    pgpool_cb cb;
+    void *arg;
+    struct event *timer;   /* queue deadline, or an immediate failure */
+    bool queued;
+    const char *fail_msg;  /* set before the timer is activated to fail it */
+};
+TAILQ_HEAD(pgjob_list, pgjob);
+
+struct pgconn {
+    struct pgpool *pool;
+    int idx;
+    PGconn *pg;
+    enum pgc_state state;
+    int fd;
+    struct event *rd;      /* EV_READ|EV_PERSIST on fd while connected */
+    struct event *wr;      /* one-shot EV_WRITE while connecting or flushing */
+    struct event *timer;   /* backoff while DOWN, deadlines otherwise */
+    int backoff_ms;
+    int64_t connect_deadline;
+    struct pgjob *job;     /* BUSY only */
+    PGresult *res;         /* last good result of the statement in flight */
+    PGresult *err;         /* first error result of the statement in flight */
+    int setup_step;        /* SETUP: index of the migration in flight; == n: identity check */
+    bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
+};
+
+struct pgpool {
+    struct event_base *base;
+    char *name;
+    char *conninfo;
+    char *geography;
+    int size;
+    int connect_timeout_ms, query_timeout_ms, queue_timeout_ms, max_queue;
+    const struct migration *migrations;
+    int n_migrations;
+    char **migration_sql;
+    struct pgconn *conns;
+    struct pgjob_list queue;
+    int queue_len;
+    enum pool_setup setup;
+    const char *setup_error;   /* last setup failure word, NULL if none */
+    bool ever_ready;
+};
+
+static void conn_start(struct pgconn *c);
+static void conn_broken(struct pgconn *c, const char *why);
+static void pool_dispatch(struct pgpool *p);
+static void pool_maybe_setup(struct pgpool *p);
+static void setup_next(struct pgconn *c);
+
+/* ---- jobs ---- */
+
+static void job_free(struct pgjob *j)
+{
+    event_free(j->timer);
+    free(j->sql);
+    for (int i = 0; i < j->nparams; i++)
+        free(j->values[i]);
+    free(j->values);
+    free(j);
+}
+
+static void job_finish(struct pgjob *j, const struct pgq_result *r)
+{
+    j->cb(r, j->arg);
+    job_free(j);
+}
+
+static void job_finish_unavailable(struct pgjob *j, const char *why)
+{
+    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why};
+    job_finish(j, &r);
+}
+
+static void job_dequeue(struct pgjob *j)
+{
+    if (j->queued) {
+        TAILQ_REMOVE(&j->pool->queue, j, link);
+        j->pool->queue_len--;
+        j->queued = false;
+    }
+}
+
+/* The job's timer: its queue deadline passed, or it was activated to fail it
+ * from the loop (callbacks never run inside pgpool_query). */
+static void job_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgjob *j = arg;
+    (void)fd; (void)what;
+    job_dequeue(j);
+    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection");
+}
+
+static void job_fail_soon(struct pgjob *j, const char *why)
+{
+    job_dequeue(j);
+    j->fail_msg = why;
+    event_del(j->timer);
+    event_active(j->timer, EV_TIMEOUT, 1);
+}
+
+static void pool_fail_queue(struct pgpool *p, const char *why)
+{
+    struct pgjob *j;
+    while ((j = TAILQ_FIRST(&p->queue)) != NULL)
+        job_fail_soon(j, why);
+}
+
+/* ---- connection plumbing ---- */
+
+static void conn_set_state(struct pgconn *c, enum pgc_state s)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_debug("event=pg_conn_state pool=%s conn=%d from=%s to=%s", c->pool->name, c->idx,
+                  pgc_state_names[c->state], pgc_state_names[s]);
+    c->state = s;
+}
+
+static void conn_clear_results(struct pgconn *c)
+{
+    if (c->res) PQclear(c->res);
+    if (c->err) PQclear(c->err);
+    c->res = c->err = NULL;
+}
+
+static void conn_close(struct pgconn *c)
+{
+    if (c->rd) { event_free(c->rd); c->rd = NULL; }
+    if (c->wr) { event_free(c->wr); c->wr = NULL; }
+    if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
+    c->fd = -1;
+    conn_clear_results(c);
+}
+
+static bool conn_live(const struct pgconn *c)
+{
+    return c->state != PGC_DOWN;
+}
+
+static bool pool_has_live_conn(const struct pgpool *p)
+{
+    for (int i = 0; i < p->size; i++)
+        if (conn_live(&p->conns[i]))
+            return true;
+    return false;
+}
+
+static void conn_on_read(evutil_socket_t fd, short what, void *arg);
+static void conn_on_write(evutil_socket_t fd, short what, void *arg);
+
+/* libpq may switch sockets while connecting: (re)create the events for the current one. */
+static bool conn_track_socket(struct pgconn *c)
+{
+    int fd = PQsocket(c->pg);
+    if (fd < 0)
+        return false;
+    if (fd == c->fd && c->rd)
+        return true;
+    if (c->rd) event_free(c->rd);
+    if (c->wr) event_free(c->wr);
+    c->fd = fd;
+    c->rd = event_new(c->pool->base, fd, EV_READ | EV_PERSIST, conn_on_read, c);
+    c->wr = event_new(c->pool->base, fd, EV_WRITE, conn_on_write, c);
+    return c->rd && c->wr;
+}
+
+static void conn_arm_timer(struct pgconn *c, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(c->timer, &tv);
+}
+
+/* ---- connecting ---- */
+
+static void conn_connected(struct pgconn *c)
+{
+    c->backoff_ms = PG_BACKOFF_MIN_MS;
+    event_del(c->timer);
+    event_del(c->wr);
+    event_add(c->rd, NULL);
+    log_info("event=pg_connected pool=%s conn=%d", c->pool->name, c->idx);
+    conn_set_state(c, PGC_IDLE);
+    pool_maybe_setup(c->pool);
+    pool_dispatch(c->pool);
+}
+
+static void conn_connect_poll(struct pgconn *c)
+{
+    PostgresPollingStatusType st = PQconnectPoll(c->pg);
+    switch (st) {
+    case PGRES_POLLING_OK:
+        if (PQsetnonblocking(c->pg, 1) != 0 || !conn_track_socket(c)) {
+            conn_broken(c, "cannot set the connection non-blocking");
+            return;
+        }
+        conn_connected(c);
+        return;
+    case PGRES_POLLING_READING:
+    case PGRES_POLLING_WRITING:
+        if (!conn_track_socket(c)) {
+            conn_broken(c, "lost the socket while connecting");
+            return;
+        }
+        if (st == PGRES_POLLING_READING) {
+            event_del(c->wr);
+            event_add(c->rd, NULL);
+        } else {
+            event_del(c->rd);
+            event_add(c->wr, NULL);
+        }
+        return;
+    default:
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+}
+
+static void conn_start(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    c->pg = PQconnectStart(p->conninfo);
+    if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
+        conn_set_state(c, PGC_CONNECTING);
+        conn_broken(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
+        return;
+    }
+    conn_set_state(c, PGC_CONNECTING);
+    c->fd = -1;
+    conn_arm_timer(c, p->connect_timeout_ms);
+    /* libpq's first step after PQconnectStart is to wait for writability. */
+    if (!conn_track_socket(c)) {
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+    event_add(c->wr, NULL);
+}
+
+/* ---- a statement in flight (job or setup) ---- */
+
+static void conn_flush(struct pgconn *c)
+{
+    int r = PQflush(c->pg);
+    if (r < 0)
+        conn_broken(c, PQerrorMessage(c->pg));
+    else if (r > 0)
+        event_add(c->wr, NULL);
+}
+
+static void conn_sent(struct pgconn *c)
+{
+    conn_arm_timer(c, c->pool->query_timeout_ms);
+    conn_flush(c);
+}
+
+static void conn_collect(struct pgconn *c, PGresult *r)
+{
+    switch (PQresultStatus(r)) {
+    case PGRES_FATAL_ERROR:
+    case PGRES_NONFATAL_ERROR:
+    case PGRES_BAD_RESPONSE:
+        if (!c->err) c->err = r;
+        else PQclear(r);
+        return;
+    default:
+        if (c->res) PQclear(c->res);
+        c->res = r;
+        return;
+    }
+}
+
+static void conn_job_done(struct pgconn *c)
+{
+    struct pgjob *j = c->job;
+    struct pgq_result r = {0};
+    c->job = NULL;
+    if (c->err) {
+        r.status = PGQ_SQL_ERROR;
+        r.sqlstate = PQresultErrorField(c->err, PG_DIAG_SQLSTATE);
+        r.message = PQresultErrorMessage(c->err);
+        r.constraint = PQresultErrorField(c->err, PG_DIAG_CONSTRAINT_NAME);
+        r.column = PQresultErrorField(c->err, PG_DIAG_COLUMN_NAME);
+        r.table = PQresultErrorField(c->err, PG_DIAG_TABLE_NAME);
+        if (!r.sqlstate) r.sqlstate = "XX000";
+    } else {
+        r.status = PGQ_OK;
+        r.res = c->res;
+    }
+    conn_set_state(c, PGC_IDLE);
+    /* The callback may queue more work; the connection is idle already. */
+    job_finish(j, &r);
+    conn_clear_results(c);
+    pool_dispatch(c->pool);
+}
+
+static void conn_op_done(struct pgconn *c)
+{
+    event_del(c->timer);
+    if (c->state == PGC_BUSY)
+        conn_job_done(c);
+    else if (c->state == PGC_SETUP)
+        setup_next(c);
+}
+
+static void conn_consume(struct pgconn *c)
+{
+    if (!PQconsumeInput(c->pg)) {
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+    while (!PQisBusy(c->pg)) {
+        PGresult *r = PQgetResult(c->pg);
+        if (!r) {
+            conn_op_done(c);
+            return;
+        }
+        conn_collect(c, r);
+    }
+}
+
+static void conn_on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgconn *c = arg;
+    PGnotify *n;
+    (void)fd; (void)what;
+    switch (c->state) {
+    case PGC_CONNECTING:
+        conn_connect_poll(c);
+        break;
+    case PGC_SETUP:
+    case PGC_BUSY:
+        conn_consume(c);
+        break;
+    case PGC_IDLE:
+        /* Nothing is expected while idle: this is the server going away
+         * (or a notice). Either way, find out now. */
+        if (!PQconsumeInput(c->pg) || PQstatus(c->pg) != CONNECTION_OK) {
+            conn_broken(c, PQerrorMessage(c->pg));
+            return;
+        }
+        while ((n = PQnotifies(c->pg)) != NULL)
+            PQfreemem(n);
+        break;
+    case PGC_DOWN:
+        break;
+    }
+}
+
+static void conn_on_write(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgconn *c = arg;
+    (void)fd; (void)what;
+    if (c->state == PGC_CONNECTING)
+        conn_connect_poll(c);
+    else if (c->state == PGC_SETUP || c->state == PGC_BUSY)
+        conn_flush(c);
+}
+
+static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    struct pgconn *c = arg;
+    (void)fd; (void)what;
+    switch (c->state) {
+    case PGC_DOWN:
+        conn_start(c);
+        break;
+    case PGC_CONNECTING:
+        conn_broken(c, "connect timed out");
+        break;
+    case PGC_SETUP:
+    case PGC_BUSY:
+        /* A statement that overruns its deadline: drop the connection; the
+         * server aborts the statement when it notices the socket is gone. */
+        conn_broken(c, "statement timed out");
+        break;
+    case PGC_IDLE:
+        break;
+    }
+}
+
+/* Close, schedule a reconnect, and fail the statement that was in flight. */
+static void conn_broken(struct pgconn *c, const char *why)
+{
+    struct pgpool *p = c->pool;
+    struct pgjob *j = c->job;
+    bool was_setup = c->state == PGC_SETUP;
+    char msg[256];
+
+    snprintf(msg, sizeof msg, "%s", why && *why ? why : "connection failed");
+    msg[strcspn(msg, "\n")] = '\0';
+    if (c->state != PGC_CONNECTING || log_enabled(LOG_DEBUG) || p->ever_ready)
+        log_warn("event=pg_conn_lost pool=%s conn=%d state=%s retry_ms=%d error=\"%s\"", p->name,
+                 c->idx, pgc_state_names[c->state], c->backoff_ms, msg);
+    c->job = NULL;
+    conn_close(c);
+    conn_set_state(c, PGC_DOWN);
+    conn_arm_timer(c, c->backoff_ms);
+    c->backoff_ms = c->backoff_ms * 2 > PG_BACKOFF_MAX_MS ? PG_BACKOFF_MAX_MS : c->backoff_ms * 2;
+    if (was_setup && p->setup == SETUP_RUNNING)
+        p->setup = SETUP_NONE;
+    if (j)
+        job_finish_unavailable(j, "database connection lost");
+    if (!pool_has_live_conn(p))
+        pool_fail_queue(p, "database unreachable");
+    else
+        pool_maybe_setup(p);
+}
+
+/* ---- setup: migrations, then the geography identity check ---- */
+
+static const char pg_identity_sql[] =
+    "WITH ins AS (INSERT INTO geo_identity (geography) VALUES ($1) "
+    "ON CONFLICT (only_row) DO NOTHING RETURNING geography) "
+    "SELECT geography FROM ins UNION ALL SELECT geography FROM geo_identity LIMIT 1";
+
+static void setup_fail(struct pgconn *c, const char *word, const char *detail)
+{
+    struct pgpool *p = c->pool;
+    char msg[300];
+    log_error("event=pg_setup_failed pool=%s reason=%s detail=\"%.200s\"", p->name, word,
+              detail ? detail : "");
+    p->setup_error = word;
+    snprintf(msg, sizeof msg, "%s", word);
+    conn_broken(c, msg);
+    pool_fail_queue(p, word);
+}
+
+static bool setup_send(struct pgconn *c, const char *sql)
+{
+    if (!PQsendQuery(c->pg, sql)) {
+        conn_broken(c, PQerrorMessage(c->pg));
+        return false;
+    }
+    conn_sent(c);
+    return true;
+}
+
+static void setup_done(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    p->setup = SETUP_DONE;
+    p->setup_error = NULL;
+    p->ever_ready = true;
+    log_info("event=pg_pool_ready pool=%s", p->name);
+    conn_set_state(c, PGC_IDLE);
+    conn_clear_results(c);
+    pool_dispatch(p);
+}
+
+static void setup_check_identity(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    const char *got;
+    if (c->err) {
+        setup_fail(c, "migration_failed", PQresultErrorMessage(c->err));
+        return;
+    }
+    got = (c->res && PQntuples(c->res) == 1) ? PQgetvalue(c->res, 0, 0) : "";
+    if (strcmp(got, p->geography) != 0) {
+        char detail[200];
+        snprintf(detail, sizeof detail, "database belongs to geography '%s', configured as '%s'",
+                 got, p->geography);
+        setup_fail(c, "wrong_geography", detail);
+        return;
+    }
+    setup_done(c);
+}
+
+/* Called when the previous setup statement finished (or to start). */
+static void setup_next(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    const char *values[1];
+
+    if (c->setup_step == p->n_migrations + 1) {
+        setup_check_identity(c);
+        return;
+    }
+    if (c->setup_step >= 0 && c->setup_step < p->n_migrations && !c->setup_rollback) {
+        /* Result of migration setup_step. */
+        if (c->err) {
+            const char *state = PQresultErrorField(c->err, PG_DIAG_SQLSTATE);
+            if (!state || strcmp(state, "23505") != 0) {
+                setup_fail(c, "migration_failed", PQresultErrorMessage(c->err));
+                return;
+            }
+            /* Its schema_migrations row exists: applied before. Leave the aborted transaction. */
+            conn_clear_results(c);
+            c->setup_rollback = true;
+            setup_send(c, "ROLLBACK");
+            return;
+        }
+        log_info("event=migration_applied pool=%s version=%d name=%s", p->name,
+                 p->migrations[c->setup_step].version, p->migrations[c->setup_step].name);
+    } else if (c->setup_rollback) {
+        c->setup_rollback = false;
+        if (c->err) {
+            setup_fail(c, "migration_failed", PQresultErrorMessage(c->err));
+            return;
+        }
+    }
+    conn_clear_results(c);
+    c->setup_step++;
+    if (c->setup_step < p->n_migrations) {
+        setup_send(c, p->migration_sql[c->setup_step]);
+        return;
+    }
+    if (!p->geography) {
+        setup_done(c);
+        return;
+    }
+    c->setup_step = p->n_migrations + 1;
+    values[0] = p->geography;
+    if (!PQsendQueryParams(c->pg, pg_identity_sql, 1, NULL, values, NULL, NULL, 0)) {
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+    conn_sent(c);
+}
+
+static void pool_maybe_setup(struct pgpool *p)
+{
+    if (p->setup != SETUP_NONE)
+        return;
+    for (int i = 0; i < p->size; i++) {
+        struct pgconn *c = &p->conns[i];
+        if (c->state == PGC_IDLE) {
+            p->setup = SETUP_RUNNING;
+            conn_set_state(c, PGC_SETUP);
+            c->setup_step = -1;
+            c->setup_rollback = false;
+            setup_next(c);
+            return;
+        }
+    }
+}
+
+static char *pool_migration_sql(const struct migration *m)
+{
+    return xasprintf("BEGIN;\n"
+                     "SELECT pg_advisory_xact_lock(%lld);\n"
+                     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                     "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());\n"
+                     "INSERT INTO schema_migrations (version, name) VALUES (%d, '%s');\n"
+                     "%s\n;\nCOMMIT;",
+                     PG_MIGRATION_LOCK, m->version, m->name, m->sql);
+}
+
+/* ---- dispatch ---- */
+
+static void conn_send_job(struct pgconn *c, struct pgjob *j)
+{
+    c->job = j;
+    conn_set_state(c, PGC_BUSY);
+    if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, (const char *const *)j->values, NULL,
+                           NULL, 0)) {
+        /* Nothing reached the server: the job may run on another connection. */
+        c->job = NULL;
+        TAILQ_INSERT_HEAD(&c->pool->queue, j, link);
+        j->queued = true;
+        c->pool->queue_len++;
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+    conn_sent(c);
+}
+
+static void pool_dispatch(struct pgpool *p)
+{
+    if (p->setup != SETUP_DONE)
+        return;
+    for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
+        struct pgconn *c = &p->conns[i];
+        if (c->state == PGC_IDLE) {
+            struct pgjob *j = TAILQ_FIRST(&p->queue);
+            job_dequeue(j);
+            event_del(j->timer);
+            conn_send_job(c, j);
+        }
+    }
+}
+
+/* ---- public ---- */
+
+struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
+{
+    struct pgpool *p = xcalloc(1, sizeof *p);
+    p->base = base;
+    p->name = xstrdup(o->name);
+    p->conninfo = xstrdup(o->conninfo);
+    p->geography = o->geography ? xstrdup(o->geography) : NULL;
+    p->size = o->size > 0 ? o->size : 1;
+    p->connect_timeout_ms = o->connect_timeout_ms;
+    p->query_timeout_ms = o->query_timeout_ms;
+    p->queue_timeout_ms = o->queue_timeout_ms;
+    p->max_queue = o->max_queue;
+    p->migrations = o->migrations;
+    p->n_migrations = o->n_migrations;
+    p->migration_sql = xcalloc((size_t)p->n_migrations + 1, sizeof(char *));
+    for (int i = 0; i < p->n_migrations; i++)
+        p->migration_sql[i] = pool_migration_sql(&p->migrations[i]);
+    TAILQ_INIT(&p->queue);
+    p->conns = xcalloc((size_t)p->size, sizeof *p->conns);
+    for (int i = 0; i < p->size; i++) {
+        struct pgconn *c = &p->conns[i];
+        c->pool = p;
+        c->idx = i;
+        c->fd = -1;
+        c->backoff_ms = PG_BACKOFF_MIN_MS;
+        c->timer = event_new(base, -1, 0, conn_on_timer, c);
+        if (!c->timer) {
+            log_error("event=event_new_failed");
+            abort();
+        }
+        conn_start(c);
+    }
+    return p;
+}
+
+void pgpool_free(struct pgpool *p)
+{
+    struct pgjob *j;
+    if (!p) return;
+    for (int i = 0; i < p->size; i++) {
+        struct pgconn *c = &p->conns[i];
+        if (c->job) job_free(c->job);
+        conn_close(c);
+        event_free(c->timer);
+    }
+    while ((j = TAILQ_FIRST(&p->queue)) != NULL) {
+        job_dequeue(j);
+        job_free(j);
+    }
+    for (int i = 0; i < p->n_migrations; i++)
+        free(p->migration_sql[i]);
+    free(p->migration_sql);
+    free(p->conns);
+    free(p->name);
+    free(p->conninfo);
+    free(p->geography);
+    free(p);
+}
+
+bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
+                  pgpool_cb cb, void *arg)
+{
+    struct pgjob *j = xcalloc(1, sizeof *j);
+    struct timeval tv = {p->queue_timeout_ms / 1000, (p->queue_timeout_ms % 1000) * 1000};
+
+    j->pool = p;
+    j->sql = xstrdup(sql);
+    j->nparams = nparams;
+    j->values = xcalloc((size_t)nparams + 1, sizeof(char *));
+    for (int i = 0; i < nparams; i++)
+        j->values[i] = values[i] ? xstrdup(values[i]) : NULL;
+    j->cb = cb;
+    j->arg = arg;
+    j->timer = event_new(p->base, -1, 0, job_on_timer, j);
+    if (!j->timer) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+    if (p->setup != SETUP_DONE && p->setup_error) {
+        job_fail_soon(j, p->setup_error);
+        return true;
+    }
+    if (!pool_has_live_conn(p)) {
+        job_fail_soon(j, "database unreachable");
+        return true;
+    }
+    if (p->queue_len >= p->max_queue) {
+        job_fail_soon(j, "database queue full");
+        return true;
+    }
+    TAILQ_INSERT_TAIL(&p->queue, j, link);
+    j->queued = true;
+    p->queue_len++;
+    event_add(j->timer, &tv);
+    pool_dispatch(p);
+    return true;
+}
+
+bool pgpool_is_ready(const struct pgpool *p)
+{
+    if (p->setup != SETUP_DONE)
+        return false;
+    for (int i = 0; i < p->size; i++)
+        if (p->conns[i].state == PGC_IDLE || p->conns[i].state == PGC_BUSY)
+            return true;
+    return false;
+}
+
+const char *pgpool_state_word(const struct pgpool *p)
+{
+    if (pgpool_is_ready(p))
+        return "ok";
+    if (p->setup_error)
+        return p->setup_error;
+    if (!p->ever_ready && pool_has_live_conn(p))
+        return "connecting";
+    return "unreachable";
+}
+
+const char *pgpool_name(const struct pgpool *p)
+{
+    return p->name;
+}

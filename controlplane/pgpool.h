@@ -1,0 +1,74 @@
+/*
+ * pgpool.h - an asynchronous PostgreSQL connection pool on the libevent loop.
+ *
+ * One pool per database (the global catalog, each geography). Every connection
+ * is driven by libpq's non-blocking API with its socket watched by libevent, so
+ * a slow or dead database never blocks the loop. Connections reconnect by
+ * themselves with exponential backoff. The first connection of a pool applies
+ * the pool's migrations (and, for a geography database, checks which
+ * geography it belongs to) before any query runs.
+ */
+#ifndef CP_PGPOOL_H
+#define CP_PGPOOL_H
+
+#include <event2/event.h>
+#include <libpq-fe.h>
+#include <stdbool.h>
+
+#include "migrate.h"
+#include "util.h"
+
+enum pgq_status {
+    PGQ_OK,           /* the statement ran; res holds its result */
+    PGQ_SQL_ERROR,    /* the server refused it; sqlstate and message say why */
+    PGQ_UNAVAILABLE,  /* no connection, queue full or timed out, or the connection broke */
+};
+
+struct pgq_result {
+    enum pgq_status status;
+    const PGresult *res;      /* PGQ_OK: tuples or command result; valid during the callback only */
+    const char *sqlstate;     /* PGQ_SQL_ERROR: five characters */
+    const char *message;      /* PGQ_SQL_ERROR / PGQ_UNAVAILABLE: for logs, never for clients */
+    const char *constraint;   /* PGQ_SQL_ERROR: violated constraint, or NULL */
+    const char *column;       /* PGQ_SQL_ERROR: column named by the error, or NULL */
+    const char *table;        /* PGQ_SQL_ERROR: table named by the error, or NULL */
+};
+
+/* Called exactly once per query, never from inside pgpool_query() itself. */
+typedef void (*pgpool_cb)(const struct pgq_result *r, void *arg);
+
+struct pgpool_opts {
+    const char *name;            /* for logs and readiness: "global", "geo:eu" */
+    const char *conninfo;
+    int size;                    /* connections */
+    int connect_timeout_ms;
+    int query_timeout_ms;
+    int queue_timeout_ms;        /* how long a query may wait for a free connection */
+    int max_queue;
+    const struct migration *migrations;
+    int n_migrations;
+    const char *geography;       /* non-NULL: check/record geo_identity */
+};
+
+struct pgpool;
+
+struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *opts);
+/* Closes every connection. Queued queries are dropped without their callbacks:
+ * free a pool only once nothing waits on it. */
+void pgpool_free(struct pgpool *p);
+
+/*
+ * Run one parameterised statement (text parameters, text results). values may
+ * hold NULL for SQL NULL; the pool copies sql and values. Returns false only
+ * if the pool is being freed; otherwise cb will be called.
+ */
+bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
+                  pgpool_cb cb, void *arg);
+
+/* Whether the pool has a live, migrated connection right now. */
+bool pgpool_is_ready(const struct pgpool *p);
+/* A short word for readiness answers: "ok", "connecting", "unreachable", "migration_failed", "wrong_geography". */
+const char *pgpool_state_word(const struct pgpool *p);
+const char *pgpool_name(const struct pgpool *p);
+
+#endif

@@ -1,0 +1,211 @@
+/*
+ * redisfeed.c - subscribe + snapshot of stamp load reports.
+ *
+ * Two connections: "sub" holds the SUBSCRIBE (a subscribed connection can't
+ * run other commands), "cmd" runs the snapshot SCAN/HGETALLs and the PING
+ * heartbeat. A subscription alone would miss reports sent while we were
+ * disconnected, so every (re)subscribe is followed by a snapshot.
+ */
+#include "redisfeed.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "redisconn.h"
+#include "util.h"
+
+struct redisfeed {
+    struct event_base *base;
+    struct loadtable *lt;
+    struct redisconn *sub;
+    struct redisconn *cmd;
+    bool subscribed;
+    bool want_snapshot;      /* a subscribe happened; snapshot once cmd is up */
+    bool snapshot_running;
+    int64_t bad_reports;
+};
+
+static void feed_apply(struct redisfeed *f, json_t *report, const char *source)
+{
+    if (!loadtable_apply(f->lt, report, util_wall_ms(), util_mono_ms())) {
+        /* Log the first few and then every 1000th, not every tick of a broken agent. */
+        if (f->bad_reports++ % 1000 < 3)
+            log_warn("event=bad_load_report source=%s count=%lld", source, (long long)f->bad_reports);
+    }
+}
+
+/* ---- snapshot: SCAN stamp:*:load, then HGETALL each ---- */
+
+static void feed_snapshot_scan(struct redisfeed *f, const char *cursor);
+
+static json_t *feed_hash_to_report(const redisReply *r)
+{
+    json_t *obj = json_object();
+    for (size_t i = 0; i + 1 < r->elements; i += 2) {
+        const redisReply *k = r->element[i], *v = r->element[i + 1];
+        int64_t n;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING)
+            continue;
+        if (strcmp(k->str, "load") == 0) {
+            json_t *load = json_loadb(v->str, v->len, 0, NULL);
+            if (load) json_object_set_new(obj, "load", load);
+        } else if (strcmp(k->str, "ts") == 0 || strcmp(k->str, "intervalMs") == 0 ||
+                   strcmp(k->str, "seq") == 0) {
+            if (util_parse_int64(v->str, 0, INT64_MAX, &n))
+                json_object_set_new(obj, k->str, json_integer(n));
+        } else {
+            json_object_set_new(obj, k->str, json_stringn(v->str, v->len));
+        }
+    }
+    return obj;
+}
+
+static void feed_on_hgetall(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redisfeed *f = privdata;
+    redisReply *reply = r;
+    json_t *report;
+    (void)ac;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0)
+        return;   /* gone meanwhile (TTL) or connection lost */
+    report = feed_hash_to_report(reply);
+    feed_apply(f, report, "snapshot");
+    json_decref(report);
+}
+
+static void feed_on_scan(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redisfeed *f = privdata;
+    redisReply *reply = r;
+    const redisReply *cursor, *keys;
+
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+        f->snapshot_running = false;
+        f->want_snapshot = true;   /* try again on the next connect */
+        return;
+    }
+    cursor = reply->element[0];
+    keys = reply->element[1];
+    for (size_t i = 0; keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++) {
+        const redisReply *k = keys->element[i];
+        if (k->type == REDIS_REPLY_STRING)
+            redisAsyncCommand(ac, feed_on_hgetall, f, "HGETALL %b", k->str, k->len);
+    }
+    if (cursor->type == REDIS_REPLY_STRING && strcmp(cursor->str, "0") != 0) {
+        feed_snapshot_scan(f, cursor->str);
+        return;
+    }
+    f->snapshot_running = false;
+    log_info("event=load_snapshot_done");
+}
+
+static void feed_snapshot_scan(struct redisfeed *f, const char *cursor)
+{
+    redisAsyncContext *ac = redisconn_ctx(f->cmd);
+    if (!ac || redisAsyncCommand(ac, feed_on_scan, f, "SCAN %s MATCH %s COUNT 1000", cursor,
+                                 REDISFEED_KEY_PATTERN) != REDIS_OK) {
+        f->snapshot_running = false;
+        f->want_snapshot = true;
+    }
+}
+
+static void feed_maybe_snapshot(struct redisfeed *f)
+{
+    if (!f->want_snapshot || f->snapshot_running || !redisconn_ctx(f->cmd))
+        return;
+    f->want_snapshot = false;
+    f->snapshot_running = true;
+    feed_snapshot_scan(f, "0");
+}
+
+/* ---- subscription ---- */
+
+static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redisfeed *f = privdata;
+    redisReply *reply = r;
+    const redisReply *kind;
+    (void)ac;
+    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
+        return;
+    kind = reply->element[0];
+    if (kind->type != REDIS_REPLY_STRING)
+        return;
+    if (strcmp(kind->str, "subscribe") == 0) {
+        f->subscribed = true;
+        f->want_snapshot = true;
+        log_info("event=subscribed channel=%s", REDISFEED_CHANNEL);
+        feed_maybe_snapshot(f);
+    } else if (strcmp(kind->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
+        json_t *report = json_loadb(reply->element[2]->str, reply->element[2]->len, 0, NULL);
+        feed_apply(f, report, "publish");
+        json_decref(report);
+    }
+}
+
+static void feed_sub_up(struct redisconn *rc, void *arg)
+{
+    struct redisfeed *f = arg;
+    redisAsyncContext *ac = redisconn_ctx(rc);
+    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s", REDISFEED_CHANNEL) != REDIS_OK)
+        log_warn("event=subscribe_failed");
+}
+
+static void feed_sub_down(struct redisconn *rc, void *arg)
+{
+    struct redisfeed *f = arg;
+    (void)rc;
+    f->subscribed = false;
+}
+
+static void feed_cmd_up(struct redisconn *rc, void *arg)
+{
+    (void)rc;
+    feed_maybe_snapshot(arg);
+}
+
+static void feed_cmd_down(struct redisconn *rc, void *arg)
+{
+    struct redisfeed *f = arg;
+    (void)rc;
+    if (f->snapshot_running) {
+        f->snapshot_running = false;
+        f->want_snapshot = true;
+    }
+    /* The subscriber can't ping; if the server stopped answering the command
+     * connection, the subscription is no better off. */
+    redisconn_drop(f->sub);
+}
+
+struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt)
+{
+    struct redisfeed *f = xcalloc(1, sizeof *f);
+    struct redisconn_opts sub = {
+        .name = "sub", .host = host, .port = port, .connect_timeout_ms = 2000,
+        .on_up = feed_sub_up, .on_down = feed_sub_down, .arg = f,
+    };
+    struct redisconn_opts cmd = {
+        .name = "cmd", .host = host, .port = port, .connect_timeout_ms = 2000,
+        .ping_interval_ms = 1000, .ping_timeout_ms = 3000,
+        .on_up = feed_cmd_up, .on_down = feed_cmd_down, .arg = f,
+    };
+    f->base = base;
+    f->lt = lt;
+    f->sub = redisconn_new(base, &sub);
+    f->cmd = redisconn_new(base, &cmd);
+    return f;
+}
+
+void redisfeed_free(struct redisfeed *f)
+{
+    if (!f) return;
+    redisconn_free(f->sub);
+    redisconn_free(f->cmd);
+    free(f);
+}
+
+bool redisfeed_is_ready(const struct redisfeed *f)
+{
+    return f->subscribed && redisconn_is_up(f->sub) && redisconn_is_up(f->cmd);
+}
