@@ -1,0 +1,52 @@
+/*
+ * agent_load.h - the stamp's load counters (per DPS instance and per IoT hub)
+ * and their JSON form, the "load" object of every report.
+ *
+ * The provisioning endpoint will update these counters; for now they stay zero.
+ */
+#ifndef STAMPAGENT_LOAD_H
+#define STAMPAGENT_LOAD_H
+
+#include <jansson.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "util.h"
+
+struct agent_dps_load {
+    char *id;
+    uint64_t registrations;             /* since process start */
+    uint64_t registrations_last_minute;
+    uint64_t throttled_last_minute;
+};
+
+struct agent_hub_load {
+    char *id;
+    uint64_t devices;                   /* devices currently assigned to the hub */
+};
+
+struct agent_load {
+    struct agent_dps_load *dps;
+    size_t n_dps;
+    struct agent_hub_load *hubs;
+    size_t n_hubs;
+};
+
+/* One zeroed entry per id, in the given order; the ids are copied. */
+void agent_load_init(struct agent_load *load, char *const *dps_ids, size_t n_dps,
+                     char *const *hub_ids, size_t n_hubs);
+void agent_load_free(struct agent_load *load);
+
+/* Find a counter block by id; NULL when the id is not configured. */
+struct agent_dps_load *agent_load_dps(struct agent_load *load, const char *id);
+struct agent_hub_load *agent_load_hub(struct agent_load *load, const char *id);
+
+/*
+ * Build {"dps":[{"id","registrations","registrationsLastMinute",
+ * "throttledLastMinute"}...],"hubs":[{"id","devices"}...]}.
+ * Returns a new reference the caller must json_decref(), or NULL if jansson
+ * could not allocate.
+ */
+json_t *agent_load_json(const struct agent_load *load) MUSTCHECK;
+
+#endif
