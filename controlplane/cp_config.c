@@ -64,7 +64,7 @@ static bool cp_config_parse_geos(json_t *geos, struct cp_config *cfg, struct jv_
         char path[128];
         jv_path(path, sizeof path, "geographies", key);
         if (!jv_valid_id(key)) {
-            jv_set(e, "invalid_value", path, "geography id '%s' must match [a-z0-9][a-z0-9-]{0,62}", key);
+            jv_set(e, "invalid_value", path, "'%s': geography id must match [a-z0-9][a-z0-9-]{0,62}", path);
             return false;
         }
         if (!json_is_string(val) || json_string_length(val) == 0) {
