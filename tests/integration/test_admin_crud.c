@@ -5,8 +5,8 @@
  * (204 then 404), and the conflict / reference rules (409 has_dependents,
  * 409 already_exists, 422 invalid_reference, 422 geography_not_configured).
  *
- * One control plane for the whole file, configured with five geographies
- * (us, eu, ap, sa, af). Each test uses its own ids.
+ * One control plane for the whole file, configured with six geographies
+ * (us, eu, ap, sa, af, oc; oc is never created). Each test uses its own ids.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -23,7 +23,7 @@ static struct ts_cp *cp;
 
 static int group_setup(void **state)
 {
-    struct ts_cp_opts o = { .geo_ids = { "us", "eu", "ap", "sa", "af", NULL } };
+    struct ts_cp_opts o = { .geo_ids = { "us", "eu", "ap", "sa", "af", "oc", NULL } };
     cp = ts_controlplane_start(&o);
     if (!ts_controlplane_wait_ready(cp, 20000)) {
         ts_log("readyz: %s", ts_resp_str(ts_get(cp, "/readyz")));
@@ -241,8 +241,19 @@ static void test_geographies(void **state)
     TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/geographies", "{\"id\":\"ap\"}"), 409, "already_exists");
     TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/geographies", "{\"id\":\"mars\"}"), 422,
                     "geography_not_configured");
-    TS_EXPECT_ERROR(ts_admin(cp, "GET", "/v1/geographies/mars", NULL), 404, "not_found");
-    TS_EXPECT_ERROR(ts_admin(cp, "PATCH", "/v1/geographies/mars", "{\"displayName\":\"x\"}"), 404, "not_found");
+    /* configured, never created: 404 */
+    TS_EXPECT_ERROR(ts_admin(cp, "GET", "/v1/geographies/oc", NULL), 404, "not_found");
+    TS_EXPECT_ERROR(ts_admin(cp, "PATCH", "/v1/geographies/oc", "{\"displayName\":\"x\"}"), 404, "not_found");
+    TS_EXPECT_ERROR(ts_admin(cp, "DELETE", "/v1/geographies/oc", NULL), 404, "not_found");
+    /* not configured: api.md allows reading this as 404 not_found or 422 geography_not_configured */
+    {
+        struct ts_resp *r = ts_admin(cp, "GET", "/v1/geographies/mars", NULL);
+        if (!ts_is_error_body(r) ||
+            !((r->status == 404 && strcmp(ts_err_code(r), "not_found") == 0) ||
+              (r->status == 422 && strcmp(ts_err_code(r), "geography_not_configured") == 0)))
+            ts_fail("GET /v1/geographies/mars: expected 404 not_found or 422 geography_not_configured, got %s",
+                    ts_resp_str(r));
+    }
 
     delete_ok("geographies", "ap");
     delete_ok("geographies", "sa");
@@ -283,7 +294,7 @@ static void test_regions(void **state)
         walk_list("regions", NULL, all);
         walk_list("regions", "geography=us", us);
         walk_list("regions", "geography=eu", eu);
-        walk_list("regions", "geography=ap", none);
+        walk_list("regions", "geography=oc", none);
     }
 
     {
@@ -298,7 +309,7 @@ static void test_regions(void **state)
     /* layout rules */
     TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"us-east\",\"geography\":\"us\"}"), 409,
                     "already_exists");
-    TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"ap-east\",\"geography\":\"ap\"}"), 422,
+    TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"oc-east\",\"geography\":\"oc\"}"), 422,
                     "invalid_reference"); /* configured but not created */
     TS_EXPECT_ERROR(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"xx-east\",\"geography\":\"nowhere\"}"), 422,
                     NULL);

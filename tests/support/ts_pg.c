@@ -8,6 +8,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+static void quiet_notice(void *arg, const char *message)
+{
+    (void)arg;
+    (void)message;
+}
+
 struct created_db {
     char *admin;
     char *name;
@@ -51,7 +57,7 @@ PGconn *ts_pg_connect(const char *conninfo)
         PQfinish(c);
         ts_fail("cannot connect to \"%s\": %s", conninfo, msg);
     }
-    PQsetNoticeProcessor(c, NULL, NULL);
+    PQsetNoticeProcessor(c, quiet_notice, NULL);
     return c;
 }
 
@@ -76,7 +82,7 @@ static void drop_at_exit(void *arg)
     PGconn *c = PQconnectdbParams(keys, vals, 1);
     if (PQstatus(c) == CONNECTION_OK) {
         char sql[256];
-        PQsetNoticeProcessor(c, NULL, NULL);
+        PQsetNoticeProcessor(c, quiet_notice, NULL);
         snprintf(sql, sizeof sql, "DROP DATABASE IF EXISTS \"%s\" WITH (FORCE)", d->name);
         PQclear(PQexec(c, sql));
     }
