@@ -3,8 +3,8 @@
  * reconnect with exponential backoff, and the hiredis context's lifetime.
  *
  * State machine (agent_redis_set_state() logs every transition):
- *   WAITING --retry timer--> CONNECTING --connect cb ok--> CONNECTED
- *   CONNECTING --connect cb error / deadline--> WAITING
+ *   WAITING --retry timer--> CONNECTING --TCP up, PING answered--> CONNECTED
+ *   CONNECTING --connect error / PING error / deadline--> WAITING
  *   CONNECTED --disconnect cb / agent_redis_drop()--> WAITING
  *   CONNECTED --agent_redis_disconnect()--> CLOSING --disconnect cb--> CLOSED
  *   any --agent_redis_close()--> CLOSED
@@ -80,16 +80,18 @@ static void agent_redis_free_ctx(struct agent_redis *r)
         redisAsyncFree(ac);
 }
 
-static void agent_redis_on_connect(const redisAsyncContext *ac, int status)
+/* PING answered: the connection is usable. Runs inside a hiredis callback. */
+static void agent_redis_on_ping(redisAsyncContext *ac, void *reply, void *privdata)
 {
     struct agent_redis *r = ac->data;
+    redisReply *rep = reply;
 
-    if (r->ac != ac)
+    if (r->ac != ac || r->state != AGENT_REDIS_CONNECTING || !rep)
         return;
-    if (status != REDIS_OK) {
-        r->ac = NULL;   /* hiredis frees it when we return */
-        agent_redis_note_failure(r, "connect_failed", ac->errstr);
-        agent_redis_schedule(r);
+    if (rep->type == REDIS_REPLY_ERROR) {
+        /* e.g. LOADING: hang up once this callback returns; on_disconnect retries. */
+        agent_redis_note_failure(r, "handshake_failed", rep->str);
+        redisAsyncDisconnect(ac);
         return;
     }
     evtimer_del(r->connect_timer);
@@ -105,9 +107,34 @@ static void agent_redis_on_connect(const redisAsyncContext *ac, int status)
     r->on_up(r->owner);
 }
 
+/*
+ * TCP is up. The connection only counts once Redis answers a PING within the
+ * connect deadline (still armed), so a Redis that accepts but never answers
+ * stays one outage with growing backoff instead of a reconnect loop.
+ */
+static void agent_redis_on_connect(const redisAsyncContext *cac, int status)
+{
+    struct agent_redis *r = cac->data;
+    redisAsyncContext *ac = r->ac;
+
+    if (ac != cac)
+        return;
+    if (status != REDIS_OK) {
+        r->ac = NULL;   /* hiredis frees it when we return */
+        agent_redis_note_failure(r, "connect_failed", cac->errstr);
+        agent_redis_schedule(r);
+        return;
+    }
+    /* On failure, leave it to the deadline: hiredis 0.14 keeps using the context
+     * after this callback, so it must not be disconnected from here. */
+    if (redisAsyncCommand(ac, agent_redis_on_ping, NULL, "PING") != REDIS_OK)
+        log_warn("event=redis_ping_failed addr=%s:%d", r->host, r->port);
+}
+
 static void agent_redis_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct agent_redis *r = ac->data;
+    bool was_up = r->state == AGENT_REDIS_CONNECTED || r->state == AGENT_REDIS_CLOSING;
 
     if (r->ac != ac)
         return;
@@ -116,11 +143,12 @@ static void agent_redis_on_disconnect(const redisAsyncContext *ac, int status)
         log_info("event=redis_disconnected addr=%s:%d", r->host, r->port);
         agent_redis_set_state(r, AGENT_REDIS_CLOSED);
     } else {
-        agent_redis_note_failure(r, "connection_lost",
+        agent_redis_note_failure(r, was_up ? "connection_lost" : "handshake_failed",
                                  status == REDIS_OK ? "closed" : ac->errstr);
         agent_redis_schedule(r);
     }
-    r->on_down(r->owner);
+    if (was_up)
+        r->on_down(r->owner);
 }
 
 static void agent_redis_connect(struct agent_redis *r)
@@ -168,14 +196,15 @@ static void agent_redis_retry_cb(evutil_socket_t fd, short what, void *arg)
         agent_redis_connect(r);
 }
 
-/* A black-holed address never answers the SYN: give up on it after the deadline. */
+/* A black-holed address never answers the SYN, a frozen Redis never answers the
+ * PING: give up on the attempt after the deadline. */
 static void agent_redis_connect_timeout_cb(evutil_socket_t fd, short what, void *arg)
 {
     struct agent_redis *r = arg;
 
     if (r->state != AGENT_REDIS_CONNECTING)
         return;
-    agent_redis_free_ctx(r);   /* not yet connected: hiredis runs no callbacks */
+    agent_redis_free_ctx(r);   /* its callbacks see r->ac != ac and return */
     agent_redis_note_failure(r, "connect_timeout", "no answer within deadline");
     agent_redis_schedule(r);
 }

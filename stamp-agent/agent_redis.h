@@ -22,11 +22,12 @@
 
 #define AGENT_REDIS_BACKOFF_MIN_MS     100
 #define AGENT_REDIS_BACKOFF_MAX_MS     5000
+/* Deadline for TCP connect plus the first PING reply. */
 #define AGENT_REDIS_CONNECT_TIMEOUT_MS 2000
 
 enum agent_redis_state {
     AGENT_REDIS_WAITING,     /* no context; the retry timer is armed */
-    AGENT_REDIS_CONNECTING,  /* context exists, TCP connect in progress, deadline armed */
+    AGENT_REDIS_CONNECTING,  /* context exists; TCP connect or PING pending; deadline armed */
     AGENT_REDIS_CONNECTED,   /* commands may be sent */
     AGENT_REDIS_CLOSING,     /* graceful disconnect requested; no reconnect follows */
     AGENT_REDIS_CLOSED,      /* no context, no timers: final */

@@ -79,7 +79,7 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
     return -1;
 }
 
-static int agent_main(const struct agent_args *args, const struct agent_config *cfg)
+static int agent_main(const struct agent_config *cfg)
 {
     struct agent a;
     int rc = 1;
@@ -111,7 +111,7 @@ int main(int argc, char **argv)
     if (args.log_level < 0)
         args.log_level = cfg.log_level >= 0 ? cfg.log_level : LOG_INFO;
     log_init("stamp-agent", (enum log_level)args.log_level);
-    rc = agent_main(&args, &cfg);
+    rc = agent_main(&cfg);
     agent_config_free(&cfg);
     libevent_global_shutdown();
     return rc;
