@@ -201,9 +201,12 @@ void sas_build(const char *sr, const unsigned char *key, size_t keylen, int64_t 
     sas_hmac(key, keylen, msg, (size_t)(n > 0 ? n : 0), mac);
     sas_b64_encode(mac, sizeof mac, b64, sizeof b64);
     for (const char *p = b64; *p && o + 4 < sizeof enc; p++) {
-        if (*p == '+' || *p == '/' || *p == '=')
-            o += (size_t)snprintf(enc + o, sizeof enc - o, "%%%02X", (unsigned char)*p);
-        else
+        if (*p == '+' || *p == '/' || *p == '=') {
+            static const char hex[] = "0123456789ABCDEF";
+            enc[o++] = '%';
+            enc[o++] = hex[(unsigned char)*p >> 4];
+            enc[o++] = hex[(unsigned char)*p & 15];
+        } else
             enc[o++] = *p;
     }
     enc[o] = '\0';
