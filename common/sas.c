@@ -182,13 +182,12 @@ int sas_b64_decode(const char *in, unsigned char *out, size_t outlen)
 
 void sas_b64_encode(const unsigned char *in, size_t len, char *out, size_t outlen)
 {
-    unsigned char tmp[1400];
+    /* EVP_EncodeBlock writes 4*ceil(len/3) characters plus a NUL. */
     if (len > 1024 || outlen < 4 * ((len + 2) / 3) + 1) {
         if (outlen) out[0] = '\0';
         return;
     }
-    EVP_EncodeBlock(tmp, in, (int)len);
-    snprintf(out, outlen, "%s", (char *)tmp);
+    EVP_EncodeBlock((unsigned char *)out, in, (int)len);
 }
 
 void sas_build(const char *sr, const unsigned char *key, size_t keylen, int64_t expiry,
