@@ -52,7 +52,7 @@ static const char *snapshot(const char *db)
 static void test_concurrent_start(void **state)
 {
     const char *admin = ts_env("STAMPCP_TEST_PG");
-    struct ts_cp_opts o = { .geo_ids = { "us", "eu", NULL }, .no_wait = true };
+    struct ts_cp_opts o = { .geo_ids = { "us", "eu", NULL } };
     struct ts_cp *c1, *c2, *c3;
     const char *g_before, *u_before, *e_before;
 
@@ -63,11 +63,13 @@ static void test_concurrent_start(void **state)
     o.geo_dbs[0] = us_db;
     o.geo_dbs[1] = eu_db;
 
-    /* no_wait: both processes are forked back to back, before either migrates */
+    /* both configs first, then the two processes forked back to back */
     o.name = "cp-a";
-    c1 = ts_controlplane_start(&o);
+    c1 = ts_controlplane_prepare(&o);
     o.name = "cp-b";
-    c2 = ts_controlplane_start(&o);
+    c2 = ts_controlplane_prepare(&o);
+    ts_controlplane_spawn(c1);
+    ts_controlplane_spawn(c2);
     if (!ts_controlplane_wait_ready(c1, 20000) || !ts_proc_alive(c1->proc))
         ts_fail("first controlplane not ready: %s", ts_resp_str(ts_get(c1, "/readyz")));
     if (!ts_controlplane_wait_ready(c2, 20000) || !ts_proc_alive(c2->proc))
@@ -90,7 +92,6 @@ static void test_concurrent_start(void **state)
     u_before = snapshot(us_db);
     e_before = snapshot(eu_db);
     o.name = "cp-c";
-    o.no_wait = false;
     c3 = ts_controlplane_start(&o);
     if (!ts_controlplane_wait_ready(c3, 20000))
         ts_fail("third controlplane not ready: %s", ts_resp_str(ts_get(c3, "/readyz")));

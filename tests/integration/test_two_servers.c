@@ -133,6 +133,7 @@ static void test_wrong_geography_db_caught(void **state)
         if (!eu_check || strcmp(eu_check, "ok") == 0)
             ts_fail("readyz should report geo:eu as failing: %s", ts_resp_str(r));
         TS_EXPECT_STREQ(ts_jstr(json_object_get(r->json, "checks"), "geo:us"), "ok");
+        ts_log("misconfigured controlplane stays up, unready: %s", ts_resp_str(r));
         /* eu writes must not land in the us database */
         r = ts_admin(cp, "GET", "/v1/geographies", NULL);
         TS_EXPECT_STATUS(ts_get(cp, "/healthz"), 200);

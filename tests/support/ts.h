@@ -257,7 +257,8 @@ struct ts_cp_opts {
 };
 
 struct ts_cp {
-    struct ts_proc *proc;
+    struct ts_proc *proc;   /* NULL until spawned */
+    char name[64];
     int port;
     char token[64];
     char config_path[512];
@@ -269,6 +270,13 @@ struct ts_cp {
 
 /* Write the config, start the daemon on a free port, wait (20 s) for /healthz 200. */
 struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o);
+/*
+ * Two-phase start for tests that need several daemons to start at the same
+ * moment: prepare writes the config and picks the port (no process yet),
+ * spawn forks it without waiting.
+ */
+struct ts_cp *ts_controlplane_prepare(const struct ts_cp_opts *o);
+void ts_controlplane_spawn(struct ts_cp *cp);
 /* Wait (timeout_ms) for /readyz 200. */
 bool ts_controlplane_wait_ready(struct ts_cp *cp, int timeout_ms);
 /* SIGTERM, wait up to timeout_ms; returns the exit code (-1: signal/timeout, then SIGKILLed). */

@@ -75,35 +75,55 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
     (void)name;
 }
 
-struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o)
+static int g_cp_seq;
+
+/* Fill in databases, token and redis; no port, no process. */
+static struct ts_cp *cp_new(const struct ts_cp_opts *o, int n)
 {
-    static int seq;
     struct ts_cp *cp = ts_keep(calloc(1, sizeof *cp));
-    const char *name = o->name ? o->name : "controlplane";
     const char *admin = ts_env("STAMPCP_TEST_PG");
     const char *const *ids = o->geo_ids[0] ? o->geo_ids : default_geos;
-    int n = seq++;
 
     util_random_hex(cp->token, 16);
-    if (o->global_db) {
-        cp->global_db = o->global_db;
-    } else {
-        cp->global_db = ts_pg_create_db(admin, ts_unique(ts_str("%d_global", n)));
-    }
+    cp->global_db = o->global_db ? o->global_db : ts_pg_create_db(admin, ts_unique(ts_str("%d_global", n)));
     for (int i = 0; ids[i] && i < TS_MAX_GEOS - 1; i++) {
         cp->geo_ids[i] = ids[i];
         cp->geo_dbs[i] = o->geo_dbs[i] ? o->geo_dbs[i]
                                        : ts_pg_create_db(admin, ts_unique(ts_str("%d_%s", n, ids[i])));
     }
     cp->redis = o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS");
+    return cp;
+}
+
+struct ts_cp *ts_controlplane_prepare(const struct ts_cp_opts *o)
+{
+    int n = g_cp_seq++;
+    const char *name = o->name ? o->name : "controlplane";
+    struct ts_cp *cp = cp_new(o, n);
+    cp->port = ts_free_port();
+    snprintf(cp->name, sizeof cp->name, "%s-%d", name, n);
+    snprintf(cp->config_path, sizeof cp->config_path, "%s/%s.json", ts_tmp(), cp->name);
+    write_cp_config(cp, o, name);
+    return cp;
+}
+
+void ts_controlplane_spawn(struct ts_cp *cp)
+{
+    char *argv[] = { (char *)ts_bin("controlplane"), "--config", cp->config_path, NULL };
+    cp->proc = ts_proc_spawn(cp->name, argv, NULL, NULL);
+}
+
+struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o)
+{
+    struct ts_cp *cp = ts_controlplane_prepare(o);
 
     for (int attempt = 0; attempt < 3; attempt++) {
         int64_t t0 = ts_now_ms();
-        cp->port = ts_free_port();
-        snprintf(cp->config_path, sizeof cp->config_path, "%s/%s-%d.json", ts_tmp(), name, n);
-        write_cp_config(cp, o, name);
-        char *argv[] = { (char *)ts_bin("controlplane"), "--config", cp->config_path, NULL };
-        cp->proc = ts_proc_spawn(ts_str("%s-%d", name, n), argv, NULL, NULL);
+        if (attempt > 0) {
+            cp->port = ts_free_port();
+            write_cp_config(cp, o, cp->name);
+        }
+        ts_controlplane_spawn(cp);
         if (o->no_wait)
             return cp;
         (void)ts_wait_until(healthz_ok, cp, 20000);
@@ -115,7 +135,7 @@ struct ts_cp *ts_controlplane_start(const struct ts_cp_opts *o)
                 ts_proc_dump_log(cp->proc, 4000);
                 ts_fail("controlplane on port %d not healthy after 20 s", cp->port);
             }
-            ts_log("controlplane %s up on port %d in %lld ms", cp->proc->name, cp->port,
+            ts_log("controlplane %s up on port %d in %lld ms", cp->name, cp->port,
                    (long long)(ts_now_ms() - t0));
             return cp;
         }
