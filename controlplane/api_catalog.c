@@ -170,11 +170,11 @@ static void cat_run(struct cat_op *op, const char *sql, int n, const char *const
 }
 
 static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res,
-                            const struct catalog_values *v, const char *id)
+                            const struct catalog_values *v, const char *id, bool create)
 {
     bool present;
     const char *pair = catalog_value(res, v, "pairedRegion", &present);
-    if (res->needs_geo_config && !cp_config_geo_conninfo(&r->cp->cfg, id)) {
+    if (create && res->needs_geo_config && !cp_config_geo_conninfo(&r->cp->cfg, id)) {
         cpreq_reply_error(r, 422, "geography_not_configured", "id",
                           "geography '%s' has no database in the control plane's configuration", id);
         return false;
@@ -202,7 +202,7 @@ static void cat_create(struct cp_req *r, const struct catalog_resource *res)
         return;
     }
     json_decref(body);
-    if (!cat_check_rules(r, res, &v, v.value[0])) {
+    if (!cat_check_rules(r, res, &v, v.value[0], true)) {
         catalog_values_free(&v);
         return;
     }
@@ -245,7 +245,7 @@ static void cat_update(struct cp_req *r, const struct catalog_resource *res, con
         cat_get(r, res, id);
         return;
     }
-    if (!cat_check_rules(r, res, &v, id)) {
+    if (!cat_check_rules(r, res, &v, id, false)) {
         catalog_values_free(&v);
         return;
     }
