@@ -9,10 +9,13 @@
 #include <event2/http.h>
 #include <stdbool.h>
 
+#include "assign_cache.h"
 #include "cp_config.h"
+#include "layout.h"
 #include "loadtable.h"
 #include "pgpool.h"
 #include "redisfeed.h"
+#include "tenants.h"
 
 struct cp {
     struct event_base *base;
@@ -23,6 +26,10 @@ struct cp {
     struct pgpool *geo[CP_MAX_GEOGRAPHIES];   /* same order as cfg.geos */
     struct loadtable *lt;
     struct redisfeed *feed;
+    struct tenants *tenants;
+    struct layouts *layouts;
+    struct assign_cache *cache;
+    char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */
     bool shutting_down;
     int64_t shutdown_deadline_ms;

@@ -14,7 +14,8 @@
 
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "maxBodyBytes",
-    "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel", NULL,
+    "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
+    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", NULL,
 };
 static const char *const cp_config_db_keys[] = {
     "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", NULL,
@@ -31,6 +32,10 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->db_query_timeout_ms = 5000;
     cfg->db_queue_timeout_ms = 2000;
     cfg->db_max_queue = 4096;
+    cfg->cache_size = 200000;
+    cfg->cache_ttl_ms = 60000;
+    cfg->tenant_cache_ttl_ms = 5000;
+    cfg->layout_refresh_ms = 1000;
     cfg->log_level = LOG_INFO;
 }
 
@@ -107,6 +112,10 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !jv_int(root, "", "downAfterIntervals", false, 2, 10000, &cfg->down_after_intervals, e) ||
         !jv_int(root, "", "shutdownTimeoutMs", false, 0, 600000, &cfg->shutdown_timeout_ms, e) ||
         !jv_object(root, "", "db", false, &db, e) ||
+        !jv_int(root, "", "cacheSize", false, 1, 100000000, &cfg->cache_size, e) ||
+        !jv_int(root, "", "cacheTtlMs", false, 100, 3600000, &cfg->cache_ttl_ms, e) ||
+        !jv_int(root, "", "tenantCacheTtlMs", false, 100, 3600000, &cfg->tenant_cache_ttl_ms, e) ||
+        !jv_int(root, "", "layoutRefreshMs", false, 50, 60000, &cfg->layout_refresh_ms, e) ||
         !jv_string(root, "", "logLevel", false, 1, 16, &level, e))
         return false;
 

@@ -36,6 +36,10 @@ struct cp_config {
     int64_t db_query_timeout_ms;
     int64_t db_queue_timeout_ms;
     int64_t db_max_queue;
+    int64_t cache_size;           /* device assignments cached for repeat lookups */
+    int64_t cache_ttl_ms;
+    int64_t tenant_cache_ttl_ms;
+    int64_t layout_refresh_ms;
     int log_level;
 };
 

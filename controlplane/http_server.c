@@ -11,7 +11,9 @@
 #include <string.h>
 
 #include "api_catalog.h"
+#include "api_devices.h"
 #include "api_probes.h"
+#include "api_tenants.h"
 #include "http_req.h"
 #include "log.h"
 
@@ -30,11 +32,25 @@ static void http_route(struct cp_req *r)
         }
         return;
     }
+    /* Devices authenticate themselves (SAS, installer token) on their own routes. */
+    if (r->nsegs >= 4 && strcmp(r->segs[0], "v1") == 0 && strcmp(r->segs[1], "tenants") == 0 &&
+        strcmp(r->segs[3], "registrations") == 0) {
+        api_devices_registration(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+        return;
+    }
     if (r->nsegs >= 1 && strcmp(r->segs[0], "v1") == 0) {
         if (!cpreq_is_operator(r)) {
             cpreq_add_header(r, "WWW-Authenticate", "Bearer");
             cpreq_reply_error(r, 401, "unauthorized", NULL,
                               "a valid operator token is required (Authorization: Bearer <token>)");
+            return;
+        }
+        if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
+            api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+            return;
+        }
+        if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {
+            api_tenants_handle(r, r->segs + 2, r->nsegs - 2);
             return;
         }
         if ((r->nsegs == 2 || r->nsegs == 3) && (res = catalog_find(r->segs[1])) != NULL) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_devices.h"
 #include "cp.h"
 #include "http_server.h"
 #include "log.h"
@@ -151,10 +152,26 @@ static void cp_start_pools(struct cp *cp)
     }
 }
 
+static void cp_on_invalidate(const char *payload, void *arg)
+{
+    api_devices_on_invalidate(arg, payload);
+}
+
+/* The subscription was lost and is back: invalidations may have been missed. */
+static void cp_on_resubscribed(void *arg)
+{
+    struct cp *cp = arg;
+    assign_cache_clear(cp->cache);
+    tenants_forget_all(cp->tenants);
+}
+
 static void cp_free(struct cp *cp)
 {
     http_server_free(cp);
+    layouts_free(cp->layouts);
     redisfeed_free(cp->feed);
+    tenants_free(cp->tenants);
+    assign_cache_free(cp->cache);
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++)
         pgpool_free(cp->geo[i]);
@@ -199,7 +216,16 @@ int main(int argc, char **argv)
     cp.sig_hup = cp_signal(&cp, SIGHUP);
     cp.lt = loadtable_new(cp.cfg.stale_after_intervals, cp.cfg.down_after_intervals);
     cp_start_pools(&cp);
-    cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, cp.lt);
+    for (int i = 0; i < cp.cfg.n_geos; i++)
+        cp.geo_ids[i] = cp.cfg.geos[i].id;
+    cp.cache = assign_cache_new((size_t)cp.cfg.cache_size, cp.cfg.cache_ttl_ms);
+    cp.tenants = tenants_new(cp.global, (int)cp.cfg.tenant_cache_ttl_ms);
+    cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
+                             (int)cp.cfg.layout_refresh_ms);
+    {
+        struct redisfeed_hooks hooks = {cp_on_invalidate, cp_on_resubscribed, &cp};
+        cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, cp.lt, &hooks);
+    }
     if (!http_server_start(&cp)) {
         rc = 1;
     } else {

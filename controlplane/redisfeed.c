@@ -24,6 +24,7 @@ struct redisfeed {
     bool want_snapshot;      /* a subscribe happened; snapshot once cmd is up */
     bool snapshot_running;
     int64_t bad_reports;
+    struct redisfeed_hooks hooks;
 };
 
 static void feed_apply(struct redisfeed *f, json_t *report, const char *source)
@@ -133,10 +134,21 @@ static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
     if (kind->type != REDIS_REPLY_STRING)
         return;
     if (strcmp(kind->str, "subscribe") == 0) {
+        const redisReply *chan = reply->element[1];
+        if (chan->type != REDIS_REPLY_STRING || strcmp(chan->str, REDISFEED_CHANNEL) != 0) {
+            if (f->hooks.on_resubscribed)
+                f->hooks.on_resubscribed(f->hooks.arg);
+            return;
+        }
         f->subscribed = true;
         f->want_snapshot = true;
         log_info("event=subscribed channel=%s", REDISFEED_CHANNEL);
         feed_maybe_snapshot(f);
+    } else if (strcmp(kind->str, "message") == 0 && reply->element[1]->type == REDIS_REPLY_STRING &&
+               strcmp(reply->element[1]->str, REDISFEED_INVALIDATE_CHANNEL) == 0 &&
+               reply->element[2]->type == REDIS_REPLY_STRING) {
+        if (f->hooks.on_invalidate)
+            f->hooks.on_invalidate(reply->element[2]->str, f->hooks.arg);
     } else if (strcmp(kind->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
         json_t *report = json_loadb(reply->element[2]->str, reply->element[2]->len, 0, NULL);
         feed_apply(f, report, "publish");
@@ -148,7 +160,8 @@ static void feed_sub_up(struct redisconn *rc, void *arg)
 {
     struct redisfeed *f = arg;
     redisAsyncContext *ac = redisconn_ctx(rc);
-    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s", REDISFEED_CHANNEL) != REDIS_OK)
+    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s %s", REDISFEED_CHANNEL,
+                          REDISFEED_INVALIDATE_CHANNEL) != REDIS_OK)
         log_warn("event=subscribe_failed");
 }
 
@@ -178,7 +191,8 @@ static void feed_cmd_down(struct redisconn *rc, void *arg)
     redisconn_drop(f->sub);
 }
 
-struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt)
+struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt,
+                                const struct redisfeed_hooks *hooks)
 {
     struct redisfeed *f = xcalloc(1, sizeof *f);
     struct redisconn_opts sub = {
@@ -192,6 +206,8 @@ struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int p
     };
     f->base = base;
     f->lt = lt;
+    if (hooks)
+        f->hooks = *hooks;
     f->sub = redisconn_new(base, &sub);
     f->cmd = redisconn_new(base, &cmd);
     return f;
@@ -208,4 +224,20 @@ void redisfeed_free(struct redisfeed *f)
 bool redisfeed_is_ready(const struct redisfeed *f)
 {
     return f->subscribed && redisconn_is_up(f->sub) && redisconn_is_up(f->cmd);
+}
+
+struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f)
+{
+    return redisconn_is_up(f->cmd) ? redisconn_ctx(f->cmd) : NULL;
+}
+
+void redisfeed_invalidate(struct redisfeed *f, const char *payload)
+{
+    redisAsyncContext *ac = redisconn_ctx(f->cmd);
+    /* Callers change assignments only while Redis is up, so this fails only
+     * if Redis goes away in between; then subscribers lose their subscription
+     * too and drop their whole cache on resubscribing, and the cache TTL is
+     * the backstop for the rest. */
+    if (!ac || redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", REDISFEED_INVALIDATE_CHANNEL, payload) != REDIS_OK)
+        log_warn("event=invalidation_not_published payload=\"%.100s\"", payload);
 }

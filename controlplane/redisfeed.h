@@ -17,12 +17,27 @@
 
 #define REDISFEED_CHANNEL "stamps:load"
 #define REDISFEED_KEY_PATTERN "stamp:*:load"
+/* Cache invalidations between control planes: "device <tenant> <regid>" or "tenant <id>". */
+#define REDISFEED_INVALIDATE_CHANNEL "cp:invalidate"
 
 struct redisfeed;
 
-struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt);
+struct redisfeed_hooks {
+    /* A message on the invalidation channel (payload NUL-terminated). */
+    void (*on_invalidate)(const char *payload, void *arg);
+    /* The subscription was (re)established: messages may have been missed. */
+    void (*on_resubscribed)(void *arg);
+    void *arg;
+};
+
+struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt,
+                                const struct redisfeed_hooks *hooks);
 void redisfeed_free(struct redisfeed *f);
 /* Both connections up and the heartbeat answered recently. */
 bool redisfeed_is_ready(const struct redisfeed *f);
+/* The command connection for other modules' commands, or NULL while down. */
+struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f);
+/* Publish an invalidation to every control plane (this one included); best effort. */
+void redisfeed_invalidate(struct redisfeed *f, const char *payload);
 
 #endif

@@ -1,6 +1,11 @@
 -- 002_devices: where each device of this geography is assigned, why, and what
 -- happened to it before. Only devices placed in this geography are here; the
 -- global catalog never sees a registration id.
+-- API timestamps: RFC 3339 in UTC with milliseconds (as in the global catalog).
+CREATE FUNCTION cp_ts(ts timestamptz) RETURNS text LANGUAGE sql STABLE AS $$
+    SELECT to_char(ts AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"')
+$$;
+
 CREATE TABLE devices (
     tenant_id        text NOT NULL,
     registration_id  text NOT NULL,

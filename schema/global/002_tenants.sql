@@ -8,6 +8,9 @@ CREATE TABLE tenants (
     residency_regions      text[] NOT NULL DEFAULT '{}',
     tenancy                text NOT NULL DEFAULT 'pooled' CHECK (tenancy IN ('pooled', 'dedicated')),
     dedicated_stamps       text[] NOT NULL DEFAULT '{}',
+    -- every geography the tenant's devices may live in, now or before a
+    -- residency change: device lookups search these, never a global index
+    lookup_geographies     text[] NOT NULL,
     enrollment_key         text NOT NULL,
     version                bigint NOT NULL DEFAULT 1,
     created_at             timestamptz NOT NULL DEFAULT now(),

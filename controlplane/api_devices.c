@@ -1,0 +1,744 @@
+/*
+ * api_devices.c - the router's device requests, one state machine per request:
+ *
+ *   AUTH --tenant loaded, credential verified--> CACHE (locate only)
+ *   --miss--> LOOKUP (every geography the tenant's devices may live in, in
+ *   parallel) --found--> reply | --new--> PLACE --> RATE (shared token
+ *   buckets) --> ASSIGN (geography database, atomic) --> reply
+ *
+ * A device that got 200 is in its geography's database: the answer is sent
+ * only after the assignment statement committed.
+ */
+#include "api_devices.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <strings.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "placement.h"
+#include "ratelimit.h"
+#include "sas.h"
+#include "util.h"
+
+#define DEV_MAX_ATTEMPTS 4
+#define DEV_MAX_EXCLUDE 16
+
+enum dev_kind { DEV_LOCATE, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_RATE, DS_ASSIGN, DS_DONE };
+static const char *const dev_state_names[] = {"auth", "lookup", "rate", "assign", "done"};
+enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER };
+
+struct dev_row {
+    bool found;
+    int geo;                   /* index into cfg.geos */
+    char status[16];
+    char region[64], stamp[64], dps[64], scope[72], endpoint[260], assigned_at[40];
+    char etag[24];
+    char *detail;              /* admin GET: the full JSON */
+};
+
+struct devreq {
+    struct cp_req *r;
+    enum dev_kind kind;
+    enum dev_state state;
+    enum dev_auth auth;
+    char tenant_id[64];
+    char regid[132];
+    struct sas_token sas;
+    char bearer_sha[2 * SHA256_DIGEST_LENGTH + 1];
+    char reason[160];
+    struct tenant *t;
+    struct layout *l;
+    int pending;
+    bool lookup_failed;
+    struct dev_row row;
+    uint64_t epoch;
+    struct placement_result pr;
+    char exclude[DEV_MAX_EXCLUDE][64];
+    const char *exclude_ptr[DEV_MAX_EXCLUDE];
+    int nexclude;
+    int attempts;
+    const struct layout_dps *chosen;
+    bool moving;               /* reprovision of an assigned device */
+};
+
+static void dev_lookup(struct devreq *d);
+static void dev_place(struct devreq *d);
+
+bool api_devices_valid_regid(const char *s)
+{
+    size_t n = strlen(s);
+    char last;
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == ':'))
+            return false;
+    }
+    last = s[n - 1];
+    return (last >= 'a' && last <= 'z') || (last >= '0' && last <= '9') || last == '-';
+}
+
+static void dev_set_state(struct devreq *d, enum dev_state s)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_write(LOG_DEBUG, d->r->id, "event=device_state from=%s to=%s tenant=%s", dev_state_names[d->state],
+                  dev_state_names[s], d->tenant_id);
+    d->state = s;
+}
+
+static void dev_free(struct devreq *d)
+{
+    if (d->t) tenant_unref(d->t);
+    if (d->l) layout_unref(d->l);
+    placement_result_clear(&d->pr);
+    free(d->row.detail);
+    free(d);
+}
+
+/* Every reply goes through these: they end the request. */
+static void dev_error(struct devreq *d, int status, const char *code, const char *target, const char *msg)
+{
+    dev_set_state(d, DS_DONE);
+    cpreq_reply_error(d->r, status, code, target, "%s", msg);
+    dev_free(d);
+}
+
+static void dev_unavailable(struct devreq *d, const struct pgq_result *q)
+{
+    dev_set_state(d, DS_DONE);
+    cpreq_reply_db_unavailable(d->r, q);
+    dev_free(d);
+}
+
+static void dev_unauthorized(struct devreq *d, const char *code)
+{
+    cpreq_add_header(d->r, "WWW-Authenticate", "SharedAccessSignature");
+    dev_error(d, 401, code, NULL, "the credential was not accepted");
+}
+
+static void dev_retry_after(struct devreq *d, int64_t seconds)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)seconds);
+    cpreq_add_header(d->r, "Retry-After", v);
+}
+
+static json_t *dev_answer(struct devreq *d)
+{
+    const struct dev_row *w = &d->row;
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
+                     d->tenant_id, "geography", d->r->cp->cfg.geos[w->geo].id, "region", w->region, "stamp",
+                     w->stamp, "idScope", w->scope, "dpsEndpoint", w->endpoint, "assignedAt", w->assigned_at,
+                     "etag", w->etag);
+}
+
+static void dev_reply_assignment(struct devreq *d, bool cache, const char *moved_reason)
+{
+    json_t *a = dev_answer(d);
+    char *text;
+    if (d->kind == DEV_REPROVISION) {
+        json_object_set_new(a, "moved", json_boolean(moved_reason != NULL));
+        if (moved_reason)
+            json_object_set_new(a, "reason", json_string(moved_reason));
+    }
+    text = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    if (cache && d->kind == DEV_LOCATE)
+        assign_cache_put(d->r->cp->cache, d->epoch, d->tenant_id, d->regid, text);
+    dev_set_state(d, DS_DONE);
+    cpreq_reply_text(d->r, 200, text, strlen(text));
+    free(text);
+    dev_free(d);
+}
+
+static void dev_publish_change(struct devreq *d)
+{
+    char *payload = xasprintf("device %s %s", d->tenant_id, d->regid);
+    assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
+    redisfeed_invalidate(d->r->cp->feed, payload);
+    free(payload);
+}
+
+/* ---- rows ---- */
+
+static const char dev_lookup_sql[] =
+    "SELECT status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
+    " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text"
+    " FROM devices WHERE tenant_id = $1 AND registration_id = $2";
+
+static const char dev_detail_sql[] =
+    "SELECT d.status, coalesce(d.region_id,''), coalesce(d.stamp_id,''), coalesce(d.dps_id,''),"
+    " coalesce(d.id_scope,''), coalesce(d.dps_endpoint,''), coalesce(cp_ts(d.assigned_at),''), d.etag::text,"
+    " json_build_object('registrationId', d.registration_id, 'tenantId', d.tenant_id, 'status', d.status,"
+    "  'region', d.region_id, 'stamp', d.stamp_id, 'dps', d.dps_id, 'idScope', d.id_scope,"
+    "  'dpsEndpoint', d.dps_endpoint, 'assignedAt', cp_ts(d.assigned_at), 'etag', d.etag::text,"
+    "  'assignedHub', d.hub_host_name, 'deviceId', d.device_id, 'updatedAt', cp_ts(d.updated_at),"
+    "  'decision', d.decision, 'history', (SELECT coalesce(json_agg(json_build_object('at', cp_ts(h.at),"
+    "  'event', h.event, 'fromStamp', h.from_stamp, 'toStamp', h.to_stamp, 'reason', h.reason) ORDER BY h.id),"
+    "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id))"
+    " FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
+
+/* Columns 0..7 (after an optional outcome column at offset) into a row. */
+static void dev_row_read(struct dev_row *w, const PGresult *res, int off, int geo)
+{
+    w->found = true;
+    w->geo = geo;
+    snprintf(w->status, sizeof w->status, "%s", PQgetvalue(res, 0, off + 0));
+    snprintf(w->region, sizeof w->region, "%s", PQgetvalue(res, 0, off + 1));
+    snprintf(w->stamp, sizeof w->stamp, "%s", PQgetvalue(res, 0, off + 2));
+    snprintf(w->dps, sizeof w->dps, "%s", PQgetvalue(res, 0, off + 3));
+    snprintf(w->scope, sizeof w->scope, "%s", PQgetvalue(res, 0, off + 4));
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", PQgetvalue(res, 0, off + 5));
+    snprintf(w->assigned_at, sizeof w->assigned_at, "%s", PQgetvalue(res, 0, off + 6));
+    snprintf(w->etag, sizeof w->etag, "%s", PQgetvalue(res, 0, off + 7));
+}
+
+static int dev_geo_index(const struct cp *cp, const char *geo)
+{
+    for (int i = 0; i < cp->cfg.n_geos; i++)
+        if (strcmp(cp->cfg.geos[i].id, geo) == 0)
+            return i;
+    return -1;
+}
+
+/* ---- release (deprovision / retire) ---- */
+
+static void dev_on_release(const struct pgq_result *q, void *arg)
+{
+    struct devreq *d = arg;
+    if (q->status == PGQ_UNAVAILABLE) {
+        dev_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        dev_error(d, 500, "internal", NULL, "the device could not be released");
+        return;
+    }
+    dev_publish_change(d);
+    dev_set_state(d, DS_DONE);
+    cpreq_reply_json(d->r, 200, json_pack("{s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
+                                          d->tenant_id, "status", PQgetvalue(q->res, 0, 0)));
+    dev_free(d);
+}
+
+static void dev_release(struct devreq *d)
+{
+    static const char sql[] = "SELECT status FROM cp_release_device($1, $2, $3::boolean, $4)";
+    const char *values[4] = {d->tenant_id, d->regid, d->kind == DEV_RETIRE ? "true" : "false",
+                             d->reason[0] ? d->reason : (d->kind == DEV_RETIRE ? "retired by operator"
+                                                                                 : "deprovisioned by operator")};
+    if (!redisfeed_cmd(d->r->cp->feed)) {
+        /* Other routers' caches must hear of the change: refuse rather than leave them stale. */
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
+        return;
+    }
+    pgpool_query(d->r->cp->geo[d->row.geo], sql, 4, values, dev_on_release, d);
+}
+
+/* ---- assign / move ---- */
+
+static void dev_exclude(struct devreq *d, const char *dps)
+{
+    if (d->nexclude < DEV_MAX_EXCLUDE) {
+        snprintf(d->exclude[d->nexclude], sizeof d->exclude[0], "%s", dps);
+        d->exclude_ptr[d->nexclude] = d->exclude[d->nexclude];
+        d->nexclude++;
+    }
+}
+
+static void dev_on_assign(const struct pgq_result *q, void *arg)
+{
+    struct devreq *d = arg;
+    const char *outcome;
+    int geo = d->row.geo;
+
+    if (q->status == PGQ_UNAVAILABLE) {
+        dev_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        log_write(LOG_ERROR, d->r->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
+                  q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
+        dev_error(d, 500, "internal", NULL, "the assignment could not be written");
+        return;
+    }
+    outcome = PQgetvalue(q->res, 0, 0);
+    if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
+        dev_row_read(&d->row, q->res, 1, geo);
+        if (strcmp(outcome, "assigned") == 0 && d->chosen) {
+            /* Our own placements count at once, not at the next refresh. */
+            struct layout_dps *dp = layout_find_dps(d->l, d->chosen->id);
+            if (dp) { dp->registrations++; dp->stamp->devices++; }
+        }
+        if (strcmp(outcome, "moved") == 0) {
+            dev_publish_change(d);
+            dev_reply_assignment(d, false, d->reason);
+        } else {
+            dev_reply_assignment(d, true, d->kind == DEV_REPROVISION && d->moving ? d->reason : NULL);
+        }
+    } else if (strcmp(outcome, "retired") == 0) {
+        dev_error(d, 410, "device_retired", NULL, "this device is retired");
+    } else if (strcmp(outcome, "unchanged") == 0 && ++d->attempts < DEV_MAX_ATTEMPTS) {
+        dev_lookup(d);   /* someone else changed it meanwhile: look again */
+    } else if ((strcmp(outcome, "dps_full") == 0 || strcmp(outcome, "regid_taken") == 0) &&
+               ++d->attempts < DEV_MAX_ATTEMPTS) {
+        dev_exclude(d, d->chosen->id);
+        dev_place(d);
+    } else {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "capacity_exhausted", NULL, "no DPS instance could take the device now");
+    }
+}
+
+static char *dev_decision_text(struct devreq *d)
+{
+    json_t *dec = json_deep_copy(d->pr.decision);
+    char at[40], *text;
+    util_format_time(util_wall_ms(), at, sizeof at);
+    json_object_set_new(dec, "at", json_string(at));
+    json_object_set_new(dec, "reason", json_string(d->reason));
+    json_object_set_new(dec, "chosen", json_pack("{s:s, s:s}", "stamp", d->chosen->stamp->id, "dps", d->chosen->id));
+    text = json_dumps(dec, JSON_COMPACT);
+    json_decref(dec);
+    return text;
+}
+
+static void dev_assign(struct devreq *d)
+{
+    static const char assign_sql[] =
+        "SELECT a.outcome, (a.dev).status, coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
+        " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
+        " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
+        " FROM cp_assign_device($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) a";
+    static const char move_sql[] =
+        "SELECT a.outcome, coalesce((a.dev).status,''), coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
+        " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
+        " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
+        " FROM cp_move_device($1, $2, $3::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $11) a";
+    const struct layout_dps *c = d->chosen;
+    char max[24], *decision = dev_decision_text(d);
+    int geo = dev_geo_index(d->r->cp, c->stamp->geo);
+
+    dev_set_state(d, DS_ASSIGN);
+    snprintf(max, sizeof max, "%lld", (long long)c->max_registrations);
+    if (geo < 0) {
+        free(decision);
+        dev_error(d, 500, "internal", NULL, "the chosen stamp's geography has no database here");
+        return;
+    }
+    if (d->moving) {
+        const char *v[11] = {d->tenant_id, d->regid, d->row.etag, c->stamp->region, c->stamp->id, c->id,
+                             c->id_scope, c->endpoint, max, decision, d->reason};
+        d->row.geo = geo;
+        pgpool_query(d->r->cp->geo[geo], move_sql, 11, v, dev_on_assign, d);
+    } else {
+        const char *v[10] = {d->tenant_id, d->regid, c->stamp->region, c->stamp->id, c->id,
+                             c->id_scope, c->endpoint, max, decision, d->reason};
+        d->row.geo = geo;
+        pgpool_query(d->r->cp->geo[geo], assign_sql, 10, v, dev_on_assign, d);
+    }
+    free(decision);
+}
+
+/* ---- rate ---- */
+
+static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
+{
+    struct devreq *d = arg;
+    if (st == RL_UNAVAILABLE) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+    } else if (st == RL_THROTTLED) {
+        dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        dev_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
+    } else {
+        d->chosen = d->pr.cand[admitted];
+        dev_assign(d);
+    }
+}
+
+static void dev_place(struct devreq *d)
+{
+    struct cp *cp = d->r->cp;
+    struct layout *l = layouts_current(cp->layouts);
+    struct placement_input in = {0};
+
+    if (!l) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "database_unavailable", NULL, "the layout is not loaded yet; retry later");
+        return;
+    }
+    if (!redisfeed_cmd(cp->feed)) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+        return;
+    }
+    if (d->l != l) {
+        if (d->l) layout_unref(d->l);
+        layout_ref(l);
+        d->l = l;
+    }
+    placement_result_clear(&d->pr);
+    in.tenant = d->t;
+    in.layout = l;
+    in.loads = cp->lt;
+    in.now_mono_ms = util_mono_ms();
+    in.registration_id = d->regid;
+    in.exclude_dps = d->exclude_ptr;
+    in.nexclude = d->nexclude;
+    if (d->moving) {
+        in.avoid_stamp = d->row.stamp;
+        in.only_geo = cp->cfg.geos[d->row.geo].id;
+    }
+    placement_run(&in, &d->pr);
+    if (d->pr.outcome != PLACE_OK) {
+        const char *code = placement_outcome_code(d->pr.outcome);
+        if (d->pr.outcome != PLACE_NO_ELIGIBLE)
+            dev_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5 : 60);
+        log_write(LOG_INFO, d->r->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);
+        dev_error(d, 503, code, NULL,
+                  d->pr.outcome == PLACE_NO_ELIGIBLE ? "no stamp satisfies the tenant's residency and tenancy"
+                  : d->pr.outcome == PLACE_NO_HEALTHY ? "no eligible stamp is healthy right now"
+                                                      : "every eligible stamp is full");
+        return;
+    }
+    dev_set_state(d, DS_RATE);
+    ratelimit_take(cp->feed, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX,
+                   dev_on_rate, d);
+}
+
+/* ---- lookup ---- */
+
+/* Reprovision: does the current assignment still hold? */
+static const char *dev_invalid_reason(struct devreq *d)
+{
+    struct layout *l = layouts_current(d->r->cp->layouts);
+    const struct layout_stamp *st = l ? layout_find_stamp(l, d->row.stamp) : NULL;
+    const char *rule = NULL;
+    if (!l)
+        return NULL;   /* can't judge: keep it */
+    if (!st || !layout_find_dps(l, d->row.dps))
+        return "stamp or DPS instance removed from the layout";
+    if (!placement_stamp_valid(d->t, st, d->r->cp->lt, util_mono_ms(), &rule)) {
+        if (strcmp(rule, "health") == 0)
+            return loadtable_health(d->r->cp->lt, st->id, util_mono_ms()) == STAMP_DOWN ? "stamp down" : "stamp stale";
+        if (strcmp(rule, "status") == 0) return "stamp draining";
+        if (strcmp(rule, "residency") == 0) return "residency changed";
+        return "tenancy changed";
+    }
+    return NULL;
+}
+
+static void dev_after_lookup(struct devreq *d)
+{
+    struct dev_row *w = &d->row;
+    const char *why;
+
+    if (!w->found && d->lookup_failed) {
+        /* It may exist where we couldn't look: placing it again could duplicate it. */
+        dev_unavailable(d, NULL);
+        return;
+    }
+    if (d->kind == DEV_ADMIN_GET) {
+        json_t *detail;
+        if (!w->found || !(detail = json_loads(w->detail, 0, NULL))) {
+            dev_error(d, 404, "not_found", NULL, "no such device");
+            return;
+        }
+        json_object_set_new(detail, "geography", json_string(d->r->cp->cfg.geos[w->geo].id));
+        dev_set_state(d, DS_DONE);
+        cpreq_reply_json(d->r, 200, detail);
+        dev_free(d);
+        return;
+    }
+    if (d->kind == DEV_DEPROVISION || d->kind == DEV_RETIRE) {
+        if (!w->found)
+            dev_error(d, 404, "not_found", NULL, "no such device");
+        else
+            dev_release(d);
+        return;
+    }
+    if (w->found && strcmp(w->status, "retired") == 0) {
+        dev_error(d, 410, "device_retired", NULL, "this device is retired");
+        return;
+    }
+    if (w->found && strcmp(w->status, "assigned") == 0) {
+        if (d->kind == DEV_LOCATE) {
+            dev_reply_assignment(d, true, NULL);
+            return;
+        }
+        if (!(why = dev_invalid_reason(d))) {
+            dev_reply_assignment(d, false, NULL);
+            return;
+        }
+        snprintf(d->reason, sizeof d->reason, "%s", why);
+        d->moving = true;
+        dev_place(d);
+        return;
+    }
+    snprintf(d->reason, sizeof d->reason, "%s", w->found ? "provisioned again after deprovisioning"
+                                                          : "first provisioning");
+    d->moving = false;
+    dev_place(d);
+}
+
+static void dev_on_lookup(const struct pgq_result *q, void *arg)
+{
+    struct devreq *d = arg;
+    int geo = -1;
+    /* which pool answered is not passed back; recover it from the pending order */
+    if (q->status != PGQ_OK) {
+        d->lookup_failed = true;
+    } else if (PQntuples(q->res) == 1) {
+        geo = dev_geo_index(d->r->cp, PQgetvalue(q->res, 0, PQnfields(q->res) - 1));
+        if (!d->row.found || strcmp(PQgetvalue(q->res, 0, 0), "assigned") == 0) {
+            free(d->row.detail);
+            d->row.detail = NULL;
+            dev_row_read(&d->row, q->res, 0, geo < 0 ? 0 : geo);
+            if (d->kind == DEV_ADMIN_GET)
+                d->row.detail = xstrdup(PQgetvalue(q->res, 0, 8));
+        }
+    }
+    if (--d->pending == 0)
+        dev_after_lookup(d);
+}
+
+static void dev_lookup(struct devreq *d)
+{
+    struct cp *cp = d->r->cp;
+    const char *values[3] = {d->tenant_id, d->regid, NULL};
+    char *sql = xasprintf("SELECT *, $3::text FROM (%s) x", d->kind == DEV_ADMIN_GET ? dev_detail_sql : dev_lookup_sql);
+
+    dev_set_state(d, DS_LOOKUP);
+    memset(&d->row, 0, sizeof d->row);
+    d->lookup_failed = false;
+    d->epoch = assign_cache_epoch(cp->cache);
+    d->pending = 1;
+    for (int i = 0; i < d->t->nlookup; i++) {
+        int g = dev_geo_index(cp, d->t->lookup_geos[i]);
+        if (g < 0) {
+            d->lookup_failed = true;   /* a geography we can't reach from here */
+            continue;
+        }
+        values[2] = cp->cfg.geos[g].id;
+        d->pending++;
+        pgpool_query(cp->geo[g], sql, 3, values, dev_on_lookup, d);
+    }
+    free(sql);
+    if (--d->pending == 0)
+        dev_after_lookup(d);
+}
+
+/* ---- auth ---- */
+
+static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
+{
+    struct devreq *d = arg;
+    const char *hit;
+
+    if (st == TENANT_UNAVAILABLE) {
+        dev_unavailable(d, NULL);
+        return;
+    }
+    if (st == TENANT_NOT_FOUND) {
+        if (d->auth == AUTH_OPERATOR)
+            dev_error(d, 404, "not_found", NULL, "no such tenant");
+        else
+            dev_unauthorized(d, d->auth == AUTH_SAS ? "invalid_signature" : "unauthorized");
+        return;
+    }
+    if (d->auth == AUTH_SAS) {
+        unsigned char dk[SAS_KEY_LEN];
+        bool ok;
+        sas_derive_key(t->key, (size_t)t->keylen, d->regid, dk);
+        ok = sas_verify(&d->sas, dk, sizeof dk);
+        OPENSSL_cleanse(dk, sizeof dk);
+        if (!ok) {
+            dev_unauthorized(d, "invalid_signature");
+            return;
+        }
+    } else if (d->auth == AUTH_INSTALLER && !tenant_has_installer(t, d->bearer_sha)) {
+        dev_unauthorized(d, "unauthorized");
+        return;
+    }
+    tenant_ref(t);
+    d->t = t;
+    if (d->kind == DEV_LOCATE && (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
+        dev_set_state(d, DS_DONE);
+        cpreq_reply_text(d->r, 200, hit, strlen(hit));
+        dev_free(d);
+        return;
+    }
+    dev_lookup(d);
+}
+
+/* Read the credential; false (after replying) if it is unusable as sent. */
+static bool dev_read_credential(struct devreq *d, bool operator_only)
+{
+    const char *h = evhttp_find_header(evhttp_request_get_input_headers(d->r->ev), "Authorization");
+    enum sas_error se;
+
+    if (h && strncmp(h, "SharedAccessSignature ", 22) == 0 && !operator_only) {
+        d->auth = AUTH_SAS;
+        if ((se = sas_parse(h, &d->sas)) != SAS_OK ||
+            (se = sas_check_claims(&d->sas, d->tenant_id, d->regid, util_wall_ms() / 1000)) != SAS_OK) {
+            dev_unauthorized(d, sas_error_code(se));
+            return false;
+        }
+        return true;
+    }
+    if (h && strncasecmp(h, "Bearer ", 7) == 0) {
+        const char *tok = h + 7;
+        if (cpreq_is_operator(d->r)) {
+            d->auth = AUTH_OPERATOR;
+            return true;
+        }
+        if (!operator_only) {
+            unsigned char digest[SHA256_DIGEST_LENGTH];
+            SHA256((const unsigned char *)tok, strlen(tok), digest);
+            for (size_t i = 0; i < sizeof digest; i++)
+                snprintf(d->bearer_sha + 2 * i, 3, "%02x", digest[i]);
+            d->auth = AUTH_INSTALLER;
+            return true;
+        }
+    }
+    cpreq_add_header(d->r, "WWW-Authenticate", "Bearer");
+    dev_error(d, 401, "unauthorized", NULL, "a device SAS token or a bearer token is required");
+    return false;
+}
+
+/* An optional body: nothing, or a JSON object with at most a "reason". */
+static bool dev_read_body(struct devreq *d, bool reason_allowed)
+{
+    static const char *const with_reason[] = {"reason", NULL};
+    static const char *const none[] = {NULL};
+    struct jv_err e;
+    const char *reason = NULL;
+    json_t *body;
+    if (d->r->body_len == 0)
+        return true;
+    if (!(body = cpreq_json_body(d->r, false))) {
+        dev_free(d);
+        return false;
+    }
+    if (!jv_only_keys(body, "", reason_allowed ? with_reason : none, &e) ||
+        !jv_string(body, "", "reason", false, 1, 128, &reason, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(d->r, &e);
+        dev_free(d);
+        return false;
+    }
+    if (reason)
+        snprintf(d->reason, sizeof d->reason, "%s", reason);
+    json_decref(body);
+    return true;
+}
+
+static struct devreq *dev_new(struct cp_req *r, enum dev_kind kind, const char *tenant, const char *regid)
+{
+    struct devreq *d;
+    if (!jv_valid_id(tenant)) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no such tenant");
+        return NULL;
+    }
+    if (!api_devices_valid_regid(regid)) {
+        cpreq_reply_error(r, 400, "invalid_value", "registrationId",
+                          "a registration id is 1-128 of [a-z0-9-._:], ending in a letter, digit or '-'");
+        return NULL;
+    }
+    if (!cpreq_check_query(r, NULL))
+        return NULL;
+    d = xcalloc(1, sizeof *d);
+    d->r = r;
+    d->kind = kind;
+    snprintf(d->tenant_id, sizeof d->tenant_id, "%s", tenant);
+    snprintf(d->regid, sizeof d->regid, "%s", regid);
+    return d;
+}
+
+void api_devices_registration(struct cp_req *r, const char *tenant, char **segs, int nsegs)
+{
+    struct devreq *d;
+    enum dev_kind kind;
+
+    /* segs: registrations/{regid}/{verb} */
+    if (nsegs != 3) {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (strcmp(segs[2], "locate") == 0) {
+        kind = DEV_LOCATE;
+    } else if (strcmp(segs[2], "reprovision") == 0) {
+        kind = DEV_REPROVISION;
+    } else if (strcmp(segs[2], "provision") == 0) {
+        cpreq_reply_error(r, 501, "not_implemented", NULL,
+                          "proxy provisioning (approach 2) arrives with the stamp provisioning endpoint; "
+                          "use locate and register at the returned DPS endpoint");
+        return;
+    } else {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (r->method != EVHTTP_REQ_POST) {
+        cpreq_add_header(r, "Allow", "POST");
+        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST");
+        return;
+    }
+    if (!(d = dev_new(r, kind, tenant, segs[1])))
+        return;
+    if (!dev_read_credential(d, false) || !dev_read_body(d, kind == DEV_REPROVISION))
+        return;
+    if (kind == DEV_REPROVISION && !d->reason[0])
+        snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested");
+    tenants_get(r->cp->tenants, d->tenant_id, dev_on_tenant, d);
+}
+
+void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int nsegs)
+{
+    struct devreq *d;
+    enum dev_kind kind;
+
+    /* segs: devices/{regid}[/{verb}] */
+    if (nsegs == 2) {
+        if (r->method != EVHTTP_REQ_GET) {
+            cpreq_add_header(r, "Allow", "GET");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET on a device");
+            return;
+        }
+        kind = DEV_ADMIN_GET;
+    } else if (nsegs == 3 && (strcmp(segs[2], "deprovision") == 0 || strcmp(segs[2], "retire") == 0 ||
+                              strcmp(segs[2], "reprovision") == 0)) {
+        if (r->method != EVHTTP_REQ_POST) {
+            cpreq_add_header(r, "Allow", "POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST");
+            return;
+        }
+        kind = segs[2][0] == 'd' ? DEV_DEPROVISION : segs[2][2] == 't' ? DEV_RETIRE : DEV_REPROVISION;
+    } else {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (!(d = dev_new(r, kind, tenant, segs[1])))
+        return;
+    d->auth = AUTH_OPERATOR;   /* the /v1 gate checked the operator token */
+    if (kind != DEV_ADMIN_GET && !dev_read_body(d, true))
+        return;
+    if (kind == DEV_REPROVISION && !d->reason[0])
+        snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested by operator");
+    tenants_get(r->cp->tenants, d->tenant_id, dev_on_tenant, d);
+}
+
+void api_devices_on_invalidate(struct cp *cp, const char *payload)
+{
+    char kind[16], a[64], b[132];
+    if (sscanf(payload, "%15s %63s %131s", kind, a, b) == 3 && strcmp(kind, "device") == 0)
+        assign_cache_forget(cp->cache, a, b);
+    else if (sscanf(payload, "%15s %63s", kind, a) == 2 && strcmp(kind, "tenant") == 0)
+        tenants_forget(cp->tenants, a);
+}

@@ -1,0 +1,26 @@
+/*
+ * api_devices.h - what devices (or installer apps on their behalf) ask the
+ * router, and the admin operations on single devices:
+ *
+ *   POST /v1/tenants/{t}/registrations/{r}/locate       device SAS, installer or operator token
+ *   POST /v1/tenants/{t}/registrations/{r}/reprovision  device SAS, installer or operator token
+ *   GET  /v1/tenants/{t}/devices/{r}                    operator
+ *   POST /v1/tenants/{t}/devices/{r}/deprovision|retire|reprovision   operator
+ */
+#ifndef CP_API_DEVICES_H
+#define CP_API_DEVICES_H
+
+#include "http_req.h"
+
+/* segs: the path after /v1/tenants/{t}/; Replies once. */
+void api_devices_registration(struct cp_req *r, const char *tenant, char **segs, int nsegs);
+void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int nsegs);
+
+/* Registration ids as DPS accepts them, lowercase only: [a-z0-9-._:]{1,128},
+ * ending in a letter, digit or '-'. */
+bool api_devices_valid_regid(const char *s);
+
+/* Handle an invalidation message from another control plane. */
+void api_devices_on_invalidate(struct cp *cp, const char *payload);
+
+#endif

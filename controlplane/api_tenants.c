@@ -1,0 +1,424 @@
+/*
+ * api_tenants.c - tenant onboarding handlers.
+ *
+ * The enrollment key (32 random bytes, base64) is returned once, in the
+ * answer to the create; devices derive their keys from it as Azure DPS
+ * group enrollments do. Installer tokens are stored only as SHA-256.
+ */
+#include "api_tenants.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "catalog.h"
+#include "log.h"
+#include "sas.h"
+#include "util.h"
+
+#define TENANT_MAX_GEOS 16
+#define TENANT_MAX_REGIONS 64
+#define TENANT_MAX_STAMPS 64
+
+static const char tenant_public_sql[] =
+    "json_build_object('id',t.id,'name',t.name,"
+    "'residency',json_build_object('geographies',t.residency_geographies,'regions',t.residency_regions),"
+    "'tenancy',t.tenancy,'dedicatedStamps',t.dedicated_stamps,'version',t.version,"
+    "'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at))";
+
+struct tenant_op {
+    struct cp_req *r;
+    char id[64];
+    char secret[96];     /* enrollment key or installer token, shown once */
+    char name[160];
+    int limit;
+};
+
+/* Validate an array of ids into a PostgreSQL array literal "{a,b}" (ids need no quoting). */
+static bool tenant_id_array(json_t *arr, const char *field, size_t min, size_t max, char *out,
+                            size_t outlen, struct jv_err *e)
+{
+    size_t i, o = 0;
+    json_t *v;
+    if (json_array_size(arr) < min || json_array_size(arr) > max) {
+        jv_set(e, "invalid_value", field, "'%s' must hold %zu to %zu ids", field, min, max);
+        return false;
+    }
+    out[o++] = '{';
+    json_array_foreach(arr, i, v) {
+        const char *s = json_string_value(v);
+        if (!json_is_string(v)) {
+            jv_set(e, "invalid_type", field, "'%s' must hold strings", field);
+            return false;
+        }
+        if (!jv_valid_id(s)) {
+            jv_set(e, "invalid_value", field, "'%s' holds '%.64s', not an id", field, s);
+            return false;
+        }
+        for (size_t k = 0; k < i; k++)
+            if (strcmp(json_string_value(json_array_get(arr, k)), s) == 0) {
+                jv_set(e, "invalid_value", field, "'%s' lists '%s' twice", field, s);
+                return false;
+            }
+        o += (size_t)snprintf(out + o, outlen - o, "%s%s", i ? "," : "", s);
+    }
+    snprintf(out + o, outlen - o, "}");
+    return true;
+}
+
+struct tenant_input {
+    const char *id, *name, *tenancy;
+    char geos[TENANT_MAX_GEOS * 66 + 4];
+    char regions[TENANT_MAX_REGIONS * 66 + 4];
+    char stamps[TENANT_MAX_STAMPS * 66 + 4];
+    json_t *geo_list;
+};
+
+static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err *e)
+{
+    static const char *const keys[] = {"id", "name", "residency", "tenancy", "dedicatedStamps", NULL};
+    static const char *const rkeys[] = {"geographies", "regions", NULL};
+    json_t *res = NULL, *geos = NULL, *regions = NULL, *stamps = NULL;
+
+    memset(in, 0, sizeof *in);
+    in->tenancy = "pooled";
+    if (!jv_only_keys(body, "", keys, e) ||
+        !jv_string(body, "", "id", false, 1, 63, &in->id, e) ||
+        !jv_string(body, "", "name", true, 1, 128, &in->name, e) ||
+        !jv_object(body, "", "residency", true, &res, e) ||
+        !jv_only_keys(res, "residency", rkeys, e) ||
+        !jv_array(res, "residency", "geographies", true, TENANT_MAX_GEOS, &geos, e) ||
+        !jv_array(res, "residency", "regions", false, TENANT_MAX_REGIONS, &regions, e) ||
+        !jv_string(body, "", "tenancy", false, 1, 16, &in->tenancy, e) ||
+        !jv_array(body, "", "dedicatedStamps", false, TENANT_MAX_STAMPS, &stamps, e))
+        return false;
+    if (in->id && !jv_valid_id(in->id)) {
+        jv_set(e, "invalid_value", "id", "'id' must match [a-z0-9][a-z0-9-]{0,62}");
+        return false;
+    }
+    if (strcmp(in->tenancy, "pooled") != 0 && strcmp(in->tenancy, "dedicated") != 0) {
+        jv_set(e, "invalid_value", "tenancy", "'tenancy' must be pooled or dedicated");
+        return false;
+    }
+    if (!tenant_id_array(geos, "residency.geographies", 1, TENANT_MAX_GEOS, in->geos, sizeof in->geos, e) ||
+        !tenant_id_array(regions ? regions : json_array(), "residency.regions", 0, TENANT_MAX_REGIONS,
+                         in->regions, sizeof in->regions, e))
+        return false;
+    if (!regions) {
+        /* json_array() above was a temporary: nothing to free when it was empty */
+    }
+    if (strcmp(in->tenancy, "dedicated") == 0 && (!stamps || json_array_size(stamps) == 0)) {
+        jv_set(e, "missing_field", "dedicatedStamps", "a dedicated tenant needs 'dedicatedStamps'");
+        return false;
+    }
+    if (strcmp(in->tenancy, "pooled") == 0 && stamps && json_array_size(stamps) > 0) {
+        jv_set(e, "invalid_value", "dedicatedStamps", "'dedicatedStamps' is only for dedicated tenants");
+        return false;
+    }
+    if (!tenant_id_array(stamps ? stamps : json_array(), "dedicatedStamps", 0, TENANT_MAX_STAMPS,
+                         in->stamps, sizeof in->stamps, e))
+        return false;
+    in->geo_list = geos;
+    return true;
+}
+
+static void tenant_reply_unavailable_or_error(struct tenant_op *op, const struct pgq_result *q)
+{
+    if (q->status == PGQ_UNAVAILABLE) {
+        cpreq_reply_db_unavailable(op->r, q);
+    } else if (strcmp(q->sqlstate, "23505") == 0) {
+        cpreq_reply_error(op->r, 409, "already_exists", "id", "a tenant with this id already exists");
+    } else {
+        log_write(LOG_ERROR, op->r->id, "event=sql_error sqlstate=%s error=\"%.300s\"", q->sqlstate,
+                  q->message ? q->message : "");
+        cpreq_reply_error(op->r, 500, "internal", NULL, "internal error (request %s)", op->r->id);
+    }
+}
+
+static void tenant_on_created(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *body;
+    if (q->status != PGQ_OK) {
+        tenant_reply_unavailable_or_error(op, q);
+    } else if (strcmp(PQgetvalue(q->res, 0, 0), "t") != 0) {
+        cpreq_reply_error(op->r, 422, "invalid_reference", "residency.geographies",
+                          "a residency geography does not exist");
+    } else if (strcmp(PQgetvalue(q->res, 0, 1), "t") != 0) {
+        cpreq_reply_error(op->r, 422, "invalid_reference", "residency.regions",
+                          "a residency region does not exist or is outside the listed geographies");
+    } else if (strcmp(PQgetvalue(q->res, 0, 2), "t") != 0) {
+        cpreq_reply_error(op->r, 422, "invalid_reference", "dedicatedStamps",
+                          "a dedicated stamp does not exist, is pooled, or is outside the residency");
+    } else if (PQgetisnull(q->res, 0, 3) || !(body = json_loads(PQgetvalue(q->res, 0, 3), 0, NULL))) {
+        cpreq_reply_error(op->r, 500, "internal", NULL, "the tenant was not created");
+    } else {
+        char *loc = xasprintf("/v1/tenants/%s", op->id);
+        json_object_set_new(body, "enrollmentKey", json_string(op->secret));
+        cpreq_add_header(op->r, "Location", loc);
+        cpreq_add_header(op->r, "Cache-Control", "no-store");
+        free(loc);
+        cpreq_reply_json(op->r, 201, body);
+    }
+    OPENSSL_cleanse(op->secret, sizeof op->secret);
+    free(op);
+}
+
+static void tenant_create(struct cp_req *r)
+{
+    static const char sql[] =
+        "WITH chk AS (SELECT"
+        "  (SELECT count(*) FROM geographies WHERE id = ANY($3::text[])) = cardinality($3::text[]) AS geos_ok,"
+        "  (SELECT count(*) FROM regions WHERE id = ANY($4::text[]) AND geography_id = ANY($3::text[]))"
+        "     = cardinality($4::text[]) AS regions_ok,"
+        "  (SELECT count(*) FROM stamps s JOIN regions g ON g.id = s.region_id WHERE s.id = ANY($6::text[])"
+        "     AND s.tenancy = 'dedicated' AND g.geography_id = ANY($3::text[])"
+        "     AND (cardinality($4::text[]) = 0 OR g.id = ANY($4::text[]))) = cardinality($6::text[]) AS stamps_ok),"
+        " ins AS (INSERT INTO tenants AS t (id, name, residency_geographies, residency_regions, tenancy,"
+        "   dedicated_stamps, lookup_geographies, enrollment_key)"
+        "   SELECT $1, $2, $3::text[], $4::text[], $5, $6::text[], $3::text[], $7 FROM chk"
+        "   WHERE geos_ok AND regions_ok AND stamps_ok RETURNING %s)"
+        " SELECT chk.geos_ok, chk.regions_ok, chk.stamps_ok, (SELECT * FROM ins) FROM chk";
+    struct tenant_input in;
+    struct jv_err e;
+    struct tenant_op *op;
+    unsigned char key[32];
+    const char *values[7];
+    json_t *body = cpreq_json_body(r, false);
+    char *q;
+    size_t i;
+    json_t *g;
+
+    if (!body)
+        return;
+    if (!tenant_validate(body, &in, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    json_array_foreach(in.geo_list, i, g)
+        if (!cp_config_geo_conninfo(&r->cp->cfg, json_string_value(g))) {
+            cpreq_reply_error(r, 422, "geography_not_configured", "residency.geographies",
+                              "geography '%s' has no database in this control plane", json_string_value(g));
+            json_decref(body);
+            return;
+        }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    if (in.id)
+        snprintf(op->id, sizeof op->id, "%s", in.id);
+    else {
+        char hex[17];
+        util_random_hex(hex, 8);
+        snprintf(op->id, sizeof op->id, "t-%s", hex);
+    }
+    if (!util_random_bytes(key, sizeof key)) {
+        json_decref(body);
+        free(op);
+        cpreq_reply_error(r, 500, "internal", NULL, "no randomness available");
+        return;
+    }
+    sas_b64_encode(key, sizeof key, op->secret, sizeof op->secret);
+    OPENSSL_cleanse(key, sizeof key);
+    values[0] = op->id;
+    values[1] = in.name;
+    values[2] = in.geos;
+    values[3] = in.regions;
+    values[4] = in.tenancy;
+    values[5] = in.stamps;
+    values[6] = op->secret;
+    q = xasprintf(sql, tenant_public_sql);
+    if (!pgpool_query(r->cp->global, q, 7, values, tenant_on_created, op)) {
+        free(op);
+        cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
+    }
+    free(q);
+    json_decref(body);
+}
+
+static void tenant_on_row(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    if (q->status != PGQ_OK)
+        tenant_reply_unavailable_or_error(op, q);
+    else if (PQntuples(q->res) == 0)
+        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+    else
+        cpreq_reply_text(op->r, 200, PQgetvalue(q->res, 0, 0), (size_t)PQgetlength(q->res, 0, 0));
+    free(op);
+}
+
+static void tenant_get(struct cp_req *r, const char *id)
+{
+    struct tenant_op *op = xcalloc(1, sizeof *op);
+    const char *values[1] = {id};
+    char *q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1", tenant_public_sql);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    if (!pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op))
+        tenant_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    free(q);
+}
+
+static void tenant_on_list(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *items, *body;
+    int n;
+    if (q->status != PGQ_OK) {
+        tenant_reply_unavailable_or_error(op, q);
+        free(op);
+        return;
+    }
+    n = PQntuples(q->res);
+    items = json_array();
+    for (int i = 0; i < n && i < op->limit; i++) {
+        json_t *item = json_loads(PQgetvalue(q->res, i, 0), 0, NULL);
+        if (item) json_array_append_new(items, item);
+    }
+    body = json_pack("{s:o}", "items", items);
+    if (n > op->limit) {
+        char *cursor = catalog_cursor_encode(PQgetvalue(q->res, op->limit - 1, 1));
+        json_object_set_new(body, "next", json_string(cursor));
+        free(cursor);
+    } else {
+        json_object_set_new(body, "next", json_null());
+    }
+    cpreq_reply_json(op->r, 200, body);
+    free(op);
+}
+
+static void tenant_list(struct cp_req *r)
+{
+    static const char *const allowed[] = {"limit", "cursor", NULL};
+    const char *values[2] = {NULL, NULL};
+    char cursor_id[64], limit_s[24];
+    int64_t limit = 100;
+    const char *s;
+    struct tenant_op *op;
+    char *q;
+
+    if (!cpreq_check_query(r, allowed))
+        return;
+    if ((s = cpreq_query(r, "limit")) && !util_parse_int64(s, 1, 500, &limit)) {
+        cpreq_reply_error(r, 400, "invalid_query", "limit", "limit must be an integer from 1 to 500");
+        return;
+    }
+    if ((s = cpreq_query(r, "cursor"))) {
+        if (!catalog_cursor_decode(s, cursor_id, sizeof cursor_id)) {
+            cpreq_reply_error(r, 400, "invalid_query", "cursor", "cursor is not one this server issued");
+            return;
+        }
+        values[0] = cursor_id;
+    }
+    snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit + 1);
+    values[1] = limit_s;
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    op->limit = (int)limit;
+    q = xasprintf("SELECT %s, t.id FROM tenants t WHERE ($1::text IS NULL OR t.id > $1) "
+                  "ORDER BY t.id LIMIT $2", tenant_public_sql);
+    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_list, op))
+        tenant_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    free(q);
+}
+
+static void tenant_on_token(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    if (q->status != PGQ_OK) {
+        if (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23503") == 0)
+            cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+        else
+            tenant_reply_unavailable_or_error(op, q);
+    } else {
+        char *payload = xasprintf("tenant %s", op->id);
+        tenants_forget(op->r->cp->tenants, op->id);
+        redisfeed_invalidate(op->r->cp->feed, payload);
+        free(payload);
+        cpreq_add_header(op->r, "Cache-Control", "no-store");
+        cpreq_reply_json(op->r, 201, json_pack("{s:s, s:s, s:s, s:s}", "tenantId", op->id, "name", op->name,
+                                                "token", op->secret, "scope", "provision:on-behalf"));
+    }
+    OPENSSL_cleanse(op->secret, sizeof op->secret);
+    free(op);
+}
+
+static void tenant_installer_token(struct cp_req *r, const char *id)
+{
+    static const char *const keys[] = {"name", NULL};
+    static const char sql[] =
+        "INSERT INTO installer_tokens (token_sha256, tenant_id, name) VALUES ($1, $2, $3)";
+    json_t *body = cpreq_json_body(r, false);
+    struct jv_err e;
+    const char *name = NULL;
+    struct tenant_op *op;
+    unsigned char raw[32], digest[SHA256_DIGEST_LENGTH];
+    char hash[2 * SHA256_DIGEST_LENGTH + 1];
+    const char *values[3];
+
+    if (!body)
+        return;
+    if (!jv_only_keys(body, "", keys, &e) || !jv_string(body, "", "name", true, 1, 128, &name, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    snprintf(op->name, sizeof op->name, "%s", name);
+    json_decref(body);
+    util_random_hex(op->secret, 32);
+    memmove(op->secret + 4, op->secret, 65);
+    memcpy(op->secret, "cpi_", 4);
+    SHA256((const unsigned char *)op->secret, strlen(op->secret), digest);
+    for (size_t i = 0; i < sizeof digest; i++)
+        snprintf(hash + 2 * i, 3, "%02x", digest[i]);
+    OPENSSL_cleanse(raw, sizeof raw);
+    values[0] = hash;
+    values[1] = op->id;
+    values[2] = op->name;
+    if (!pgpool_query(r->cp->global, sql, 3, values, tenant_on_token, op))
+        tenant_on_token(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+}
+
+void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
+{
+    if (nsegs == 0) {
+        if (r->method == EVHTTP_REQ_POST) {
+            if (cpreq_check_query(r, NULL))
+                tenant_create(r);
+        } else if (r->method == EVHTTP_REQ_GET) {
+            tenant_list(r);
+        } else {
+            cpreq_add_header(r, "Allow", "GET, POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET or POST on /v1/tenants");
+        }
+        return;
+    }
+    if (!jv_valid_id(segs[0])) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no tenant with that id");
+        return;
+    }
+    if (nsegs == 1) {
+        if (r->method != EVHTTP_REQ_GET) {
+            cpreq_add_header(r, "Allow", "GET");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET on a tenant");
+        } else if (cpreq_check_query(r, NULL)) {
+            tenant_get(r, segs[0]);
+        }
+        return;
+    }
+    if (nsegs == 2 && strcmp(segs[1], "installer-tokens") == 0) {
+        if (r->method != EVHTTP_REQ_POST) {
+            cpreq_add_header(r, "Allow", "POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to issue an installer token");
+        } else if (cpreq_check_query(r, NULL)) {
+            tenant_installer_token(r, segs[0]);
+        }
+        return;
+    }
+    cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+}

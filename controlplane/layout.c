@@ -1,0 +1,269 @@
+/*
+ * layout.c - catalog snapshot loading and periodic refresh.
+ */
+#include "layout.h"
+
+#include <jansson.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "util.h"
+
+static const char layout_sql[] =
+    "SELECT json_build_object('stamps', coalesce((SELECT json_agg(json_build_object("
+    "  'id', s.id, 'region', s.region_id, 'geography', r.geography_id, 'status', s.status,"
+    "  'tenancy', s.tenancy,"
+    "  'hubs', (SELECT count(*) FROM hubs h WHERE h.stamp_id = s.id),"
+    "  'hubCapacity', (SELECT coalesce(sum(h.max_devices), 0) FROM hubs h WHERE h.stamp_id = s.id),"
+    "  'dps', (SELECT coalesce(json_agg(json_build_object('id', d.id, 'idScope', d.id_scope,"
+    "          'endpoint', d.endpoint, 'max', d.max_registrations,"
+    "          'perMinute', d.registrations_per_minute) ORDER BY d.id), '[]')"
+    "          FROM dps_instances d WHERE d.stamp_id = s.id)) ORDER BY s.id)"
+    "  FROM stamps s JOIN regions r ON r.id = s.region_id), '[]'))";
+
+static const char layout_usage_sql[] = "SELECT dps_id, registrations FROM dps_usage";
+
+void layout_ref(struct layout *l)
+{
+    l->refs++;
+}
+
+void layout_unref(struct layout *l)
+{
+    if (!l || --l->refs > 0)
+        return;
+    for (int i = 0; i < l->nstamps; i++) {
+        free(l->stamps[i].id);
+        free(l->stamps[i].region);
+        free(l->stamps[i].geo);
+    }
+    for (int i = 0; i < l->ndps; i++) {
+        free(l->dps[i].id);
+        free(l->dps[i].id_scope);
+        free(l->dps[i].endpoint);
+    }
+    free(l->stamps);
+    free(l->dps);
+    free(l);
+}
+
+const struct layout_stamp *layout_find_stamp(const struct layout *l, const char *id)
+{
+    for (int i = 0; i < l->nstamps; i++)
+        if (strcmp(l->stamps[i].id, id) == 0)
+            return &l->stamps[i];
+    return NULL;
+}
+
+struct layout_dps *layout_find_dps(const struct layout *l, const char *id)
+{
+    for (int i = 0; i < l->ndps; i++)
+        if (strcmp(l->dps[i].id, id) == 0)
+            return &l->dps[i];
+    return NULL;
+}
+
+static const char *layout_str(json_t *o, const char *k)
+{
+    const char *s = json_string_value(json_object_get(o, k));
+    return s ? s : "";
+}
+
+struct layout *layout_from_json(json_t *root)
+{
+    json_t *stamps = json_object_get(root, "stamps"), *s, *d;
+    size_t i, j, ndps = 0;
+    struct layout *l;
+
+    if (!json_is_array(stamps))
+        return NULL;
+    json_array_foreach(stamps, i, s)
+        ndps += json_array_size(json_object_get(s, "dps"));
+    l = xcalloc(1, sizeof *l);
+    l->refs = 1;
+    l->stamps = xcalloc(json_array_size(stamps) + 1, sizeof *l->stamps);
+    l->dps = xcalloc(ndps + 1, sizeof *l->dps);
+    json_array_foreach(stamps, i, s) {
+        struct layout_stamp *st = &l->stamps[l->nstamps++];
+        st->id = xstrdup(layout_str(s, "id"));
+        st->region = xstrdup(layout_str(s, "region"));
+        st->geo = xstrdup(layout_str(s, "geography"));
+        st->draining = strcmp(layout_str(s, "status"), "draining") == 0;
+        st->dedicated = strcmp(layout_str(s, "tenancy"), "dedicated") == 0;
+        st->nhubs = (int)json_integer_value(json_object_get(s, "hubs"));
+        st->hub_capacity = json_integer_value(json_object_get(s, "hubCapacity"));
+        st->first_dps = l->ndps;
+        json_array_foreach(json_object_get(s, "dps"), j, d) {
+            struct layout_dps *dp = &l->dps[l->ndps++];
+            dp->id = xstrdup(layout_str(d, "id"));
+            dp->id_scope = xstrdup(layout_str(d, "idScope"));
+            dp->endpoint = xstrdup(layout_str(d, "endpoint"));
+            dp->max_registrations = json_integer_value(json_object_get(d, "max"));
+            dp->per_minute = json_integer_value(json_object_get(d, "perMinute"));
+            st->ndps++;
+        }
+    }
+    /* Pointers into the arrays only once they stop moving. */
+    for (int k = 0; k < l->nstamps; k++)
+        for (int m = 0; m < l->stamps[k].ndps; m++)
+            l->dps[l->stamps[k].first_dps + m].stamp = &l->stamps[k];
+    return l;
+}
+
+/* ---- refresh ---- */
+
+struct layouts {
+    struct event_base *base;
+    struct pgpool *global;
+    struct pgpool **geo_pools;
+    char **geo_ids;
+    int ngeos;
+    int refresh_ms;
+    struct event *timer;
+    struct layout *current;
+    struct layout *building;    /* catalog loaded, usage being read */
+    int pending_usage;
+    bool running;
+    bool again;                 /* a refresh was asked for while one ran */
+    bool freeing;
+};
+
+static void layouts_start(struct layouts *ls);
+
+static void layouts_arm(struct layouts *ls, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(ls->timer, &tv);
+}
+
+static void layouts_finish(struct layouts *ls)
+{
+    struct layout *l = ls->building;
+    ls->building = NULL;
+    for (int i = 0; i < l->nstamps; i++) {
+        struct layout_stamp *st = &l->stamps[i];
+        st->devices = 0;
+        for (int k = 0; k < st->ndps; k++)
+            st->devices += l->dps[st->first_dps + k].registrations;
+    }
+    l->built_mono_ms = util_mono_ms();
+    layout_unref(ls->current);
+    ls->current = l;
+    ls->running = false;
+    if (ls->again) {
+        ls->again = false;
+        layouts_start(ls);
+    } else {
+        layouts_arm(ls, ls->refresh_ms);
+    }
+}
+
+static void layouts_on_usage(const struct pgq_result *q, void *arg)
+{
+    struct layouts *ls = arg;
+    if (q->status == PGQ_OK) {
+        for (int i = 0; i < PQntuples(q->res); i++) {
+            struct layout_dps *d = layout_find_dps(ls->building, PQgetvalue(q->res, i, 0));
+            int64_t n;
+            if (d && util_parse_int64(PQgetvalue(q->res, i, 1), 0, INT64_MAX, &n))
+                d->registrations = n;
+        }
+    }
+    /* On failure the counts stay as carried over from the previous snapshot. */
+    if (--ls->pending_usage == 0)
+        layouts_finish(ls);
+}
+
+static void layouts_on_catalog(const struct pgq_result *q, void *arg)
+{
+    struct layouts *ls = arg;
+    json_t *root;
+    struct layout *l = NULL;
+
+    if (q->status == PGQ_OK && PQntuples(q->res) == 1) {
+        root = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL);
+        l = root ? layout_from_json(root) : NULL;
+        json_decref(root);
+    }
+    if (!l) {
+        ls->running = false;
+        layouts_arm(ls, ls->refresh_ms);
+        return;
+    }
+    /* Carry the last known counts over in case a geography can't answer now. */
+    if (ls->current)
+        for (int i = 0; i < l->ndps; i++) {
+            struct layout_dps *old = layout_find_dps(ls->current, l->dps[i].id);
+            if (old) l->dps[i].registrations = old->registrations;
+        }
+    ls->building = l;
+    ls->pending_usage = 1;
+    for (int i = 0; i < ls->ngeos; i++) {
+        ls->pending_usage++;
+        if (!pgpool_query(ls->geo_pools[i], layout_usage_sql, 0, NULL, layouts_on_usage, ls))
+            ls->pending_usage--;
+    }
+    if (--ls->pending_usage == 0)
+        layouts_finish(ls);
+}
+
+static void layouts_start(struct layouts *ls)
+{
+    if (ls->running || ls->freeing)
+        return;
+    ls->running = true;
+    event_del(ls->timer);
+    if (!pgpool_query(ls->global, layout_sql, 0, NULL, layouts_on_catalog, ls)) {
+        ls->running = false;
+        layouts_arm(ls, ls->refresh_ms);
+    }
+}
+
+static void layouts_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    layouts_start(arg);
+}
+
+struct layouts *layouts_new(struct event_base *base, struct pgpool *global, struct pgpool **geo_pools,
+                            char **geo_ids, int ngeos, int refresh_ms)
+{
+    struct layouts *ls = xcalloc(1, sizeof *ls);
+    ls->base = base;
+    ls->global = global;
+    ls->geo_pools = geo_pools;
+    ls->geo_ids = geo_ids;
+    ls->ngeos = ngeos;
+    ls->refresh_ms = refresh_ms;
+    ls->timer = event_new(base, -1, 0, layouts_on_timer, ls);
+    if (!ls->timer) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+    layouts_arm(ls, 0);
+    return ls;
+}
+
+void layouts_free(struct layouts *ls)
+{
+    if (!ls) return;
+    ls->freeing = true;
+    event_free(ls->timer);
+    layout_unref(ls->current);
+    layout_unref(ls->building);
+    free(ls);
+}
+
+struct layout *layouts_current(struct layouts *ls)
+{
+    return ls->current;
+}
+
+void layouts_refresh_soon(struct layouts *ls)
+{
+    if (ls->running)
+        ls->again = true;
+    else
+        layouts_start(ls);
+}

@@ -1,0 +1,190 @@
+/*
+ * placement.c - filters, scoring and the decision record.
+ */
+#include "placement.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static uint64_t placement_hash(const char *a, const char *b)
+{
+    uint64_t h = 1469598103934665603ULL;
+    for (const char *p = a; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ULL; }
+    h ^= '|'; h *= 1099511628211ULL;
+    for (const char *p = b; *p; p++) { h ^= (unsigned char)*p; h *= 1099511628211ULL; }
+    /* final avalanche so that similar ids don't cluster */
+    h ^= h >> 33; h *= 0xff51afd7ed558ccdULL; h ^= h >> 33;
+    return h;
+}
+
+const char *placement_outcome_code(enum placement_outcome o)
+{
+    switch (o) {
+    case PLACE_OK: return "ok";
+    case PLACE_NO_ELIGIBLE: return "no_eligible_stamp";
+    case PLACE_NO_HEALTHY: return "no_healthy_stamp";
+    case PLACE_CAPACITY_EXHAUSTED: return "capacity_exhausted";
+    }
+    return "no_eligible_stamp";
+}
+
+/* The residency and tenancy rules: fixed by configuration, not by load. */
+static const char *placement_policy_rule(const struct tenant *t, const struct layout_stamp *st)
+{
+    if (!tenant_allows_geo(t, st->geo) || !tenant_allows_region(t, st->region))
+        return "residency";
+    if (t->dedicated ? !tenant_has_stamp(t, st->id) : st->dedicated)
+        return "tenancy";
+    return NULL;
+}
+
+bool placement_stamp_valid(const struct tenant *t, const struct layout_stamp *st,
+                           const struct loadtable *loads, int64_t now_mono_ms, const char **rule)
+{
+    *rule = placement_policy_rule(t, st);
+    if (*rule)
+        return false;
+    if (loadtable_health(loads, st->id, now_mono_ms) != STAMP_HEALTHY) {
+        *rule = "health";
+        return false;
+    }
+    if (st->draining) {
+        *rule = "status";
+        return false;
+    }
+    return true;
+}
+
+static double placement_headroom(const struct layout_dps *d)
+{
+    const struct layout_stamp *st = d->stamp;
+    double cap = 1.0 - (double)d->registrations / (double)d->max_registrations;
+    double hub = st->hub_capacity > 0 ? 1.0 - (double)st->devices / (double)st->hub_capacity : 0.0;
+    return cap < hub ? cap : hub;
+}
+
+static bool placement_excluded(const struct placement_input *in, const char *dps_id)
+{
+    for (int i = 0; i < in->nexclude; i++)
+        if (strcmp(in->exclude_dps[i], dps_id) == 0)
+            return true;
+    return false;
+}
+
+struct placement_cand {
+    const struct layout_dps *dps;
+    int band;
+    uint64_t tie;
+};
+
+static int placement_cmp(const void *a, const void *b)
+{
+    const struct placement_cand *x = a, *y = b;
+    if (x->band != y->band)
+        return y->band - x->band;
+    if (x->tie != y->tie)
+        return x->tie < y->tie ? -1 : 1;
+    return strcmp(x->dps->id, y->dps->id);
+}
+
+static json_t *placement_verdict(const struct layout_stamp *st, const char *rule, const char *detail)
+{
+    json_t *v = json_pack("{s:s, s:s, s:s, s:b}", "stamp", st->id, "geography", st->geo, "region",
+                          st->region, "admitted", rule == NULL);
+    if (rule) json_object_set_new(v, "rule", json_string(rule));
+    if (detail) json_object_set_new(v, "detail", json_string(detail));
+    return v;
+}
+
+/* Check one stamp's DPS instances; returns how many were admitted. */
+static int placement_stamp_dps(const struct placement_input *in, const struct layout_stamp *st,
+                               struct placement_cand *cands, int *ncand, const char **why)
+{
+    int admitted = 0;
+    bool any_room = false;
+    if (st->nhubs == 0 || st->devices >= st->hub_capacity) {
+        *why = st->nhubs == 0 ? "no hubs" : "hubs full";
+        return 0;
+    }
+    for (int k = 0; k < st->ndps; k++) {
+        const struct layout_dps *d = &in->layout->dps[st->first_dps + k];
+        if (d->registrations >= d->max_registrations)
+            continue;
+        any_room = true;
+        if (placement_excluded(in, d->id) || *ncand >= PLACEMENT_MAX_CANDIDATES)
+            continue;
+        cands[*ncand].dps = d;
+        cands[*ncand].band = (int)(placement_headroom(d) * PLACEMENT_BANDS);
+        cands[*ncand].tie = placement_hash(in->registration_id, d->id);
+        (*ncand)++;
+        admitted++;
+    }
+    if (!admitted)
+        *why = st->ndps == 0 ? "no DPS instance" : any_room ? "excluded" : "DPS instances full";
+    return admitted;
+}
+
+static json_t *placement_policy_json(const struct tenant *t)
+{
+    json_t *res = json_object_get(t->json, "residency");
+    json_t *geos = json_object_get(res, "geographies"), *regions = json_object_get(res, "regions");
+    return json_pack("{s:O, s:O, s:s}", "geographies", geos ? geos : json_null(), "regions",
+                     regions ? regions : json_null(), "tenancy", t->dedicated ? "dedicated" : "pooled");
+}
+
+void placement_run(const struct placement_input *in, struct placement_result *out)
+{
+    const struct tenant *t = in->tenant;
+    struct placement_cand cands[PLACEMENT_MAX_CANDIDATES];
+    int ncand = 0, n_policy = 0, n_live = 0;
+    json_t *verdicts = json_array(), *order = json_array();
+
+    memset(out, 0, sizeof *out);
+    for (int i = 0; i < in->layout->nstamps; i++) {
+        const struct layout_stamp *st = &in->layout->stamps[i];
+        const char *rule = placement_policy_rule(t, st), *why = NULL;
+        if (!rule && in->only_geo && strcmp(in->only_geo, st->geo) != 0)
+            rule = "geography";
+        if (rule) {
+            json_array_append_new(verdicts, placement_verdict(st, rule, NULL));
+            continue;
+        }
+        n_policy++;
+        if (!placement_stamp_valid(t, st, in->loads, in->now_mono_ms, &rule)) {
+            json_array_append_new(verdicts, placement_verdict(st, rule,
+                rule[0] == 'h' ? loadtable_health_word(loadtable_health(in->loads, st->id, in->now_mono_ms))
+                               : "draining"));
+            continue;
+        }
+        if (in->avoid_stamp && strcmp(in->avoid_stamp, st->id) == 0) {
+            json_array_append_new(verdicts, placement_verdict(st, "excluded", "current stamp"));
+            continue;
+        }
+        n_live++;
+        if (!placement_stamp_dps(in, st, cands, &ncand, &why))
+            json_array_append_new(verdicts, placement_verdict(st, why[0] == 'e' ? "excluded" : "capacity", why));
+        else
+            json_array_append_new(verdicts, placement_verdict(st, NULL, NULL));
+    }
+    qsort(cands, (size_t)ncand, sizeof cands[0], placement_cmp);
+    for (int i = 0; i < ncand; i++) {
+        out->cand[out->ncand++] = cands[i].dps;
+        json_array_append_new(order, json_pack("{s:s, s:s, s:i}", "dps", cands[i].dps->id, "stamp",
+                                               cands[i].dps->stamp->id, "band", cands[i].band));
+    }
+    if (ncand > 0) out->outcome = PLACE_OK;
+    else if (n_policy == 0) out->outcome = PLACE_NO_ELIGIBLE;
+    else if (n_live == 0) out->outcome = PLACE_NO_HEALTHY;
+    else out->outcome = PLACE_CAPACITY_EXHAUSTED;
+
+    out->decision = json_pack("{s:o, s:o, s:o}", "policy", placement_policy_json(t),
+                              "stamps", verdicts, "candidates", order);
+}
+
+void placement_result_clear(struct placement_result *out)
+{
+    json_decref(out->decision);
+    out->decision = NULL;
+    out->ncand = 0;
+}
