@@ -64,6 +64,16 @@ static double placement_headroom(const struct layout_dps *d)
     return cap < hub ? cap : hub;
 }
 
+/* 5% bands, [0.95, 1] the top one: an empty DPS and a nearly empty one are
+ * equals, so a burst doesn't swing every new device to whichever is emptier. */
+static int placement_band(double headroom)
+{
+    int band = (int)(headroom * PLACEMENT_BANDS);
+    if (band >= PLACEMENT_BANDS) band = PLACEMENT_BANDS - 1;
+    if (band < 0) band = 0;
+    return band;
+}
+
 static bool placement_excluded(const struct placement_input *in, const char *dps_id)
 {
     for (int i = 0; i < in->nexclude; i++)
@@ -115,7 +125,7 @@ static int placement_stamp_dps(const struct placement_input *in, const struct la
         if (placement_excluded(in, d->id) || *ncand >= PLACEMENT_MAX_CANDIDATES)
             continue;
         cands[*ncand].dps = d;
-        cands[*ncand].band = (int)(placement_headroom(d) * PLACEMENT_BANDS);
+        cands[*ncand].band = placement_band(placement_headroom(d));
         cands[*ncand].tie = placement_hash(in->registration_id, d->id);
         (*ncand)++;
         admitted++;
