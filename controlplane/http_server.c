@@ -12,6 +12,7 @@
 
 #include "api_catalog.h"
 #include "api_devices.h"
+#include "api_inventory.h"
 #include "api_probes.h"
 #include "api_tenants.h"
 #include "http_req.h"
@@ -45,8 +46,16 @@ static void http_route(struct cp_req *r)
                               "a valid operator token is required (Authorization: Bearer <token>)");
             return;
         }
+        if (r->nsegs == 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
+            api_inventory_devices(r, r->segs[2]);
+            return;
+        }
         if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
             api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+            return;
+        }
+        if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {
+            api_inventory_counts(r);
             return;
         }
         if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {
