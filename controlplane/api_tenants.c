@@ -41,6 +41,7 @@ static bool tenant_id_array(json_t *arr, const char *field, size_t min, size_t m
 {
     size_t i, o = 0;
     json_t *v;
+    /* arr may be NULL: an absent optional list is an empty one */
     if (json_array_size(arr) < min || json_array_size(arr) > max) {
         jv_set(e, "invalid_value", field, "'%s' must hold %zu to %zu ids", field, min, max);
         return false;
@@ -102,12 +103,9 @@ static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err
         return false;
     }
     if (!tenant_id_array(geos, "residency.geographies", 1, TENANT_MAX_GEOS, in->geos, sizeof in->geos, e) ||
-        !tenant_id_array(regions ? regions : json_array(), "residency.regions", 0, TENANT_MAX_REGIONS,
-                         in->regions, sizeof in->regions, e))
+        !tenant_id_array(regions, "residency.regions", 0, TENANT_MAX_REGIONS, in->regions,
+                         sizeof in->regions, e))
         return false;
-    if (!regions) {
-        /* json_array() above was a temporary: nothing to free when it was empty */
-    }
     if (strcmp(in->tenancy, "dedicated") == 0 && (!stamps || json_array_size(stamps) == 0)) {
         jv_set(e, "missing_field", "dedicatedStamps", "a dedicated tenant needs 'dedicatedStamps'");
         return false;
@@ -116,8 +114,7 @@ static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err
         jv_set(e, "invalid_value", "dedicatedStamps", "'dedicatedStamps' is only for dedicated tenants");
         return false;
     }
-    if (!tenant_id_array(stamps ? stamps : json_array(), "dedicatedStamps", 0, TENANT_MAX_STAMPS,
-                         in->stamps, sizeof in->stamps, e))
+    if (!tenant_id_array(stamps, "dedicatedStamps", 0, TENANT_MAX_STAMPS, in->stamps, sizeof in->stamps, e))
         return false;
     in->geo_list = geos;
     return true;
@@ -354,7 +351,7 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
     struct jv_err e;
     const char *name = NULL;
     struct tenant_op *op;
-    unsigned char raw[32], digest[SHA256_DIGEST_LENGTH];
+    unsigned char digest[SHA256_DIGEST_LENGTH];
     char hash[2 * SHA256_DIGEST_LENGTH + 1];
     const char *values[3];
 
@@ -376,7 +373,6 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
     SHA256((const unsigned char *)op->secret, strlen(op->secret), digest);
     for (size_t i = 0; i < sizeof digest; i++)
         snprintf(hash + 2 * i, 3, "%02x", digest[i]);
-    OPENSSL_cleanse(raw, sizeof raw);
     values[0] = hash;
     values[1] = op->id;
     values[2] = op->name;
