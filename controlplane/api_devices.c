@@ -17,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dps_client.h"
 #include "log.h"
 #include "placement.h"
 #include "ratelimit.h"
@@ -26,9 +27,9 @@
 #define DEV_MAX_ATTEMPTS 4
 #define DEV_MAX_EXCLUDE 16
 
-enum dev_kind { DEV_LOCATE, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
-enum dev_state { DS_AUTH, DS_LOOKUP, DS_RATE, DS_ASSIGN, DS_DONE };
-static const char *const dev_state_names[] = {"auth", "lookup", "rate", "assign", "done"};
+enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
+static const char *const dev_state_names[] = {"auth", "lookup", "rate", "assign", "dps", "record", "done"};
 enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER };
 
 struct dev_row {
@@ -63,10 +64,15 @@ struct devreq {
     int attempts;
     const struct layout_dps *chosen;
     bool moving;               /* reprovision of an assigned device */
+    bool placed_now;           /* a DPS token was taken for this request's placement */
+    json_t *payload;           /* provision: the device's payload for the DPS */
+    struct dps_outcome dps;    /* provision: what the DPS answered */
+    json_t *dps_state;         /* provision: its registrationState (owned) */
 };
 
 static void dev_lookup(struct devreq *d);
 static void dev_place(struct devreq *d);
+static void dev_proxy(struct devreq *d);
 
 bool api_devices_valid_regid(const char *s)
 {
@@ -97,6 +103,8 @@ static void dev_free(struct devreq *d)
     if (d->l) layout_unref(d->l);
     placement_result_clear(&d->pr);
     free(d->row.detail);
+    json_decref(d->payload);
+    json_decref(d->dps_state);
     free(d);
 }
 
@@ -139,12 +147,25 @@ static json_t *dev_answer(struct devreq *d)
 
 static void dev_reply_assignment(struct devreq *d, bool cache, const char *moved_reason)
 {
-    json_t *a = dev_answer(d);
+    json_t *a;
     char *text;
+    if (d->kind == DEV_PROVISION && d->state != DS_RECORD) {
+        dev_proxy(d);   /* the assignment stands; now register at its DPS */
+        return;
+    }
+    a = dev_answer(d);
     if (d->kind == DEV_REPROVISION) {
         json_object_set_new(a, "moved", json_boolean(moved_reason != NULL));
         if (moved_reason)
             json_object_set_new(a, "reason", json_string(moved_reason));
+    }
+    if (d->kind == DEV_PROVISION) {
+        json_object_set_new(a, "assignedHub", json_string(d->dps.assigned_hub));
+        json_object_set_new(a, "deviceId", json_string(d->dps.device_id));
+        json_object_set_new(a, "status", json_string("assigned"));
+        json_object_set_new(a, "substatus", json_string(d->dps.substatus));
+        if (json_object_get(d->dps_state, "payload"))
+            json_object_set(a, "payload", json_object_get(d->dps_state, "payload"));
     }
     text = json_dumps(a, JSON_COMPACT);
     json_decref(a);
@@ -346,6 +367,128 @@ static void dev_assign(struct devreq *d)
     free(decision);
 }
 
+/* ---- proxy provisioning (approach 2) ---- */
+
+static void dev_on_recorded(const struct pgq_result *q, void *arg)
+{
+    struct devreq *d = arg;
+    if (q->status == PGQ_UNAVAILABLE) {
+        dev_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK) {
+        dev_error(d, 500, "internal", NULL, "the hub assignment could not be recorded");
+        return;
+    }
+    if (strcmp(PQcmdTuples((PGresult *)q->res), "1") != 0) {
+        /* moved or released while the DPS worked: the device must ask again */
+        dev_retry_after(d, 1);
+        dev_error(d, 409, "assignment_changed", NULL, "the device's assignment changed meanwhile; retry");
+        return;
+    }
+    dev_reply_assignment(d, false, NULL);
+}
+
+static void dev_on_dps(const struct dps_outcome *o, void *arg)
+{
+    struct devreq *d = arg;
+    static const char sql[] =
+        "UPDATE devices SET hub_host_name = $4, device_id = $5, updated_at = now()"
+        " WHERE tenant_id = $1 AND registration_id = $2 AND etag = $3::bigint AND status = 'assigned'";
+    const char *v[5];
+
+    d->dps = *o;
+    d->dps.registration_state = NULL;
+    json_decref(d->dps_state);
+    d->dps_state = o->registration_state ? json_incref(o->registration_state) : NULL;
+    switch (o->status) {
+    case DPS_ASSIGNED:
+        break;
+    case DPS_THROTTLED:
+        dev_retry_after(d, ratelimit_retry_after_s((int64_t)o->retry_after_s * 1000));
+        dev_error(d, 429, "throttled", NULL, "the stamp's DPS is throttling registrations; retry later");
+        return;
+    case DPS_DISABLED:
+        dev_error(d, 403, "device_disabled", NULL, o->error);
+        return;
+    case DPS_FAILED:
+        dev_error(d, 502, "dps_assignment_failed", NULL, o->error);
+        return;
+    case DPS_REJECTED:
+        log_write(LOG_WARN, d->r->id, "event=dps_rejected tenant=%s dps=%s http=%d", d->tenant_id, d->row.dps,
+                  o->http_status);
+        dev_error(d, 502, "dps_rejected", NULL, "the stamp's DPS does not accept this device (its enrollment is missing)");
+        return;
+    case DPS_UNREACHABLE:
+        log_write(LOG_WARN, d->r->id, "event=dps_unreachable dps=%s error=\"%.200s\"", d->row.dps, o->error);
+        dev_retry_after(d, 5);
+        dev_error(d, 503, "dps_unavailable", NULL, "the stamp's DPS did not answer; retry later");
+        return;
+    }
+    dev_set_state(d, DS_RECORD);
+    v[0] = d->tenant_id;
+    v[1] = d->regid;
+    v[2] = d->row.etag;
+    v[3] = o->assigned_hub;
+    v[4] = o->device_id;
+    pgpool_query(d->r->cp->geo[d->row.geo], sql, 5, v, dev_on_recorded, d);
+}
+
+static void dev_proxy_register(struct devreq *d)
+{
+    unsigned char dk[SAS_KEY_LEN];
+    char sr[300], sas[700];
+    snprintf(sr, sizeof sr, "%s/registrations/%s", d->row.scope, d->regid);
+    sas_derive_key(d->t->key, (size_t)d->t->keylen, d->regid, dk);
+    sas_build(sr, dk, sizeof dk, util_wall_ms() / 1000 + 3600, "registration", sas, sizeof sas);
+    OPENSSL_cleanse(dk, sizeof dk);
+    dev_set_state(d, DS_DPS);
+    dps_register(d->r->cp->dps, d->row.endpoint, d->row.scope, d->regid, sas, d->payload, dev_on_dps, d);
+}
+
+static void dev_on_proxy_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
+{
+    struct devreq *d = arg;
+    (void)admitted;
+    if (st == RL_UNAVAILABLE) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+    } else if (st == RL_THROTTLED) {
+        dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        dev_error(d, 429, "throttled", NULL, "the device's DPS instance is at its registration rate; retry later");
+    } else {
+        dev_proxy_register(d);
+    }
+}
+
+/* The device has an assignment: register it at that DPS. A registration the
+ * placement didn't already pay for takes a token from that DPS's bucket. */
+static void dev_proxy(struct devreq *d)
+{
+    struct layout *l = layouts_current(d->r->cp->layouts);
+    const struct layout_dps *dp = l ? layout_find_dps(l, d->row.dps) : NULL;
+    if (!d->r->cp->dps) {
+        dev_error(d, 503, "dps_unavailable", NULL, "proxy provisioning is not configured (dps.caFile)");
+        return;
+    }
+    if (d->placed_now) {
+        dev_proxy_register(d);
+        return;
+    }
+    if (!dp) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "no_eligible_stamp", NULL, "the device's DPS instance is not in the layout; reprovision");
+        return;
+    }
+    if (d->l != l) {
+        if (d->l) layout_unref(d->l);
+        layout_ref(l);
+        d->l = l;
+    }
+    dev_set_state(d, DS_RATE);
+    ratelimit_take(d->r->cp->feed, &dp, 1, dev_on_proxy_rate, d);
+}
+
 /* ---- rate ---- */
 
 static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
@@ -359,6 +502,7 @@ static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms,
         dev_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
     } else {
         d->chosen = d->pr.cand[admitted];
+        d->placed_now = true;
         dev_assign(d);
     }
 }
@@ -469,7 +613,7 @@ static void dev_after_lookup(struct devreq *d)
         return;
     }
     if (w->found && strcmp(w->status, "assigned") == 0) {
-        if (d->kind == DEV_LOCATE) {
+        if (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION) {
             dev_reply_assignment(d, true, NULL);
             return;
         }
@@ -613,10 +757,12 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
     return false;
 }
 
-/* An optional body: nothing, or a JSON object with at most a "reason". */
+/* An optional body: nothing, or a JSON object with at most a "reason"
+ * (reprovision) or a "payload" for the DPS (provision). */
 static bool dev_read_body(struct devreq *d, bool reason_allowed)
 {
     static const char *const with_reason[] = {"reason", NULL};
+    static const char *const with_payload[] = {"payload", NULL};
     static const char *const none[] = {NULL};
     struct jv_err e;
     const char *reason = NULL;
@@ -627,7 +773,7 @@ static bool dev_read_body(struct devreq *d, bool reason_allowed)
         dev_free(d);
         return false;
     }
-    if (!jv_only_keys(body, "", reason_allowed ? with_reason : none, &e) ||
+    if (!jv_only_keys(body, "", reason_allowed ? with_reason : d->kind == DEV_PROVISION ? with_payload : none, &e) ||
         !jv_string(body, "", "reason", false, 1, 128, &reason, &e)) {
         json_decref(body);
         cpreq_reply_jv(d->r, &e);
@@ -636,6 +782,8 @@ static bool dev_read_body(struct devreq *d, bool reason_allowed)
     }
     if (reason)
         snprintf(d->reason, sizeof d->reason, "%s", reason);
+    if (json_object_get(body, "payload") && !json_is_null(json_object_get(body, "payload")))
+        d->payload = json_incref(json_object_get(body, "payload"));
     json_decref(body);
     return true;
 }
@@ -677,10 +825,7 @@ void api_devices_registration(struct cp_req *r, const char *tenant, char **segs,
     } else if (strcmp(segs[2], "reprovision") == 0) {
         kind = DEV_REPROVISION;
     } else if (strcmp(segs[2], "provision") == 0) {
-        cpreq_reply_error(r, 501, "not_implemented", NULL,
-                          "proxy provisioning (approach 2) arrives with the stamp provisioning endpoint; "
-                          "use locate and register at the returned DPS endpoint");
-        return;
+        kind = DEV_PROVISION;
     } else {
         cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
         return;

@@ -3,6 +3,8 @@
  * router, and the admin operations on single devices:
  *
  *   POST /v1/tenants/{t}/registrations/{r}/locate       device SAS, installer or operator token
+ *   POST /v1/tenants/{t}/registrations/{r}/provision    the same; the router also registers the device
+ *                                                       at its DPS and returns the hub (approach 2)
  *   POST /v1/tenants/{t}/registrations/{r}/reprovision  device SAS, installer or operator token
  *   GET  /v1/tenants/{t}/devices/{r}                    operator
  *   POST /v1/tenants/{t}/devices/{r}/deprovision|retire|reprovision   operator

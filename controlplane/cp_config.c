@@ -15,8 +15,9 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", NULL,
+    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", NULL,
 };
+static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", NULL};
 static const char *const cp_config_db_keys[] = {
     "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", NULL,
 };
@@ -36,6 +37,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->cache_ttl_ms = 60000;
     cfg->tenant_cache_ttl_ms = 5000;
     cfg->layout_refresh_ms = 1000;
+    cfg->dps_timeout_ms = 30000;
     cfg->log_level = LOG_INFO;
 }
 
@@ -96,7 +98,8 @@ static bool cp_config_parse_db(json_t *db, struct cp_config *cfg, struct jv_err 
 bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
     const char *listen = NULL, *token = NULL, *global = NULL, *redis = NULL, *level = NULL;
-    json_t *geos = NULL, *db = NULL;
+    json_t *geos = NULL, *db = NULL, *dps = NULL;
+    const char *ca = NULL;
     char host[256];
     int port;
 
@@ -116,6 +119,10 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !jv_int(root, "", "cacheTtlMs", false, 100, 3600000, &cfg->cache_ttl_ms, e) ||
         !jv_int(root, "", "tenantCacheTtlMs", false, 100, 3600000, &cfg->tenant_cache_ttl_ms, e) ||
         !jv_int(root, "", "layoutRefreshMs", false, 50, 60000, &cfg->layout_refresh_ms, e) ||
+        !jv_object(root, "", "dps", false, &dps, e) ||
+        (dps && (!jv_only_keys(dps, "dps", cp_config_dps_keys, e) ||
+                 !jv_string(dps, "dps", "caFile", false, 1, 4096, &ca, e) ||
+                 !jv_int(dps, "dps", "timeoutMs", false, 1000, 600000, &cfg->dps_timeout_ms, e))) ||
         !jv_string(root, "", "logLevel", false, 1, 16, &level, e))
         return false;
 
@@ -138,6 +145,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
     cfg->redis_port = port;
     if (db && !cp_config_parse_db(db, cfg, e))
         return false;
+    if (ca)
+        cfg->dps_ca_file = xstrdup(ca);
     if (level) {
         int l = log_level_parse(level);
         if (l < 0) {
@@ -182,5 +191,6 @@ void cp_config_free(struct cp_config *cfg)
         free(cfg->geos[i].conninfo);
     }
     free(cfg->redis_host);
+    free(cfg->dps_ca_file);
     memset(cfg, 0, sizeof *cfg);
 }

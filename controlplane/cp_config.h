@@ -40,6 +40,8 @@ struct cp_config {
     int64_t cache_ttl_ms;
     int64_t tenant_cache_ttl_ms;
     int64_t layout_refresh_ms;
+    char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
+    int64_t dps_timeout_ms;       /* a proxied registration's deadline */
     int log_level;
 };
 

@@ -172,6 +172,7 @@ static void cp_free(struct cp *cp)
     redisfeed_free(cp->feed);
     tenants_free(cp->tenants);
     assign_cache_free(cp->cache);
+    dps_client_free(cp->dps);
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++)
         pgpool_free(cp->geo[i]);
@@ -219,6 +220,17 @@ int main(int argc, char **argv)
     for (int i = 0; i < cp.cfg.n_geos; i++)
         cp.geo_ids[i] = cp.cfg.geos[i].id;
     cp.cache = assign_cache_new((size_t)cp.cfg.cache_size, cp.cfg.cache_ttl_ms);
+    {
+        char err[300];
+        cp.dps = dps_client_new(cp.base, cp.cfg.dps_ca_file, (int)cp.cfg.dps_timeout_ms, err, sizeof err);
+        if (!cp.dps && cp.cfg.dps_ca_file) {
+            fprintf(stderr, "controlplane: config error: dps.caFile: %s\n", err);
+            cp_free(&cp);
+            return CP_EXIT_CONFIG;
+        }
+        if (!cp.dps)
+            log_warn("event=dps_client_disabled reason=\"%s\"", err);
+    }
     cp.tenants = tenants_new(cp.global, (int)cp.cfg.tenant_cache_ttl_ms);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
