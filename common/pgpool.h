@@ -47,6 +47,10 @@ struct pgpool_opts {
     int max_queue;
     const struct migration *migrations;
     int n_migrations;
+    /* The table recording applied migrations: one per migration set, so that
+     * the control plane's and a stamp agent's tables can share a database.
+     * NULL: "schema_migrations". */
+    const char *migrations_table;
     const char *geography;       /* non-NULL: check/record geo_identity */
 };
 

@@ -1,7 +1,8 @@
 /*
- * migrate.h - the schema migrations compiled into the control plane, one table
- * per database kind (the global catalog, and each geography's database).
- * The SQL lives in schema/global/ and schema/geo/; the build embeds it.
+ * migrate.h - schema migrations compiled into a daemon: one table per set.
+ * The control plane's sets are the global catalog (schema/global/) and each
+ * geography's database (schema/geo/); the build embeds the SQL
+ * (cmake/embed_sql.cmake) and pgpool applies it.
  */
 #ifndef CP_MIGRATE_H
 #define CP_MIGRATE_H
@@ -12,6 +13,7 @@ struct migration {
     const char *sql;
 };
 
+/* The control plane's sets (controlplane/migrations_gen.c). */
 extern const struct migration migrations_global[];
 extern const int migrations_global_count;
 extern const struct migration migrations_geo[];

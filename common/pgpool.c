@@ -572,15 +572,16 @@ static void pool_maybe_setup(struct pgpool *p)
     }
 }
 
-static char *pool_migration_sql(const struct migration *m)
+static char *pool_migration_sql(const struct migration *m, const char *table)
 {
+    /* table and name come from the build (identifiers we chose), never from input */
     return xasprintf("BEGIN;\n"
                      "SELECT pg_advisory_xact_lock(%lld);\n"
-                     "CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
+                     "CREATE TABLE IF NOT EXISTS %s (version integer PRIMARY KEY, "
                      "name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());\n"
-                     "INSERT INTO schema_migrations (version, name) VALUES (%d, '%s');\n"
+                     "INSERT INTO %s (version, name) VALUES (%d, '%s');\n"
                      "%s\n;\nCOMMIT;",
-                     PG_MIGRATION_LOCK, m->version, m->name, m->sql);
+                     PG_MIGRATION_LOCK, table, table, m->version, m->name, m->sql);
 }
 
 /* ---- dispatch ---- */
@@ -635,7 +636,8 @@ struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
     p->n_migrations = o->n_migrations;
     p->migration_sql = xcalloc((size_t)p->n_migrations + 1, sizeof(char *));
     for (int i = 0; i < p->n_migrations; i++)
-        p->migration_sql[i] = pool_migration_sql(&p->migrations[i]);
+        p->migration_sql[i] = pool_migration_sql(&p->migrations[i],
+                                                 o->migrations_table ? o->migrations_table : "schema_migrations");
     TAILQ_INIT(&p->queue);
     p->conns = xcalloc((size_t)p->size, sizeof *p->conns);
     for (int i = 0; i < p->size; i++) {
