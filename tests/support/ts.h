@@ -302,4 +302,158 @@ struct ts_proc *ts_agent_start(const struct ts_agent_opts *o);
 /* Path of a binary in STAMPCP_BIN_DIR (library-owned). */
 const char *ts_bin(const char *name);
 
+/* ------------------------------------------------------------------ */
+/* Router tests (ts_router.c): layouts, tenants, device credentials,  */
+/* concurrent device requests                                         */
+/* ------------------------------------------------------------------ */
+
+#define TS_RT_MAX 16
+#define TS_RT_MAX_CP 4
+
+struct ts_rt_dps {
+    const char *id;           /* NULL ends the list */
+    long max_registrations;   /* 0: the default */
+    long per_minute;          /* registrationsPerMinute; 0: the default */
+};
+
+struct ts_rt_hub {
+    const char *id;           /* NULL ends the list */
+    long max_devices;         /* 0: the default */
+};
+
+struct ts_rt_stamp {
+    const char *id;           /* NULL ends the list */
+    const char *region;
+    const char *tenancy;      /* NULL: pooled */
+    struct ts_rt_dps dps[4];
+    struct ts_rt_hub hubs[4];
+    struct ts_proc *agent;    /* set by ts_rt_agent_start */
+};
+
+struct ts_rt_region {
+    const char *id;           /* NULL ends the list */
+    const char *geography;
+};
+
+struct ts_rt_layout {
+    const char *geographies[TS_MAX_GEOS];   /* NULL-terminated */
+    struct ts_rt_region regions[TS_RT_MAX];
+    struct ts_rt_stamp stamps[TS_RT_MAX];
+};
+
+struct ts_rt_opts {
+    int ncp;                                /* control planes on the same databases; 0: 1 */
+    const char *geos[TS_MAX_GEOS];          /* configured geographies; all NULL: {"us","eu"} */
+    const char *extra_json;                 /* extra config members (besides layoutRefreshMs) */
+    int layout_refresh_ms;                  /* 0: 200 */
+};
+
+struct ts_rt {
+    struct ts_redis *redis;                 /* private to the test: no shared keys or channels */
+    struct ts_cp *cp[TS_RT_MAX_CP];
+    int ncp;
+    int layout_refresh_ms;
+    struct ts_rt_layout *layout;            /* the last one registered */
+};
+
+/*
+ * A private Redis, then ncp control planes sharing one global and one
+ * database per geography (staleAfterIntervals 3, downAfterIntervals 10,
+ * layoutRefreshMs 200), all ready.
+ */
+struct ts_rt *ts_rt_start(const struct ts_rt_opts *o);
+/* Conninfo of a geography's database. */
+const char *ts_rt_geo_db(const struct ts_rt *rt, const char *geo);
+/* POST every geography, region, stamp, DPS instance and hub of l through cp[0]. */
+void ts_rt_register_layout(struct ts_rt *rt, struct ts_rt_layout *l);
+/* The idScope / endpoint / hub host name ts_rt_register_layout gives a DPS or hub id. */
+const char *ts_rt_id_scope(const char *dps_id);
+const char *ts_rt_endpoint(const char *dps_id);
+/* Start the stamp's agent (200 ms reports, its DPS and hub ids) on the private Redis. */
+struct ts_proc *ts_rt_agent_start(struct ts_rt *rt, struct ts_rt_stamp *s);
+/* Start every stamp's agent, wait until every control plane sees all healthy and the layout. */
+void ts_rt_start_agents(struct ts_rt *rt);
+/* The stamp's health as cp sees it (GET /v1/stamps/{id}). */
+const char *ts_rt_health(struct ts_cp *cp, const char *stamp);
+/* Wait until every control plane reports the health word for stamp. */
+bool ts_rt_wait_health(struct ts_rt *rt, const char *stamp, const char *health, int timeout_ms);
+/* Sleep long enough for every control plane to re-read the layout (2 refreshes + a margin). */
+void ts_rt_wait_layout(const struct ts_rt *rt);
+/* Find a stamp of the registered layout (NULL if none). */
+struct ts_rt_stamp *ts_rt_find_stamp(struct ts_rt *rt, const char *id);
+/* The stamp that owns a DPS id in the registered layout (NULL if none). */
+struct ts_rt_stamp *ts_rt_stamp_of_dps(struct ts_rt *rt, const char *dps_id);
+
+struct ts_tenant {
+    char id[64];
+    char key_b64[64];           /* enrollmentKey as returned */
+    unsigned char key[64];
+    int keylen;
+    json_t *json;               /* the 201 body (library-owned) */
+};
+
+/* POST /v1/tenants with body (must answer 201 with an enrollmentKey). */
+struct ts_tenant *ts_rt_tenant(struct ts_cp *cp, const char *json_body);
+/* An installer token of the tenant (POST .../installer-tokens), the bare token. */
+const char *ts_rt_installer_token(struct ts_cp *cp, const char *tenant_id);
+
+/*
+ * Device SAS "SharedAccessSignature sr=...&sig=...&skn=registration&se=..."
+ * (library-owned): deviceKey = HMAC(enrollment key, regid), signed over
+ * "{tenant}/registrations/{regid}". expiry: Unix seconds, 0: now + 3600.
+ */
+const char *ts_rt_sas(const struct ts_tenant *t, const char *regid, int64_t expiry);
+/* The same with an explicit sr (signed as given) and key derivation id. */
+const char *ts_rt_sas_custom(const unsigned char *key, size_t keylen, const char *derive_regid,
+                             const char *sr, int64_t expiry, const char *skn);
+/* "Authorization: <value>" (library-owned) */
+const char *ts_rt_authz(const char *value);
+
+/*
+ * POST /v1/tenants/{tenant}/registrations/{regid}/{verb} (verb: locate,
+ * reprovision) with an Authorization value (NULL: none) and optional body.
+ */
+struct ts_resp *ts_rt_device(struct ts_cp *cp, const char *verb, const char *tenant_id, const char *regid,
+                             const char *authz_value, const char *body);
+/* locate with the device's own SAS token */
+struct ts_resp *ts_rt_locate(struct ts_cp *cp, const struct ts_tenant *t, const char *regid);
+
+/* ---- concurrent requests (thread-safe: no library-owned memory) ---- */
+
+struct ts_rt_answer {
+    int status;               /* 0: transport error */
+    char retry_after[16];     /* "" when absent */
+    char body[1536];
+    int64_t at_ms;            /* ts_now_ms() when the answer was complete */
+};
+
+struct ts_rt_job {
+    int port;
+    const char *path;
+    const char *authz;        /* Authorization value (NULL: none) */
+    const char *body;         /* NULL: none */
+    struct ts_rt_answer ans;
+    bool done;
+};
+
+/* One POST, thread-safe, blocking, with its own deadline (timeout_ms). */
+void ts_rt_post_mt(int port, const char *path, const char *authz, const char *body, int timeout_ms,
+                   struct ts_rt_answer *out);
+
+struct ts_rt_batch;
+/*
+ * Run jobs[0..n) on nthreads threads (each takes the next job), starting
+ * once every thread is ready. ts_rt_batch_stop makes the threads take no new
+ * job; ts_rt_batch_wait joins them and frees the batch.
+ */
+struct ts_rt_batch *ts_rt_batch_start(struct ts_rt_job *jobs, int n, int nthreads);
+void ts_rt_batch_stop(struct ts_rt_batch *b);
+void ts_rt_batch_wait(struct ts_rt_batch *b);
+/* Start + wait. */
+void ts_rt_run_jobs(struct ts_rt_job *jobs, int n, int nthreads);
+/* The answer's JSON body (library-owned, main thread only), NULL if not JSON. */
+json_t *ts_rt_answer_json(const struct ts_rt_answer *a);
+/* error.code of an answer (library-owned), NULL when absent. */
+const char *ts_rt_answer_code(const struct ts_rt_answer *a);
+
 #endif

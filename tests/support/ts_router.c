@@ -1,0 +1,508 @@
+/*
+ * ts_router.c - helpers for the router integration tests: a private Redis
+ * with one or more control planes on shared databases, layouts registered
+ * through the admin API with one stamp agent per stamp, tenants and device
+ * SAS tokens, and a thread-safe request runner for concurrent device calls.
+ */
+#define _GNU_SOURCE 1 /* strcasestr */
+#include "ts_internal.h"
+
+#include "sas.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static const char *const default_geos[] = { "us", "eu", NULL };
+
+/* ------------------------------------------------------------------ */
+/* JSON values handed out to the main thread                           */
+/* ------------------------------------------------------------------ */
+
+static json_t **g_json;
+static size_t g_njson, g_capjson;
+static bool g_json_cleanup;
+
+static void json_free_all(void *arg)
+{
+    (void)arg;
+    for (size_t i = 0; i < g_njson; i++)
+        json_decref(g_json[i]);
+    free(g_json);
+    g_json = NULL;
+    g_njson = g_capjson = 0;
+    g_json_cleanup = false;
+}
+
+static json_t *keep_json(json_t *j)
+{
+    if (!j)
+        return NULL;
+    if (!g_json_cleanup) {
+        ts_on_cleanup(json_free_all, NULL);
+        g_json_cleanup = true;
+    }
+    if (g_njson == g_capjson) {
+        size_t cap = g_capjson ? g_capjson * 2 : 256;
+        json_t **n = realloc(g_json, cap * sizeof *n);
+        if (!n)
+            abort();
+        g_json = n;
+        g_capjson = cap;
+    }
+    g_json[g_njson++] = j;
+    return j;
+}
+
+/* ------------------------------------------------------------------ */
+/* Control planes and layouts                                          */
+/* ------------------------------------------------------------------ */
+
+struct ts_rt *ts_rt_start(const struct ts_rt_opts *o)
+{
+    struct ts_rt *rt = ts_keep(calloc(1, sizeof *rt));
+    struct ts_cp_opts co;
+    const char *const *geos = o->geos[0] ? o->geos : default_geos;
+    int ncp = o->ncp > 0 ? o->ncp : 1;
+
+    if (ncp > TS_RT_MAX_CP)
+        ts_fail("ts_rt_start: at most %d control planes", TS_RT_MAX_CP);
+    rt->layout_refresh_ms = o->layout_refresh_ms > 0 ? o->layout_refresh_ms : 200;
+    rt->redis = ts_redis_start("rt");
+
+    memset(&co, 0, sizeof co);
+    for (int i = 0; geos[i] && i < TS_MAX_GEOS - 1; i++)
+        co.geo_ids[i] = geos[i];
+    co.redis = rt->redis->addr;
+    co.stale_after = 3;
+    co.down_after = 10;
+    co.extra_json = ts_str("\"layoutRefreshMs\": %d%s%s", rt->layout_refresh_ms,
+                           o->extra_json && *o->extra_json ? ",\n  " : "",
+                           o->extra_json ? o->extra_json : "");
+    for (int i = 0; i < ncp; i++) {
+        struct ts_cp *cp;
+        if (i > 0) {
+            co.global_db = rt->cp[0]->global_db;
+            for (int g = 0; rt->cp[0]->geo_ids[g]; g++)
+                co.geo_dbs[g] = rt->cp[0]->geo_dbs[g];
+        }
+        cp = ts_controlplane_start(&co);
+        if (!ts_controlplane_wait_ready(cp, 20000))
+            ts_fail("control plane %s not ready after 20 s: %s", cp->name, ts_resp_str(ts_get(cp, "/readyz")));
+        rt->cp[rt->ncp++] = cp;
+    }
+    return rt;
+}
+
+const char *ts_rt_geo_db(const struct ts_rt *rt, const char *geo)
+{
+    for (int g = 0; rt->cp[0]->geo_ids[g]; g++)
+        if (strcmp(rt->cp[0]->geo_ids[g], geo) == 0)
+            return rt->cp[0]->geo_dbs[g];
+    ts_fail("no database for geography %s", geo);
+}
+
+const char *ts_rt_id_scope(const char *dps_id)
+{
+    char buf[65];
+    size_t n = 0;
+    buf[n++] = '0';
+    buf[n++] = 'n';
+    buf[n++] = 'e';
+    for (const char *p = dps_id; *p && n < sizeof buf - 1; p++)
+        if ((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9'))
+            buf[n++] = *p;
+    buf[n] = '\0';
+    return ts_str("%s", buf);
+}
+
+const char *ts_rt_endpoint(const char *dps_id)
+{
+    return ts_str("%s.dps.test:8443", dps_id);
+}
+
+static void post201(struct ts_cp *cp, const char *path, const char *body)
+{
+    struct ts_resp *r = ts_admin(cp, "POST", path, body);
+    if (r->status != 201)
+        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
+}
+
+void ts_rt_register_layout(struct ts_rt *rt, struct ts_rt_layout *l)
+{
+    struct ts_cp *cp = rt->cp[0];
+    rt->layout = l;
+    for (int i = 0; l->geographies[i]; i++)
+        post201(cp, "/v1/geographies", ts_json("{'id':'%s'}", l->geographies[i]));
+    for (int i = 0; i < TS_RT_MAX && l->regions[i].id; i++)
+        post201(cp, "/v1/regions", ts_json("{'id':'%s','geography':'%s'}", l->regions[i].id, l->regions[i].geography));
+    for (int i = 0; i < TS_RT_MAX && l->stamps[i].id; i++) {
+        struct ts_rt_stamp *s = &l->stamps[i];
+        post201(cp, "/v1/stamps", ts_json("{'id':'%s','region':'%s','tenancy':'%s'}", s->id, s->region,
+                                          s->tenancy ? s->tenancy : "pooled"));
+        for (int d = 0; d < 4 && s->dps[d].id; d++) {
+            const struct ts_rt_dps *p = &s->dps[d];
+            char *extra = ts_str("%s", "");
+            if (p->max_registrations)
+                extra = ts_str("%s,'maxRegistrations':%ld", extra, p->max_registrations);
+            if (p->per_minute)
+                extra = ts_str("%s,'registrationsPerMinute':%ld", extra, p->per_minute);
+            post201(cp, "/v1/dps-instances",
+                    ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s'%s}", p->id, s->id,
+                            ts_rt_id_scope(p->id), ts_rt_endpoint(p->id), extra));
+        }
+        for (int h = 0; h < 4 && s->hubs[h].id; h++) {
+            const struct ts_rt_hub *hb = &s->hubs[h];
+            char *extra = hb->max_devices ? ts_str(",'maxDevices':%ld", hb->max_devices) : "";
+            post201(cp, "/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'%s}", hb->id, s->id,
+                                            hb->id, extra));
+        }
+    }
+}
+
+struct ts_proc *ts_rt_agent_start(struct ts_rt *rt, struct ts_rt_stamp *s)
+{
+    struct ts_agent_opts a;
+    memset(&a, 0, sizeof a);
+    a.stamp_id = s->id;
+    a.region = s->region;
+    a.redis = rt->redis->addr;
+    a.interval_ms = 200;
+    for (int i = 0; i < 4 && s->dps[i].id; i++)
+        a.dps[i] = s->dps[i].id;
+    for (int i = 0; i < 4 && s->hubs[i].id; i++)
+        a.hubs[i] = s->hubs[i].id;
+    s->agent = ts_agent_start(&a);
+    return s->agent;
+}
+
+const char *ts_rt_health(struct ts_cp *cp, const char *stamp)
+{
+    struct ts_resp *r = ts_admin(cp, "GET", ts_str("/v1/stamps/%s", stamp), NULL);
+    const char *h = r->status == 200 ? ts_jstr(r->json, "health") : NULL;
+    return h ? h : "?";
+}
+
+bool ts_rt_wait_health(struct ts_rt *rt, const char *stamp, const char *health, int timeout_ms)
+{
+    int64_t deadline = ts_now_ms() + timeout_ms;
+    for (;;) {
+        bool all = true;
+        for (int i = 0; i < rt->ncp && all; i++)
+            if (strcmp(ts_rt_health(rt->cp[i], stamp), health) != 0)
+                all = false;
+        if (all)
+            return true;
+        if (ts_now_ms() >= deadline)
+            return false;
+        ts_sleep_ms(50);
+    }
+}
+
+void ts_rt_wait_layout(const struct ts_rt *rt)
+{
+    ts_sleep_ms(2 * rt->layout_refresh_ms + 150);
+}
+
+void ts_rt_start_agents(struct ts_rt *rt)
+{
+    struct ts_rt_layout *l = rt->layout;
+    for (int i = 0; i < TS_RT_MAX && l->stamps[i].id; i++)
+        ts_rt_agent_start(rt, &l->stamps[i]);
+    for (int i = 0; i < TS_RT_MAX && l->stamps[i].id; i++)
+        if (!ts_rt_wait_health(rt, l->stamps[i].id, "healthy", 10000))
+            ts_fail("stamp %s not healthy 10 s after its agent started (%s)", l->stamps[i].id,
+                    ts_rt_health(rt->cp[0], l->stamps[i].id));
+    ts_rt_wait_layout(rt);
+}
+
+struct ts_rt_stamp *ts_rt_find_stamp(struct ts_rt *rt, const char *id)
+{
+    for (int i = 0; rt->layout && i < TS_RT_MAX && rt->layout->stamps[i].id; i++)
+        if (id && strcmp(rt->layout->stamps[i].id, id) == 0)
+            return &rt->layout->stamps[i];
+    return NULL;
+}
+
+struct ts_rt_stamp *ts_rt_stamp_of_dps(struct ts_rt *rt, const char *dps_id)
+{
+    for (int i = 0; rt->layout && i < TS_RT_MAX && rt->layout->stamps[i].id; i++)
+        for (int d = 0; d < 4 && rt->layout->stamps[i].dps[d].id; d++)
+            if (dps_id && strcmp(rt->layout->stamps[i].dps[d].id, dps_id) == 0)
+                return &rt->layout->stamps[i];
+    return NULL;
+}
+
+/* ------------------------------------------------------------------ */
+/* Tenants and credentials                                             */
+/* ------------------------------------------------------------------ */
+
+struct ts_tenant *ts_rt_tenant(struct ts_cp *cp, const char *json_body)
+{
+    struct ts_resp *r = ts_admin(cp, "POST", "/v1/tenants", json_body);
+    struct ts_tenant *t;
+    const char *id, *key;
+    int n;
+
+    if (r->status != 201)
+        ts_fail("POST /v1/tenants %s: expected 201, got %s", json_body, ts_resp_str(r));
+    id = ts_jstr(r->json, "id");
+    key = ts_jstr(r->json, "enrollmentKey");
+    if (!id || !key)
+        ts_fail("tenant answer without id or enrollmentKey: %s", ts_resp_str(r));
+    t = ts_keep(calloc(1, sizeof *t));
+    snprintf(t->id, sizeof t->id, "%s", id);
+    snprintf(t->key_b64, sizeof t->key_b64, "%s", key);
+    n = sas_b64_decode(key, t->key, sizeof t->key);
+    if (n != 32)
+        ts_fail("enrollmentKey %s does not decode to 32 bytes (%d)", key, n);
+    t->keylen = n;
+    t->json = r->json;
+    return t;
+}
+
+const char *ts_rt_installer_token(struct ts_cp *cp, const char *tenant_id)
+{
+    struct ts_resp *r = ts_admin(cp, "POST", ts_str("/v1/tenants/%s/installer-tokens", tenant_id),
+                                 "{\"name\":\"installer app\"}");
+    const char *tok;
+    if (r->status != 201)
+        ts_fail("installer token for %s: expected 201, got %s", tenant_id, ts_resp_str(r));
+    tok = ts_jstr(r->json, "token");
+    if (!tok || !*tok)
+        ts_fail("installer token answer without token: %s", ts_resp_str(r));
+    return tok;
+}
+
+const char *ts_rt_sas_custom(const unsigned char *key, size_t keylen, const char *derive_regid,
+                             const char *sr, int64_t expiry, const char *skn)
+{
+    unsigned char dk[SAS_KEY_LEN];
+    char buf[1200];
+    if (!expiry)
+        expiry = (int64_t)time(NULL) + 3600;
+    sas_derive_key(key, keylen, derive_regid, dk);
+    sas_build(sr, dk, sizeof dk, expiry, skn ? skn : "registration", buf, sizeof buf);
+    return ts_str("%s", buf);
+}
+
+const char *ts_rt_sas(const struct ts_tenant *t, const char *regid, int64_t expiry)
+{
+    return ts_rt_sas_custom(t->key, (size_t)t->keylen, regid, ts_str("%s/registrations/%s", t->id, regid), expiry,
+                            "registration");
+}
+
+const char *ts_rt_authz(const char *value)
+{
+    return ts_str("Authorization: %s", value);
+}
+
+struct ts_resp *ts_rt_device(struct ts_cp *cp, const char *verb, const char *tenant_id, const char *regid,
+                             const char *authz_value, const char *body)
+{
+    const char *h[3];
+    int n = 0;
+    if (authz_value)
+        h[n++] = ts_rt_authz(authz_value);
+    if (body)
+        h[n++] = "Content-Type: application/json";
+    h[n] = NULL;
+    return ts_http(cp->port, "POST", ts_str("/v1/tenants/%s/registrations/%s/%s", tenant_id, regid, verb), h, body,
+                   body ? strlen(body) : 0);
+}
+
+struct ts_resp *ts_rt_locate(struct ts_cp *cp, const struct ts_tenant *t, const char *regid)
+{
+    return ts_rt_device(cp, "locate", t->id, regid, ts_rt_sas(t, regid, 0), NULL);
+}
+
+/* ------------------------------------------------------------------ */
+/* Thread-safe requests                                                */
+/* ------------------------------------------------------------------ */
+
+static int left_ms(int64_t deadline)
+{
+    int64_t l = deadline - ts_now_ms();
+    return l > 0 ? (int)l : 0;
+}
+
+void ts_rt_post_mt(int port, const char *path, const char *authz, const char *body, int timeout_ms,
+                   struct ts_rt_answer *out)
+{
+    int64_t deadline = ts_now_ms() + timeout_ms;
+    struct sockaddr_in a;
+    char req[4096], buf[8192];
+    size_t len = 0, reqlen, off = 0;
+    int fd, n;
+    const char *hend;
+
+    memset(out, 0, sizeof *out);
+    n = snprintf(req, sizeof req,
+                 "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s%s%s%s"
+                 "Content-Length: %zu\r\n\r\n%s",
+                 path, port, authz ? "Authorization: " : "", authz ? authz : "", authz ? "\r\n" : "",
+                 body ? "Content-Type: application/json\r\n" : "", body ? strlen(body) : 0, body ? body : "");
+    if (n < 0 || (size_t)n >= sizeof req) {
+        snprintf(out->body, sizeof out->body, "request too long");
+        return;
+    }
+    reqlen = (size_t)n;
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(out->body, sizeof out->body, "socket: %s", strerror(errno));
+        return;
+    }
+    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
+    memset(&a, 0, sizeof a);
+    a.sin_family = AF_INET;
+    a.sin_port = htons((uint16_t)port);
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
+        struct pollfd p = { fd, POLLOUT, 0 };
+        int soerr = 0;
+        socklen_t sl = sizeof soerr;
+        if (errno != EINPROGRESS || poll(&p, 1, left_ms(deadline)) <= 0 ||
+            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr) {
+            snprintf(out->body, sizeof out->body, "connect failed: %s", strerror(soerr ? soerr : errno));
+            close(fd);
+            return;
+        }
+    }
+    while (off < reqlen) {
+        ssize_t w = send(fd, req + off, reqlen - off, MSG_NOSIGNAL);
+        if (w > 0) {
+            off += (size_t)w;
+        } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
+            struct pollfd p = { fd, POLLOUT, 0 };
+            if (poll(&p, 1, left_ms(deadline)) <= 0)
+                break;
+        } else {
+            break;
+        }
+    }
+    for (;;) {
+        ssize_t r;
+        struct pollfd p = { fd, POLLIN, 0 };
+        if (len >= sizeof buf - 1)
+            break;
+        r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
+        if (r > 0) {
+            len += (size_t)r;
+            continue;
+        }
+        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
+            break;
+        if (poll(&p, 1, left_ms(deadline)) <= 0) {
+            close(fd);
+            snprintf(out->body, sizeof out->body, "timeout after %d ms (%zu bytes)", timeout_ms, len);
+            return;
+        }
+    }
+    close(fd);
+    buf[len] = '\0';
+    out->at_ms = ts_now_ms();
+    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || !(hend = strstr(buf, "\r\n\r\n"))) {
+        snprintf(out->body, sizeof out->body, "no answer (%zu bytes)", len);
+        return;
+    }
+    out->status = atoi(buf + 9);
+    {
+        const char *h = buf;
+        while ((h = strcasestr(h, "\r\nRetry-After:")) && h < hend) {
+            const char *v = h + 14;
+            size_t vl;
+            while (*v == ' ')
+                v++;
+            vl = strcspn(v, "\r\n");
+            snprintf(out->retry_after, sizeof out->retry_after, "%.*s", (int)vl, v);
+            break;
+        }
+    }
+    snprintf(out->body, sizeof out->body, "%s", hend + 4);
+}
+
+struct ts_rt_batch {
+    struct ts_rt_job *jobs;
+    int n;
+    int nthreads;
+    int next;          /* __atomic */
+    int stop;          /* __atomic */
+    pthread_barrier_t go;
+    pthread_t *threads;
+};
+
+static void *batch_worker(void *arg)
+{
+    struct ts_rt_batch *b = arg;
+    pthread_barrier_wait(&b->go);
+    for (;;) {
+        int i;
+        if (__atomic_load_n(&b->stop, __ATOMIC_SEQ_CST))
+            break;
+        i = __atomic_fetch_add(&b->next, 1, __ATOMIC_SEQ_CST);
+        if (i >= b->n)
+            break;
+        ts_rt_post_mt(b->jobs[i].port, b->jobs[i].path, b->jobs[i].authz, b->jobs[i].body, 20000, &b->jobs[i].ans);
+        __atomic_store_n(&b->jobs[i].done, true, __ATOMIC_SEQ_CST);
+    }
+    return NULL;
+}
+
+struct ts_rt_batch *ts_rt_batch_start(struct ts_rt_job *jobs, int n, int nthreads)
+{
+    struct ts_rt_batch *b = calloc(1, sizeof *b);
+    if (!b)
+        abort();
+    b->jobs = jobs;
+    b->n = n;
+    b->nthreads = nthreads;
+    b->threads = calloc((size_t)nthreads, sizeof *b->threads);
+    if (!b->threads)
+        abort();
+    pthread_barrier_init(&b->go, NULL, (unsigned)nthreads);
+    for (int i = 0; i < n; i++)
+        jobs[i].done = false;
+    for (int i = 0; i < nthreads; i++)
+        if (pthread_create(&b->threads[i], NULL, batch_worker, b) != 0)
+            ts_fail("pthread_create failed");
+    return b;
+}
+
+void ts_rt_batch_stop(struct ts_rt_batch *b)
+{
+    __atomic_store_n(&b->stop, 1, __ATOMIC_SEQ_CST);
+}
+
+void ts_rt_batch_wait(struct ts_rt_batch *b)
+{
+    for (int i = 0; i < b->nthreads; i++)
+        pthread_join(b->threads[i], NULL);
+    pthread_barrier_destroy(&b->go);
+    free(b->threads);
+    free(b);
+}
+
+void ts_rt_run_jobs(struct ts_rt_job *jobs, int n, int nthreads)
+{
+    ts_rt_batch_wait(ts_rt_batch_start(jobs, n, nthreads));
+}
+
+json_t *ts_rt_answer_json(const struct ts_rt_answer *a)
+{
+    return keep_json(json_loads(a->body, 0, NULL));
+}
+
+const char *ts_rt_answer_code(const struct ts_rt_answer *a)
+{
+    json_t *j = ts_rt_answer_json(a);
+    return ts_jstr(json_object_get(j, "error"), "code");
+}
