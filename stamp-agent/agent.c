@@ -7,6 +7,7 @@
  * callbacks, not real signal handlers, so they may do anything.
  */
 #include "agent.h"
+#include "dps_server.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -206,6 +207,7 @@ static void agent_signal_cb(evutil_socket_t sig, short what, void *arg)
     }
     log_info("event=shutdown_started signal=%s", name);
     a->state = AGENT_DRAINING;
+    dps_server_stop_accepting(a->dps);
     evtimer_del(a->tick);
     if (!agent_redis_connected(&a->redis)) {
         log_warn("event=final_report_skipped reason=redis_down");
@@ -257,6 +259,10 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=events");
         return false;
     }
+    if (cfg->prov.enabled && !(a->dps = dps_server_new(a->base, cfg, &a->load))) {
+        log_error("event=init_failed what=provisioning");
+        return false;
+    }
     return true;
 }
 
@@ -290,6 +296,8 @@ static void agent_event_free(struct event **ev)
 
 void agent_free(struct agent *a)
 {
+    dps_server_free(a->dps);
+    a->dps = NULL;
     if (a->redis.host)
         agent_redis_free(&a->redis);
     agent_event_free(&a->tick);

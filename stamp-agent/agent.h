@@ -13,6 +13,8 @@
 #include "agent_load.h"
 #include "agent_redis.h"
 
+struct dps_server;
+
 /* How long shutdown waits for the final "down" report to be acknowledged. */
 #define AGENT_SHUTDOWN_WAIT_MS 1000
 /* A report unanswered for this many intervals means Redis stopped answering. */
@@ -43,6 +45,7 @@ struct agent {
     bool report_logged;               /* info line for the first report per connection */
     uint64_t skipped;                 /* ticks skipped while Redis was down */
     int exit_code;
+    struct dps_server *dps;           /* the stamp's provisioning service, if configured */
 };
 
 /* Build the loop, timers and signal events. Returns false (logged) on failure. */

@@ -18,6 +18,53 @@
 #define AGENT_MAX_HUBS            50
 #define AGENT_HOST_MAX            256
 
+#define AGENT_MAX_POLICIES        16
+
+/* A DPS instance this stamp serves (the "provisioning" section). */
+struct agent_dps_config {
+    char *id;                        /* catalog id, e.g. "eu-west-1-dps" */
+    char *id_scope;                  /* what devices put in the URL */
+    int64_t max_registrations;       /* registrations held, default 1,000,000 */
+    int64_t registrations_per_minute;/* default 1,000 */
+    int64_t polls_per_10s;           /* operation-status polls per device, default 5 */
+    int64_t lookups_per_minute;      /* status lookups per instance, default 10,000 */
+    bool gentle_throttle;            /* "throttle": "gentle" answers 202 assigning with a longer Retry-After instead of 429 */
+};
+
+/* A hub of this stamp. */
+struct agent_hub_config {
+    char *id;
+    char *host_name;                 /* assignedHub as devices see it */
+    int64_t max_devices;             /* default 1,000,000 */
+    int64_t allocation_weight;       /* 1-1000, default 1 */
+    bool apply_allocation_policy;    /* false: excluded from allocation */
+};
+
+struct agent_service_policy {
+    char *name;                      /* SharedAccessKeyName */
+    unsigned char key[64];           /* raw key */
+    int keylen;
+    char *key_b64;
+};
+
+/* The stamp's provisioning service: absent means the agent only reports load. */
+struct agent_provisioning_config {
+    bool enabled;
+    char *listen_host;
+    int listen_port;
+    char *database;                  /* libpq conninfo of the stamp's geography database */
+    char *tls_cert, *tls_key;
+    char *service_host_name;         /* the sr of service-API SAS tokens (default: listen) */
+    struct agent_service_policy policies[AGENT_MAX_POLICIES];
+    size_t n_policies;
+    struct agent_dps_config *dps;
+    size_t n_dps;
+    struct agent_hub_config *hubs;
+    size_t n_hubs;
+    int64_t webhook_timeout_ms;      /* custom allocation webhook deadline, default 10,000 */
+    int64_t db_pool_size;            /* default 4 */
+};
+
 struct agent_config {
     char *stamp_id;              /* "stampId", id syntax */
     char *region;                /* "region", id syntax */
@@ -30,6 +77,7 @@ struct agent_config {
     char **hub_ids;              /* "hubs" */
     size_t n_hubs;
     int log_level;               /* enum log_level, or -1 when "logLevel" is absent */
+    struct agent_provisioning_config prov;  /* "provisioning"; when set, dps_ids/hub_ids come from it */
 };
 
 /*

@@ -1,0 +1,92 @@
+/*
+ * dps_server.h - the stamp's provisioning service over HTTPS: one listener
+ * serving the Azure DPS device API for each configured ID scope and the DPS
+ * service API (enrollments), backed by the stamp's geography database.
+ *
+ * This module owns the listener, TLS, the request context and routing; the
+ * device API lives in dps_device.c, the service API in dps_service.c.
+ * Request contract (as in the control plane): every handler given a dps_req
+ * ends in exactly one dps_reply_* call, which sends the answer and frees it.
+ */
+#ifndef STAMPAGENT_DPS_SERVER_H
+#define STAMPAGENT_DPS_SERVER_H
+
+#include <event2/event.h>
+#include <event2/http.h>
+#include <event2/keyvalq_struct.h>
+#include <jansson.h>
+#include <openssl/ssl.h>
+#include <stdbool.h>
+
+#include "agent_config.h"
+#include "agent_load.h"
+#include "migrate.h"
+#include "pgpool.h"
+
+/* 96 KB: the DPS message size limit. */
+#define DPS_MAX_BODY (96 * 1024)
+#define DPS_MAX_SEGS 8
+
+extern const struct migration migrations_stamp[];
+extern const int migrations_stamp_count;
+
+struct dps_device;   /* dps_device.c */
+struct dps_service;  /* dps_service.c */
+
+struct dps_server {
+    struct event_base *base;
+    const struct agent_config *cfg;        /* cfg->prov is this server's config */
+    struct agent_load *load;               /* counters for the load report */
+    struct pgpool *pool;                   /* the stamp's geography database */
+    SSL_CTX *tls;
+    struct evhttp *http;
+    struct evhttp_bound_socket *listener;
+    struct dps_device *device;
+    struct dps_service *service;
+    int inflight;
+};
+
+struct dps_req {
+    struct dps_server *srv;
+    struct evhttp_request *ev;
+    enum evhttp_cmd_type method;
+    char id[33];                           /* tracking id, echoed as x-ms-request-id */
+    char *segs[DPS_MAX_SEGS];              /* percent-decoded path segments */
+    int nsegs;
+    struct evkeyvalq query;
+    char *body;                            /* NUL-terminated copy, or NULL */
+    size_t body_len;
+    const struct agent_dps_config *dps;    /* device API: the instance its scope names */
+    int dps_index;
+    int64_t start_ms;
+};
+
+/* NULL (logged) if the listener, TLS or database pool can't be set up. */
+struct dps_server *dps_server_new(struct event_base *base, const struct agent_config *cfg,
+                                  struct agent_load *load);
+void dps_server_stop_accepting(struct dps_server *s);
+void dps_server_free(struct dps_server *s);
+
+/* Replies: JSON with Content-Type application/json; charset=utf-8. */
+void dps_reply_json(struct dps_req *r, int status, json_t *body);          /* steals body */
+void dps_reply_empty(struct dps_req *r, int status);
+/* DPS error body: {"errorCode":code,"trackingId":…,"message":…,"timestampUtc":…} */
+void dps_reply_error(struct dps_req *r, int status, int error_code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+void dps_add_header(struct dps_req *r, const char *name, const char *value);
+const char *dps_req_header(struct dps_req *r, const char *name);
+const char *dps_req_query(struct dps_req *r, const char *name);
+/* The client certificate chain presented in the TLS handshake (leaf first),
+ * or NULL; owned by the connection, valid during the request. */
+STACK_OF(X509) *dps_req_peer_chain(struct dps_req *r);
+X509 *dps_req_peer_cert(struct dps_req *r);
+
+/* Implemented by dps_device.c / dps_service.c (each replies once). */
+struct dps_device *dps_device_new(struct dps_server *s);
+void dps_device_free(struct dps_device *d);
+void dps_device_handle(struct dps_req *r);
+struct dps_service *dps_service_new(struct dps_server *s);
+void dps_service_free(struct dps_service *sv);
+void dps_service_handle(struct dps_req *r);
+
+#endif
