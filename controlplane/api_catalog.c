@@ -113,16 +113,20 @@ static void cat_on_row(const struct pgq_result *q, void *arg)
         cpreq_reply_error(r, 404, "not_found", NULL, "no %s '%s'", op->res->noun, op->id);
     } else if (op->kind == CAT_DELETE) {
         layouts_refresh_soon(r->cp->layouts);
+        enroll_sync_soon(r->cp->sync);
         cpreq_reply_empty(r, 204);
     } else if (op->kind == CAT_CREATE) {
         char *loc = xasprintf("/v1/%s/%s", op->res->collection, op->id);
         cpreq_add_header(r, "Location", loc);
         free(loc);
         layouts_refresh_soon(r->cp->layouts);
+        enroll_sync_soon(r->cp->sync);
         cat_reply_row(op, 201, PQgetvalue(q->res, 0, 0));
     } else {
-        if (op->kind == CAT_UPDATE)
+        if (op->kind == CAT_UPDATE) {
             layouts_refresh_soon(r->cp->layouts);
+            enroll_sync_soon(r->cp->sync);
+        }
         cat_reply_row(op, 200, PQgetvalue(q->res, 0, 0));
     }
     free(op);

@@ -155,6 +155,7 @@ static void tenant_on_created(const struct pgq_result *q, void *arg)
         json_object_set_new(body, "enrollmentKey", json_string(op->secret));
         cpreq_add_header(op->r, "Location", loc);
         cpreq_add_header(op->r, "Cache-Control", "no-store");
+        enroll_sync_soon(op->r->cp->sync);
         free(loc);
         cpreq_reply_json(op->r, 201, body);
     }

@@ -55,7 +55,11 @@ static const struct catalog_field dps_fields[] = {
     {"endpoint", "endpoint", CF_STRING, CF_REQUIRED, 3, 255, NULL, ".-:[]"},
     {"maxRegistrations", "max_registrations", CF_INT, 0, 1, 1000000, NULL, NULL},
     {"registrationsPerMinute", "registrations_per_minute", CF_INT, 0, 1, 10000000, NULL, NULL},
+    {"serviceHostName", "service_host_name", CF_STRING, CF_NULLABLE, 1, 300, NULL, ".-:[]"},
+    {"serviceKeyName", "service_key_name", CF_STRING, CF_NULLABLE, 1, 64, NULL, "-_."},
+    {"serviceKey", "service_key", CF_STRING, CF_NULLABLE, 16, 128, NULL, "+/="},
 };
+static const char *const dps_read_only[] = {"version", "createdAt", "updatedAt", "serviceKeyConfigured", NULL};
 static const struct catalog_filter stamp_child_filters[] = {
     {"stamp", "t.stamp_id = $?"},
 };
@@ -79,11 +83,12 @@ const struct catalog_resource catalog_resources[] = {
      "'geography',(SELECT r.geography_id FROM regions r WHERE r.id = t.region_id),"
      "'displayName',t.display_name,'status',t.status,'tenancy',t.tenancy," COMMON_JSON ")",
      true, false},
-    {"dps-instances", "dps_instances", "DPS instance", dps_fields, 6, common_read_only,
+    {"dps-instances", "dps_instances", "DPS instance", dps_fields, 9, dps_read_only,
      stamp_child_filters, 1,
      "json_build_object('id',t.id,'stamp',t.stamp_id,'idScope',t.id_scope,'endpoint',t.endpoint,"
      "'maxRegistrations',t.max_registrations,'registrationsPerMinute',t.registrations_per_minute,"
-     COMMON_JSON ")", false, false},
+     "'serviceHostName',t.service_host_name,'serviceKeyName',t.service_key_name,"
+     "'serviceKeyConfigured',t.service_key IS NOT NULL," COMMON_JSON ")", false, false},
     {"hubs", "hubs", "hub", hub_fields, 5, common_read_only, stamp_child_filters, 1,
      "json_build_object('id',t.id,'stamp',t.stamp_id,'hostName',t.host_name,"
      "'maxDevices',t.max_devices,'allocationWeight',t.allocation_weight," COMMON_JSON ")",

@@ -12,6 +12,7 @@
 #include "assign_cache.h"
 #include "cp_config.h"
 #include "dps_client.h"
+#include "enroll_sync.h"
 #include "layout.h"
 #include "loadtable.h"
 #include "pgpool.h"
@@ -31,6 +32,7 @@ struct cp {
     struct layouts *layouts;
     struct assign_cache *cache;
     struct dps_client *dps;                   /* proxy provisioning; NULL if it could not be set up */
+    struct enroll_sync *sync;                 /* enrollment groups in the stamps' DPS instances */
     char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */
     bool shutting_down;

@@ -42,6 +42,7 @@ struct cp_config {
     int64_t layout_refresh_ms;
     char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
     int64_t dps_timeout_ms;       /* a proxied registration's deadline */
+    int64_t enrollment_sync_ms;   /* how often enrollment groups are reconciled */
     int log_level;
 };
 

@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/queue.h>
 
 #include "log.h"
 #include "tls.h"
@@ -25,13 +26,18 @@
 
 enum dps_op_state { OP_PUT, OP_WAIT, OP_POLL, OP_DONE };
 
+struct dps_op;
+LIST_HEAD(dps_op_list, dps_op);
+
 struct dps_client {
     struct event_base *base;
     SSL_CTX *ctx;
     int timeout_ms;
+    struct dps_op_list live;   /* operations in flight, freed with the client */
 };
 
 struct dps_op {
+    LIST_ENTRY(dps_op) link;
     struct dps_client *c;
     enum dps_op_state state;
     char host[256];
@@ -51,6 +57,7 @@ static void op_send(struct dps_op *op);
 
 static void op_free(struct dps_op *op)
 {
+    LIST_REMOVE(op, link);
     if (op->conn) evhttp_connection_free(op->conn);
     event_free(op->poll_timer);
     event_free(op->deadline);
@@ -225,12 +232,16 @@ struct dps_client *dps_client_new(struct event_base *base, const char *ca_file, 
     c->base = base;
     c->ctx = ctx;
     c->timeout_ms = timeout_ms;
+    LIST_INIT(&c->live);
     return c;
 }
 
 void dps_client_free(struct dps_client *c)
 {
     if (!c) return;
+    /* Only at shutdown, with the loop stopped: their callbacks never run. */
+    while (!LIST_EMPTY(&c->live))
+        op_free(LIST_FIRST(&c->live));
     SSL_CTX_free(c->ctx);
     free(c);
 }
@@ -244,6 +255,7 @@ void dps_register(struct dps_client *c, const char *endpoint, const char *id_sco
     json_t *body;
 
     op->c = c;
+    LIST_INSERT_HEAD(&c->live, op, link);
     op->cb = cb;
     op->arg = arg;
     op->state = OP_PUT;

@@ -18,6 +18,23 @@
 #include "http_req.h"
 #include "log.h"
 
+/* GET /v1/dps-instances/{id}/enrollment-sync: the reconciler's last word on it. */
+static void http_sync_status(struct cp_req *r, const char *id)
+{
+    json_t *st;
+    if (r->method != EVHTTP_REQ_GET) {
+        cpreq_add_header(r, "Allow", "GET");
+        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET");
+        return;
+    }
+    if (!(st = enroll_sync_status(r->cp->sync, id))) {
+        cpreq_reply_error(r, 404, "not_found", NULL,
+                          "no enrollment sync state for '%.64s' (unknown, no service credentials, or no pass yet)", id);
+        return;
+    }
+    cpreq_reply_json(r, 200, st);
+}
+
 static void http_route(struct cp_req *r)
 {
     const struct catalog_resource *res;
@@ -52,6 +69,10 @@ static void http_route(struct cp_req *r)
         }
         if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
             api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+            return;
+        }
+        if (r->nsegs == 4 && strcmp(r->segs[1], "dps-instances") == 0 && strcmp(r->segs[3], "enrollment-sync") == 0) {
+            http_sync_status(r, r->segs[2]);
             return;
         }
         if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {

@@ -12,6 +12,7 @@
 #include "api_devices.h"
 #include "cp.h"
 #include "http_server.h"
+#include "https_call.h"
 #include "log.h"
 #include "util.h"
 
@@ -173,6 +174,8 @@ static void cp_free(struct cp *cp)
     tenants_free(cp->tenants);
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
+    enroll_sync_free(cp->sync);
+    https_call_abort_all();
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++)
         pgpool_free(cp->geo[i]);
@@ -232,6 +235,7 @@ int main(int argc, char **argv)
             log_warn("event=dps_client_disabled reason=\"%s\"", err);
     }
     cp.tenants = tenants_new(cp.global, (int)cp.cfg.tenant_cache_ttl_ms);
+    cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
     {

@@ -39,6 +39,11 @@ static const char *placement_policy_rule(const struct tenant *t, const struct la
     return NULL;
 }
 
+bool placement_policy_admits(const struct tenant *t, const struct layout_stamp *st)
+{
+    return placement_policy_rule(t, st) == NULL;
+}
+
 bool placement_stamp_valid(const struct tenant *t, const struct layout_stamp *st,
                            const struct loadtable *loads, int64_t now_mono_ms, const char **rule)
 {

@@ -57,6 +57,9 @@ void placement_run(const struct placement_input *in, struct placement_result *ou
 void placement_result_clear(struct placement_result *out);
 /* The API error code of a failed outcome. */
 const char *placement_outcome_code(enum placement_outcome o);
+/* Whether residency and tenancy let the tenant's devices onto this stamp at all
+ * (fixed by configuration, not by load): the stamps that need its enrollment group. */
+bool placement_policy_admits(const struct tenant *t, const struct layout_stamp *st);
 /* Whether a stamp is a valid home for the tenant's device right now (for reprovision):
  * sets *rule to the first filter it fails. */
 bool placement_stamp_valid(const struct tenant *t, const struct layout_stamp *st,

@@ -1,0 +1,427 @@
+/*
+ * enroll_sync.c - the enrollment-group reconciler.
+ *
+ * Pass: read DPS instances (with service credentials) and tenants from the
+ * catalog -> for each instance in parallel: LIST (query, paged) -> APPLY
+ * (one PUT or DELETE at a time) -> DONE, recording the outcome. A pass never
+ * overlaps the next; changes during a pass schedule another.
+ */
+#include "enroll_sync.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cp.h"
+#include "https_call.h"
+#include "log.h"
+#include "placement.h"
+#include "sas.h"
+#include "strmap.h"
+#include "tls.h"
+#include "util.h"
+
+#define ES_MANAGED_BY "stampcp"
+#define ES_TIMEOUT_MS 10000
+
+static const char es_catalog_sql[] =
+    "SELECT json_build_object("
+    " 'dps', (SELECT coalesce(json_agg(json_build_object('id', d.id, 'endpoint', d.endpoint,"
+    "   'host', coalesce(d.service_host_name, d.endpoint), 'keyName', d.service_key_name, 'key', d.service_key,"
+    "   'stamp', s.id, 'region', s.region_id, 'geography', r.geography_id, 'tenancy', s.tenancy) ORDER BY d.id), '[]')"
+    "   FROM dps_instances d JOIN stamps s ON s.id = d.stamp_id JOIN regions r ON r.id = s.region_id"
+    "   WHERE d.service_key IS NOT NULL AND d.service_key_name IS NOT NULL),"
+    " 'tenants', (SELECT coalesce(json_agg(json_build_object("
+    "   'public', json_build_object('id', t.id, 'residency', json_build_object('geographies', t.residency_geographies,"
+    "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps),"
+    "   'enrollmentKey', t.enrollment_key, 'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
+    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t))";
+
+enum es_op { ES_PUT, ES_DELETE };
+
+struct es_change {
+    enum es_op op;
+    char group[64];
+    char etag[80];          /* If-Match, or "" */
+    json_t *doc;            /* PUT body */
+};
+
+struct es_dps {
+    struct enroll_sync *es;
+    char id[64], endpoint[300], host[300], key_name[80];
+    unsigned char key[64];
+    int keylen;
+    json_t *desired;        /* group id -> doc */
+    json_t *actual;         /* group id -> doc as listed */
+    struct es_change *changes;
+    int nchanges, next;
+    int applied, failed, over_quota;
+    char error[200];
+    bool unreachable;
+};
+
+struct enroll_sync {
+    struct cp *cp;
+    int interval_ms;
+    SSL_CTX *tls;
+    struct event *timer;
+    bool running, again;
+    struct es_dps *dps;
+    int ndps, pending;
+    json_t *status;         /* dps id -> status object */
+};
+
+static void es_start(struct enroll_sync *es);
+
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key)
+{
+    return json_pack("{s:s, s:{s:s, s:{s:s, s:s}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s}, s:{s:{}}}}",
+                     "enrollmentGroupId", tenant_id,
+                     "attestation", "type", "symmetricKey", "symmetricKey", "primaryKey", enrollment_key,
+                     "secondaryKey", enrollment_key,
+                     "provisioningStatus", "enabled", "allocationPolicy", "hashed",
+                     "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
+                     "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "properties", "desired");
+}
+
+static void es_arm(struct enroll_sync *es, int ms)
+{
+    struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
+    event_add(es->timer, &tv);
+}
+
+static void es_headers(struct es_dps *d, const char **h, char *sas, size_t saslen, const char *if_match)
+{
+    int n = 0;
+    sas_build(d->host, d->key, (size_t)d->keylen, util_wall_ms() / 1000 + 3600, d->key_name, sas, saslen);
+    h[n++] = "Authorization"; h[n++] = sas;
+    h[n++] = "Accept"; h[n++] = "application/json";
+    h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
+    h[n++] = "User-Agent"; h[n++] = "stampcp-controlplane";
+    if (if_match && *if_match) { h[n++] = "If-Match"; h[n++] = if_match; }
+    h[n] = NULL;
+}
+
+static void es_dps_clear(struct es_dps *d)
+{
+    json_decref(d->desired);
+    json_decref(d->actual);
+    for (int i = 0; i < d->nchanges; i++)
+        json_decref(d->changes[i].doc);
+    free(d->changes);
+    OPENSSL_cleanse(d->key, sizeof d->key);
+}
+
+static void es_finish_pass(struct enroll_sync *es)
+{
+    for (int i = 0; i < es->ndps; i++)
+        es_dps_clear(&es->dps[i]);
+    free(es->dps);
+    es->dps = NULL;
+    es->ndps = 0;
+    es->running = false;
+    if (es->again) {
+        es->again = false;
+        es_start(es);
+    } else {
+        es_arm(es, es->interval_ms);
+    }
+}
+
+/* Record one instance's outcome; the pass ends when the last one reports. */
+static void es_dps_done(struct es_dps *d)
+{
+    struct enroll_sync *es = d->es;
+    char at[40];
+    json_t *missing = json_array(), *st;
+    const char *gid;
+    json_t *doc;
+    const char *state;
+
+    util_format_time(util_wall_ms(), at, sizeof at);
+    json_object_foreach(d->desired, gid, doc)
+        if (!json_object_get(d->actual, gid))
+            json_array_append_new(missing, json_string(gid));
+    if (d->unreachable) state = "unreachable";
+    else if (d->failed || d->over_quota) state = "drift";
+    else state = "in_sync";
+    st = json_pack("{s:s, s:s, s:s, s:i, s:i, s:i, s:i, s:o}", "dpsInstance", d->id, "state", state, "lastRunAt", at,
+                   "desiredGroups", (int)json_object_size(d->desired), "changesApplied", d->applied,
+                   "changesFailed", d->failed, "overQuota", d->over_quota, "notPresent", missing);
+    if (d->error[0])
+        json_object_set_new(st, "error", json_string(d->error));
+    if (strcmp(state, "in_sync") != 0)
+        log_warn("event=enrollment_drift dps=%s state=%s failed=%d over_quota=%d error=\"%s\"", d->id, state,
+                 d->failed, d->over_quota, d->error);
+    json_object_set_new(es->status, d->id, st);
+    if (--es->pending == 0)
+        es_finish_pass(es);
+}
+
+static void es_apply_next(struct es_dps *d);
+
+static void es_on_change(const struct https_result *res, void *arg)
+{
+    struct es_dps *d = arg;
+    struct es_change *c = &d->changes[d->next - 1];
+    bool ok = c->op == ES_PUT ? res->status == 200 || res->status == 201 : res->status == 204 || res->status == 200 || res->status == 404;
+    if (ok) {
+        d->applied++;
+        if (c->op == ES_PUT) json_object_set(d->actual, c->group, c->doc);
+        else json_object_del(d->actual, c->group);
+    } else {
+        d->failed++;
+        snprintf(d->error, sizeof d->error, "%s of group %s: %s (HTTP %d)", c->op == ES_PUT ? "PUT" : "DELETE",
+                 c->group, res->error ? res->error : "refused", res->status);
+        if (res->status == 0) {
+            d->unreachable = true;
+            es_dps_done(d);
+            return;
+        }
+    }
+    es_apply_next(d);
+}
+
+static void es_apply_next(struct es_dps *d)
+{
+    struct enroll_sync *es = d->es;
+    const char *h[16];
+    char sas[700], path[200], *body = NULL;
+    struct es_change *c;
+
+    if (d->next >= d->nchanges) {
+        es_dps_done(d);
+        return;
+    }
+    c = &d->changes[d->next++];
+    snprintf(path, sizeof path, "/enrollmentGroups/%s?api-version=2021-10-01", c->group);
+    es_headers(d, h, sas, sizeof sas, c->etag);
+    if (c->op == ES_PUT)
+        body = json_dumps(c->doc, JSON_COMPACT);
+    https_call(es->cp->base, es->tls, d->endpoint, c->op == ES_PUT ? EVHTTP_REQ_PUT : EVHTTP_REQ_DELETE, path, h,
+               body, ES_TIMEOUT_MS, es_on_change, d);
+    free(body);
+}
+
+static bool es_is_managed(json_t *doc)
+{
+    const char *by = json_string_value(json_object_get(json_object_get(json_object_get(doc, "initialTwin"), "tags"),
+                                                       "managedBy"));
+    return by && strcmp(by, ES_MANAGED_BY) == 0;
+}
+
+static const char *es_key_of(json_t *doc)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"),
+                                             "primaryKey"));
+}
+
+static void es_add_change(struct es_dps *d, enum es_op op, const char *group, json_t *actual, json_t *doc)
+{
+    struct es_change *c;
+    const char *etag = json_string_value(json_object_get(actual, "etag"));
+    d->changes = xrealloc(d->changes, sizeof *d->changes * (size_t)(d->nchanges + 1));
+    c = &d->changes[d->nchanges++];
+    memset(c, 0, sizeof *c);
+    c->op = op;
+    snprintf(c->group, sizeof c->group, "%s", group);
+    if (etag) snprintf(c->etag, sizeof c->etag, "%s", etag);
+    c->doc = doc ? json_incref(doc) : NULL;
+}
+
+/* Compare desired and actual; queue the changes. */
+static void es_plan(struct es_dps *d)
+{
+    const char *gid;
+    json_t *doc;
+    int unmanaged = 0, room;
+    json_object_foreach(d->actual, gid, doc)
+        if (!es_is_managed(doc)) unmanaged++;
+    room = ENROLL_SYNC_MAX_GROUPS - unmanaged;
+    json_object_foreach(d->desired, gid, doc) {
+        json_t *have = json_object_get(d->actual, gid);
+        const char *want_key = es_key_of(doc), *have_key = es_key_of(have);
+        if (room <= 0) {
+            if (!have) d->over_quota++;
+            continue;
+        }
+        room--;
+        const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
+        if (!have || !have_key || !want_key || strcmp(want_key, have_key) != 0 || !es_is_managed(have) ||
+            !status || strcmp(status, "enabled") != 0)
+            es_add_change(d, ES_PUT, gid, have, doc);
+    }
+    json_object_foreach(d->actual, gid, doc)
+        if (es_is_managed(doc) && !json_object_get(d->desired, gid))
+            es_add_change(d, ES_DELETE, gid, doc, NULL);
+}
+
+static void es_list(struct es_dps *d, const char *continuation);
+
+static void es_on_list(const struct https_result *res, void *arg)
+{
+    struct es_dps *d = arg;
+    size_t i;
+    json_t *g;
+    if (res->status != 200 || !json_is_array(res->body)) {
+        d->unreachable = res->status == 0;
+        snprintf(d->error, sizeof d->error, "listing groups: %s (HTTP %d)", res->error ? res->error : "refused",
+                 res->status);
+        if (res->status != 0) d->failed++;
+        es_dps_done(d);
+        return;
+    }
+    json_array_foreach(res->body, i, g) {
+        const char *gid = json_string_value(json_object_get(g, "enrollmentGroupId"));
+        if (gid) json_object_set(d->actual, gid, g);
+    }
+    if (res->continuation) {
+        es_list(d, res->continuation);
+        return;
+    }
+    es_plan(d);
+    es_apply_next(d);
+}
+
+static void es_list(struct es_dps *d, const char *continuation)
+{
+    const char *h[20];
+    char sas[700];
+    int n;
+    es_headers(d, h, sas, sizeof sas, NULL);
+    for (n = 0; h[n]; n++) {}
+    h[n++] = "x-ms-max-item-count"; h[n++] = "100";
+    if (continuation) { h[n++] = "x-ms-continuation"; h[n++] = continuation; }
+    h[n] = NULL;
+    https_call(d->es->cp->base, d->es->tls, d->endpoint, EVHTTP_REQ_POST, "/enrollmentGroups/query?api-version=2021-10-01",
+               h, "{\"query\":\"SELECT * FROM enrollmentGroups\"}", ES_TIMEOUT_MS, es_on_list, d);
+}
+
+static void es_on_catalog(const struct pgq_result *q, void *arg)
+{
+    struct enroll_sync *es = arg;
+    json_t *root = NULL, *dpsl, *tenants, *row;
+    struct tenant **tv = NULL;
+    size_t i, ntenants = 0;
+
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1 || !(root = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL))) {
+        es->running = false;
+        es_arm(es, es->interval_ms);
+        return;
+    }
+    dpsl = json_object_get(root, "dps");
+    tenants = json_object_get(root, "tenants");
+    tv = xcalloc(json_array_size(tenants) + 1, sizeof *tv);
+    json_array_foreach(tenants, i, row)
+        if ((tv[ntenants] = tenant_from_row(row)) != NULL) ntenants++;
+    es->ndps = (int)json_array_size(dpsl);
+    es->dps = xcalloc((size_t)es->ndps + 1, sizeof *es->dps);
+    es->pending = 1;
+    json_array_foreach(dpsl, i, row) {
+        struct es_dps *d = &es->dps[i];
+        struct layout_stamp st = {0};
+        const char *key = json_string_value(json_object_get(row, "key"));
+        d->es = es;
+        snprintf(d->id, sizeof d->id, "%s", json_string_value(json_object_get(row, "id")));
+        snprintf(d->endpoint, sizeof d->endpoint, "%s", json_string_value(json_object_get(row, "endpoint")));
+        snprintf(d->host, sizeof d->host, "%s", json_string_value(json_object_get(row, "host")));
+        snprintf(d->key_name, sizeof d->key_name, "%s", json_string_value(json_object_get(row, "keyName")));
+        d->keylen = key ? sas_b64_decode(key, d->key, sizeof d->key) : -1;
+        d->desired = json_object();
+        d->actual = json_object();
+        st.id = (char *)json_string_value(json_object_get(row, "stamp"));
+        st.region = (char *)json_string_value(json_object_get(row, "region"));
+        st.geo = (char *)json_string_value(json_object_get(row, "geography"));
+        st.dedicated = strcmp(json_string_value(json_object_get(row, "tenancy")), "dedicated") == 0;
+        for (size_t k = 0; k < ntenants; k++)
+            if (placement_policy_admits(tv[k], &st)) {
+                char b64[100];
+                sas_b64_encode(tv[k]->key, (size_t)tv[k]->keylen, b64, sizeof b64);
+                json_object_set_new(d->desired, tv[k]->id, enroll_sync_group_doc(tv[k]->id, b64));
+            }
+        es->pending++;
+        if (d->keylen <= 0) {
+            snprintf(d->error, sizeof d->error, "the instance's serviceKey is not base64");
+            d->failed++;
+            es_dps_done(d);
+            continue;
+        }
+        es_list(d, NULL);
+    }
+    for (size_t k = 0; k < ntenants; k++)
+        tenant_unref(tv[k]);
+    free(tv);
+    json_decref(root);
+    if (--es->pending == 0)
+        es_finish_pass(es);
+}
+
+static void es_start(struct enroll_sync *es)
+{
+    if (es->running)
+        return;
+    es->running = true;
+    event_del(es->timer);
+    if (!pgpool_query(es->cp->global, es_catalog_sql, 0, NULL, es_on_catalog, es)) {
+        es->running = false;
+        es_arm(es, es->interval_ms);
+    }
+}
+
+static void es_on_timer(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    es_start(arg);
+}
+
+struct enroll_sync *enroll_sync_new(struct cp *cp, int interval_ms)
+{
+    struct enroll_sync *es;
+    char err[300];
+    SSL_CTX *ctx = tls_client_ctx_new(cp->cfg.dps_ca_file, err, sizeof err);
+    if (!ctx) {
+        log_warn("event=enrollment_sync_disabled reason=\"%s\"", err);
+        return NULL;
+    }
+    es = xcalloc(1, sizeof *es);
+    es->cp = cp;
+    es->interval_ms = interval_ms;
+    es->tls = ctx;
+    es->status = json_object();
+    es->timer = event_new(cp->base, -1, 0, es_on_timer, es);
+    if (!es->timer) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+    es_arm(es, 500);
+    return es;
+}
+
+void enroll_sync_free(struct enroll_sync *es)
+{
+    if (!es) return;
+    /* In-flight calls hold pointers into es->dps; they are only freed with
+     * the loop stopped, and their callbacks never run after this. */
+    event_free(es->timer);
+    for (int i = 0; i < es->ndps; i++)
+        es_dps_clear(&es->dps[i]);
+    free(es->dps);
+    json_decref(es->status);
+    SSL_CTX_free(es->tls);
+    free(es);
+}
+
+void enroll_sync_soon(struct enroll_sync *es)
+{
+    if (!es) return;
+    if (es->running)
+        es->again = true;
+    else
+        es_arm(es, 200);
+}
+
+json_t *enroll_sync_status(struct enroll_sync *es, const char *dps_id)
+{
+    json_t *st = es ? json_object_get(es->status, dps_id) : NULL;
+    return st ? json_incref(st) : NULL;
+}

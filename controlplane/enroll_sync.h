@@ -1,0 +1,35 @@
+/*
+ * enroll_sync.h - keeps every tenant's enrollment group present in each DPS
+ * instance its devices may be placed on (residency and tenancy decide), with
+ * the tenant's enrollment key, through each instance's DPS service API - the
+ * same API real Azure DPS offers, so real instances could be driven unchanged.
+ *
+ * A reconciliation pass runs every interval and soon after a tenant or DPS
+ * instance changes: it lists the instance's groups (paged query), creates or
+ * updates what is missing or differs (If-Match on the etag), deletes groups it
+ * manages that are no longer wanted, and records the drift it found and what
+ * it could not fix. Groups it manages carry initialTwin.tags.managedBy =
+ * "stampcp"; groups created by anyone else are left alone.
+ */
+#ifndef CP_ENROLL_SYNC_H
+#define CP_ENROLL_SYNC_H
+
+#include <jansson.h>
+
+struct cp;
+struct enroll_sync;
+
+struct enroll_sync *enroll_sync_new(struct cp *cp, int interval_ms);
+void enroll_sync_free(struct enroll_sync *es);
+/* Run a pass soon (coalesced). */
+void enroll_sync_soon(struct enroll_sync *es);
+/* The last pass's state for one instance (new reference), or NULL if it has
+ * no service credentials or no pass ran yet. */
+json_t *enroll_sync_status(struct enroll_sync *es, const char *dps_id);
+
+/* The group document for a tenant (new reference): symmetric key, hashed allocation. */
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key);
+
+#define ENROLL_SYNC_MAX_GROUPS 100   /* DPS hard cap on symmetric-key groups per instance */
+
+#endif
