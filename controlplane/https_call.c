@@ -80,7 +80,8 @@ static void hcall_on_reply(struct evhttp_request *req, void *arg)
 {
     struct hcall *c = arg;
     struct evbuffer *in;
-    const char *cont;
+    const char *cont, *ra;
+    int64_t ra_s;
     size_t len;
     if (c->done)
         return;
@@ -96,6 +97,9 @@ static void hcall_on_reply(struct evhttp_request *req, void *arg)
     cont = evhttp_find_header(evhttp_request_get_input_headers(req), "x-ms-continuation");
     if (cont)
         c->continuation = xstrdup(cont);
+    if ((ra = evhttp_find_header(evhttp_request_get_input_headers(req), "Retry-After")) != NULL &&
+        util_parse_int64(ra, 0, 86400, &ra_s))
+        c->res.retry_after_s = (int)ra_s;
     hcall_finish(c, NULL);
 }
 
@@ -112,6 +116,7 @@ void https_call(struct event_base *base, SSL_CTX *ctx, const char *hostport, enu
 
     c->cb = cb;
     c->arg = arg;
+    c->res.retry_after_s = -1;
     LIST_INSERT_HEAD(&hcall_live, c, link);
     c->deadline = event_new(base, -1, 0, hcall_on_deadline, c);
     c->reap = event_new(base, -1, 0, hcall_on_reap, c);

@@ -16,6 +16,7 @@ struct https_result {
     int status;                  /* HTTP status; 0 when no answer came (connect, TLS, deadline) */
     json_t *body;                /* parsed JSON body or NULL; borrowed, valid during the callback */
     const char *continuation;    /* x-ms-continuation header, or NULL */
+    int retry_after_s;           /* Retry-After in whole seconds, or -1 */
     const char *error;           /* why status is 0 */
 };
 
