@@ -145,7 +145,11 @@ static bool dps_take_get_body(struct dps_req *r)
         return false;
     if (n == 0)
         return true;
-    in = bufferevent_get_input(bev);
+    /* libevent 2.1.12 (Debian 12) does read a GET body that Content-Length
+     * announces, into the request; older 2.1 left it on the connection */
+    in = evhttp_request_get_input_buffer(r->ev);
+    if (evbuffer_get_length(in) < (size_t)n)
+        in = bufferevent_get_input(bev);
     if (evbuffer_get_length(in) < (size_t)n)
         return false;   /* not all here: we can't keep framing, so close after answering */
     r->body = xmalloc((size_t)n + 1);

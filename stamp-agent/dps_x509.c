@@ -1,0 +1,155 @@
+/*
+ * dps_x509.c - certificate parsing, matching, chain checks and info.
+ */
+#include "dps_x509.h"
+
+#include <ctype.h>
+#include <openssl/asn1.h>
+#include <openssl/bio.h>
+#include <openssl/bn.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509_vfy.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sas.h"
+
+X509 *dps_x509_parse(const char *text)
+{
+    X509 *c = NULL;
+    if (!text)
+        return NULL;
+    if (strstr(text, "-----BEGIN")) {
+        BIO *b = BIO_new_mem_buf(text, -1);
+        if (b) {
+            c = PEM_read_bio_X509(b, NULL, NULL, NULL);
+            BIO_free(b);
+        }
+        return c;
+    } else {
+        size_t n = strlen(text), j = 0;
+        char *clean = xmalloc(n + 1);
+        unsigned char *der = xmalloc(n + 1);
+        int len;
+        for (size_t i = 0; i < n; i++)
+            if (!isspace((unsigned char)text[i]))
+                clean[j++] = text[i];
+        clean[j] = '\0';
+        len = sas_b64_decode(clean, der, n + 1);
+        if (len > 0) {
+            const unsigned char *p = der;
+            c = d2i_X509(NULL, &p, len);
+        }
+        free(clean);
+        free(der);
+        return c;
+    }
+}
+
+char *dps_x509_cn(X509 *c)
+{
+    X509_NAME *n = X509_get_subject_name(c);
+    int i = n ? X509_NAME_get_index_by_NID(n, NID_commonName, -1) : -1;
+    ASN1_STRING *s;
+    unsigned char *utf8 = NULL;
+    char *out;
+    int len;
+    if (i < 0 || !(s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i))))
+        return NULL;
+    if ((len = ASN1_STRING_to_UTF8(&utf8, s)) < 0)
+        return NULL;
+    out = xstrndup((const char *)utf8, (size_t)len);
+    OPENSSL_free(utf8);
+    return out;
+}
+
+bool dps_x509_same(X509 *a, X509 *b)
+{
+    unsigned char da[EVP_MAX_MD_SIZE], db[EVP_MAX_MD_SIZE];
+    unsigned int la = 0, lb = 0;
+    if (!a || !b || !X509_digest(a, EVP_sha256(), da, &la) || !X509_digest(b, EVP_sha256(), db, &lb))
+        return false;
+    return la == lb && CRYPTO_memcmp(da, db, la) == 0;
+}
+
+bool dps_x509_verify(X509 *ca, X509 *leaf, STACK_OF(X509) *untrusted, char *err, size_t errlen)
+{
+    X509_STORE *store = X509_STORE_new();
+    X509_STORE_CTX *ctx = X509_STORE_CTX_new();
+    bool ok = false;
+    if (!store || !ctx || !ca || !leaf || X509_STORE_add_cert(store, ca) != 1) {
+        snprintf(err, errlen, "could not set up the verification");
+        goto out;
+    }
+    X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+    if (X509_STORE_CTX_init(ctx, store, leaf, untrusted) != 1) {
+        snprintf(err, errlen, "could not set up the verification");
+        goto out;
+    }
+    ok = X509_verify_cert(ctx) == 1;
+    if (!ok)
+        snprintf(err, errlen, "%s", X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+out:
+    X509_STORE_CTX_free(ctx);
+    X509_STORE_free(store);
+    return ok;
+}
+
+static char *dps_x509_name(X509_NAME *n)
+{
+    BIO *b = BIO_new(BIO_s_mem());
+    char *data = NULL, *out;
+    long len;
+    if (!b)
+        return xstrdup("");
+    X509_NAME_print_ex(b, n, 0, XN_FLAG_RFC2253 & ~ASN1_STRFLGS_ESC_MSB);
+    len = BIO_get_mem_data(b, &data);
+    out = xstrndup(data ? data : "", len > 0 ? (size_t)len : 0);
+    BIO_free(b);
+    return out;
+}
+
+static void dps_x509_hex(X509 *c, const EVP_MD *md, char *out)
+{
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned int n = 0;
+    out[0] = '\0';
+    if (X509_digest(c, md, d, &n))
+        for (unsigned int i = 0; i < n; i++)
+            sprintf(out + 2 * i, "%02X", d[i]);
+}
+
+static void dps_x509_time(const ASN1_TIME *t, char *out, size_t outlen)
+{
+    struct tm tm;
+    memset(&tm, 0, sizeof tm);
+    if (!t || ASN1_TIME_to_tm(t, &tm) != 1) {
+        snprintf(out, outlen, "%s", "");
+        return;
+    }
+    strftime(out, outlen, "%Y-%m-%dT%H:%M:%S+00:00", &tm);
+}
+
+json_t *dps_x509_info(X509 *c)
+{
+    char sha1[2 * EVP_MAX_MD_SIZE + 1], sha256[2 * EVP_MAX_MD_SIZE + 1], nb[40], na[40];
+    char *subject = dps_x509_name(X509_get_subject_name(c));
+    char *issuer = dps_x509_name(X509_get_issuer_name(c));
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(c), NULL);
+    char *serial = bn ? BN_bn2hex(bn) : NULL;
+    json_t *j;
+    dps_x509_hex(c, EVP_sha1(), sha1);
+    dps_x509_hex(c, EVP_sha256(), sha256);
+    dps_x509_time(X509_get0_notBefore(c), nb, sizeof nb);
+    dps_x509_time(X509_get0_notAfter(c), na, sizeof na);
+    j = json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:i}", "subjectName", subject, "sha1Thumbprint", sha1,
+                  "sha256Thumbprint", sha256, "issuerName", issuer, "notBeforeUtc", nb, "notAfterUtc", na,
+                  "serialNumber", serial ? serial : "", "version", (int)X509_get_version(c) + 1);
+    free(subject);
+    free(issuer);
+    OPENSSL_free(serial);
+    BN_free(bn);
+    return j;
+}
