@@ -2,7 +2,10 @@
  * agent_load.h - the stamp's load counters (per DPS instance and per IoT hub)
  * and their JSON form, the "load" object of every report.
  *
- * The provisioning endpoint will update these counters; for now they stay zero.
+ * With a "provisioning" section the device API (dps_device.c) keeps them:
+ * registrations and devices are counts of 'assigned' rows in the stamp's
+ * database (refreshed every 5 s, adjusted live between refreshes); the
+ * last-minute figures are sliding one-minute windows kept in memory.
  */
 #ifndef STAMPAGENT_LOAD_H
 #define STAMPAGENT_LOAD_H
@@ -15,9 +18,9 @@
 
 struct agent_dps_load {
     char *id;
-    uint64_t registrations;             /* since process start */
-    uint64_t registrations_last_minute;
-    uint64_t throttled_last_minute;
+    uint64_t registrations;             /* registrations held: rows 'assigned' */
+    uint64_t registrations_last_minute; /* register PUTs accepted (202) */
+    uint64_t throttled_last_minute;     /* 429s, plus gentle-throttle deferrals */
 };
 
 struct agent_hub_load {
