@@ -745,7 +745,7 @@ static char *dps_job_webhook_body(struct dps_job *j)
 {
     json_t *ctx = json_pack("{s:s}", "registrationId", j->regid);
     json_t *hubs = json_array();
-    json_t *req;
+    json_t *req, *doc;
     char *text;
     bool group = strcmp(j->kind, "group") == 0;
     if (j->prev_hub) {
@@ -760,7 +760,11 @@ static char *dps_job_webhook_body(struct dps_job *j)
         json_object_set(ctx, "payload", j->dev_payload);
     for (size_t i = 0; i < j->n_linked; i++)
         json_array_append_new(hubs, json_string(j->linked[i]));
-    req = json_pack("{s:O, s:o, s:o}", group ? "enrollmentGroup" : "individualEnrollment", j->doc,
+    /* the enrollment as the service API shows it, without its secret keys */
+    doc = json_deep_copy(j->doc);
+    json_object_del(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"), "primaryKey");
+    json_object_del(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"), "secondaryKey");
+    req = json_pack("{s:o, s:o, s:o}", group ? "enrollmentGroup" : "individualEnrollment", doc,
                     "deviceRuntimeContext", ctx, "linkedHubs", hubs);
     text = req ? json_dumps(req, JSON_COMPACT) : NULL;
     json_decref(req);
@@ -902,7 +906,8 @@ static void dps_job_on_row(const struct pgq_result *q, void *arg)
     if ((v = dps_pg_val(res, 0, JC_ATT)) != NULL)
         j->att_info = json_loads(v, 0, NULL);
     doc = dps_pg_val(res, 0, JC_DOC);
-    if (!doc || !json_is_object(j->doc = json_loads(doc, 0, NULL))) {
+    j->doc = doc ? json_loads(doc, 0, NULL) : NULL;   /* not inside json_is_object(): a macro */
+    if (!json_is_object(j->doc)) {
         dps_job_fail(j, ERR_ENROLLMENT_GONE, "the enrollment '%s' no longer exists", j->enr_id);
         return;
     }
