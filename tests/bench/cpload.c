@@ -9,8 +9,10 @@
  * device once (first-time provisions) and "--duration S" cycles over the
  * devices again and again (repeat lookups of placed devices).
  *
- * One libevent loop drives --concurrency keep-alive connections, each with one
- * request in flight.  Requests are raw HTTP/1.1 written from buffers prepared
+ * One libevent loop drives --concurrency keep-alive connections (plain
+ * non-blocking sockets, no bufferevents: the generator shares the machine with
+ * the server, so it must cost little), each with one request in flight.
+ * Requests are raw HTTP/1.1 written from buffers prepared
  * before the clock starts (SAS tokens included: HMAC work on the generator's
  * side would otherwise be measured as server latency), and answers are parsed
  * here (status line, Content-Length or chunked body).  The run is bounded by
@@ -37,8 +39,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include <event2/buffer.h>
-#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "sas.h"
@@ -46,23 +46,33 @@
 
 #define MAX_STATUS 600
 
-enum parse_state { P_STATUS, P_HEADERS, P_BODY, P_CHUNK_SIZE, P_CHUNK_DATA, P_CHUNK_CRLF, P_TRAILERS };
+enum parse_state { P_HEAD, P_BODY, P_CHUNK_SIZE, P_CHUNK_DATA, P_CHUNK_CRLF, P_TRAILERS };
+
+#define CONN_BUF 16384
 
 struct load;
 
+/* One client connection: a non-blocking socket watched by one persistent
+ * read event (its timeout is the request timeout) and, only while a request
+ * could not be written at once, a write event. */
 struct conn {
     struct load *L;
-    struct bufferevent *bev;
+    int fd;
+    struct event *rev, *wev;
     bool connected;
     bool counted;         /* its first connect counted towards the start */
     bool busy;            /* a request is in flight */
     int64_t sent_us;
+    const char *out;      /* the request being written */
+    size_t outlen, outoff;
     enum parse_state ps;
     int status;
     int64_t body_left;    /* Content-Length or current chunk */
     bool chunked;
     bool close_after;     /* the server said Connection: close */
     struct event *retry;  /* reconnect after a failed connect */
+    size_t len;           /* bytes in buf */
+    char buf[CONN_BUF];
 };
 
 struct load {
@@ -125,21 +135,23 @@ static void record(struct load *L, int status, int64_t lat)
 
 static void conn_close(struct conn *c)
 {
-    if (c->bev) {
-        bufferevent_free(c->bev);
-        c->bev = NULL;
+    if (c->fd >= 0) {
+        event_del(c->rev);
+        event_del(c->wev);
+        close(c->fd);
+        c->fd = -1;
         c->L->open_conns--;
     }
     c->connected = false;
     c->busy = false;
+    c->len = 0;
 }
 
 /* The request in flight (if any) failed without an answer; reconnect unless the run is over. */
 static void conn_fail(struct conn *c)
 {
     struct load *L = c->L;
-    bool was_busy = c->busy;
-    if (was_busy)
+    if (c->busy)
         record(L, 0, now_us() - c->sent_us);
     conn_close(c);
     if (!L->stopping && !L->aborted) {
@@ -161,8 +173,7 @@ static void load_stop(struct load *L)
     evtimer_add(L->grace_timer, &tv);
     for (int i = 0; i < L->concurrency; i++) {
         struct conn *c = &L->conns[i];
-        if (c->retry)
-            evtimer_del(c->retry);
+        evtimer_del(c->retry);
         if (!c->busy)
             conn_close(c);
     }
@@ -177,7 +188,8 @@ static void load_maybe_done(struct load *L)
 
 /* ---------------------------------------------------------------- responses */
 
-static void on_answer(struct conn *c)
+/* Returns false when the connection is gone (closed or reopened). */
+static bool on_answer(struct conn *c)
 {
     struct load *L = c->L;
     record(L, c->status, now_us() - c->sent_us);
@@ -189,165 +201,203 @@ static void on_answer(struct conn *c)
             conn_open(c);
         }
         load_maybe_done(L);
-        return;
+        return false;
     }
     conn_send_next(c);
-}
-
-static bool parse_status_line(struct conn *c, const char *line)
-{
-    /* HTTP/1.x NNN reason */
-    if (strncmp(line, "HTTP/1.", 7) != 0 || strlen(line) < 12 || line[8] != ' ')
-        return false;
-    if (line[9] < '1' || line[9] > '5' || line[10] < '0' || line[10] > '9' || line[11] < '0' || line[11] > '9')
-        return false;
-    c->status = (line[9] - '0') * 100 + (line[10] - '0') * 10 + (line[11] - '0');
-    c->close_after = line[7] == '0';   /* HTTP/1.0 closes unless told otherwise */
-    c->body_left = -1;
-    c->chunked = false;
-    return true;
+    return c->fd >= 0 && c->connected;
 }
 
 /* Whether the header value v holds the token word (case-insensitively). */
-static bool has_token(const char *v, const char *word)
+static bool has_token(const char *v, const char *end, const char *word)
 {
     size_t n = strlen(word);
-    for (; *v; v++)
+    for (; v + n <= end; v++)
         if (strncasecmp(v, word, n) == 0)
             return true;
     return false;
 }
 
-static bool parse_header(struct conn *c, const char *line)
+/* Find "\r\n" in [p, end); NULL if absent. */
+static const char *find_crlf(const char *p, const char *end)
 {
-    const char *colon = strchr(line, ':');
-    const char *v;
-    size_t n;
-    if (!colon)
+    for (; p + 1 < end; p++)
+        if (p[0] == '\r' && p[1] == '\n')
+            return p;
+    return NULL;
+}
+
+/* Parse the status line and headers in [p, end) (end is the blank line's "\r\n"). */
+static bool parse_head(struct conn *c, const char *p, const char *end)
+{
+    const char *eol = find_crlf(p, end + 2);
+    if (!eol || eol - p < 12 || strncmp(p, "HTTP/1.", 7) != 0 || p[8] != ' ')
         return false;
-    n = (size_t)(colon - line);
-    v = colon + 1;
-    while (*v == ' ' || *v == '\t')
-        v++;
-    if (n == 14 && strncasecmp(line, "Content-Length", 14) == 0) {
-        char *end;
-        long long cl = strtoll(v, &end, 10);
-        if (end == v || cl < 0)
+    if (p[9] < '1' || p[9] > '5' || p[10] < '0' || p[10] > '9' || p[11] < '0' || p[11] > '9')
+        return false;
+    c->status = (p[9] - '0') * 100 + (p[10] - '0') * 10 + (p[11] - '0');
+    c->close_after = p[7] == '0';   /* HTTP/1.0 closes unless told otherwise */
+    c->body_left = -1;
+    c->chunked = false;
+    for (p = eol + 2; p < end; p = eol + 2) {
+        const char *colon, *v;
+        size_t n;
+        eol = find_crlf(p, end + 2);
+        colon = memchr(p, ':', (size_t)(eol - p));
+        if (!colon)
             return false;
-        c->body_left = cl;
-    } else if (n == 17 && strncasecmp(line, "Transfer-Encoding", 17) == 0) {
-        if (has_token(v, "chunked"))
-            c->chunked = true;
-    } else if (n == 10 && strncasecmp(line, "Connection", 10) == 0) {
-        if (has_token(v, "close"))
-            c->close_after = true;
-        else if (has_token(v, "keep-alive"))
-            c->close_after = false;
+        n = (size_t)(colon - p);
+        for (v = colon + 1; v < eol && (*v == ' ' || *v == '\t'); v++)
+            ;
+        if (n == 14 && strncasecmp(p, "Content-Length", 14) == 0) {
+            int64_t cl = 0;
+            if (v == eol)
+                return false;
+            for (; v < eol && *v >= '0' && *v <= '9'; v++)
+                cl = cl * 10 + (*v - '0');
+            c->body_left = cl;
+        } else if (n == 17 && strncasecmp(p, "Transfer-Encoding", 17) == 0) {
+            c->chunked = has_token(v, eol, "chunked");
+        } else if (n == 10 && strncasecmp(p, "Connection", 10) == 0) {
+            if (has_token(v, eol, "close"))
+                c->close_after = true;
+            else if (has_token(v, eol, "keep-alive"))
+                c->close_after = false;
+        }
     }
     return true;
 }
 
-/* Consume what the input holds; returns false on a protocol error. */
-static bool conn_parse(struct conn *c)
+/* Consume what buf holds; returns false on a protocol error.  Sets *gone when
+ * the connection was closed or reopened meanwhile (then buf is not ours). */
+static bool conn_parse(struct conn *c, bool *gone)
 {
-    struct evbuffer *in = bufferevent_get_input(c->bev);
-    for (;;) {
-        char *line;
-        size_t n;
+    size_t pos = 0;
+    *gone = false;
+    while (pos < c->len) {
+        const char *p = c->buf + pos, *end = c->buf + c->len, *eol;
+        if (!c->busy)
+            return false;   /* bytes nobody asked for */
         switch (c->ps) {
-        case P_STATUS:
-        case P_HEADERS:
-        case P_CHUNK_SIZE:
-        case P_CHUNK_CRLF:
-        case P_TRAILERS:
-            line = evbuffer_readln(in, &n, EVBUFFER_EOL_CRLF);
-            if (!line) {
-                if (evbuffer_get_length(in) > 65536)
+        case P_HEAD: {
+            const char *q = p;
+            for (;;) {
+                eol = find_crlf(q, end);
+                if (!eol)
+                    goto need_more;
+                if (eol == q && q != p)
+                    break;   /* the blank line */
+                if (eol == p)
                     return false;
-                return true;
+                q = eol + 2;
             }
-            if (!c->busy) {
-                free(line);
-                return false;   /* bytes nobody asked for */
-            }
-            if (c->ps == P_STATUS) {
-                bool ok = parse_status_line(c, line);
-                free(line);
-                if (!ok)
-                    return false;
-                c->ps = P_HEADERS;
-            } else if (c->ps == P_HEADERS) {
-                if (n == 0) {
-                    free(line);
-                    if (c->chunked) {
-                        c->ps = P_CHUNK_SIZE;
-                    } else if (c->body_left > 0) {
-                        c->ps = P_BODY;
-                    } else if (c->body_left < 0 && c->status >= 200 && c->status != 204 && c->status != 304) {
-                        return false;   /* a body delimited by close: not a keep-alive peer */
-                    } else {
-                        c->ps = P_STATUS;
-                        on_answer(c);
-                        return true;
-                    }
-                } else {
-                    bool ok = parse_header(c, line);
-                    free(line);
-                    if (!ok)
-                        return false;
-                }
-            } else if (c->ps == P_CHUNK_SIZE) {
-                char *end;
-                long long sz = strtoll(line, &end, 16);
-                bool ok = end != line && sz >= 0;
-                free(line);
-                if (!ok)
-                    return false;
-                c->body_left = sz;
-                c->ps = sz == 0 ? P_TRAILERS : P_CHUNK_DATA;
-            } else if (c->ps == P_CHUNK_CRLF) {
-                free(line);
-                if (n != 0)
-                    return false;
+            if (!parse_head(c, p, eol))
+                return false;
+            pos = (size_t)(eol + 2 - c->buf);
+            if (c->chunked) {
                 c->ps = P_CHUNK_SIZE;
-            } else {   /* P_TRAILERS */
-                free(line);
-                if (n == 0) {
-                    c->ps = P_STATUS;
-                    on_answer(c);
+            } else if (c->body_left > 0) {
+                c->ps = P_BODY;
+            } else if (c->body_left < 0 && c->status != 204 && c->status != 304) {
+                return false;   /* a body delimited by close: not a keep-alive peer */
+            } else {
+                c->len -= pos;
+                memmove(c->buf, c->buf + pos, c->len);
+                pos = 0;
+                if (!on_answer(c)) {
+                    *gone = true;
                     return true;
                 }
             }
             break;
+        }
         case P_BODY:
         case P_CHUNK_DATA: {
-            size_t have = evbuffer_get_length(in);
+            size_t have = (size_t)(end - p);
             size_t take = have < (size_t)c->body_left ? have : (size_t)c->body_left;
-            evbuffer_drain(in, take);
+            pos += take;
             c->body_left -= (int64_t)take;
             if (c->body_left > 0)
-                return true;
+                break;
             if (c->ps == P_CHUNK_DATA) {
                 c->ps = P_CHUNK_CRLF;
                 break;
             }
-            c->ps = P_STATUS;
-            on_answer(c);
-            return true;
+            c->len -= pos;
+            memmove(c->buf, c->buf + pos, c->len);
+            pos = 0;
+            if (!on_answer(c)) {
+                *gone = true;
+                return true;
+            }
+            break;
         }
+        case P_CHUNK_SIZE:
+        case P_CHUNK_CRLF:
+        case P_TRAILERS:
+            eol = find_crlf(p, end);
+            if (!eol)
+                goto need_more;
+            pos = (size_t)(eol + 2 - c->buf);
+            if (c->ps == P_CHUNK_SIZE) {
+                int64_t sz = 0;
+                int digits = 0;
+                for (; p < eol; p++, digits++) {
+                    int d = *p >= '0' && *p <= '9' ? *p - '0' : *p >= 'a' && *p <= 'f' ? *p - 'a' + 10
+                                                              : *p >= 'A' && *p <= 'F' ? *p - 'A' + 10 : -1;
+                    if (d < 0)
+                        break;
+                    sz = sz * 16 + d;
+                }
+                if (!digits || digits > 12)
+                    return false;
+                c->body_left = sz;
+                c->ps = sz == 0 ? P_TRAILERS : P_CHUNK_DATA;
+            } else if (c->ps == P_CHUNK_CRLF) {
+                if (eol != p)
+                    return false;
+                c->ps = P_CHUNK_SIZE;
+            } else if (eol == p) {   /* the end of the trailers */
+                c->len -= pos;
+                memmove(c->buf, c->buf + pos, c->len);
+                pos = 0;
+                if (!on_answer(c)) {
+                    *gone = true;
+                    return true;
+                }
+            }
+            break;
         }
+        continue;
+    need_more:
+        break;
     }
+    c->len -= pos;
+    memmove(c->buf, c->buf + pos, c->len);
+    if (c->len == sizeof c->buf)
+        return false;   /* a header block over CONN_BUF */
+    return true;
 }
 
-static void on_read(struct bufferevent *bev, void *arg)
+/* ---------------------------------------------------------------- I/O */
+
+/* Write what is left of the request; false on an error. */
+static bool conn_flush(struct conn *c)
 {
-    struct conn *c = arg;
-    (void)bev;
-    if (!conn_parse(c))
-        conn_fail(c);
+    while (c->outoff < c->outlen) {
+        ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+        if (n < 0) {
+            if (errno == EINTR)
+                continue;
+            if (errno == EAGAIN || errno == EWOULDBLOCK) {
+                event_add(c->wev, NULL);
+                return true;
+            }
+            return false;
+        }
+        c->outoff += (size_t)n;
+    }
+    return true;
 }
-
-/* ---------------------------------------------------------------- requests */
 
 static void conn_send_next(struct conn *c)
 {
@@ -368,72 +418,108 @@ static void conn_send_next(struct conn *c)
     k = L->issued++;
     dev = k % L->ndev;
     c->busy = true;
-    c->ps = P_STATUS;
+    c->ps = P_HEAD;
+    c->out = L->req[dev];
+    c->outlen = L->reqlen[dev];
+    c->outoff = 0;
     c->sent_us = now_us();
-    if (bufferevent_write(c->bev, L->req[dev], L->reqlen[dev]) != 0)
+    if (!conn_flush(c))
         conn_fail(c);
 }
 
 static void load_begin(struct load *L)
 {
+    double s = L->duration_s > 0 && L->duration_s < L->max_seconds ? L->duration_s : L->max_seconds;
+    struct timeval tv = {(time_t)s, (suseconds_t)((s - (double)(time_t)s) * 1e6)};
     L->running = true;
     L->t0_us = L->tlast_us = now_us();
-    if (L->duration_s > 0 || L->max_seconds > 0) {
-        double s = L->duration_s > 0 && L->duration_s < L->max_seconds ? L->duration_s : L->max_seconds;
-        struct timeval tv = {(time_t)s, (suseconds_t)((s - (double)(time_t)s) * 1e6)};
-        evtimer_add(L->stop_timer, &tv);
-    }
+    evtimer_add(L->stop_timer, &tv);
     for (int i = 0; i < L->concurrency; i++)
         if (L->conns[i].connected)
             conn_send_next(&L->conns[i]);
 }
 
-static void on_event(struct bufferevent *bev, short what, void *arg)
+static void on_connected(struct conn *c)
+{
+    struct load *L = c->L;
+    struct timeval tv = {L->timeout_ms / 1000, (L->timeout_ms % 1000) * 1000};
+    c->connected = true;
+    event_add(c->rev, &tv);
+    if (!L->running) {
+        if (!c->counted) {
+            c->counted = true;
+            L->connected++;
+        }
+        if (L->connected == L->concurrency)
+            load_begin(L);
+    } else {
+        conn_send_next(c);
+    }
+}
+
+static void on_connect_failed(struct conn *c)
+{
+    struct load *L = c->L;
+    L->connect_errors++;
+    conn_close(c);
+    if (!L->running && L->connect_errors > (uint64_t)L->concurrency * 5) {
+        fprintf(stderr, "cpload: cannot connect\n");
+        L->aborted = true;
+        event_base_loopbreak(L->base);
+        return;
+    }
+    if (!L->stopping) {
+        struct timeval tv = {0, 100000};
+        evtimer_add(c->retry, &tv);
+    }
+    load_maybe_done(L);
+}
+
+static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
-    struct load *L = c->L;
-    (void)bev;
-    if (what & BEV_EVENT_CONNECTED) {
-        int one = 1;
-        (void)setsockopt(bufferevent_getfd(c->bev), IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        c->connected = true;
-        if (!L->running) {
-            if (!c->counted) {
-                c->counted = true;
-                L->connected++;
-            }
-            if (L->connected == L->concurrency)
-                load_begin(L);
-        } else {
-            conn_send_next(c);
-        }
+    (void)fd;
+    (void)what;
+    if (!c->connected) {
+        int err = 0;
+        socklen_t len = sizeof err;
+        if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)
+            on_connect_failed(c);
+        else
+            on_connected(c);
         return;
     }
-    if (!c->connected) {
-        /* connect failed: try again shortly (the run's deadline bounds this) */
-        L->connect_errors++;
-        conn_close(c);
-        if (!L->running && L->connect_errors > (uint64_t)L->concurrency * 5) {
-            fprintf(stderr, "cpload: cannot connect (%s)\n", evutil_socket_error_to_string(EVUTIL_SOCKET_ERROR()));
-            L->aborted = true;
-            event_base_loopbreak(L->base);
+    if (!conn_flush(c))
+        conn_fail(c);
+}
+
+static void on_read(evutil_socket_t fd, short what, void *arg)
+{
+    struct conn *c = arg;
+    ssize_t n;
+    bool gone;
+    if (what & EV_TIMEOUT) {
+        if (c->busy)
+            conn_fail(c);   /* no answer within the timeout */
+        return;
+    }
+    n = recv(fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
+        return;
+    if (n <= 0) {
+        /* EOF or reset: an idle keep-alive connection the server closed, or a lost answer */
+        if (!c->busy && !c->L->stopping) {
+            conn_close(c);
+            c->L->reconnects++;
+            conn_open(c);
             return;
         }
-        if (!L->stopping) {
-            struct timeval tv = {0, 100000};
-            evtimer_add(c->retry, &tv);
-        }
-        load_maybe_done(L);
+        conn_fail(c);
         return;
     }
-    /* EOF, error or read timeout on an established connection */
-    if (!c->busy && !L->stopping) {
-        conn_close(c);   /* the server closed an idle keep-alive connection */
-        L->reconnects++;
-        conn_open(c);
-        return;
-    }
-    conn_fail(c);
+    c->len += (size_t)n;
+    if (!conn_parse(c, &gone) && !gone)
+        conn_fail(c);
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -446,21 +532,27 @@ static void on_retry(evutil_socket_t fd, short what, void *arg)
 static void conn_open(struct conn *c)
 {
     struct load *L = c->L;
-    struct timeval tv = {L->timeout_ms / 1000, (L->timeout_ms % 1000) * 1000};
-    c->bev = bufferevent_socket_new(L->base, -1, BEV_OPT_CLOSE_ON_FREE);
-    if (!c->bev) {
-        fprintf(stderr, "cpload: bufferevent_socket_new failed\n");
+    int one = 1;
+    c->fd = socket(L->addr.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (c->fd < 0) {
+        fprintf(stderr, "cpload: socket: %s\n", strerror(errno));
         exit(1);
     }
     L->open_conns++;
     c->connected = false;
     c->busy = false;
-    c->ps = P_STATUS;
-    bufferevent_setcb(c->bev, on_read, NULL, on_event, c);
-    bufferevent_set_timeouts(c->bev, &tv, &tv);
-    bufferevent_enable(c->bev, EV_READ | EV_WRITE);
-    if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&L->addr, (int)L->addrlen) != 0)
-        on_event(c->bev, BEV_EVENT_ERROR, c);
+    c->len = 0;
+    c->ps = P_HEAD;
+    (void)setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    event_assign(c->rev, L->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
+    event_assign(c->wev, L->base, c->fd, EV_WRITE, on_write, c);
+    if (connect(c->fd, (struct sockaddr *)&L->addr, L->addrlen) == 0) {
+        on_connected(c);
+    } else if (errno == EINPROGRESS) {
+        event_add(c->wev, NULL);
+    } else {
+        on_connect_failed(c);
+    }
 }
 
 static void on_stop(evutil_socket_t fd, short what, void *arg)
@@ -700,7 +792,10 @@ int main(int argc, char **argv)
     L.conns = xcalloc((size_t)L.concurrency, sizeof *L.conns);
     for (int i = 0; i < L.concurrency; i++) {
         L.conns[i].L = &L;
+        L.conns[i].fd = -1;
         L.conns[i].retry = evtimer_new(L.base, on_retry, &L.conns[i]);
+        L.conns[i].rev = event_new(L.base, -1, 0, on_read, &L.conns[i]);
+        L.conns[i].wev = event_new(L.base, -1, 0, on_write, &L.conns[i]);
     }
     for (int i = 0; i < L.concurrency; i++)
         conn_open(&L.conns[i]);
@@ -754,9 +849,12 @@ int main(int argc, char **argv)
             printf("connect errors %" PRIu64 ", reconnects %" PRIu64 "\n", L.connect_errors, L.reconnects);
     }
 
-    for (int i = 0; i < L.concurrency; i++)
-        if (L.conns[i].retry)
-            event_free(L.conns[i].retry);
+    for (int i = 0; i < L.concurrency; i++) {
+        conn_close(&L.conns[i]);
+        event_free(L.conns[i].retry);
+        event_free(L.conns[i].rev);
+        event_free(L.conns[i].wev);
+    }
     event_free(L.stop_timer);
     event_free(L.grace_timer);
     event_free(L.sig_int);

@@ -10,10 +10,11 @@
 #   (c) pgbench upsert           one-row INSERT ... ON CONFLICT, -c 64 -j 2 -T BENCH_SECONDS,
 #                                against the stack's own PostgreSQL
 #   (d) static response          wrk -t2 -c64 -dBENCH_SECONDS against build/bin/static-server
+#   (info)                       cpload against static-server too (the generators' own cost)
 #
 # then prints one table and the ratios (b)/(d) and (a)/(c) against the
 # targets (>= 50 % each).  The stack is stopped at the end, whatever happens.
-# Not part of ctest: it takes about two minutes and wants the machine to itself.
+# Not part of ctest: it takes about three minutes and wants the machine to itself.
 #
 # Environment: BENCH_DEVICES, BENCH_SECONDS, BENCH_CONCURRENCY, BENCH_WARMUP
 # (first-time provisions before (a), not measured; default 2000),
@@ -59,6 +60,7 @@ command -v pgbench >/dev/null 2>&1 || [[ -x "$PGBIN/pgbench" ]] || die "pgbench 
 PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 
 mkdir -p "$OUT"
+LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d /tmp/stampcp-bench.XXXXXX)
 STATIC_PID=''
 cleanup() {
@@ -136,6 +138,9 @@ for _ in $(seq 1 50); do
 	sleep 0.1
 done
 wrk -t2 -c"$CONC" -d"${SECONDS_RUN}s" --latency "http://127.0.0.1:$SPORT/" >"$OUT/wrk.txt" 2>&1 || { cat "$OUT/wrk.txt" >&2; failed=1; }
+# The same server under cpload: tells the generators' own costs apart (not a target).
+"$BIN/cpload" --url "http://127.0.0.1:$SPORT" --tenant "$TENANT" --key "$KEY" --concurrency "$CONC" --json \
+	--prefix dev- --devices "$DEVICES" --duration "$SECONDS_RUN" >"$OUT/static-cpload.json" || failed=1
 kill -TERM "$STATIC_PID" 2>/dev/null || true
 wait "$STATIC_PID" 2>/dev/null || true
 STATIC_PID=''
@@ -166,7 +171,8 @@ verdict() { [[ "$1" != n/a ]] && (($1 >= 50)) && echo met || echo MISSED; }
 	echo "stampcp router benchmark, $(date -u +%Y-%m-%dT%H:%MZ), $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null || echo '?')"
 	echo "machine: $(nproc) cores, $(awk '/^MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo)," \
 		"$(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1)"
-	echo "concurrency $CONC, db.poolSize $POOL, $DEVICES devices, ${SECONDS_RUN} s runs"
+	echo "concurrency $CONC, db.poolSize $POOL, $DEVICES devices, ${SECONDS_RUN} s runs;" \
+		"load average before $LOAD_BEFORE, after $(cut -d' ' -f1-3 /proc/loadavg)"
 	echo
 	printf '%-32s %10s %9s %9s %9s  %s\n' run requests "req/s" "p50 ms" "p99 ms" status
 	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(a) first-time provisions" "$(j first.json .requests)" "$A_RPS" \
@@ -177,6 +183,9 @@ verdict() { [[ "$1" != n/a ]] && (($1 >= 50)) && echo met || echo MISSED; }
 		"$(grep -o 'number of failed transactions: [0-9]*' "$OUT/pgbench.txt" | sed 's/.*: /failed=/')"
 	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(d) wrk, static evhttp response" "${WRK_N:-0}" "${WRK_RPS:-0}" "$WRK_P50" "$WRK_P99" \
 		"$( ((WRK_ERR == 0)) && echo ok || echo errors)"
+	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(info) cpload, static response" "$(j static-cpload.json .requests)" \
+		"$(j static-cpload.json .rps)" "$(j static-cpload.json .latencyMs.p50)" "$(j static-cpload.json .latencyMs.p99)" \
+		"$(j static-cpload.json '.status|tojson')"
 	echo
 	echo "repeat lookups / static response      = ${R_REPEAT} %   (target >= 50 %: $(verdict "$R_REPEAT"))"
 	echo "first-time provisions / pgbench upsert = ${R_FIRST} %   (target >= 50 %: $(verdict "$R_FIRST"))"
