@@ -7,11 +7,10 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "listpage.h"
 #include "log.h"
 #include "util.h"
 
-#define CAT_LIST_DEFAULT 100
-#define CAT_LIST_MAX 500
 
 enum cat_kind { CAT_CREATE, CAT_GET, CAT_UPDATE, CAT_DELETE, CAT_LIST };
 
@@ -156,14 +155,7 @@ static void cat_on_list(const struct pgq_result *q, void *arg)
             cat_decorate(r->cp, item);
         json_array_append_new(items, item);
     }
-    body = json_pack("{s:o}", "items", items);
-    if (n > op->limit) {
-        char *cursor = catalog_cursor_encode(PQgetvalue(q->res, op->limit - 1, 1));
-        json_object_set_new(body, "next", json_string(cursor));
-        free(cursor);
-    } else {
-        json_object_set_new(body, "next", json_null());
-    }
+    body = list_page_body(items, "c1", n > op->limit ? PQgetvalue(q->res, op->limit - 1, 1) : NULL);
     cpreq_reply_json(r, 200, body);
     free(op);
 }
@@ -283,30 +275,17 @@ static void cat_list(struct cp_req *r, const struct catalog_resource *res)
     const char *allowed[8] = {"limit", "cursor"};
     const char *values[8] = {NULL};
     int fidx[4], nf = 0;
-    int64_t limit = CAT_LIST_DEFAULT;
-    char cursor_id[64], limit_s[24];
+    struct list_page pg;
     const char *s;
     struct cat_op *op;
     char *sql;
 
     for (int i = 0; i < res->nfilters; i++)
         allowed[2 + i] = res->filters[i].param;
-    if (!cpreq_check_query(r, allowed))
+    if (!cpreq_check_query(r, allowed) || !list_page_parse(r, "c1", jv_valid_id, &pg))
         return;
-    if ((s = cpreq_query(r, "limit")) && !util_parse_int64(s, 1, CAT_LIST_MAX, &limit)) {
-        cpreq_reply_error(r, 400, "invalid_query", "limit", "limit must be an integer from 1 to %d",
-                          CAT_LIST_MAX);
-        return;
-    }
-    if ((s = cpreq_query(r, "cursor"))) {
-        if (!catalog_cursor_decode(s, cursor_id, sizeof cursor_id)) {
-            cpreq_reply_error(r, 400, "invalid_query", "cursor", "cursor is not one this server issued");
-            return;
-        }
-        values[0] = cursor_id;
-    }
-    snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit + 1);
-    values[1] = limit_s;
+    values[0] = list_page_after(&pg);
+    values[1] = pg.fetch;
     for (int i = 0; i < res->nfilters; i++) {
         if (!(s = cpreq_query(r, res->filters[i].param)))
             continue;
@@ -320,7 +299,7 @@ static void cat_list(struct cp_req *r, const struct catalog_resource *res)
         nf++;
     }
     op = cat_op_new(r, res, CAT_LIST);
-    op->limit = (int)limit;
+    op->limit = pg.limit;
     sql = catalog_sql_list(res, fidx, nf);
     cat_run(op, sql, 2 + nf, values, cat_on_list);
     free(sql);

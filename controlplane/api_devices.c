@@ -65,9 +65,11 @@ struct devreq {
     const struct layout_dps *chosen;
     bool moving;               /* reprovision of an assigned device */
     bool placed_now;           /* a DPS token was taken for this request's placement */
+    char old_dps[64];          /* reprovision: the DPS the device is leaving */
     json_t *payload;           /* provision: the device's payload for the DPS */
     struct dps_outcome dps;    /* provision: what the DPS answered */
     json_t *dps_state;         /* provision: its registrationState (owned) */
+    void (*then)(struct devreq *);   /* what follows a confirmed invalidation */
 };
 
 static void dev_lookup(struct devreq *d);
@@ -177,11 +179,36 @@ static void dev_reply_assignment(struct devreq *d, bool cache, const char *moved
     dev_free(d);
 }
 
-static void dev_publish_change(struct devreq *d)
+static void dev_on_published(bool delivered, void *arg)
+{
+    struct devreq *d = arg;
+    (void)delivered;   /* not confirmed: the cache TTL and resubscribe flush are the backstop */
+    assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
+    d->then(d);
+}
+
+/* Our own changes count in this router's layout snapshot at once, not at the
+ * next refresh: a released registration can be reused right away. */
+static void dev_count(struct devreq *d, const char *dps_id, int delta)
+{
+    struct layout *l = layouts_current(d->r->cp->layouts);
+    struct layout_dps *dp = l && dps_id[0] ? layout_find_dps(l, dps_id) : NULL;
+    if (!dp)
+        return;
+    dp->registrations += delta;
+    dp->stamp->devices += delta;
+    if (dp->registrations < 0) dp->registrations = 0;
+    if (dp->stamp->devices < 0) dp->stamp->devices = 0;
+}
+
+/* Announce a change to every router, then continue with then(d) once the
+ * announcement is known to be waiting at all of them (redisfeed.h). */
+static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
 {
     char *payload = xasprintf("device %s %s", d->tenant_id, d->regid);
     assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
-    redisfeed_invalidate(d->r->cp->feed, payload);
+    d->then = then;
+    redisfeed_invalidate_wait(d->r->cp->feed, payload, dev_on_published, d);
     free(payload);
 }
 
@@ -229,6 +256,14 @@ static int dev_geo_index(const struct cp *cp, const char *geo)
 
 /* ---- release (deprovision / retire) ---- */
 
+static void dev_reply_released(struct devreq *d)
+{
+    dev_set_state(d, DS_DONE);
+    cpreq_reply_json(d->r, 200, json_pack("{s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
+                                          d->tenant_id, "status", d->row.status));
+    dev_free(d);
+}
+
 static void dev_on_release(const struct pgq_result *q, void *arg)
 {
     struct devreq *d = arg;
@@ -240,11 +275,10 @@ static void dev_on_release(const struct pgq_result *q, void *arg)
         dev_error(d, 500, "internal", NULL, "the device could not be released");
         return;
     }
-    dev_publish_change(d);
-    dev_set_state(d, DS_DONE);
-    cpreq_reply_json(d->r, 200, json_pack("{s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
-                                          d->tenant_id, "status", PQgetvalue(q->res, 0, 0)));
-    dev_free(d);
+    if (strcmp(d->row.status, "assigned") == 0)
+        dev_count(d, d->row.dps, -1);
+    snprintf(d->row.status, sizeof d->row.status, "%s", PQgetvalue(q->res, 0, 0));
+    dev_publish_change(d, dev_reply_released);
 }
 
 static void dev_release(struct devreq *d)
@@ -273,6 +307,11 @@ static void dev_exclude(struct devreq *d, const char *dps)
     }
 }
 
+static void dev_reply_moved(struct devreq *d)
+{
+    dev_reply_assignment(d, false, d->reason);
+}
+
 static void dev_on_assign(const struct pgq_result *q, void *arg)
 {
     struct devreq *d = arg;
@@ -292,14 +331,12 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
     outcome = PQgetvalue(q->res, 0, 0);
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
         dev_row_read(&d->row, q->res, 1, geo);
-        if (strcmp(outcome, "assigned") == 0 && d->chosen) {
-            /* Our own placements count at once, not at the next refresh. */
-            struct layout_dps *dp = layout_find_dps(d->l, d->chosen->id);
-            if (dp) { dp->registrations++; dp->stamp->devices++; }
-        }
+        if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
+            dev_count(d, d->row.dps, +1);
+        if (strcmp(outcome, "moved") == 0)
+            dev_count(d, d->old_dps, -1);
         if (strcmp(outcome, "moved") == 0) {
-            dev_publish_change(d);
-            dev_reply_assignment(d, false, d->reason);
+            dev_publish_change(d, dev_reply_moved);
         } else {
             dev_reply_assignment(d, true, d->kind == DEV_REPROVISION && d->moving ? d->reason : NULL);
         }
@@ -312,7 +349,7 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
         dev_exclude(d, d->chosen->id);
         dev_place(d);
     } else {
-        dev_retry_after(d, 1);
+        dev_retry_after(d, 60);
         dev_error(d, 503, "capacity_exhausted", NULL, "no DPS instance could take the device now");
     }
 }
@@ -356,6 +393,7 @@ static void dev_assign(struct devreq *d)
     if (d->moving) {
         const char *v[11] = {d->tenant_id, d->regid, d->row.etag, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
+        snprintf(d->old_dps, sizeof d->old_dps, "%s", d->row.dps);
         d->row.geo = geo;
         pgpool_query(d->r->cp->geo[geo], move_sql, 11, v, dev_on_assign, d);
     } else {
@@ -545,6 +583,8 @@ static void dev_place(struct devreq *d)
         const char *code = placement_outcome_code(d->pr.outcome);
         if (d->pr.outcome != PLACE_NO_ELIGIBLE)
             dev_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5 : 60);
+        if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED)
+            layouts_refresh_soon(cp->layouts);   /* other routers may have released some */
         log_write(LOG_INFO, d->r->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);
         dev_error(d, 503, code, NULL,
                   d->pr.outcome == PLACE_NO_ELIGIBLE ? "no stamp satisfies the tenant's residency and tenancy"
@@ -713,7 +753,11 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
     }
     tenant_ref(t);
     d->t = t;
+    if (d->kind == DEV_LOCATE)
+        redisfeed_drain(d->r->cp->feed);
     if (d->kind == DEV_LOCATE && (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
+        if (log_enabled(LOG_DEBUG))
+            log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id, d->regid);
         dev_set_state(d, DS_DONE);
         cpreq_reply_text(d->r, 200, hit, strlen(hit));
         dev_free(d);

@@ -5,15 +5,14 @@
  */
 #include "api_inventory.h"
 
-#include <openssl/evp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "api_devices.h"
+#include "listpage.h"
 #include "log.h"
 #include "util.h"
 
-#define INV_LIST_MAX 500
 
 struct inv_op {
     struct cp_req *r;
@@ -23,52 +22,6 @@ struct inv_op {
     json_t *rows;       /* list: [json, ...]; counts: per-geo results */
     json_t *counts;
 };
-
-/* Device-list cursors: base64url("d1:" + registration id). */
-static char *inv_cursor_encode(const char *regid)
-{
-    unsigned char raw[160];
-    char *out = xmalloc(4 * sizeof raw / 3 + 8);
-    int n = snprintf((char *)raw, sizeof raw, "d1:%s", regid);
-    int len = EVP_EncodeBlock((unsigned char *)out, raw, n);
-    for (int i = 0; i < len; i++) {
-        if (out[i] == '+') out[i] = '-';
-        else if (out[i] == '/') out[i] = '_';
-    }
-    while (len > 0 && out[len - 1] == '=') len--;
-    out[len] = '\0';
-    return out;
-}
-
-static bool inv_cursor_decode(const char *cursor, char *regid, size_t len)
-{
-    char b64[256];
-    unsigned char raw[256];
-    size_t n = strlen(cursor);
-    int out, pad;
-    if (n == 0 || n > 200)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = cursor[i];
-        if (c == '-') c = '+';
-        else if (c == '_') c = '/';
-        else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
-            return false;
-        b64[i] = c;
-    }
-    pad = (int)((4 - n % 4) % 4);
-    if (pad == 3) return false;
-    for (int i = 0; i < pad; i++) b64[n++] = '=';
-    b64[n] = '\0';
-    out = EVP_DecodeBlock(raw, (unsigned char *)b64, (int)n);
-    if (out < 0) return false;
-    out -= pad;
-    if (out < 4 || memcmp(raw, "d1:", 3) != 0 || (size_t)(out - 3) >= len)
-        return false;
-    memcpy(regid, raw + 3, (size_t)out - 3);
-    regid[out - 3] = '\0';
-    return strlen(regid) == (size_t)out - 3 && api_devices_valid_regid(regid);
-}
 
 static int inv_cmp_regid(const void *a, const void *b)
 {
@@ -91,14 +44,8 @@ static void inv_list_finish(struct inv_op *op)
     qsort(v, n, sizeof *v, inv_cmp_regid);
     for (size_t i = 0; i < n && (int)i < op->limit; i++)
         json_array_append(items, v[i]);
-    body = json_pack("{s:o}", "items", items);
-    if ((int)n > op->limit) {
-        char *c = inv_cursor_encode(json_string_value(json_object_get(v[op->limit - 1], "registrationId")));
-        json_object_set_new(body, "next", json_string(c));
-        free(c);
-    } else {
-        json_object_set_new(body, "next", json_null());
-    }
+    body = list_page_body(items, "d1", (int)n > op->limit ?
+                          json_string_value(json_object_get(v[op->limit - 1], "registrationId")) : NULL);
     free(v);
     cpreq_reply_json(op->r, 200, body);
     items = NULL;
@@ -133,8 +80,7 @@ void api_inventory_devices(struct cp_req *r, const char *tenant)
         " AND ($2::text IS NULL OR registration_id > $2) AND ($3::text IS NULL OR stamp_id = $3)"
         " AND ($4::text IS NULL OR status = $4) ORDER BY registration_id LIMIT $5";
     const char *values[6] = {tenant, NULL, NULL, NULL, NULL, NULL};
-    char cursor[140], limit_s[24];
-    int64_t limit = 100;
+    struct list_page pg;
     const char *s;
     struct inv_op *op;
 
@@ -147,19 +93,9 @@ void api_inventory_devices(struct cp_req *r, const char *tenant)
         cpreq_reply_error(r, 404, "not_found", NULL, "no such tenant");
         return;
     }
-    if (!cpreq_check_query(r, allowed))
+    if (!cpreq_check_query(r, allowed) || !list_page_parse(r, "d1", api_devices_valid_regid, &pg))
         return;
-    if ((s = cpreq_query(r, "limit")) && !util_parse_int64(s, 1, INV_LIST_MAX, &limit)) {
-        cpreq_reply_error(r, 400, "invalid_query", "limit", "limit must be an integer from 1 to %d", INV_LIST_MAX);
-        return;
-    }
-    if ((s = cpreq_query(r, "cursor"))) {
-        if (!inv_cursor_decode(s, cursor, sizeof cursor)) {
-            cpreq_reply_error(r, 400, "invalid_query", "cursor", "cursor is not one this server issued");
-            return;
-        }
-        values[1] = cursor;
-    }
+    values[1] = list_page_after(&pg);
     if ((s = cpreq_query(r, "stamp"))) {
         if (!jv_valid_id(s)) {
             cpreq_reply_error(r, 400, "invalid_query", "stamp", "'stamp' must be an id");
@@ -174,11 +110,10 @@ void api_inventory_devices(struct cp_req *r, const char *tenant)
         }
         values[3] = s;
     }
-    snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit + 1);
-    values[4] = limit_s;
+    values[4] = pg.fetch;
     op = xcalloc(1, sizeof *op);
     op->r = r;
-    op->limit = (int)limit;
+    op->limit = pg.limit;
     op->rows = json_array();
     op->pending = 1;
     /* Every configured geography: a tenant's devices are only where its

@@ -12,7 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "catalog.h"
+#include "listpage.h"
 #include "log.h"
 #include "sas.h"
 #include "util.h"
@@ -275,14 +275,7 @@ static void tenant_on_list(const struct pgq_result *q, void *arg)
         json_t *item = json_loads(PQgetvalue(q->res, i, 0), 0, NULL);
         if (item) json_array_append_new(items, item);
     }
-    body = json_pack("{s:o}", "items", items);
-    if (n > op->limit) {
-        char *cursor = catalog_cursor_encode(PQgetvalue(q->res, op->limit - 1, 1));
-        json_object_set_new(body, "next", json_string(cursor));
-        free(cursor);
-    } else {
-        json_object_set_new(body, "next", json_null());
-    }
+    body = list_page_body(items, "c1", n > op->limit ? PQgetvalue(q->res, op->limit - 1, 1) : NULL);
     cpreq_reply_json(op->r, 200, body);
     free(op);
 }
@@ -290,31 +283,18 @@ static void tenant_on_list(const struct pgq_result *q, void *arg)
 static void tenant_list(struct cp_req *r)
 {
     static const char *const allowed[] = {"limit", "cursor", NULL};
-    const char *values[2] = {NULL, NULL};
-    char cursor_id[64], limit_s[24];
-    int64_t limit = 100;
-    const char *s;
+    const char *values[2];
+    struct list_page pg;
     struct tenant_op *op;
     char *q;
 
-    if (!cpreq_check_query(r, allowed))
+    if (!cpreq_check_query(r, allowed) || !list_page_parse(r, "c1", jv_valid_id, &pg))
         return;
-    if ((s = cpreq_query(r, "limit")) && !util_parse_int64(s, 1, 500, &limit)) {
-        cpreq_reply_error(r, 400, "invalid_query", "limit", "limit must be an integer from 1 to 500");
-        return;
-    }
-    if ((s = cpreq_query(r, "cursor"))) {
-        if (!catalog_cursor_decode(s, cursor_id, sizeof cursor_id)) {
-            cpreq_reply_error(r, 400, "invalid_query", "cursor", "cursor is not one this server issued");
-            return;
-        }
-        values[0] = cursor_id;
-    }
-    snprintf(limit_s, sizeof limit_s, "%lld", (long long)limit + 1);
-    values[1] = limit_s;
+    values[0] = list_page_after(&pg);
+    values[1] = pg.fetch;
     op = xcalloc(1, sizeof *op);
     op->r = r;
-    op->limit = (int)limit;
+    op->limit = pg.limit;
     q = xasprintf("SELECT %s, t.id FROM tenants t WHERE ($1::text IS NULL OR t.id > $1) "
                   "ORDER BY t.id LIMIT $2", tenant_public_sql);
     if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_list, op))

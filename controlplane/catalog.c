@@ -4,7 +4,6 @@
  */
 #include "catalog.h"
 
-#include <openssl/evp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -360,54 +359,4 @@ const char *catalog_field_for_constraint(const struct catalog_resource *res, con
         if (strcmp(res->fields[i].column, col) == 0)
             return res->fields[i].json;
     return NULL;
-}
-
-char *catalog_cursor_encode(const char *last_id)
-{
-    unsigned char raw[80];
-    char *out = xmalloc(4 * sizeof raw / 3 + 8);
-    int n = snprintf((char *)raw, sizeof raw, "c1:%s", last_id);
-    int len = EVP_EncodeBlock((unsigned char *)out, raw, n);
-    /* base64url without padding: safe in a query string as is. */
-    for (int i = 0; i < len; i++) {
-        if (out[i] == '+') out[i] = '-';
-        else if (out[i] == '/') out[i] = '_';
-    }
-    while (len > 0 && out[len - 1] == '=')
-        len--;
-    out[len] = '\0';
-    return out;
-}
-
-bool catalog_cursor_decode(const char *cursor, char *id, size_t idlen)
-{
-    char b64[128];
-    unsigned char raw[128];
-    size_t n = strlen(cursor);
-    int len, pad;
-    if (n == 0 || n > 100)
-        return false;
-    for (size_t i = 0; i < n; i++) {
-        char c = cursor[i];
-        if (c == '-') c = '+';
-        else if (c == '_') c = '/';
-        else if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9')))
-            return false;
-        b64[i] = c;
-    }
-    pad = (int)((4 - n % 4) % 4);
-    if (pad == 3)
-        return false;
-    for (int i = 0; i < pad; i++)
-        b64[n++] = '=';
-    b64[n] = '\0';
-    len = EVP_DecodeBlock(raw, (unsigned char *)b64, (int)n);
-    if (len < 0)
-        return false;
-    len -= pad;
-    if (len < 4 || memcmp(raw, "c1:", 3) != 0 || (size_t)(len - 3) >= idlen)
-        return false;
-    memcpy(id, raw + 3, (size_t)len - 3);
-    id[len - 3] = '\0';
-    return strlen(id) == (size_t)len - 3 && jv_valid_id(id);
 }

@@ -90,8 +90,5 @@ char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx
 const char *catalog_field_for_constraint(const struct catalog_resource *res, const char *constraint,
                                          const char *column);
 
-/* List cursors: opaque to clients, an id inside. */
-char *catalog_cursor_encode(const char *last_id);
-bool catalog_cursor_decode(const char *cursor, char *id, size_t idlen) MUSTCHECK;
 
 #endif

@@ -11,6 +11,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "httputil.h"
 #include "log.h"
 #include "util.h"
 
@@ -141,39 +142,6 @@ void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res)
                       "the database is unavailable; retry later");
 }
 
-/* Split the raw path into percent-decoded segments; false if it can't be. */
-static bool cpreq_split_path(struct cp_req *r, const char *raw)
-{
-    const char *p = raw;
-    if (*p != '/')
-        return false;
-    while (*p) {
-        const char *start, *end;
-        char *enc, *dec;
-        size_t declen;
-        while (*p == '/') p++;
-        if (!*p) break;
-        start = p;
-        end = strchr(p, '/');
-        if (!end) end = p + strlen(p);
-        if (r->nsegs == CPREQ_MAX_SEGS)
-            return false;
-        enc = xstrndup(start, (size_t)(end - start));
-        dec = evhttp_uridecode(enc, 0, &declen);
-        free(enc);
-        if (!dec)
-            return false;
-        /* A segment with a NUL or invalid UTF-8 can't name anything we serve. */
-        if (strlen(dec) != declen || !util_utf8_valid(dec, declen)) {
-            free(dec);
-            return false;
-        }
-        r->segs[r->nsegs++] = dec;
-        p = end;
-    }
-    return true;
-}
-
 struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev)
 {
     struct cp_req *r = xcalloc(1, sizeof *r);
@@ -193,7 +161,7 @@ struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev)
     else
         util_random_hex(r->id, 8);
 
-    if (!path || !cpreq_split_path(r, path)) {
+    if (!path || !httputil_split_path(path, r->segs, CPREQ_MAX_SEGS, &r->nsegs)) {
         cpreq_reply_error(r, 400, "invalid_path", NULL, "the request path is malformed");
         return NULL;
     }

@@ -10,10 +10,23 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "log.h"
 #include "redisconn.h"
 #include "util.h"
+
+#define REDISFEED_WAIT_MS 1000
+
+struct feed_wait {
+    LIST_ENTRY(feed_wait) link;
+    struct redisfeed *f;
+    char nonce[17];
+    bool delivered;
+    struct event *ev;            /* deadline, or activated to report */
+    redisfeed_done_cb done;
+    void *arg;
+};
 
 struct redisfeed {
     struct event_base *base;
@@ -25,6 +38,7 @@ struct redisfeed {
     bool snapshot_running;
     int64_t bad_reports;
     struct redisfeed_hooks hooks;
+    LIST_HEAD(, feed_wait) waits;   /* invalidations waiting to come back */
 };
 
 static void feed_apply(struct redisfeed *f, json_t *report, const char *source)
@@ -147,8 +161,18 @@ static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
     } else if (strcmp(kind->str, "message") == 0 && reply->element[1]->type == REDIS_REPLY_STRING &&
                strcmp(reply->element[1]->str, REDISFEED_INVALIDATE_CHANNEL) == 0 &&
                reply->element[2]->type == REDIS_REPLY_STRING) {
+        const char *payload = reply->element[2]->str, *hash = strrchr(payload, '#');
         if (f->hooks.on_invalidate)
-            f->hooks.on_invalidate(reply->element[2]->str, f->hooks.arg);
+            f->hooks.on_invalidate(payload, f->hooks.arg);
+        if (hash) {
+            struct feed_wait *w;
+            LIST_FOREACH(w, &f->waits, link)
+                if (!w->delivered && strcmp(w->nonce, hash + 1) == 0) {
+                    w->delivered = true;
+                    event_active(w->ev, EV_TIMEOUT, 1);
+                    break;
+                }
+        }
     } else if (strcmp(kind->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
         json_t *report = json_loadb(reply->element[2]->str, reply->element[2]->len, 0, NULL);
         feed_apply(f, report, "publish");
@@ -206,6 +230,7 @@ struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int p
     };
     f->base = base;
     f->lt = lt;
+    LIST_INIT(&f->waits);
     if (hooks)
         f->hooks = *hooks;
     f->sub = redisconn_new(base, &sub);
@@ -216,6 +241,12 @@ struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int p
 void redisfeed_free(struct redisfeed *f)
 {
     if (!f) return;
+    while (!LIST_EMPTY(&f->waits)) {
+        struct feed_wait *w = LIST_FIRST(&f->waits);
+        LIST_REMOVE(w, link);
+        event_free(w->ev);
+        free(w);
+    }
     redisconn_free(f->sub);
     redisconn_free(f->cmd);
     free(f);
@@ -240,4 +271,52 @@ void redisfeed_invalidate(struct redisfeed *f, const char *payload)
      * the backstop for the rest. */
     if (!ac || redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", REDISFEED_INVALIDATE_CHANNEL, payload) != REDIS_OK)
         log_warn("event=invalidation_not_published payload=\"%.100s\"", payload);
+}
+
+static void feed_on_wait(evutil_socket_t fd, short what, void *arg)
+{
+    struct feed_wait *w = arg;
+    (void)fd; (void)what;
+    LIST_REMOVE(w, link);
+    if (!w->delivered)
+        log_warn("event=invalidation_not_confirmed waited_ms=%d", REDISFEED_WAIT_MS);
+    w->done(w->delivered, w->arg);
+    event_free(w->ev);
+    free(w);
+}
+
+void redisfeed_invalidate_wait(struct redisfeed *f, const char *payload, redisfeed_done_cb done, void *arg)
+{
+    struct feed_wait *w = xcalloc(1, sizeof *w);
+    struct timeval tv = {REDISFEED_WAIT_MS / 1000, (REDISFEED_WAIT_MS % 1000) * 1000};
+    redisAsyncContext *ac = redisconn_ctx(f->cmd);
+    char *message;
+    w->f = f;
+    w->done = done;
+    w->arg = arg;
+    util_random_hex(w->nonce, 8);
+    w->ev = event_new(f->base, -1, 0, feed_on_wait, w);
+    if (!w->ev) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+    LIST_INSERT_HEAD(&f->waits, w, link);
+    /* One argument: hiredis splits its format string on spaces, not %s values. */
+    message = xasprintf("%s #%s", payload, w->nonce);
+    if (!ac || !f->subscribed ||
+        redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", REDISFEED_INVALIDATE_CHANNEL, message) != REDIS_OK) {
+        free(message);
+        event_active(w->ev, EV_TIMEOUT, 1);
+        return;
+    }
+    free(message);
+    event_add(w->ev, &tv);
+}
+
+void redisfeed_drain(struct redisfeed *f)
+{
+    redisAsyncContext *ac = redisconn_ctx(f->sub);
+    /* A read with nothing pending returns EAGAIN, which hiredis ignores. */
+    if (ac && f->subscribed)
+        redisAsyncHandleRead(ac);
 }

@@ -40,4 +40,20 @@ struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f);
 /* Publish an invalidation to every control plane (this one included); best effort. */
 void redisfeed_invalidate(struct redisfeed *f, const char *payload);
 
+/*
+ * Publish an invalidation and call done once it has come back to this
+ * process's own subscription (delivered true), or after a second or on
+ * failure (false). Redis writes a message to every subscriber in the same
+ * pass, so when it is back here it is waiting at every other control plane
+ * too: a change answered after done() can't be contradicted by a cache
+ * elsewhere that drains before answering (redisfeed_drain). done never runs
+ * inside this call.
+ */
+typedef void (*redisfeed_done_cb)(bool delivered, void *arg);
+void redisfeed_invalidate_wait(struct redisfeed *f, const char *payload, redisfeed_done_cb done, void *arg);
+
+/* Apply any invalidations already waiting on the subscription socket (one
+ * non-blocking read). Call before answering from a cache. */
+void redisfeed_drain(struct redisfeed *f);
+
 #endif

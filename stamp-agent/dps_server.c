@@ -24,6 +24,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "httputil.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -159,37 +160,6 @@ static bool dps_take_get_body(struct dps_req *r)
     return true;
 }
 
-static bool dps_split_path(struct dps_req *r, const char *raw)
-{
-    const char *p = raw;
-    if (!raw || *p != '/')
-        return false;
-    while (*p) {
-        const char *start, *end;
-        char *enc, *dec;
-        size_t declen;
-        while (*p == '/') p++;
-        if (!*p) break;
-        start = p;
-        end = strchr(p, '/');
-        if (!end) end = p + strlen(p);
-        if (r->nsegs == DPS_MAX_SEGS)
-            return false;
-        enc = xstrndup(start, (size_t)(end - start));
-        dec = evhttp_uridecode(enc, 0, &declen);
-        free(enc);
-        if (!dec)
-            return false;
-        if (strlen(dec) != declen || !util_utf8_valid(dec, declen)) {
-            free(dec);
-            return false;
-        }
-        r->segs[r->nsegs++] = dec;
-        p = end;
-    }
-    return true;
-}
-
 static bool dps_is_service_collection(const char *seg)
 {
     return strcasecmp(seg, "enrollmentGroups") == 0 || strcasecmp(seg, "enrollments") == 0 ||
@@ -229,7 +199,7 @@ static void dps_on_request(struct evhttp_request *ev, void *arg)
             r->body[r->body_len] = '\0';
         }
     }
-    if (!uri || !dps_split_path(r, evhttp_uri_get_path(uri)) ||
+    if (!uri || !httputil_split_path(evhttp_uri_get_path(uri), r->segs, DPS_MAX_SEGS, &r->nsegs) ||
         (query && evhttp_parse_query_str(query, &r->query) != 0)) {
         dps_reply_error(r, 400, 400001, "the request path or query is malformed");
         return;

@@ -80,6 +80,10 @@ BEGIN
         RETURN QUERY SELECT 'dps_full'::text, NULL::devices; RETURN;
     END IF;
     BEGIN
+        -- A concurrent first request for the same device may have inserted
+        -- the row since the SELECT above (which locks nothing while there is
+        -- no row): the conflict waits for it, and the WHERE leaves its
+        -- assignment alone.
         INSERT INTO devices AS t (tenant_id, registration_id, status, region_id, stamp_id, dps_id,
                                   id_scope, dps_endpoint, assigned_at, etag, decision, updated_at)
         VALUES (p_tenant, p_reg, 'assigned', p_region, p_stamp, p_dps, p_scope, p_endpoint, now(),
@@ -90,12 +94,20 @@ BEGIN
                 dps_endpoint = EXCLUDED.dps_endpoint, assigned_at = now(), etag = t.etag + 1,
                 decision = EXCLUDED.decision, hub_host_name = NULL, device_id = NULL,
                 updated_at = now()
+            WHERE t.status = 'deprovisioned'
         RETURNING * INTO d;
     EXCEPTION WHEN unique_violation THEN
         -- the (dps_id, registration_id) index: undo the usage increment too
         UPDATE dps_usage SET registrations = registrations - 1 WHERE dps_id = p_dps;
         RETURN QUERY SELECT 'regid_taken'::text, NULL::devices; RETURN;
     END;
+    IF NOT FOUND THEN
+        -- the concurrent request won: its answer is ours too
+        UPDATE dps_usage SET registrations = registrations - 1 WHERE dps_id = p_dps;
+        SELECT * INTO d FROM devices WHERE tenant_id = p_tenant AND registration_id = p_reg;
+        RETURN QUERY SELECT CASE WHEN d.status = 'retired' THEN 'retired' ELSE 'existing' END, d;
+        RETURN;
+    END IF;
     INSERT INTO device_history (tenant_id, registration_id, event, to_stamp, reason, decision)
         VALUES (p_tenant, p_reg, 'assigned', p_stamp, p_reason, p_decision);
     RETURN QUERY SELECT 'assigned'::text, d;

@@ -56,7 +56,7 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
         json_object_set_new(geos, cp->geo_ids[i], json_string(cp->geo_dbs[i]));
     json_object_set_new(cfg, "geographies", geos);
     json_object_set_new(cfg, "redis", json_string(cp->redis));
-    json_object_set_new(cfg, "logLevel", json_string("info"));
+    json_object_set_new(cfg, "logLevel", json_string(getenv("TS_CP_LOG") ? getenv("TS_CP_LOG") : "info"));
     if (o->stale_after)
         json_object_set_new(cfg, "staleAfterIntervals", json_integer(o->stale_after));
     if (o->down_after)

@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "catalog.h"
+#include "listpage.h"
 
 static bool validate(const char *collection, const char *text, bool create,
                      struct catalog_values *v, struct jv_err *e)
@@ -211,17 +212,18 @@ static void test_constraint_mapping(void **state)
 static void test_cursor(void **state)
 {
     char id[64];
-    char *c = catalog_cursor_encode("eu-west-1");
+    char *c = list_cursor_encode("c1", "eu-west-1");
     (void)state;
     assert_null(strchr(c, '='));
-    assert_true(catalog_cursor_decode(c, id, sizeof id));
+    assert_true(list_cursor_decode("c1", c, jv_valid_id, id, sizeof id));
     assert_string_equal(id, "eu-west-1");
+    assert_false(list_cursor_decode("d1", c, jv_valid_id, id, sizeof id));   /* another kind of list */
     free(c);
-    assert_false(catalog_cursor_decode("", id, sizeof id));
-    assert_false(catalog_cursor_decode("!!!!", id, sizeof id));
-    assert_false(catalog_cursor_decode("ZXUtd2VzdA", id, sizeof id));   /* "eu-west" without prefix */
-    assert_false(catalog_cursor_decode("YzE6RVU", id, sizeof id));      /* "c1:EU": not an id */
-    assert_false(catalog_cursor_decode("a", id, sizeof id));
+    assert_false(list_cursor_decode("c1", "", jv_valid_id, id, sizeof id));
+    assert_false(list_cursor_decode("c1", "!!!!", jv_valid_id, id, sizeof id));
+    assert_false(list_cursor_decode("c1", "ZXUtd2VzdA", jv_valid_id, id, sizeof id));   /* "eu-west" without prefix */
+    assert_false(list_cursor_decode("c1", "YzE6RVU", jv_valid_id, id, sizeof id));      /* "c1:EU": not an id */
+    assert_false(list_cursor_decode("c1", "a", jv_valid_id, id, sizeof id));
 }
 
 int main(void)
