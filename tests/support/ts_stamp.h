@@ -1,0 +1,118 @@
+/*
+ * ts_stamp.h - support for the stamp provisioning service tests
+ * (tests/integration/test_stamp_*.c): a stamp-agent with a `provisioning`
+ * section on a fresh database and a private Redis, a throwaway PKI made with
+ * the openssl CLI, HTTPS requests through curl, and the official Azure IoT
+ * Node SDK clients of tests/sdk (installed once per build directory).
+ *
+ * Everything returned is library-owned (freed by ts_finish) unless stated.
+ */
+#ifndef STAMPCP_TS_STAMP_H
+#define STAMPCP_TS_STAMP_H
+
+#include <jansson.h>
+#include <stdbool.h>
+
+#include "ts.h"
+
+#define TS_STAMP_MAX 4
+
+struct ts_stamp_inst {
+    const char *id;              /* NULL ends the list */
+    const char *scope;           /* idScope */
+    long per_minute;             /* registrationsPerMinute; 0: omitted */
+    const char *throttle;        /* "reject" / "gentle"; NULL: omitted */
+    long max_registrations;      /* 0: omitted */
+    long polls_per_10s;          /* 0: omitted */
+};
+
+struct ts_stamp_hub {
+    const char *id;              /* NULL ends the list */
+    const char *host;            /* hostName */
+    int weight;                  /* allocationWeight; 0: omitted */
+};
+
+struct ts_stamp_opts {
+    const char *name;            /* stampId; NULL: "stamp" */
+    struct ts_stamp_inst inst[TS_STAMP_MAX];
+    struct ts_stamp_hub hubs[TS_STAMP_MAX];
+    int webhook_timeout_ms;      /* 0: omitted */
+};
+
+struct ts_stamp {
+    struct ts_proc *proc;        /* the running agent (NULL after a kill until restarted) */
+    int port;
+    const char *hostport;        /* "127.0.0.1:PORT" (also the serviceHostName) */
+    const char *policy;          /* service policy name */
+    const char *policy_key;      /* its base64 key */
+    const char *db;              /* conninfo of the stamp's database */
+    const char *config_path;
+    struct ts_redis *redis;
+};
+
+/* The test PKI: a CA and a server certificate for IP 127.0.0.1 (made on first
+ * use in ts_tmp()); NODE_EXTRA_CA_CERTS is set to the CA for the node
+ * processes started later. */
+const char *ts_pki_ca(void);
+/* openssl CLI, failing the test on error. */
+void ts_openssl(const char *what, char *const argv[]);
+/* A CA (self-signed, CA:TRUE) named name in ts_tmp(): *crt / *key paths. */
+void ts_pki_make_ca(const char *name, const char *cn, const char **crt, const char **key);
+/* A device leaf (CN=cn, extendedKeyUsage clientAuth) signed by ca_crt/ca_key. */
+void ts_pki_make_leaf(const char *name, const char *cn, const char *ca_crt, const char *ca_key,
+                      const char **crt, const char **key);
+
+/* Fresh database + private Redis + config, start the agent and wait for
+ * GET /healthz 200 over TLS (20 s). */
+struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o);
+/* Start the agent again with the same config and wait for /healthz. */
+void ts_stamp_restart(struct ts_stamp *s);
+/* Signal the agent and wait (5 s) for it to exit. */
+void ts_stamp_kill(struct ts_stamp *s, int sig);
+bool ts_stamp_healthy(struct ts_stamp *s);
+/* "HostName=127.0.0.1:PORT;SharedAccessKeyName=..;SharedAccessKey=.." (key NULL: the real one). */
+const char *ts_stamp_connstr(const struct ts_stamp *s, const char *key);
+/* Service SAS "SharedAccessSignature sr=<hostport>&sig=..&skn=<policy>&se=.." with key (NULL: the real one). */
+const char *ts_stamp_service_sas(const struct ts_stamp *s, const char *key);
+/* Device SAS over sr "{scope}/registrations/{regid}" with a base64 key (expiry 0: now + 3600). */
+const char *ts_device_sas(const char *scope, const char *regid, const char *key_b64, long long expiry);
+/* base64 of HMAC-SHA256(base64-decoded group key, regid): the derived device key. */
+const char *ts_derive_key(const char *group_key_b64, const char *regid);
+/* n random bytes, base64. */
+const char *ts_random_key(int n);
+
+/*
+ * One HTTPS request to 127.0.0.1:port with curl (trusting ts_pki_ca()),
+ * optional client cert/key. headers: NULL-terminated "Name: value" lines.
+ * Status 0 when curl failed (err says why). Library-owned.
+ */
+struct ts_resp *ts_https(int port, const char *method, const char *path, const char *const *headers,
+                         const void *body, size_t body_len, const char *cert, const char *key);
+
+/* The node_modules directory holding the tests/sdk packages (npm install on
+ * first use per build directory, serialised with flock). Fails the test with
+ * a clear message when node or npm is missing or the install fails. */
+const char *ts_sdk_modules(void);
+/*
+ * Run `node tests/sdk/<script> args...` (NULL-terminated) with NODE_PATH set
+ * to ts_sdk_modules() and NODE_EXTRA_CA_CERTS to ts_pki_ca(). Returns its
+ * stdout parsed as JSON (library-owned; NULL if not JSON) and the exit code in
+ * *exit_code (-1: timeout or signal). stderr goes to a log in ts_tmp().
+ */
+json_t *ts_node(const char *script, const char *const *args, int timeout_ms, int *exit_code);
+/* Start a node script in the background (e.g. webhook.js); its stdout/stderr go to <tmp>/<name>.log. */
+struct ts_proc *ts_node_spawn(const char *name, const char *script, const char *const *args);
+/* service.js against the stamp: {"statusCode","body"} (exit 0) or the error object (exit 1). */
+json_t *ts_sdk_service(const struct ts_stamp *s, const char *command, const char *json_args, int *exit_code);
+/* provision-symkey.js: registrationState (exit 0) or the error object (exit 1). payload may be NULL. */
+json_t *ts_sdk_symkey(const struct ts_stamp *s, const char *scope, const char *regid, const char *key,
+                      bool group, const char *payload, int *exit_code);
+/* provision-x509.js */
+json_t *ts_sdk_x509(const struct ts_stamp *s, const char *scope, const char *regid, const char *cert,
+                    const char *key, const char *payload, int *exit_code);
+/* json_dumps(j, compact) into library-owned memory ("null" for NULL). */
+const char *ts_jdump(const json_t *j);
+/* Keep a json reference until ts_finish (returns j). */
+json_t *ts_jkeep(json_t *j);
+
+#endif
