@@ -322,6 +322,17 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
         dev_unavailable(d, q);
         return;
     }
+    if (q->status == PGQ_SQL_ERROR && ++d->attempts < DEV_MAX_ATTEMPTS &&
+        ((strcmp(q->sqlstate, "23505") == 0 && q->constraint &&
+          strcmp(q->constraint, "devices_dps_registration_uidx") == 0) ||
+         strcmp(q->sqlstate, "40P01") == 0 || strcmp(q->sqlstate, "40001") == 0)) {
+        /* Another tenant's device holds this registration id on that DPS
+         * (the statement rolled back), or two moves crossed: place again. */
+        if (q->sqlstate[0] == '2')
+            dev_exclude(d, d->chosen->id);
+        dev_place(d);
+        return;
+    }
     if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
         log_write(LOG_ERROR, d->r->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
                   q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
