@@ -637,3 +637,64 @@ void ts_stamp_kill(struct ts_stamp *s, int sig)
             ts_fail("stamp-agent did not exit after signal %d", sig);
     }
 }
+
+/* ------------------------------------------------------------------ */
+/* raw service and device API calls                                   */
+/* ------------------------------------------------------------------ */
+
+struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, const char *method, const char *path,
+                                 const char *json_body)
+{
+    const char *h[] = { ts_str("Authorization: %s", ts_stamp_service_sas(s, key)), "Accept: application/json",
+                        "Content-Type: application/json; charset=utf-8", NULL };
+    return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
+}
+
+struct ts_resp *ts_stamp_register(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,
+                                  const char *body)
+{
+    const char *b = body ? body : ts_str("{\"registrationId\":\"%s\"}", regid);
+    const char *h[] = { "Accept: application/json", "Content-Type: application/json; charset=utf-8",
+                        authz ? ts_str("Authorization: %s", authz) : NULL, NULL };
+    return ts_https(s->port, "PUT", ts_str("/%s/registrations/%s/register?api-version=2019-03-31", scope, regid), h,
+                    b, strlen(b), NULL, NULL);
+}
+
+struct ts_resp *ts_stamp_operation(const struct ts_stamp *s, const char *scope, const char *regid, const char *op,
+                                   const char *authz)
+{
+    const char *h[] = { "Accept: application/json", "Content-Type: application/json; charset=utf-8",
+                        authz ? ts_str("Authorization: %s", authz) : NULL, NULL };
+    return ts_https(s->port, "GET",
+                    ts_str("/%s/registrations/%s/operations/%s?api-version=2019-03-31", scope, regid, op), h, "{}", 2,
+                    NULL, NULL);
+}
+
+static int retry_after_ms(const struct ts_resp *r)
+{
+    const char *ra = ts_header(r, "Retry-After");
+    int ms = ra ? (int)(atof(ra) * 1000) : 1000;
+    return ms < 0 ? 0 : ms > 10000 ? 10000 : ms;
+}
+
+struct ts_resp *ts_stamp_provision(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,
+                                   int timeout_ms)
+{
+    int64_t deadline = ts_now_ms() + timeout_ms;
+    struct ts_resp *r = ts_stamp_register(s, scope, regid, authz, NULL);
+    const char *op;
+    while (r->status >= 200 && r->status < 300 && r->json && (op = ts_jstr(r->json, "operationId")) &&
+           ts_jstr(r->json, "status") && strcmp(ts_jstr(r->json, "status"), "assigning") == 0 &&
+           ts_now_ms() < deadline) {
+        ts_sleep_ms(retry_after_ms(r));
+        r = ts_stamp_operation(s, scope, regid, op, authz);
+    }
+    return r;
+}
+
+bool ts_is_dps_error(const struct ts_resp *r, int status)
+{
+    json_t *c = r->json ? json_object_get(r->json, "errorCode") : NULL;
+    return r->status == status && json_is_integer(c) && json_integer_value(c) / 1000 == status &&
+           ts_jstr(r->json, "trackingId") && ts_jstr(r->json, "message") && ts_jstr(r->json, "timestampUtc");
+}

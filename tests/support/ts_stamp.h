@@ -89,6 +89,23 @@ const char *ts_random_key(int n);
 struct ts_resp *ts_https(int port, const char *method, const char *path, const char *const *headers,
                          const void *body, size_t body_len, const char *cert, const char *key);
 
+/* A service API call signed with the stamp's policy (key NULL: the real one);
+ * path includes the query (api-version is the caller's); body NULL: none. */
+struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, const char *method, const char *path,
+                                 const char *json_body);
+/* Device API: PUT /{scope}/registrations/{regid}/register (body NULL: {"registrationId":regid}),
+ * GET .../operations/{op} with the body {} the Node SDK sends. authz: the Authorization value (NULL: none). */
+struct ts_resp *ts_stamp_register(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,
+                                  const char *body);
+struct ts_resp *ts_stamp_operation(const struct ts_stamp *s, const char *scope, const char *regid, const char *op,
+                                   const char *authz);
+/* Register and poll (honouring Retry-After, up to timeout_ms) until the status is no longer
+ * "assigning"; returns the last answer. */
+struct ts_resp *ts_stamp_provision(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,
+                                   int timeout_ms);
+/* Whether r is a DPS error body {"errorCode":int (status*1000+n),"trackingId","message","timestampUtc"} for status. */
+bool ts_is_dps_error(const struct ts_resp *r, int status);
+
 /* The node_modules directory holding the tests/sdk packages (npm install on
  * first use per build directory, serialised with flock). Fails the test with
  * a clear message when node or npm is missing or the install fails. */
