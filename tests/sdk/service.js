@@ -43,7 +43,8 @@ async function queryAll(q, idField) {
 }
 
 async function run(client, cmd, a) {
-  const ok = (r) => ({ statusCode: r.httpResponse ? r.httpResponse.statusCode : undefined, body: r.responseBody });
+  // delete* resolve with nothing: the SDK hands no result for them
+  const ok = (r) => (r ? { statusCode: r.httpResponse ? r.httpResponse.statusCode : undefined, body: r.responseBody === undefined ? null : r.responseBody } : { statusCode: null, body: null });
   switch (cmd) {
   case 'createOrUpdateEnrollmentGroup': return ok(await client.createOrUpdateEnrollmentGroup(a));
   case 'createOrUpdateIndividualEnrollment': return ok(await client.createOrUpdateIndividualEnrollment(a));
