@@ -59,7 +59,6 @@
 #define ERR_UNAUTHORIZED       401002  /* the credential matches no enrollment */
 #define ERR_CERT_CN            401003  /* certificate CN is not the registration id */
 #define ERR_QUOTA              403002  /* maxRegistrations reached */
-#define ERR_NO_ENROLLMENT_TYPE 404002  /* no enrollment of the credential's type could apply */
 #define ERR_UNKNOWN_OPERATION  404003
 #define ERR_NOT_REGISTERED     404004
 #define ERR_ENROLLMENT_GONE    404201  /* enrollment deleted while assigning */
@@ -369,8 +368,9 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
     }
     n = PQntuples(q->res);
     if (n == 0) {
-        dps_reply_error(r, 404, ERR_NO_ENROLLMENT_TYPE, "no %s enrollment of this instance can apply to '%s'",
-                        c->x509 ? "X.509" : "symmetric-key", c->regid);
+        /* As DPS: a credential no enrollment accepts is 401, whether or not
+         * the instance has enrollments of its kind (that is not revealed). */
+        dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized");
         dps_ctx_free(c);
         return;
     }

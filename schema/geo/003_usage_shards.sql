@@ -108,8 +108,10 @@ BEGIN
         RETURN QUERY SELECT CASE WHEN d.status = 'retired' THEN 'retired' ELSE 'existing' END, d;
         RETURN;
     END IF;
-    INSERT INTO device_history (tenant_id, registration_id, event, to_stamp, reason, decision)
-        VALUES (p_tenant, p_reg, 'assigned', p_stamp, p_reason, p_decision);
+    -- The decision record is on the device row; history keeps the event
+    -- (writing the record twice doubled every first assignment's WAL).
+    INSERT INTO device_history (tenant_id, registration_id, event, to_stamp, reason)
+        VALUES (p_tenant, p_reg, 'assigned', p_stamp, p_reason);
     RETURN QUERY SELECT 'assigned'::text, d;
 END $$;
 
