@@ -200,3 +200,17 @@ bool util_utf8_valid(const char *str, size_t len)
     }
     return true;
 }
+
+void util_request_id(char *out)
+{
+    static uint32_t prefix, counter;
+    static bool seeded;
+    if (!seeded) {
+        if (!util_random_bytes(&prefix, sizeof prefix) || !util_random_bytes(&counter, sizeof counter)) {
+            log_error("event=rand_failed");
+            abort();
+        }
+        seeded = true;
+    }
+    snprintf(out, 17, "%08x%08x", prefix, ++counter);
+}

@@ -35,6 +35,11 @@ bool util_random_bytes(void *buf, size_t n) MUSTCHECK;
 /* Write 2*n lowercase hex characters of fresh randomness plus NUL into out (2n+1 bytes). */
 void util_random_hex(char *out, size_t n);
 
+/* A request id: 16 hex characters, a per-process random prefix plus a
+ * counter (unique per process, unpredictable across processes, and no
+ * random-number call per request). out holds at least 17 bytes. */
+void util_request_id(char *out);
+
 /* Split "host:port" (IPv4, name, or [v6]:port). host must hold hostlen bytes. */
 bool util_parse_hostport(const char *s, char *host, size_t hostlen, int *port) MUSTCHECK;
 

@@ -159,7 +159,7 @@ struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev)
     if (given && cpreq_valid_client_id(given))
         snprintf(r->id, sizeof r->id, "%s", given);
     else
-        util_random_hex(r->id, 8);
+        util_request_id(r->id);
 
     if (!path || !httputil_split_path(path, r->segs, CPREQ_MAX_SEGS, &r->nsegs)) {
         cpreq_reply_error(r, 400, "invalid_path", NULL, "the request path is malformed");
