@@ -17,6 +17,8 @@ void agent_load_init(struct agent_load *load, char *const *dps_ids, size_t n_dps
     load->n_hubs = n_hubs;
     for (size_t i = 0; i < n_hubs; i++)
         load->hubs[i].id = xstrdup(hub_ids[i]);
+    load->groups = NULL;
+    load->n_groups = 0;
 }
 
 void agent_load_free(struct agent_load *load)
@@ -25,6 +27,7 @@ void agent_load_free(struct agent_load *load)
         free(load->dps[i].id);
     for (size_t i = 0; i < load->n_hubs; i++)
         free(load->hubs[i].id);
+    agent_load_groups_clear(load);
     free(load->dps);
     free(load->hubs);
     memset(load, 0, sizeof *load);
@@ -44,6 +47,28 @@ struct agent_hub_load *agent_load_hub(struct agent_load *load, const char *id)
         if (strcmp(load->hubs[i].id, id) == 0)
             return &load->hubs[i];
     return NULL;
+}
+
+void agent_load_groups_clear(struct agent_load *load)
+{
+    for (size_t i = 0; i < load->n_groups; i++) {
+        free(load->groups[i].dps);
+        free(load->groups[i].group);
+    }
+    free(load->groups);
+    load->groups = NULL;
+    load->n_groups = 0;
+}
+
+void agent_load_group_add(struct agent_load *load, const char *dps, const char *group, uint64_t devices)
+{
+    struct agent_group_load *g;
+
+    load->groups = xrealloc(load->groups, (load->n_groups + 1) * sizeof *load->groups);
+    g = &load->groups[load->n_groups++];
+    g->dps = xstrdup(dps);
+    g->group = xstrdup(group);
+    g->devices = devices;
 }
 
 /* json_array_append_new() steals item even on failure, so one check covers both. */
@@ -85,16 +110,34 @@ static json_t *agent_load_hubs_json(const struct agent_load *load)
     return arr;
 }
 
+static json_t *agent_load_groups_json(const struct agent_load *load)
+{
+    json_t *arr = json_array();
+
+    for (size_t i = 0; arr && i < load->n_groups; i++) {
+        const struct agent_group_load *g = &load->groups[i];
+        json_t *item = json_pack("{s:s, s:s, s:I}", "dps", g->dps, "group", g->group,
+                                 "devices", (json_int_t)g->devices);
+        if (!agent_load_append(arr, item)) {
+            json_decref(arr);
+            return NULL;
+        }
+    }
+    return arr;
+}
+
 json_t *agent_load_json(const struct agent_load *load)
 {
     json_t *dps = agent_load_dps_json(load);
     json_t *hubs = agent_load_hubs_json(load);
+    json_t *groups = agent_load_groups_json(load);
 
-    if (!dps || !hubs) {
+    if (!dps || !hubs || !groups) {
         json_decref(dps);
         json_decref(hubs);
+        json_decref(groups);
         return NULL;
     }
-    /* "o" steals both references, also when json_pack fails. */
-    return json_pack("{s:o, s:o}", "dps", dps, "hubs", hubs);
+    /* "o" steals the references, also when json_pack fails. */
+    return json_pack("{s:o, s:o, s:o}", "dps", dps, "hubs", hubs, "groups", groups);
 }

@@ -28,11 +28,20 @@ struct agent_hub_load {
     uint64_t devices;                   /* devices currently assigned to the hub */
 };
 
+/* Devices assigned through one enrollment group of one DPS instance. */
+struct agent_group_load {
+    char *dps;
+    char *group;
+    uint64_t devices;                   /* rows 'assigned' with that group */
+};
+
 struct agent_load {
     struct agent_dps_load *dps;
     size_t n_dps;
     struct agent_hub_load *hubs;
     size_t n_hubs;
+    struct agent_group_load *groups;    /* replaced wholesale on each refresh */
+    size_t n_groups;
 };
 
 /* One zeroed entry per id, in the given order; the ids are copied. */
@@ -44,9 +53,14 @@ void agent_load_free(struct agent_load *load);
 struct agent_dps_load *agent_load_dps(struct agent_load *load, const char *id);
 struct agent_hub_load *agent_load_hub(struct agent_load *load, const char *id);
 
+/* Drop every per-group count; then add one entry per (dps, group), ids copied. */
+void agent_load_groups_clear(struct agent_load *load);
+void agent_load_group_add(struct agent_load *load, const char *dps, const char *group, uint64_t devices);
+
 /*
  * Build {"dps":[{"id","registrations","registrationsLastMinute",
- * "throttledLastMinute"}...],"hubs":[{"id","devices"}...]}.
+ * "throttledLastMinute"}...],"hubs":[{"id","devices"}...],
+ * "groups":[{"dps","group","devices"}...]}.
  * Returns a new reference the caller must json_decref(), or NULL if jansson
  * could not allocate.
  */

@@ -47,6 +47,7 @@
 
 #define DPS_TICK_MS          1000
 #define DPS_REFRESH_TICKS    5       /* counts from the database every 5 s */
+#define DPS_GROUP_ROWS_MAX   10000   /* per-group counts kept: far above n_dps * groups cap */
 #define DPS_RETRY_AFTER_S    1       /* while an allocation runs */
 #define DPS_REGID_MAX        128
 
@@ -92,7 +93,7 @@ struct dps_device {
     struct dps_webhook *webhook;
     struct event *tick;
     unsigned ticks;
-    bool refresh_held, refresh_hubs; /* a refresh query is in flight */
+    bool refresh_held, refresh_hubs, refresh_groups; /* a refresh query is in flight */
 };
 
 /* One authenticated device request. */
@@ -1006,6 +1007,22 @@ static void dps_on_hub_counts(const struct pgq_result *q, void *arg)
     }
 }
 
+/* Assigned devices per (DPS instance, enrollment group); at most
+ * DSV_GROUP_CAP groups per instance and attestation type, so bounded. */
+static void dps_on_group_counts(const struct pgq_result *q, void *arg)
+{
+    struct dps_device *d = arg;
+    int n;
+    d->refresh_groups = false;
+    if (q->status != PGQ_OK)
+        return;
+    n = PQntuples(q->res);
+    agent_load_groups_clear(d->srv->load);
+    for (int k = 0; k < n && k < DPS_GROUP_ROWS_MAX; k++)
+        agent_load_group_add(d->srv->load, PQgetvalue(q->res, k, 0), PQgetvalue(q->res, k, 1),
+                             (uint64_t)strtoll(PQgetvalue(q->res, k, 2), NULL, 10));
+}
+
 static void dps_refresh_counts(struct dps_device *d)
 {
     const struct agent_provisioning_config *pc = &d->srv->cfg->prov;
@@ -1028,6 +1045,16 @@ static void dps_refresh_counts(struct dps_device *d)
                      "SELECT assigned_hub, count(*) FROM dps_registrations"
                      " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[]) GROUP BY assigned_hub",
                      1, (const char *const *)&arr, dps_on_hub_counts, d);
+        free(arr);
+    }
+    if (!d->refresh_groups) {
+        arr = dps_text_array(pc->n_dps, dps_get_id, pc);
+        d->refresh_groups = true;
+        pgpool_query(d->srv->pool,
+                     "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
+                     " WHERE status = 'assigned' AND enrollment_kind = 'group' AND dps_id = ANY($1::text[])"
+                     " GROUP BY 1, 2 ORDER BY 1, 2",
+                     1, (const char *const *)&arr, dps_on_group_counts, d);
         free(arr);
     }
 }

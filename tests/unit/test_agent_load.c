@@ -36,7 +36,7 @@ static void test_load_zero(void **state)
     s = test_dump(j);
     assert_string_equal(s, "{\"dps\":[{\"id\":\"eu-west-1-dps\",\"registrations\":0,"
                            "\"registrationsLastMinute\":0,\"throttledLastMinute\":0}],"
-                           "\"hubs\":[{\"id\":\"eu-west-1-hub1\",\"devices\":0}]}");
+                           "\"hubs\":[{\"id\":\"eu-west-1-hub1\",\"devices\":0}],\"groups\":[]}");
     free(s);
     json_decref(j);
     agent_load_free(&load);
@@ -54,6 +54,10 @@ static void test_load_counters(void **state)
     agent_load_dps(&load, "eu-west-1-dps2")->registrations_last_minute = 17;
     agent_load_dps(&load, "eu-west-1-dps2")->throttled_last_minute = 3;
     agent_load_hub(&load, "eu-west-1-hub1")->devices = 42;
+    agent_load_group_add(&load, "eu-west-1-dps", "stale", 9);
+    agent_load_groups_clear(&load);
+    agent_load_group_add(&load, "eu-west-1-dps", "acme", 5);
+    agent_load_group_add(&load, "eu-west-1-dps2", "globex", 7);
     j = agent_load_json(&load);
     assert_non_null(j);
     assert_int_equal(json_array_size(json_object_get(j, "dps")), 2);
@@ -64,6 +68,10 @@ static void test_load_counters(void **state)
     assert_int_equal(json_integer_value(json_object_get(d1, "throttledLastMinute")), 3);
     s = test_dump(json_object_get(j, "hubs"));
     assert_string_equal(s, "[{\"id\":\"eu-west-1-hub1\",\"devices\":42}]");
+    free(s);
+    s = test_dump(json_object_get(j, "groups"));
+    assert_string_equal(s, "[{\"dps\":\"eu-west-1-dps\",\"group\":\"acme\",\"devices\":5},"
+                           "{\"dps\":\"eu-west-1-dps2\",\"group\":\"globex\",\"devices\":7}]");
     free(s);
     json_decref(j);
     agent_load_free(&load);
@@ -79,7 +87,7 @@ static void test_load_empty(void **state)
     j = agent_load_json(&load);
     assert_non_null(j);
     s = test_dump(j);
-    assert_string_equal(s, "{\"dps\":[],\"hubs\":[]}");
+    assert_string_equal(s, "{\"dps\":[],\"hubs\":[],\"groups\":[]}");
     free(s);
     json_decref(j);
     agent_load_free(&load);
@@ -100,7 +108,8 @@ static void test_report_message(void **state)
         "{\"stampId\":\"eu-west-1\",\"region\":\"eu-west\",\"health\":\"healthy\","
         "\"ts\":1700000000000,\"intervalMs\":1000,\"seq\":12,\"load\":{\"dps\":[{\"id\":"
         "\"eu-west-1-dps\",\"registrations\":0,\"registrationsLastMinute\":0,"
-        "\"throttledLastMinute\":0}],\"hubs\":[{\"id\":\"eu-west-1-hub1\",\"devices\":0}]}}");
+        "\"throttledLastMinute\":0}],\"hubs\":[{\"id\":\"eu-west-1-hub1\",\"devices\":0}],"
+        "\"groups\":[]}}");
     assert_non_null(strstr(r.message, r.load_text));
     assert_string_equal(key, "stamp:eu-west-1:load");
     agent_report_clear(&r);
