@@ -21,6 +21,7 @@ struct inv_op {
     int limit;
     json_t *rows;       /* list: [json, ...]; counts: per-geo results */
     json_t *counts;
+    char *tenant;       /* counts: ?tenant=, or NULL */
 };
 
 static int inv_cmp_regid(const void *a, const void *b)
@@ -155,12 +156,15 @@ static json_t *inv_as_list(json_t *acc, const char *key, const char *count)
 static void inv_counts_finish(struct inv_op *op)
 {
     json_t *tenants = json_object(), *stamps = json_object(), *dps = json_object(), *row, *hubs = json_array();
+    json_t *groups = json_array();
     size_t i;
     struct layout *l = layouts_current(op->r->cp->layouts);
     if (op->failed) {
         cpreq_reply_db_unavailable(op->r, NULL);
         json_decref(tenants); json_decref(stamps); json_decref(dps); json_decref(hubs);
+        json_decref(groups);
         json_decref(op->rows);
+        free(op->tenant);
         free(op);
         return;
     }
@@ -178,14 +182,27 @@ static void inv_counts_finish(struct inv_op *op)
         json_array_foreach(json_object_get(e->load, "hubs"), k, h)
             json_array_append_new(hubs, json_pack("{s:s, s:O, s:O}", "stamp", l->stamps[s].id, "hub",
                                                   json_object_get(h, "id"), "devices", json_object_get(h, "devices")));
+        /* Devices per enrollment group: each tenant's group carries the tenant's id. */
+        json_array_foreach(json_object_get(e->load, "groups"), k, h) {
+            const char *g = json_string_value(json_object_get(h, "group"));
+            json_t *dv = json_object_get(h, "devices");
+            if (!g || !json_is_string(json_object_get(h, "dps")) || !json_is_integer(dv))
+                continue;
+            if (op->tenant && strcmp(g, op->tenant) != 0)
+                continue;
+            json_array_append_new(groups, json_pack("{s:s, s:O, s:s, s:O}", "stamp", l->stamps[s].id, "dps",
+                                                    json_object_get(h, "dps"), "group", g, "devices", dv));
+        }
     }
-    cpreq_reply_json(op->r, 200, json_pack("{s:o, s:o, s:o, s:o}", "tenants", inv_as_list(tenants, "tenant", "devices"),
+    cpreq_reply_json(op->r, 200, json_pack("{s:o, s:o, s:o, s:o, s:o}", "tenants", inv_as_list(tenants, "tenant", "devices"),
                                            "stamps", inv_as_list(stamps, "stamp", "devices"),
-                                           "dps", inv_as_list(dps, "dps", "registrations"), "hubs", hubs));
+                                           "dps", inv_as_list(dps, "dps", "registrations"), "hubs", hubs,
+                                           "groups", groups));
     json_decref(tenants);
     json_decref(stamps);
     json_decref(dps);
     json_decref(op->rows);
+    free(op->tenant);
     free(op);
 }
 
@@ -235,6 +252,7 @@ void api_inventory_counts(struct cp_req *r)
     }
     op = xcalloc(1, sizeof *op);
     op->r = r;
+    op->tenant = values[0] ? xstrdup(values[0]) : NULL;
     op->rows = json_array();
     op->pending = 1;
     for (int i = 0; i < r->cp->cfg.n_geos; i++) {
