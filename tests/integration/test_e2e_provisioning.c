@@ -400,6 +400,23 @@ static void test_tenant_group_synced_to_residency_only(void **state)
                     tenant->key_b64);
 }
 
+/* GET /v1/inventory?tenant=acme lists the tenant's group at the eu stamp with >= 1 device. */
+static bool inventory_has_group(void *arg)
+{
+    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/inventory?tenant=%s", TENANT), NULL);
+    json_t *g;
+    size_t i;
+    (void)arg;
+    if (r->status != 200)
+        return false;
+    json_array_foreach(json_object_get(r->json, "groups"), i, g)
+        if (ts_jstr(g, "stamp") && strcmp(ts_jstr(g, "stamp"), EU_STAMP) == 0 && ts_jstr(g, "dps") &&
+            strcmp(ts_jstr(g, "dps"), EU_DPS) == 0 && ts_jstr(g, "group") &&
+            strcmp(ts_jstr(g, "group"), TENANT) == 0 && ts_jint(g, "devices", 0) >= 1)
+            return true;
+    return false;
+}
+
 /* Approach 1: locate at the router, then the official SDK at the stamp. */
 static void test_locate_then_sdk(void **state)
 {
@@ -433,6 +450,10 @@ static void test_locate_then_sdk(void **state)
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-1'", EU_DPS)),
                     ts_str("assigned %s", ts_jstr(rs, "assignedHub")));
+    /* The stamp counts per group every 5 s and reports; the inventory shows it. */
+    if (!ts_wait_until(inventory_has_group, NULL, 15000))
+        ts_fail("GET /v1/inventory?tenant=%s never listed group %s at %s with a device: %s", TENANT, TENANT,
+                EU_STAMP, ts_jdump(ts_admin(rt->cp[0], "GET", ts_str("/v1/inventory?tenant=%s", TENANT), NULL)->json));
 }
 
 /* The same device at the us stamp: outside the residency, no group there -> 401. */
