@@ -13,6 +13,11 @@
  *     the registration id -> 401
  *   - custom allocation: webhook (tests/sdk/webhook.js) picks the hub and
  *     echoes the device payload; it received linkedHubs and the payload
+ *   - X.509 individual (clientCertificates.primary = the leaf) -> assigned;
+ *     another leaf of the same CA with the same CN -> 401
+ *   - reprovisionPolicy never (updateHubAssignment false): registering again,
+ *     also after the enrollment's iotHubs moved to the other hub, keeps the
+ *     hub; the default policy under the same change moves the device
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -315,6 +320,130 @@ static void test_custom_allocation(void **state)
     (void)ts_proc_wait(wh, 5000);
 }
 
+/* X.509 individual enrollment (dps_device.c: the presented leaf is the
+ * enrollment's primary or secondary clientCertificate, compared by the
+ * SHA-256 of its DER): the enrolled leaf is assigned; another leaf of the
+ * same CA with the same CN is not. */
+static void test_x509_individual(void **state)
+{
+    (void)state;
+    int rc;
+    const char *ca, *ca_key, *leaf, *leaf_key, *other, *other_key;
+    ts_pki_make_ca("x509-ind-ca", "stampcp individual CA", &ca, &ca_key);
+    ts_pki_make_leaf("dev-xi-1", "dev-xi-1", ca, ca_key, &leaf, &leaf_key);
+    ts_pki_make_leaf("dev-xi-1-other", "dev-xi-1", ca, ca_key, &other, &other_key);
+    size_t pem_len;
+    const char *pem = ts_read_file(leaf, &pem_len);
+    if (!pem)
+        ts_fail("cannot read %s", leaf);
+    json_t *args = json_pack("{s:s, s:{s:s, s:{s:{s:{s:s}}}}}", "registrationId", "dev-xi-1", "attestation", "type",
+                             "x509", "x509", "clientCertificates", "primary", "certificate", pem);
+    json_t *r = ts_sdk_service(st, "createOrUpdateIndividualEnrollment", ts_jdump(args), &rc);
+    json_decref(args);
+    expect_ok(r, rc, "create x509 individual enrollment");
+    expect_str(json_object_get(r, "body"), "registrationId", "dev-xi-1", "create x509 individual enrollment");
+
+    json_t *rs = ts_sdk_x509(st, SCOPE, "dev-xi-1", leaf, leaf_key, NULL, &rc);
+    expect_ok(rs, rc, "provision dev-xi-1 (X.509 individual)");
+    expect_assigned(rs, "dev-xi-1", "initialAssignment", "provision dev-xi-1");
+    json_t *x = json_object_get(rs, "x509");
+    if (x && json_object_get(x, "enrollmentGroupId"))
+        ts_fail("individual X.509 enrollment reported an enrollmentGroupId: %s", ts_jdump(rs));
+    json_t *ci = json_object_get(x, "certificateInfo");
+    if (ci) {
+        const char *subj = ts_jstr(ci, "subjectName");
+        if (!subj || !strstr(subj, "dev-xi-1"))
+            ts_fail("x509.certificateInfo.subjectName does not name dev-xi-1: %s", ts_jdump(rs));
+    }
+    assert_int_equal(reg_rows("dev-xi-1", " AND status = 'assigned' AND enrollment_kind = 'individual'"), 1);
+
+    /* same CA, same CN, but not the enrolled certificate */
+    json_t *bad = ts_sdk_x509(st, SCOPE, "dev-xi-1", other, other_key, NULL, &rc);
+    expect_sdk_error(bad, rc, 401, "UnauthorizedError", "X.509 leaf with the enrolled CN but not enrolled");
+    assert_int_equal(reg_rows("dev-xi-1", NULL), 1);
+    /* the enrolled device is still assigned, untouched */
+    assert_int_equal(reg_rows("dev-xi-1", " AND status = 'assigned'"), 1);
+}
+
+/* Create or replace a symmetric-key individual enrollment limited to one hub;
+ * never: reprovisionPolicy {updateHubAssignment:false, migrateDeviceData:false},
+ * otherwise the default policy. */
+static void put_rp_enrollment(const char *regid, const char *key, const char *hub, bool never)
+{
+    int rc;
+    json_t *r = ts_sdk_service(
+        st, "createOrUpdateIndividualEnrollment",
+        ts_json("{'registrationId':'%s','attestation':{'type':'symmetricKey','symmetricKey':{'primaryKey':'%s',"
+                "'secondaryKey':'%s'}},'allocationPolicy':'hashed','iotHubs':['%s']%s}",
+                regid, key, key, hub,
+                never ? ",'reprovisionPolicy':{'updateHubAssignment':false,'migrateDeviceData':false}" : ""),
+        &rc);
+    expect_ok(r, rc, ts_str("create/update enrollment %s (iotHubs [%s])", regid, hub));
+    json_t *body = json_object_get(r, "body");
+    if (never) {
+        json_t *rp = json_object_get(body, "reprovisionPolicy");
+        if (!json_is_false(json_object_get(rp, "updateHubAssignment")) ||
+            !json_is_false(json_object_get(rp, "migrateDeviceData")))
+            ts_fail("enrollment %s: reprovisionPolicy not kept as never: %s", regid, ts_jdump(r));
+    }
+}
+
+/* reprovisionPolicy "never" (updateHubAssignment false): a device registering
+ * again keeps its hub even when the enrollment now names another one. The
+ * same change under the default policy moves the device (contrast: the
+ * enrollment change is effective). */
+static void test_reprovision_never(void **state)
+{
+    (void)state;
+    int rc;
+    const char *k = ts_random_key(32);
+
+    put_rp_enrollment("dev-rp-never", k, HUB_A, true);
+    json_t *rs = ts_sdk_symkey(st, SCOPE, "dev-rp-never", k, false, NULL, &rc);
+    expect_ok(rs, rc, "provision dev-rp-never");
+    expect_assigned(rs, "dev-rp-never", "initialAssignment", "provision dev-rp-never");
+    expect_str(rs, "assignedHub", HUB_A, "provision dev-rp-never (the enrollment's only hub)");
+    const char *created = ts_jstr(rs, "createdDateTimeUtc");
+
+    /* registering again with nothing changed */
+    json_t *rs2 = ts_sdk_symkey(st, SCOPE, "dev-rp-never", k, false, NULL, &rc);
+    expect_ok(rs2, rc, "provision dev-rp-never again");
+    expect_str(rs2, "status", "assigned", "provision dev-rp-never again");
+    expect_str(rs2, "deviceId", "dev-rp-never", "provision dev-rp-never again");
+    expect_str(rs2, "assignedHub", HUB_A, "provision dev-rp-never again (hub kept)");
+
+    /* the enrollment now names only hub B: updateHubAssignment false keeps hub A */
+    put_rp_enrollment("dev-rp-never", k, HUB_B, true);
+    json_t *rs3 = ts_sdk_symkey(st, SCOPE, "dev-rp-never", k, false, NULL, &rc);
+    expect_ok(rs3, rc, "provision dev-rp-never after the hub change");
+    expect_str(rs3, "status", "assigned", "provision dev-rp-never after the hub change");
+    expect_str(rs3, "deviceId", "dev-rp-never", "provision dev-rp-never after the hub change");
+    expect_str(rs3, "assignedHub", HUB_A, "provision dev-rp-never after the hub change (hub kept)");
+    expect_str(rs3, "createdDateTimeUtc", created, "provision dev-rp-never after the hub change (created kept)");
+    if (json_object_get(rs3, "errorCode"))
+        ts_fail("errorCode in an assigned state: %s", ts_jdump(rs3));
+    assert_int_equal(reg_rows("dev-rp-never", NULL), 1);
+    assert_int_equal(reg_rows("dev-rp-never", " AND status = 'assigned' AND assigned_hub = '" HUB_A "'"), 1);
+
+    json_t *drs = ts_sdk_service(st, "getDeviceRegistrationState", "{\"id\":\"dev-rp-never\"}", &rc);
+    expect_ok(drs, rc, "getDeviceRegistrationState dev-rp-never");
+    expect_str(json_object_get(drs, "body"), "assignedHub", HUB_A, "registration state of dev-rp-never");
+
+    /* contrast: the default policy follows the enrollment to hub B */
+    const char *k2 = ts_random_key(32);
+    put_rp_enrollment("dev-rp-default", k2, HUB_A, false);
+    json_t *d1 = ts_sdk_symkey(st, SCOPE, "dev-rp-default", k2, false, NULL, &rc);
+    expect_ok(d1, rc, "provision dev-rp-default");
+    expect_assigned(d1, "dev-rp-default", "initialAssignment", "provision dev-rp-default");
+    expect_str(d1, "assignedHub", HUB_A, "provision dev-rp-default (the enrollment's only hub)");
+    put_rp_enrollment("dev-rp-default", k2, HUB_B, false);
+    json_t *d2 = ts_sdk_symkey(st, SCOPE, "dev-rp-default", k2, false, NULL, &rc);
+    expect_ok(d2, rc, "provision dev-rp-default after the hub change");
+    expect_str(d2, "status", "assigned", "provision dev-rp-default after the hub change");
+    expect_str(d2, "assignedHub", HUB_B, "provision dev-rp-default after the hub change (moved)");
+    assert_int_equal(reg_rows("dev-rp-default", NULL), 1);
+}
+
 int main(void)
 {
     ts_init("test_stamp_sdk");
@@ -323,6 +452,8 @@ int main(void)
         cmocka_unit_test(test_symkey_group),
         cmocka_unit_test(test_x509_group),
         cmocka_unit_test(test_custom_allocation),
+        cmocka_unit_test(test_x509_individual),
+        cmocka_unit_test(test_reprovision_never),
     };
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
 }
