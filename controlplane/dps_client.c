@@ -13,7 +13,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 
-#include "https_call.h"
+#include "http_call.h"
 #include "log.h"
 #include "tls.h"
 
@@ -127,7 +127,7 @@ static void op_wait(struct dps_op *op, int retry_after_s, const char *opid)
     event_add(op->poll_timer, &tv);
 }
 
-static void op_on_reply(const struct https_result *res, void *arg)
+static void op_on_reply(const struct http_result *res, void *arg)
 {
     struct dps_op *op = arg;
     const char *status, *opid;
@@ -211,7 +211,7 @@ void dps_client_free(struct dps_client *c)
 {
     if (!c) return;
     /* Only at shutdown, with the loop stopped: their callbacks never run
-     * (https_call_abort_all() frees the calls they were waiting for). */
+     * (http_call_abort_all() frees the calls they were waiting for). */
     while (!LIST_EMPTY(&c->live))
         op_free(LIST_FIRST(&c->live));
     SSL_CTX_free(c->ctx);

@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "cp.h"
-#include "https_call.h"
+#include "http_call.h"
 #include "log.h"
 #include "placement.h"
 #include "sas.h"
@@ -160,7 +160,7 @@ static void es_dps_done(struct es_dps *d)
 
 static void es_apply_next(struct es_dps *d);
 
-static void es_on_change(const struct https_result *res, void *arg)
+static void es_on_change(const struct http_result *res, void *arg)
 {
     struct es_dps *d = arg;
     struct es_change *c = &d->changes[d->next - 1];
@@ -258,7 +258,7 @@ static void es_plan(struct es_dps *d)
 
 static void es_list(struct es_dps *d, const char *continuation);
 
-static void es_on_list(const struct https_result *res, void *arg)
+static void es_on_list(const struct http_result *res, void *arg)
 {
     struct es_dps *d = arg;
     size_t i;

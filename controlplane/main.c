@@ -12,7 +12,7 @@
 #include "api_devices.h"
 #include "cp.h"
 #include "http_server.h"
-#include "https_call.h"
+#include "http_call.h"
 #include "log.h"
 #include "util.h"
 
@@ -175,7 +175,7 @@ static void cp_free(struct cp *cp)
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
-    https_call_abort_all();
+    http_call_abort_all();
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++)
         pgpool_free(cp->geo[i]);

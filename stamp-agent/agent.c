@@ -8,6 +8,7 @@
  */
 #include "agent.h"
 #include "dps_server.h"
+#include "http_call.h"
 
 #include <signal.h>
 #include <stdlib.h>
@@ -298,6 +299,7 @@ void agent_free(struct agent *a)
 {
     dps_server_free(a->dps);
     a->dps = NULL;
+    http_call_abort_all();   /* webhook calls still in flight at shutdown */
     if (a->redis.host)
         agent_redis_free(&a->redis);
     agent_event_free(&a->tick);

@@ -716,7 +716,7 @@ static void dps_job_assign(struct dps_job *j, const char *hub, const char *subst
     dps_job_settle(j);
 }
 
-static void dps_job_on_webhook(const struct dps_webhook_result *res, void *arg)
+static void dps_job_on_webhook(const struct http_result *res, void *arg)
 {
     struct dps_job *j = arg;
     const char *hub;

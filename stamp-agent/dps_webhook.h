@@ -12,21 +12,18 @@
 #include <jansson.h>
 #include <openssl/ssl.h>
 
-struct dps_webhook_result {
-    int status;            /* HTTP status, 0 when no answer came */
-    json_t *body;          /* parsed JSON answer or NULL; borrowed, valid during the callback */
-    const char *error;     /* why status is 0, or NULL */
-};
+#include "http_call.h"
 
 /* Called exactly once per call (never from inside dps_webhook_post), unless
- * the call is cancelled first. */
-typedef void (*dps_webhook_cb)(const struct dps_webhook_result *res, void *arg);
+ * the call is cancelled first; res->status is 0 when no answer came. */
+typedef http_cb dps_webhook_cb;
 
-struct dps_webhook;        /* the client: owns the TLS context and the live calls */
+struct dps_webhook;        /* the client: owns the TLS context */
 struct dps_webhook_call;
 
 struct dps_webhook *dps_webhook_new(struct event_base *base);
-/* Cancels (frees without callbacks) every call still in flight. */
+/* Calls still in flight keep working (their TLS objects hold the context);
+ * cancel them first, or let http_call_abort_all() free them at shutdown. */
 void dps_webhook_free(struct dps_webhook *w);
 
 /* Start a POST; the returned handle is valid until the callback runs or
