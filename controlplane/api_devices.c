@@ -212,11 +212,13 @@ static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
     free(payload);
 }
 
-/* ---- rows ---- */
+/* ---- rows ----
+ * Both lookups end with $3, the geography asked, so that each answer says
+ * which database it came from. */
 
 static const char dev_lookup_sql[] =
     "SELECT status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
-    " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text"
+    " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text, $3::text"
     " FROM devices WHERE tenant_id = $1 AND registration_id = $2";
 
 static const char dev_detail_sql[] =
@@ -228,8 +230,8 @@ static const char dev_detail_sql[] =
     "  'assignedHub', d.hub_host_name, 'deviceId', d.device_id, 'updatedAt', cp_ts(d.updated_at),"
     "  'decision', d.decision, 'history', (SELECT coalesce(json_agg(json_build_object('at', cp_ts(h.at),"
     "  'event', h.event, 'fromStamp', h.from_stamp, 'toStamp', h.to_stamp, 'reason', h.reason) ORDER BY h.id),"
-    "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id))"
-    " FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
+    "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id)),"
+    " $3::text FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
 
 /* Columns 0..7 (after an optional outcome column at offset) into a row. */
 static void dev_row_read(struct dev_row *w, const PGresult *res, int off, int geo)
@@ -687,7 +689,7 @@ static void dev_on_lookup(const struct pgq_result *q, void *arg)
 {
     struct devreq *d = arg;
     int geo = -1;
-    /* which pool answered is not passed back; recover it from the pending order */
+    /* the last column names the geography whose database answered */
     if (q->status != PGQ_OK) {
         d->lookup_failed = true;
     } else if (PQntuples(q->res) == 1) {
@@ -708,7 +710,7 @@ static void dev_lookup(struct devreq *d)
 {
     struct cp *cp = d->r->cp;
     const char *values[3] = {d->tenant_id, d->regid, NULL};
-    char *sql = xasprintf("SELECT *, $3::text FROM (%s) x", d->kind == DEV_ADMIN_GET ? dev_detail_sql : dev_lookup_sql);
+    const char *sql = d->kind == DEV_ADMIN_GET ? dev_detail_sql : dev_lookup_sql;
 
     dev_set_state(d, DS_LOOKUP);
     memset(&d->row, 0, sizeof d->row);
@@ -725,7 +727,6 @@ static void dev_lookup(struct devreq *d)
         d->pending++;
         pgpool_query(cp->geo[g], sql, 3, values, dev_on_lookup, d);
     }
-    free(sql);
     if (--d->pending == 0)
         dev_after_lookup(d);
 }
