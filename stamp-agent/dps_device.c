@@ -220,6 +220,31 @@ static void dps_ctx_free(struct dps_ctx *c)
     free(c);
 }
 
+/* The one answer when the store can't be reached (503), then c is freed. */
+static void dps_ctx_unavailable(struct dps_ctx *c)
+{
+    dps_reply_error(c->r, 503, ERR_UNAVAILABLE, "the provisioning store is unavailable, retry later");
+    dps_ctx_free(c);
+}
+
+/* False (after logging, replying and freeing c) unless the statement ran. */
+static bool dps_ctx_db_ok(struct dps_ctx *c, const struct pgq_result *q, const char *what)
+{
+    if (q->status == PGQ_OK)
+        return true;
+    log_warn("event=dps_db_error what=%s error=\"%s\"", what, q->message ? q->message : "");
+    dps_ctx_unavailable(c);
+    return false;
+}
+
+/* Run a query for c; cb replies. If the pool refuses it (shutting down), cb
+ * would never run: reply 503 here so the request is still answered once. */
+static void dps_ctx_query(struct dps_ctx *c, const char *sql, int n, const char *const *v, pgpool_cb cb)
+{
+    if (!pgpool_query(c->r->srv->pool, sql, n, v, cb, c))
+        dps_ctx_unavailable(c);
+}
+
 /* ---- registration state ---- */
 
 /* Columns of DPS_ROW_SQL, in order. */
@@ -361,12 +386,8 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
     struct dps_req *r = c->r;
     struct sas_token t;
     int n;
-    if (q->status != PGQ_OK) {
-        log_warn("event=dps_db_error what=enrollments error=\"%s\"", q->message ? q->message : "");
-        dps_reply_error(r, 503, ERR_UNAVAILABLE, "the provisioning store is unavailable, retry later");
-        dps_ctx_free(c);
+    if (!dps_ctx_db_ok(c, q, "enrollments"))
         return;
-    }
     n = PQntuples(q->res);
     if (n == 0) {
         /* As DPS: a credential no enrollment accepts is 401, whether or not
@@ -450,11 +471,11 @@ static void dps_authenticate(struct dps_ctx *c)
     params[1] = c->x509 ? "x509" : "symmetricKey";
     params[2] = c->regid;
     /* individual first ('individual' > 'group') */
-    pgpool_query(r->srv->pool,
-                 "SELECT kind, enrollment_id, doc::text FROM dps_enrollments"
-                 " WHERE dps_id = $1 AND attestation = $2 AND (kind = 'group' OR enrollment_id = $3)"
-                 " ORDER BY kind DESC, enrollment_id",
-                 3, params, dps_on_enrollments, c);
+    dps_ctx_query(c,
+                  "SELECT kind, enrollment_id, doc::text FROM dps_enrollments"
+                  " WHERE dps_id = $1 AND attestation = $2 AND (kind = 'group' OR enrollment_id = $3)"
+                  " ORDER BY kind DESC, enrollment_id",
+                  3, params, dps_on_enrollments);
 }
 
 /* ---- register ---- */
@@ -464,12 +485,8 @@ static void dps_on_registered(const struct pgq_result *q, void *arg)
     struct dps_ctx *c = arg;
     struct dps_req *r = c->r;
     struct dps_device *d = c->d;
-    if (q->status != PGQ_OK) {
-        log_warn("event=dps_db_error what=register error=\"%s\"", q->message ? q->message : "");
-        dps_reply_error(r, 503, ERR_UNAVAILABLE, "the provisioning store is unavailable, retry later");
-        dps_ctx_free(c);
+    if (!dps_ctx_db_ok(c, q, "register"))
         return;
-    }
     dps_minute_add(&d->inst[r->dps_index].regs_minute, util_mono_ms());
     if (!c->deferred)
         dps_job_start(d, r->dps_index, c->regid, c->new_op);
@@ -513,8 +530,8 @@ static void dps_register(struct dps_ctx *c)
     params[6] = att;
     /* assigned_hub/device_id/substatus keep the previous assignment while
      * assigning: the job reads them as the device's current hub. */
-    pgpool_query(r->srv->pool,
-                 "INSERT INTO dps_registrations (dps_id, registration_id, enrollment_kind, enrollment_id,"
+    dps_ctx_query(c,
+                  "INSERT INTO dps_registrations (dps_id, registration_id, enrollment_kind, enrollment_id,"
                  " operation_id, status, device_payload, attestation_info)"
                  " VALUES ($1, $2, $3, $4, $5, 'assigning', $6::jsonb, $7::jsonb)"
                  " ON CONFLICT (dps_id, registration_id) DO UPDATE SET"
@@ -522,7 +539,7 @@ static void dps_register(struct dps_ctx *c)
                  " operation_id = EXCLUDED.operation_id, status = 'assigning',"
                  " device_payload = EXCLUDED.device_payload, attestation_info = EXCLUDED.attestation_info,"
                  " error_code = NULL, error_message = NULL, etag = dps_registrations.etag + 1, updated_at = now()",
-                 7, params, dps_on_registered, c);
+                 7, params, dps_on_registered);
     free(payload);
     free(att);
 }
@@ -536,12 +553,8 @@ static void dps_on_row(const struct pgq_result *q, void *arg)
     struct dps_device *d = c->d;
     const char *status;
     json_t *state;
-    if (q->status != PGQ_OK) {
-        log_warn("event=dps_db_error what=status error=\"%s\"", q->message ? q->message : "");
-        dps_reply_error(r, 503, ERR_UNAVAILABLE, "the provisioning store is unavailable, retry later");
-        dps_ctx_free(c);
+    if (!dps_ctx_db_ok(c, q, "status"))
         return;
-    }
     if (PQntuples(q->res) == 0 ||
         (c->route == ROUTE_OPERATION && strcmp(PQgetvalue(q->res, 0, RC_OP), c->op) != 0)) {
         if (c->route == ROUTE_OPERATION)
@@ -594,7 +607,7 @@ static void dps_after_auth(struct dps_ctx *c)
     }
     params[0] = c->r->dps->id;
     params[1] = c->regid;
-    pgpool_query(c->r->srv->pool, DPS_ROW_SQL, 2, params, dps_on_row, c);
+    dps_ctx_query(c, DPS_ROW_SQL, 2, params, dps_on_row);
 }
 
 /* ---- allocation jobs ---- */
@@ -685,12 +698,13 @@ static void dps_job_settle(struct dps_job *j)
     params[7] = assigned ? payload : NULL;
     params[8] = assigned || strcmp(j->status, "failed") != 0 ? NULL : code;
     params[9] = assigned ? NULL : j->err_msg;
-    pgpool_query(j->d->srv->pool,
+    if (!pgpool_query(j->d->srv->pool,
                  "UPDATE dps_registrations SET status = $4, substatus = $5, assigned_hub = $6, device_id = $7,"
                  " payload = $8::jsonb, error_code = $9::integer, error_message = $10,"
                  " etag = etag + 1, updated_at = now()"
                  " WHERE dps_id = $1 AND registration_id = $2 AND operation_id = $3 AND status = 'assigning'",
-                 10, params, dps_job_on_update, j);
+                 10, params, dps_job_on_update, j))
+        dps_job_free(j);    /* shutting down: the row stays 'assigning' */
     free(payload);
 }
 
@@ -941,13 +955,14 @@ static void dps_job_start(struct dps_device *d, int idx, const char *regid, cons
     TAILQ_INSERT_TAIL(&d->job_list, j, link);
     params[0] = d->srv->cfg->prov.dps[idx].id;
     params[1] = regid;
-    pgpool_query(d->srv->pool,
+    if (!pgpool_query(d->srv->pool,
                  "SELECT r.status, r.operation_id, r.enrollment_kind, r.enrollment_id, r.assigned_hub, r.device_id,"
                  " r.substatus, r.device_payload::text, r.attestation_info::text, e.doc::text"
                  " FROM dps_registrations r LEFT JOIN dps_enrollments e ON e.dps_id = r.dps_id"
                  " AND e.kind = r.enrollment_kind AND e.enrollment_id = r.enrollment_id"
                  " WHERE r.dps_id = $1 AND r.registration_id = $2",
-                 2, params, dps_job_on_row, j);
+                 2, params, dps_job_on_row, j))
+        dps_job_free(j);
 }
 
 /* ---- periodic: load counters and their refresh ---- */
@@ -1031,17 +1046,15 @@ static void dps_refresh_counts(struct dps_device *d)
         return;
     if (!d->refresh_held) {
         arr = dps_text_array(pc->n_dps, dps_get_id, pc);
-        d->refresh_held = true;
-        pgpool_query(d->srv->pool,
-                     "SELECT dps_id, count(*) FROM dps_registrations"
-                     " WHERE status = 'assigned' AND dps_id = ANY($1::text[]) GROUP BY dps_id",
-                     1, (const char *const *)&arr, dps_on_held, d);
+        d->refresh_held = pgpool_query(d->srv->pool,
+                                       "SELECT dps_id, count(*) FROM dps_registrations"
+                                       " WHERE status = 'assigned' AND dps_id = ANY($1::text[]) GROUP BY dps_id",
+                                       1, (const char *const *)&arr, dps_on_held, d);
         free(arr);
     }
     if (!d->refresh_hubs && pc->n_hubs > 0) {
         arr = dps_text_array(pc->n_hubs, dps_get_host, pc);
-        d->refresh_hubs = true;
-        pgpool_query(d->srv->pool,
+        d->refresh_hubs = pgpool_query(d->srv->pool,
                      "SELECT assigned_hub, count(*) FROM dps_registrations"
                      " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[]) GROUP BY assigned_hub",
                      1, (const char *const *)&arr, dps_on_hub_counts, d);
@@ -1049,8 +1062,7 @@ static void dps_refresh_counts(struct dps_device *d)
     }
     if (!d->refresh_groups) {
         arr = dps_text_array(pc->n_dps, dps_get_id, pc);
-        d->refresh_groups = true;
-        pgpool_query(d->srv->pool,
+        d->refresh_groups = pgpool_query(d->srv->pool,
                      "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
                      " WHERE status = 'assigned' AND enrollment_kind = 'group' AND dps_id = ANY($1::text[])"
                      " GROUP BY 1, 2 ORDER BY 1, 2",
