@@ -302,25 +302,37 @@ static void tenant_list(struct cp_req *r)
     free(q);
 }
 
+/* The token is answered once every control plane has been told to drop its
+ * cached copy of the tenant, so it works everywhere from the first use. */
+static void tenant_on_token_announced(bool delivered, void *arg)
+{
+    struct tenant_op *op = arg;
+    (void)delivered;   /* not confirmed: the tenant cache TTL is the backstop */
+    tenants_forget(op->r->cp->tenants, op->id);
+    cpreq_add_header(op->r, "Cache-Control", "no-store");
+    cpreq_reply_json(op->r, 201, json_pack("{s:s, s:s, s:s, s:s}", "tenantId", op->id, "name", op->name,
+                                            "token", op->secret, "scope", "provision:on-behalf"));
+    OPENSSL_cleanse(op->secret, sizeof op->secret);
+    free(op);
+}
+
 static void tenant_on_token(const struct pgq_result *q, void *arg)
 {
     struct tenant_op *op = arg;
+    char *payload;
     if (q->status != PGQ_OK) {
         if (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23503") == 0)
             cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
         else
             tenant_reply_unavailable_or_error(op, q);
-    } else {
-        char *payload = xasprintf("tenant %s", op->id);
-        tenants_forget(op->r->cp->tenants, op->id);
-        redisfeed_invalidate(op->r->cp->feed, payload);
-        free(payload);
-        cpreq_add_header(op->r, "Cache-Control", "no-store");
-        cpreq_reply_json(op->r, 201, json_pack("{s:s, s:s, s:s, s:s}", "tenantId", op->id, "name", op->name,
-                                                "token", op->secret, "scope", "provision:on-behalf"));
+        OPENSSL_cleanse(op->secret, sizeof op->secret);
+        free(op);
+        return;
     }
-    OPENSSL_cleanse(op->secret, sizeof op->secret);
-    free(op);
+    payload = xasprintf("tenant %s", op->id);
+    tenants_forget(op->r->cp->tenants, op->id);
+    redisfeed_invalidate_wait(op->r->cp->feed, payload, tenant_on_token_announced, op);
+    free(payload);
 }
 
 static void tenant_installer_token(struct cp_req *r, const char *id)

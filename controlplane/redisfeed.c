@@ -262,17 +262,6 @@ struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f)
     return redisconn_is_up(f->cmd) ? redisconn_ctx(f->cmd) : NULL;
 }
 
-void redisfeed_invalidate(struct redisfeed *f, const char *payload)
-{
-    redisAsyncContext *ac = redisconn_ctx(f->cmd);
-    /* Callers change assignments only while Redis is up, so this fails only
-     * if Redis goes away in between; then subscribers lose their subscription
-     * too and drop their whole cache on resubscribing, and the cache TTL is
-     * the backstop for the rest. */
-    if (!ac || redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", REDISFEED_INVALIDATE_CHANNEL, payload) != REDIS_OK)
-        log_warn("event=invalidation_not_published payload=\"%.100s\"", payload);
-}
-
 static void feed_on_wait(evutil_socket_t fd, short what, void *arg)
 {
     struct feed_wait *w = arg;

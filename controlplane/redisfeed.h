@@ -37,9 +37,6 @@ void redisfeed_free(struct redisfeed *f);
 bool redisfeed_is_ready(const struct redisfeed *f);
 /* The command connection for other modules' commands, or NULL while down. */
 struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f);
-/* Publish an invalidation to every control plane (this one included); best effort. */
-void redisfeed_invalidate(struct redisfeed *f, const char *payload);
-
 /*
  * Publish an invalidation and call done once it has come back to this
  * process's own subscription (delivered true), or after a second or on

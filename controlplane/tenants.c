@@ -15,7 +15,8 @@
 
 #define TENANT_NEGATIVE_TTL_MS 2000
 
-const char tenants_select_sql[] =
+/* One tenant's row: $1 = id. */
+static const char tenants_select_sql[] =
     "SELECT json_build_object("
     "'public', json_build_object('id',t.id,'name',t.name,"
     "  'residency',json_build_object('geographies',t.residency_geographies,'regions',t.residency_regions),"

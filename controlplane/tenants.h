@@ -66,7 +66,4 @@ bool tenant_has_installer(const struct tenant *t, const char *sha256hex);
 /* Build a tenant from the JSON row the catalog query returns (used by tests too). */
 struct tenant *tenant_from_row(json_t *row) MUSTCHECK;
 
-/* The statement that reads one tenant's row: $1 = id. */
-extern const char tenants_select_sql[];
-
 #endif
