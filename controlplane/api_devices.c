@@ -66,6 +66,8 @@ struct devreq {
     bool moving;               /* reprovision of an assigned device */
     bool placed_now;           /* a DPS token was taken for this request's placement */
     char old_dps[64];          /* reprovision: the DPS the device is leaving */
+    int regid_conflicts;       /* DPS instances ruled out because another tenant's device has this id */
+    bool admin_route;          /* /v1/tenants/{t}/devices/...: acts on existing devices only */
     json_t *payload;           /* provision: the device's payload for the DPS */
     struct dps_outcome dps;    /* provision: what the DPS answered */
     json_t *dps_state;         /* provision: its registrationState (owned) */
@@ -330,8 +332,10 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
          strcmp(q->sqlstate, "40P01") == 0 || strcmp(q->sqlstate, "40001") == 0)) {
         /* Another tenant's device holds this registration id on that DPS
          * (the statement rolled back), or two moves crossed: place again. */
-        if (q->sqlstate[0] == '2')
+        if (q->sqlstate[0] == '2') {
             dev_exclude(d, d->chosen->id);
+            d->regid_conflicts++;
+        }
         dev_place(d);
         return;
     }
@@ -357,8 +361,7 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
         dev_error(d, 410, "device_retired", NULL, "this device is retired");
     } else if (strcmp(outcome, "unchanged") == 0 && ++d->attempts < DEV_MAX_ATTEMPTS) {
         dev_lookup(d);   /* someone else changed it meanwhile: look again */
-    } else if ((strcmp(outcome, "dps_full") == 0 || strcmp(outcome, "regid_taken") == 0) &&
-               ++d->attempts < DEV_MAX_ATTEMPTS) {
+    } else if (strcmp(outcome, "dps_full") == 0 && ++d->attempts < DEV_MAX_ATTEMPTS) {
         dev_exclude(d, d->chosen->id);
         dev_place(d);
     } else {
@@ -592,6 +595,15 @@ static void dev_place(struct devreq *d)
         in.only_geo = cp->cfg.geos[d->row.geo].id;
     }
     placement_run(&in, &d->pr);
+    if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->regid_conflicts > 0) {
+        /* Not a full stamp: DPS instances hold each registration id once,
+         * and another tenant's device has this one where there was room. */
+        dev_retry_after(d, 60);
+        dev_error(d, 503, "capacity_exhausted", "registrationId",
+                  "no eligible DPS instance can take this registration id: where there is room, another "
+                  "device already uses it (a DPS holds each registration id once); use another id");
+        return;
+    }
     if (d->pr.outcome != PLACE_OK) {
         const char *code = placement_outcome_code(d->pr.outcome);
         if (d->pr.outcome != PLACE_NO_ELIGIBLE)
@@ -677,6 +689,11 @@ static void dev_after_lookup(struct devreq *d)
         snprintf(d->reason, sizeof d->reason, "%s", why);
         d->moving = true;
         dev_place(d);
+        return;
+    }
+    if (d->admin_route) {
+        /* An operator's reprovision names a device that exists: a typo must not create one. */
+        dev_error(d, 404, "not_found", NULL, "no assigned device with this registration id");
         return;
     }
     snprintf(d->reason, sizeof d->reason, "%s", w->found ? "provisioned again after deprovisioning"
@@ -928,6 +945,7 @@ void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int ns
     if (!(d = dev_new(r, kind, tenant, segs[1])))
         return;
     d->auth = AUTH_OPERATOR;   /* the /v1 gate checked the operator token */
+    d->admin_route = true;
     if (kind != DEV_ADMIN_GET && !dev_read_body(d, true))
         return;
     if (kind == DEV_REPROVISION && !d->reason[0])

@@ -105,7 +105,7 @@ $$;
 -- A registration id already held on the DPS by another tenant's device makes
 -- the INSERT fail with unique_violation on devices_dps_registration_uidx: the
 -- whole statement (usage increment included) is rolled back and the router
--- reads the constraint name as "regid_taken". No subtransaction per call.
+-- reads the constraint name and places again. No subtransaction per call.
 -- Place a device: returns the device row and an outcome word:
 --   assigned     newly assigned now
 --   existing     it already had an assignment (a concurrent first request won)
