@@ -104,9 +104,10 @@ struct dps_ctx {
     const char *regid, *op;          /* borrowed from r->segs */
     json_t *device_payload;          /* register: what the device sent, or NULL */
     bool x509;
+    struct sas_token sas;            /* !x509: the parsed Authorization header */
     /* the matched enrollment */
     char *enr_kind, *enr_id;
-    json_t *enr_doc;
+    bool disabled;                   /* its provisioningStatus is "disabled" */
     json_t *att_info;                /* x509: {certificateInfo, enrollmentGroupId?, signingCertificateInfo?} */
     bool deferred;                   /* gentle throttle: no token, allocation waits for a poll */
     int retry_after;
@@ -213,7 +214,6 @@ static struct agent_hub_load *dps_hub_load(struct dps_device *d, const char *hos
 static void dps_ctx_free(struct dps_ctx *c)
 {
     json_decref(c->device_payload);
-    json_decref(c->enr_doc);
     json_decref(c->att_info);
     free(c->enr_kind);
     free(c->enr_id);
@@ -336,30 +336,20 @@ static bool dps_try_key(const struct sas_token *t, const char *b64, const char *
 
 /* Whether the SAS verifies with the enrollment's primary or secondary key
  * (group keys derived for the registration id first). */
-static bool dps_sas_matches(const struct sas_token *t, json_t *doc, bool group, const char *regid)
+static bool dps_sas_matches(const struct sas_token *t, const char *const keys[2], bool group, const char *regid)
 {
-    json_t *sk = json_object_get(json_object_get(doc, "attestation"), "symmetricKey");
-    return dps_try_key(t, dps_json_str(sk, "primaryKey"), group ? regid : NULL) ||
-           dps_try_key(t, dps_json_str(sk, "secondaryKey"), group ? regid : NULL);
-}
-
-static X509 *dps_doc_cert(json_t *certs, const char *which)
-{
-    return dps_x509_parse(dps_json_str(json_object_get(certs, which), "certificate"));
+    return dps_try_key(t, keys[0], group ? regid : NULL) || dps_try_key(t, keys[1], group ? regid : NULL);
 }
 
 /* Individual: the presented leaf is the enrollment's primary or secondary
  * client certificate. Group: the chain verifies with the primary or
  * secondary signing certificate as the only trust anchor. *signer gets the
  * group's certificate that verified (caller frees). */
-static bool dps_x509_matches(struct dps_req *r, json_t *doc, bool group, X509 **signer)
+static bool dps_x509_matches(struct dps_req *r, const char *const pems[2], bool group, X509 **signer)
 {
-    json_t *x = json_object_get(json_object_get(doc, "attestation"), "x509");
-    json_t *certs = json_object_get(x, group ? "signingCertificates" : "clientCertificates");
     X509 *leaf = dps_req_peer_cert(r);
-    static const char *const which[] = {"primary", "secondary"};
     for (int i = 0; i < 2; i++) {
-        X509 *c = dps_doc_cert(certs, which[i]);
+        X509 *c = dps_x509_parse(pems[i]);
         char err[160];
         bool ok;
         if (!c)
@@ -380,11 +370,31 @@ static bool dps_x509_matches(struct dps_req *r, json_t *doc, bool group, X509 **
 
 static void dps_after_auth(struct dps_ctx *c);
 
+/* Columns of DPS_ENR_SQL. */
+enum { EC_KIND, EC_ID, EC_STATUS, EC_PRIMARY, EC_SECONDARY };
+
+/* The primary or secondary credential of an enrollment of attestation $2:
+ * its key (symmetricKey), or its certificate (x509: a group's signing
+ * certificate, an individual enrollment's client certificate). */
+#define DPS_ENR_CRED(slot) \
+    "CASE WHEN $2 = 'symmetricKey' THEN doc #>> '{attestation,symmetricKey," slot "Key}'" \
+    " WHEN kind = 'group' THEN doc #>> '{attestation,x509,signingCertificates," slot ",certificate}'" \
+    " ELSE doc #>> '{attestation,x509,clientCertificates," slot ",certificate}' END"
+
+/* The enrollments a credential could match: the individual enrollment of this
+ * id and every group, of its attestation type; individual first ('individual'
+ * > 'group'). Only what authentication reads is selected, so no enrollment
+ * document is parsed per row on the request path. */
+static const char DPS_ENR_SQL[] =
+    "SELECT kind, enrollment_id, doc->>'provisioningStatus', " DPS_ENR_CRED("primary") ", "
+    DPS_ENR_CRED("secondary")
+    " FROM dps_enrollments WHERE dps_id = $1 AND attestation = $2 AND (kind = 'group' OR enrollment_id = $3)"
+    " ORDER BY kind DESC, enrollment_id";
+
 static void dps_on_enrollments(const struct pgq_result *q, void *arg)
 {
     struct dps_ctx *c = arg;
     struct dps_req *r = c->r;
-    struct sas_token t;
     int n;
     if (!dps_ctx_db_ok(c, q, "enrollments"))
         return;
@@ -396,29 +406,19 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
         dps_ctx_free(c);
         return;
     }
-    if (!c->x509 && sas_parse(dps_req_header(r, "Authorization"), &t) != SAS_OK) {
-        dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized");
-        dps_ctx_free(c);
-        return;
-    }
     for (int i = 0; i < n; i++) {
-        const char *kind = PQgetvalue(q->res, i, 0);
+        const char *kind = PQgetvalue(q->res, i, EC_KIND);
         bool group = strcmp(kind, "group") == 0;
-        json_t *doc = json_loads(PQgetvalue(q->res, i, 2), 0, NULL);
+        const char *cred[2] = {dps_pg_val(q->res, i, EC_PRIMARY), dps_pg_val(q->res, i, EC_SECONDARY)};
+        const char *status = dps_pg_val(q->res, i, EC_STATUS);
         X509 *signer = NULL;
-        bool ok;
-        if (!json_is_object(doc)) {
-            json_decref(doc);
+        bool ok = c->x509 ? dps_x509_matches(r, cred, group, &signer)
+                          : dps_sas_matches(&c->sas, cred, group, c->regid);
+        if (!ok)
             continue;
-        }
-        ok = c->x509 ? dps_x509_matches(r, doc, group, &signer) : dps_sas_matches(&t, doc, group, c->regid);
-        if (!ok) {
-            json_decref(doc);
-            continue;
-        }
         c->enr_kind = xstrdup(kind);
-        c->enr_id = xstrdup(PQgetvalue(q->res, i, 1));
-        c->enr_doc = doc;
+        c->enr_id = xstrdup(PQgetvalue(q->res, i, EC_ID));
+        c->disabled = status && strcmp(status, "disabled") == 0;
         if (c->x509) {
             json_t *info = dps_x509_info(dps_req_peer_cert(r));
             c->att_info = json_object();
@@ -435,18 +435,17 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
     dps_ctx_free(c);
 }
 
-/* Check the credential's shape, then load the enrollments it could match:
- * the individual enrollment of this id and every group, of its type. */
+/* Check the credential's shape, then load the enrollments it could match
+ * (DPS_ENR_SQL). */
 static void dps_authenticate(struct dps_ctx *c)
 {
     struct dps_req *r = c->r;
     const char *auth = dps_req_header(r, "Authorization");
     const char *params[3];
     if (auth) {
-        struct sas_token t;
-        enum sas_error e = sas_parse(auth, &t);
+        enum sas_error e = sas_parse(auth, &c->sas);
         if (e == SAS_OK)
-            e = sas_check_claims(&t, r->dps->id_scope, c->regid, util_wall_ms() / 1000);
+            e = sas_check_claims(&c->sas, r->dps->id_scope, c->regid, util_wall_ms() / 1000);
         if (e != SAS_OK) {
             dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized (%s)", sas_error_code(e));
             dps_ctx_free(c);
@@ -470,12 +469,7 @@ static void dps_authenticate(struct dps_ctx *c)
     params[0] = r->dps->id;
     params[1] = c->x509 ? "x509" : "symmetricKey";
     params[2] = c->regid;
-    /* individual first ('individual' > 'group') */
-    dps_ctx_query(c,
-                  "SELECT kind, enrollment_id, doc::text FROM dps_enrollments"
-                  " WHERE dps_id = $1 AND attestation = $2 AND (kind = 'group' OR enrollment_id = $3)"
-                  " ORDER BY kind DESC, enrollment_id",
-                  3, params, dps_on_enrollments);
+    dps_ctx_query(c, DPS_ENR_SQL, 3, params, dps_on_enrollments);
 }
 
 /* ---- register ---- */
@@ -504,8 +498,7 @@ static void dps_register(struct dps_ctx *c)
     char *payload = NULL, *att = NULL;
     const char *params[8];
     dps_new_operation_id(c->new_op, sizeof c->new_op);
-    if (strcmp(dps_json_str(c->enr_doc, "provisioningStatus") ? dps_json_str(c->enr_doc, "provisioningStatus")
-                                                                : "enabled", "disabled") == 0) {
+    if (c->disabled) {
         dps_reply_disabled(c, c->new_op);
         return;
     }
@@ -532,14 +525,14 @@ static void dps_register(struct dps_ctx *c)
      * assigning: the job reads them as the device's current hub. */
     dps_ctx_query(c,
                   "INSERT INTO dps_registrations (dps_id, registration_id, enrollment_kind, enrollment_id,"
-                 " operation_id, status, device_payload, attestation_info)"
-                 " VALUES ($1, $2, $3, $4, $5, 'assigning', $6::jsonb, $7::jsonb)"
-                 " ON CONFLICT (dps_id, registration_id) DO UPDATE SET"
-                 " enrollment_kind = EXCLUDED.enrollment_kind, enrollment_id = EXCLUDED.enrollment_id,"
-                 " operation_id = EXCLUDED.operation_id, status = 'assigning',"
-                 " device_payload = EXCLUDED.device_payload, attestation_info = EXCLUDED.attestation_info,"
-                 " error_code = NULL, error_message = NULL, etag = dps_registrations.etag + 1, updated_at = now()",
-                 7, params, dps_on_registered);
+                  " operation_id, status, device_payload, attestation_info)"
+                  " VALUES ($1, $2, $3, $4, $5, 'assigning', $6::jsonb, $7::jsonb)"
+                  " ON CONFLICT (dps_id, registration_id) DO UPDATE SET"
+                  " enrollment_kind = EXCLUDED.enrollment_kind, enrollment_id = EXCLUDED.enrollment_id,"
+                  " operation_id = EXCLUDED.operation_id, status = 'assigning',"
+                  " device_payload = EXCLUDED.device_payload, attestation_info = EXCLUDED.attestation_info,"
+                  " error_code = NULL, error_message = NULL, etag = dps_registrations.etag + 1, updated_at = now()",
+                  7, params, dps_on_registered);
     free(payload);
     free(att);
 }
@@ -600,8 +593,7 @@ static void dps_after_auth(struct dps_ctx *c)
         dps_register(c);
         return;
     }
-    if (strcmp(dps_json_str(c->enr_doc, "provisioningStatus") ? dps_json_str(c->enr_doc, "provisioningStatus")
-                                                                : "enabled", "disabled") == 0) {
+    if (c->disabled) {
         dps_reply_disabled(c, c->op ? c->op : "");
         return;
     }
