@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "dps_x509.h"
 #include "sas.h"
 
 void dsv_set_err(struct dsv_err *e, int status, int code, const char *fmt, ...)
@@ -471,44 +472,7 @@ bool dsv_token_decode(const char *token, char *id, size_t idlen)
 
 X509 *dsv_cert_parse(const char *text)
 {
-    X509 *x = NULL;
-    if (!text)
-        return NULL;
-    while (isspace((unsigned char)*text))
-        text++;
-    if (strncmp(text, "-----BEGIN", 10) == 0) {
-        BIO *b = BIO_new_mem_buf(text, -1);
-        if (b) {
-            x = PEM_read_bio_X509(b, NULL, NULL, NULL);
-            BIO_free(b);
-        }
-        return x;
-    } else {
-        size_t n = strlen(text), o = 0;
-        char *clean = xmalloc(n + 1);
-        unsigned char *der;
-        const unsigned char *p;
-        int len, pad = 0;
-        for (size_t i = 0; i < n; i++)
-            if (!isspace((unsigned char)text[i]))
-                clean[o++] = text[i];
-        clean[o] = '\0';
-        if (o == 0 || o % 4 != 0) {
-            free(clean);
-            return NULL;
-        }
-        der = xmalloc(o / 4 * 3 + 1);
-        len = EVP_DecodeBlock(der, (const unsigned char *)clean, (int)o);
-        if (clean[o - 1] == '=') pad++;
-        if (o > 1 && clean[o - 2] == '=') pad++;
-        free(clean);
-        if (len > 0) {
-            p = der;
-            x = d2i_X509(NULL, &p, len - pad);
-        }
-        free(der);
-        return x;
-    }
+    return dps_x509_parse(text);
 }
 
 static void dsv_hex(const unsigned char *in, size_t n, char *out)

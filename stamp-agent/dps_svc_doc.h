@@ -110,7 +110,7 @@ void dsv_token_encode(const char *last_id, char *out, size_t outlen);
 bool dsv_token_decode(const char *token, char *id, size_t idlen) MUSTCHECK;
 
 /* A certificate given as PEM or base64 DER (whitespace ignored); NULL if it
- * does not parse. The caller frees it. */
+ * does not parse. The caller frees it. Same as dps_x509_parse(). */
 X509 *dsv_cert_parse(const char *text);
 /* X509CertificateInfo as DPS fills it in (new reference). */
 json_t *dsv_cert_info(X509 *cert);

@@ -14,37 +14,47 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "sas.h"
-
 X509 *dps_x509_parse(const char *text)
 {
-    X509 *c = NULL;
+    X509 *x = NULL;
     if (!text)
         return NULL;
-    if (strstr(text, "-----BEGIN")) {
+    while (isspace((unsigned char)*text))
+        text++;
+    if (strncmp(text, "-----BEGIN", 10) == 0) {
         BIO *b = BIO_new_mem_buf(text, -1);
         if (b) {
-            c = PEM_read_bio_X509(b, NULL, NULL, NULL);
+            x = PEM_read_bio_X509(b, NULL, NULL, NULL);
             BIO_free(b);
         }
-        return c;
+        return x;
     } else {
-        size_t n = strlen(text), j = 0;
+        /* not sas_b64_decode(): that one is sized for keys and signatures
+         * (768 characters at most), a DER certificate is usually longer */
+        size_t n = strlen(text), o = 0;
         char *clean = xmalloc(n + 1);
-        unsigned char *der = xmalloc(n + 1);
-        int len;
+        unsigned char *der;
+        const unsigned char *p;
+        int len, pad = 0;
         for (size_t i = 0; i < n; i++)
             if (!isspace((unsigned char)text[i]))
-                clean[j++] = text[i];
-        clean[j] = '\0';
-        len = sas_b64_decode(clean, der, n + 1);
-        if (len > 0) {
-            const unsigned char *p = der;
-            c = d2i_X509(NULL, &p, len);
+                clean[o++] = text[i];
+        clean[o] = '\0';
+        if (o == 0 || o % 4 != 0) {
+            free(clean);
+            return NULL;
         }
+        der = xmalloc(o / 4 * 3 + 1);
+        len = EVP_DecodeBlock(der, (const unsigned char *)clean, (int)o);
+        if (clean[o - 1] == '=') pad++;
+        if (o > 1 && clean[o - 2] == '=') pad++;
         free(clean);
+        if (len > 0) {
+            p = der;
+            x = d2i_X509(NULL, &p, len - pad);
+        }
         free(der);
-        return c;
+        return x;
     }
 }
 
