@@ -171,19 +171,45 @@ static void svc_query(struct svc_op *op, const char *sql, int n, const char *con
     }
 }
 
+static void svc_log_db_error(const struct svc_op *op, const struct pgq_result *res)
+{
+    log_write(LOG_WARN, op->r->id, "event=dps_service_db_error status=%d sqlstate=%s message=\"%s\"",
+              (int)res->status, res->sqlstate ? res->sqlstate : "-", res->message ? res->message : "");
+}
+
 /* False (after replying and freeing op) unless the statement ran. */
 static bool svc_db_ok(struct svc_op *op, const struct pgq_result *res)
 {
     if (res->status == PGQ_OK)
         return true;
-    log_write(LOG_WARN, op->r->id, "event=dps_service_db_error status=%d sqlstate=%s message=\"%s\"",
-              (int)res->status, res->sqlstate ? res->sqlstate : "-", res->message ? res->message : "");
+    svc_log_db_error(op, res);
     if (res->status == PGQ_UNAVAILABLE)
         dps_reply_error(op->r, 503, DSV_E_UNAVAILABLE, "the provisioning database is unavailable; retry later");
     else
         dps_reply_error(op->r, 500, DSV_E_INTERNAL, "internal error");
     svc_op_free(op);
     return false;
+}
+
+/* The request body as a JSON object; NULL after replying 400 and freeing op. */
+static json_t *svc_body(struct svc_op *op)
+{
+    struct jv_err je;
+    struct dsv_err e;
+    json_t *body = jv_parse_object(op->r->body ? op->r->body : "", op->r->body_len, &je);
+    if (!body) {
+        dsv_set_err(&e, 400, DSV_E_INVALID, "%s", je.message);
+        svc_fail(op, &e);
+    }
+    return body;
+}
+
+/* The If-Match header as the "etag = $n" parameter of a delete (NULL: none). */
+static const char *svc_if_match_header(struct svc_op *op, char *buf, size_t buflen)
+{
+    int64_t etag;
+    enum dsv_match m = dsv_if_match(dps_req_header(op->r, "If-Match"), NULL, &etag);
+    return dsv_match_param(m, etag, buf, buflen);
 }
 
 static json_t *svc_text_or_null(const PGresult *res, int row, int col)
@@ -313,19 +339,15 @@ static void svc_store(struct svc_op *op, const char *attestation, enum dsv_match
     char *text = json_dumps(op->doc, JSON_COMPACT);
     char cap[16], ebuf[24];
     const char *sql;
-    const char *v[6] = {op->dps_id, dsv_kind_word(op->kind), op->id, attestation, text, NULL};
-    op->conditional = m != DSV_MATCH_NONE;
+    const char *v[6] = {op->dps_id, dsv_kind_word(op->kind), op->id, attestation, text, cap};
+    snprintf(cap, sizeof cap, "%d", DSV_GROUP_CAP);
+    op->conditional = !create_only && m != DSV_MATCH_NONE;
     if (create_only) {
-        snprintf(cap, sizeof cap, "%d", DSV_GROUP_CAP);
-        v[5] = cap;
         sql = sql_create;
-        op->conditional = false;
     } else if (op->conditional) {
         v[5] = dsv_match_param(m, etag, ebuf, sizeof ebuf);
         sql = sql_update;
     } else {
-        snprintf(cap, sizeof cap, "%d", DSV_GROUP_CAP);
-        v[5] = cap;
         sql = sql_upsert;
     }
     svc_query(op, sql, 6, v, cb);
@@ -335,18 +357,14 @@ static void svc_store(struct svc_op *op, const char *attestation, enum dsv_match
 static void svc_put(struct svc_op *op)
 {
     struct dps_req *r = op->r;
-    struct jv_err je;
     struct dsv_err e;
     json_t *body;
     const char *attestation = NULL;
     enum dsv_match m;
     int64_t etag;
 
-    if (!(body = jv_parse_object(r->body ? r->body : "", r->body_len, &je))) {
-        dsv_set_err(&e, 400, DSV_E_INVALID, "%s", je.message);
-        svc_fail(op, &e);
+    if (!(body = svc_body(op)))
         return;
-    }
     op->doc = dsv_normalize(body, op->kind, op->id, &r->srv->cfg->prov, &attestation, &e);
     m = dsv_if_match(dps_req_header(r, "If-Match"), body, &etag);
     json_decref(body);
@@ -375,9 +393,7 @@ static void svc_on_delete(const struct pgq_result *res, void *arg)
 static void svc_delete(struct svc_op *op)
 {
     char ebuf[24];
-    int64_t etag;
-    enum dsv_match m = dsv_if_match(dps_req_header(op->r, "If-Match"), NULL, &etag);
-    const char *v[] = {op->dps_id, dsv_kind_word(op->kind), op->id, dsv_match_param(m, etag, ebuf, sizeof ebuf)};
+    const char *v[] = {op->dps_id, dsv_kind_word(op->kind), op->id, svc_if_match_header(op, ebuf, sizeof ebuf)};
     svc_query(op, sql_delete, 4, v, svc_on_delete);
 }
 
@@ -475,9 +491,7 @@ static void svc_on_reg_get(const struct pgq_result *res, void *arg)
 static void svc_reg_delete(struct svc_op *op)
 {
     char ebuf[24];
-    int64_t etag;
-    enum dsv_match m = dsv_if_match(dps_req_header(op->r, "If-Match"), NULL, &etag);
-    const char *v[] = {op->dps_id, op->id, dsv_match_param(m, etag, ebuf, sizeof ebuf)};
+    const char *v[] = {op->dps_id, op->id, svc_if_match_header(op, ebuf, sizeof ebuf)};
     op->item_type = "deviceRegistration";   /* 404 says registration */
     svc_query(op, sql_reg_delete, 3, v, svc_on_delete);
 }
@@ -515,8 +529,7 @@ static void svc_on_bulk_item(const struct pgq_result *res, void *arg)
     struct svc_op *op = arg;
     const char *id = op->cur_id;
     if (res->status != PGQ_OK) {
-        log_write(LOG_WARN, op->r->id, "event=dps_service_db_error status=%d message=\"%s\"", (int)res->status,
-                  res->message ? res->message : "");
+        svc_log_db_error(op, res);
         svc_bulk_error(op, id, res->status == PGQ_UNAVAILABLE ? DSV_E_UNAVAILABLE : DSV_E_INTERNAL,
                        "the provisioning database is unavailable");
     } else if (op->mode == BULK_DELETE) {
@@ -578,17 +591,14 @@ static void svc_bulk_next(struct svc_op *op)
 static void svc_bulk(struct svc_op *op)
 {
     static const char *const modes[] = {"create", "update", "updateIfMatchEtag", "delete"};
-    struct jv_err je;
     struct dsv_err e;
-    json_t *mode;
+    json_t *body, *mode;
     bool found = false;
 
     op->kind = DSV_INDIVIDUAL;
-    if (!(op->body = jv_parse_object(op->r->body ? op->r->body : "", op->r->body_len, &je))) {
-        dsv_set_err(&e, 400, DSV_E_INVALID, "%s", je.message);
-        svc_fail(op, &e);
+    if (!(body = svc_body(op)))     /* op is gone then: don't store into it */
         return;
-    }
+    op->body = body;
     mode = json_object_get(op->body, "mode");
     for (size_t i = 0; json_is_string(mode) && i < ARRAY_LEN(modes); i++)
         if (strcasecmp(json_string_value(mode), modes[i]) == 0) {
