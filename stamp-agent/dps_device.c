@@ -94,6 +94,7 @@ struct dps_device {
     struct event *tick;
     unsigned ticks;
     bool refresh_held, refresh_hubs, refresh_groups; /* a refresh query is in flight */
+    char *dps_ids, *hub_hosts;       /* the refresh queries' text[] parameters (fixed by the config) */
 };
 
 /* One authenticated device request. */
@@ -1033,33 +1034,28 @@ static void dps_on_group_counts(const struct pgq_result *q, void *arg)
 static void dps_refresh_counts(struct dps_device *d)
 {
     const struct agent_provisioning_config *pc = &d->srv->cfg->prov;
-    char *arr;
     if (!pgpool_is_ready(d->srv->pool))
         return;
     if (!d->refresh_held) {
-        arr = dps_text_array(pc->n_dps, dps_get_id, pc);
         d->refresh_held = pgpool_query(d->srv->pool,
                                        "SELECT dps_id, count(*) FROM dps_registrations"
                                        " WHERE status = 'assigned' AND dps_id = ANY($1::text[]) GROUP BY dps_id",
-                                       1, (const char *const *)&arr, dps_on_held, d);
-        free(arr);
+                                       1, (const char *const *)&d->dps_ids, dps_on_held, d);
     }
     if (!d->refresh_hubs && pc->n_hubs > 0) {
-        arr = dps_text_array(pc->n_hubs, dps_get_host, pc);
         d->refresh_hubs = pgpool_query(d->srv->pool,
-                     "SELECT assigned_hub, count(*) FROM dps_registrations"
-                     " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[]) GROUP BY assigned_hub",
-                     1, (const char *const *)&arr, dps_on_hub_counts, d);
-        free(arr);
+                                       "SELECT assigned_hub, count(*) FROM dps_registrations"
+                                       " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[])"
+                                       " GROUP BY assigned_hub",
+                                       1, (const char *const *)&d->hub_hosts, dps_on_hub_counts, d);
     }
     if (!d->refresh_groups) {
-        arr = dps_text_array(pc->n_dps, dps_get_id, pc);
         d->refresh_groups = pgpool_query(d->srv->pool,
-                     "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
-                     " WHERE status = 'assigned' AND enrollment_kind = 'group' AND dps_id = ANY($1::text[])"
-                     " GROUP BY 1, 2 ORDER BY 1, 2",
-                     1, (const char *const *)&arr, dps_on_group_counts, d);
-        free(arr);
+                                         "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
+                                         " WHERE status = 'assigned' AND enrollment_kind = 'group'"
+                                         " AND dps_id = ANY($1::text[])"
+                                         " GROUP BY 1, 2 ORDER BY 1, 2",
+                                         1, (const char *const *)&d->dps_ids, dps_on_group_counts, d);
     }
 }
 
@@ -1095,6 +1091,8 @@ struct dps_device *dps_device_new(struct dps_server *s)
         dps_bucket_init(&d->inst[i].regs, pc->dps[i].registrations_per_minute, 60000, now);
         dps_bucket_init(&d->inst[i].lookups, pc->dps[i].lookups_per_minute, 60000, now);
     }
+    d->dps_ids = dps_text_array(pc->n_dps, dps_get_id, pc);
+    d->hub_hosts = dps_text_array(pc->n_hubs, dps_get_host, pc);
     d->polls = dps_keyed_gcra_new();
     d->jobs = strmap_new();
     TAILQ_INIT(&d->job_list);
@@ -1118,6 +1116,8 @@ void dps_device_free(struct dps_device *d)
     dps_webhook_free(d->webhook);
     strmap_free(d->jobs, NULL);
     dps_keyed_gcra_free(d->polls);
+    free(d->dps_ids);
+    free(d->hub_hosts);
     free(d->inst);
     free(d);
 }
