@@ -252,11 +252,10 @@ static void dps_ctx_query(struct dps_ctx *c, const char *sql, int n, const char 
 enum { RC_STATUS, RC_SUBSTATUS, RC_HUB, RC_DEVICE, RC_ERR_CODE, RC_ERR_MSG, RC_PAYLOAD, RC_ATT, RC_ETAG,
        RC_KIND, RC_ENR_ID, RC_OP, RC_CREATED, RC_UPDATED };
 
-#define DPS_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 static const char DPS_ROW_SQL[] =
     "SELECT status, substatus, assigned_hub, device_id, error_code, error_message, payload::text,"
     " attestation_info::text, etag, enrollment_kind, enrollment_id, operation_id, "
-    DPS_TS("created_at") ", " DPS_TS("updated_at")
+    DPS_SQL_TS("created_at") ", " DPS_SQL_TS("updated_at")
     " FROM dps_registrations WHERE dps_id = $1 AND registration_id = $2";
 
 /* The DeviceRegistrationResult of a row (spec §2.4): a new reference. */

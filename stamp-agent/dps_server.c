@@ -67,8 +67,16 @@ void dps_add_header(struct dps_req *r, const char *name, const char *value)
 
 void dps_reply_json(struct dps_req *r, int status, json_t *body)
 {
-    struct evbuffer *buf = evbuffer_new();
-    char *text = json_dumps(body, JSON_COMPACT);
+    struct evbuffer *buf;
+    char *text;
+    if (!body) {
+        /* A builder that got NULL columns (json_pack fails): a bug, not a crash. */
+        log_write(LOG_ERROR, r->id, "event=reply_without_body status=%d", status);
+        dps_reply_error(r, 500, 500001, "internal error");
+        return;
+    }
+    buf = evbuffer_new();
+    text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (!buf || !text) {
         log_error("event=out_of_memory");

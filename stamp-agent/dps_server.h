@@ -23,6 +23,9 @@
 #include "migrate.h"
 #include "pgpool.h"
 
+/* A timestamptz column as the DPS APIs write times: RFC 3339 UTC, microseconds. */
+#define DPS_SQL_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+
 /* 96 KB: the DPS message size limit. */
 #define DPS_MAX_BODY (96 * 1024)
 #define DPS_MAX_SEGS 8

@@ -81,11 +81,10 @@ void dps_service_free(struct dps_service *sv)
 
 /* ---- SQL ---- */
 
-#define SVC_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
 /* DeviceRegistrationState columns (svc_reg_json reads them in this order). */
-#define SVC_REG_COLS "r.registration_id, " SVC_TS("r.created_at") ", r.assigned_hub, r.device_id, r.status, " \
-                     "r.substatus, " SVC_TS("r.updated_at") ", r.error_code, r.error_message, r.etag"
-#define SVC_ENR_COLS "e.enrollment_id, e.doc::text, e.etag, " SVC_TS("e.created_at") ", " SVC_TS("e.updated_at")
+#define SVC_REG_COLS "r.registration_id, " DPS_SQL_TS("r.created_at") ", r.assigned_hub, r.device_id, r.status, " \
+                     "r.substatus, " DPS_SQL_TS("r.updated_at") ", r.error_code, r.error_message, r.etag"
+#define SVC_ENR_COLS "e.enrollment_id, e.doc::text, e.etag, " DPS_SQL_TS("e.created_at") ", " DPS_SQL_TS("e.updated_at")
 /* Individual enrollments carry their device's registration state. */
 #define SVC_ENR_FROM_IND "SELECT " SVC_ENR_COLS ", " SVC_REG_COLS " FROM dps_enrollments e " \
     "LEFT JOIN dps_registrations r ON r.dps_id = e.dps_id AND r.registration_id = e.enrollment_id " \
@@ -98,17 +97,17 @@ static const char sql_upsert[] =
     "WHERE dps_id = $1 AND kind = 'group' AND attestation = $4 AND enrollment_id <> $3) < $6::int "
     "ON CONFLICT (dps_id, kind, enrollment_id) DO UPDATE SET attestation = EXCLUDED.attestation, "
     "doc = EXCLUDED.doc, etag = e.etag + 1, updated_at = now() "
-    "RETURNING e.etag, " SVC_TS("e.created_at") ", " SVC_TS("e.updated_at");
+    "RETURNING e.etag, " DPS_SQL_TS("e.created_at") ", " DPS_SQL_TS("e.updated_at");
 static const char sql_create[] =   /* bulk create: never replaces */
     "INSERT INTO dps_enrollments AS e (dps_id, kind, enrollment_id, attestation, doc) "
     "SELECT $1, $2, $3, $4, $5::jsonb WHERE $2 <> 'group' OR (SELECT count(*) FROM dps_enrollments "
     "WHERE dps_id = $1 AND kind = 'group' AND attestation = $4) < $6::int "
     "ON CONFLICT (dps_id, kind, enrollment_id) DO NOTHING "
-    "RETURNING e.etag, " SVC_TS("e.created_at") ", " SVC_TS("e.updated_at");
+    "RETURNING e.etag, " DPS_SQL_TS("e.created_at") ", " DPS_SQL_TS("e.updated_at");
 static const char sql_update[] =
     "UPDATE dps_enrollments AS e SET attestation = $4, doc = $5::jsonb, etag = e.etag + 1, updated_at = now() "
     "WHERE e.dps_id = $1 AND e.kind = $2 AND e.enrollment_id = $3 AND ($6::bigint IS NULL OR e.etag = $6::bigint) "
-    "RETURNING e.etag, " SVC_TS("e.created_at") ", " SVC_TS("e.updated_at");
+    "RETURNING e.etag, " DPS_SQL_TS("e.created_at") ", " DPS_SQL_TS("e.updated_at");
 static const char sql_delete[] =
     "WITH cur AS (SELECT 1 FROM dps_enrollments WHERE dps_id = $1 AND kind = $2 AND enrollment_id = $3), "
     "del AS (DELETE FROM dps_enrollments WHERE dps_id = $1 AND kind = $2 AND enrollment_id = $3 "
