@@ -561,6 +561,12 @@ static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms,
     }
 }
 
+/* placement's enrollment rule: what this control plane's reconciler found. */
+static const char *dev_group_refused(void *arg, const char *dps_id, const char *tenant_id)
+{
+    return enroll_sync_refused(arg, dps_id, tenant_id);
+}
+
 static void dev_place(struct devreq *d)
 {
     struct cp *cp = d->r->cp;
@@ -590,6 +596,8 @@ static void dev_place(struct devreq *d)
     in.registration_id = d->regid;
     in.exclude_dps = d->exclude_ptr;
     in.nexclude = d->nexclude;
+    in.group_refused = dev_group_refused;
+    in.group_refused_arg = cp->sync;
     if (d->moving) {
         in.avoid_stamp = d->row.stamp;
         in.only_geo = cp->cfg.geos[d->row.geo].id;
@@ -602,6 +610,14 @@ static void dev_place(struct devreq *d)
         dev_error(d, 503, "capacity_exhausted", "registrationId",
                   "no eligible DPS instance can take this registration id: where there is room, another "
                   "device already uses it (a DPS holds each registration id once); use another id");
+        return;
+    }
+    if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->pr.enrollment_only) {
+        dev_retry_after(d, 60);
+        log_write(LOG_WARN, d->r->id, "event=placement_failed tenant=%s outcome=no_enrollment_group", d->tenant_id);
+        dev_error(d, 503, "capacity_exhausted", "enrollmentGroup",
+                  "the tenant's enrollment group cannot be created in any eligible DPS instance (their group "
+                  "quota is used by earlier tenants, or the instance refused it); see enrollment-sync");
         return;
     }
     if (d->pr.outcome != PLACE_OK) {
@@ -767,12 +783,7 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
         return;
     }
     if (d->auth == AUTH_SAS) {
-        unsigned char dk[SAS_KEY_LEN];
-        bool ok;
-        sas_derive_key(t->key, (size_t)t->keylen, d->regid, dk);
-        ok = sas_verify(&d->sas, dk, sizeof dk);
-        OPENSSL_cleanse(dk, sizeof dk);
-        if (!ok) {
+        if (!tenant_verify_device_sas(t, d->regid, &d->sas)) {
             dev_unauthorized(d, "invalid_signature");
             return;
         }

@@ -1,9 +1,14 @@
 /*
- * api_tenants.c - tenant onboarding handlers.
+ * api_tenants.c - tenant handlers: onboarding, update, enrollment key
+ * rotation, removal, installer tokens.
  *
  * The enrollment key (32 random bytes, base64) is returned once, in the
- * answer to the create; devices derive their keys from it as Azure DPS
- * group enrollments do. Installer tokens are stored only as SHA-256.
+ * answer to the create or the rotation; devices derive their keys from it as
+ * Azure DPS group enrollments do. A rotation keeps the previous key valid
+ * until the next one. A removed tenant stays as a keyless tombstone (its id
+ * is never reused). Installer tokens are stored only as SHA-256. Every change
+ * is answered once every control plane has been told to drop its cached copy
+ * of the tenant (redisfeed_invalidate_wait), and wakes the reconciler.
  */
 #include "api_tenants.h"
 
@@ -33,6 +38,14 @@ struct tenant_op {
     char secret[96];     /* enrollment key or installer token, shown once */
     char name[160];
     int limit;
+    /* delete: the device check across the tenant's geographies */
+    int pending;
+    long long devices;
+    bool geo_failed;
+    char geo_missing[64];
+    /* the answer sent once the change is announced */
+    int reply_status;    /* 204: no body */
+    json_t *reply;
 };
 
 /* Validate an array of ids into a PostgreSQL array literal "{a,b}" (ids need no quoting). */
@@ -251,7 +264,7 @@ static void tenant_get(struct cp_req *r, const char *id)
 {
     struct tenant_op *op = xcalloc(1, sizeof *op);
     const char *values[1] = {id};
-    char *q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1", tenant_public_sql);
+    char *q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL", tenant_public_sql);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
     if (!pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op))
@@ -295,7 +308,7 @@ static void tenant_list(struct cp_req *r)
     op = xcalloc(1, sizeof *op);
     op->r = r;
     op->limit = pg.limit;
-    q = xasprintf("SELECT %s, t.id FROM tenants t WHERE ($1::text IS NULL OR t.id > $1) "
+    q = xasprintf("SELECT %s, t.id FROM tenants t WHERE t.deleted_at IS NULL AND ($1::text IS NULL OR t.id > $1) "
                   "ORDER BY t.id LIMIT $2", tenant_public_sql);
     if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_list, op))
         tenant_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
@@ -320,8 +333,8 @@ static void tenant_on_token(const struct pgq_result *q, void *arg)
 {
     struct tenant_op *op = arg;
     char *payload;
-    if (q->status != PGQ_OK) {
-        if (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23503") == 0)
+    if (q->status != PGQ_OK || strcmp(PQcmdTuples((PGresult *)q->res), "1") != 0) {
+        if (q->status == PGQ_OK || (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23503") == 0))
             cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
         else
             tenant_reply_unavailable_or_error(op, q);
@@ -339,7 +352,8 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
 {
     static const char *const keys[] = {"name", NULL};
     static const char sql[] =
-        "INSERT INTO installer_tokens (token_sha256, tenant_id, name) VALUES ($1, $2, $3)";
+        "INSERT INTO installer_tokens (token_sha256, tenant_id, name)"
+        " SELECT $1, t.id, $3 FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL";
     json_t *body = cpreq_json_body(r, false);
     struct jv_err e;
     const char *name = NULL;
@@ -373,6 +387,312 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
         tenant_on_token(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
 }
 
+/* ---- changes: update, rotation, removal ---- */
+
+static void tenant_op_free(struct tenant_op *op)
+{
+    OPENSSL_cleanse(op->secret, sizeof op->secret);
+    json_decref(op->reply);
+    free(op);
+}
+
+static void tenant_on_announced(bool delivered, void *arg)
+{
+    struct tenant_op *op = arg;
+    if (!delivered)   /* the tenant cache TTL (tenantCacheTtlMs) is the backstop */
+        log_write(LOG_WARN, op->r->id, "event=tenant_invalidation_unconfirmed tenant=%s", op->id);
+    tenants_forget(op->r->cp->tenants, op->id);
+    enroll_sync_soon(op->r->cp->sync);
+    if (op->reply_status == 204) {
+        cpreq_reply_empty(op->r, 204);
+    } else {
+        cpreq_reply_json(op->r, op->reply_status, op->reply);
+        op->reply = NULL;
+    }
+    tenant_op_free(op);
+}
+
+/* The change committed: drop the tenant everywhere, then answer (reply stolen). */
+static void tenant_announce(struct tenant_op *op, int status, json_t *reply)
+{
+    char *payload = xasprintf("tenant %s", op->id);
+    op->reply_status = status;
+    op->reply = reply;
+    tenants_forget(op->r->cp->tenants, op->id);
+    redisfeed_invalidate_wait(op->r->cp->feed, payload, tenant_on_announced, op);
+    free(payload);
+}
+
+/* A change statement's answer: one row of tenant_public_sql (*body, new
+ * reference), or none (no such live tenant). Replies on false. */
+static bool tenant_changed_row(struct tenant_op *op, const struct pgq_result *q, json_t **body)
+{
+    *body = NULL;
+    if (q->status != PGQ_OK) {
+        tenant_reply_unavailable_or_error(op, q);
+        return false;
+    }
+    if (PQntuples(q->res) == 0) {
+        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+        return false;
+    }
+    if (PQgetisnull(q->res, 0, 0) || !(*body = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL))) {
+        log_write(LOG_ERROR, op->r->id, "event=tenant_row_malformed tenant=%s", op->id);
+        cpreq_reply_error(op->r, 500, "internal", NULL, "internal error (request %s)", op->r->id);
+        return false;
+    }
+    return true;
+}
+
+static void tenant_on_patched(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *body;
+    if (!tenant_changed_row(op, q, &body)) {
+        tenant_op_free(op);
+        return;
+    }
+    tenant_announce(op, 200, body);
+}
+
+/* PATCH: only name may change; residency and tenancy are fixed at creation
+ * (changing them would strand devices placed under the old policy). */
+static void tenant_patch(struct cp_req *r, const char *id)
+{
+    static const char *const fixed[] = {"id", "residency", "tenancy", "dedicatedStamps", "createdAt",
+                                        "updatedAt", "version", "enrollmentKey", NULL};
+    static const char *const keys[] = {"name", "id", "residency", "tenancy", "dedicatedStamps", "createdAt",
+                                       "updatedAt", "version", "enrollmentKey", NULL};
+    json_t *body = cpreq_json_body(r, true);
+    struct jv_err e;
+    const char *name = NULL;
+    const char *values[2];
+    struct tenant_op *op;
+    char *q;
+
+    if (!body)
+        return;
+    if (!jv_only_keys(body, "", keys, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    for (int i = 0; fixed[i]; i++)
+        if (json_object_get(body, fixed[i])) {
+            cpreq_reply_error(r, 400, "read_only_field", fixed[i],
+                              "field '%s' cannot be changed (residency and tenancy are fixed at creation: "
+                              "create another tenant)", fixed[i]);
+            json_decref(body);
+            return;
+        }
+    if (!jv_string(body, "", "name", false, 1, 128, &name, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(r, &e);
+        return;
+    }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    values[0] = op->id;
+    values[1] = name;
+    if (name) {
+        q = xasprintf("UPDATE tenants t SET name = $2, version = t.version + 1, updated_at = now()"
+                      " WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s", tenant_public_sql);
+        if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_patched, op))
+            tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    } else {   /* {}: nothing changes, the version stays */
+        q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL", tenant_public_sql);
+        if (!pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op))
+            tenant_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    }
+    free(q);
+    json_decref(body);
+}
+
+static void tenant_on_rotated(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *body;
+    if (!tenant_changed_row(op, q, &body)) {
+        tenant_op_free(op);
+        return;
+    }
+    json_object_set_new(body, "enrollmentKey", json_string(op->secret));
+    cpreq_add_header(op->r, "Cache-Control", "no-store");
+    log_write(LOG_INFO, op->r->id, "event=enrollment_key_rotated tenant=%s", op->id);
+    tenant_announce(op, 200, body);
+}
+
+/* POST .../enrollment-key/rotate: a fresh key becomes primary, the old
+ * primary stays valid as secondary until the next rotation. No parameters:
+ * no body or {} (any field is 400 unknown_field). */
+static void tenant_rotate(struct cp_req *r, const char *id)
+{
+    static const char *const none[] = {NULL};
+    static const char sql[] =
+        "UPDATE tenants t SET enrollment_key_previous = t.enrollment_key, enrollment_key = $2,"
+        " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s";
+    struct tenant_op *op;
+    unsigned char key[32];
+    const char *values[2];
+    char *q;
+
+    if (r->body_len > 0) {
+        json_t *body = cpreq_json_body(r, false);
+        struct jv_err e;
+        if (!body)
+            return;
+        if (!jv_only_keys(body, "", none, &e)) {
+            json_decref(body);
+            cpreq_reply_jv(r, &e);
+            return;
+        }
+        json_decref(body);
+    }
+    if (!util_random_bytes(key, sizeof key)) {
+        cpreq_reply_error(r, 500, "internal", NULL, "no randomness available");
+        return;
+    }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    sas_b64_encode(key, sizeof key, op->secret, sizeof op->secret);
+    OPENSSL_cleanse(key, sizeof key);
+    values[0] = op->id;
+    values[1] = op->secret;
+    q = xasprintf(sql, tenant_public_sql);
+    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_rotated, op))
+        tenant_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    free(q);
+}
+
+static void tenant_on_removed(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    if (q->status != PGQ_OK) {
+        tenant_reply_unavailable_or_error(op, q);
+        tenant_op_free(op);
+        return;
+    }
+    if (PQntuples(q->res) == 0) {
+        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+        tenant_op_free(op);
+        return;
+    }
+    log_write(LOG_INFO, op->r->id, "event=tenant_removed tenant=%s", op->id);
+    tenant_announce(op, 204, NULL);
+}
+
+/* Every geography answered: refuse while devices are assigned, else remove. */
+static void tenant_delete_decide(struct tenant_op *op)
+{
+    static const char sql[] =
+        "WITH del AS (UPDATE tenants t SET deleted_at = now(), enrollment_key = NULL, enrollment_key_previous = NULL,"
+        "   version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING t.id),"
+        " tok AS (DELETE FROM installer_tokens i USING del WHERE i.tenant_id = del.id)"
+        " SELECT id FROM del";
+    const char *values[1] = {op->id};
+
+    if (op->geo_missing[0]) {
+        cpreq_reply_error(op->r, 503, "database_unavailable", NULL,
+                          "geography '%s' may hold the tenant's devices and has no database here", op->geo_missing);
+        tenant_op_free(op);
+    } else if (op->geo_failed) {
+        cpreq_reply_db_unavailable(op->r, NULL);
+        tenant_op_free(op);
+    } else if (op->devices > 0) {
+        cpreq_reply_error(op->r, 409, "tenant_has_devices", NULL,
+                          "tenant '%s' still has %lld assigned device(s); deprovision or retire them first",
+                          op->id, op->devices);
+        tenant_op_free(op);
+    } else if (!pgpool_query(op->r->cp->global, sql, 1, values, tenant_on_removed, op)) {
+        tenant_on_removed(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    }
+}
+
+static void tenant_on_geo_count(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    if (q->status != PGQ_OK) {
+        if (q->status == PGQ_SQL_ERROR)
+            log_write(LOG_ERROR, op->r->id, "event=sql_error sqlstate=%s error=\"%.300s\"", q->sqlstate,
+                      q->message ? q->message : "");
+        op->geo_failed = true;
+    } else {
+        op->devices += strtoll(PQgetvalue(q->res, 0, 0), NULL, 10);
+    }
+    if (--op->pending == 0)
+        tenant_delete_decide(op);
+}
+
+/* The tenant's geographies are known: count its assigned devices in each. */
+static void tenant_on_delete_lookup(const struct pgq_result *q, void *arg)
+{
+    static const char sql[] = "SELECT count(*) FROM devices WHERE tenant_id = $1 AND status = 'assigned'";
+    struct tenant_op *op = arg;
+    struct cp *cp = op->r->cp;
+    const char *values[1] = {op->id};
+    json_t *geos, *g;
+    size_t i;
+
+    if (q->status != PGQ_OK) {
+        tenant_reply_unavailable_or_error(op, q);
+        tenant_op_free(op);
+        return;
+    }
+    if (PQntuples(q->res) == 0) {
+        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+        tenant_op_free(op);
+        return;
+    }
+    geos = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL);
+    if (!json_is_array(geos) || json_array_size(geos) == 0) {
+        log_write(LOG_ERROR, op->r->id, "event=tenant_row_malformed tenant=%s", op->id);
+        cpreq_reply_error(op->r, 500, "internal", NULL, "internal error (request %s)", op->r->id);
+        json_decref(geos);
+        tenant_op_free(op);
+        return;
+    }
+    op->pending = 1;   /* held until every query is sent */
+    json_array_foreach(geos, i, g) {
+        const char *geo = json_string_value(g);
+        int k;
+        for (k = 0; geo && k < cp->cfg.n_geos; k++)
+            if (strcmp(cp->cfg.geos[k].id, geo) == 0)
+                break;
+        if (!geo || k == cp->cfg.n_geos) {
+            snprintf(op->geo_missing, sizeof op->geo_missing, "%s", geo ? geo : "?");
+            continue;
+        }
+        op->pending++;
+        if (!pgpool_query(cp->geo[k], sql, 1, values, tenant_on_geo_count, op)) {
+            op->geo_failed = true;
+            op->pending--;
+        }
+    }
+    json_decref(geos);
+    if (--op->pending == 0)
+        tenant_delete_decide(op);
+}
+
+/* DELETE: refused (409 tenant_has_devices) while a geography the tenant's
+ * devices may live in holds an assigned one; otherwise the tenant becomes a
+ * tombstone (keys cleared, installer tokens deleted, id kept). A placement
+ * already past authentication when the delete commits can still land (a
+ * window of milliseconds); such a device shows in the tenant's device list. */
+static void tenant_delete(struct cp_req *r, const char *id)
+{
+    static const char sql[] =
+        "SELECT to_json(t.lookup_geographies) FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
+    struct tenant_op *op = xcalloc(1, sizeof *op);
+    const char *values[1];
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    values[0] = op->id;
+    if (!pgpool_query(r->cp->global, sql, 1, values, tenant_on_delete_lookup, op))
+        tenant_on_delete_lookup(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+}
+
 void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
 {
     if (nsegs == 0) {
@@ -392,11 +712,25 @@ void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
         return;
     }
     if (nsegs == 1) {
-        if (r->method != EVHTTP_REQ_GET) {
-            cpreq_add_header(r, "Allow", "GET");
-            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET on a tenant");
+        if (r->method != EVHTTP_REQ_GET && r->method != EVHTTP_REQ_PATCH && r->method != EVHTTP_REQ_DELETE) {
+            cpreq_add_header(r, "Allow", "GET, PATCH, DELETE");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET, PATCH or DELETE on a tenant");
         } else if (cpreq_check_query(r, NULL)) {
-            tenant_get(r, segs[0]);
+            if (r->method == EVHTTP_REQ_GET)
+                tenant_get(r, segs[0]);
+            else if (r->method == EVHTTP_REQ_PATCH)
+                tenant_patch(r, segs[0]);
+            else
+                tenant_delete(r, segs[0]);
+        }
+        return;
+    }
+    if (nsegs == 3 && strcmp(segs[1], "enrollment-key") == 0 && strcmp(segs[2], "rotate") == 0) {
+        if (r->method != EVHTTP_REQ_POST) {
+            cpreq_add_header(r, "Allow", "POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to rotate the enrollment key");
+        } else if (cpreq_check_query(r, NULL)) {
+            tenant_rotate(r, segs[0]);
         }
         return;
     }

@@ -17,7 +17,7 @@ static const char *const cp_config_keys[] = {
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
     "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", NULL,
 };
-static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", NULL};
+static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
 static const char *const cp_config_db_keys[] = {
     "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", NULL,
 };
@@ -39,6 +39,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->layout_refresh_ms = 1000;
     cfg->dps_timeout_ms = 30000;
     cfg->enrollment_sync_ms = 10000;
+    cfg->max_enrollment_groups = 100;
     cfg->log_level = LOG_INFO;
 }
 
@@ -124,7 +125,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         (dps && (!jv_only_keys(dps, "dps", cp_config_dps_keys, e) ||
                  !jv_string(dps, "dps", "caFile", false, 1, 4096, &ca, e) ||
                  !jv_int(dps, "dps", "timeoutMs", false, 1000, 600000, &cfg->dps_timeout_ms, e) ||
-                 !jv_int(dps, "dps", "enrollmentSyncMs", false, 200, 3600000, &cfg->enrollment_sync_ms, e))) ||
+                 !jv_int(dps, "dps", "enrollmentSyncMs", false, 200, 3600000, &cfg->enrollment_sync_ms, e) ||
+                 !jv_int(dps, "dps", "maxEnrollmentGroups", false, 1, 100, &cfg->max_enrollment_groups, e))) ||
         !jv_string(root, "", "logLevel", false, 1, 16, &level, e))
         return false;
 

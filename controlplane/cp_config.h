@@ -43,6 +43,7 @@ struct cp_config {
     char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
     int64_t dps_timeout_ms;       /* a proxied registration's deadline */
     int64_t enrollment_sync_ms;   /* how often enrollment groups are reconciled */
+    int64_t max_enrollment_groups;/* symmetric-key groups a DPS instance holds (DPS: 100; lower for tests) */
     int log_level;
 };
 

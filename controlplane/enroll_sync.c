@@ -34,8 +34,9 @@ static const char es_catalog_sql[] =
     " 'tenants', (SELECT coalesce(json_agg(json_build_object("
     "   'public', json_build_object('id', t.id, 'residency', json_build_object('geographies', t.residency_geographies,"
     "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps),"
-    "   'enrollmentKey', t.enrollment_key, 'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
-    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t))";
+    "   'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
+    "   'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
+    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL))";
 
 enum es_op { ES_PUT, ES_DELETE };
 
@@ -58,6 +59,8 @@ struct es_dps {
     int applied, failed, over_quota;
     char error[200];
     bool unreachable;
+    bool planned;           /* listed: the outcome says which groups can't be placed here */
+    json_t *refused;        /* group id -> why it cannot exist here (over quota, refused) */
 };
 
 struct enroll_sync {
@@ -69,16 +72,17 @@ struct enroll_sync {
     struct es_dps *dps;
     int ndps, pending;
     json_t *status;         /* dps id -> status object */
+    json_t *refused;        /* dps id -> {group id -> reason}, from the last pass that listed it */
 };
 
 static void es_start(struct enroll_sync *es);
 
-json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key)
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key)
 {
     return json_pack("{s:s, s:{s:s, s:{s:s, s:s}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s}, s:{s:{}}}}",
                      "enrollmentGroupId", tenant_id,
                      "attestation", "type", "symmetricKey", "symmetricKey", "primaryKey", enrollment_key,
-                     "secondaryKey", enrollment_key,
+                     "secondaryKey", previous_key ? previous_key : enrollment_key,
                      "provisioningStatus", "enabled", "allocationPolicy", "hashed",
                      "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
                      "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "properties", "desired");
@@ -106,6 +110,7 @@ static void es_dps_clear(struct es_dps *d)
 {
     json_decref(d->desired);
     json_decref(d->actual);
+    json_decref(d->refused);
     for (int i = 0; i < d->nchanges; i++)
         json_decref(d->changes[i].doc);
     free(d->changes);
@@ -150,6 +155,17 @@ static void es_dps_done(struct es_dps *d)
                    "changesFailed", d->failed, "overQuota", d->over_quota, "notPresent", missing);
     if (d->error[0])
         json_object_set_new(st, "error", json_string(d->error));
+    if (d->planned) {
+        /* What placement must avoid: desired groups still absent for a reason a retry won't fix. */
+        json_t *refused = json_object(), *list = json_array(), *why;
+        json_object_foreach(d->refused, gid, why)
+            if (!json_object_get(d->actual, gid)) {
+                json_object_set(refused, gid, why);
+                json_array_append_new(list, json_pack("{s:s, s:O}", "group", gid, "reason", why));
+            }
+        json_object_set_new(es->refused, d->id, refused);
+        json_object_set_new(st, "placementExcluded", list);
+    }
     if (strcmp(state, "in_sync") != 0)
         log_warn("event=enrollment_drift dps=%s state=%s failed=%d over_quota=%d error=\"%s\"", d->id, state,
                  d->failed, d->over_quota, d->error);
@@ -171,6 +187,10 @@ static void es_on_change(const struct http_result *res, void *arg)
         else json_object_del(d->actual, c->group);
     } else {
         d->failed++;
+        /* A 4xx other than a lost etag race or a throttle will be answered again: permanent. */
+        if (c->op == ES_PUT && res->status >= 400 && res->status < 500 && res->status != 408 &&
+            res->status != 412 && res->status != 429)
+            json_object_set_new(d->refused, c->group, json_sprintf("refused (HTTP %d)", res->status));
         snprintf(d->error, sizeof d->error, "%s of group %s: %s (HTTP %d)", c->op == ES_PUT ? "PUT" : "DELETE",
                  c->group, res->error ? res->error : "refused", res->status);
         if (res->status == 0) {
@@ -210,10 +230,15 @@ static bool es_is_managed(json_t *doc)
     return by && strcmp(by, ES_MANAGED_BY) == 0;
 }
 
-static const char *es_key_of(json_t *doc)
+static const char *es_key_of(json_t *doc, const char *which)
 {
     return json_string_value(json_object_get(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"),
-                                             "primaryKey"));
+                                             which));
+}
+
+static bool es_same(const char *a, const char *b)
+{
+    return a && b && strcmp(a, b) == 0;
 }
 
 static void es_add_change(struct es_dps *d, enum es_op op, const char *group, json_t *actual, json_t *doc)
@@ -237,17 +262,21 @@ static void es_plan(struct es_dps *d)
     int unmanaged = 0, room;
     json_object_foreach(d->actual, gid, doc)
         if (!es_is_managed(doc)) unmanaged++;
-    room = ENROLL_SYNC_MAX_GROUPS - unmanaged;
+    d->planned = true;
+    room = (int)d->es->cp->cfg.max_enrollment_groups - unmanaged;
     json_object_foreach(d->desired, gid, doc) {
         json_t *have = json_object_get(d->actual, gid);
-        const char *want_key = es_key_of(doc), *have_key = es_key_of(have);
+        const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
         if (room <= 0) {
-            if (!have) d->over_quota++;
+            if (!have) {
+                d->over_quota++;
+                json_object_set_new(d->refused, gid, json_string("over quota"));
+            }
             continue;
         }
         room--;
-        const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
-        if (!have || !have_key || !want_key || strcmp(want_key, have_key) != 0 || !es_is_managed(have) ||
+        if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
+            !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
             !status || strcmp(status, "enabled") != 0)
             es_add_change(d, ES_PUT, gid, have, doc);
     }
@@ -314,6 +343,20 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
     tv = xcalloc(json_array_size(tenants) + 1, sizeof *tv);
     json_array_foreach(tenants, i, row)
         if ((tv[ntenants] = tenant_from_row(row)) != NULL) ntenants++;
+    {
+        /* Instances no longer managed (removed, credentials dropped): no state, no exclusions. */
+        const char *id;
+        void *tmp;
+        json_t *v, *keep = json_object();
+        json_array_foreach(dpsl, i, row)
+            if (json_string_value(json_object_get(row, "id")))
+                json_object_set_new(keep, json_string_value(json_object_get(row, "id")), json_true());
+        json_object_foreach_safe(es->status, tmp, id, v)
+            if (!json_object_get(keep, id)) json_object_del(es->status, id);
+        json_object_foreach_safe(es->refused, tmp, id, v)
+            if (!json_object_get(keep, id)) json_object_del(es->refused, id);
+        json_decref(keep);
+    }
     es->ndps = (int)json_array_size(dpsl);
     es->dps = xcalloc((size_t)es->ndps + 1, sizeof *es->dps);
     es->pending = 1;
@@ -329,15 +372,21 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
         d->keylen = key ? sas_b64_decode(key, d->key, sizeof d->key) : -1;
         d->desired = json_object();
         d->actual = json_object();
+        d->refused = json_object();
         st.id = (char *)json_string_value(json_object_get(row, "stamp"));
         st.region = (char *)json_string_value(json_object_get(row, "region"));
         st.geo = (char *)json_string_value(json_object_get(row, "geography"));
         st.dedicated = strcmp(json_string_value(json_object_get(row, "tenancy")), "dedicated") == 0;
         for (size_t k = 0; k < ntenants; k++)
             if (placement_policy_admits(tv[k], &st)) {
-                char b64[100];
+                char b64[100], prev[100];
                 sas_b64_encode(tv[k]->key, (size_t)tv[k]->keylen, b64, sizeof b64);
-                json_object_set_new(d->desired, tv[k]->id, enroll_sync_group_doc(tv[k]->id, b64));
+                if (tv[k]->prev_keylen > 0)
+                    sas_b64_encode(tv[k]->prev_key, (size_t)tv[k]->prev_keylen, prev, sizeof prev);
+                json_object_set_new(d->desired, tv[k]->id,
+                                    enroll_sync_group_doc(tv[k]->id, b64, tv[k]->prev_keylen > 0 ? prev : NULL));
+                OPENSSL_cleanse(prev, sizeof prev);
+                OPENSSL_cleanse(b64, sizeof b64);
             }
         es->pending++;
         if (d->keylen <= 0) {
@@ -388,6 +437,7 @@ struct enroll_sync *enroll_sync_new(struct cp *cp, int interval_ms)
     es->interval_ms = interval_ms;
     es->tls = ctx;
     es->status = json_object();
+    es->refused = json_object();
     es->timer = event_new(cp->base, -1, 0, es_on_timer, es);
     if (!es->timer) {
         log_error("event=event_new_failed");
@@ -407,6 +457,7 @@ void enroll_sync_free(struct enroll_sync *es)
         es_dps_clear(&es->dps[i]);
     free(es->dps);
     json_decref(es->status);
+    json_decref(es->refused);
     SSL_CTX_free(es->tls);
     free(es);
 }
@@ -424,4 +475,10 @@ json_t *enroll_sync_status(struct enroll_sync *es, const char *dps_id)
 {
     json_t *st = es ? json_object_get(es->status, dps_id) : NULL;
     return st ? json_incref(st) : NULL;
+}
+
+const char *enroll_sync_refused(struct enroll_sync *es, const char *dps_id, const char *tenant_id)
+{
+    json_t *per_dps = es ? json_object_get(es->refused, dps_id) : NULL;
+    return per_dps ? json_string_value(json_object_get(per_dps, tenant_id)) : NULL;
 }

@@ -27,9 +27,20 @@ void enroll_sync_soon(struct enroll_sync *es);
  * no service credentials or no pass ran yet. */
 json_t *enroll_sync_status(struct enroll_sync *es, const char *dps_id);
 
-/* The group document for a tenant (new reference): symmetric key, hashed allocation. */
-json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key);
+/*
+ * Why the tenant's group cannot exist in this instance, as the last pass
+ * that listed it found (borrowed string, valid until the next pass ends):
+ * "over quota" (dps.maxEnrollmentGroups, DPS: 100, are held by tenants created
+ * earlier or by groups others manage) or "refused (HTTP n)" (the service API
+ * refused the create with a permanent 4xx). NULL when the group is there, may
+ * yet be created, or the instance is not managed or not reached yet:
+ * placement must then keep the instance eligible.
+ */
+const char *enroll_sync_refused(struct enroll_sync *es, const char *dps_id, const char *tenant_id);
 
-#define ENROLL_SYNC_MAX_GROUPS 100   /* DPS hard cap on symmetric-key groups per instance */
+/* The group document for a tenant (new reference): symmetric key, hashed
+ * allocation; primaryKey the enrollment key, secondaryKey the previous key
+ * (after a rotation, still accepted) or, never rotated, the same key. */
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key);
 
 #endif

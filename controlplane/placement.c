@@ -112,18 +112,28 @@ static json_t *placement_verdict(const struct layout_stamp *st, const char *rule
     return v;
 }
 
-/* Check one stamp's DPS instances; returns how many were admitted. */
+/* Check one stamp's DPS instances; returns how many were admitted, and when
+ * none: the rule (*rule) and its detail (*why, in buf). */
 static int placement_stamp_dps(const struct placement_input *in, const struct layout_stamp *st,
-                               struct placement_cand *cands, int *ncand, const char **why)
+                               struct placement_cand *cands, int *ncand, const char **rule, const char **why,
+                               char *buf, size_t buflen)
 {
-    int admitted = 0;
+    int admitted = 0, refused = 0;
     bool any_room = false;
+    *rule = "capacity";
     if (st->nhubs == 0 || st->devices >= st->hub_capacity) {
         *why = st->nhubs == 0 ? "no hubs" : "hubs full";
         return 0;
     }
     for (int k = 0; k < st->ndps; k++) {
         const struct layout_dps *d = &in->layout->dps[st->first_dps + k];
+        const char *no_group = in->group_refused
+                                   ? in->group_refused(in->group_refused_arg, d->id, in->tenant->id) : NULL;
+        if (no_group) {
+            if (refused++ == 0)
+                snprintf(buf, buflen, "enrollment group %s on %s", no_group, d->id);
+            continue;
+        }
         if (d->registrations >= d->max_registrations)
             continue;
         any_room = true;
@@ -135,9 +145,20 @@ static int placement_stamp_dps(const struct placement_input *in, const struct la
         (*ncand)++;
         admitted++;
     }
-    if (!admitted)
-        *why = st->ndps == 0 ? "no DPS instance" : any_room ? "excluded" : "DPS instances full";
-    return admitted;
+    if (admitted)
+        return admitted;
+    if (st->ndps == 0) {
+        *why = "no DPS instance";
+    } else if (any_room) {
+        *rule = "excluded";
+        *why = "excluded";
+    } else if (refused == st->ndps) {
+        *rule = "enrollment";
+        *why = buf;
+    } else {
+        *why = "DPS instances full";
+    }
+    return 0;
 }
 
 static json_t *placement_policy_json(const struct tenant *t)
@@ -152,13 +173,14 @@ void placement_run(const struct placement_input *in, struct placement_result *ou
 {
     const struct tenant *t = in->tenant;
     struct placement_cand cands[PLACEMENT_MAX_CANDIDATES];
-    int ncand = 0, n_policy = 0, n_live = 0;
+    int ncand = 0, n_policy = 0, n_live = 0, n_enrollment = 0;
     json_t *verdicts = json_array(), *order = json_array();
 
     memset(out, 0, sizeof *out);
     for (int i = 0; i < in->layout->nstamps; i++) {
         const struct layout_stamp *st = &in->layout->stamps[i];
         const char *rule = placement_policy_rule(t, st), *why = NULL;
+        char detail[200];
         if (!rule && in->only_geo && strcmp(in->only_geo, st->geo) != 0)
             rule = "geography";
         if (rule) {
@@ -177,9 +199,11 @@ void placement_run(const struct placement_input *in, struct placement_result *ou
             continue;
         }
         n_live++;
-        if (!placement_stamp_dps(in, st, cands, &ncand, &why))
-            json_array_append_new(verdicts, placement_verdict(st, why[0] == 'e' ? "excluded" : "capacity", why));
-        else
+        if (!placement_stamp_dps(in, st, cands, &ncand, &rule, &why, detail, sizeof detail)) {
+            json_array_append_new(verdicts, placement_verdict(st, rule, why));
+            if (strcmp(rule, "enrollment") == 0)
+                n_enrollment++;
+        } else
             json_array_append_new(verdicts, placement_verdict(st, NULL, NULL));
     }
     qsort(cands, (size_t)ncand, sizeof cands[0], placement_cmp);
@@ -192,6 +216,7 @@ void placement_run(const struct placement_input *in, struct placement_result *ou
     else if (n_policy == 0) out->outcome = PLACE_NO_ELIGIBLE;
     else if (n_live == 0) out->outcome = PLACE_NO_HEALTHY;
     else out->outcome = PLACE_CAPACITY_EXHAUSTED;
+    out->enrollment_only = out->outcome == PLACE_CAPACITY_EXHAUSTED && n_enrollment == n_live;
 
     out->decision = json_pack("{s:o, s:o, s:o}", "policy", placement_policy_json(t),
                               "stamps", verdicts, "candidates", order);

@@ -8,6 +8,9 @@
  *   tenancy    pooled tenants use pooled stamps; dedicated tenants only theirs
  *   health     the stamp's live health is "healthy"
  *   status     the stamp is not draining
+ *   enrollment the tenant's enrollment group cannot exist in the DPS instance
+ *              (the reconciler found it over the group quota, or refused):
+ *              such an instance is skipped; a stamp left with none fails here
  *   capacity   the stamp has hubs with room, and a DPS below its limit
  *   excluded   the caller ruled the DPS out (full or registration id taken)
  * Survivors are ordered by headroom band, then by a per-device stable hash;
@@ -44,6 +47,10 @@ struct placement_input {
     int nexclude;
     const char *avoid_stamp;         /* reprovision: do not pick this stamp */
     const char *only_geo;            /* reprovision: stay in the device's geography database */
+    /* Why the tenant's enrollment group cannot exist in a DPS instance, or
+     * NULL (eligible); NULL function: every instance eligible. */
+    const char *(*group_refused)(void *arg, const char *dps_id, const char *tenant_id);
+    void *group_refused_arg;
 };
 
 struct placement_result {
@@ -51,6 +58,7 @@ struct placement_result {
     int ncand;
     const struct layout_dps *cand[PLACEMENT_MAX_CANDIDATES];
     json_t *decision;                /* owned by the result */
+    bool enrollment_only;            /* capacity_exhausted only because of the enrollment rule */
 };
 
 void placement_run(const struct placement_input *in, struct placement_result *out);

@@ -22,10 +22,11 @@ static const char tenants_select_sql[] =
     "  'residency',json_build_object('geographies',t.residency_geographies,'regions',t.residency_regions),"
     "  'tenancy',t.tenancy,'dedicatedStamps',t.dedicated_stamps,'version',t.version,"
     "  'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at)),"
-    "'enrollmentKey', t.enrollment_key, 'lookupGeographies', t.lookup_geographies,"
+    "'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
+    "'lookupGeographies', t.lookup_geographies,"
     "'installerTokens', (SELECT coalesce(json_agg(i.token_sha256), '[]') FROM installer_tokens i"
     "                    WHERE i.tenant_id = t.id))"
-    " FROM tenants t WHERE t.id = $1";
+    " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
 
 struct tenants {
     struct pgpool *global;
@@ -58,6 +59,7 @@ void tenant_unref(struct tenant *t)
     if (!t || --t->refs > 0)
         return;
     OPENSSL_cleanse(t->key, sizeof t->key);
+    OPENSSL_cleanse(t->prev_key, sizeof t->prev_key);
     free(t->id);
     json_decref(t->json);
     tenant_free_strv(t->geos, t->ngeos);
@@ -94,6 +96,7 @@ struct tenant *tenant_from_row(json_t *row)
     json_t *res = json_object_get(pub, "residency");
     const char *id = json_string_value(json_object_get(pub, "id"));
     const char *key = json_string_value(json_object_get(row, "enrollmentKey"));
+    const char *prev = json_string_value(json_object_get(row, "enrollmentKeyPrevious"));
     const char *tenancy = json_string_value(json_object_get(pub, "tenancy"));
     struct tenant *t;
     int klen;
@@ -116,6 +119,14 @@ struct tenant *tenant_from_row(json_t *row)
         return NULL;
     }
     t->keylen = klen;
+    if (prev) {
+        klen = sas_b64_decode(prev, t->prev_key, sizeof t->prev_key);
+        if (klen <= 0) {
+            tenant_unref(t);
+            return NULL;
+        }
+        t->prev_keylen = klen;
+    }
     return t;
 }
 
@@ -140,6 +151,20 @@ bool tenant_allows_region(const struct tenant *t, const char *region)
 bool tenant_has_stamp(const struct tenant *t, const char *stamp)
 {
     return tenant_in(t->stamps, t->nstamps, stamp);
+}
+
+bool tenant_verify_device_sas(const struct tenant *t, const char *regid, const struct sas_token *tok)
+{
+    unsigned char dk[SAS_KEY_LEN];
+    bool ok;
+    sas_derive_key(t->key, (size_t)t->keylen, regid, dk);
+    ok = sas_verify(tok, dk, sizeof dk);
+    if (!ok && t->prev_keylen > 0) {
+        sas_derive_key(t->prev_key, (size_t)t->prev_keylen, regid, dk);
+        ok = sas_verify(tok, dk, sizeof dk);
+    }
+    OPENSSL_cleanse(dk, sizeof dk);
+    return ok;
 }
 
 bool tenant_has_installer(const struct tenant *t, const char *sha256hex)

@@ -15,6 +15,7 @@
 #include <stdint.h>
 
 #include "pgpool.h"
+#include "sas.h"
 
 #define TENANT_KEY_MAX 64
 
@@ -31,8 +32,10 @@ struct tenant {
     bool dedicated;
     char **stamps;              /* dedicated stamps */
     int nstamps;
-    unsigned char key[TENANT_KEY_MAX];   /* enrollment key, raw */
+    unsigned char key[TENANT_KEY_MAX];   /* enrollment key, raw (the primary) */
     int keylen;
+    unsigned char prev_key[TENANT_KEY_MAX];   /* the key before the last rotation, still valid */
+    int prev_keylen;                          /* 0: never rotated */
     char **installer_hashes;    /* SHA-256 hex of installer tokens */
     int ninstaller;
     int64_t expires_mono_ms;
@@ -60,6 +63,10 @@ void tenant_unref(struct tenant *t);
 bool tenant_allows_geo(const struct tenant *t, const char *geo);
 bool tenant_allows_region(const struct tenant *t, const char *region);
 bool tenant_has_stamp(const struct tenant *t, const char *stamp);
+/* Whether a device SAS token (claims already checked) is signed with the key
+ * derived for regid from the tenant's enrollment key or, after a rotation,
+ * from the previous one (constant time per key). */
+bool tenant_verify_device_sas(const struct tenant *t, const char *regid, const struct sas_token *tok);
 /* Whether sha256hex is one of the tenant's installer tokens (constant time per entry). */
 bool tenant_has_installer(const struct tenant *t, const char *sha256hex);
 

@@ -214,9 +214,13 @@ static void test_tenant_get(void **state)
         if (json_object_get(r->json, "enrollmentKey") || strstr(r->body, acme->key_b64))
             ts_fail("GET /v1/tenants/acme shows the enrollment key: %s", ts_resp_str(r));
     }
-    expect_405("PUT", "/v1/tenants/acme", (const char *[]){ "GET", NULL });
-    expect_405("POST", "/v1/tenants/acme", (const char *[]){ "GET", NULL });
-    expect_405("DELETE", "/v1/tenants/acme", (const char *[]){ "GET", NULL });
+    expect_405("PUT", "/v1/tenants/acme", (const char *[]){ "GET", "PATCH", "DELETE", NULL });
+    expect_405("POST", "/v1/tenants/acme", (const char *[]){ "GET", "PATCH", "DELETE", NULL });
+    expect_405("GET", "/v1/tenants/acme/enrollment-key/rotate", (const char *[]){ "POST", NULL });
+    expect_405("DELETE", "/v1/tenants/acme/enrollment-key/rotate", (const char *[]){ "POST", NULL });
+    /* acme has assigned devices: the delete is refused and changes nothing */
+    expect_err(ts_admin(cp, "DELETE", "/v1/tenants/acme", NULL), 409, "tenant_has_devices", NULL,
+               "DELETE /v1/tenants/acme");
     TS_EXPECT_STATUS(ts_admin(cp, "GET", "/v1/tenants/acme", NULL), 200);
     expect_unchanged("tenant get");
 }
