@@ -1,8 +1,9 @@
 /*
  * test_placement.c - the pure placement decision: each filter in order, the
  * outcome codes, ordering by headroom band with a stable per-device
- * tie-break, and a randomized property test that residency is never broken
- * whatever the health, status and capacity of the stamps.
+ * tie-break, the enrollment rule (DPS instances where the tenant's group
+ * cannot exist), and a randomized property test that residency is never
+ * broken whatever the health, status and capacity of the stamps.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -253,6 +254,129 @@ static void test_ordering(void **state)
     tenant_unref(t);
 }
 
+/* The reconciler's verdicts, keyed "dps|tenant". */
+static const char *const *refused_table;
+
+static const char *fake_refused(void *arg, const char *dps_id, const char *tenant_id)
+{
+    char key[160];
+    (void)arg;
+    snprintf(key, sizeof key, "%s|%s", dps_id, tenant_id);
+    for (const char *const *p = refused_table; p && *p; p += 2)
+        if (strcmp(p[0], key) == 0)
+            return p[1];
+    return NULL;
+}
+
+static void run_enrollment(struct tenant *t, struct layout *l, struct loadtable *lt, struct placement_result *out)
+{
+    struct placement_input in = {0};
+    in.tenant = t;
+    in.layout = l;
+    in.loads = lt;
+    in.now_mono_ms = NOW;
+    in.registration_id = "d";
+    in.group_refused = fake_refused;
+    placement_run(&in, out);
+}
+
+/* A DPS instance where the tenant's group is over quota (or refused) is never
+ * a candidate; instances without a verdict (unmanaged, not reached yet) are. */
+static void test_enrollment_rule(void **state)
+{
+    static const char *const some[] = {"eu-1-dps|acme", "over quota", "eu-2-dps|other", "over quota", NULL};
+    static const char *const all[] = {"eu-1-dps|acme", "over quota", "eu-2-dps|acme", "refused (HTTP 400)", NULL};
+    struct loadtable *lt = loadtable_new(3, 10);
+    struct placement_result res;
+    struct tenant *t = make_tenant("[\"eu\"]", "[]", "pooled", "[]");
+    struct layout *l = make_layout("eu-1:eu-west:eu:active:pooled:100:100:0 eu-2:eu-west:eu:active:pooled:100:100:0");
+    const char *detail;
+    (void)state;
+    report(lt, "eu-1", "healthy");
+    report(lt, "eu-2", "healthy");
+
+    refused_table = NULL;   /* no verdicts: both eligible (a fresh tenant before the first pass) */
+    run_enrollment(t, l, lt, &res);
+    assert_int_equal(res.ncand, 2);
+    placement_result_clear(&res);
+
+    refused_table = some;   /* over quota on eu-1 only; eu-2's verdict is another tenant's */
+    run_enrollment(t, l, lt, &res);
+    assert_int_equal(res.outcome, PLACE_OK);
+    assert_int_equal(res.ncand, 1);
+    assert_string_equal(res.cand[0]->id, "eu-2-dps");
+    assert_string_equal(rule_of(&res, "eu-1"), "enrollment");
+    detail = json_string_value(json_object_get(verdict(&res, "eu-1"), "detail"));
+    assert_non_null(detail);
+    assert_non_null(strstr(detail, "over quota"));
+    assert_non_null(strstr(detail, "eu-1-dps"));
+    assert_string_equal(rule_of(&res, "eu-2"), "admitted");
+    assert_false(res.enrollment_only);
+    placement_result_clear(&res);
+
+    refused_table = all;    /* nowhere: capacity_exhausted, flagged as the enrollment rule's doing */
+    run_enrollment(t, l, lt, &res);
+    assert_int_equal(res.outcome, PLACE_CAPACITY_EXHAUSTED);
+    assert_int_equal(res.ncand, 0);
+    assert_true(res.enrollment_only);
+    assert_string_equal(rule_of(&res, "eu-2"), "enrollment");
+    assert_non_null(strstr(json_string_value(json_object_get(verdict(&res, "eu-2"), "detail")), "HTTP 400"));
+    placement_result_clear(&res);
+
+    /* the enrollment rule comes after health: an unhealthy stamp says health */
+    {
+        struct loadtable *lt2 = loadtable_new(3, 10);
+        report(lt2, "eu-1", "healthy");   /* eu-2 never reported */
+        run_enrollment(t, l, lt2, &res);
+        assert_string_equal(rule_of(&res, "eu-2"), "health");
+        assert_string_equal(rule_of(&res, "eu-1"), "enrollment");
+        assert_int_equal(res.outcome, PLACE_CAPACITY_EXHAUSTED);
+        assert_true(res.enrollment_only);   /* the one live stamp is out only for the enrollment rule */
+        placement_result_clear(&res);
+        loadtable_free(lt2);
+    }
+    refused_table = NULL;
+    layout_unref(l);
+    loadtable_free(lt);
+    tenant_unref(t);
+}
+
+/* After a rotation the tenant row carries the previous key: both verify. */
+static void test_tenant_previous_key(void **state)
+{
+    static const char row_txt[] =
+        "{\"public\":{\"id\":\"acme\",\"residency\":{\"geographies\":[\"eu\"],\"regions\":[]},"
+        "\"tenancy\":\"pooled\",\"dedicatedStamps\":[]},"
+        "\"enrollmentKey\":\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\","
+        "\"enrollmentKeyPrevious\":\"QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=\","
+        "\"lookupGeographies\":[\"eu\"],\"installerTokens\":[]}";
+    json_t *row = json_loads(row_txt, 0, NULL);
+    struct tenant *t;
+    unsigned char dk[SAS_KEY_LEN];
+    char sas[700];
+    struct sas_token tok;
+    const char *keys[] = {"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=",
+                          "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNkZWY=",
+                          "WllaWllaWllaWllaWllaWllaWllaWllaWllaWllaWlo="};
+    (void)state;
+    assert_non_null(row);
+    t = tenant_from_row(row);
+    json_decref(row);
+    assert_non_null(t);
+    assert_int_equal(t->prev_keylen, 32);
+    for (int k = 0; k < 3; k++) {
+        unsigned char raw[64];
+        int n = sas_b64_decode(keys[k], raw, sizeof raw);
+        assert_true(n > 0);
+        sas_derive_key(raw, (size_t)n, "dev-1", dk);
+        sas_build("acme/registrations/dev-1", dk, sizeof dk, 4000000000LL, "registration", sas, sizeof sas);
+        assert_int_equal(sas_parse(sas, &tok), SAS_OK);
+        /* primary and previous verify; a third key does not */
+        assert_int_equal(tenant_verify_device_sas(t, "dev-1", &tok), k < 2);
+    }
+    tenant_unref(t);
+}
+
 /* Residency holds under any random health, status, tenancy and capacity. */
 static void test_residency_property(void **state)
 {
@@ -319,6 +443,8 @@ int main(void)
         cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_regions_dedicated_exclude),
         cmocka_unit_test(test_ordering),
+        cmocka_unit_test(test_enrollment_rule),
+        cmocka_unit_test(test_tenant_previous_key),
         cmocka_unit_test(test_residency_property),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
