@@ -51,6 +51,24 @@
  * DPS polls: after "202 assigning" the next poll waits max(poll_min_ms,
  * Retry-After); at most max_polls polls per operation, then the device
  * registers again (after a backoff).
+ *
+ * Event/action rules for drivers:
+ *   - BOOT once, right after sd_machine_init (a reboot is init + BOOT).
+ *   - An event that changes nothing (an early TIMER, NET_UP while online, a
+ *     late answer) returns the action still in force: SLEEP with the same
+ *     deadline, READY/RETIRED/FAILED again, or WAIT while a SEND or PERSIST
+ *     is outstanding. WAIT never cancels an outstanding SEND or PERSIST: its
+ *     RESPONSE/IO_ERROR or PERSISTED is still expected.
+ *   - Except NET_DOWN during a SEND: the machine goes offline (WAIT), the
+ *     driver may drop the request, and a late answer to it is ignored; NET_UP
+ *     sends the step again.
+ *   - REPROVISION at READY is sent at once; while a step waits (backoff,
+ *     poll) and the device has an assignment, the waiting step becomes the
+ *     reprovision; otherwise it is carried out on reaching READY.
+ *   - PERSISTED with ok == false still goes to READY (the device is
+ *     provisioned in memory; the next boot provisions again).
+ *   - 401/403/404 at the DPS also restart at locate; 410 from the DPS is a
+ *     plain 4xx (FAILED).
  */
 #ifndef STAMPDEVICE_SD_MACHINE_H
 #define STAMPDEVICE_SD_MACHINE_H
@@ -228,7 +246,9 @@ struct sd_machine {
     uint8_t pending;               /* enum sd_req_kind: the step to send/retry */
     uint8_t breaker;               /* enum sd_breaker */
     uint8_t resume_phase;          /* what OFFLINE resumes */
-    char error[96];                /* FAILED: why */
+    char error[96];                /* FAILED: why; before that, the reason of a
+                                      pending reprovision (sd_machine_error says
+                                      "" unless FAILED) */
 };
 
 /*
