@@ -152,6 +152,13 @@ const char *ts_pki_ca(void)
     return g_ca_crt;
 }
 
+void ts_pki_server(const char **crt, const char **key)
+{
+    ts_pki_ca();
+    *crt = g_srv_crt;
+    *key = g_srv_key;
+}
+
 /* ------------------------------------------------------------------ */
 /* keys and tokens                                                    */
 /* ------------------------------------------------------------------ */

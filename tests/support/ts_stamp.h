@@ -54,6 +54,8 @@ struct ts_stamp {
  * use in ts_tmp()); NODE_EXTRA_CA_CERTS is set to the CA for the node
  * processes started later. */
 const char *ts_pki_ca(void);
+/* The server certificate and key ts_pki_ca() made (for agents a test configures itself). */
+void ts_pki_server(const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
 void ts_openssl(const char *what, char *const argv[]);
 /* A CA (self-signed, CA:TRUE) named name in ts_tmp(): *crt / *key paths. */
