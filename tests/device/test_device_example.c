@@ -1,0 +1,505 @@
+/*
+ * test_device_example - sd-provision-one (device/examples: libstampdevice's
+ * state machine run by the blocking POSIX driver) against the real control
+ * plane and a real stamp agent serving its DPS endpoint over TLS.
+ *
+ * Layout: geography eu, region eu-west, stamp eu-west-1 with one DPS
+ * instance (TLS endpoint on 127.0.0.1, certificate from a throwaway CA made
+ * here) and two hubs; tenant acme resident in eu, its enrollment group kept
+ * on the instance by the control plane's reconciler.
+ *
+ * Covered:
+ *  - approach 1 (locate, then PUT register + polls at the stamp): exit 0, a
+ *    hub of eu-west-1 in the JSON line, the same hub in the stamp's
+ *    dps_registrations row, a valid state file holding it;
+ *  - a warm boot with that state file: READY from one status lookup; the
+ *    stamp's registration row (operation id, etag, updated_at) is untouched,
+ *    so no DPS registration happened;
+ *  - approach 2 (the control plane's /provision): exit 0 with a hub;
+ *  - a corrupt state file: reported, ignored, the device provisions afresh
+ *    and the file is valid again;
+ *  - retire through the admin API: exit 3, the state file says retired, and
+ *    the next boot stops at once without a request;
+ *  - the control plane down: the example keeps retrying with backoff (a
+ *    handful of attempts in 8 s, not a spin) and never exits 0; SIGTERM ends
+ *    it promptly with its JSON line.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "sd_store.h"
+#include "ts.h"
+#include "ts_stamp.h"
+
+#define TENANT "acme"
+#define KEY_NAME "provisioningserviceowner"
+#define STAMP "eu-west-1"
+#define DPS "eu-west-1-dps"
+
+static struct ts_rt *rt;
+static struct ts_rt_layout layout = {
+    .geographies = { "eu", NULL },
+    .regions = { { "eu-west", "eu" }, { NULL, NULL } },
+    .stamps = {
+        { .id = STAMP, .region = "eu-west", .dps = { { DPS, 0, 0 } },
+          .hubs = { { "eu-west-1-hub-1", 0 }, { "eu-west-1-hub-2", 0 } } },
+        { .id = NULL },
+    },
+};
+
+static int dps_port;
+static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
+static char service_key[64];
+static struct ts_tenant *tenant;
+static int64_t tenant_created_ms;
+
+/* What a run of the example gave. */
+struct run {
+    int rc;          /* exit code; -1: killed or timed out */
+    json_t *json;    /* its JSON line (library-owned), NULL if none */
+    const char *out; /* stdout + stderr */
+};
+
+/* ------------------------------------------------------------------ */
+/* helpers                                                            */
+/* ------------------------------------------------------------------ */
+
+/* A server certificate for IP 127.0.0.1 signed by a throwaway CA. */
+static void make_certs(void)
+{
+    const char *ca_key, *csr = ts_str("%s/srv.csr", ts_tmp()), *ext = ts_str("%s/srv.ext", ts_tmp());
+    const char *srl = ts_str("%s/ca.srl", ts_tmp());
+
+    ts_pki_make_ca("device-ca", "stampcp device test CA", &ca_crt, &ca_key);
+    srv_crt = ts_str("%s/srv.crt", ts_tmp());
+    srv_key = ts_str("%s/srv.key", ts_tmp());
+    {
+        char *argv[] = { "/usr/bin/env", "openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)srv_key,
+                         "-out", (char *)csr, "-subj", "/CN=127.0.0.1", NULL };
+        ts_openssl("server CSR", argv);
+    }
+    ts_write_file(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
+                       "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n");
+    {
+        char *argv[] = { "/usr/bin/env", "openssl", "x509", "-req", "-in", (char *)csr, "-CA", (char *)ca_crt, "-CAkey",
+                         (char *)ca_key, "-CAserial", (char *)srl, "-CAcreateserial", "-out", (char *)srv_crt,
+                         "-days", "2", "-sha256", "-extfile", (char *)ext, NULL };
+        ts_openssl("server certificate", argv);
+    }
+}
+
+static void post201(const char *path, const char *body)
+{
+    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
+    if (r->status != 201)
+        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
+}
+
+static void register_layout(void)
+{
+    struct ts_rt_stamp *s = &layout.stamps[0];
+    rt->layout = &layout;
+    post201("/v1/geographies", ts_json("{'id':'eu'}"));
+    post201("/v1/regions", ts_json("{'id':'eu-west','geography':'eu'}"));
+    post201("/v1/stamps", ts_json("{'id':'%s','region':'eu-west'}", STAMP));
+    post201("/v1/dps-instances",
+            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
+                    DPS, STAMP, ts_rt_id_scope(DPS), dps_endpoint, KEY_NAME, service_key));
+    for (int h = 0; h < 4 && s->hubs[h].id; h++)
+        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, STAMP,
+                                    s->hubs[h].id));
+}
+
+static bool agent_listening(void *arg)
+{
+    struct ts_proc *p = arg;
+    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
+}
+
+static void start_agent(void)
+{
+    struct ts_rt_stamp *s = &layout.stamps[0];
+    json_t *hubs = json_array(), *cfg;
+    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), STAMP);
+    char *txt;
+
+    for (int h = 0; h < 4 && s->hubs[h].id; h++)
+        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
+                                              ts_str("%s.hub.test", s->hubs[h].id)));
+    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], s:o}}",
+                    "stampId", STAMP, "region", "eu-west", "redis", rt->redis->addr, "reportIntervalMs", 200,
+                    "provisioning", "listen", dps_endpoint, "database", ts_rt_geo_db(rt, "eu"),
+                    "tls", "cert", srv_crt, "key", srv_key, "servicePolicies", "name", KEY_NAME, "key", service_key,
+                    "instances", "id", DPS, "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
+    if (!cfg)
+        ts_fail("agent config did not pack");
+    txt = json_dumps(cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    ts_write_file(path, txt);
+    free(txt);
+    {
+        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
+        s->agent = ts_proc_spawn("agent", argv, NULL, NULL);
+    }
+    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
+        ts_proc_dump_log(s->agent, 6000);
+        ts_fail("stamp-agent did not start its provisioning endpoint on %s", dps_endpoint);
+    }
+}
+
+/* The enrollment reconciler put the tenant's group on the instance, in a pass after the tenant existed. */
+static bool group_synced(void *arg)
+{
+    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", DPS), NULL);
+    const char *st = r->status == 200 ? ts_jstr(r->json, "state") : NULL;
+    (void)arg;
+    return st && strcmp(st, "in_sync") == 0 && ts_parse_rfc3339(ts_jstr(r->json, "lastRunAt")) > tenant_created_ms &&
+           ts_pg_count(ts_rt_geo_db(rt, "eu"),
+                       ts_str("SELECT count(*) FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
+                              "AND enrollment_id = '%s'", DPS, TENANT)) == 1;
+}
+
+static const char *state_path(const char *regid)
+{
+    return ts_str("%s/%s.state", ts_tmp(), regid);
+}
+
+/* The last line of out that parses as a JSON object (library-owned), or NULL. */
+static json_t *last_json(const char *out)
+{
+    json_t *last = NULL;
+    char *copy = ts_str("%s", out ? out : "");
+    for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+        json_t *j;
+        if (*l == '{' && (j = json_loads(l, 0, NULL)) != NULL)
+            last = ts_jkeep(j);
+    }
+    return last;
+}
+
+/* Run sd-provision-one for regid with the given extra options (NULL-terminated). */
+static struct run example(const char *regid, const char *cp, const char *const *extra)
+{
+    char *argv[40];
+    char *out = NULL;
+    struct run r;
+    int n = 0;
+
+    argv[n++] = (char *)ts_bin("sd-provision-one");
+    argv[n++] = "--cp";
+    argv[n++] = (char *)cp;
+    argv[n++] = "--tenant";
+    argv[n++] = TENANT;
+    argv[n++] = "--registration-id";
+    argv[n++] = (char *)regid;
+    argv[n++] = "--group-key";
+    argv[n++] = tenant->key_b64;
+    argv[n++] = "--ca";
+    argv[n++] = (char *)ca_crt;
+    argv[n++] = "--state";
+    argv[n++] = (char *)state_path(regid);
+    argv[n++] = "-v";
+    for (int i = 0; extra && extra[i] && n < 38; i++)
+        argv[n++] = (char *)extra[i];
+    argv[n] = NULL;
+    r.rc = ts_run(argv, 90000, &out);
+    r.out = out ? out : "";
+    r.json = last_json(r.out);
+    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
+    if (!r.json)
+        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
+    return r;
+}
+
+static const char *cp_addr(void)
+{
+    return ts_str("127.0.0.1:%d", rt->cp[0]->port);
+}
+
+static json_int_t requests(const struct run *r, const char *kind)
+{
+    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
+}
+
+static bool is_hub(const char *host)
+{
+    struct ts_rt_stamp *s = &layout.stamps[0];
+    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
+        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
+            return true;
+    return false;
+}
+
+/* The stamp's registration row: status, hub, operation id, etag and last update, as one string. */
+static const char *dps_row(const char *regid)
+{
+    return ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
+                        ts_str("SELECT status || ' ' || coalesce(assigned_hub, '-') || ' ' || operation_id || ' ' || "
+                               "etag || ' ' || updated_at FROM dps_registrations WHERE dps_id = '%s' AND "
+                               "registration_id = '%s'", DPS, regid));
+}
+
+static struct sd_state load_state(const char *regid, enum sd_store_result want)
+{
+    struct sd_state st;
+    char err[256] = "";
+    enum sd_store_result r;
+    memset(&st, 0, sizeof st);
+    r = sd_store_load(state_path(regid), &st, err, sizeof err);
+    if (r != want)
+        ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
+                sd_store_result_name(want));
+    return st;
+}
+
+static void expect_ready(const struct run *r, const char *regid)
+{
+    if (r->rc != 0)
+        ts_fail("%s: expected exit 0 (ready), got %d: %s", regid, r->rc, ts_jdump(r->json));
+    TS_EXPECT_STREQ(ts_jstr(r->json, "status"), "ready");
+    TS_EXPECT_STREQ(ts_jstr(r->json, "registrationId"), regid);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "stamp"), STAMP);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "geography"), "eu");
+    TS_EXPECT_STREQ(ts_jstr(r->json, "deviceId"), regid);
+    if (!is_hub(ts_jstr(r->json, "assignedHub")))
+        ts_fail("%s: assignedHub is not a hub of %s: %s", regid, STAMP, ts_jdump(r->json));
+}
+
+/* ------------------------------------------------------------------ */
+/* setup                                                              */
+/* ------------------------------------------------------------------ */
+
+static int setup(void **state)
+{
+    struct ts_rt_opts o;
+    (void)state;
+
+    make_certs();
+    dps_port = ts_free_port();
+    dps_endpoint = ts_str("127.0.0.1:%d", dps_port);
+    snprintf(service_key, sizeof service_key, "%s", ts_random_key(32));
+    memset(&o, 0, sizeof o);
+    o.geos[0] = "eu";
+    o.layout_refresh_ms = 200;
+    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
+    rt = ts_rt_start(&o);
+    register_layout();
+    start_agent();
+    if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
+        ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
+    ts_rt_wait_layout(rt);
+    tenant_created_ms = ts_now_ms() - 1;
+    tenant = ts_rt_tenant(rt->cp[0], ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
+    if (!ts_wait_until(group_synced, NULL, 15000))
+        ts_fail("group %s not on %s 15 s after the tenant was created", TENANT, DPS);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* tests                                                              */
+/* ------------------------------------------------------------------ */
+
+static void test_approach1(void **state)
+{
+    struct run r;
+    struct sd_state st;
+    (void)state;
+
+    r = example("dev-a1", cp_addr(), NULL);
+    expect_ready(&r, "dev-a1");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "absent");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "dpsEndpoint"), dps_endpoint);
+    TS_EXPECT_STREQ(ts_jstr(r.json, "idScope"), ts_rt_id_scope(DPS));
+    assert_int_equal(requests(&r, "locate"), 1);
+    assert_int_equal(requests(&r, "dps_register"), 1);
+    assert_int_equal(requests(&r, "provision"), 0);
+    TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
+                                 ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
+                                        "WHERE dps_id = '%s' AND registration_id = 'dev-a1'", DPS)),
+                    ts_str("assigned %s", ts_jstr(r.json, "assignedHub")));
+    st = load_state("dev-a1", SD_STORE_OK);
+    assert_true(st.flags & SD_STATE_ASSIGNED);
+    assert_true(st.flags & SD_STATE_HUB);
+    assert_false(st.flags & SD_STATE_RETIRED);
+    TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
+    TS_EXPECT_STREQ(st.tenant_id, TENANT);
+    TS_EXPECT_STREQ(st.dps_endpoint, dps_endpoint);
+}
+
+/* Warm boot: one status lookup at the control plane, nothing at the DPS, no write. */
+static void test_warm_boot_lookup_only(void **state)
+{
+    const char *before = dps_row("dev-a1");
+    const char *file_before;
+    struct run r;
+    (void)state;
+
+    assert_non_null(before);
+    file_before = ts_read_file(state_path("dev-a1"), NULL);
+    assert_non_null(file_before);
+    ts_sleep_ms(20); /* a write now would show in updated_at */
+    r = example("dev-a1", cp_addr(), NULL);
+    expect_ready(&r, "dev-a1");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "ok");
+    assert_int_equal(requests(&r, "lookup"), 1);
+    assert_int_equal(requests(&r, "locate"), 0);
+    assert_int_equal(requests(&r, "dps_register"), 0);
+    assert_int_equal(requests(&r, "dps_poll"), 0);
+    assert_int_equal(requests(&r, "provision"), 0);
+    TS_EXPECT_STREQ(dps_row("dev-a1"), before);
+    TS_EXPECT_STREQ(ts_read_file(state_path("dev-a1"), NULL), file_before);
+}
+
+static void test_approach2(void **state)
+{
+    struct run r;
+    struct sd_state st;
+    const char *const extra[] = { "--approach", "2", NULL };
+    (void)state;
+
+    r = example("dev-a2", cp_addr(), extra);
+    expect_ready(&r, "dev-a2");
+    assert_int_equal(requests(&r, "provision"), 1);
+    assert_int_equal(requests(&r, "dps_register"), 0);
+    TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
+                                 ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
+                                        "WHERE dps_id = '%s' AND registration_id = 'dev-a2'", DPS)),
+                    ts_str("assigned %s", ts_jstr(r.json, "assignedHub")));
+    st = load_state("dev-a2", SD_STORE_OK);
+    TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
+}
+
+/* A damaged state file is reported and ignored; the device provisions afresh and the file is whole again. */
+static void test_corrupt_state_reprovisions(void **state)
+{
+    const char *path = state_path("dev-a1");
+    size_t len = 0;
+    char *text = ts_read_file(path, &len);
+    struct run r;
+    struct sd_state st;
+    (void)state;
+
+    assert_non_null(text);
+    assert_true(len > 40);
+    text[len / 2] ^= 0x01; /* one bit in the middle */
+    ts_write_file(path, text);
+    load_state("dev-a1", SD_STORE_CORRUPT);
+
+    r = example("dev-a1", cp_addr(), NULL);
+    expect_ready(&r, "dev-a1");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
+    assert_int_equal(requests(&r, "lookup"), 0);
+    assert_int_equal(requests(&r, "locate"), 1);
+    assert_int_equal(requests(&r, "dps_register"), 1);
+    if (!strstr(r.out, "ignoring the state file"))
+        ts_fail("the corrupt state file was not reported: %s", r.out);
+    st = load_state("dev-a1", SD_STORE_OK);
+    TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
+
+    /* garbage and an empty file: the same */
+    ts_write_file(path, "\x01\x02 not a state file\n");
+    r = example("dev-a1", cp_addr(), NULL);
+    expect_ready(&r, "dev-a1");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
+    ts_write_file(path, "");
+    r = example("dev-a1", cp_addr(), NULL);
+    expect_ready(&r, "dev-a1");
+    TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
+    load_state("dev-a1", SD_STORE_OK);
+}
+
+/* Retired through the admin API: 410 at the next lookup -> exit 3, and the state remembers. */
+static void test_retired(void **state)
+{
+    struct ts_resp *resp;
+    struct run r;
+    struct sd_state st;
+    (void)state;
+
+    resp = ts_admin(rt->cp[0], "POST", ts_str("/v1/tenants/%s/devices/dev-a2/retire", TENANT), NULL);
+    TS_EXPECT_STATUS(resp, 200);
+    r = example("dev-a2", cp_addr(), NULL);
+    if (r.rc != 3)
+        ts_fail("retired dev-a2: expected exit 3, got %d: %s", r.rc, ts_jdump(r.json));
+    TS_EXPECT_STREQ(ts_jstr(r.json, "status"), "retired");
+    st = load_state("dev-a2", SD_STORE_OK);
+    assert_true(st.flags & SD_STATE_RETIRED);
+
+    /* the next boot stops at once: no request at all */
+    r = example("dev-a2", cp_addr(), NULL);
+    assert_int_equal(r.rc, 3);
+    assert_int_equal(requests(&r, "lookup") + requests(&r, "locate") + requests(&r, "provision") +
+                         requests(&r, "reprovision") + requests(&r, "dps_register") + requests(&r, "dps_lookup"),
+                     0);
+}
+
+static int count_lines(const char *text, const char *needle)
+{
+    int n = 0;
+    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
+        n++;
+    return n;
+}
+
+/* The control plane down: retries with backoff, no exit 0, no spin; SIGTERM ends it with its JSON line. */
+static void test_cp_down_backoff(void **state)
+{
+    const char *log = ts_str("%s/example-down.log", ts_tmp());
+    char *argv[] = { (char *)ts_bin("sd-provision-one"), "--cp", (char *)cp_addr(), "--tenant", TENANT,
+                     "--registration-id", "dev-down", "--group-key", tenant->key_b64, "--ca", (char *)ca_crt,
+                     "--state", (char *)state_path("dev-down"), "-v", NULL };
+    struct ts_proc *p;
+    const char *out;
+    json_t *j;
+    int64_t t0;
+    int sends;
+    (void)state;
+
+    assert_int_equal(ts_controlplane_stop(rt->cp[0], 10000), 0);
+    p = ts_proc_spawn("example-down", argv, log, NULL);
+    ts_sleep_ms(8000);
+    if (!ts_proc_alive(p))
+        ts_fail("the example exited (code %d) while the control plane was down", ts_proc_exit_code(p));
+    t0 = ts_now_ms();
+    ts_proc_kill(p, SIGTERM);
+    if (!ts_proc_wait(p, 3000))
+        ts_fail("the example did not stop within 3 s of SIGTERM");
+    ts_log("stopped %lld ms after SIGTERM", (long long)(ts_now_ms() - t0));
+    assert_int_equal(ts_proc_exit_code(p), 1);
+    out = ts_read_file(log, NULL);
+    assert_non_null(out);
+    ts_log("example with the control plane down:\n%s", out);
+    j = last_json(out);
+    assert_non_null(j);
+    TS_EXPECT_STREQ(ts_jstr(j, "status"), "failed");
+    sends = count_lines(out, " send locate:");
+    /* backoff 1 s base with full jitter, breaker open after 5 failures (60 s): 2..6 attempts in 8 s */
+    if (sends < 2 || sends > 6 || ts_jint(j, "ioErrors", -1) != sends)
+        ts_fail("expected 2..6 locate attempts in 8 s with the control plane down, got %d (ioErrors %lld)", sends,
+                (long long)ts_jint(j, "ioErrors", -1));
+    assert_true(ts_jint(j, "sleptMs", 0) > 1000);
+    assert_int_equal(ts_jint(json_object_get(j, "requests"), "dps_register", -1), 0);
+    load_state("dev-down", SD_STORE_ABSENT);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_approach1),
+        cmocka_unit_test(test_warm_boot_lookup_only),
+        cmocka_unit_test(test_approach2),
+        cmocka_unit_test(test_corrupt_state_reprovisions),
+        cmocka_unit_test(test_retired),
+        cmocka_unit_test(test_cp_down_backoff), /* last: stops the control plane */
+    };
+    ts_init("test_device_example");
+    return ts_finish(cmocka_run_group_tests(tests, setup, NULL));
+}
