@@ -44,6 +44,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg.stale_after_intervals, 3);
     assert_int_equal(cfg.down_after_intervals, 10);
     assert_int_equal(cfg.db_pool_size, 4);
+    assert_int_equal(cfg.max_enrollment_groups, 100);
     assert_null(cfg.operator_token);
     cp_config_free(&cfg);
 }
@@ -55,7 +56,8 @@ static void test_full(void **state)
     (void)state;
     assert_true(parse("{" GOOD_BASE ",\"listen\":\"[::1]:9000\",\"operatorToken\":\"0123456789abcdef\","
                       "\"maxBodyBytes\":2048,\"staleAfterIntervals\":2,\"downAfterIntervals\":5,"
-                      "\"db\":{\"poolSize\":8,\"queryTimeoutMs\":1000},\"logLevel\":\"debug\"}",
+                      "\"db\":{\"poolSize\":8,\"queryTimeoutMs\":1000},\"logLevel\":\"debug\","
+                      "\"dps\":{\"maxEnrollmentGroups\":2}}",
                       &cfg, &e));
     assert_string_equal(cfg.listen_host, "::1");
     assert_int_equal(cfg.listen_port, 9000);
@@ -63,6 +65,7 @@ static void test_full(void **state)
     assert_int_equal(cfg.max_body_bytes, 2048);
     assert_int_equal(cfg.db_pool_size, 8);
     assert_int_equal(cfg.db_query_timeout_ms, 1000);
+    assert_int_equal(cfg.max_enrollment_groups, 2);
     assert_int_equal(cfg.log_level, 0);
     cp_config_free(&cfg);
 }
@@ -95,6 +98,8 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"db\":{\"size\":2}}", "unknown_field", "db.size"},
         {"{" GOOD_BASE ",\"db\":[]}", "invalid_type", "db"},
         {"{" GOOD_BASE ",\"logLevel\":\"loud\"}", "invalid_value", "logLevel"},
+        {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
+        {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
     };
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
