@@ -296,9 +296,8 @@ int main(int argc, char **argv)
 
     memset(&sa, 0, sizeof sa);
     sa.sa_handler = example_on_signal; /* no SA_RESTART: a sleep or poll ends at once */
-    sigaction(SIGINT, &sa, NULL);
-    sigaction(SIGTERM, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
+    if (sigaction(SIGINT, &sa, NULL) < 0 || sigaction(SIGTERM, &sa, NULL) < 0 || signal(SIGPIPE, SIG_IGN) == SIG_ERR)
+        fprintf(stderr, "sd-provision-one: signal handlers: %s (continuing)\n", strerror(errno));
 
     memset(&po, 0, sizeof po);
     po.state_path = a.state;
