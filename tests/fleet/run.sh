@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# tests/fleet/run.sh - fleetsim against a local stack (ctest integration tests).
+#
+#   run.sh blackout     FLEETSIM   10,000 provisioned devices power back at once:
+#                                  every one ready, no re-provisioning, no wrong
+#                                  answer, no failure
+#   run.sh black-friday FLEETSIM   10,000 new devices first-boot within 20 s against
+#                                  two DPS instances allowing 2,000 registrations/min each:
+#                                  all ready, 429s seen (and honoured: no device over
+#                                  the DPS poll limit), no wrong answer, no failure
+#
+# Brings up infra/stack with tests/fleet/geode.<scenario>.json in its own
+# STACK_DIR (a temporary directory, so it runs beside other tests and a
+# developer's .stack) and always tears it down. The binaries come from
+# STAMPCP_BIN_DIR (infra/testenv sets it). FLEET_DEVICES overrides the count.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+SCENARIO=${1:?scenario}
+FLEETSIM=${2:?fleetsim binary}
+DEVICES=${FLEET_DEVICES:-10000}
+
+say() { echo "fleet-test: $*"; }
+
+case "$SCENARIO" in
+blackout) GEODE=$HERE/geode.blackout.json; ARGS=() ;;
+black-friday) GEODE=$HERE/geode.blackfriday.json; ARGS=(--window-ms 20000) ;;
+*) echo "usage: run.sh blackout|black-friday FLEETSIM" >&2; exit 2 ;;
+esac
+
+export STACK_DIR
+STACK_DIR=$(mktemp -d /tmp/stampcp-fleet.XXXXXX)
+OUT=$STACK_DIR/out
+# shellcheck disable=SC2317 # invoked by the EXIT trap
+cleanup() {
+	set +e
+	"$REPO/infra/stack" down >/dev/null 2>&1
+	rm -rf "$STACK_DIR"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+mkdir -p "$OUT"
+
+say "stack up ($GEODE) in $STACK_DIR"
+if ! "$REPO/infra/stack" up --geode "$GEODE" >"$OUT/stack.log" 2>&1; then
+	cat "$OUT/stack.log" >&2
+	exit 1
+fi
+
+say "fleetsim --scenario $SCENARIO --devices $DEVICES ${ARGS[*]}"
+rc=0
+"$FLEETSIM" --scenario "$SCENARIO" --devices "$DEVICES" --stack "$STACK_DIR/env" --json --verbose \
+	--timeout-s 300 "${ARGS[@]}" >"$OUT/result.json" 2>"$OUT/fleetsim.log" || rc=$?
+tail -n 5 "$OUT/fleetsim.log"
+cat "$OUT/result.json"
+if [[ ! -s "$OUT/result.json" ]]; then
+	cat "$OUT/fleetsim.log" >&2
+	say "FAIL: fleetsim exited $rc without a report"
+	exit 1
+fi
+
+check() { # check JQ_EXPR DESCRIPTION
+	if jq -e "$1" "$OUT/result.json" >/dev/null; then
+		say "ok   $2"
+	else
+		say "FAIL $2 ($1)"
+		failed=1
+	fi
+}
+failed=0
+check ".devices == $DEVICES and .ready == $DEVICES" "every device ready"
+check '.failed == 0' "no device failed"
+check '.wrongAnswers == 0' "no wrong answer"
+if [[ "$SCENARIO" == blackout ]]; then
+	check '.seeding.ready == .seeding.devices' "seeding provisioned every device"
+	check '.reprovisions == 0' "no device provisioned again"
+	check '.requests.lookups == .devices' "one status lookup per device"
+	check '[.requests.locates, .requests.provisions, .requests.reprovisions, .requests.dpsRegistrations] | add == 0' \
+		"no placement or DPS registration"
+else
+	check '.throttled > 0' "429s were answered"
+	check '.pollLimitViolations == 0' "no device exceeded the DPS poll limit"
+	check '.requests.dpsRegistrations >= .devices' "every device registered at a DPS"
+fi
+if ((failed)); then
+	for f in "$STACK_DIR"/logs/*.log; do
+		echo "--- $f (last lines)"
+		tail -n 20 "$f"
+	done
+	exit 1
+fi
+say "passed ($SCENARIO, $DEVICES devices)"
