@@ -610,7 +610,8 @@ bool fs_fleet_run(struct fs_fleet *f, const struct fs_phase *ph, struct fs_resul
     }
     if (!phase_start(f, ph, r))
         return false;
-    r->ttr_from_first = ph->mode == FS_MODE_FIRST_BOOT;
+    /* first boots and update reboots wait a random delay of their own first: measure from the first request */
+    r->ttr_from_first = ph->mode == FS_MODE_FIRST_BOOT || f->cfg.boot_jitter_ms > 0;
     f->t0 = sd_ev_now_ms();
     for (uint32_t i = 0; i < f->o.devices; i++)
         participants += !rehome || (f->d[i].flags & FS_F_AFFECTED);

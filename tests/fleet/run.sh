@@ -70,6 +70,10 @@ check() { # check JQ_EXPR DESCRIPTION
 	fi
 }
 failed=0
+if ((rc != 0)); then
+	say "FAIL fleetsim exited $rc (0: every device ready and no wrong answer; a sanitizer report also ends here)"
+	failed=1
+fi
 check ".devices == $DEVICES and .ready == $DEVICES" "every device ready"
 check '.failed == 0' "no device failed"
 check '.wrongAnswers == 0' "no wrong answer"
