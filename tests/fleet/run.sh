@@ -5,7 +5,7 @@
 #                                  every one ready, no re-provisioning, no wrong
 #                                  answer, no failure
 #   run.sh black-friday FLEETSIM   10,000 new devices first-boot within 20 s against
-#                                  two DPS instances allowing 2,000 registrations/min each:
+#                                  two DPS instances allowing 1,800 registrations/min each:
 #                                  all ready, 429s seen (and honoured: no device over
 #                                  the DPS poll limit), no wrong answer, no failure
 #
