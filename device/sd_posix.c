@@ -120,6 +120,12 @@ static int sd_posix_wait(const struct sd_posix *d, int fd, short events, int64_t
     }
 }
 
+/* Why sd_posix_wait gave 0: the deadline, or a stop request (which is not a timeout). */
+static const char *sd_posix_wait_why(const struct sd_posix *d)
+{
+    return sd_posix_stopped(d) ? "stopped" : "timed out";
+}
+
 /* Non-blocking connect to one address, bounded by the deadline. Returns the fd or -1. */
 static int sd_posix_connect_one(const struct sd_posix *d, const struct addrinfo *ai, int64_t deadline_ms,
                                 char *err, size_t errlen)
@@ -141,7 +147,7 @@ static int sd_posix_connect_one(const struct sd_posix *d, const struct addrinfo 
     }
     rc = sd_posix_wait(d, fd, POLLOUT, deadline_ms);
     if (rc <= 0) {
-        snprintf(err, errlen, "connect: %s", rc == 0 ? "timed out" : strerror(errno));
+        snprintf(err, errlen, "connect: %s", rc == 0 ? sd_posix_wait_why(d) : strerror(errno));
         close(fd);
         return -1;
     }
@@ -194,7 +200,7 @@ static bool sd_posix_ssl_wait(const struct sd_posix *d, struct sd_posix_conn *c,
     }
     rc = sd_posix_wait(d, c->fd, e == SSL_ERROR_WANT_READ ? POLLIN : POLLOUT, c->deadline_ms);
     if (rc <= 0) {
-        snprintf(err, errlen, "%s: %s", what, rc == 0 ? "timed out" : strerror(errno));
+        snprintf(err, errlen, "%s: %s", what, rc == 0 ? sd_posix_wait_why(d) : strerror(errno));
         return false;
     }
     return true;
@@ -233,7 +239,7 @@ static bool sd_posix_send_all(const struct sd_posix *d, struct sd_posix_conn *c,
         } else if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             int rc = sd_posix_wait(d, c->fd, POLLOUT, c->deadline_ms);
             if (rc <= 0) {
-                snprintf(err, errlen, "write: %s", rc == 0 ? "timed out" : strerror(errno));
+                snprintf(err, errlen, "write: %s", rc == 0 ? sd_posix_wait_why(d) : strerror(errno));
                 return false;
             }
         } else {
@@ -265,7 +271,7 @@ static ssize_t sd_posix_recv(const struct sd_posix *d, struct sd_posix_conn *c, 
         if (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR) {
             int rc = sd_posix_wait(d, c->fd, POLLIN, c->deadline_ms);
             if (rc <= 0) {
-                snprintf(err, errlen, "read: %s", rc == 0 ? "timed out" : strerror(errno));
+                snprintf(err, errlen, "read: %s", rc == 0 ? sd_posix_wait_why(d) : strerror(errno));
                 return -1;
             }
             continue;

@@ -57,8 +57,26 @@ static bool sd_tls_load_trust(SSL_CTX *ctx, const char *ca_file, char *err, size
     return true;
 }
 
+/*
+ * The pass phrase callback for the client key: none is ever given. OpenSSL's
+ * default one prompts on the controlling terminal and blocks until someone
+ * types, which on a device (or under a test run from a shell) never ends.
+ * Refusing makes an encrypted key a setup failure that says so.
+ */
+static int sd_tls_no_passphrase(char *buf, int size, int rwflag, void *userdata)
+{
+    (void)buf;
+    (void)size;
+    (void)rwflag;
+    if (userdata)
+        *(bool *)userdata = true;
+    return -1;
+}
+
 static bool sd_tls_load_client_cert(SSL_CTX *ctx, const struct sd_tls_opts *o, char *err, size_t errlen)
 {
+    bool asked = false;
+
     if (!o->cert_file && !o->key_file)
         return true;
     if (!o->cert_file || !o->key_file) {
@@ -69,10 +87,20 @@ static bool sd_tls_load_client_cert(SSL_CTX *ctx, const struct sd_tls_opts *o, c
         sd_tls_fail(err, errlen, "load client certificate", o->cert_file);
         return false;
     }
+    SSL_CTX_set_default_passwd_cb(ctx, sd_tls_no_passphrase);
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, &asked);
     if (SSL_CTX_use_PrivateKey_file(ctx, o->key_file, SSL_FILETYPE_PEM) != 1) {
-        sd_tls_fail(err, errlen, "load client key", o->key_file);
+        SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL);
+        if (asked) {
+            ERR_clear_error();
+            snprintf(err, errlen, "load client key %s: it is encrypted with a pass phrase (not supported)",
+                     o->key_file);
+        } else {
+            sd_tls_fail(err, errlen, "load client key", o->key_file);
+        }
         return false;
     }
+    SSL_CTX_set_default_passwd_cb_userdata(ctx, NULL); /* &asked is about to go out of scope */
     if (SSL_CTX_check_private_key(ctx) != 1) {
         sd_tls_fail(err, errlen, "client key does not match certificate", o->key_file);
         return false;

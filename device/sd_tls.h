@@ -21,7 +21,8 @@
 struct sd_tls_opts {
     const char *ca_file;   /* PEM bundle to trust; NULL: the system's default paths */
     const char *cert_file; /* client certificate chain (PEM), or NULL */
-    const char *key_file;  /* its private key (PEM); required with cert_file */
+    const char *key_file;  /* its private key (PEM, unencrypted: a pass phrase is never
+                              asked for); required with cert_file */
 };
 
 /*
