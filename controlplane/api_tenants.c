@@ -423,11 +423,10 @@ static void tenant_announce(struct tenant_op *op, int status, json_t *reply)
     free(payload);
 }
 
-/* A change statement's answer: one row of tenant_public_sql (*body, new
- * reference), or none (no such live tenant). Replies on false. */
-static bool tenant_changed_row(struct tenant_op *op, const struct pgq_result *q, json_t **body)
+/* Whether the statement ran and found the live tenant; replies (error or
+ * 404) when not. */
+static bool tenant_row_found(struct tenant_op *op, const struct pgq_result *q)
 {
-    *body = NULL;
     if (q->status != PGQ_OK) {
         tenant_reply_unavailable_or_error(op, q);
         return false;
@@ -436,6 +435,16 @@ static bool tenant_changed_row(struct tenant_op *op, const struct pgq_result *q,
         cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
         return false;
     }
+    return true;
+}
+
+/* A change statement's answer: one row of tenant_public_sql (*body, new
+ * reference), or none (no such live tenant). Replies on false. */
+static bool tenant_changed_row(struct tenant_op *op, const struct pgq_result *q, json_t **body)
+{
+    *body = NULL;
+    if (!tenant_row_found(op, q))
+        return false;
     if (PQgetisnull(q->res, 0, 0) || !(*body = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL))) {
         log_write(LOG_ERROR, op->r->id, "event=tenant_row_malformed tenant=%s", op->id);
         cpreq_reply_error(op->r, 500, "internal", NULL, "internal error (request %s)", op->r->id);
@@ -569,13 +578,7 @@ static void tenant_rotate(struct cp_req *r, const char *id)
 static void tenant_on_removed(const struct pgq_result *q, void *arg)
 {
     struct tenant_op *op = arg;
-    if (q->status != PGQ_OK) {
-        tenant_reply_unavailable_or_error(op, q);
-        tenant_op_free(op);
-        return;
-    }
-    if (PQntuples(q->res) == 0) {
-        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+    if (!tenant_row_found(op, q)) {
         tenant_op_free(op);
         return;
     }
@@ -635,13 +638,7 @@ static void tenant_on_delete_lookup(const struct pgq_result *q, void *arg)
     json_t *geos, *g;
     size_t i;
 
-    if (q->status != PGQ_OK) {
-        tenant_reply_unavailable_or_error(op, q);
-        tenant_op_free(op);
-        return;
-    }
-    if (PQntuples(q->res) == 0) {
-        cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
+    if (!tenant_row_found(op, q)) {
         tenant_op_free(op);
         return;
     }
