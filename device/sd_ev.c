@@ -794,6 +794,9 @@ static void dev_apply(struct sd_ev *ev, uint32_t dev, struct sd_action *a)
     for (;;) {
         switch (a->type) {
         case SD_ACT_SEND:
+            /* the device is W_IDLE here; declined, it stays so (the caller took it over) */
+            if (ev->h.before_send && !ev->h.before_send(ev->h.ctx, dev, a->kind))
+                return;
             enqueue(ev, dev, a->kind, a->timeout_ms);
             return;
         case SD_ACT_SLEEP:

@@ -60,6 +60,15 @@ struct sd_ev_hooks {
     void (*on_terminal)(void *ctx, uint32_t dev, enum sd_action_type action);
     /* Write the state durably; return whether it was written (NULL: always true). */
     bool (*persist)(void *ctx, uint32_t dev, const struct sd_state *st);
+    /*
+     * The machine asked to send a request of this kind; called before it is
+     * queued (NULL: always send). Return false to keep it off the wire: the
+     * driver then leaves the device idle - nothing queued, no timer, no
+     * IO_ERROR - and the machine waits for an answer that never comes until
+     * the caller boots it again or delivers an external event. fleetsim's
+     * "--seed-mode cp" stops each device here at its DPS registration.
+     */
+    bool (*before_send)(void *ctx, uint32_t dev, enum sd_req_kind kind);
 };
 
 struct sd_ev_options {

@@ -75,12 +75,19 @@ bool fs_admin_load_env(struct fs_admin *a, const char *path, char *err, size_t e
 bool fs_admin_call(const struct fs_admin *a, const char *method, const char *path, const char *body,
                    int *status, json_t **out, char *err, size_t errlen);
 
-/* Stamps (with their first DPS instance) and hubs into a. */
+/* Stamps (with their first DPS instance) and hubs (sorted by stamp, then host name) into a. */
 bool fs_admin_load_layout(struct fs_admin *a, char *err, size_t errlen);
 
 int fs_admin_stamp_by_id(const struct fs_admin *a, const char *id);
 int fs_admin_dps_by_scope(const struct fs_admin *a, const char *id_scope); /* index into dps */
 int fs_admin_hub_stamp(const struct fs_admin *a, const char *host);
+
+/*
+ * A hub of stamp (index into stamps) for the device named key: the same
+ * answer every time for the same layout (FNV-1a of key over the stamp's hubs
+ * in host-name order). NULL when the stamp has no hub.
+ */
+const char *fs_admin_pick_hub(const struct fs_admin *a, int stamp, const char *key);
 
 /*
  * Create tenant id (resident in geos) and return its enrollment key (base64)
@@ -183,6 +190,13 @@ struct fs_phase {
     int deadline_s;
     /* region loss: devices on these stamps get HUB_REJECTED instead of a boot */
     const bool *failed_stamp;     /* indexed like admin->stamps, or NULL */
+    /*
+     * Seeding through the control plane only (--seed-mode cp): a device that
+     * got its placement (locate) is not sent to the DPS; fleetsim persists the
+     * assignment with a hub of the assigned stamp picked from the layout
+     * (fs_admin_pick_hub) and counts the device ready.
+     */
+    bool hub_from_layout;
 };
 
 bool fs_fleet_run(struct fs_fleet *f, const struct fs_phase *ph, struct fs_result *r);
@@ -207,7 +221,9 @@ struct fs_report {
     uint32_t window_ms;
     uint32_t max_conns;
     uint64_t seed;
-    const char *seed_mode;        /* blackout/update-reboot/region-loss: how devices were provisioned first */
+    const char *seed_mode;        /* blackout/update-reboot/region-loss: how devices were provisioned
+                                     first ("real", "proxy", "cp"; NULL: no seeding) */
+    const char *seed_desc;        /* the same in words */
     const char *failed_region;    /* region-loss */
     uint32_t affected;            /* region-loss */
     const struct fs_result *seeding; /* NULL if none */

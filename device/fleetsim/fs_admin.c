@@ -3,7 +3,8 @@
  *
  * Owns the stack's env file parsing, a small HTTP/1.1 client (one plain TCP
  * connection per call, sd_http for the bytes, a 10 s deadline per call) and
- * the admin steps a run needs: the layout, a tenant and its enrollment key,
+ * the admin steps a run needs: the layout (and a fixed hub per device of a
+ * stamp, for --seed-mode cp), a tenant and its enrollment key,
  * the wait for the enrollment groups to reach the stamps, and stamp status
  * changes (region loss). Called before and after the event loop runs, never
  * from inside it, so blocking is fine.
@@ -286,14 +287,26 @@ static void add_hub(struct fs_admin *a, json_t *it)
     a->hubs[a->nhubs++].stamp = i;
 }
 
+static int cmp_hub(const void *x, const void *y)
+{
+    const struct fs_hub *a = x, *b = y;
+    if (a->stamp != b->stamp)
+        return a->stamp < b->stamp ? -1 : 1;
+    return strcmp(a->host, b->host);
+}
+
 bool fs_admin_load_layout(struct fs_admin *a, char *err, size_t errlen)
 {
     a->nstamps = 0;
     a->nhubs = 0;
     a->ndps = 0;
-    return for_each_item(a, "stamps", add_stamp, a, err, errlen) &&
-           for_each_item(a, "dps-instances", add_dps, a, err, errlen) &&
-           for_each_item(a, "hubs", add_hub, a, err, errlen);
+    if (!for_each_item(a, "stamps", add_stamp, a, err, errlen) ||
+        !for_each_item(a, "dps-instances", add_dps, a, err, errlen) ||
+        !for_each_item(a, "hubs", add_hub, a, err, errlen))
+        return false;
+    /* by stamp, then host name: fs_admin_pick_hub does not depend on the API's order */
+    qsort(a->hubs, (size_t)a->nhubs, sizeof a->hubs[0], cmp_hub);
+    return true;
 }
 
 int fs_admin_stamp_by_id(const struct fs_admin *a, const char *id)
@@ -318,6 +331,24 @@ int fs_admin_hub_stamp(const struct fs_admin *a, const char *host)
         if (strcmp(a->hubs[i].host, host) == 0)
             return a->hubs[i].stamp;
     return -1;
+}
+
+const char *fs_admin_pick_hub(const struct fs_admin *a, int stamp, const char *key)
+{
+    int first = -1, n = 0;
+    uint32_t h = 2166136261u;
+    for (int i = 0; i < a->nhubs; i++) {
+        if (a->hubs[i].stamp != stamp)
+            continue;
+        if (first < 0)
+            first = i;
+        n++;
+    }
+    if (n == 0)
+        return NULL;
+    for (const char *p = key; *p; p++)
+        h = (h ^ (unsigned char)*p) * 16777619u;
+    return a->hubs[first + (int)(h % (uint32_t)n)].host; /* sorted: the stamp's hubs are adjacent */
 }
 
 bool fs_admin_create_tenant(const struct fs_admin *a, const char *id, char geos[][32], int ngeos, char *key,

@@ -8,7 +8,9 @@
  * the phase and its hooks. The hooks count every request written and every
  * answer received, and check each answer: for this device and tenant, in the
  * tenant's residency, consistent with the layout, and (warm boots) equal to
- * what the device had persisted.
+ * what the device had persisted. Seeding with --seed-mode cp stops each
+ * device at its DPS registration (the driver's before_send hook) and
+ * persists a hub from the layout instead.
  */
 #include "fs.h"
 
@@ -472,6 +474,32 @@ static bool hook_persist(void *ctx, uint32_t i, const struct sd_state *st)
     return store_state(f, i, st);
 }
 
+/*
+ * Seeding through the control plane only (fs_phase.hub_from_layout): the
+ * machine validated the locate answer and now asks for the DPS registration.
+ * Instead, persist its assignment with a hub of the assigned stamp taken
+ * from the layout, and the device is ready. Every other request goes out.
+ */
+static bool hook_before_send(void *ctx, uint32_t i, enum sd_req_kind kind)
+{
+    struct fs_fleet *f = ctx;
+    if (!f->ph->hub_from_layout || kind != SD_REQ_DPS_REGISTER)
+        return true;
+    struct sd_state st = *sd_machine_state(&f->m[i]);
+    int s = fs_admin_stamp_by_id(f->o.admin, st.stamp);
+    const char *hub = s >= 0 ? fs_admin_pick_hub(f->o.admin, s, st.registration_id) : NULL;
+    if (!(st.flags & SD_STATE_ASSIGNED) || !hub || strlen(hub) >= sizeof st.assigned_hub) {
+        wrong(f, i, SD_REQ_LOCATE, "cp seeding: the assigned stamp has no hub in the layout");
+        hook_terminal(f, i, SD_ACT_FAILED);
+        return false;
+    }
+    snprintf(st.assigned_hub, sizeof st.assigned_hub, "%s", hub);
+    snprintf(st.device_id, sizeof st.device_id, "%s", st.registration_id);
+    st.flags |= SD_STATE_HUB;
+    hook_terminal(f, i, hook_persist(f, i, &st) ? SD_ACT_READY : SD_ACT_FAILED);
+    return false;
+}
+
 /* ------------------------------------------------------------------ a phase */
 
 static void on_tick(evutil_socket_t fd, short what, void *arg)
@@ -541,7 +569,8 @@ static void ttr_percentiles(struct fs_fleet *f, struct fs_result *r)
 static bool phase_start(struct fs_fleet *f, const struct fs_phase *ph, struct fs_result *r)
 {
     struct sd_ev_options eo = {f->o.max_conns, 0, f->o.tls};
-    struct sd_ev_hooks h = {f, hook_send, hook_response, hook_io_error, hook_terminal, hook_persist};
+    struct sd_ev_hooks h = {f, hook_send, hook_response, hook_io_error, hook_terminal, hook_persist,
+                            hook_before_send};
     fs_result_clear(r);
     f->ph = ph;
     f->r = r;

@@ -3,7 +3,7 @@
  *
  *   fleetsim --scenario NAME --devices N [--stack .stack/env] [--tenant ID] [--json]
  *            [--enrollment-key B64] [--geography G]... [--window-ms MS] [--max-conns N]
- *            [--approach 1|2] [--seed N] [--timeout-s S] [--seed-mode real|proxy]
+ *            [--approach 1|2] [--seed N] [--timeout-s S] [--seed-mode real|proxy|cp]
  *            [--region R] [--request-timeout-ms MS] [--verbose]
  *
  * Scenarios (docs/device.md, "fleetsim"):
@@ -16,7 +16,11 @@
  * separately and not measured), then re-create every machine from what it
  * persisted. --seed-mode real: as devices do (approach 1: locate, then DPS
  * register and polls); proxy: the control plane's /provision registers each
- * device at its DPS (one request per device: faster for big fleets).
+ * device at its DPS (one request per device); cp: the control plane's
+ * placement only (locate, which records the device in PostgreSQL), and the
+ * persisted state gets a hub of the assigned stamp picked by fleetsim from
+ * the layout instead of a DPS registration (fast: a million devices in
+ * minutes; the warm scenarios' status lookups never touch the hub anyway).
  *
  * Exit status: 0 when every device of the measured phase ended ready and no
  * answer was wrong, 3 when the run completed otherwise, 1 on a setup error,
@@ -61,7 +65,7 @@ static void usage(void)
             "usage: fleetsim --scenario black-friday|blackout|update-reboot|region-loss --devices N\n"
             "                [--stack .stack/env] [--tenant ID] [--enrollment-key B64] [--json]\n"
             "                [--geography G]... [--window-ms MS] [--max-conns N] [--approach 1|2]\n"
-            "                [--seed N] [--timeout-s S] [--seed-mode real|proxy] [--region R]\n"
+            "                [--seed N] [--timeout-s S] [--seed-mode real|proxy|cp] [--region R]\n"
             "                [--request-timeout-ms MS] [--verbose]\n");
     exit(2);
 }
@@ -137,8 +141,8 @@ static void parse_args(int argc, char **argv, struct fs_args *a)
         fprintf(stderr, "fleetsim: unknown scenario %s\n", a->scenario);
         usage();
     }
-    if (strcmp(a->seed_mode, "real") != 0 && strcmp(a->seed_mode, "proxy") != 0) {
-        fprintf(stderr, "fleetsim: --seed-mode is real or proxy\n");
+    if (strcmp(a->seed_mode, "real") != 0 && strcmp(a->seed_mode, "proxy") != 0 && strcmp(a->seed_mode, "cp") != 0) {
+        fprintf(stderr, "fleetsim: --seed-mode is real, proxy or cp\n");
         usage();
     }
     if (a->window_ms < 0)
@@ -334,9 +338,11 @@ static bool setup_fleet(struct fs_run *R)
 static bool seed_fleet(struct fs_run *R)
 {
     struct sd_config c = R->cfg;
+    bool cp = strcmp(R->a->seed_mode, "cp") == 0;
     c.stagger_ms = 0;
     c.approach = strcmp(R->a->seed_mode, "proxy") == 0 ? SD_APPROACH_PROXY : SD_APPROACH_LOCATE;
-    struct fs_phase ph = {FS_MODE_FIRST_BOOT, false, &c, R->a->timeout_s, NULL};
+    /* cp: the machines stop at the locate answer; fleetsim persists a hub from the layout */
+    struct fs_phase ph = {FS_MODE_FIRST_BOOT, false, &c, R->a->timeout_s, NULL, cp};
     if (R->a->verbose)
         fprintf(stderr, "fleetsim: seeding %u devices (%s)\n", R->a->devices, R->a->seed_mode);
     if (!fs_fleet_run(R->fleet, &ph, &R->seeding))
@@ -402,7 +408,7 @@ static bool run_region_loss(struct fs_run *R)
     bool ok = set_failed_stamps(R, "draining");
     if (ok) {
         sleep(2); /* the control plane's catalog refresh */
-        struct fs_phase ph = {FS_MODE_REHOME, false, NULL, R->a->timeout_s, R->failed_stamp};
+        struct fs_phase ph = {FS_MODE_REHOME, false, NULL, R->a->timeout_s, R->failed_stamp, false};
         ok = fs_fleet_run(R->fleet, &ph, &R->run);
     }
     /* leave the stack as we found it */
@@ -417,7 +423,7 @@ static bool run_scenario(struct fs_run *R)
     struct sd_config c = R->cfg;
     if (strcmp(s, "black-friday") == 0) {
         c.stagger_ms = (uint32_t)R->a->window_ms;
-        struct fs_phase ph = {FS_MODE_FIRST_BOOT, false, &c, R->a->timeout_s, NULL};
+        struct fs_phase ph = {FS_MODE_FIRST_BOOT, false, &c, R->a->timeout_s, NULL, false};
         return fs_fleet_run(R->fleet, &ph, &R->run);
     }
     if (!seed_fleet(R))
@@ -425,7 +431,7 @@ static bool run_scenario(struct fs_run *R)
     if (strcmp(s, "region-loss") == 0)
         return run_region_loss(R);
     c.boot_jitter_ms = strcmp(s, "update-reboot") == 0 ? (uint32_t)R->a->window_ms : 0;
-    struct fs_phase ph = {FS_MODE_WARM, true, &c, R->a->timeout_s, NULL};
+    struct fs_phase ph = {FS_MODE_WARM, true, &c, R->a->timeout_s, NULL, false};
     if (R->a->verbose)
         fprintf(stderr, "fleetsim: %s: %u devices power on\n", s, R->a->devices);
     return fs_fleet_run(R->fleet, &ph, &R->run);
@@ -441,10 +447,13 @@ static void report(struct fs_run *R)
     rep.window_ms = (uint32_t)R->a->window_ms;
     rep.max_conns = R->a->max_conns;
     rep.seed = R->a->seed;
-    rep.seed_mode = R->seeded ? (strcmp(R->a->seed_mode, "proxy") == 0
-                                     ? "proxy (control plane /provision registers at the DPS)"
-                                     : "real (locate, DPS register and polls)")
-                              : NULL;
+    rep.seed_mode = R->seeded ? R->a->seed_mode : NULL;
+    rep.seed_desc = !R->seeded ? NULL
+                    : strcmp(R->a->seed_mode, "proxy") == 0
+                        ? "proxy (control plane /provision registers at the DPS)"
+                    : strcmp(R->a->seed_mode, "cp") == 0
+                        ? "cp (control plane placement only; hubs assigned by fleetsim from the layout, no DPS)"
+                        : "real (locate, DPS register and polls)";
     rep.failed_region = R->failed_region[0] ? R->failed_region : NULL;
     rep.affected = R->affected;
     rep.seeding = R->seeded ? &R->seeding : NULL;

@@ -85,8 +85,8 @@ void fs_report_json(const struct fs_report *rep)
                                (json_int_t)rep->devices, "tenant", rep->tenant, "approach", rep->approach,
                                "windowMs", (json_int_t)rep->window_ms, "maxConnsPerEndpoint",
                                (json_int_t)rep->max_conns, "seed", (json_int_t)rep->seed);
-    if (rep->seed_mode)
-        json_object_set_new(params, "seedMode", json_string(rep->seed_mode));
+    if (rep->seed_desc)
+        json_object_set_new(params, "seedMode", json_string(rep->seed_desc));
     if (rep->failed_region) {
         json_object_set_new(params, "failedRegion", json_string(rep->failed_region));
         json_object_set_new(o, "affected", json_integer(rep->affected));
@@ -95,8 +95,12 @@ void fs_report_json(const struct fs_report *rep)
     json_object_set_new(o, "parameters", params);
     json_object_set_new(o, "peakRssKb", json_integer(rep->peak_rss_kb));
     json_object_set_new(o, "bytesPerDevice", json_integer((json_int_t)rep->bytes_per_device));
-    if (rep->seeding)
-        json_object_set_new(o, "seeding", result_json(rep->seeding));
+    if (rep->seeding) {
+        json_t *seeding = result_json(rep->seeding);
+        if (seeding && rep->seed_mode)
+            json_object_set_new(seeding, "mode", json_string(rep->seed_mode));
+        json_object_set_new(o, "seeding", seeding);
+    }
     char *text = json_dumps(o, JSON_COMPACT);
     if (text)
         printf("%s\n", text);
@@ -135,11 +139,14 @@ void fs_report_table(const struct fs_report *rep)
     printf("fleetsim: scenario %s, %u devices, tenant %s, approach %s, window %u ms, max %u connections per "
            "endpoint, seed %" PRIu64 "%s%s\n",
            rep->scenario, rep->devices, rep->tenant, rep->approach, rep->window_ms, rep->max_conns, rep->seed,
-           rep->seed_mode ? ", seeding " : "", rep->seed_mode ? rep->seed_mode : "");
+           rep->seed_desc ? ", seeding " : "", rep->seed_desc ? rep->seed_desc : "");
     if (rep->failed_region)
         printf("failed region %s: %u devices affected\n", rep->failed_region, rep->affected);
-    if (rep->seeding)
-        table_result("seeding (not measured):", rep->seeding);
+    if (rep->seeding) {
+        char title[64];
+        snprintf(title, sizeof title, "seeding (%s, not measured):", rep->seed_mode ? rep->seed_mode : "?");
+        table_result(title, rep->seeding);
+    }
     table_result("measured:", rep->run);
     printf("peak RSS %ld kB; %zu bytes per device (machine + simulator + driver)\n", rep->peak_rss_kb,
            rep->bytes_per_device);

@@ -8,17 +8,25 @@
 #
 #   fleetsim --scenario blackout --devices N --json --verbose
 #
-# (seeding: FLEET_BENCH_SEED_MODE, default real; connections per endpoint:
-# FLEET_BENCH_CONNS, default 64) and records the time to absorb the blackout,
-# requests/s, time-to-ready percentiles, the peak RSS of fleetsim (its own
-# VmHWM) and of the control plane during the blackout (VmHWM of the
+# (connections per endpoint: FLEET_BENCH_CONNS, default 64) and records the
+# time to absorb the blackout, requests/s, time-to-ready percentiles, the
+# peak RSS of fleetsim (its own VmHWM) and of the control plane during the
+# blackout (VmHWM of the
 # controlplane process, reset through /proc/PID/clear_refs when fleetsim
 # starts the blackout phase, so the seeding phase does not count), then
 # tears the stack down. Raw output: FLEET_BENCH_OUT (default build/bench/fleet).
 #
+# Seeding (fleetsim --seed-mode, not measured): FLEET_BENCH_SEED_MODE (real,
+# proxy or cp) applies to every run when set. Otherwise a run of at least
+# FLEET_BENCH_CP_FROM devices (default 1000000) seeds with cp - the control
+# plane's placement only, hubs assigned by fleetsim from the layout, no DPS:
+# about an hour less for a million devices - and smaller runs seed for real
+# (locate, DPS register, poll). The blackout itself is the same either way.
+#
 # Environment: STAMPCP_BIN_DIR (controlplane, stamp-agent, fleetsim; default
-# build/bin), FLEET_BENCH_DEVICES, FLEET_BENCH_SEED_MODE, FLEET_BENCH_CONNS,
-# FLEET_BENCH_TIMEOUT_S (per fleetsim phase, default 3600), FLEET_BENCH_OUT.
+# build/bin), FLEET_BENCH_DEVICES, FLEET_BENCH_SEED_MODE, FLEET_BENCH_CP_FROM,
+# FLEET_BENCH_CONNS, FLEET_BENCH_TIMEOUT_S (per fleetsim phase, default 3600),
+# FLEET_BENCH_OUT.
 set -euo pipefail
 
 BENCH=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -26,13 +34,28 @@ REPO=$(cd "$BENCH/../.." && pwd)
 export STAMPCP_BIN_DIR=${STAMPCP_BIN_DIR:-$REPO/build/bin}
 BIN=$STAMPCP_BIN_DIR
 COUNTS=${FLEET_BENCH_DEVICES:-100000 1000000}
-SEED_MODE=${FLEET_BENCH_SEED_MODE:-real}
+SEED_MODE=${FLEET_BENCH_SEED_MODE:-}
+CP_FROM=${FLEET_BENCH_CP_FROM:-1000000}
 CONNS=${FLEET_BENCH_CONNS:-64}
 TIMEOUT_S=${FLEET_BENCH_TIMEOUT_S:-3600}
 OUT=${FLEET_BENCH_OUT:-$REPO/build/bench/fleet}
 
 say() { echo "fleet-bench: $*"; }
 die() { echo "fleet-bench: $*" >&2; exit 1; }
+
+case "$SEED_MODE" in '' | real | proxy | cp) ;; *) die "FLEET_BENCH_SEED_MODE is real, proxy or cp" ;; esac
+[[ "$CP_FROM" =~ ^[0-9]+$ ]] || die "FLEET_BENCH_CP_FROM is a device count"
+
+# seed_mode N - how the N devices are provisioned before the blackout
+seed_mode() {
+	if [[ -n "$SEED_MODE" ]]; then
+		echo "$SEED_MODE"
+	elif (($1 >= CP_FROM)); then
+		echo cp
+	else
+		echo real
+	fi
+}
 
 [[ -x "$BIN/fleetsim" && -x "$BIN/controlplane" && -x "$BIN/stamp-agent" ]] ||
 	die "fleetsim, controlplane and stamp-agent are needed in $BIN (make build)"
@@ -83,9 +106,10 @@ for n in $COUNTS; do
 	: >"$OUT/fleetsim-$n.log"
 	watch_blackout "$OUT/fleetsim-$n.log" "$cp_pid" &
 	WATCH_PID=$!
-	say "$n devices: fleetsim (seeding: $SEED_MODE)"
+	mode=$(seed_mode "$n")
+	say "$n devices: fleetsim (seeding: $mode)"
 	rc=0
-	"$BIN/fleetsim" --scenario blackout --devices "$n" --stack "$STACK_DIR/env" --seed-mode "$SEED_MODE" \
+	"$BIN/fleetsim" --scenario blackout --devices "$n" --stack "$STACK_DIR/env" --seed-mode "$mode" \
 		--max-conns "$CONNS" --timeout-s "$TIMEOUT_S" --json --verbose \
 		>"$OUT/blackout-$n.json" 2>"$OUT/fleetsim-$n.log" || rc=$?
 	cp_hwm=$(vm_kb "$cp_pid" VmHWM)
@@ -102,7 +126,7 @@ for n in $COUNTS; do
 		"  blackout absorbed in \(.seconds) s: \(.requests.total) requests, \(.requestsPerSecond | floor) req/s, lookups \(.requests.lookups), 429s \(.throttled), I/O errors \(.ioErrors)",
 		"  time to ready ms: p50 \(.timeToReadyMs.p50) p90 \(.timeToReadyMs.p90) p99 \(.timeToReadyMs.p99) max \(.timeToReadyMs.max); peak connections \(.peakConnections)",
 		"  peak RSS: fleetsim \(.peakRssKb) kB (\(.bytesPerDevice) B/device of state), control plane during the blackout \($hwm) kB (RSS at the end \($rss) kB)",
-		"  seeding (\(.parameters.seedMode)): \(.seeding.ready)/\(.seeding.devices) in \(.seeding.seconds) s, \(.seeding.requestsPerSecond | floor) req/s"
+		"  seeding \(.parameters.seedMode): \(.seeding.ready)/\(.seeding.devices) in \(.seeding.seconds) s, \(.seeding.requestsPerSecond | floor) req/s, \(if .seeding.seconds > 0 then (.seeding.ready / .seeding.seconds | floor) else 0 end) devices/s"
 	' "$OUT/blackout-$n.json" | tee -a "$SUMMARY"
 done
 say "summary in $SUMMARY"
