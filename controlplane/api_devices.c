@@ -19,6 +19,7 @@
 
 #include "dps_client.h"
 #include "log.h"
+#include "pgbatch.h"
 #include "placement.h"
 #include "ratelimit.h"
 #include "sas.h"
@@ -215,13 +216,61 @@ static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
 }
 
 /* ---- rows ----
- * Both lookups end with $3, the geography asked, so that each answer says
+ * Every lookup ends with the geography asked, so that each answer says
  * which database it came from. */
 
+/* The lookup is batched (pgbatch.h): one device, or many through unnest.
+ * Both start with the item's ordinal. */
 static const char dev_lookup_sql[] =
-    "SELECT status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
+    "SELECT 1, status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
     " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text, $3::text"
     " FROM devices WHERE tenant_id = $1 AND registration_id = $2";
+
+/* One index probe per item (LATERAL ... OFFSET 0): a plain join could be
+ * planned as a hash of the whole devices table. */
+static const char dev_lookup_many_sql[] =
+    "SELECT k.ord, d.status, coalesce(d.region_id,''), coalesce(d.stamp_id,''), coalesce(d.dps_id,''),"
+    " coalesce(d.id_scope,''), coalesce(d.dps_endpoint,''), coalesce(cp_ts(d.assigned_at),''), d.etag::text, k.geo"
+    " FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, registration_id, geo, ord)"
+    " CROSS JOIN LATERAL (SELECT t.status, t.region_id, t.stamp_id, t.dps_id, t.id_scope, t.dps_endpoint,"
+    " t.assigned_at, t.etag FROM devices t"
+    " WHERE t.tenant_id = k.tenant_id AND t.registration_id = k.registration_id OFFSET 0) d";
+
+/* First assignments, batched the same way (cp_assign_devices: schema/geo/003). */
+static const char dev_assign_sql[] =
+    "SELECT 1, a.outcome, (a.dev).status, coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
+    " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
+    " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
+    " FROM cp_assign_device($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) a";
+
+static const char dev_assign_many_sql[] =
+    "SELECT a.ord, a.outcome, (a.dev).status, coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
+    " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
+    " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
+    " FROM cp_assign_devices($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],"
+    " $8::text[], $9::text[], $10::text[]) a";
+
+struct pgbatch *api_devices_lookup_batcher(struct event_base *base, struct pgpool *pool, const char *geo,
+                                           int max_inflight, int max_batch, int queue_timeout_ms)
+{
+    char name[96];
+    struct pgbatch_opts o = {.name = name, .sql_one = dev_lookup_sql, .sql_many = dev_lookup_many_sql,
+                             .ncols = 3, .max_inflight = max_inflight, .max_batch = max_batch,
+                             .queue_timeout_ms = queue_timeout_ms};
+    snprintf(name, sizeof name, "lookup:%s", geo);
+    return pgbatch_new(base, pool, &o);
+}
+
+struct pgbatch *api_devices_assign_batcher(struct event_base *base, struct pgpool *pool, const char *geo,
+                                           int max_inflight, int max_batch, int queue_timeout_ms)
+{
+    char name[96];
+    struct pgbatch_opts o = {.name = name, .sql_one = dev_assign_sql, .sql_many = dev_assign_many_sql,
+                             .ncols = 10, .max_inflight = max_inflight, .max_batch = max_batch,
+                             .queue_timeout_ms = queue_timeout_ms};
+    snprintf(name, sizeof name, "assign:%s", geo);
+    return pgbatch_new(base, pool, &o);
+}
 
 static const char dev_detail_sql[] =
     "SELECT d.status, coalesce(d.region_id,''), coalesce(d.stamp_id,''), coalesce(d.dps_id,''),"
@@ -235,19 +284,20 @@ static const char dev_detail_sql[] =
     "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id)),"
     " $3::text FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
 
-/* Columns 0..7 (after an optional outcome column at offset) into a row. */
-static void dev_row_read(struct dev_row *w, const PGresult *res, int off, int geo)
+/* Columns 0..7 of row `row` (after leading columns, `off` of them: an
+ * ordinal, an outcome) into a row. */
+static void dev_row_read(struct dev_row *w, const PGresult *res, int row, int off, int geo)
 {
     w->found = true;
     w->geo = geo;
-    snprintf(w->status, sizeof w->status, "%s", PQgetvalue(res, 0, off + 0));
-    snprintf(w->region, sizeof w->region, "%s", PQgetvalue(res, 0, off + 1));
-    snprintf(w->stamp, sizeof w->stamp, "%s", PQgetvalue(res, 0, off + 2));
-    snprintf(w->dps, sizeof w->dps, "%s", PQgetvalue(res, 0, off + 3));
-    snprintf(w->scope, sizeof w->scope, "%s", PQgetvalue(res, 0, off + 4));
-    snprintf(w->endpoint, sizeof w->endpoint, "%s", PQgetvalue(res, 0, off + 5));
-    snprintf(w->assigned_at, sizeof w->assigned_at, "%s", PQgetvalue(res, 0, off + 6));
-    snprintf(w->etag, sizeof w->etag, "%s", PQgetvalue(res, 0, off + 7));
+    snprintf(w->status, sizeof w->status, "%s", PQgetvalue(res, row, off + 0));
+    snprintf(w->region, sizeof w->region, "%s", PQgetvalue(res, row, off + 1));
+    snprintf(w->stamp, sizeof w->stamp, "%s", PQgetvalue(res, row, off + 2));
+    snprintf(w->dps, sizeof w->dps, "%s", PQgetvalue(res, row, off + 3));
+    snprintf(w->scope, sizeof w->scope, "%s", PQgetvalue(res, row, off + 4));
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", PQgetvalue(res, row, off + 5));
+    snprintf(w->assigned_at, sizeof w->assigned_at, "%s", PQgetvalue(res, row, off + 6));
+    snprintf(w->etag, sizeof w->etag, "%s", PQgetvalue(res, row, off + 7));
 }
 
 static int dev_geo_index(const struct cp *cp, const char *geo)
@@ -316,9 +366,10 @@ static void dev_reply_moved(struct devreq *d)
     dev_reply_assignment(d, false, d->reason);
 }
 
-static void dev_on_assign(const struct pgq_result *q, void *arg)
+/* The answer of cp_assign_device (row `row` of q, its columns after `off`
+ * leading ones: the outcome first) or of cp_move_device. */
+static void dev_on_assign_row(struct devreq *d, const struct pgq_result *q, int row, int off)
 {
-    struct devreq *d = arg;
     const char *outcome;
     int geo = d->row.geo;
 
@@ -339,15 +390,15 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
         dev_place(d);
         return;
     }
-    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+    if (q->status != PGQ_OK || row < 0) {
         log_write(LOG_ERROR, d->r->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
                   q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
         dev_error(d, 500, "internal", NULL, "the assignment could not be written");
         return;
     }
-    outcome = PQgetvalue(q->res, 0, 0);
+    outcome = PQgetvalue(q->res, row, off);
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
-        dev_row_read(&d->row, q->res, 1, geo);
+        dev_row_read(&d->row, q->res, row, off + 1, geo);
         if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
             dev_count(d, d->row.dps, +1);
         if (strcmp(outcome, "moved") == 0)
@@ -364,10 +415,25 @@ static void dev_on_assign(const struct pgq_result *q, void *arg)
     } else if (strcmp(outcome, "dps_full") == 0 && ++d->attempts < DEV_MAX_ATTEMPTS) {
         dev_exclude(d, d->chosen->id);
         dev_place(d);
+    } else if (strcmp(outcome, "regid_taken") == 0 && ++d->attempts < DEV_MAX_ATTEMPTS) {
+        /* the batch's check found what the unique index would refuse */
+        dev_exclude(d, d->chosen->id);
+        d->regid_conflicts++;
+        dev_place(d);
     } else {
         dev_retry_after(d, 60);
         dev_error(d, 503, "capacity_exhausted", NULL, "no DPS instance could take the device now");
     }
+}
+
+static void dev_on_move(const struct pgq_result *q, void *arg)
+{
+    dev_on_assign_row(arg, q, q->status == PGQ_OK && PQntuples(q->res) == 1 ? 0 : -1, 0);
+}
+
+static void dev_on_assign(const struct pgq_result *q, int row, void *arg)
+{
+    dev_on_assign_row(arg, q, row, 1);
 }
 
 static char *dev_decision_text(struct devreq *d)
@@ -385,11 +451,6 @@ static char *dev_decision_text(struct devreq *d)
 
 static void dev_assign(struct devreq *d)
 {
-    static const char assign_sql[] =
-        "SELECT a.outcome, (a.dev).status, coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
-        " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
-        " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
-        " FROM cp_assign_device($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) a";
     static const char move_sql[] =
         "SELECT a.outcome, coalesce((a.dev).status,''), coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
         " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
@@ -411,12 +472,12 @@ static void dev_assign(struct devreq *d)
                              c->id_scope, c->endpoint, max, decision, d->reason};
         snprintf(d->old_dps, sizeof d->old_dps, "%s", d->row.dps);
         d->row.geo = geo;
-        pgpool_query(d->r->cp->geo[geo], move_sql, 11, v, dev_on_assign, d);
+        pgpool_query(d->r->cp->geo[geo], move_sql, 11, v, dev_on_move, d);
     } else {
         const char *v[10] = {d->tenant_id, d->regid, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
         d->row.geo = geo;
-        pgpool_query(d->r->cp->geo[geo], assign_sql, 10, v, dev_on_assign, d);
+        pgbatch_submit(d->r->cp->geo_assign[geo], v, dev_on_assign, d);
     }
     free(decision);
 }
@@ -718,32 +779,42 @@ static void dev_after_lookup(struct devreq *d)
     dev_place(d);
 }
 
-static void dev_on_lookup(const struct pgq_result *q, void *arg)
+/* One geography's answer: row `row` of q (-1: not there), its columns after
+ * `off` leading ones (the batch's ordinal). */
+static void dev_on_lookup_row(struct devreq *d, const struct pgq_result *q, int row, int off)
 {
-    struct devreq *d = arg;
     int geo = -1;
     /* the last column names the geography whose database answered */
     if (q->status != PGQ_OK) {
         d->lookup_failed = true;
-    } else if (PQntuples(q->res) == 1) {
-        geo = dev_geo_index(d->r->cp, PQgetvalue(q->res, 0, PQnfields(q->res) - 1));
-        if (!d->row.found || strcmp(PQgetvalue(q->res, 0, 0), "assigned") == 0) {
+    } else if (row >= 0) {
+        geo = dev_geo_index(d->r->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1));
+        if (!d->row.found || strcmp(PQgetvalue(q->res, row, off), "assigned") == 0) {
             free(d->row.detail);
             d->row.detail = NULL;
-            dev_row_read(&d->row, q->res, 0, geo < 0 ? 0 : geo);
+            dev_row_read(&d->row, q->res, row, off, geo < 0 ? 0 : geo);
             if (d->kind == DEV_ADMIN_GET)
-                d->row.detail = xstrdup(PQgetvalue(q->res, 0, 8));
+                d->row.detail = xstrdup(PQgetvalue(q->res, row, off + 8));
         }
     }
     if (--d->pending == 0)
         dev_after_lookup(d);
 }
 
+static void dev_on_lookup(const struct pgq_result *q, int row, void *arg)
+{
+    dev_on_lookup_row(arg, q, row, 1);
+}
+
+static void dev_on_detail(const struct pgq_result *q, void *arg)
+{
+    dev_on_lookup_row(arg, q, q->status == PGQ_OK && PQntuples(q->res) == 1 ? 0 : -1, 0);
+}
+
 static void dev_lookup(struct devreq *d)
 {
     struct cp *cp = d->r->cp;
     const char *values[3] = {d->tenant_id, d->regid, NULL};
-    const char *sql = d->kind == DEV_ADMIN_GET ? dev_detail_sql : dev_lookup_sql;
 
     dev_set_state(d, DS_LOOKUP);
     memset(&d->row, 0, sizeof d->row);
@@ -758,7 +829,10 @@ static void dev_lookup(struct devreq *d)
         }
         values[2] = cp->cfg.geos[g].id;
         d->pending++;
-        pgpool_query(cp->geo[g], sql, 3, values, dev_on_lookup, d);
+        if (d->kind == DEV_ADMIN_GET)
+            pgpool_query(cp->geo[g], dev_detail_sql, 3, values, dev_on_detail, d);
+        else
+            pgbatch_submit(cp->geo_lookup[g], values, dev_on_lookup, d);
     }
     if (--d->pending == 0)
         dev_after_lookup(d);

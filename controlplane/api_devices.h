@@ -13,6 +13,7 @@
 #define CP_API_DEVICES_H
 
 #include "http_req.h"
+#include "pgbatch.h"
 
 /* segs: the path after /v1/tenants/{t}/; Replies once. */
 void api_devices_registration(struct cp_req *r, const char *tenant, char **segs, int nsegs);
@@ -21,6 +22,14 @@ void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int ns
 /* Registration ids as DPS accepts them, lowercase only: [a-z0-9-._:]{1,128},
  * ending in a letter, digit or '-'. */
 bool api_devices_valid_regid(const char *s);
+
+/* The batchers of a geography's device lookups and first assignments
+ * (pgbatch.h), with at most max_inflight batches of each at once, of at most
+ * max_batch items. */
+struct pgbatch *api_devices_lookup_batcher(struct event_base *base, struct pgpool *pool, const char *geo,
+                                           int max_inflight, int max_batch, int queue_timeout_ms);
+struct pgbatch *api_devices_assign_batcher(struct event_base *base, struct pgpool *pool, const char *geo,
+                                           int max_inflight, int max_batch, int queue_timeout_ms);
 
 /* Handle an invalidation message from another control plane. */
 void api_devices_on_invalidate(struct cp *cp, const char *payload);

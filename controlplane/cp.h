@@ -15,6 +15,7 @@
 #include "enroll_sync.h"
 #include "layout.h"
 #include "loadtable.h"
+#include "pgbatch.h"
 #include "pgpool.h"
 #include "redisfeed.h"
 #include "tenants.h"
@@ -26,6 +27,8 @@ struct cp {
     struct evhttp_bound_socket *listener;
     struct pgpool *global;
     struct pgpool *geo[CP_MAX_GEOGRAPHIES];   /* same order as cfg.geos */
+    struct pgbatch *geo_lookup[CP_MAX_GEOGRAPHIES];   /* device lookups on geo[i], batched */
+    struct pgbatch *geo_assign[CP_MAX_GEOGRAPHIES];   /* first assignments on geo[i], batched */
     struct loadtable *lt;
     struct redisfeed *feed;
     struct tenants *tenants;

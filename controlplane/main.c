@@ -127,6 +127,17 @@ static struct event *cp_signal(struct cp *cp, int sig)
     return ev;
 }
 
+/* Batches of one kind running at once on a geography's pool: the rest of the
+ * pool stays free for the other kind and for single statements, and while
+ * they run, arriving requests queue up into the next batch. */
+static int cp_batch_inflight(const struct cp *cp)
+{
+    int n = (int)cp->cfg.db_pool_size / 4;
+    return n < 1 ? 1 : n;
+}
+
+#define CP_BATCH_MAX 64
+
 static void cp_start_pools(struct cp *cp)
 {
     struct pgpool_opts o = {
@@ -150,6 +161,10 @@ static void cp_start_pools(struct cp *cp)
         o.n_migrations = migrations_geo_count;
         o.geography = cp->cfg.geos[i].id;
         cp->geo[i] = pgpool_new(cp->base, &o);
+        cp->geo_lookup[i] = api_devices_lookup_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
+                                                       cp_batch_inflight(cp), CP_BATCH_MAX, o.queue_timeout_ms);
+        cp->geo_assign[i] = api_devices_assign_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
+                                                       cp_batch_inflight(cp), CP_BATCH_MAX, o.queue_timeout_ms);
     }
 }
 
@@ -177,8 +192,11 @@ static void cp_free(struct cp *cp)
     enroll_sync_free(cp->sync);
     http_call_abort_all();
     pgpool_free(cp->global);
-    for (int i = 0; i < cp->cfg.n_geos; i++)
+    for (int i = 0; i < cp->cfg.n_geos; i++) {
+        pgbatch_free(cp->geo_lookup[i]);
+        pgbatch_free(cp->geo_assign[i]);
         pgpool_free(cp->geo[i]);
+    }
     loadtable_free(cp->lt);
     if (cp->drain_timer) event_free(cp->drain_timer);
     if (cp->sig_term) event_free(cp->sig_term);
