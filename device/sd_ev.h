@@ -64,9 +64,12 @@ struct sd_ev_hooks {
      * The machine asked to send a request of this kind; called before it is
      * queued (NULL: always send). Return false to keep it off the wire: the
      * driver then leaves the device idle - nothing queued, no timer, no
-     * IO_ERROR - and the machine waits for an answer that never comes, until
-     * the caller re-creates it (sd_machine_init, then sd_ev_boot). fleetsim's
-     * "--seed-mode cp" stops each device here at its DPS registration.
+     * IO_ERROR - and the device is the caller's: it may answer the request
+     * itself (sd_machine_step, carrying out what follows) as long as it
+     * leaves the machine terminal, or re-create it later (sd_machine_init,
+     * then sd_ev_boot); left alone, the machine waits for an answer that
+     * never comes. fleetsim's "--seed-mode cp" answers each device's DPS
+     * registration this way, in-process.
      */
     bool (*before_send)(void *ctx, uint32_t dev, enum sd_req_kind kind);
 };

@@ -8,9 +8,9 @@
  * the phase and its hooks. The hooks count every request written and every
  * answer received, and check each answer: for this device and tenant, in the
  * tenant's residency, consistent with the layout, and (warm boots) equal to
- * what the device had persisted. Seeding with --seed-mode cp stops each
- * device at its DPS registration (the driver's before_send hook) and
- * persists a hub from the layout instead.
+ * what the device had persisted. Seeding with --seed-mode cp keeps each
+ * device's DPS registration off the wire (the driver's before_send hook) and
+ * answers it in-process with a hub of the assigned stamp from the layout.
  */
 #include "fs.h"
 
@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define FS_PLACE_SEP '\x1f'
 #define FS_WRONG_LOG_MAX 5
@@ -477,26 +478,58 @@ static bool hook_persist(void *ctx, uint32_t i, const struct sd_state *st)
 /*
  * Seeding through the control plane only (fs_phase.hub_from_layout): the
  * machine validated the locate answer and now asks for the DPS registration.
- * Instead, persist its assignment with a hub of the assigned stamp taken
- * from the layout, and the device is ready. Every other request goes out.
+ * That request never leaves: fleetsim answers it itself, in-process, as a DPS
+ * would ("assigned" to a hub of the assigned stamp, picked from the layout),
+ * and carries out the machine's PERSIST, so the machine ends READY with the
+ * state it persisted, as after a real registration (region-loss then finds
+ * it READY). Every other request goes out.
  */
 static bool hook_before_send(void *ctx, uint32_t i, enum sd_req_kind kind)
 {
     struct fs_fleet *f = ctx;
     if (!f->ph->hub_from_layout || kind != SD_REQ_DPS_REGISTER)
         return true;
-    struct sd_state st = *sd_machine_state(&f->m[i]);
-    int s = fs_admin_stamp_by_id(f->o.admin, st.stamp);
-    const char *hub = s >= 0 ? fs_admin_pick_hub(f->o.admin, s, st.registration_id) : NULL;
-    if (!(st.flags & SD_STATE_ASSIGNED) || !hub || strlen(hub) >= sizeof st.assigned_hub) {
-        wrong(f, i, SD_REQ_LOCATE, "cp seeding: the assigned stamp has no hub in the layout");
+    struct sd_machine *m = &f->m[i];
+    const struct sd_state *cur = sd_machine_state(m);
+    int s = fs_admin_stamp_by_id(f->o.admin, cur->stamp);
+    const char *hub = s >= 0 ? fs_admin_pick_hub(f->o.admin, s, cur->registration_id) : NULL;
+    char body[640];
+    int n = hub ? snprintf(body, sizeof body,
+                           "{\"operationId\":\"fleetsim-cp-seed\",\"status\":\"assigned\",\"registrationState\":"
+                           "{\"registrationId\":\"%s\",\"assignedHub\":\"%s\",\"deviceId\":\"%s\",\"status\":\"assigned\"}}",
+                           cur->registration_id, hub, cur->registration_id)
+                : -1;
+    if (n < 0 || (size_t)n >= sizeof body) {
+        wrong(f, i, SD_REQ_LOCATE, "cp seeding: the assigned stamp has no (usable) hub in the layout");
         hook_terminal(f, i, SD_ACT_FAILED);
         return false;
     }
-    snprintf(st.assigned_hub, sizeof st.assigned_hub, "%s", hub);
-    snprintf(st.device_id, sizeof st.device_id, "%s", st.registration_id);
-    st.flags |= SD_STATE_HUB;
-    hook_terminal(f, i, hook_persist(f, i, &st) ? SD_ACT_READY : SD_ACT_FAILED);
+    struct sd_event e;
+    struct sd_action a;
+    memset(&e, 0, sizeof e);
+    e.type = SD_EV_RESPONSE;
+    e.now_ms = sd_ev_now_ms();
+    e.wall_s = (int64_t)time(NULL);
+    e.status = 200;
+    e.retry_after_s = -1;
+    e.body = body;
+    e.body_len = (size_t)n;
+    sd_machine_step(m, &e, &a);
+    if (a.type == SD_ACT_PERSIST) {
+        memset(&e, 0, sizeof e);
+        e.type = SD_EV_PERSISTED;
+        e.now_ms = sd_ev_now_ms();
+        e.wall_s = (int64_t)time(NULL);
+        e.retry_after_s = -1;
+        e.ok = hook_persist(f, i, sd_machine_state(m));
+        sd_machine_step(m, &e, &a);
+    }
+    if (a.type != SD_ACT_READY) {
+        wrong(f, i, SD_REQ_DPS_REGISTER, "cp seeding: the machine refused the layout's hub");
+        hook_terminal(f, i, SD_ACT_FAILED);
+        return false;
+    }
+    hook_terminal(f, i, SD_ACT_READY);
     return false;
 }
 
