@@ -115,12 +115,13 @@ enum fs_mode {
                              the others must not provision again */
 };
 
-/* Per simulated device, besides its machine: 44 bytes. */
+/* Per simulated device, besides its machine: 52 bytes. */
 struct fs_dev {
     uint32_t t_boot;        /* ms since the phase started; UINT32_MAX: not booted */
     uint32_t t_first;       /* first request written */
     uint32_t t_ready;       /* READY (0: not yet; stored +1) */
     uint32_t polls[5];      /* the last five DPS polls (ms since the phase started, +1) */
+    uint32_t not_before;    /* a 429's Retry-After ends here (ms since the phase started, +1; 0: none) */
     uint32_t etag;          /* persisted: interned etag */
     uint32_t devid;         /* persisted: interned device id (0: same as the registration id) */
     uint16_t place;         /* persisted: interned assignment (0: none) */
@@ -146,6 +147,7 @@ struct fs_result {
     uint32_t devices;         /* taking part in the phase */
     uint32_t ready, failed, unfinished;
     uint32_t wrong, reprovisions, poll_violations;
+    uint32_t retry_after_violations; /* requests sent before a 429's Retry-After had passed */
     uint64_t requests[SD_REQ_KIND_COUNT];
     uint64_t requests_total;
     uint64_t responses, throttled, io_errors;

@@ -25,6 +25,9 @@
 
 /* ------------------------------------------------------------------ interning */
 
+/* Tolerance when checking that a 429's Retry-After was honoured. */
+#define FS_RETRY_AFTER_SLACK_MS 10u
+
 struct fs_intern {
     char **s;         /* id -> string; id 0 is unused ("none") */
     uint32_t n, cap;
@@ -394,6 +397,11 @@ static void hook_send(void *ctx, uint32_t i, enum sd_req_kind kind)
     f->r->requests_total++;
     if (!d->t_first)
         d->t_first = now + 1;
+    /* The device was told when to come back; a few ms of slack cover the
+     * driver's and this hook's clock readings differing. */
+    if (d->not_before && now + 1 + FS_RETRY_AFTER_SLACK_MS < d->not_before)
+        f->r->retry_after_violations++;
+    d->not_before = 0;
     if (kind == SD_REQ_DPS_POLL)
         note_poll(f, i, now);
     bool reprov = false;
@@ -413,10 +421,12 @@ static void hook_response(void *ctx, uint32_t i, enum sd_req_kind kind, int stat
                           const char *body, size_t len)
 {
     struct fs_fleet *f = ctx;
-    (void)retry_after;
     f->r->responses++;
-    if (status == 429)
+    if (status == 429) {
         f->r->throttled++;
+        if (retry_after >= 0)
+            f->d[i].not_before = phase_ms(f) + 1 + (uint32_t)retry_after * 1000u;
+    }
     if (status >= 200 && status < 300)
         f->r->status_2xx++;
     else if (status >= 400 && status < 500)
@@ -648,6 +658,7 @@ static void dev_reset(struct fs_dev *d)
     d->t_boot = UINT32_MAX;
     d->t_first = 0;
     d->t_ready = 0;
+    d->not_before = 0;
     d->npolls = 0;
     d->pidx = 0;
     d->flags = 0;

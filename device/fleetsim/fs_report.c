@@ -57,7 +57,7 @@ static json_t *result_json(const struct fs_result *r)
     for (int k = 0; k < SD_REQ_KIND_COUNT; k++)
         json_object_set_new(req, kind_json[k], json_integer((json_int_t)r->requests[k]));
     json_object_set_new(req, "total", json_integer((json_int_t)r->requests_total));
-    return json_pack(
+    json_t *o = json_pack(
         "{s:I, s:I, s:I, s:I, s:f, s:o, s:f, s:I, s:I, s:I, s:I, s:I, s:{s:I, s:I, s:I}, s:{s:s, s:I, s:I, "
         "s:I, s:I}, s:o, s:I, s:{s:I, s:I, s:I, s:I, s:I}}",
         "devices", (json_int_t)r->devices, "ready", (json_int_t)r->ready, "failed",
@@ -72,6 +72,9 @@ static json_t *result_json(const struct fs_result *r)
         (json_int_t)r->ev.peak_conns, "connections", "opened", (json_int_t)r->ev.conns_opened, "failed",
         (json_int_t)r->ev.conn_failures, "reusedRequests", (json_int_t)r->ev.reused, "resends",
         (json_int_t)r->ev.retries, "timeouts", (json_int_t)r->ev.timeouts);
+    if (o)
+        json_object_set_new(o, "retryAfterViolations", json_integer((json_int_t)r->retry_after_violations));
+    return o;
 }
 
 void fs_report_json(const struct fs_report *rep)
@@ -120,8 +123,8 @@ static void table_result(const char *title, const struct fs_result *r)
     printf("\n  answers 2xx %" PRIu64 " 4xx %" PRIu64 " 5xx %" PRIu64 ", throttled (429) %" PRIu64
            ", I/O errors %" PRIu64 "\n",
            r->status_2xx, r->status_4xx, r->status_5xx, r->throttled, r->io_errors);
-    printf("  wrong answers %u, reprovisions %u, poll-limit violations %u\n", r->wrong, r->reprovisions,
-           r->poll_violations);
+    printf("  wrong answers %u, reprovisions %u, poll-limit violations %u, Retry-After violations %u\n", r->wrong,
+           r->reprovisions, r->poll_violations, r->retry_after_violations);
     printf("  time to ready (from %s) ms: p50 %u p90 %u p99 %u max %u\n",
            r->ttr_from_first ? "first request" : "boot", r->ttr_p50, r->ttr_p90, r->ttr_p99, r->ttr_max);
     printf("  connections: peak %u, opened %" PRIu64 ", failed %" PRIu64 ", resends %" PRIu64

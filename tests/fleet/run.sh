@@ -6,8 +6,9 @@
 #                                  answer, no failure
 #   run.sh black-friday FLEETSIM   10,000 new devices first-boot within 20 s against
 #                                  two DPS instances allowing 1,800 registrations/min each:
-#                                  all ready, 429s seen (and honoured: no device over
-#                                  the DPS poll limit), no wrong answer, no failure
+#                                  all ready, 429s seen and honoured (no request before
+#                                  its Retry-After passed, no device over the DPS poll
+#                                  limit), no wrong answer, no failure
 #
 # Brings up infra/stack with tests/fleet/geode.<scenario>.json in its own
 # STACK_DIR (a temporary directory, so it runs beside other tests and a
@@ -77,6 +78,7 @@ fi
 check ".devices == $DEVICES and .ready == $DEVICES" "every device ready"
 check '.failed == 0' "no device failed"
 check '.wrongAnswers == 0' "no wrong answer"
+check '.retryAfterViolations == 0' "every 429's Retry-After was honoured"
 if [[ "$SCENARIO" == blackout ]]; then
 	check '.seeding.ready == .seeding.devices' "seeding provisioned every device"
 	check '.reprovisions == 0' "no device provisioned again"
