@@ -9,6 +9,14 @@
 #                                  all ready, 429s seen and honoured (no request before
 #                                  its Retry-After passed, no device over the DPS poll
 #                                  limit), no wrong answer, no failure
+#   run.sh update-reboot FLEETSIM  2,000 provisioned devices reboot within 10 s: every
+#                                  one ready by one status lookup, none provisions again
+#   run.sh region-loss  FLEETSIM   2,000 provisioned devices; one region's stamps go
+#                                  draining and its devices are told their hub lost
+#                                  them: every affected device re-homes through the
+#                                  control plane's reprovision and a DPS registration
+#                                  onto a stamp of the other region, inside the
+#                                  residency; no unaffected device provisions again
 #
 # Brings up infra/stack with tests/fleet/geode.<scenario>.json in its own
 # STACK_DIR (a temporary directory, so it runs beside other tests and a
@@ -20,14 +28,19 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO=$(cd "$HERE/../.." && pwd)
 SCENARIO=${1:?scenario}
 FLEETSIM=${2:?fleetsim binary}
-DEVICES=${FLEET_DEVICES:-10000}
+case "$SCENARIO" in
+update-reboot | region-loss) DEVICES=${FLEET_DEVICES:-2000} ;;
+*) DEVICES=${FLEET_DEVICES:-10000} ;;
+esac
 
 say() { echo "fleet-test: $*"; }
 
 case "$SCENARIO" in
 blackout) GEODE=$HERE/geode.blackout.json; ARGS=() ;;
 black-friday) GEODE=$HERE/geode.blackfriday.json; ARGS=(--window-ms 20000) ;;
-*) echo "usage: run.sh blackout|black-friday FLEETSIM" >&2; exit 2 ;;
+update-reboot) GEODE=$HERE/geode.blackout.json; ARGS=(--window-ms 10000) ;;
+region-loss) GEODE=$HERE/geode.blackout.json; ARGS=() ;;
+*) echo "usage: run.sh blackout|black-friday|update-reboot|region-loss FLEETSIM" >&2; exit 2 ;;
 esac
 
 export STACK_DIR
@@ -75,16 +88,22 @@ if ((rc != 0)); then
 	say "FAIL fleetsim exited $rc (0: every device ready and no wrong answer; a sanitizer report also ends here)"
 	failed=1
 fi
-check ".devices == $DEVICES and .ready == $DEVICES" "every device ready"
+check "(.devices == $DEVICES or \"$SCENARIO\" == \"region-loss\") and .ready == .devices" "every device ready"
 check '.failed == 0' "no device failed"
 check '.wrongAnswers == 0' "no wrong answer"
 check '.retryAfterViolations == 0' "every 429's Retry-After was honoured"
-if [[ "$SCENARIO" == blackout ]]; then
+if [[ "$SCENARIO" == blackout || "$SCENARIO" == update-reboot ]]; then
 	check '.seeding.ready == .seeding.devices' "seeding provisioned every device"
 	check '.reprovisions == 0' "no device provisioned again"
 	check '.requests.lookups == .devices' "one status lookup per device"
 	check '[.requests.locates, .requests.provisions, .requests.reprovisions, .requests.dpsRegistrations] | add == 0' \
 		"no placement or DPS registration"
+elif [[ "$SCENARIO" == region-loss ]]; then
+	check '.seeding.ready == .seeding.devices' "seeding provisioned every device"
+	check '.affected > 0 and .devices == .affected' "the failed region held devices, and they are the ones re-homed"
+	check '.requests.reprovisions >= .affected' "every affected device asked the control plane to reprovision"
+	check '.requests.dpsRegistrations >= .affected' "every affected device registered at its new stamp's DPS"
+	check '.reprovisions == 0' "no unaffected device provisioned again"
 else
 	check '.throttled > 0' "429s were answered"
 	check '.pollLimitViolations == 0' "no device exceeded the DPS poll limit"
