@@ -16,6 +16,8 @@
 #include "tls.h"
 #include "util.h"
 
+#define HTTP_CALL_MAX_HEADERS (64 * 1024)
+
 struct http_call {
     LIST_ENTRY(http_call) link;
     struct evhttp_connection *conn;
@@ -25,6 +27,8 @@ struct http_call {
     char *continuation;
     size_t max_body;
     char error[160];
+    enum evhttp_request_error req_error;   /* from libevent's error callback */
+    bool req_failed;
     bool done;
     http_cb cb;
     void *arg;
@@ -97,7 +101,15 @@ static void http_call_on_reply(struct evhttp_request *req, void *arg)
     if (c->done)
         return;
     if (!req || evhttp_request_get_response_code(req) == 0) {
-        http_call_finish(c, "connection or TLS failure");
+        char why[120];
+        if (c->req_failed && c->req_error == EVREQ_HTTP_DATA_TOO_LONG) {
+            /* libevent stopped reading at the limit (headers or body) */
+            snprintf(why, sizeof why, "the answer is larger than %zu bytes", c->max_body);
+            http_call_finish(c, why);
+            return;
+        }
+        http_call_finish(c, c->req_failed && c->req_error == EVREQ_HTTP_TIMEOUT ? "no answer before the deadline"
+                                                                               : "connection or TLS failure");
         return;
     }
     c->res.status = evhttp_request_get_response_code(req);
@@ -113,16 +125,11 @@ static void http_call_on_reply(struct evhttp_request *req, void *arg)
     http_call_finish(c, NULL);
 }
 
-struct http_call *http_call_start(struct event_base *base, SSL_CTX *tls, const char *host, int port,
-                                  const char *host_header, enum evhttp_cmd_type method, const char *target,
-                                  const char *const *headers, const char *body, int timeout_ms,
-                                  size_t max_body, http_cb cb, void *arg)
+static struct http_call *http_call_new(struct event_base *base, int timeout_ms, size_t max_body, http_cb cb,
+                                       void *arg)
 {
     struct http_call *c = xcalloc(1, sizeof *c);
     struct timeval tv = {timeout_ms / 1000, (timeout_ms % 1000) * 1000};
-    struct evhttp_request *req;
-    struct bufferevent *bev;
-
     c->cb = cb;
     c->arg = arg;
     c->max_body = max_body;
@@ -135,7 +142,41 @@ struct http_call *http_call_start(struct event_base *base, SSL_CTX *tls, const c
         abort();
     }
     event_add(c->deadline, &tv);
-    bev = tls ? tls_client_bev(base, tls, host) : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
+    return c;
+}
+
+struct http_call *http_call_failed(struct event_base *base, const char *error, http_cb cb, void *arg)
+{
+    struct http_call *c = http_call_new(base, 1000, 0, cb, arg);
+    http_call_finish(c, error);
+    return c;
+}
+
+static void http_call_on_error(enum evhttp_request_error err, void *arg)
+{
+    struct http_call *c = arg;
+    c->req_failed = true;
+    c->req_error = err;
+}
+
+struct http_call *http_call_start(struct event_base *base, SSL_CTX *tls, const char *host, int port,
+                                  const char *host_header, enum evhttp_cmd_type method, const char *target,
+                                  const char *const *headers, const char *body, int timeout_ms,
+                                  size_t max_body, http_cb cb, void *arg)
+{
+    return http_call_start_at(base, tls, host, host, port, host_header, method, target, headers, body, timeout_ms,
+                              max_body, cb, arg);
+}
+
+struct http_call *http_call_start_at(struct event_base *base, SSL_CTX *tls, const char *tls_name,
+                                     const char *host, int port, const char *host_header,
+                                     enum evhttp_cmd_type method, const char *target, const char *const *headers,
+                                     const char *body, int timeout_ms, size_t max_body, http_cb cb, void *arg)
+{
+    struct http_call *c = http_call_new(base, timeout_ms, max_body, cb, arg);
+    struct evhttp_request *req;
+    struct bufferevent *bev;
+    bev = tls ? tls_client_bev(base, tls, tls_name) : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
     c->conn = bev ? evhttp_connection_base_bufferevent_new(base, NULL, bev, host, (ev_uint16_t)port) : NULL;
     if (!c->conn) {
         if (bev) bufferevent_free(bev);
@@ -144,10 +185,19 @@ struct http_call *http_call_start(struct event_base *base, SSL_CTX *tls, const c
     }
     evhttp_connection_set_timeout(c->conn, (timeout_ms + 999) / 1000);
     evhttp_connection_set_retries(c->conn, 0);
+    /* Stop reading at the limit while the answer streams in: libevent checks
+     * the body size on every read (Content-Length at once, each chunk's size,
+     * read-until-close as it grows) and fails the request with
+     * EVREQ_HTTP_DATA_TOO_LONG; the watermark bounds what a line that never
+     * ends (a chunk-size line) can make it buffer before the deadline. */
+    evhttp_connection_set_max_body_size(c->conn, (ev_ssize_t)max_body);
+    evhttp_connection_set_max_headers_size(c->conn, HTTP_CALL_MAX_HEADERS);
+    bufferevent_setwatermark(bev, EV_READ, 0, max_body + HTTP_CALL_MAX_HEADERS);
     if (!(req = evhttp_request_new(http_call_on_reply, c))) {
         http_call_finish(c, "out of memory");
         return c;
     }
+    evhttp_request_set_error_cb(req, http_call_on_error);
     evhttp_add_header(evhttp_request_get_output_headers(req), "Host", host_header);
     for (const char *const *h = headers; h && h[0]; h += 2)
         evhttp_add_header(evhttp_request_get_output_headers(req), h[0], h[1]);

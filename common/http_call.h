@@ -29,13 +29,24 @@ struct http_call;
 /*
  * Start a request to host:port. tls NULL: plain HTTP. host_header is sent
  * as Host. headers: NULL-terminated name, value pairs. body may be NULL.
- * Answer bodies over max_body bytes are not parsed. The handle is valid
- * until the callback runs or http_call_cancel().
+ * Reading stops at max_body bytes of answer body (64 KiB of headers): a
+ * longer answer ends the call with status 0 and error "the answer is larger
+ * than N bytes", whatever its framing. The handle is valid until the
+ * callback runs or http_call_cancel().
  */
 struct http_call *http_call_start(struct event_base *base, SSL_CTX *tls, const char *host, int port,
                                   const char *host_header, enum evhttp_cmd_type method, const char *target,
                                   const char *const *headers, const char *body, int timeout_ms,
                                   size_t max_body, http_cb cb, void *arg);
+/* The same, connecting to host (e.g. an address already resolved and
+ * checked) while TLS verifies the peer as tls_name (and sends it as SNI). */
+struct http_call *http_call_start_at(struct event_base *base, SSL_CTX *tls, const char *tls_name,
+                                     const char *host, int port, const char *host_header,
+                                     enum evhttp_cmd_type method, const char *target, const char *const *headers,
+                                     const char *body, int timeout_ms, size_t max_body, http_cb cb, void *arg);
+/* A call that fails without sending anything: the callback runs from the
+ * loop with status 0 and error (copied, at most 159 bytes). */
+struct http_call *http_call_failed(struct event_base *base, const char *error, http_cb cb, void *arg);
 /* Free a call without running its callback. */
 void http_call_cancel(struct http_call *c);
 /* Free every call still in flight without running callbacks (shutdown). */

@@ -58,15 +58,27 @@ struct pgconn {
     struct pgjob *job;     /* BUSY only */
     PGresult *res;         /* last good result of the statement in flight */
     PGresult *err;         /* first error result of the statement in flight */
-    int setup_step;        /* SETUP: index of the migration in flight; == n: identity check */
+    int setup_step;        /* SETUP: index of the migration in flight; == n: identity check;
+                            * SETUP_PROBE: reading the applied versions; SETUP_VERIFY: this
+                            * connection's own identity check (the pool is set up already) */
     bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
+    bool verified;         /* geography pools: this connection's database passed the identity check */
 };
+
+#define SETUP_PROBE  (-2)
+#define SETUP_VERIFY (-3)
+#define SETUP_IDENT_FIRST (-4)  /* geography_check_only: identity before any migration */
 
 struct pgpool {
     struct event_base *base;
     char *name;
     char *conninfo;
     char *geography;
+    bool geography_check_only;
+    void (*on_wrong_geography)(void *arg, bool ever_ready);
+    void *cb_arg;
+    bool *applied;             /* per migration: found in the migrations table by the probe */
+    char *probe_sql;
     int size;
     int connect_timeout_ms, query_timeout_ms, queue_timeout_ms, max_queue;
     const struct migration *migrations;
@@ -85,6 +97,7 @@ static void conn_broken(struct pgconn *c, const char *why);
 static void pool_dispatch(struct pgpool *p);
 static void pool_maybe_setup(struct pgpool *p);
 static void setup_next(struct pgconn *c);
+static void conn_verify(struct pgconn *c);
 
 /* ---- jobs ---- */
 
@@ -167,6 +180,7 @@ static void conn_close(struct pgconn *c)
     if (c->wr) { event_free(c->wr); c->wr = NULL; }
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
     c->fd = -1;
+    c->verified = false;
     conn_clear_results(c);
 }
 
@@ -181,6 +195,12 @@ static bool pool_has_live_conn(const struct pgpool *p)
         if (conn_live(&p->conns[i]))
             return true;
     return false;
+}
+
+/* A connection queries may use: idle or busy and, for a geography pool, verified. */
+static bool conn_usable(const struct pgconn *c)
+{
+    return (c->state == PGC_IDLE || c->state == PGC_BUSY) && (c->verified || !c->pool->geography);
 }
 
 static void conn_on_read(evutil_socket_t fd, short what, void *arg);
@@ -218,6 +238,12 @@ static void conn_connected(struct pgconn *c)
     event_add(c->rd, NULL);
     log_info("event=pg_connected pool=%s conn=%d", c->pool->name, c->idx);
     conn_set_state(c, PGC_IDLE);
+    /* Every connection of a geography pool checks which database it reached
+     * before its first query, also every reconnect after the pool is set up. */
+    if (c->pool->geography && c->pool->setup == SETUP_DONE) {
+        conn_verify(c);
+        return;
+    }
     pool_maybe_setup(c->pool);
     pool_dispatch(c->pool);
 }
@@ -449,6 +475,16 @@ static const char pg_identity_sql[] =
     "WITH ins AS (INSERT INTO geo_identity (geography) VALUES ($1) "
     "ON CONFLICT (only_row) DO NOTHING RETURNING geography) "
     "SELECT geography FROM ins UNION ALL SELECT geography FROM geo_identity LIMIT 1";
+/* geography_check_only: read, never write (a stamp agent's role may only read it). */
+static const char pg_identity_check_sql[] = "SELECT geography FROM geo_identity";
+
+static bool pool_has_usable_conn(const struct pgpool *p)
+{
+    for (int i = 0; i < p->size; i++)
+        if (conn_usable(&p->conns[i]))
+            return true;
+    return false;
+}
 
 static void setup_fail(struct pgconn *c, const char *word, const char *detail)
 {
@@ -460,6 +496,8 @@ static void setup_fail(struct pgconn *c, const char *word, const char *detail)
     snprintf(msg, sizeof msg, "%s", word);
     conn_broken(c, msg);
     pool_fail_queue(p, word);
+    if (strcmp(word, "wrong_geography") == 0 && p->on_wrong_geography)
+        p->on_wrong_geography(p->cb_arg, p->ever_ready);
 }
 
 static bool setup_send(struct pgconn *c, const char *sql)
@@ -472,48 +510,164 @@ static bool setup_send(struct pgconn *c, const char *sql)
     return true;
 }
 
+static void setup_send_identity(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    const char *values[1] = {p->geography};
+    bool ok = p->geography_check_only
+                  ? PQsendQuery(c->pg, pg_identity_check_sql) != 0
+                  : PQsendQueryParams(c->pg, pg_identity_sql, 1, NULL, values, NULL, NULL, 0) != 0;
+    if (!ok) {
+        conn_broken(c, PQerrorMessage(c->pg));
+        return;
+    }
+    conn_sent(c);
+}
+
+/* The identity check's answer: NULL when the database is this pool's
+ * geography, else the readiness word, with a sentence in detail. */
+static const char *identity_verdict(struct pgconn *c, char *detail, size_t cap)
+{
+    struct pgpool *p = c->pool;
+    const char *got;
+    if (c->err) {
+        const char *state = PQresultErrorField(c->err, PG_DIAG_SQLSTATE);
+        snprintf(detail, cap, "%s", PQresultErrorMessage(c->err));
+        detail[strcspn(detail, "\n")] = '\0';
+        if (!p->geography_check_only)
+            return "migration_failed";
+        if (state && strcmp(state, "42P01") == 0) {
+            snprintf(detail, cap, "the database has no geo_identity table: not a geography database, configured as '%s'",
+                     p->geography);
+            return "wrong_geography";
+        }
+        return "identity_check_failed";
+    }
+    got = (c->res && PQntuples(c->res) == 1) ? PQgetvalue(c->res, 0, 0) : "";
+    if (strcmp(got, p->geography) != 0) {
+        snprintf(detail, cap, "database belongs to geography '%s', configured as '%s'", got, p->geography);
+        return "wrong_geography";
+    }
+    return NULL;
+}
+
 static void setup_done(struct pgconn *c)
 {
     struct pgpool *p = c->pool;
     p->setup = SETUP_DONE;
     p->setup_error = NULL;
     p->ever_ready = true;
+    c->verified = true;
     log_info("event=pg_pool_ready pool=%s", p->name);
     conn_set_state(c, PGC_IDLE);
     conn_clear_results(c);
+    /* Connections that came up while the pool was being set up check their own database now. */
+    for (int i = 0; p->geography && i < p->size; i++)
+        if (p->conns[i].state == PGC_IDLE && !p->conns[i].verified)
+            conn_verify(&p->conns[i]);
     pool_dispatch(p);
 }
 
 static void setup_check_identity(struct pgconn *c)
 {
-    struct pgpool *p = c->pool;
-    const char *got;
-    if (c->err) {
-        setup_fail(c, "migration_failed", PQresultErrorMessage(c->err));
-        return;
-    }
-    got = (c->res && PQntuples(c->res) == 1) ? PQgetvalue(c->res, 0, 0) : "";
-    if (strcmp(got, p->geography) != 0) {
-        char detail[200];
-        snprintf(detail, sizeof detail, "database belongs to geography '%s', configured as '%s'",
-                 got, p->geography);
-        setup_fail(c, "wrong_geography", detail);
+    char detail[300];
+    const char *word = identity_verdict(c, detail, sizeof detail);
+    if (word) {
+        setup_fail(c, word, detail);
         return;
     }
     setup_done(c);
+}
+
+/* One connection's own identity check, after the pool was set up. */
+static void conn_verify(struct pgconn *c)
+{
+    conn_set_state(c, PGC_SETUP);
+    c->setup_step = SETUP_VERIFY;
+    c->setup_rollback = false;
+    conn_clear_results(c);
+    setup_send_identity(c);
+}
+
+static void conn_verify_done(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    char detail[300];
+    const char *word = identity_verdict(c, detail, sizeof detail);
+
+    if (word) {
+        /* Never query a database that is not (or no longer) ours: drop the
+         * connection; with no verified one left, queries fail at once. */
+        log_error("event=pg_identity_refused pool=%s conn=%d reason=%s detail=\"%.200s\"", p->name, c->idx,
+                  word, detail);
+        p->setup_error = word;
+        conn_broken(c, word);
+        if (!pool_has_usable_conn(p))
+            pool_fail_queue(p, word);
+        if (strcmp(word, "wrong_geography") == 0 && p->on_wrong_geography)
+            p->on_wrong_geography(p->cb_arg, p->ever_ready);
+        return;
+    }
+    c->verified = true;
+    conn_clear_results(c);
+    conn_set_state(c, PGC_IDLE);
+    if (p->setup_error) {
+        log_info("event=pg_identity_ok pool=%s conn=%d geography=%s previous=%s", p->name, c->idx, p->geography,
+                 p->setup_error);
+        p->setup_error = NULL;
+    }
+    pool_dispatch(p);
+}
+
+/* The probe's answer: which migrations the table records as applied. */
+static void setup_read_probe(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    memset(p->applied, 0, (size_t)p->n_migrations * sizeof *p->applied);
+    /* No table (a new database) or not readable: apply all, as before. */
+    if (c->err || !c->res)
+        return;
+    for (int r = 0; r < PQntuples(c->res); r++) {
+        int v = atoi(PQgetvalue(c->res, r, 0));
+        for (int i = 0; i < p->n_migrations; i++)
+            if (p->migrations[i].version == v)
+                p->applied[i] = true;
+    }
 }
 
 /* Called when the previous setup statement finished (or to start). */
 static void setup_next(struct pgconn *c)
 {
     struct pgpool *p = c->pool;
-    const char *values[1];
 
+    if (c->setup_step == SETUP_VERIFY) {
+        conn_verify_done(c);
+        return;
+    }
     if (c->setup_step == p->n_migrations + 1) {
         setup_check_identity(c);
         return;
     }
-    if (c->setup_step >= 0 && c->setup_step < p->n_migrations && !c->setup_rollback) {
+    if (c->setup_step == SETUP_IDENT_FIRST) {
+        /* Never migrate another geography's database. */
+        char detail[300];
+        const char *word = identity_verdict(c, detail, sizeof detail);
+        if (word) {
+            setup_fail(c, word, detail);
+            return;
+        }
+        conn_clear_results(c);
+        if (p->n_migrations > 0) {
+            c->setup_step = SETUP_PROBE;
+            setup_send(c, p->probe_sql);
+            return;
+        }
+        c->setup_step = -1;
+    }
+    if (c->setup_step == SETUP_PROBE) {
+        setup_read_probe(c);
+        c->setup_step = -1;
+    } else if (c->setup_step >= 0 && c->setup_step < p->n_migrations && !c->setup_rollback) {
         /* Result of migration setup_step. */
         if (c->err) {
             const char *state = PQresultErrorField(c->err, PG_DIAG_SQLSTATE);
@@ -538,21 +692,20 @@ static void setup_next(struct pgconn *c)
     }
     conn_clear_results(c);
     c->setup_step++;
+    /* Migrations the probe found applied are skipped: a role that may not
+     * create tables (a stamp agent's) starts on a schema its owner migrated. */
+    while (c->setup_step < p->n_migrations && p->applied[c->setup_step])
+        c->setup_step++;
     if (c->setup_step < p->n_migrations) {
         setup_send(c, p->migration_sql[c->setup_step]);
         return;
     }
-    if (!p->geography) {
+    if (!p->geography || p->geography_check_only) {   /* check_only: checked first */
         setup_done(c);
         return;
     }
     c->setup_step = p->n_migrations + 1;
-    values[0] = p->geography;
-    if (!PQsendQueryParams(c->pg, pg_identity_sql, 1, NULL, values, NULL, NULL, 0)) {
-        conn_broken(c, PQerrorMessage(c->pg));
-        return;
-    }
-    conn_sent(c);
+    setup_send_identity(c);
 }
 
 static void pool_maybe_setup(struct pgpool *p)
@@ -564,8 +717,18 @@ static void pool_maybe_setup(struct pgpool *p)
         if (c->state == PGC_IDLE) {
             p->setup = SETUP_RUNNING;
             conn_set_state(c, PGC_SETUP);
-            c->setup_step = -1;
             c->setup_rollback = false;
+            if (p->geography && p->geography_check_only) {
+                c->setup_step = SETUP_IDENT_FIRST;
+                setup_send_identity(c);
+                return;
+            }
+            if (p->n_migrations > 0) {
+                c->setup_step = SETUP_PROBE;
+                setup_send(c, p->probe_sql);
+                return;
+            }
+            c->setup_step = -1;
             setup_next(c);
             return;
         }
@@ -609,7 +772,7 @@ static void pool_dispatch(struct pgpool *p)
         return;
     for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
         struct pgconn *c = &p->conns[i];
-        if (c->state == PGC_IDLE) {
+        if (c->state == PGC_IDLE && conn_usable(c)) {
             struct pgjob *j = TAILQ_FIRST(&p->queue);
             job_dequeue(j);
             event_del(j->timer);
@@ -627,6 +790,9 @@ struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
     p->name = xstrdup(o->name);
     p->conninfo = xstrdup(o->conninfo);
     p->geography = o->geography ? xstrdup(o->geography) : NULL;
+    p->geography_check_only = o->geography_check_only;
+    p->on_wrong_geography = o->on_wrong_geography;
+    p->cb_arg = o->cb_arg;
     p->size = o->size > 0 ? o->size : 1;
     p->connect_timeout_ms = o->connect_timeout_ms;
     p->query_timeout_ms = o->query_timeout_ms;
@@ -635,6 +801,10 @@ struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
     p->migrations = o->migrations;
     p->n_migrations = o->n_migrations;
     p->migration_sql = xcalloc((size_t)p->n_migrations + 1, sizeof(char *));
+    p->applied = xcalloc((size_t)p->n_migrations + 1, sizeof *p->applied);
+    /* the table name comes from the build, never from input */
+    p->probe_sql = xasprintf("SELECT version FROM %s",
+                             o->migrations_table ? o->migrations_table : "schema_migrations");
     for (int i = 0; i < p->n_migrations; i++)
         p->migration_sql[i] = pool_migration_sql(&p->migrations[i],
                                                  o->migrations_table ? o->migrations_table : "schema_migrations");
@@ -673,6 +843,8 @@ void pgpool_free(struct pgpool *p)
     for (int i = 0; i < p->n_migrations; i++)
         free(p->migration_sql[i]);
     free(p->migration_sql);
+    free(p->applied);
+    free(p->probe_sql);
     free(p->conns);
     free(p->name);
     free(p->conninfo);
@@ -699,7 +871,7 @@ bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
         log_error("event=event_new_failed");
         abort();
     }
-    if (p->setup != SETUP_DONE && p->setup_error) {
+    if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {
         job_fail_soon(j, p->setup_error);
         return true;
     }
@@ -721,12 +893,7 @@ bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
 
 bool pgpool_is_ready(const struct pgpool *p)
 {
-    if (p->setup != SETUP_DONE)
-        return false;
-    for (int i = 0; i < p->size; i++)
-        if (p->conns[i].state == PGC_IDLE || p->conns[i].state == PGC_BUSY)
-            return true;
-    return false;
+    return p->setup == SETUP_DONE && pool_has_usable_conn(p);
 }
 
 const char *pgpool_state_word(const struct pgpool *p)

@@ -5,8 +5,10 @@
  * is driven by libpq's non-blocking API with its socket watched by libevent, so
  * a slow or dead database never blocks the loop. Connections reconnect by
  * themselves with exponential backoff. The first connection of a pool applies
- * the pool's migrations (and, for a geography database, checks which
- * geography it belongs to) before any query runs.
+ * the pool's migrations (skipping those its table records as applied) before
+ * any query runs; for a geography database every connection, also after a
+ * reconnect, checks which geography it reached before its first query, and a
+ * connection to another geography's database is dropped, never used.
  */
 #ifndef CP_PGPOOL_H
 #define CP_PGPOOL_H
@@ -51,7 +53,15 @@ struct pgpool_opts {
      * the control plane's and a stamp agent's tables can share a database.
      * NULL: "schema_migrations". */
     const char *migrations_table;
-    const char *geography;       /* non-NULL: check/record geo_identity */
+    const char *geography;       /* non-NULL: check/record geo_identity, on every connection */
+    /* Only read geo_identity, never write its row (a stamp agent's role may
+     * not): a database without the row or the table is the wrong one. */
+    bool geography_check_only;
+    /* Called (may be NULL) each time a connection is refused because its
+     * database belongs to another geography; ever_ready: the pool has served
+     * before. Must not free the pool. */
+    void (*on_wrong_geography)(void *arg, bool ever_ready);
+    void *cb_arg;
 };
 
 struct pgpool;
@@ -71,7 +81,8 @@ bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
 
 /* Whether the pool has a live, migrated connection right now. */
 bool pgpool_is_ready(const struct pgpool *p);
-/* A short word for readiness answers: "ok", "connecting", "unreachable", "migration_failed", "wrong_geography". */
+/* A short word for readiness answers: "ok", "connecting", "unreachable", "migration_failed", "wrong_geography",
+ * "identity_check_failed". */
 const char *pgpool_state_word(const struct pgpool *p);
 const char *pgpool_name(const struct pgpool *p);
 

@@ -2,8 +2,11 @@
  * redisconn.c - reconnecting hiredis async connection with deadlines.
  *
  * States: DOWN (waiting for the backoff timer) -> CONNECTING (deadline armed)
- * -> UP (heartbeat running) -> DOWN on any error. hiredis frees its context
- * itself after a failed connect or a disconnect; we only forget the pointer.
+ * -> AUTH (credentials configured: AUTH sent, same deadline) -> UP (heartbeat
+ * running) -> DOWN on any error. A refused AUTH hangs up and counts as a
+ * failed attempt: the backoff keeps growing until AUTH succeeds. hiredis
+ * frees its context itself after a failed connect or a disconnect; we only
+ * forget the pointer.
  */
 #include "redisconn.h"
 
@@ -17,7 +20,7 @@
 #define RC_BACKOFF_MIN_MS 100
 #define RC_BACKOFF_MAX_MS 5000
 
-enum rc_state { RC_DOWN, RC_CONNECTING, RC_UP };
+enum rc_state { RC_DOWN, RC_CONNECTING, RC_AUTH, RC_UP };
 
 struct redisconn {
     struct event_base *base;
@@ -32,6 +35,9 @@ struct redisconn {
     int64_t ping_sent_ms;
     bool freeing;
     bool logged_down;           /* one warning per outage, not one per attempt */
+    struct redis_auth auth;     /* owned copy; the password is never logged */
+    unsigned auth_failures;     /* refused AUTHs in this outage */
+    bool logged_ping_error;
 };
 
 static void rc_connect(struct redisconn *rc);
@@ -63,6 +69,50 @@ static void rc_lost(struct redisconn *rc, const char *why)
         rc->o.on_down(rc, rc->o.arg);
 }
 
+static void rc_go_up(struct redisconn *rc)
+{
+    event_del(rc->timer);
+    rc->state = RC_UP;
+    rc->backoff_ms = RC_BACKOFF_MIN_MS;
+    if (rc->auth_failures)
+        log_info("event=redis_connected conn=%s addr=%s:%d user=%s auth_failures=%u", rc->name, rc->host,
+                 rc->o.port, redis_auth_user(&rc->auth), rc->auth_failures);
+    else
+        log_info("event=redis_connected conn=%s addr=%s:%d", rc->name, rc->host, rc->o.port);
+    rc->logged_down = false;
+    rc->logged_ping_error = false;
+    rc->auth_failures = 0;
+    if (rc->o.ping_interval_ms > 0)
+        rc_arm(rc->ping_timer, rc->o.ping_interval_ms);
+    if (rc->o.on_up)
+        rc->o.on_up(rc, rc->o.arg);
+}
+
+/* The answer to AUTH. Redis's error text never contains the password. */
+static void rc_on_auth(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redisconn *rc = privdata;
+    redisReply *reply = r;
+
+    if (!reply || rc->freeing || rc->ac != ac || rc->state != RC_AUTH)
+        return;   /* the connection went away first; rc_lost handles it */
+    if (reply->type != REDIS_REPLY_ERROR) {
+        rc_go_up(rc);
+        return;
+    }
+    rc->auth_failures++;
+    if (rc->auth_failures == 1 || rc->auth_failures % 100 == 0)
+        log_error("event=redis_auth_failed conn=%s addr=%s:%d user=%s error=\"%.200s\" attempts=%u retry_ms=%d",
+                  rc->name, rc->host, rc->o.port, redis_auth_user(&rc->auth), reply->str ? reply->str : "",
+                  rc->auth_failures, rc->backoff_ms);
+    else
+        log_debug("event=redis_auth_failed conn=%s user=%s attempts=%u", rc->name, redis_auth_user(&rc->auth),
+                  rc->auth_failures);
+    rc->logged_down = true;   /* the line above says it all */
+    /* Hang up once this callback returns; rc_on_disconnect schedules the retry. */
+    redisAsyncDisconnect(ac);
+}
+
 static void rc_on_connect(const redisAsyncContext *ac, int status)
 {
     struct redisconn *rc = ac->data;
@@ -71,20 +121,23 @@ static void rc_on_connect(const redisAsyncContext *ac, int status)
         rc_lost(rc, ac->errstr);
         return;
     }
-    event_del(rc->timer);
-    rc->state = RC_UP;
-    rc->backoff_ms = RC_BACKOFF_MIN_MS;
-    log_info("event=redis_connected conn=%s addr=%s:%d", rc->name, rc->host, rc->o.port);
-    rc->logged_down = false;
-    if (rc->o.ping_interval_ms > 0)
-        rc_arm(rc->ping_timer, rc->o.ping_interval_ms);
-    if (rc->o.on_up)
-        rc->o.on_up(rc, rc->o.arg);
+    if (!redis_auth_enabled(&rc->auth)) {
+        rc_go_up(rc);
+        return;
+    }
+    /* The connect deadline stays armed until AUTH is answered. If queueing
+     * fails, the deadline drops the connection (hiredis 0.14 still uses the
+     * context after this callback, so it is not disconnected here). */
+    rc->state = RC_AUTH;
+    if (redis_auth_send(rc->ac, &rc->auth, rc_on_auth, rc) != REDIS_OK)
+        log_warn("event=redis_auth_send_failed conn=%s", rc->name);
 }
 
 static void rc_on_disconnect(const redisAsyncContext *ac, int status)
 {
     struct redisconn *rc = ac->data;
+    if (rc->ac != ac)
+        return;   /* a context we already gave up (deadline, drop, free) */
     rc_lost(rc, status == REDIS_OK ? "closed" : ac->errstr);
 }
 
@@ -95,6 +148,14 @@ static void rc_on_pong(redisAsyncContext *ac, void *r, void *privdata)
     (void)ac;
     if (!reply || rc->freeing)
         return;   /* the connection is going away; rc_lost handles it */
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* e.g. NOAUTH, NOPERM: not an answer; the heartbeat deadline reconnects. */
+        if (!rc->logged_ping_error)
+            log_warn("event=redis_ping_error conn=%s user=%s error=\"%.200s\"", rc->name,
+                     redis_auth_user(&rc->auth), reply->str ? reply->str : "");
+        rc->logged_ping_error = true;
+        return;
+    }
     rc->ping_outstanding = false;
 }
 
@@ -124,12 +185,14 @@ static void rc_on_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     if (rc->state == RC_DOWN) {
         rc_connect(rc);
-    } else if (rc->state == RC_CONNECTING) {
-        /* Freeing a context that never connected runs no disconnect callback. */
+    } else if (rc->state == RC_CONNECTING || rc->state == RC_AUTH) {
+        /* rc->ac is cleared first: the disconnect callback (run when an
+         * authenticating context is freed) and rc_on_auth then ignore it. */
         redisAsyncContext *ac = rc->ac;
+        bool authing = rc->state == RC_AUTH;
         rc->ac = NULL;
         redisAsyncFree(ac);
-        rc_lost(rc, "connect timed out");
+        rc_lost(rc, authing ? "AUTH not answered in time" : "connect timed out");
     }
 }
 
@@ -165,6 +228,8 @@ struct redisconn *redisconn_new(struct event_base *base, const struct redisconn_
     rc->o = *opts;
     rc->name = xstrdup(opts->name ? opts->name : "redis");
     rc->host = xstrdup(opts->host);
+    redis_auth_copy(&rc->auth, opts->auth);
+    rc->o.auth = NULL;   /* the caller's copy may go away */
     if (rc->o.connect_timeout_ms <= 0) rc->o.connect_timeout_ms = 2000;
     if (rc->o.ping_timeout_ms <= 0) rc->o.ping_timeout_ms = 3000;
     rc->backoff_ms = RC_BACKOFF_MIN_MS;
@@ -204,6 +269,7 @@ void redisconn_free(struct redisconn *rc)
     }
     event_free(rc->timer);
     event_free(rc->ping_timer);
+    redis_auth_free(&rc->auth);
     free(rc->name);
     free(rc->host);
     free(rc);

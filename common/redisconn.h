@@ -2,7 +2,8 @@
  * redisconn.h - one self-healing asynchronous Redis connection (hiredis async
  * on libevent): connect deadline, reconnect with exponential backoff, and an
  * optional PING heartbeat that drops a connection whose server stopped
- * answering. hiredis 0.14 has no timeouts of its own, so they live here.
+ * answering, and AUTH (user + password) after every connect. hiredis 0.14
+ * has no timeouts of its own, so they live here.
  */
 #ifndef STAMPCP_REDISCONN_H
 #define STAMPCP_REDISCONN_H
@@ -10,6 +11,8 @@
 #include <event2/event.h>
 #include <hiredis/async.h>
 #include <stdbool.h>
+
+#include "redisauth.h"
 
 struct redisconn;
 
@@ -20,6 +23,10 @@ struct redisconn_opts {
     int connect_timeout_ms;        /* default 2000 */
     int ping_interval_ms;          /* 0: no heartbeat (required for SUBSCRIBE connections) */
     int ping_timeout_ms;           /* a PING unanswered this long drops the connection */
+    /* Credentials sent (AUTH) after every connect, before on_up; copied.
+     * NULL or empty: no AUTH. A refused AUTH is logged without the password
+     * and retried with the reconnect backoff. */
+    const struct redis_auth *auth;
     /* Called from inside hiredis callbacks: they may issue commands, but must
      * not free the redisconn. */
     void (*on_up)(struct redisconn *rc, void *arg);

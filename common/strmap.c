@@ -1,11 +1,20 @@
 /*
- * strmap.c - chained string hash map with FNV-1a hashing.
+ * strmap.c - chained string hash map, hashed with SipHash-2-4 under a 128-bit
+ * key drawn from the OS RNG at first use (one key per process), so a client
+ * that chooses the keys (tenant ids, registration ids) cannot predict which
+ * bucket they land in and degrade a map into one long chain.
  */
 #include "strmap.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
+#include <unistd.h>
 
 #include "util.h"
 
@@ -22,14 +31,100 @@ struct strmap {
     size_t count;
 };
 
+/* ---- SipHash-2-4 (Aumasson & Bernstein), 64-bit output ---- */
+
+#define STRMAP_ROTL(x, b) (uint64_t)(((x) << (b)) | ((x) >> (64 - (b))))
+#define STRMAP_SIPROUND                                                        \
+    do {                                                                       \
+        v0 += v1; v1 = STRMAP_ROTL(v1, 13); v1 ^= v0; v0 = STRMAP_ROTL(v0, 32); \
+        v2 += v3; v3 = STRMAP_ROTL(v3, 16); v3 ^= v2;                          \
+        v0 += v3; v3 = STRMAP_ROTL(v3, 21); v3 ^= v0;                          \
+        v2 += v1; v1 = STRMAP_ROTL(v1, 17); v1 ^= v2; v2 = STRMAP_ROTL(v2, 32); \
+    } while (0)
+
+static uint64_t strmap_le64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+uint64_t strmap_siphash24(const unsigned char key[16], const void *data, size_t len)
+{
+    const unsigned char *in = data;
+    uint64_t k0 = strmap_le64(key), k1 = strmap_le64(key + 8);
+    uint64_t v0 = 0x736f6d6570736575ULL ^ k0, v1 = 0x646f72616e646f6dULL ^ k1;
+    uint64_t v2 = 0x6c7967656e657261ULL ^ k0, v3 = 0x7465646279746573ULL ^ k1;
+    uint64_t m, b = (uint64_t)len << 56;
+    size_t i, tail = len & 7;
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        m = strmap_le64(in + i);
+        v3 ^= m;
+        STRMAP_SIPROUND;
+        STRMAP_SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t j = 0; j < tail; j++)
+        b |= (uint64_t)in[i + j] << (8 * j);
+    v3 ^= b;
+    STRMAP_SIPROUND;
+    STRMAP_SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    STRMAP_SIPROUND;
+    STRMAP_SIPROUND;
+    STRMAP_SIPROUND;
+    STRMAP_SIPROUND;
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+/* ---- the per-process key ---- */
+
+static unsigned char strmap_key[16];
+static pthread_once_t strmap_key_once = PTHREAD_ONCE_INIT;
+
+static bool strmap_read_urandom(unsigned char *buf, size_t len)
+{
+    int fd = open("/dev/urandom", O_RDONLY | O_CLOEXEC);
+    size_t got = 0;
+    if (fd < 0)
+        return false;
+    while (got < len) {
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    close(fd);
+    return got == len;
+}
+
+static void strmap_key_init(void)
+{
+    size_t got = 0;
+    while (got < sizeof strmap_key) {
+        ssize_t n = getrandom(strmap_key + got, sizeof strmap_key - got, 0);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got < sizeof strmap_key && !strmap_read_urandom(strmap_key, sizeof strmap_key)) {
+        /* Without randomness every map would be predictable: refuse to run. */
+        fprintf(stderr, "strmap: no randomness from the OS for the hash key\n");
+        abort();
+    }
+}
+
 static uint64_t strmap_hash(const char *s)
 {
-    uint64_t h = 1469598103934665603ULL;
-    for (; *s; s++) {
-        h ^= (unsigned char)*s;
-        h *= 1099511628211ULL;
-    }
-    return h;
+    pthread_once(&strmap_key_once, strmap_key_init);
+    return strmap_siphash24(strmap_key, s, strlen(s));
 }
 
 struct strmap *strmap_new(void)

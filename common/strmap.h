@@ -1,11 +1,14 @@
 /*
  * strmap.h - a string-keyed hash map (chained, power-of-two buckets, grows
- * at load factor 1). Values are opaque pointers the caller owns.
+ * at load factor 1). Values are opaque pointers the caller owns; the map owns
+ * its copies of the keys. Keys are hashed with SipHash-2-4 under a random
+ * per-process key, so keys chosen by a client cannot be made to collide.
  */
 #ifndef STAMPCP_STRMAP_H
 #define STAMPCP_STRMAP_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 struct strmap;
 
@@ -20,5 +23,8 @@ void *strmap_del(struct strmap *m, const char *key);
 size_t strmap_count(const struct strmap *m);
 /* Remove everything, calling free_value on each value. */
 void strmap_clear(struct strmap *m, void (*free_value)(void *));
+
+/* SipHash-2-4 of len bytes under a 16-byte key (exposed for its test vectors). */
+uint64_t strmap_siphash24(const unsigned char key[16], const void *data, size_t len);
 
 #endif

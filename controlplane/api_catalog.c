@@ -4,11 +4,15 @@
  */
 #include "api_catalog.h"
 
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "envelope.h"
 #include "listpage.h"
 #include "log.h"
+#include "sas.h"
+#include "stampcheck.h"
 #include "util.h"
 
 
@@ -39,7 +43,16 @@ static void cat_decorate(struct cp *cp, json_t *item)
     enum stamp_health h = id ? loadtable_health(cp->lt, id, util_mono_ms()) : STAMP_DOWN;
     char ts[40];
 
-    json_object_set_new(item, "health", json_string(loadtable_health_word(h)));
+    struct layout *l = layouts_current(cp->layouts);
+    char detail[200];
+
+    if (id && l && stampcheck_conflict(layout_find_stamp(l, id), e, detail, sizeof detail)) {
+        /* Flagged: its reports disagree with the catalog; placement ignores it. */
+        json_object_set_new(item, "health", json_string("misreported"));
+        json_object_set_new(item, "identityMismatch", json_string(detail));
+    } else {
+        json_object_set_new(item, "health", json_string(loadtable_health_word(h)));
+    }
     if (e) {
         util_format_time(e->report_wall_ms, ts, sizeof ts);
         json_object_set_new(item, "lastReportAt", json_string(ts));
@@ -186,6 +199,36 @@ static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res
     return true;
 }
 
+/* A DPS instance's serviceKey is stored sealed (envelope.h, AAD
+ * "dps-instance:<id>:service-key"); false after replying 400/500. */
+static bool cat_seal_secrets(struct cp_req *r, const struct catalog_resource *res, struct catalog_values *v,
+                             const char *id)
+{
+    char aad[ENVELOPE_AAD_MAX];
+    unsigned char raw[128];
+    for (int i = 0; i < v->n; i++) {
+        char *sealed;
+        int n;
+        if (strcmp(res->fields[v->field[i]].json, "serviceKey") != 0 || !v->value[i])
+            continue;
+        n = sas_b64_decode(v->value[i], raw, sizeof raw);
+        OPENSSL_cleanse(raw, sizeof raw);
+        if (n < 16 || n > 64) {
+            cpreq_reply_error(r, 400, "invalid_value", "serviceKey", "'serviceKey' must be base64 of 16 to 64 bytes");
+            return false;
+        }
+        envelope_aad_service_key(aad, sizeof aad, id);
+        if (!(sealed = envelope_seal_text(r->cp->env, v->value[i], aad))) {
+            cpreq_reply_error(r, 500, "internal", NULL, "the service key could not be sealed");
+            return false;
+        }
+        OPENSSL_cleanse(v->value[i], strlen(v->value[i]));
+        free(v->value[i]);
+        v->value[i] = sealed;
+    }
+    return true;
+}
+
 static void cat_create(struct cp_req *r, const struct catalog_resource *res)
 {
     struct catalog_values v;
@@ -202,7 +245,7 @@ static void cat_create(struct cp_req *r, const struct catalog_resource *res)
         return;
     }
     json_decref(body);
-    if (!cat_check_rules(r, res, &v, v.value[0], true)) {
+    if (!cat_check_rules(r, res, &v, v.value[0], true) || !cat_seal_secrets(r, res, &v, v.value[0])) {
         catalog_values_free(&v);
         return;
     }
@@ -245,7 +288,7 @@ static void cat_update(struct cp_req *r, const struct catalog_resource *res, con
         cat_get(r, res, id);
         return;
     }
-    if (!cat_check_rules(r, res, &v, id, false)) {
+    if (!cat_check_rules(r, res, &v, id, false) || !cat_seal_secrets(r, res, &v, id)) {
         catalog_values_free(&v);
         return;
     }

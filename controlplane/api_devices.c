@@ -21,6 +21,7 @@
 #include "log.h"
 #include "pgbatch.h"
 #include "placement.h"
+#include "pseudonym.h"
 #include "ratelimit.h"
 #include "sas.h"
 #include "util.h"
@@ -56,6 +57,7 @@ struct devreq {
     struct layout *l;
     int pending;
     bool lookup_failed;
+    char geo_unknown[72];      /* a row came from a database of no configured geography: what it said */
     struct dev_row row;
     uint64_t epoch;
     struct placement_result pr;
@@ -208,7 +210,11 @@ static void dev_count(struct devreq *d, const char *dps_id, int delta)
  * announcement is known to be waiting at all of them (redisfeed.h). */
 static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
 {
-    char *payload = xasprintf("device %s %s", d->tenant_id, d->regid);
+    char ps[PSEUDONYM_LEN];
+    /* Redis carries the device's pseudonym, never its registration id. */
+    char *payload = xasprintf("device %s %s %s", d->tenant_id,
+                              pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps),
+                              pseudonym_key_id(&d->r->cp->pseudo));
     assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
     d->then = then;
     redisfeed_invalidate_wait(d->r->cp->feed, payload, dev_on_published, d);
@@ -216,22 +222,28 @@ static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
 }
 
 /* ---- rows ----
- * Every lookup ends with the geography asked, so that each answer says
- * which database it came from. */
+ * Every lookup ends with the geography of the database that answered: the
+ * one asked when the database's own geo_identity says so, else "?" and what
+ * it says (never a configured id), so that a row whose geography can't be
+ * told fails closed (dev_after_lookup) instead of being guessed. */
 
 /* The lookup is batched (pgbatch.h): one device, or many through unnest.
  * Both start with the item's ordinal. */
 static const char dev_lookup_sql[] =
     "SELECT 1, status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
-    " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text, $3::text"
+    " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text,"
+    " CASE WHEN (SELECT geography FROM geo_identity) = $3::text THEN $3::text"
+    " ELSE '?' || coalesce((SELECT geography FROM geo_identity), '') END"
     " FROM devices WHERE tenant_id = $1 AND registration_id = $2";
 
 /* One index probe per item (LATERAL ... OFFSET 0): a plain join could be
  * planned as a hash of the whole devices table. */
 static const char dev_lookup_many_sql[] =
     "SELECT k.ord, d.status, coalesce(d.region_id,''), coalesce(d.stamp_id,''), coalesce(d.dps_id,''),"
-    " coalesce(d.id_scope,''), coalesce(d.dps_endpoint,''), coalesce(cp_ts(d.assigned_at),''), d.etag::text, k.geo"
+    " coalesce(d.id_scope,''), coalesce(d.dps_endpoint,''), coalesce(cp_ts(d.assigned_at),''), d.etag::text,"
+    " CASE WHEN gi.g = k.geo THEN k.geo ELSE '?' || coalesce(gi.g, '') END"
     " FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, registration_id, geo, ord)"
+    " CROSS JOIN (SELECT (SELECT geography FROM geo_identity) AS g) gi"
     " CROSS JOIN LATERAL (SELECT t.status, t.region_id, t.stamp_id, t.dps_id, t.id_scope, t.dps_endpoint,"
     " t.assigned_at, t.etag FROM devices t"
     " WHERE t.tenant_id = k.tenant_id AND t.registration_id = k.registration_id OFFSET 0) d";
@@ -282,7 +294,9 @@ static const char dev_detail_sql[] =
     "  'decision', d.decision, 'history', (SELECT coalesce(json_agg(json_build_object('at', cp_ts(h.at),"
     "  'event', h.event, 'fromStamp', h.from_stamp, 'toStamp', h.to_stamp, 'reason', h.reason) ORDER BY h.id),"
     "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id)),"
-    " $3::text FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
+    " CASE WHEN (SELECT geography FROM geo_identity) = $3::text THEN $3::text"
+    " ELSE '?' || coalesce((SELECT geography FROM geo_identity), '') END"
+    " FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2";
 
 /* Columns 0..7 of row `row` (after leading columns, `off` of them: an
  * ordinal, an outcome) into a row. */
@@ -715,6 +729,7 @@ static const char *dev_invalid_reason(struct devreq *d)
         if (strcmp(rule, "health") == 0)
             return loadtable_health(d->r->cp->lt, st->id, util_mono_ms()) == STAMP_DOWN ? "stamp down" : "stamp stale";
         if (strcmp(rule, "status") == 0) return "stamp draining";
+        if (strcmp(rule, "identity") == 0) return "stamp misreports its region or geography";
         if (strcmp(rule, "residency") == 0) return "residency changed";
         return "tenancy changed";
     }
@@ -726,6 +741,17 @@ static void dev_after_lookup(struct devreq *d)
     struct dev_row *w = &d->row;
     const char *why;
 
+    if (d->geo_unknown[0]) {
+        /* Fail closed: answering, placing or releasing it would act on a guess. */
+        char ps[PSEUDONYM_LEN], q[80];
+        log_write(LOG_ERROR, d->r->id, "event=device_geography_unknown tenant=%s device=%s answered=%s",
+                  d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps),
+                  log_quote(d->geo_unknown, q, sizeof q));
+        dev_error(d, 503, "geography_unknown", NULL,
+                  "the device's geography cannot be told (its database does not identify as a configured "
+                  "geography); nothing was changed");
+        return;
+    }
     if (!w->found && d->lookup_failed) {
         /* It may exist where we couldn't look: placing it again could duplicate it. */
         dev_unavailable(d, NULL);
@@ -733,11 +759,14 @@ static void dev_after_lookup(struct devreq *d)
     }
     if (d->kind == DEV_ADMIN_GET) {
         json_t *detail;
+        char ps[PSEUDONYM_LEN];
         if (!w->found || !(detail = json_loads(w->detail, 0, NULL))) {
             dev_error(d, 404, "not_found", NULL, "no such device");
             return;
         }
         json_object_set_new(detail, "geography", json_string(d->r->cp->cfg.geos[w->geo].id));
+        json_object_set_new(detail, "pseudonym",
+                            json_string(pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps)));
         dev_set_state(d, DS_DONE);
         cpreq_reply_json(d->r, 200, detail);
         dev_free(d);
@@ -787,12 +816,17 @@ static void dev_on_lookup_row(struct devreq *d, const struct pgq_result *q, int 
     /* the last column names the geography whose database answered */
     if (q->status != PGQ_OK) {
         d->lookup_failed = true;
+    } else if (row >= 0 &&
+               (geo = dev_geo_index(d->r->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1))) < 0) {
+        /* Found, in a database whose geography we can't tell: never guess one. */
+        snprintf(d->geo_unknown, sizeof d->geo_unknown, "%s", PQgetvalue(q->res, row, PQnfields(q->res) - 1));
+        if (!d->geo_unknown[0])
+            snprintf(d->geo_unknown, sizeof d->geo_unknown, "?");
     } else if (row >= 0) {
-        geo = dev_geo_index(d->r->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1));
         if (!d->row.found || strcmp(PQgetvalue(q->res, row, off), "assigned") == 0) {
             free(d->row.detail);
             d->row.detail = NULL;
-            dev_row_read(&d->row, q->res, row, off, geo < 0 ? 0 : geo);
+            dev_row_read(&d->row, q->res, row, off, geo);
             if (d->kind == DEV_ADMIN_GET)
                 d->row.detail = xstrdup(PQgetvalue(q->res, row, off + 8));
         }
@@ -819,6 +853,7 @@ static void dev_lookup(struct devreq *d)
     dev_set_state(d, DS_LOOKUP);
     memset(&d->row, 0, sizeof d->row);
     d->lookup_failed = false;
+    d->geo_unknown[0] = '\0';
     d->epoch = assign_cache_epoch(cp->cache);
     d->pending = 1;
     for (int i = 0; i < d->t->nlookup; i++) {
@@ -849,7 +884,8 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
         dev_unavailable(d, NULL);
         return;
     }
-    if (st == TENANT_NOT_FOUND) {
+    if (st == TENANT_NOT_FOUND || st == TENANT_REFUSED) {
+        /* REFUSED: an unknown id beyond the fetch budget, answered like a bad credential. */
         if (d->auth == AUTH_OPERATOR)
             dev_error(d, 404, "not_found", NULL, "no such tenant");
         else
@@ -870,8 +906,11 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
     if (d->kind == DEV_LOCATE)
         redisfeed_drain(d->r->cp->feed);
     if (d->kind == DEV_LOCATE && (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
-        if (log_enabled(LOG_DEBUG))
-            log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id, d->regid);
+        if (log_enabled(LOG_DEBUG)) {
+            char ps[PSEUDONYM_LEN];
+            log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id,
+                      pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps));
+        }
         dev_set_state(d, DS_DONE);
         cpreq_reply_text(d->r, 200, hit, strlen(hit));
         dev_free(d);
@@ -917,11 +956,18 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
 
 /* An optional body: nothing, or a JSON object with at most a "reason"
  * (reprovision) or a "payload" for the DPS (provision). */
-static bool dev_read_body(struct devreq *d, bool reason_allowed)
+bool api_devices_check_body(json_t *body, bool reason_allowed, bool payload_allowed, const char **reason,
+                            struct jv_err *e)
 {
     static const char *const with_reason[] = {"reason", NULL};
     static const char *const with_payload[] = {"payload", NULL};
     static const char *const none[] = {NULL};
+    return jv_only_keys(body, "", reason_allowed ? with_reason : payload_allowed ? with_payload : none, e) &&
+           jv_string(body, "", "reason", false, 1, 128, reason, e);
+}
+
+static bool dev_read_body(struct devreq *d, bool reason_allowed)
+{
     struct jv_err e;
     const char *reason = NULL;
     json_t *body;
@@ -931,8 +977,7 @@ static bool dev_read_body(struct devreq *d, bool reason_allowed)
         dev_free(d);
         return false;
     }
-    if (!jv_only_keys(body, "", reason_allowed ? with_reason : d->kind == DEV_PROVISION ? with_payload : none, &e) ||
-        !jv_string(body, "", "reason", false, 1, 128, &reason, &e)) {
+    if (!api_devices_check_body(body, reason_allowed, d->kind == DEV_PROVISION, &reason, &e)) {
         json_decref(body);
         cpreq_reply_jv(d->r, &e);
         dev_free(d);
@@ -999,7 +1044,7 @@ void api_devices_registration(struct cp_req *r, const char *tenant, char **segs,
         return;
     if (kind == DEV_REPROVISION && !d->reason[0])
         snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested");
-    tenants_get(r->cp->tenants, d->tenant_id, dev_on_tenant, d);
+    tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, dev_on_tenant, d);
 }
 
 void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int nsegs)
@@ -1035,14 +1080,32 @@ void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int ns
         return;
     if (kind == DEV_REPROVISION && !d->reason[0])
         snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested by operator");
-    tenants_get(r->cp->tenants, d->tenant_id, dev_on_tenant, d);
+    tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, dev_on_tenant, d);
 }
 
+/* "device <tenant> <pseudonym> <key id>" (or, from a control plane older
+ * than pseudonyms, "device <tenant> <registrationId>"), then " #<nonce>". */
 void api_devices_on_invalidate(struct cp *cp, const char *payload)
 {
-    char kind[16], a[64], b[132];
-    if (sscanf(payload, "%15s %63s %131s", kind, a, b) == 3 && strcmp(kind, "device") == 0)
-        assign_cache_forget(cp->cache, a, b);
+    static int64_t mismatches;
+    char kind[16], a[64], b[132], k[16] = "";
+    if (sscanf(payload, "%15s %63s %131s %15s", kind, a, b, k) >= 3 && strcmp(kind, "device") == 0) {
+        if (!pseudonym_valid(b)) {
+            assign_cache_forget(cp->cache, a, b);
+        } else if (strcmp(k, pseudonym_key_id(&cp->pseudo)) == 0) {
+            assign_cache_forget_pseudo(cp->cache, a, b);
+        } else {
+            /* Another pseudonym key: we can't tell which device it is, so
+             * nothing cached may be trusted (pseudonymKey must match). */
+            char q[40];
+            assign_cache_clear(cp->cache);
+            if (mismatches++ % 1000 == 0)
+                log_warn("event=pseudonym_key_mismatch theirs=%s ours=%s count=%lld action=cache_cleared "
+                         "note=\"give every control plane the same pseudonymKey\"",
+                         log_quote(k[0] == '#' ? "" : k, q, sizeof q), pseudonym_key_id(&cp->pseudo),
+                         (long long)mismatches);
+        }
+    }
     else if (sscanf(payload, "%15s %63s", kind, a) == 2 && strcmp(kind, "tenant") == 0)
         tenants_forget(cp->tenants, a);
 }

@@ -23,6 +23,13 @@ void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int ns
  * ending in a letter, digit or '-'. */
 bool api_devices_valid_regid(const char *s);
 
+/* The optional body of a device route, without a database (dev_read_body
+ * calls it; so do the fuzz harnesses): an object with at most "reason"
+ * (1-128 characters; reason_allowed) or "payload" (payload_allowed). body
+ * is borrowed; *reason borrows from it. False with e set means a 400. */
+bool api_devices_check_body(json_t *body, bool reason_allowed, bool payload_allowed, const char **reason,
+                            struct jv_err *e) MUSTCHECK;
+
 /* The batchers of a geography's device lookups and first assignments
  * (pgbatch.h), with at most max_inflight batches of each at once, of at most
  * max_batch items. */

@@ -23,12 +23,26 @@ void api_probes_healthz(struct cp_req *r)
     cpreq_reply_json(r, 200, json_pack("{s:s}", "status", r->cp->shutting_down ? "stopping" : "ok"));
 }
 
+/* The tenant cache's counters (docs/api.md, Probes): how a flood of unknown
+ * tenant ids is absorbed. */
+static json_t *readyz_tenant_stats(struct cp *cp)
+{
+    struct tenants_stats st;
+    tenants_stats(cp->tenants, &st);
+    return json_pack("{s:I, s:I, s:I, s:I, s:I, s:I, s:I, s:I}", "cached", (json_int_t)st.cached, "negative",
+                     (json_int_t)st.negative, "negativeCap", (json_int_t)st.negative_cap, "negativeEvictions",
+                     (json_int_t)st.negative_evictions, "queries", (json_int_t)st.queries, "coalesced",
+                     (json_int_t)st.coalesced, "refused", (json_int_t)st.refused, "inflight",
+                     (json_int_t)st.inflight);
+}
+
 static void readyz_finish(struct readyz *z)
 {
     json_t *body;
     if (--z->pending > 0)
         return;
-    body = json_pack("{s:s, s:o}", "status", z->ok ? "ready" : "unavailable", "checks", z->checks);
+    body = json_pack("{s:s, s:o, s:o}", "status", z->ok ? "ready" : "unavailable", "checks", z->checks,
+                     "tenantCache", readyz_tenant_stats(z->r->cp));
     if (!z->ok)
         cpreq_add_header(z->r, "Retry-After", "1");
     cpreq_reply_json(z->r, z->ok ? 200 : 503, body);

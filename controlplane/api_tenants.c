@@ -133,6 +133,42 @@ static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err
     return true;
 }
 
+/* Read-only fields a PATCH may not name (a 400 read_only_field each). */
+static const char *const tenant_fixed[] = {"id", "residency", "tenancy", "dedicatedStamps", "createdAt",
+                                           "updatedAt", "version", "enrollmentKey", NULL};
+
+bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_err *e)
+{
+    static const char *const patch_keys[] = {"name", "id", "residency", "tenancy", "dedicatedStamps", "createdAt",
+                                             "updatedAt", "version", "enrollmentKey", NULL};
+    static const char *const token_keys[] = {"name", NULL};
+    static const char *const none[] = {NULL};
+    struct tenant_input in;
+    const char *name = NULL;
+
+    switch (kind) {
+    case API_TENANTS_CREATE:
+        return tenant_validate(body, &in, e);
+    case API_TENANTS_PATCH:
+        if (!jv_only_keys(body, "", patch_keys, e))
+            return false;
+        for (int i = 0; tenant_fixed[i]; i++)
+            if (json_object_get(body, tenant_fixed[i])) {
+                jv_set(e, "read_only_field", tenant_fixed[i],
+                       "field '%s' cannot be changed (residency and tenancy are fixed at creation: "
+                       "create another tenant)", tenant_fixed[i]);
+                return false;
+            }
+        return jv_string(body, "", "name", false, 1, 128, &name, e);
+    case API_TENANTS_INSTALLER_TOKEN:
+        return jv_only_keys(body, "", token_keys, e) && jv_string(body, "", "name", true, 1, 128, &name, e);
+    case API_TENANTS_ROTATE:
+        return jv_only_keys(body, "", none, e);
+    }
+    jv_set(e, "invalid_value", "", "unknown tenant route");
+    return false;
+}
+
 static void tenant_reply_unavailable_or_error(struct tenant_op *op, const struct pgq_result *q)
 {
     if (q->status == PGQ_UNAVAILABLE) {
@@ -176,6 +212,15 @@ static void tenant_on_created(const struct pgq_result *q, void *arg)
     free(op);
 }
 
+/* The enrollment key as stored: sealed under the current KEK, bound to the
+ * tenant (caller frees; NULL if sealing failed). */
+static char *tenant_seal_key(struct cp *cp, const char *tenant_id, const char *key_b64)
+{
+    char aad[ENVELOPE_AAD_MAX];
+    envelope_aad_enrollment_key(aad, sizeof aad, tenant_id);
+    return envelope_seal_text(cp->env, key_b64, aad);
+}
+
 static void tenant_create(struct cp_req *r)
 {
     static const char sql[] =
@@ -197,7 +242,7 @@ static void tenant_create(struct cp_req *r)
     unsigned char key[32];
     const char *values[7];
     json_t *body = cpreq_json_body(r, false);
-    char *q;
+    char *q, *sealed;
     size_t i;
     json_t *g;
 
@@ -238,12 +283,21 @@ static void tenant_create(struct cp_req *r)
     values[3] = in.regions;
     values[4] = in.tenancy;
     values[5] = in.stamps;
-    values[6] = op->secret;
+    /* stored sealed (envelope.h): the clear key only ever leaves in this answer */
+    if (!(sealed = tenant_seal_key(r->cp, op->id, op->secret))) {
+        OPENSSL_cleanse(op->secret, sizeof op->secret);
+        free(op);
+        json_decref(body);
+        cpreq_reply_error(r, 500, "internal", NULL, "the enrollment key could not be sealed");
+        return;
+    }
+    values[6] = sealed;
     q = xasprintf(sql, tenant_public_sql);
     if (!pgpool_query(r->cp->global, q, 7, values, tenant_on_created, op)) {
         free(op);
         cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
     }
+    free(sealed);
     free(q);
     json_decref(body);
 }
@@ -350,7 +404,6 @@ static void tenant_on_token(const struct pgq_result *q, void *arg)
 
 static void tenant_installer_token(struct cp_req *r, const char *id)
 {
-    static const char *const keys[] = {"name", NULL};
     static const char sql[] =
         "INSERT INTO installer_tokens (token_sha256, tenant_id, name)"
         " SELECT $1, t.id, $3 FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL";
@@ -364,11 +417,12 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
 
     if (!body)
         return;
-    if (!jv_only_keys(body, "", keys, &e) || !jv_string(body, "", "name", true, 1, 128, &name, &e)) {
+    if (!api_tenants_validate(API_TENANTS_INSTALLER_TOKEN, body, &e)) {
         json_decref(body);
         cpreq_reply_jv(r, &e);
         return;
     }
+    name = json_string_value(json_object_get(body, "name"));
     op = xcalloc(1, sizeof *op);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
@@ -468,10 +522,6 @@ static void tenant_on_patched(const struct pgq_result *q, void *arg)
  * (changing them would strand devices placed under the old policy). */
 static void tenant_patch(struct cp_req *r, const char *id)
 {
-    static const char *const fixed[] = {"id", "residency", "tenancy", "dedicatedStamps", "createdAt",
-                                        "updatedAt", "version", "enrollmentKey", NULL};
-    static const char *const keys[] = {"name", "id", "residency", "tenancy", "dedicatedStamps", "createdAt",
-                                       "updatedAt", "version", "enrollmentKey", NULL};
     json_t *body = cpreq_json_body(r, true);
     struct jv_err e;
     const char *name = NULL;
@@ -481,24 +531,12 @@ static void tenant_patch(struct cp_req *r, const char *id)
 
     if (!body)
         return;
-    if (!jv_only_keys(body, "", keys, &e)) {
+    if (!api_tenants_validate(API_TENANTS_PATCH, body, &e)) {
         json_decref(body);
         cpreq_reply_jv(r, &e);
         return;
     }
-    for (int i = 0; fixed[i]; i++)
-        if (json_object_get(body, fixed[i])) {
-            cpreq_reply_error(r, 400, "read_only_field", fixed[i],
-                              "field '%s' cannot be changed (residency and tenancy are fixed at creation: "
-                              "create another tenant)", fixed[i]);
-            json_decref(body);
-            return;
-        }
-    if (!jv_string(body, "", "name", false, 1, 128, &name, &e)) {
-        json_decref(body);
-        cpreq_reply_jv(r, &e);
-        return;
-    }
+    name = json_string_value(json_object_get(body, "name"));
     op = xcalloc(1, sizeof *op);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
@@ -537,21 +575,20 @@ static void tenant_on_rotated(const struct pgq_result *q, void *arg)
  * no body or {} (any field is 400 unknown_field). */
 static void tenant_rotate(struct cp_req *r, const char *id)
 {
-    static const char *const none[] = {NULL};
     static const char sql[] =
         "UPDATE tenants t SET enrollment_key_previous = t.enrollment_key, enrollment_key = $2,"
         " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s";
     struct tenant_op *op;
     unsigned char key[32];
     const char *values[2];
-    char *q;
+    char *q, *sealed;
 
     if (r->body_len > 0) {
         json_t *body = cpreq_json_body(r, false);
         struct jv_err e;
         if (!body)
             return;
-        if (!jv_only_keys(body, "", none, &e)) {
+        if (!api_tenants_validate(API_TENANTS_ROTATE, body, &e)) {
             json_decref(body);
             cpreq_reply_jv(r, &e);
             return;
@@ -568,10 +605,16 @@ static void tenant_rotate(struct cp_req *r, const char *id)
     sas_b64_encode(key, sizeof key, op->secret, sizeof op->secret);
     OPENSSL_cleanse(key, sizeof key);
     values[0] = op->id;
-    values[1] = op->secret;
+    if (!(sealed = tenant_seal_key(r->cp, op->id, op->secret))) {
+        tenant_op_free(op);
+        cpreq_reply_error(r, 500, "internal", NULL, "the enrollment key could not be sealed");
+        return;
+    }
+    values[1] = sealed;
     q = xasprintf(sql, tenant_public_sql);
     if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_rotated, op))
         tenant_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    free(sealed);
     free(q);
 }
 

@@ -14,6 +14,7 @@
 struct ac_entry {
     TAILQ_ENTRY(ac_entry) lru;
     char *key;
+    char *pkey;               /* tenant + pseudonym, or NULL */
     char *json;
     int64_t expires_mono_ms;
 };
@@ -21,6 +22,8 @@ TAILQ_HEAD(ac_list, ac_entry);
 
 struct assign_cache {
     struct strmap *map;
+    struct strmap *pmap;      /* pkey -> entry */
+    const struct pseudonym *pseudo;
     struct ac_list lru;       /* most recently used first */
     size_t max;
     int64_t ttl_ms;
@@ -37,15 +40,21 @@ struct assign_cache *assign_cache_new(size_t max_entries, int64_t ttl_ms)
     struct assign_cache *c = xcalloc(1, sizeof *c);
     c->ttl_ms = ttl_ms;
     c->map = strmap_new();
+    c->pmap = strmap_new();
     TAILQ_INIT(&c->lru);
     c->max = max_entries ? max_entries : 1;
     return c;
 }
 
-static void ac_entry_free(struct assign_cache *c, struct ac_entry *e)
+/* Unlink e from both maps and the LRU, and free it. */
+static void ac_entry_drop(struct assign_cache *c, struct ac_entry *e)
 {
+    strmap_del(c->map, e->key);
+    if (e->pkey)
+        strmap_del(c->pmap, e->pkey);
     TAILQ_REMOVE(&c->lru, e, lru);
     free(e->key);
+    free(e->pkey);
     free(e->json);
     free(e);
 }
@@ -54,8 +63,7 @@ void assign_cache_clear(struct assign_cache *c)
 {
     struct ac_entry *e;
     while ((e = TAILQ_FIRST(&c->lru)) != NULL)
-        ac_entry_free(c, e);
-    strmap_clear(c->map, NULL);
+        ac_entry_drop(c, e);
     c->epoch++;
 }
 
@@ -64,7 +72,13 @@ void assign_cache_free(struct assign_cache *c)
     if (!c) return;
     assign_cache_clear(c);
     strmap_free(c->map, NULL);
+    strmap_free(c->pmap, NULL);
     free(c);
+}
+
+void assign_cache_set_pseudonym(struct assign_cache *c, const struct pseudonym *p)
+{
+    c->pseudo = p;
 }
 
 const char *assign_cache_get(struct assign_cache *c, const char *tenant, const char *regid)
@@ -76,8 +90,7 @@ const char *assign_cache_get(struct assign_cache *c, const char *tenant, const c
     if (!e)
         return NULL;
     if (e->expires_mono_ms <= util_mono_ms()) {
-        strmap_del(c->map, key);
-        ac_entry_free(c, e);
+        ac_entry_drop(c, e);
         return NULL;
     }
     TAILQ_REMOVE(&c->lru, e, lru);
@@ -106,15 +119,21 @@ void assign_cache_put(struct assign_cache *c, uint64_t epoch, const char *tenant
         TAILQ_INSERT_HEAD(&c->lru, e, lru);
         return;
     }
-    if (strmap_count(c->map) >= c->max) {
-        struct ac_entry *old = TAILQ_LAST(&c->lru, ac_list);
-        strmap_del(c->map, old->key);
-        ac_entry_free(c, old);
-    }
+    if (strmap_count(c->map) >= c->max)
+        ac_entry_drop(c, TAILQ_LAST(&c->lru, ac_list));
     e = xcalloc(1, sizeof *e);
     e->key = xstrdup(key);
     e->json = xstrdup(json);
     e->expires_mono_ms = util_mono_ms() + c->ttl_ms;
+    if (c->pseudo) {
+        char ps[PSEUDONYM_LEN], pkey[128];
+        struct ac_entry *other;
+        ac_key(pkey, sizeof pkey, tenant, pseudonym_device(c->pseudo, tenant, regid, ps));
+        if ((other = strmap_get(c->pmap, pkey)) != NULL)
+            ac_entry_drop(c, other);   /* two ids, one pseudonym: keep the newer */
+        e->pkey = xstrdup(pkey);
+        strmap_put(c->pmap, pkey, e);
+    }
     TAILQ_INSERT_HEAD(&c->lru, e, lru);
     strmap_put(c->map, key, e);
 }
@@ -125,8 +144,18 @@ void assign_cache_forget(struct assign_cache *c, const char *tenant, const char 
     struct ac_entry *e;
     ac_key(key, sizeof key, tenant, regid);
     c->epoch++;
-    if ((e = strmap_del(c->map, key)) != NULL)
-        ac_entry_free(c, e);
+    if ((e = strmap_get(c->map, key)) != NULL)
+        ac_entry_drop(c, e);
+}
+
+void assign_cache_forget_pseudo(struct assign_cache *c, const char *tenant, const char *pseudo)
+{
+    char pkey[128];
+    struct ac_entry *e;
+    ac_key(pkey, sizeof pkey, tenant, pseudo);
+    c->epoch++;
+    if ((e = strmap_get(c->pmap, pkey)) != NULL)
+        ac_entry_drop(c, e);
 }
 
 size_t assign_cache_count(const struct assign_cache *c)

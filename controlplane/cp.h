@@ -13,18 +13,23 @@
 #include "cp_config.h"
 #include "dps_client.h"
 #include "enroll_sync.h"
+#include "envelope.h"
 #include "layout.h"
 #include "loadtable.h"
 #include "pgbatch.h"
 #include "pgpool.h"
+#include "pseudonym.h"
 #include "redisfeed.h"
 #include "tenants.h"
+#include "tls.h"
 
 struct cp {
     struct event_base *base;
     struct cp_config cfg;
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
+    struct tls_server *tls;                  /* HTTPS identity (NULL: plainHttp); reloaded on SIGHUP */
+    struct connguard *guard;                 /* connection cap and read deadlines of the listener (connguard.h) */
     struct pgpool *global;
     struct pgpool *geo[CP_MAX_GEOGRAPHIES];   /* same order as cfg.geos */
     struct pgbatch *geo_lookup[CP_MAX_GEOGRAPHIES];   /* device lookups on geo[i], batched */
@@ -36,6 +41,10 @@ struct cp {
     struct assign_cache *cache;
     struct dps_client *dps;                   /* proxy provisioning; NULL if it could not be set up */
     struct enroll_sync *sync;                 /* enrollment groups in the stamps' DPS instances */
+    struct envelope *env;                     /* KEKs sealing secrets at rest (cfg.kek_file) */
+    struct cp_secrets *secrets;               /* cp_secrets.c: start-up sealing pass, KEK file watch, /v1/admin/kek */
+    struct pseudonym pseudo;                  /* device ids in logs and Redis messages (pseudonym.h) */
+    struct stampcheck *stampcheck;            /* stamps whose reports contradict the catalog (stampcheck.h) */
     char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */
     bool shutting_down;

@@ -15,8 +15,15 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", NULL,
+    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", NULL,
 };
+static const char *const cp_config_http_keys[] = {
+    "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", NULL,
+};
+static const char *const cp_config_tenants_keys[] = {
+    "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", NULL,
+};
+static const char *const cp_config_tls_keys[] = {"cert", "key", "clientCa", NULL};
 static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
 static const char *const cp_config_db_keys[] = {
     "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", NULL,
@@ -40,7 +47,15 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->dps_timeout_ms = 30000;
     cfg->enrollment_sync_ms = 10000;
     cfg->max_enrollment_groups = 100;
+    cfg->tenants_negative_size = 10000;
+    cfg->tenants_negative_ttl_ms = 2000;
+    cfg->tenants_unknown_per_s = 100;
+    cfg->tenants_unknown_burst = 200;
     cfg->log_level = LOG_INFO;
+    cfg->http_max_connections = 4096;
+    cfg->http_header_timeout_ms = 10000;
+    cfg->http_request_timeout_ms = 30000;
+    cfg->http_idle_timeout_ms = 60000;
 }
 
 bool cp_config_set_listen(struct cp_config *cfg, const char *hostport, struct jv_err *e)
@@ -97,11 +112,62 @@ static bool cp_config_parse_db(json_t *db, struct cp_config *cfg, struct jv_err 
            jv_int(db, "db", "maxQueue", false, 1, 1000000, &cfg->db_max_queue, e);
 }
 
+/* "tls": {"cert","key","clientCa"} or "plainHttp": true - exactly one of them. */
+static bool cp_config_parse_tls(json_t *root, struct cp_config *cfg, struct jv_err *e)
+{
+    json_t *tls = NULL;
+    const char *cert = NULL, *key = NULL, *client_ca = NULL;
+    bool plain = false;
+    if (!jv_object(root, "", "tls", false, &tls, e) || !jv_bool(root, "", "plainHttp", false, &plain, e) ||
+        (tls && (!jv_only_keys(tls, "tls", cp_config_tls_keys, e) ||
+                 !jv_string(tls, "tls", "cert", true, 1, 4096, &cert, e) ||
+                 !jv_string(tls, "tls", "key", true, 1, 4096, &key, e) ||
+                 !jv_string(tls, "tls", "clientCa", false, 1, 4096, &client_ca, e))))
+        return false;
+    if (tls && plain) {
+        jv_set(e, "invalid_value", "plainHttp", "plainHttp and tls exclude each other");
+        return false;
+    }
+    if (!tls && !plain) {
+        jv_set(e, "missing_field", "tls",
+               "tls.cert and tls.key are required (or \"plainHttp\": true, only behind a TLS terminator)");
+        return false;
+    }
+    cfg->plain_http = plain;
+    if (tls) {
+        cfg->tls_cert = xstrdup(cert);
+        cfg->tls_key = xstrdup(key);
+        cfg->tls_client_ca = client_ca ? xstrdup(client_ca) : NULL;
+    }
+    return true;
+}
+
+/* "http": the listener's bounds (connection cap, read deadlines, keep-alive idle). */
+static bool cp_config_parse_http(json_t *root, struct cp_config *cfg, struct jv_err *e)
+{
+    json_t *http = NULL;
+    if (!jv_object(root, "", "http", false, &http, e))
+        return false;
+    if (!http)
+        return true;
+    if (!jv_only_keys(http, "http", cp_config_http_keys, e) ||
+        !jv_int(http, "http", "maxConnections", false, 1, 1000000, &cfg->http_max_connections, e) ||
+        !jv_int(http, "http", "headerTimeoutMs", false, 100, 600000, &cfg->http_header_timeout_ms, e) ||
+        !jv_int(http, "http", "requestTimeoutMs", false, 100, 3600000, &cfg->http_request_timeout_ms, e) ||
+        !jv_int(http, "http", "idleTimeoutMs", false, 100, 60000, &cfg->http_idle_timeout_ms, e))
+        return false;
+    if (cfg->http_request_timeout_ms < cfg->http_header_timeout_ms) {
+        jv_set(e, "invalid_value", "http.requestTimeoutMs", "http.requestTimeoutMs must be at least http.headerTimeoutMs");
+        return false;
+    }
+    return true;
+}
+
 bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
     const char *listen = NULL, *token = NULL, *global = NULL, *redis = NULL, *level = NULL;
-    json_t *geos = NULL, *db = NULL, *dps = NULL;
-    const char *ca = NULL;
+    json_t *geos = NULL, *db = NULL, *dps = NULL, *tenants = NULL;
+    const char *ca = NULL, *pseudonym_key = NULL;
     char host[256];
     int port;
 
@@ -127,8 +193,17 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
                  !jv_int(dps, "dps", "timeoutMs", false, 1000, 600000, &cfg->dps_timeout_ms, e) ||
                  !jv_int(dps, "dps", "enrollmentSyncMs", false, 200, 3600000, &cfg->enrollment_sync_ms, e) ||
                  !jv_int(dps, "dps", "maxEnrollmentGroups", false, 1, 100, &cfg->max_enrollment_groups, e))) ||
-        !jv_string(root, "", "logLevel", false, 1, 16, &level, e))
+        !jv_string(root, "", "logLevel", false, 1, 16, &level, e) ||
+        !jv_object(root, "", "tenants", false, &tenants, e) ||
+        (tenants && (!jv_only_keys(tenants, "tenants", cp_config_tenants_keys, e) ||
+                     !jv_int(tenants, "tenants", "negativeCacheSize", false, 1, 10000000, &cfg->tenants_negative_size, e) ||
+                     !jv_int(tenants, "tenants", "negativeTtlMs", false, 100, 3600000, &cfg->tenants_negative_ttl_ms, e) ||
+                     !jv_int(tenants, "tenants", "unknownFetchesPerSecond", false, 1, 1000000, &cfg->tenants_unknown_per_s, e) ||
+                     !jv_int(tenants, "tenants", "unknownFetchBurst", false, 1, 1000000, &cfg->tenants_unknown_burst, e))) ||
+        !jv_string(root, "", "pseudonymKey", false, 16, 512, &pseudonym_key, e))
         return false;
+    if (pseudonym_key)
+        cfg->pseudonym_key = xstrdup(pseudonym_key);
 
     if (cfg->down_after_intervals <= cfg->stale_after_intervals) {
         jv_set(e, "invalid_value", "downAfterIntervals", "downAfterIntervals must be greater than staleAfterIntervals");
@@ -147,6 +222,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
     }
     cfg->redis_host = xstrdup(host);
     cfg->redis_port = port;
+    if (!redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e))
+        return false;
     if (db && !cp_config_parse_db(db, cfg, e))
         return false;
     if (ca)
@@ -159,7 +236,17 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         }
         cfg->log_level = l;
     }
-    return true;
+    {   /* the KEK file sealing secrets at rest (required: main.c refuses to start without it) */
+        const char *kek = NULL;
+        if (!jv_string(root, "", "kekFile", false, 1, 4096, &kek, e))
+            return false;
+        if (kek)
+            cfg->kek_file = xstrdup(kek);
+    }
+    if (!cp_config_parse_http(root, cfg, e))
+        return false;
+    /* last, so that the other keys' errors come first */
+    return cp_config_parse_tls(root, cfg, e);
 }
 
 bool cp_config_load(const char *path, struct cp_config *cfg, struct jv_err *e)
@@ -195,6 +282,15 @@ void cp_config_free(struct cp_config *cfg)
         free(cfg->geos[i].conninfo);
     }
     free(cfg->redis_host);
+    redis_auth_free(&cfg->redis_auth);
     free(cfg->dps_ca_file);
+    free(cfg->kek_file);
+    free(cfg->tls_cert);
+    free(cfg->tls_key);
+    free(cfg->tls_client_ca);
+    if (cfg->pseudonym_key) {
+        memset(cfg->pseudonym_key, 0, strlen(cfg->pseudonym_key));
+        free(cfg->pseudonym_key);
+    }
     memset(cfg, 0, sizeof *cfg);
 }

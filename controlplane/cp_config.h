@@ -10,6 +10,7 @@
 #include <stdint.h>
 
 #include "jsonv.h"
+#include "redisauth.h"
 
 #define CP_MAX_GEOGRAPHIES 32
 
@@ -27,6 +28,7 @@ struct cp_config {
     int n_geos;
     char *redis_host;
     int redis_port;
+    struct redis_auth redis_auth; /* "redisAuth": the control plane's Redis user; sensitive: never logged */
     int64_t max_body_bytes;
     int64_t stale_after_intervals;
     int64_t down_after_intervals;
@@ -41,10 +43,24 @@ struct cp_config {
     int64_t tenant_cache_ttl_ms;
     int64_t layout_refresh_ms;
     char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
+    char *kek_file;               /* "kekFile": the KEK file sealing secrets at rest (common/envelope.h) */
     int64_t dps_timeout_ms;       /* a proxied registration's deadline */
     int64_t enrollment_sync_ms;   /* how often enrollment groups are reconciled */
     int64_t max_enrollment_groups;/* symmetric-key groups a DPS instance holds (DPS: 100; lower for tests) */
+    int64_t tenants_negative_size;       /* tenants.negativeCacheSize: ids remembered as absent */
+    int64_t tenants_negative_ttl_ms;     /* tenants.negativeTtlMs */
+    int64_t tenants_unknown_per_s;       /* tenants.unknownFetchesPerSecond */
+    int64_t tenants_unknown_burst;       /* tenants.unknownFetchBurst */
+    char *pseudonym_key;         /* pseudonymKey: keys the device pseudonyms in logs (sensitive; NULL: derived) */
+    char *tls_cert;               /* tls.cert: HTTPS certificate chain (PEM); NULL only with plain_http */
+    char *tls_key;                /* tls.key: its private key */
+    char *tls_client_ca;          /* tls.clientCa: CAs for client certificates (mTLS); NULL: none asked for */
+    bool plain_http;              /* plainHttp: serve plain HTTP (behind a TLS terminator only) */
     int log_level;
+    int64_t http_max_connections;      /* "http": connections admitted at once (more: 503) */
+    int64_t http_header_timeout_ms;    /* first byte of a request -> end of its headers */
+    int64_t http_request_timeout_ms;   /* first byte of a request -> end of its body */
+    int64_t http_idle_timeout_ms;      /* an idle keep-alive connection is closed after this */
 };
 
 /*

@@ -79,13 +79,16 @@ static void es_start(struct enroll_sync *es);
 
 json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key)
 {
-    return json_pack("{s:s, s:{s:s, s:{s:s, s:s}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s}, s:{s:{}}}}",
+    /* tags.tenantId makes the tenant the owner of the registrations the
+     * group creates at the stamp (docs/stamp-dps.md "Registration ownership") */
+    return json_pack("{s:s, s:{s:s, s:{s:s, s:s}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s, s:s}, s:{s:{}}}}",
                      "enrollmentGroupId", tenant_id,
                      "attestation", "type", "symmetricKey", "symmetricKey", "primaryKey", enrollment_key,
                      "secondaryKey", previous_key ? previous_key : enrollment_key,
                      "provisioningStatus", "enabled", "allocationPolicy", "hashed",
                      "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
-                     "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "properties", "desired");
+                     "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "tenantId", tenant_id,
+                     "properties", "desired");
 }
 
 static void es_arm(struct enroll_sync *es, int ms)
@@ -230,6 +233,13 @@ static bool es_is_managed(json_t *doc)
     return by && strcmp(by, ES_MANAGED_BY) == 0;
 }
 
+/* The tenant a group is tagged with (the owner of its registrations). */
+static const char *es_tenant_of(json_t *doc)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(doc, "initialTwin"), "tags"),
+                                             "tenantId"));
+}
+
 static const char *es_key_of(json_t *doc, const char *which)
 {
     return json_string_value(json_object_get(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"),
@@ -277,6 +287,7 @@ static void es_plan(struct es_dps *d)
         room--;
         if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
             !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
+            !es_same(gid, es_tenant_of(have)) ||
             !status || strcmp(status, "enabled") != 0)
             es_add_change(d, ES_PUT, gid, have, doc);
     }
@@ -342,7 +353,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
     tenants = json_object_get(root, "tenants");
     tv = xcalloc(json_array_size(tenants) + 1, sizeof *tv);
     json_array_foreach(tenants, i, row)
-        if ((tv[ntenants] = tenant_from_row(row)) != NULL) ntenants++;
+        if ((tv[ntenants] = tenant_from_row_env(row, es->cp->env)) != NULL) ntenants++;
     {
         /* Instances no longer managed (removed, credentials dropped): no state, no exclusions. */
         const char *id;
@@ -369,7 +380,12 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
         snprintf(d->endpoint, sizeof d->endpoint, "%s", json_string_value(json_object_get(row, "endpoint")));
         snprintf(d->host, sizeof d->host, "%s", json_string_value(json_object_get(row, "host")));
         snprintf(d->key_name, sizeof d->key_name, "%s", json_string_value(json_object_get(row, "keyName")));
-        d->keylen = key ? sas_b64_decode(key, d->key, sizeof d->key) : -1;
+        {   /* the service key is stored sealed (envelope.h) */
+            char aad[ENVELOPE_AAD_MAX];
+            size_t klen = 0;
+            envelope_aad_service_key(aad, sizeof aad, d->id);
+            d->keylen = key && envelope_open_b64key(es->cp->env, key, aad, d->key, sizeof d->key, &klen) ? (int)klen : -1;
+        }
         d->desired = json_object();
         d->actual = json_object();
         d->refused = json_object();
@@ -390,7 +406,8 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
             }
         es->pending++;
         if (d->keylen <= 0) {
-            snprintf(d->error, sizeof d->error, "the instance's serviceKey is not base64");
+            snprintf(d->error, sizeof d->error,
+                     "the instance's serviceKey does not open (its KEK is not in the KEK file, or it is not base64)");
             d->failed++;
             es_dps_done(d);
             continue;

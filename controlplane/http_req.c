@@ -59,14 +59,15 @@ static const char *cpreq_method_name(enum evhttp_cmd_type m)
 
 static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
 {
-    char path[160];
+    char path[160], safe[512];   /* safe: the uri with device ids as pseudonyms (pseudonym.h) */
     const char *uri = evhttp_request_get_uri(r->ev);
     evhttp_add_header(evhttp_request_get_output_headers(r->ev), "X-Request-Id", r->id);
     evhttp_send_reply(r->ev, status, NULL, buf);
     if (log_enabled(LOG_INFO) && (status >= 400 || log_enabled(LOG_DEBUG)))
         log_write(status >= 500 ? LOG_WARN : LOG_INFO, r->id,
                   "event=http_request method=%s path=%s status=%d ms=%lld",
-                  cpreq_method_name(r->method), log_quote(uri, path, sizeof path), status,
+                  cpreq_method_name(r->method),
+                  log_quote(pseudonym_redact_path(&r->cp->pseudo, uri, safe, sizeof safe), path, sizeof path), status,
                   (long long)(util_mono_ms() - r->start_ms));
     cpreq_free(r);
 }

@@ -3,10 +3,12 @@
  *
  * Age is measured on this process's monotonic clock from the moment a report
  * arrived, so a stamp agent whose wall clock is off does not look dead (or
- * alive) for that reason alone.
+ * alive) for that reason alone; order comes from the agent's run id and
+ * sequence number and from Redis's own order, never from the agent's clock.
  */
 #include "loadtable.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -58,10 +60,28 @@ static struct load_entry *loadtable_add(struct loadtable *lt, const char *id)
     return e;
 }
 
+/* Whether a well-formed report is older than (or the same as) what e holds. */
+static bool loadtable_is_older(const struct load_entry *e, const char *run, int64_t seq, enum load_source src,
+                               int64_t subscribed_mono_ms)
+{
+    if (run[0] && strcmp(run, e->run_id) == 0)
+        return seq < e->seq || (seq == e->seq && src == LOAD_SNAPSHOT);
+    /* Another run, or no run id: Redis's order decides. A live report is the
+     * newest there is; a snapshot read after a live report of this
+     * subscription may predate it. */
+    return src == LOAD_SNAPSHOT && e->live_mono_ms > 0 && e->live_mono_ms >= subscribed_mono_ms;
+}
+
 bool loadtable_apply(struct loadtable *lt, json_t *report, int64_t now_wall_ms, int64_t now_mono_ms)
 {
+    return loadtable_apply_from(lt, report, LOAD_LIVE, 0, now_wall_ms, now_mono_ms);
+}
+
+bool loadtable_apply_from(struct loadtable *lt, json_t *report, enum load_source src, int64_t subscribed_mono_ms,
+                          int64_t now_wall_ms, int64_t now_mono_ms)
+{
     struct jv_err err;
-    const char *stamp = NULL, *health = NULL;
+    const char *stamp = NULL, *health = NULL, *run = "", *region = "", *geography = "";
     int64_t ts = 0, interval = 0, seq = 0, age;
     json_t *load = NULL;
     struct load_entry *e;
@@ -72,22 +92,34 @@ bool loadtable_apply(struct loadtable *lt, json_t *report, int64_t now_wall_ms, 
         !jv_int(report, "", "ts", true, 0, INT64_MAX, &ts, &err) ||
         !jv_int(report, "", "intervalMs", true, 1, 3600000, &interval, &err) ||
         !jv_int(report, "", "seq", false, 0, INT64_MAX, &seq, &err) ||
-        !jv_object(report, "", "load", false, &load, &err) || !jv_valid_id(stamp))
+        !jv_string(report, "", "runId", false, 1, LOADTABLE_RUN_ID_MAX, &run, &err) ||
+        !jv_object(report, "", "load", false, &load, &err) || !jv_valid_id(stamp) ||
+        !jv_string(report, "", "region", false, 1, 63, &region, &err) ||
+        !jv_string(report, "", "geography", false, 1, 63, &geography, &err) ||
+        (run[0] && !jv_valid_id(run)))
         return false;
 
     e = loadtable_find(lt, stamp);
-    if (e && ts < e->report_wall_ms)
-        return true;   /* an older report (a snapshot racing a publish): keep the newer */
+    if (e && loadtable_is_older(e, run, seq, src, subscribed_mono_ms))
+        return true;   /* e.g. a snapshot racing a publish: keep the newer */
     if (!e)
         e = loadtable_add(lt, stamp);
-    age = now_wall_ms - ts;
-    if (age < 0) age = 0;
-    if (age > now_mono_ms) age = now_mono_ms;
+    if (src == LOAD_LIVE) {
+        age = 0;
+        e->live_mono_ms = now_mono_ms;
+    } else {
+        age = now_wall_ms - ts;
+        if (age < 0) age = 0;
+        if (age > now_mono_ms) age = now_mono_ms;
+    }
     e->seen_mono_ms = now_mono_ms - age;
     e->report_wall_ms = ts;
     e->interval_ms = interval;
     e->seq = seq;
+    snprintf(e->run_id, sizeof e->run_id, "%s", run);
     e->said_down = strcmp(health, "down") == 0;
+    snprintf(e->region, sizeof e->region, "%s", region);
+    snprintf(e->geography, sizeof e->geography, "%s", geography);
     json_decref(e->load);
     e->load = load ? json_deep_copy(load) : NULL;
     return true;

@@ -11,9 +11,11 @@
 
 #include "api_devices.h"
 #include "cp.h"
+#include "cp_secrets.h"
 #include "http_server.h"
 #include "http_call.h"
 #include "log.h"
+#include "stampcheck.h"
 #include "util.h"
 
 #define CP_EXIT_CONFIG 2
@@ -22,6 +24,8 @@ static void cp_usage(FILE *out)
 {
     fprintf(out,
             "usage: controlplane --config FILE [--listen HOST:PORT] [--log-level LEVEL] [--check-config]\n"
+            "       controlplane --config FILE --pseudonym TENANT/REGISTRATION_ID...\n"
+            "  --pseudonym prints the pseudonym (dev_...) that logs and Redis messages use for each device.\n"
             "  The operator token comes from the config's operatorToken or, overriding it,\n"
             "  the CONTROLPLANE_OPERATOR_TOKEN environment variable.\n");
 }
@@ -43,7 +47,9 @@ static void cp_on_signal(evutil_socket_t sig, short what, void *arg)
     struct timeval tick = {0, 20000};
     (void)what;
     if (sig == SIGHUP) {
-        log_info("event=sighup_ignored note=\"restart to apply a new configuration\"");
+        /* certificates only; the rest of the config needs a restart */
+        log_info("event=sighup action=reload_tls_certificates");
+        (void)http_server_reload_tls(cp);
         return;
     }
     if (cp->shutting_down) {
@@ -60,6 +66,27 @@ static void cp_on_signal(evutil_socket_t sig, short what, void *arg)
         event_base_loopbreak(cp->base);
 }
 
+static bool cp_pseudonym_mode;   /* --pseudonym: print pseudonyms of the remaining arguments */
+
+/* controlplane --config FILE --pseudonym TENANT/REGID...: one line each,
+ * "dev_... TENANT REGID". Returns the exit status. */
+static int cp_print_pseudonyms(struct cp *cp, int argc, char **argv)
+{
+    int rc = 0;
+    for (int i = optind; i < argc; i++) {
+        const char *slash = strchr(argv[i], '/');
+        char tenant[64], ps[PSEUDONYM_LEN];
+        if (!slash || slash == argv[i] || (size_t)(slash - argv[i]) >= sizeof tenant || !slash[1]) {
+            fprintf(stderr, "controlplane: --pseudonym wants TENANT/REGISTRATION_ID, got '%s'\n", argv[i]);
+            rc = 2;
+            continue;
+        }
+        snprintf(tenant, sizeof tenant, "%.*s", (int)(slash - argv[i]), argv[i]);
+        printf("%s %s %s\n", pseudonym_device(&cp->pseudo, tenant, slash + 1, ps), tenant, slash + 1);
+    }
+    return rc;
+}
+
 static bool cp_parse_args(int argc, char **argv, struct cp *cp, bool *check_only)
 {
     static const struct option opts[] = {
@@ -67,6 +94,7 @@ static bool cp_parse_args(int argc, char **argv, struct cp *cp, bool *check_only
         {"listen", required_argument, NULL, 'l'},
         {"log-level", required_argument, NULL, 'L'},
         {"check-config", no_argument, NULL, 'k'},
+        {"pseudonym", no_argument, NULL, 'P'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -80,11 +108,12 @@ static bool cp_parse_args(int argc, char **argv, struct cp *cp, bool *check_only
         case 'l': listen = optarg; break;
         case 'L': level = optarg; break;
         case 'k': *check_only = true; break;
+        case 'P': cp_pseudonym_mode = true; break;
         case 'h': cp_usage(stdout); exit(0);
         default: cp_usage(stderr); return false;
         }
     }
-    if (optind < argc || !config) {
+    if ((optind < argc && !cp_pseudonym_mode) || !config) {
         fprintf(stderr, "controlplane: %s\n", config ? "unexpected arguments" : "--config is required");
         cp_usage(stderr);
         return false;
@@ -184,12 +213,14 @@ static void cp_on_resubscribed(void *arg)
 static void cp_free(struct cp *cp)
 {
     http_server_free(cp);
+    stampcheck_free(cp->stampcheck);
     layouts_free(cp->layouts);
     redisfeed_free(cp->feed);
     tenants_free(cp->tenants);
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
+    cp_secrets_free(cp->secrets);
     http_call_abort_all();
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++) {
@@ -203,6 +234,8 @@ static void cp_free(struct cp *cp)
     if (cp->sig_int) event_free(cp->sig_int);
     if (cp->sig_hup) event_free(cp->sig_hup);
     if (cp->base) event_base_free(cp->base);
+    pseudonym_clear(&cp->pseudo);
+    envelope_free(cp->env);
     cp_config_free(&cp->cfg);
 }
 
@@ -218,8 +251,33 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return CP_EXIT_CONFIG;
     }
+    /* A per-deployment key: every control plane of the deployment derives the same pseudonyms. */
+    pseudonym_init(&cp.pseudo, cp.cfg.pseudonym_key ? cp.cfg.pseudonym_key : cp.cfg.operator_token);
+    if (cp_pseudonym_mode) {
+        rc = cp_print_pseudonyms(&cp, argc, argv);
+        pseudonym_clear(&cp.pseudo);
+        cp_config_free(&cp.cfg);
+        return rc;
+    }
+    {
+        char err[300];
+        if (!http_server_check_tls(&cp.cfg, err, sizeof err)) {
+            fprintf(stderr, "controlplane: config error: tls: %s\n", err);
+            cp_config_free(&cp.cfg);
+            return CP_EXIT_CONFIG;
+        }
+    }
+    {
+        char err[400];
+        if (!(cp.env = cp_secrets_load(&cp.cfg, err, sizeof err))) {
+            fprintf(stderr, "controlplane: config error: kekFile: %s\n", err);
+            cp_config_free(&cp.cfg);
+            return CP_EXIT_CONFIG;
+        }
+    }
     if (check_only) {
         printf("config ok\n");
+        envelope_free(cp.env);
         cp_config_free(&cp.cfg);
         return 0;
     }
@@ -241,6 +299,7 @@ int main(int argc, char **argv)
     for (int i = 0; i < cp.cfg.n_geos; i++)
         cp.geo_ids[i] = cp.cfg.geos[i].id;
     cp.cache = assign_cache_new((size_t)cp.cfg.cache_size, cp.cfg.cache_ttl_ms);
+    assign_cache_set_pseudonym(cp.cache, &cp.pseudo);
     {
         char err[300];
         cp.dps = dps_client_new(cp.base, cp.cfg.dps_ca_file, (int)cp.cfg.dps_timeout_ms, err, sizeof err);
@@ -252,13 +311,23 @@ int main(int argc, char **argv)
         if (!cp.dps)
             log_warn("event=dps_client_disabled reason=\"%s\"", err);
     }
-    cp.tenants = tenants_new(cp.global, (int)cp.cfg.tenant_cache_ttl_ms);
+    {
+        struct tenants_opts to = {.ttl_ms = (int)cp.cfg.tenant_cache_ttl_ms,
+                                  .negative_cache_size = (int)cp.cfg.tenants_negative_size,
+                                  .negative_ttl_ms = (int)cp.cfg.tenants_negative_ttl_ms,
+                                  .unknown_rate = (double)cp.cfg.tenants_unknown_per_s,
+                                  .unknown_burst = (int)cp.cfg.tenants_unknown_burst};
+        cp.tenants = tenants_new(cp.global, &to);
+    }
+    tenants_set_envelope(cp.tenants, cp.env);
     cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
+    cp.secrets = cp_secrets_new(&cp);
+    cp.stampcheck = stampcheck_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
     {
         struct redisfeed_hooks hooks = {cp_on_invalidate, cp_on_resubscribed, &cp};
-        cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, cp.lt, &hooks);
+        cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, &cp.cfg.redis_auth, cp.lt, &hooks);
     }
     if (!http_server_start(&cp)) {
         rc = 1;

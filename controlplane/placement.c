@@ -2,6 +2,7 @@
  * placement.c - filters, scoring and the decision record.
  */
 #include "placement.h"
+#include "stampcheck.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,10 @@ bool placement_stamp_valid(const struct tenant *t, const struct layout_stamp *st
     *rule = placement_policy_rule(t, st);
     if (*rule)
         return false;
+    if (stampcheck_conflict(st, loadtable_get(loads, st->id), NULL, 0)) {
+        *rule = "identity";   /* its report disagrees with the catalog about where it is */
+        return false;
+    }
     if (loadtable_health(loads, st->id, now_mono_ms) != STAMP_HEALTHY) {
         *rule = "health";
         return false;
@@ -189,9 +194,11 @@ void placement_run(const struct placement_input *in, struct placement_result *ou
         }
         n_policy++;
         if (!placement_stamp_valid(t, st, in->loads, in->now_mono_ms, &rule)) {
+            if (rule[0] == 'i')
+                stampcheck_conflict(st, loadtable_get(in->loads, st->id), detail, sizeof detail);
             json_array_append_new(verdicts, placement_verdict(st, rule,
                 rule[0] == 'h' ? loadtable_health_word(loadtable_health(in->loads, st->id, in->now_mono_ms))
-                               : "draining"));
+                : rule[0] == 'i' ? detail : "draining"));
             continue;
         }
         if (in->avoid_stamp && strcmp(in->avoid_stamp, st->id) == 0) {

@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "log.h"
 #include "util.h"
 
 /* KEYS: buckets in order; ARGV: capacity_i, refill-per-ms_i pairs.
@@ -44,7 +45,12 @@ static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct rl_call *c = privdata;
     redisReply *reply = r;
+    static int64_t errors;
     (void)ac;
+    /* e.g. NOPERM when the control plane's Redis user lacks a rule: say so (rarely). */
+    if (reply && reply->type == REDIS_REPLY_ERROR && errors++ % 1000 == 0)
+        log_error("event=ratelimit_refused error=\"%.200s\" count=%lld", reply->str ? reply->str : "",
+                  (long long)errors);
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2 ||
         reply->element[0]->type != REDIS_REPLY_INTEGER || reply->element[1]->type != REDIS_REPLY_INTEGER) {
         c->cb(RL_UNAVAILABLE, -1, 0, c->arg);

@@ -4,7 +4,12 @@
  * Two connections: "sub" holds the SUBSCRIBE (a subscribed connection can't
  * run other commands), "cmd" runs the snapshot SCAN/HGETALLs and the PING
  * heartbeat. A subscription alone would miss reports sent while we were
- * disconnected, so every (re)subscribe is followed by a snapshot.
+ * disconnected, so every (re)subscribe is followed by a snapshot. Both
+ * connections AUTH as the control plane's Redis user (redisconn.c).
+ *
+ * A report counts only for the stamp its channel or key names: the Redis
+ * ACLs let each agent write only its own, and this check makes that the
+ * limit of what an agent can claim.
  */
 #include "redisfeed.h"
 
@@ -34,6 +39,7 @@ struct redisfeed {
     struct redisconn *sub;
     struct redisconn *cmd;
     bool subscribed;
+    int64_t subscribed_mono_ms;  /* when the current load subscription was confirmed */
     bool want_snapshot;      /* a subscribe happened; snapshot once cmd is up */
     bool snapshot_running;
     int64_t bad_reports;
@@ -41,9 +47,23 @@ struct redisfeed {
     LIST_HEAD(, feed_wait) waits;   /* invalidations waiting to come back */
 };
 
-static void feed_apply(struct redisfeed *f, json_t *report, const char *source)
+/* The report must be about the stamp its channel or key names (expect). */
+static bool feed_names_stamp(const json_t *report, const char *expect, size_t expect_len)
 {
-    if (!loadtable_apply(f->lt, report, util_wall_ms(), util_mono_ms())) {
+    const char *id = json_string_value(json_object_get(report, "stampId"));
+    return id && strlen(id) == expect_len && memcmp(id, expect, expect_len) == 0;
+}
+
+static void feed_apply(struct redisfeed *f, json_t *report, const char *source, enum load_source src,
+                       const char *expect, size_t expect_len)
+{
+    if (report && !feed_names_stamp(report, expect, expect_len)) {
+        if (f->bad_reports++ % 1000 < 3)
+            log_warn("event=load_report_stamp_mismatch source=%s expected=%.*s count=%lld", source,
+                     (int)(expect_len > 63 ? 63 : expect_len), expect, (long long)f->bad_reports);
+        return;
+    }
+    if (!loadtable_apply_from(f->lt, report, src, f->subscribed_mono_ms, util_wall_ms(), util_mono_ms())) {
         /* Log the first few and then every 1000th, not every tick of a broken agent. */
         if (f->bad_reports++ % 1000 < 3)
             log_warn("event=bad_load_report source=%s count=%lld", source, (long long)f->bad_reports);
@@ -76,17 +96,46 @@ static json_t *feed_hash_to_report(const redisReply *r)
     return obj;
 }
 
+/* One HGETALL of a snapshot: which stamp the key names. */
+struct feed_hget {
+    struct redisfeed *f;
+    size_t stamp_len;
+    char stamp[64];
+};
+
 static void feed_on_hgetall(redisAsyncContext *ac, void *r, void *privdata)
 {
-    struct redisfeed *f = privdata;
+    struct feed_hget *h = privdata;
     redisReply *reply = r;
     json_t *report;
     (void)ac;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements == 0)
-        return;   /* gone meanwhile (TTL) or connection lost */
-    report = feed_hash_to_report(reply);
-    feed_apply(f, report, "snapshot");
-    json_decref(report);
+    if (reply && reply->type == REDIS_REPLY_ARRAY && reply->elements > 0) {
+        report = feed_hash_to_report(reply);
+        feed_apply(h->f, report, "snapshot", LOAD_SNAPSHOT, h->stamp, h->stamp_len);
+        json_decref(report);
+    }   /* else gone meanwhile (TTL) or connection lost */
+    free(h);
+}
+
+/* HGETALL key "stamp:{id}:load"; keys of another shape are skipped. */
+static void feed_snapshot_get(struct redisfeed *f, redisAsyncContext *ac, const char *key, size_t len)
+{
+    static const char pre[] = "stamp:", post[] = ":load";
+    struct feed_hget *h;
+    size_t n;
+
+    if (len <= sizeof pre - 1 + sizeof post - 1 || memcmp(key, pre, sizeof pre - 1) != 0 ||
+        memcmp(key + len - (sizeof post - 1), post, sizeof post - 1) != 0)
+        return;
+    n = len - (sizeof pre - 1) - (sizeof post - 1);
+    if (n >= sizeof h->stamp)
+        return;
+    h = xcalloc(1, sizeof *h);
+    h->f = f;
+    memcpy(h->stamp, key + sizeof pre - 1, n);
+    h->stamp_len = n;
+    if (redisAsyncCommand(ac, feed_on_hgetall, h, "HGETALL %b", key, len) != REDIS_OK)
+        free(h);
 }
 
 static void feed_on_scan(redisAsyncContext *ac, void *r, void *privdata)
@@ -96,6 +145,8 @@ static void feed_on_scan(redisAsyncContext *ac, void *r, void *privdata)
     const redisReply *cursor, *keys;
 
     if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements != 2) {
+        if (reply && reply->type == REDIS_REPLY_ERROR)
+            log_warn("event=load_snapshot_failed error=\"%.200s\"", reply->str ? reply->str : "");
         f->snapshot_running = false;
         f->want_snapshot = true;   /* try again on the next connect */
         return;
@@ -105,7 +156,7 @@ static void feed_on_scan(redisAsyncContext *ac, void *r, void *privdata)
     for (size_t i = 0; keys->type == REDIS_REPLY_ARRAY && i < keys->elements; i++) {
         const redisReply *k = keys->element[i];
         if (k->type == REDIS_REPLY_STRING)
-            redisAsyncCommand(ac, feed_on_hgetall, f, "HGETALL %b", k->str, k->len);
+            feed_snapshot_get(f, ac, k->str, k->len);
     }
     if (cursor->type == REDIS_REPLY_STRING && strcmp(cursor->str, "0") != 0) {
         feed_snapshot_scan(f, cursor->str);
@@ -148,16 +199,24 @@ static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
     if (kind->type != REDIS_REPLY_STRING)
         return;
     if (strcmp(kind->str, "subscribe") == 0) {
-        const redisReply *chan = reply->element[1];
-        if (chan->type != REDIS_REPLY_STRING || strcmp(chan->str, REDISFEED_CHANNEL) != 0) {
-            if (f->hooks.on_resubscribed)
-                f->hooks.on_resubscribed(f->hooks.arg);
-            return;
-        }
+        /* cp:invalidate; confirmed before the load pattern (sent first). */
+        if (f->hooks.on_resubscribed)
+            f->hooks.on_resubscribed(f->hooks.arg);
+    } else if (strcmp(kind->str, "psubscribe") == 0) {
         f->subscribed = true;
+        f->subscribed_mono_ms = util_mono_ms();
         f->want_snapshot = true;
-        log_info("event=subscribed channel=%s", REDISFEED_CHANNEL);
+        log_info("event=subscribed pattern=%s", REDISFEED_CHANNEL_PATTERN);
         feed_maybe_snapshot(f);
+    } else if (strcmp(kind->str, "pmessage") == 0 && reply->elements == 4 &&
+               reply->element[2]->type == REDIS_REPLY_STRING && reply->element[3]->type == REDIS_REPLY_STRING &&
+               reply->element[2]->len > sizeof REDISFEED_CHANNEL_PREFIX - 1 &&
+               memcmp(reply->element[2]->str, REDISFEED_CHANNEL_PREFIX, sizeof REDISFEED_CHANNEL_PREFIX - 1) == 0) {
+        const redisReply *chan = reply->element[2];
+        json_t *report = json_loadb(reply->element[3]->str, reply->element[3]->len, 0, NULL);
+        feed_apply(f, report, "publish", LOAD_LIVE, chan->str + sizeof REDISFEED_CHANNEL_PREFIX - 1,
+                   chan->len - (sizeof REDISFEED_CHANNEL_PREFIX - 1));
+        json_decref(report);
     } else if (strcmp(kind->str, "message") == 0 && reply->element[1]->type == REDIS_REPLY_STRING &&
                strcmp(reply->element[1]->str, REDISFEED_INVALIDATE_CHANNEL) == 0 &&
                reply->element[2]->type == REDIS_REPLY_STRING) {
@@ -173,10 +232,6 @@ static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
                     break;
                 }
         }
-    } else if (strcmp(kind->str, "message") == 0 && reply->element[2]->type == REDIS_REPLY_STRING) {
-        json_t *report = json_loadb(reply->element[2]->str, reply->element[2]->len, 0, NULL);
-        feed_apply(f, report, "publish");
-        json_decref(report);
     }
 }
 
@@ -184,8 +239,8 @@ static void feed_sub_up(struct redisconn *rc, void *arg)
 {
     struct redisfeed *f = arg;
     redisAsyncContext *ac = redisconn_ctx(rc);
-    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s %s", REDISFEED_CHANNEL,
-                          REDISFEED_INVALIDATE_CHANNEL) != REDIS_OK)
+    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s", REDISFEED_INVALIDATE_CHANNEL) != REDIS_OK ||
+        redisAsyncCommand(ac, feed_on_message, f, "PSUBSCRIBE %s", REDISFEED_CHANNEL_PATTERN) != REDIS_OK)
         log_warn("event=subscribe_failed");
 }
 
@@ -215,16 +270,16 @@ static void feed_cmd_down(struct redisconn *rc, void *arg)
     redisconn_drop(f->sub);
 }
 
-struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt,
-                                const struct redisfeed_hooks *hooks)
+struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, const struct redis_auth *auth,
+                                struct loadtable *lt, const struct redisfeed_hooks *hooks)
 {
     struct redisfeed *f = xcalloc(1, sizeof *f);
     struct redisconn_opts sub = {
-        .name = "sub", .host = host, .port = port, .connect_timeout_ms = 2000,
+        .name = "sub", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
         .on_up = feed_sub_up, .on_down = feed_sub_down, .arg = f,
     };
     struct redisconn_opts cmd = {
-        .name = "cmd", .host = host, .port = port, .connect_timeout_ms = 2000,
+        .name = "cmd", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
         .ping_interval_ms = 1000, .ping_timeout_ms = 3000,
         .on_up = feed_cmd_up, .on_down = feed_cmd_down, .arg = f,
     };

@@ -4,8 +4,11 @@
  * (re)subscribes, and feeds both into the load table.
  *
  * Key and message formats (docs/architecture.md): hash stamp:{id}:load with
- * fields stampId, region, health, ts, intervalMs, seq, load; channel
- * stamps:load carrying the same fields as one JSON object.
+ * fields stampId, region, health, ts, intervalMs, seq, runId, load; channel
+ * stamps:load:{id} carrying the same fields as one JSON object. Each agent's
+ * Redis user may write only its own key and channel (docs/security.md), and
+ * a report whose stampId is not the one its key or channel names is refused
+ * here, so an agent cannot speak for another stamp.
  */
 #ifndef CP_REDISFEED_H
 #define CP_REDISFEED_H
@@ -14,8 +17,11 @@
 #include <stdbool.h>
 
 #include "loadtable.h"
+#include "redisauth.h"
 
-#define REDISFEED_CHANNEL "stamps:load"
+/* Stamp agents publish on stamps:load:{stampId}; we PSUBSCRIBE the pattern. */
+#define REDISFEED_CHANNEL_PREFIX "stamps:load:"
+#define REDISFEED_CHANNEL_PATTERN "stamps:load:*"
 #define REDISFEED_KEY_PATTERN "stamp:*:load"
 /* Cache invalidations between control planes: "device <tenant> <regid>" or "tenant <id>". */
 #define REDISFEED_INVALIDATE_CHANNEL "cp:invalidate"
@@ -30,8 +36,9 @@ struct redisfeed_hooks {
     void *arg;
 };
 
-struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, struct loadtable *lt,
-                                const struct redisfeed_hooks *hooks);
+/* auth: the control plane's Redis user (copied; NULL or empty: no AUTH). */
+struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, const struct redis_auth *auth,
+                                struct loadtable *lt, const struct redisfeed_hooks *hooks);
 void redisfeed_free(struct redisfeed *f);
 /* Both connections up and the heartbeat answered recently. */
 bool redisfeed_is_ready(const struct redisfeed *f);

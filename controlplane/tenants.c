@@ -1,19 +1,19 @@
 /*
- * tenants.c - tenant cache (refcounted entries, TTL, negative caching) and
- * parsing of the catalog row.
+ * tenants.c - tenant cache (refcounted entries, TTL), the bounded negative
+ * cache (LRU), coalescing of concurrent fetches, the unknown-id fetch budget,
+ * and parsing of the catalog row.
  */
 #include "tenants.h"
 
 #include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/queue.h>
 
 #include "log.h"
 #include "sas.h"
 #include "strmap.h"
 #include "util.h"
-
-#define TENANT_NEGATIVE_TTL_MS 2000
 
 /* One tenant's row: $1 = id. */
 static const char tenants_select_sql[] =
@@ -28,18 +28,42 @@ static const char tenants_select_sql[] =
     "                    WHERE i.tenant_id = t.id))"
     " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
 
-struct tenants {
-    struct pgpool *global;
-    int ttl_ms;
-    struct strmap *cache;   /* id -> struct tenant*, or &tenants_absent */
-    struct strmap *absent;  /* id -> expiry (int64 in a malloc'ed cell) */
+/* An id the catalog did not have, remembered until expires. */
+struct tenant_absent {
+    TAILQ_ENTRY(tenant_absent) lru;
+    int64_t expires_mono_ms;
+    char id[];
 };
+TAILQ_HEAD(tenant_absent_list, tenant_absent);
 
-struct tenant_fetch {
-    struct tenants *ts;
-    char id[64];
+struct tenant_waiter {
+    struct tenant_waiter *next;
     tenants_cb cb;
     void *arg;
+};
+
+/* One catalog query and everyone waiting for it. */
+struct tenant_fetch {
+    LIST_ENTRY(tenant_fetch) link;
+    struct tenants *ts;
+    bool detached;              /* forgotten meanwhile: answer the waiters, cache nothing */
+    struct tenant_waiter *head, **tail;
+    char id[64];
+};
+
+struct tenants {
+    struct pgpool *global;
+    struct envelope *env;     /* opens the sealed enrollment keys (borrowed) */
+    struct tenants_opts o;
+    struct strmap *cache;     /* id -> struct tenant* */
+    struct strmap *known;     /* ids found in the catalog once (value: non-NULL marker) */
+    struct strmap *absent;    /* id -> struct tenant_absent* */
+    struct tenant_absent_list absent_lru;   /* most recently used first */
+    struct strmap *inflight;  /* id -> struct tenant_fetch* (not detached ones) */
+    LIST_HEAD(, tenant_fetch) fetches;      /* every running fetch, detached too */
+    double tokens;            /* unknown-id fetch budget */
+    int64_t tokens_at_ms;
+    struct tenants_stats st;
 };
 
 static void tenant_free_strv(char **v, int n)
@@ -90,7 +114,25 @@ static char **tenant_strv(json_t *arr, int *n)
     return v;
 }
 
+/* A stored enrollment key (sealed, or clear from before encryption) into
+ * out; env NULL opens only clear values. Returns the length, or -1. */
+static int tenant_open_key(struct envelope *env, const char *tenant_id, const char *stored, unsigned char *out,
+                           size_t cap)
+{
+    char aad[ENVELOPE_AAD_MAX];
+    size_t len = 0;
+    if (!env)
+        return envelope_is_sealed(stored) ? -1 : sas_b64_decode(stored, out, cap);
+    envelope_aad_enrollment_key(aad, sizeof aad, tenant_id);
+    return envelope_open_b64key(env, stored, aad, out, cap, &len) ? (int)len : -1;
+}
+
 struct tenant *tenant_from_row(json_t *row)
+{
+    return tenant_from_row_env(row, NULL);
+}
+
+struct tenant *tenant_from_row_env(json_t *row, struct envelope *env)
 {
     json_t *pub = json_object_get(row, "public");
     json_t *res = json_object_get(pub, "residency");
@@ -113,14 +155,14 @@ struct tenant *tenant_from_row(json_t *row)
     t->stamps = tenant_strv(json_object_get(pub, "dedicatedStamps"), &t->nstamps);
     t->installer_hashes = tenant_strv(json_object_get(row, "installerTokens"), &t->ninstaller);
     t->dedicated = tenancy && strcmp(tenancy, "dedicated") == 0;
-    klen = sas_b64_decode(key, t->key, sizeof t->key);
+    klen = tenant_open_key(env, id, key, t->key, sizeof t->key);
     if (klen <= 0 || t->ngeos == 0) {
         tenant_unref(t);
         return NULL;
     }
     t->keylen = klen;
     if (prev) {
-        klen = sas_b64_decode(prev, t->prev_key, sizeof t->prev_key);
+        klen = tenant_open_key(env, id, prev, t->prev_key, sizeof t->prev_key);
         if (klen <= 0) {
             tenant_unref(t);
             return NULL;
@@ -178,34 +220,143 @@ bool tenant_has_installer(const struct tenant *t, const char *sha256hex)
     return found;
 }
 
-struct tenants *tenants_new(struct pgpool *global, int ttl_ms)
+struct tenants *tenants_new(struct pgpool *global, const struct tenants_opts *o)
 {
     struct tenants *ts = xcalloc(1, sizeof *ts);
     ts->global = global;
-    ts->ttl_ms = ttl_ms;
+    ts->o = *o;
+    if (ts->o.negative_cache_size <= 0) ts->o.negative_cache_size = TENANTS_DEFAULT_NEGATIVE_SIZE;
+    if (ts->o.negative_ttl_ms <= 0) ts->o.negative_ttl_ms = TENANTS_DEFAULT_NEGATIVE_TTL_MS;
+    if (ts->o.unknown_rate <= 0) ts->o.unknown_rate = TENANTS_DEFAULT_UNKNOWN_RATE;
+    if (ts->o.unknown_burst <= 0) ts->o.unknown_burst = TENANTS_DEFAULT_UNKNOWN_BURST;
     ts->cache = strmap_new();
+    ts->known = strmap_new();
     ts->absent = strmap_new();
+    TAILQ_INIT(&ts->absent_lru);
+    ts->inflight = strmap_new();
+    LIST_INIT(&ts->fetches);
+    ts->tokens = ts->o.unknown_burst;
+    ts->tokens_at_ms = util_mono_ms();
+    ts->st.negative_cap = ts->o.negative_cache_size;
     return ts;
+}
+
+static void tenants_absent_drop(struct tenants *ts, struct tenant_absent *a)
+{
+    strmap_del(ts->absent, a->id);
+    TAILQ_REMOVE(&ts->absent_lru, a, lru);
+    free(a);
+}
+
+static void tenants_absent_clear(struct tenants *ts)
+{
+    struct tenant_absent *a;
+    while ((a = TAILQ_FIRST(&ts->absent_lru)) != NULL)
+        tenants_absent_drop(ts, a);
+}
+
+/* Remember id as absent; the least recently used entry makes room. */
+static void tenants_absent_put(struct tenants *ts, const char *id)
+{
+    struct tenant_absent *a = strmap_get(ts->absent, id);
+    size_t n;
+    if (!a) {
+        if (strmap_count(ts->absent) >= (size_t)ts->o.negative_cache_size) {
+            tenants_absent_drop(ts, TAILQ_LAST(&ts->absent_lru, tenant_absent_list));
+            ts->st.negative_evictions++;
+        }
+        n = strlen(id);
+        a = xmalloc(sizeof *a + n + 1);
+        memcpy(a->id, id, n + 1);
+        strmap_put(ts->absent, a->id, a);
+    } else {
+        TAILQ_REMOVE(&ts->absent_lru, a, lru);
+    }
+    a->expires_mono_ms = util_mono_ms() + ts->o.negative_ttl_ms;
+    TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
+}
+
+static void tenants_fetch_free(struct tenant_fetch *f)
+{
+    struct tenant_waiter *w, *next;
+    for (w = f->head; w; w = next) {
+        next = w->next;
+        free(w);
+    }
+    free(f);
+}
+
+void tenants_set_envelope(struct tenants *ts, struct envelope *env)
+{
+    ts->env = env;
 }
 
 void tenants_free(struct tenants *ts)
 {
+    struct tenant_fetch *f;
     if (!ts) return;
+    /* The pool is freed after us and drops its queries without calling back. */
+    while ((f = LIST_FIRST(&ts->fetches)) != NULL) {
+        LIST_REMOVE(f, link);
+        tenants_fetch_free(f);
+    }
     strmap_free(ts->cache, tenant_unref_void);
-    strmap_free(ts->absent, free);
+    strmap_free(ts->known, NULL);
+    tenants_absent_clear(ts);
+    strmap_free(ts->absent, NULL);
+    strmap_free(ts->inflight, NULL);
     free(ts);
+}
+
+/* A running fetch can't be trusted after a change: new lookups start afresh. */
+static void tenants_detach(struct tenants *ts, const char *id)
+{
+    struct tenant_fetch *f = strmap_del(ts->inflight, id);
+    if (f)
+        f->detached = true;
 }
 
 void tenants_forget(struct tenants *ts, const char *id)
 {
+    struct tenant_absent *a = strmap_get(ts->absent, id);
     tenant_unref(strmap_del(ts->cache, id));
-    free(strmap_del(ts->absent, id));
+    if (a)
+        tenants_absent_drop(ts, a);
+    tenants_detach(ts, id);
 }
 
 void tenants_forget_all(struct tenants *ts)
 {
+    struct tenant_fetch *f;
     strmap_clear(ts->cache, tenant_unref_void);
-    strmap_clear(ts->absent, free);
+    tenants_absent_clear(ts);
+    LIST_FOREACH(f, &ts->fetches, link)
+        f->detached = true;
+    strmap_clear(ts->inflight, NULL);
+}
+
+void tenants_stats(const struct tenants *ts, struct tenants_stats *out)
+{
+    *out = ts->st;
+    out->cached = (int64_t)strmap_count(ts->cache);
+    out->negative = (int64_t)strmap_count(ts->absent);
+    out->inflight = (int64_t)strmap_count(ts->inflight);
+}
+
+/* Answer every waiter of f, then free it. t (may be NULL) is borrowed. */
+static void tenants_answer(struct tenant_fetch *f, struct tenant *t, enum tenant_status st)
+{
+    struct tenant_waiter *w;
+    if (t)
+        tenant_ref(t);   /* held across the callbacks in case one forgets the tenant */
+    while ((w = f->head) != NULL) {
+        f->head = w->next;
+        w->cb(t, st, w->arg);
+        free(w);
+    }
+    if (t)
+        tenant_unref(t);
+    free(f);
 }
 
 static void tenants_on_row(const struct pgq_result *q, void *arg)
@@ -215,44 +366,63 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
     struct tenant *t = NULL;
     json_t *row;
 
+    LIST_REMOVE(f, link);
+    if (!f->detached)
+        strmap_del(ts->inflight, f->id);
     if (q->status != PGQ_OK) {
         if (q->status == PGQ_SQL_ERROR)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
-        f->cb(NULL, TENANT_UNAVAILABLE, f->arg);
-        free(f);
+        tenants_answer(f, NULL, TENANT_UNAVAILABLE);
         return;
     }
     if (PQntuples(q->res) == 0) {
-        int64_t *exp = xmalloc(sizeof *exp);
-        *exp = util_mono_ms() + TENANT_NEGATIVE_TTL_MS;
-        free(strmap_put(ts->absent, f->id, exp));
-        f->cb(NULL, TENANT_NOT_FOUND, f->arg);
-        free(f);
+        if (!f->detached) {
+            tenants_absent_put(ts, f->id);
+            tenant_unref(strmap_del(ts->cache, f->id));
+            strmap_del(ts->known, f->id);
+        }
+        tenants_answer(f, NULL, TENANT_NOT_FOUND);
         return;
     }
     row = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL);
-    t = row ? tenant_from_row(row) : NULL;
+    t = row ? tenant_from_row_env(row, ts->env) : NULL;
     json_decref(row);
     if (!t) {
         log_error("event=tenant_row_malformed tenant=%s", f->id);
-        f->cb(NULL, TENANT_UNAVAILABLE, f->arg);
-        free(f);
+        tenants_answer(f, NULL, TENANT_UNAVAILABLE);
         return;
     }
-    t->expires_mono_ms = util_mono_ms() + ts->ttl_ms;
-    tenant_unref(strmap_put(ts->cache, t->id, t));
-    tenant_ref(t);   /* held across the callback in case it forgets the tenant */
-    f->cb(t, TENANT_OK, f->arg);
+    t->expires_mono_ms = util_mono_ms() + ts->o.ttl_ms;
+    strmap_put(ts->known, t->id, ts);
+    if (!f->detached) {
+        tenant_ref(t);
+        tenant_unref(strmap_put(ts->cache, t->id, t));
+    }
+    tenants_answer(f, t, TENANT_OK);
     tenant_unref(t);
-    free(f);
 }
 
-void tenants_get(struct tenants *ts, const char *id, tenants_cb cb, void *arg)
+/* The unknown-id budget: a token bucket refilled continuously. */
+static bool tenants_take_token(struct tenants *ts, int64_t now)
+{
+    double cap = ts->o.unknown_burst;
+    ts->tokens += (double)(now - ts->tokens_at_ms) * ts->o.unknown_rate / 1000.0;
+    ts->tokens_at_ms = now;
+    if (ts->tokens > cap)
+        ts->tokens = cap;
+    if (ts->tokens < 1.0)
+        return false;
+    ts->tokens -= 1.0;
+    return true;
+}
+
+void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg)
 {
     struct tenant *t = strmap_get(ts->cache, id);
-    int64_t *absent_until = strmap_get(ts->absent, id);
-    int64_t now = util_mono_ms();
+    struct tenant_absent *a;
     struct tenant_fetch *f;
+    struct tenant_waiter *w;
+    int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
     if (t && t->expires_mono_ms > now) {
@@ -261,16 +431,43 @@ void tenants_get(struct tenants *ts, const char *id, tenants_cb cb, void *arg)
         tenant_unref(t);
         return;
     }
-    if (absent_until && *absent_until > now) {
-        cb(NULL, TENANT_NOT_FOUND, arg);
+    if ((a = strmap_get(ts->absent, id)) != NULL) {
+        if (a->expires_mono_ms > now) {
+            TAILQ_REMOVE(&ts->absent_lru, a, lru);
+            TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
+            cb(NULL, TENANT_NOT_FOUND, arg);
+            return;
+        }
+        tenants_absent_drop(ts, a);
+    }
+    w = xcalloc(1, sizeof *w);
+    w->cb = cb;
+    w->arg = arg;
+    if ((f = strmap_get(ts->inflight, id)) != NULL) {
+        *f->tail = w;
+        f->tail = &w->next;
+        ts->st.coalesced++;
+        return;
+    }
+    if (strlen(id) >= sizeof f->id ||
+        (!trusted && !t && !strmap_get(ts->known, id) && !tenants_take_token(ts, now))) {
+        free(w);
+        ts->st.refused++;
+        cb(NULL, TENANT_REFUSED, arg);
         return;
     }
     f = xcalloc(1, sizeof *f);
     f->ts = ts;
-    snprintf(f->id, sizeof f->id, "%s", id);
-    f->cb = cb;
-    f->arg = arg;
+    memcpy(f->id, id, strlen(id) + 1);
+    f->head = w;
+    f->tail = &w->next;
+    ts->st.queries++;
+    strmap_put(ts->inflight, f->id, f);
+    LIST_INSERT_HEAD(&ts->fetches, f, link);
     if (!pgpool_query(ts->global, tenants_select_sql, 1, values, tenants_on_row, f)) {
+        strmap_del(ts->inflight, f->id);
+        LIST_REMOVE(f, link);
+        free(w);
         free(f);
         cb(NULL, TENANT_UNAVAILABLE, arg);
     }

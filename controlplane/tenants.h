@@ -6,6 +6,22 @@
  * Entries live for a few seconds and are dropped at once when any control
  * plane changes the tenant (Redis channel cp:tenants), so a key rotation or
  * residency change takes effect everywhere promptly.
+ *
+ * Under a flood of made-up tenant ids (docs/security.md, "Control plane
+ * under flood"):
+ *  - ids the catalog does not have are remembered in a bounded LRU
+ *    (negative cache: at most negative_cache_size entries, each for
+ *    negative_ttl_ms);
+ *  - concurrent fetches of one id share one query (the later callers wait
+ *    for the first one's answer);
+ *  - fetches of ids this process has never seen exist take a token from a
+ *    bucket (unknown_rate per second, unknown_burst deep); with the bucket
+ *    empty an untrusted caller gets TENANT_REFUSED at once, without a query.
+ *    Ids that were found once (the known set, as large as the catalog) and
+ *    trusted callers never need a token.
+ *
+ * Ownership: the cache owns its entries; a struct tenant handed to a
+ * callback is borrowed (tenant_ref() to keep it).
  */
 #ifndef CP_TENANTS_H
 #define CP_TENANTS_H
@@ -15,6 +31,7 @@
 #include <stdint.h>
 
 #include "pgpool.h"
+#include "envelope.h"
 #include "sas.h"
 
 #define TENANT_KEY_MAX 64
@@ -41,18 +58,47 @@ struct tenant {
     int64_t expires_mono_ms;
 };
 
-enum tenant_status { TENANT_OK, TENANT_NOT_FOUND, TENANT_UNAVAILABLE };
+/* TENANT_REFUSED: an id not known to exist, and the unknown-id fetch budget
+ * is spent: no query was made. Answer it as a bad credential. */
+enum tenant_status { TENANT_OK, TENANT_NOT_FOUND, TENANT_UNAVAILABLE, TENANT_REFUSED };
 
 /* t is a borrowed reference: call tenant_ref() to keep it past the callback. */
 typedef void (*tenants_cb)(struct tenant *t, enum tenant_status st, void *arg);
 
 struct tenants;
 
-struct tenants *tenants_new(struct pgpool *global, int ttl_ms);
-void tenants_free(struct tenants *ts);
+struct tenants_opts {
+    int ttl_ms;                  /* a found tenant is re-read after this */
+    int negative_cache_size;     /* ids remembered as absent, at most (0: the default) */
+    int negative_ttl_ms;         /* ... each for this long (0: the default) */
+    double unknown_rate;         /* fetches of unknown ids per second (0: the default) */
+    int unknown_burst;           /* ... and the bucket's depth (0: the default) */
+};
+#define TENANTS_DEFAULT_NEGATIVE_SIZE 10000
+#define TENANTS_DEFAULT_NEGATIVE_TTL_MS 2000
+#define TENANTS_DEFAULT_UNKNOWN_RATE 100.0
+#define TENANTS_DEFAULT_UNKNOWN_BURST 200
 
-/* Look a tenant up; on a cache hit cb runs before tenants_get returns. */
-void tenants_get(struct tenants *ts, const char *id, tenants_cb cb, void *arg);
+struct tenants_stats {
+    int64_t cached;              /* tenants in the cache */
+    int64_t negative;            /* ids in the negative cache */
+    int64_t negative_cap;
+    int64_t negative_evictions;  /* pushed out by the LRU bound */
+    int64_t queries;             /* catalog queries made */
+    int64_t coalesced;           /* lookups that joined a query already running */
+    int64_t refused;             /* unknown ids refused without a query */
+    int64_t inflight;            /* queries running now */
+};
+
+struct tenants *tenants_new(struct pgpool *global, const struct tenants_opts *o);
+void tenants_free(struct tenants *ts);
+/* The keyring that opens sealed enrollment keys (borrowed; main.c owns it). */
+void tenants_set_envelope(struct tenants *ts, struct envelope *env);
+
+/* Look a tenant up; on a cache hit cb runs before tenants_get returns.
+ * trusted: the caller is authenticated (operator): never TENANT_REFUSED. */
+void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg);
+void tenants_stats(const struct tenants *ts, struct tenants_stats *out);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
 void tenants_forget_all(struct tenants *ts);
@@ -70,7 +116,10 @@ bool tenant_verify_device_sas(const struct tenant *t, const char *regid, const s
 /* Whether sha256hex is one of the tenant's installer tokens (constant time per entry). */
 bool tenant_has_installer(const struct tenant *t, const char *sha256hex);
 
-/* Build a tenant from the JSON row the catalog query returns (used by tests too). */
+/* Build a tenant from the JSON row the catalog query returns (used by tests too).
+ * The keys are opened with env (envelope.h, AAD "tenant:<id>:enrollment-key");
+ * tenant_from_row() takes only clear keys (rows from before encryption, tests). */
 struct tenant *tenant_from_row(json_t *row) MUSTCHECK;
+struct tenant *tenant_from_row_env(json_t *row, struct envelope *env) MUSTCHECK;
 
 #endif

@@ -30,6 +30,7 @@
 #define SD_DEF_BACKOFF_CAP_MS 300000u
 #define SD_DEF_SERVER_ERROR_FLOOR_MS 5000u
 #define SD_DEF_THROTTLE_FLOOR_MS 1000u
+#define SD_DEF_RETRY_AFTER_MAX_MS 600000u
 #define SD_DEF_POLL_MIN_MS 2000u
 #define SD_DEF_MAX_POLLS 30u
 #define SD_DEF_BREAKER_THRESHOLD 5u
@@ -88,6 +89,7 @@ void sd_config_defaults(struct sd_config *c)
     sd_default_u32(&c->backoff_cap_ms, SD_DEF_BACKOFF_CAP_MS);
     sd_default_u32(&c->server_error_floor_ms, SD_DEF_SERVER_ERROR_FLOOR_MS);
     sd_default_u32(&c->throttle_floor_ms, SD_DEF_THROTTLE_FLOOR_MS);
+    sd_default_u32(&c->retry_after_max_ms, SD_DEF_RETRY_AFTER_MAX_MS);
     sd_default_u32(&c->poll_min_ms, SD_DEF_POLL_MIN_MS);
     sd_default_u32(&c->max_polls, SD_DEF_MAX_POLLS);
     sd_default_u32(&c->breaker_threshold, SD_DEF_BREAKER_THRESHOLD);
@@ -526,12 +528,22 @@ static bool sd_take_provision(struct sd_machine *m, const json_t *j, struct sd_a
     return true;
 }
 
+/* The answer's Retry-After in ms, capped at retry_after_max_ms; -1 when it has none. */
+static int64_t sd_retry_after_ms(const struct sd_machine *m, const struct sd_event *ev)
+{
+    int64_t cap = CFG(m, retry_after_max_ms, SD_DEF_RETRY_AFTER_MAX_MS);
+    int64_t ms;
+    if (ev->retry_after_s < 0)
+        return -1;
+    ms = (int64_t)ev->retry_after_s * 1000;
+    return ms > cap ? cap : ms;
+}
+
 static int64_t sd_poll_wait(const struct sd_machine *m, const struct sd_event *ev)
 {
     int64_t wait = CFG(m, poll_min_ms, SD_DEF_POLL_MIN_MS);
-    if (ev->retry_after_s >= 0 && (int64_t)ev->retry_after_s * 1000 > wait)
-        wait = (int64_t)ev->retry_after_s * 1000;
-    return wait;
+    int64_t ra = sd_retry_after_ms(m, ev);
+    return ra > wait ? ra : wait;
 }
 
 /* "assigning": poll the operation, or PUT again when there is none (as the SDKs do). */
@@ -637,10 +649,9 @@ static void sd_on_2xx(struct sd_machine *m, const struct sd_event *ev, struct sd
 
 static void sd_on_throttled(struct sd_machine *m, const struct sd_event *ev, struct sd_action *out)
 {
-    int64_t delay;
-    if (ev->retry_after_s >= 0) {
-        delay = (int64_t)ev->retry_after_s * 1000; /* exactly what the service asked for */
-    } else {
+    /* exactly what the service asked for (up to retry_after_max_ms), when it said */
+    int64_t delay = sd_retry_after_ms(m, ev);
+    if (delay < 0) {
         int64_t min_ms = CFG(m, throttle_floor_ms, SD_DEF_THROTTLE_FLOOR_MS);
         delay = sd_backoff(m);
         if (delay < min_ms)
@@ -653,7 +664,8 @@ static void sd_on_throttled(struct sd_machine *m, const struct sd_event *ev, str
 
 static void sd_on_server_error(struct sd_machine *m, const struct sd_event *ev, struct sd_action *out)
 {
-    int64_t delay = ev->retry_after_s >= 0 ? (int64_t)ev->retry_after_s * 1000 : sd_backoff(m);
+    int64_t ra = sd_retry_after_ms(m, ev);
+    int64_t delay = ra >= 0 ? ra : sd_backoff(m);
     int64_t min_ms = CFG(m, server_error_floor_ms, SD_DEF_SERVER_ERROR_FLOOR_MS);
     sd_fail(m, ev->now_ms, delay > min_ms ? delay : min_ms, out);
 }

@@ -39,6 +39,7 @@
  *     registration id, a misconfiguration); retrying cannot help.
  *     409 from /provision (assignment_changed) is retried after a backoff.
  *   - transport errors and timeouts: backoff. A failure.
+ * Every Retry-After is first capped at retry_after_max_ms (default 10 min).
  * backoff = uniform random in [0, min(backoff_cap_ms, backoff_base_ms *
  * 2^attempt)] ("full jitter"), attempt counting failures since the last
  * success. Circuit breaker: after breaker_threshold consecutive failures it
@@ -117,6 +118,8 @@ struct sd_config {
     uint32_t backoff_cap_ms;      /* default 300000 */
     uint32_t server_error_floor_ms; /* default 5000 */
     uint32_t throttle_floor_ms;   /* 429 without Retry-After: at least this (default 1000) */
+    uint32_t retry_after_max_ms;  /* a server's Retry-After is capped at this (default 600000:
+                                     10 min), so a wrong or hostile header can't park a device */
     uint32_t poll_min_ms;         /* default 2000 (DPS: 5 polls per 10 s) */
     uint32_t max_polls;           /* per operation, default 30 */
     uint32_t breaker_threshold;   /* consecutive failures that open it, default 5 */

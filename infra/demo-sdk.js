@@ -62,7 +62,8 @@ function locate(cpUrl, tenant, regid, deviceKey) {
   const auth = `SharedAccessSignature sr=${sr}&sig=${sig}&se=${se}&skn=registration`;
   const url = new URL(`/v1/tenants/${encodeURIComponent(tenant)}/registrations/${encodeURIComponent(regid)}/locate`, cpUrl);
   return new Promise((resolve, reject) => {
-    const r = http.request(url, { method: 'POST', headers: { Authorization: auth, Accept: 'application/json' }, timeout: 10000 }, (res) => {
+    // https (the stack's default) trusts the stack CA through NODE_EXTRA_CA_CERTS
+    const r = (url.protocol === 'https:' ? https : http).request(url, { method: 'POST', headers: { Authorization: auth, Accept: 'application/json' }, timeout: 10000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (c) => { body += c; });

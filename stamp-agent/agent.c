@@ -90,12 +90,12 @@ static bool agent_queue_report(struct agent *a, const struct agent_report *rep)
     return agent_redis_command(r, NULL, NULL, "MULTI")
         && agent_redis_command(r, NULL, NULL,
                                "HSET %s stampId %s region %s health %s ts %lld intervalMs %lld"
-                               " seq %llu load %s", a->key, rep->stamp_id, rep->region,
+                               " seq %llu runId %s load %s", a->key, rep->stamp_id, rep->region,
                                rep->health, (long long)rep->ts_ms, (long long)rep->interval_ms,
-                               (unsigned long long)rep->seq, rep->load_text)
+                               (unsigned long long)rep->seq, a->run_id, rep->load_text)
         && agent_redis_command(r, NULL, NULL, "PEXPIRE %s %lld", a->key,
                                (long long)(5 * rep->interval_ms))
-        && agent_redis_command(r, NULL, NULL, "PUBLISH %s %s", AGENT_CHANNEL, rep->message)
+        && agent_redis_command(r, NULL, NULL, "PUBLISH %s %s", a->channel, rep->message)
         && agent_redis_command(r, agent_report_reply, tag, "EXEC");
 }
 
@@ -105,6 +105,7 @@ static bool agent_send_report(struct agent *a, const char *health)
     struct agent_report rep = {
         .stamp_id = a->cfg->stamp_id, .region = a->cfg->region, .health = health,
         .ts_ms = util_wall_ms(), .interval_ms = a->cfg->report_interval_ms, .seq = a->seq + 1,
+        .run_id = a->run_id,
     };
     bool ok = agent_report_render(&rep, &a->load);
 
@@ -229,12 +230,26 @@ static void agent_signal_cb(evutil_socket_t sig, short what, void *arg)
     }
 }
 
+/* SIGHUP: reload the provisioning listener's certificate (nothing else reloads). */
+static void agent_sighup_cb(evutil_socket_t sig, short what, void *arg)
+{
+    struct agent *a = arg;
+    (void)sig; (void)what;
+    log_info("event=sighup action=reload_tls_certificates");
+    if (!a->dps)
+        log_info("event=tls_reload_skipped reason=no_provisioning");
+    else
+        (void)dps_server_reload_tls(a->dps);
+}
+
 bool agent_init(struct agent *a, const struct agent_config *cfg)
 {
     memset(a, 0, sizeof *a);
     a->cfg = cfg;
     a->state = AGENT_RUNNING;
     a->key = agent_report_key(cfg->stamp_id);
+    a->channel = agent_report_channel(cfg->stamp_id);
+    util_random_hex(a->run_id, AGENT_RUN_ID_LEN / 2);
     agent_load_init(&a->load, cfg->dps_ids, cfg->n_dps, cfg->hub_ids, cfg->n_hubs);
     /* hiredis writes with write(2): a dead peer must not kill us. */
     if (signal(SIGPIPE, SIG_IGN) == SIG_ERR) {
@@ -246,7 +261,7 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=event_base");
         return false;
     }
-    if (!agent_redis_init(&a->redis, a->base, cfg->redis_host, cfg->redis_port,
+    if (!agent_redis_init(&a->redis, a->base, cfg->redis_host, cfg->redis_port, &cfg->redis_auth,
                           agent_redis_up, agent_redis_down, a)) {
         log_error("event=init_failed what=redis");
         return false;
@@ -254,9 +269,11 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
     a->tick = event_new(a->base, -1, EV_PERSIST, agent_tick_cb, a);
     a->sigterm = evsignal_new(a->base, SIGTERM, agent_signal_cb, a);
     a->sigint = evsignal_new(a->base, SIGINT, agent_signal_cb, a);
+    a->sighup = evsignal_new(a->base, SIGHUP, agent_sighup_cb, a);
     a->shutdown_timer = evtimer_new(a->base, agent_shutdown_timeout_cb, a);
-    if (!a->tick || !a->sigterm || !a->sigint || !a->shutdown_timer
-        || evsignal_add(a->sigterm, NULL) != 0 || evsignal_add(a->sigint, NULL) != 0) {
+    if (!a->tick || !a->sigterm || !a->sigint || !a->sighup || !a->shutdown_timer
+        || evsignal_add(a->sigterm, NULL) != 0 || evsignal_add(a->sigint, NULL) != 0
+        || evsignal_add(a->sighup, NULL) != 0) {
         log_error("event=init_failed what=events");
         return false;
     }
@@ -271,8 +288,9 @@ int agent_run(struct agent *a)
 {
     struct timeval tv = agent_tv(a->cfg->report_interval_ms);
 
-    log_info("event=started stamp=%s region=%s redis=%s interval_ms=%lld dps=%zu hubs=%zu",
+    log_info("event=started stamp=%s region=%s redis=%s redis_user=%s interval_ms=%lld dps=%zu hubs=%zu",
              a->cfg->stamp_id, a->cfg->region, a->cfg->redis_addr,
+             redis_auth_enabled(&a->cfg->redis_auth) ? redis_auth_user(&a->cfg->redis_auth) : "(none)",
              (long long)a->cfg->report_interval_ms, a->cfg->n_dps, a->cfg->n_hubs);
     if (evtimer_add(a->tick, &tv) != 0) {
         log_error("event=timer_failed timer=report");
@@ -283,6 +301,8 @@ int agent_run(struct agent *a)
         log_error("event=loop_failed");
         return 1;
     }
+    if (a->dps && a->dps->fatal_exit)
+        a->exit_code = a->dps->fatal_exit;   /* e.g. the wrong geography's database at start */
     log_info("event=stopped exit_code=%d reports=%llu", a->exit_code,
              (unsigned long long)a->seq);
     return a->exit_code;
@@ -305,6 +325,7 @@ void agent_free(struct agent *a)
     agent_event_free(&a->tick);
     agent_event_free(&a->sigterm);
     agent_event_free(&a->sigint);
+    agent_event_free(&a->sighup);
     agent_event_free(&a->shutdown_timer);
     if (a->base)
         event_base_free(a->base);
@@ -312,4 +333,6 @@ void agent_free(struct agent *a)
     agent_load_free(&a->load);
     free(a->key);
     a->key = NULL;
+    free(a->channel);
+    a->channel = NULL;
 }

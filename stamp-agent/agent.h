@@ -12,6 +12,7 @@
 #include "agent_config.h"
 #include "agent_load.h"
 #include "agent_redis.h"
+#include "agent_report.h"
 
 struct dps_server;
 
@@ -32,10 +33,13 @@ struct agent {
     struct agent_redis redis;
     struct agent_load load;
     char *key;                        /* stamp:<id>:load */
+    char *channel;                    /* stamps:load:<id> */
+    char run_id[AGENT_RUN_ID_LEN + 1];/* random per process: orders reports across restarts */
     enum agent_state state;
     struct event *tick;               /* persistent, every reportIntervalMs */
     struct event *sigterm;
     struct event *sigint;
+    struct event *sighup;             /* reloads the DPS listener's certificate */
     struct event *shutdown_timer;
     uint64_t seq;                     /* last seq sent; starts at 0 */
     bool inflight;                    /* a report awaits its EXEC reply */

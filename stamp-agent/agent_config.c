@@ -14,11 +14,14 @@
 #include "sas.h"
 
 static const char *const agent_config_keys[] = {
-    "stampId", "region", "redis", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", NULL
+    "stampId", "region", "redis", "redisAuth", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", "kekFile", NULL
 };
 static const char *const agent_prov_keys[] = {
     "listen", "database", "tls", "serviceHostName", "servicePolicies", "instances", "hubs",
-    "webhookTimeoutMs", "dbPoolSize", NULL
+    "webhookTimeoutMs", "dbPoolSize", "authFailuresPer10s", "geography", "http", "webhookAllowPrivate", NULL
+};
+static const char *const agent_http_keys[] = {
+    "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", NULL
 };
 static const char *const agent_tls_keys[] = {"cert", "key", NULL};
 static const char *const agent_policy_keys[] = {"name", "key", NULL};
@@ -293,6 +296,52 @@ static const char *agent_dps_scope(const void *b, size_t i) { return ((const str
 static const char *agent_hub_id(const void *b, size_t i) { return ((const struct agent_hub_config *)b)[i].id; }
 static const char *agent_hub_host(const void *b, size_t i) { return ((const struct agent_hub_config *)b)[i].host_name; }
 
+/* provisioning.geography: the geography whose database this stamp serves
+ * (checked against the database's geo_identity row on every connection). */
+static bool agent_config_prov_geography(json_t *prov, struct agent_provisioning_config *pc, struct jv_err *err)
+{
+    const char *s = NULL;
+    if (!jv_string(prov, "provisioning", "geography", false, 1, 63, &s, err))
+        return false;
+    if (!s)
+        return true;
+    if (!jv_valid_id(s)) {
+        jv_set(err, "invalid_value", "provisioning.geography",
+               "field 'provisioning.geography' must match [a-z0-9][a-z0-9-]{0,62}, got '%.63s'", s);
+        return false;
+    }
+    pc->geography = xstrdup(s);
+    return true;
+}
+
+/* provisioning.http (the listener's bounds) and provisioning.webhookAllowPrivate. */
+static bool agent_config_prov_limits(json_t *prov, struct agent_provisioning_config *pc, struct jv_err *err)
+{
+    json_t *http = NULL;
+    pc->http_max_connections = 4096;
+    pc->http_header_timeout_ms = 10000;
+    pc->http_request_timeout_ms = 30000;
+    pc->http_idle_timeout_ms = 60000;
+    pc->webhook_allow_private = false;
+    if (!jv_bool(prov, "provisioning", "webhookAllowPrivate", false, &pc->webhook_allow_private, err) ||
+        !jv_object(prov, "provisioning", "http", false, &http, err))
+        return false;
+    if (!http)
+        return true;
+    if (!jv_only_keys(http, "provisioning.http", agent_http_keys, err) ||
+        !jv_int(http, "provisioning.http", "maxConnections", false, 1, 1000000, &pc->http_max_connections, err) ||
+        !jv_int(http, "provisioning.http", "headerTimeoutMs", false, 100, 600000, &pc->http_header_timeout_ms, err) ||
+        !jv_int(http, "provisioning.http", "requestTimeoutMs", false, 100, 3600000, &pc->http_request_timeout_ms, err) ||
+        !jv_int(http, "provisioning.http", "idleTimeoutMs", false, 100, 60000, &pc->http_idle_timeout_ms, err))
+        return false;
+    if (pc->http_request_timeout_ms < pc->http_header_timeout_ms) {
+        jv_set(err, "invalid_value", "provisioning.http.requestTimeoutMs",
+               "field 'provisioning.http.requestTimeoutMs' must be at least provisioning.http.headerTimeoutMs");
+        return false;
+    }
+    return true;
+}
+
 static bool agent_config_provisioning(json_t *root, struct agent_config *cfg, struct jv_err *err)
 {
     struct agent_provisioning_config *pc = &cfg->prov;
@@ -311,6 +360,7 @@ static bool agent_config_provisioning(json_t *root, struct agent_config *cfg, st
     }
     pc->webhook_timeout_ms = 10000;
     pc->db_pool_size = 4;
+    pc->auth_failures_per_10s = 20;
     if (!jv_only_keys(prov, "provisioning", agent_prov_keys, err) ||
         !jv_string(prov, "provisioning", "listen", true, 3, AGENT_HOST_MAX + 6, &listen, err) ||
         !jv_string(prov, "provisioning", "database", true, 1, 4096, &db, err) ||
@@ -323,7 +373,10 @@ static bool agent_config_provisioning(json_t *root, struct agent_config *cfg, st
         !jv_array(prov, "provisioning", "instances", true, AGENT_MAX_DPS, &inst, err) ||
         !jv_array(prov, "provisioning", "hubs", true, AGENT_MAX_HUBS, &hubs, err) ||
         !jv_int(prov, "provisioning", "webhookTimeoutMs", false, 100, 120000, &pc->webhook_timeout_ms, err) ||
-        !jv_int(prov, "provisioning", "dbPoolSize", false, 1, 64, &pc->db_pool_size, err))
+        !jv_int(prov, "provisioning", "dbPoolSize", false, 1, 64, &pc->db_pool_size, err) ||
+        !jv_int(prov, "provisioning", "authFailuresPer10s", false, 1, 1000000, &pc->auth_failures_per_10s, err))
+        return false;
+    if (!agent_config_prov_geography(prov, pc, err) || !agent_config_prov_limits(prov, pc, err))
         return false;
     if (!util_parse_hostport(listen, host, sizeof host, &pc->listen_port)) {
         jv_set(err, "invalid_value", "provisioning.listen", "field 'provisioning.listen' must be host:port");
@@ -363,6 +416,18 @@ static bool agent_config_provisioning(json_t *root, struct agent_config *cfg, st
     return true;
 }
 
+/* "kekFile": the KEK file sealing the enrollment keys at rest; main.c
+ * requires it (and loads it) when the provisioning section is present. */
+static bool agent_config_kek_file(json_t *root, struct agent_config *cfg, struct jv_err *err)
+{
+    const char *s = NULL;
+    if (!jv_string(root, "", "kekFile", false, 1, 4096, &s, err))
+        return false;
+    if (s)
+        cfg->kek_file = xstrdup(s);
+    return true;
+}
+
 /* Every field check in document order; stops at the first failure. */
 static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct jv_err *err)
 {
@@ -370,6 +435,7 @@ static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct j
         && agent_config_id(root, "stampId", true, &cfg->stamp_id, err)
         && agent_config_id(root, "region", true, &cfg->region, err)
         && agent_config_redis(root, cfg, err)
+        && redis_auth_parse(root, "redisAuth", &cfg->redis_auth, err)
         && jv_int(root, "", "reportIntervalMs", false, AGENT_INTERVAL_MIN_MS,
                   AGENT_INTERVAL_MAX_MS, &cfg->report_interval_ms, err)
         && agent_config_id_list(root, "dpsInstances", AGENT_MAX_DPS,
@@ -377,7 +443,8 @@ static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct j
         && agent_config_id_list(root, "hubs", AGENT_MAX_HUBS,
                                 &cfg->hub_ids, &cfg->n_hubs, err)
         && agent_config_log_level(root, cfg, err)
-        && agent_config_provisioning(root, cfg, err);
+        && agent_config_provisioning(root, cfg, err)
+        && agent_config_kek_file(root, cfg, err);
 }
 
 bool agent_config_load(const char *path, struct agent_config *cfg, struct jv_err *err)
@@ -411,6 +478,7 @@ static void agent_config_free_prov(struct agent_provisioning_config *pc)
 {
     free(pc->listen_host);
     free(pc->database);
+    free(pc->geography);
     free(pc->tls_cert);
     free(pc->tls_key);
     free(pc->service_host_name);
@@ -436,6 +504,8 @@ void agent_config_free(struct agent_config *cfg)
     free(cfg->stamp_id);
     free(cfg->region);
     free(cfg->redis_addr);
+    redis_auth_free(&cfg->redis_auth);
+    free(cfg->kek_file);
     agent_config_free_list(cfg->dps_ids, cfg->n_dps);
     agent_config_free_list(cfg->hub_ids, cfg->n_hubs);
     memset(cfg, 0, sizeof *cfg);

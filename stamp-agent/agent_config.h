@@ -9,6 +9,7 @@
 #include <stdint.h>
 
 #include "jsonv.h"
+#include "redisauth.h"
 #include "util.h"
 
 #define AGENT_INTERVAL_DEFAULT_MS 1000
@@ -53,6 +54,7 @@ struct agent_provisioning_config {
     char *listen_host;
     int listen_port;
     char *database;                  /* libpq conninfo of the stamp's geography database */
+    char *geography;                 /* "geography": its geo_identity must say this; NULL: unchecked */
     char *tls_cert, *tls_key;
     char *service_host_name;         /* the sr of service-API SAS tokens (default: listen) */
     struct agent_service_policy policies[AGENT_MAX_POLICIES];
@@ -63,6 +65,13 @@ struct agent_provisioning_config {
     size_t n_hubs;
     int64_t webhook_timeout_ms;      /* custom allocation webhook deadline, default 10,000 */
     int64_t db_pool_size;            /* default 4 */
+    /* "http": the listener's bounds (common/connguard.h) */
+    int64_t http_max_connections;    /* admitted at once, default 4,096; more are answered 503 */
+    int64_t http_header_timeout_ms;  /* first byte of a request -> end of its headers, default 10,000 */
+    int64_t http_request_timeout_ms; /* first byte of a request -> end of its body, default 30,000 */
+    int64_t http_idle_timeout_ms;    /* idle keep-alive connections are closed after this, default 60,000 */
+    bool webhook_allow_private;      /* "webhookAllowPrivate": webhooks may target loopback/private/link-local */
+    int64_t auth_failures_per_10s;   /* failed device authentications per source address, default 20 */
 };
 
 struct agent_config {
@@ -71,7 +80,9 @@ struct agent_config {
     char *redis_addr;            /* "redis" as written, for log lines */
     char redis_host[AGENT_HOST_MAX];
     int redis_port;
+    struct redis_auth redis_auth;/* "redisAuth": the stamp's own Redis user; sensitive: never logged */
     int64_t report_interval_ms;  /* "reportIntervalMs" */
+    char *kek_file;              /* "kekFile": KEK file sealing enrollment keys at rest (common/envelope.h) */
     char **dps_ids;              /* "dpsInstances" */
     size_t n_dps;
     char **hub_ids;              /* "hubs" */

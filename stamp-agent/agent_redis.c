@@ -3,8 +3,8 @@
  * reconnect with exponential backoff, and the hiredis context's lifetime.
  *
  * State machine (agent_redis_set_state() logs every transition):
- *   WAITING --retry timer--> CONNECTING --TCP up, PING answered--> CONNECTED
- *   CONNECTING --connect error / PING error / deadline--> WAITING
+ *   WAITING --retry timer--> CONNECTING --TCP up, [AUTH ok,] PING answered--> CONNECTED
+ *   CONNECTING --connect error / AUTH refused / PING error / deadline--> WAITING
  *   CONNECTED --disconnect cb / agent_redis_drop()--> WAITING
  *   CONNECTED --agent_redis_disconnect()--> CLOSING --disconnect cb--> CLOSED
  *   any --agent_redis_close()--> CLOSED
@@ -96,15 +96,45 @@ static void agent_redis_on_ping(redisAsyncContext *ac, void *reply, void *privda
     }
     evtimer_del(r->connect_timer);
     agent_redis_set_state(r, AGENT_REDIS_CONNECTED);
-    if (r->outage_logged)
+    if (r->auth_failures)
+        log_info("event=redis_connected addr=%s:%d user=%s outage_ms=%lld attempts=%u auth_failures=%u",
+                 r->host, r->port, redis_auth_user(&r->auth), (long long)(util_mono_ms() - r->down_since_ms),
+                 r->attempts, r->auth_failures);
+    else if (r->outage_logged)
         log_info("event=redis_connected addr=%s:%d outage_ms=%lld attempts=%u", r->host,
                  r->port, (long long)(util_mono_ms() - r->down_since_ms), r->attempts);
     else
         log_info("event=redis_connected addr=%s:%d", r->host, r->port);
     r->outage_logged = false;
     r->attempts = 0;
+    r->auth_failures = 0;
     r->backoff_ms = AGENT_REDIS_BACKOFF_MIN_MS;
     r->on_up(r->owner);
+}
+
+/* AUTH answered. Redis's error text (WRONGPASS ...) never holds the password. */
+static void agent_redis_on_auth(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct agent_redis *r = ac->data;
+    redisReply *rep = reply;
+
+    (void)privdata;
+    if (r->ac != ac || r->state != AGENT_REDIS_CONNECTING || !rep)
+        return;
+    if (rep->type == REDIS_REPLY_ERROR) {
+        r->auth_failures++;
+        if (r->auth_failures == 1 || r->auth_failures % 100 == 0) {
+            char q[160];
+            log_error("event=redis_auth_failed addr=%s:%d user=%s error=%s attempts=%u retry_ms=%d", r->host,
+                      r->port, redis_auth_user(&r->auth), log_quote(rep->str, q, sizeof q), r->auth_failures,
+                      r->backoff_ms);
+        }
+        agent_redis_note_failure(r, "auth_failed", rep->str);
+        redisAsyncDisconnect(ac);   /* on_disconnect schedules the retry */
+        return;
+    }
+    if (redisAsyncCommand(ac, agent_redis_on_ping, NULL, "PING") != REDIS_OK)
+        log_warn("event=redis_ping_failed addr=%s:%d", r->host, r->port);
 }
 
 /*
@@ -127,8 +157,12 @@ static void agent_redis_on_connect(const redisAsyncContext *cac, int status)
     }
     /* On failure, leave it to the deadline: hiredis 0.14 keeps using the context
      * after this callback, so it must not be disconnected from here. */
-    if (redisAsyncCommand(ac, agent_redis_on_ping, NULL, "PING") != REDIS_OK)
+    if (redis_auth_enabled(&r->auth)) {
+        if (redis_auth_send(ac, &r->auth, agent_redis_on_auth, NULL) != REDIS_OK)
+            log_warn("event=redis_auth_send_failed addr=%s:%d", r->host, r->port);
+    } else if (redisAsyncCommand(ac, agent_redis_on_ping, NULL, "PING") != REDIS_OK) {
         log_warn("event=redis_ping_failed addr=%s:%d", r->host, r->port);
+    }
 }
 
 static void agent_redis_on_disconnect(const redisAsyncContext *ac, int status)
@@ -210,11 +244,13 @@ static void agent_redis_connect_timeout_cb(evutil_socket_t fd, short what, void 
 }
 
 bool agent_redis_init(struct agent_redis *r, struct event_base *base, const char *host,
-                      int port, agent_redis_cb on_up, agent_redis_cb on_down, void *owner)
+                      int port, const struct redis_auth *auth, agent_redis_cb on_up,
+                      agent_redis_cb on_down, void *owner)
 {
     memset(r, 0, sizeof *r);
     r->base = base;
     r->host = xstrdup(host);
+    redis_auth_copy(&r->auth, auth);
     r->port = port;
     r->state = AGENT_REDIS_WAITING;
     r->backoff_ms = AGENT_REDIS_BACKOFF_MIN_MS;
@@ -295,6 +331,7 @@ void agent_redis_free(struct agent_redis *r)
     if (r->connect_timer)
         event_free(r->connect_timer);
     free(r->host);
+    redis_auth_free(&r->auth);
     r->retry_timer = NULL;
     r->connect_timer = NULL;
     r->host = NULL;

@@ -18,16 +18,17 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "redisauth.h"
 #include "util.h"
 
 #define AGENT_REDIS_BACKOFF_MIN_MS     100
 #define AGENT_REDIS_BACKOFF_MAX_MS     5000
-/* Deadline for TCP connect plus the first PING reply. */
+/* Deadline for TCP connect, AUTH and the first PING reply. */
 #define AGENT_REDIS_CONNECT_TIMEOUT_MS 2000
 
 enum agent_redis_state {
     AGENT_REDIS_WAITING,     /* no context; the retry timer is armed */
-    AGENT_REDIS_CONNECTING,  /* context exists; TCP connect or PING pending; deadline armed */
+    AGENT_REDIS_CONNECTING,  /* context exists; TCP connect, AUTH or PING pending; deadline armed */
     AGENT_REDIS_CONNECTED,   /* commands may be sent */
     AGENT_REDIS_CLOSING,     /* graceful disconnect requested; no reconnect follows */
     AGENT_REDIS_CLOSED,      /* no context, no timers: final */
@@ -53,15 +54,21 @@ struct agent_redis {
     bool outage_logged;           /* warn once per outage, not every attempt */
     unsigned attempts;            /* failed attempts in this outage */
     int64_t down_since_ms;        /* monotonic, start of the current outage */
+    struct redis_auth auth;       /* owned copy; empty: no AUTH. The password is never logged */
+    unsigned auth_failures;       /* refused AUTHs in this outage */
     agent_redis_cb on_up;
     agent_redis_cb on_down;
     void *owner;
 };
 
-/* Set up (no I/O yet). Returns false if libevent could not allocate timers. */
+/*
+ * Set up (no I/O yet). auth (copied; NULL or empty: none) is sent as AUTH
+ * after every connect; a refused AUTH is logged without the password and
+ * retried with the backoff. Returns false if libevent could not allocate timers.
+ */
 bool agent_redis_init(struct agent_redis *r, struct event_base *base, const char *host,
-                      int port, agent_redis_cb on_up, agent_redis_cb on_down,
-                      void *owner) MUSTCHECK;
+                      int port, const struct redis_auth *auth, agent_redis_cb on_up,
+                      agent_redis_cb on_down, void *owner) MUSTCHECK;
 /* Start the first connection attempt now. */
 void agent_redis_start(struct agent_redis *r);
 

@@ -22,6 +22,14 @@ bool agent_report_render(struct agent_report *r, const struct agent_load *load)
                     "stampId", r->stamp_id, "region", r->region, "health", r->health,
                     "ts", (json_int_t)r->ts_ms, "intervalMs", (json_int_t)r->interval_ms,
                     "seq", (json_int_t)r->seq, "load", lj);
+    if (msg && r->run_id && json_object_set_new(msg, "runId", json_string(r->run_id)) != 0) {
+        json_decref(msg);
+        msg = NULL;
+    }
+    if (msg && r->geography && json_object_set_new(msg, "geography", json_string(r->geography)) != 0) {
+        json_decref(msg);
+        msg = NULL;
+    }
     if (msg) {
         r->message = json_dumps(msg, AGENT_JSON_FLAGS);
         json_decref(msg);
@@ -40,4 +48,9 @@ void agent_report_clear(struct agent_report *r)
 char *agent_report_key(const char *stamp_id)
 {
     return xasprintf("stamp:%s:load", stamp_id);
+}
+
+char *agent_report_channel(const char *stamp_id)
+{
+    return xasprintf(AGENT_CHANNEL_PREFIX "%s", stamp_id);
 }

@@ -6,8 +6,20 @@
  *   GET  /{scope}/registrations/{id}/operations/{op}   operation status
  *   POST /{scope}/registrations/{id}                   registration status lookup
  *
- * Every request is authenticated against the instance's enrollments (SAS for
- * symmetric keys, the TLS client certificate for X.509), then:
+ * Every request is authenticated first (SAS for symmetric keys, the TLS
+ * client certificate for X.509) and only then charged to the rate limits, so
+ * junk costs no tenant any budget; failed attempts are charged to their own
+ * per-source-address limit instead (authFailuresPer10s), checked before any
+ * database or HMAC work.
+ *
+ * Ownership (docs/stamp-dps.md "Registration ownership"): a registration row
+ * belongs to the owner of the enrollment that created it (the tenant, for
+ * enrollments the control plane manages; else that enrollment alone). A
+ * credential is checked only against the enrollments that could own the row:
+ * the individual enrollment of the id if there is one (it wins over groups,
+ * and a disabled one blocks group-derived keys), else the row owner's groups
+ * (or, for a first registration, every group). A credential of another owner
+ * gets the same 401 as a wrong key, and register never rewrites the owner.
  *
  *   register: one upsert commits the registration row in 'assigning' with a
  *   fresh operation id BEFORE the 202 answer; the allocation (a "job") then
@@ -28,18 +40,22 @@
  */
 #include <event2/event.h>
 #include <jansson.h>
+#include <openssl/crypto.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <sys/queue.h>
+#include <arpa/inet.h>
+#include <event2/http.h>
 
 #include "dps_alloc.h"
 #include "dps_limits.h"
 #include "dps_server.h"
 #include "dps_webhook.h"
 #include "dps_x509.h"
+#include "envelope.h"
 #include "log.h"
 #include "sas.h"
 #include "strmap.h"
@@ -50,6 +66,7 @@
 #define DPS_GROUP_ROWS_MAX   10000   /* per-group counts kept: far above n_dps * groups cap */
 #define DPS_RETRY_AFTER_S    1       /* while an allocation runs */
 #define DPS_REGID_MAX        128
+#define DPS_AUTH_FAIL_KEYS   65536   /* source addresses tracked for failed authentications */
 
 /* Device API error codes (errorCode in bodies; HTTP status * 1000 + n). */
 #define ERR_BAD_REQUEST        400001  /* path, id or body malformed */
@@ -59,11 +76,13 @@
 #define ERR_NO_CREDENTIAL      401001  /* neither SAS nor client certificate */
 #define ERR_UNAUTHORIZED       401002  /* the credential matches no enrollment */
 #define ERR_CERT_CN            401003  /* certificate CN is not the registration id */
+#define ERR_CERT_USAGE         401004  /* certificate expired, not yet valid, or not for clientAuth */
 #define ERR_QUOTA              403002  /* maxRegistrations reached */
 #define ERR_UNKNOWN_OPERATION  404003
 #define ERR_NOT_REGISTERED     404004
 #define ERR_ENROLLMENT_GONE    404201  /* enrollment deleted while assigning */
 #define ERR_METHOD             405001
+#define ERR_AUTH_THROTTLED     429004  /* too many failed authentications from this address */
 #define ERR_THROTTLED          429001
 #define ERR_POLL_THROTTLED     429002
 #define ERR_LOOKUP_THROTTLED   429003
@@ -88,6 +107,7 @@ struct dps_device {
     struct dps_server *srv;
     struct dps_inst *inst;           /* one per cfg->prov.dps */
     struct dps_keyed_gcra *polls;    /* "index/registrationId" */
+    struct dps_keyed_gcra *auth_fail; /* source address (IPv6: its /64) -> failed authentications */
     struct strmap *jobs;             /* "index/registrationId/operationId" -> job */
     TAILQ_HEAD(, dps_job) job_list;
     struct dps_webhook *webhook;
@@ -103,11 +123,13 @@ struct dps_ctx {
     struct dps_device *d;
     enum dps_route route;
     const char *regid, *op;          /* borrowed from r->segs */
+    char src[64];                    /* the client's address, key of the failed-authentication limit */
     json_t *device_payload;          /* register: what the device sent, or NULL */
     bool x509;
     struct sas_token sas;            /* !x509: the parsed Authorization header */
     /* the matched enrollment */
     char *enr_kind, *enr_id;
+    char *owner;                     /* its owner: "tenant:<id>" or "enrollment:<kind>:<id>" */
     bool disabled;                   /* its provisioningStatus is "disabled" */
     json_t *att_info;                /* x509: {certificateInfo, enrollmentGroupId?, signingCertificateInfo?} */
     bool deferred;                   /* gentle throttle: no token, allocation waits for a poll */
@@ -218,6 +240,7 @@ static void dps_ctx_free(struct dps_ctx *c)
     json_decref(c->att_info);
     free(c->enr_kind);
     free(c->enr_id);
+    free(c->owner);
     free(c);
 }
 
@@ -256,7 +279,7 @@ static const char DPS_ROW_SQL[] =
     "SELECT status, substatus, assigned_hub, device_id, error_code, error_message, payload::text,"
     " attestation_info::text, etag, enrollment_kind, enrollment_id, operation_id, "
     DPS_SQL_TS("created_at") ", " DPS_SQL_TS("updated_at")
-    " FROM dps_registrations WHERE dps_id = $1 AND registration_id = $2";
+    " FROM dps_registrations WHERE dps_id = $1 AND registration_id = $2 AND owner = $3";
 
 /* The DeviceRegistrationResult of a row (spec §2.4): a new reference. */
 static json_t *dps_state_json(const PGresult *res, const char *regid)
@@ -322,23 +345,36 @@ static void dps_reply_disabled(struct dps_ctx *c, const char *op)
 
 /* ---- authentication ---- */
 
-static bool dps_try_key(const struct sas_token *t, const char *b64, const char *derive_for)
+/* A stored key (sealed, docs/security.md "Secrets at rest"; or plain base64
+ * in a row written before encryption) opened with its enrollment's AAD. */
+static bool dps_try_key(struct envelope *env, const struct sas_token *t, const char *stored, const char *aad,
+                        const char *derive_for)
 {
     unsigned char key[64], dk[SAS_KEY_LEN];
-    int n;
-    if (!b64 || (n = sas_b64_decode(b64, key, sizeof key)) <= 0)
+    size_t n = 0;
+    bool ok;
+    if (!stored || !envelope_open_b64key(env, stored, aad, key, sizeof key, &n) || n == 0)
         return false;
-    if (!derive_for)
-        return sas_verify(t, key, (size_t)n);
-    sas_derive_key(key, (size_t)n, derive_for, dk);
-    return sas_verify(t, dk, sizeof dk);
+    if (!derive_for) {
+        ok = sas_verify(t, key, n);
+    } else {
+        sas_derive_key(key, n, derive_for, dk);
+        ok = sas_verify(t, dk, sizeof dk);
+        OPENSSL_cleanse(dk, sizeof dk);
+    }
+    OPENSSL_cleanse(key, sizeof key);
+    return ok;
 }
 
 /* Whether the SAS verifies with the enrollment's primary or secondary key
  * (group keys derived for the registration id first). */
-static bool dps_sas_matches(const struct sas_token *t, const char *const keys[2], bool group, const char *regid)
+static bool dps_sas_matches(struct dps_ctx *c, const char *const keys[2], const char *kind, const char *enr_id)
 {
-    return dps_try_key(t, keys[0], group ? regid : NULL) || dps_try_key(t, keys[1], group ? regid : NULL);
+    bool group = strcmp(kind, "group") == 0;
+    char aad[512];
+    envelope_aad_stamp_key(aad, sizeof aad, c->r->dps->id, kind, enr_id);
+    return dps_try_key(c->r->srv->env, &c->sas, keys[0], aad, group ? c->regid : NULL) ||
+           dps_try_key(c->r->srv->env, &c->sas, keys[1], aad, group ? c->regid : NULL);
 }
 
 /* Individual: the presented leaf is the enrollment's primary or secondary
@@ -370,26 +406,99 @@ static bool dps_x509_matches(struct dps_req *r, const char *const pems[2], bool 
 
 static void dps_after_auth(struct dps_ctx *c);
 
+/* Failed authentications per source address: an IPv4 address, or the /64 of
+ * an IPv6 one (a host usually holds a whole /64). */
+static void dps_source_key(struct dps_req *r, char *out, size_t outlen)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
+    const char *addr = NULL;
+    ev_uint16_t port = 0;
+    unsigned char a6[16];
+    if (conn)
+        evhttp_connection_get_peer(conn, (char **)&addr, &port);
+    if (!addr) {
+        snprintf(out, outlen, "?");
+        return;
+    }
+    if (strchr(addr, ':') && inet_pton(AF_INET6, addr, a6) == 1) {
+        memset(a6 + 8, 0, 8);
+        if (inet_ntop(AF_INET6, a6, out, (socklen_t)outlen))
+            return;
+    }
+    snprintf(out, outlen, "%s", addr);
+}
+
+/* The one answer to a credential that does not authenticate: 401002 whether
+ * the key is wrong, belongs to another owner or the id does not exist, so the
+ * answer reveals nothing. The source address is charged; c is freed. */
+static void dps_auth_failed(struct dps_ctx *c, int code, const char *why, const char *msg)
+{
+    struct dps_device *d = c->d;
+    int64_t ignored;
+    /* the verdict is not needed here: the next request from c->src peeks */
+    if (!dps_keyed_gcra_admit(d->auth_fail, c->src, c->r->srv->cfg->prov.auth_failures_per_10s, 10000,
+                              util_mono_ms(), &ignored))
+        log_debug("event=dps_auth_fail_limit source=%s", c->src);
+    dps_keyed_gcra_trim(d->auth_fail, DPS_AUTH_FAIL_KEYS);
+    log_debug("event=dps_auth_failed dps=%s source=%s reason=\"%s\"", c->r->dps->id, c->src, why);
+    dps_reply_error(c->r, 401, code, "%s", msg ? msg : "unauthorized");
+    dps_ctx_free(c);
+}
+
 /* Columns of DPS_ENR_SQL. */
-enum { EC_KIND, EC_ID, EC_STATUS, EC_PRIMARY, EC_SECONDARY };
+enum { EC_KIND, EC_ID, EC_STATUS, EC_PRIMARY, EC_SECONDARY, EC_OWNER, EC_ROW_OWNER };
 
 /* The primary or secondary credential of an enrollment of attestation $2:
  * its key (symmetricKey), or its certificate (x509: a group's signing
- * certificate, an individual enrollment's client certificate). */
+ * certificate, an individual enrollment's client certificate). NULL when
+ * the enrollment is of the other attestation type. */
 #define DPS_ENR_CRED(slot) \
-    "CASE WHEN $2 = 'symmetricKey' THEN doc #>> '{attestation,symmetricKey," slot "Key}'" \
-    " WHEN kind = 'group' THEN doc #>> '{attestation,x509,signingCertificates," slot ",certificate}'" \
-    " ELSE doc #>> '{attestation,x509,clientCertificates," slot ",certificate}' END"
+    "CASE WHEN e.attestation <> $2 THEN NULL" \
+    " WHEN $2 = 'symmetricKey' THEN e.doc #>> '{attestation,symmetricKey," slot "Key}'" \
+    " WHEN e.kind = 'group' THEN e.doc #>> '{attestation,x509,signingCertificates," slot ",certificate}'" \
+    " ELSE e.doc #>> '{attestation,x509,clientCertificates," slot ",certificate}' END"
 
-/* The enrollments a credential could match: the individual enrollment of this
- * id and every group, of its attestation type; individual first ('individual'
- * > 'group'). Only what authentication reads is selected, so no enrollment
- * document is parsed per row on the request path. */
+/* The enrollments a credential may be checked against (see the file
+ * comment), with the registration row's owner if there is a row:
+ *   - the individual enrollment of the id (any attestation), which then
+ *     excludes every group;
+ *   - else, when a row exists, the groups of the row's owner, its own
+ *     enrollment first: a handful, whatever the number of groups;
+ *   - else, on register only ($4), every group of the attestation type.
+ * A poll or lookup of an id without a row therefore costs no HMAC at all.
+ * Only what authentication reads is selected, so no enrollment document is
+ * parsed per row on the request path. */
 static const char DPS_ENR_SQL[] =
-    "SELECT kind, enrollment_id, doc->>'provisioningStatus', " DPS_ENR_CRED("primary") ", "
-    DPS_ENR_CRED("secondary")
-    " FROM dps_enrollments WHERE dps_id = $1 AND attestation = $2 AND (kind = 'group' OR enrollment_id = $3)"
-    " ORDER BY kind DESC, enrollment_id";
+    "WITH reg AS (SELECT owner, enrollment_kind, enrollment_id FROM dps_registrations"
+    "  WHERE dps_id = $1 AND registration_id = $3),"
+    " ind AS (SELECT 1 FROM dps_enrollments WHERE dps_id = $1 AND kind = 'individual' AND enrollment_id = $3)"
+    " SELECT e.kind, e.enrollment_id, e.doc->>'provisioningStatus', " DPS_ENR_CRED("primary") ", "
+    DPS_ENR_CRED("secondary") ", e.owner, (SELECT owner FROM reg)"
+    " FROM dps_enrollments e WHERE e.dps_id = $1 AND ("
+    "  (e.kind = 'individual' AND e.enrollment_id = $3)"
+    "  OR (e.kind = 'group' AND e.attestation = $2 AND NOT EXISTS (SELECT 1 FROM ind)"
+    "      AND (e.owner = (SELECT owner FROM reg) OR ($4 AND NOT EXISTS (SELECT 1 FROM reg)))))"
+    " ORDER BY e.kind DESC, (e.kind, e.enrollment_id) = (SELECT enrollment_kind, enrollment_id FROM reg)"
+    " DESC NULLS LAST, e.enrollment_id"
+    " LIMIT 512";
+
+/* Record the enrollment that authenticated c (row i of res). */
+static void dps_ctx_matched(struct dps_ctx *c, const PGresult *res, int i, X509 *signer)
+{
+    const char *status = dps_pg_val(res, i, EC_STATUS);
+    c->enr_kind = xstrdup(PQgetvalue(res, i, EC_KIND));
+    c->enr_id = xstrdup(PQgetvalue(res, i, EC_ID));
+    c->owner = xstrdup(PQgetvalue(res, i, EC_OWNER));
+    c->disabled = status && strcmp(status, "disabled") == 0;
+    if (c->x509) {
+        json_t *info = dps_x509_info(dps_req_peer_cert(c->r));
+        c->att_info = json_object();
+        if (info)
+            json_object_set_new(c->att_info, "certificateInfo", info);
+        if (signer && (info = dps_x509_info(signer)) != NULL)
+            json_object_set_new(c->att_info, "signingCertificateInfo", info);
+    }
+}
 
 static void dps_on_enrollments(const struct pgq_result *q, void *arg)
 {
@@ -399,77 +508,72 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
     if (!dps_ctx_db_ok(c, q, "enrollments"))
         return;
     n = PQntuples(q->res);
-    if (n == 0) {
-        /* As DPS: a credential no enrollment accepts is 401, whether or not
-         * the instance has enrollments of its kind (that is not revealed). */
-        dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized");
-        dps_ctx_free(c);
-        return;
-    }
     for (int i = 0; i < n; i++) {
-        const char *kind = PQgetvalue(q->res, i, EC_KIND);
-        bool group = strcmp(kind, "group") == 0;
+        bool group = strcmp(PQgetvalue(q->res, i, EC_KIND), "group") == 0;
         const char *cred[2] = {dps_pg_val(q->res, i, EC_PRIMARY), dps_pg_val(q->res, i, EC_SECONDARY)};
-        const char *status = dps_pg_val(q->res, i, EC_STATUS);
+        const char *row_owner = dps_pg_val(q->res, i, EC_ROW_OWNER);
         X509 *signer = NULL;
         bool ok = c->x509 ? dps_x509_matches(r, cred, group, &signer)
-                          : dps_sas_matches(&c->sas, cred, group, c->regid);
+                          : dps_sas_matches(c, cred, PQgetvalue(q->res, i, EC_KIND), PQgetvalue(q->res, i, EC_ID));
         if (!ok)
             continue;
-        c->enr_kind = xstrdup(kind);
-        c->enr_id = xstrdup(PQgetvalue(q->res, i, EC_ID));
-        c->disabled = status && strcmp(status, "disabled") == 0;
-        if (c->x509) {
-            json_t *info = dps_x509_info(dps_req_peer_cert(r));
-            c->att_info = json_object();
-            if (info)
-                json_object_set_new(c->att_info, "certificateInfo", info);
-            if (signer && (info = dps_x509_info(signer)) != NULL)
-                json_object_set_new(c->att_info, "signingCertificateInfo", info);
+        if (row_owner && strcmp(row_owner, PQgetvalue(q->res, i, EC_OWNER)) != 0) {
+            /* only an individual enrollment of another owner gets here */
+            X509_free(signer);
+            dps_auth_failed(c, ERR_UNAUTHORIZED, "owner", NULL);
+            return;
         }
+        dps_ctx_matched(c, q->res, i, signer);
         X509_free(signer);
         dps_after_auth(c);
         return;
     }
-    dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized");
-    dps_ctx_free(c);
+    /* As DPS: a credential no enrollment accepts is 401, whether or not the
+     * instance has enrollments of its kind (that is not revealed). */
+    dps_auth_failed(c, ERR_UNAUTHORIZED, n ? "credential" : "no_candidate", NULL);
 }
 
-/* Check the credential's shape, then load the enrollments it could match
- * (DPS_ENR_SQL). */
+/* Check the credential's shape (cheap, no database), then load the
+ * enrollments it may be checked against (DPS_ENR_SQL). */
 static void dps_authenticate(struct dps_ctx *c)
 {
     struct dps_req *r = c->r;
     const char *auth = dps_req_header(r, "Authorization");
-    const char *params[3];
+    const char *params[4];
     if (auth) {
         enum sas_error e = sas_parse(auth, &c->sas);
         if (e == SAS_OK)
             e = sas_check_claims(&c->sas, r->dps->id_scope, c->regid, util_wall_ms() / 1000);
         if (e != SAS_OK) {
-            dps_reply_error(r, 401, ERR_UNAUTHORIZED, "unauthorized (%s)", sas_error_code(e));
-            dps_ctx_free(c);
+            dps_auth_failed(c, ERR_UNAUTHORIZED, sas_error_code(e), NULL);
             return;
         }
     } else if (dps_req_peer_cert(r)) {
-        char *cn = dps_x509_cn(dps_req_peer_cert(r));
+        X509 *leaf = dps_req_peer_cert(r);
+        char *cn = dps_x509_cn(leaf);
+        char why[160];
         bool same = cn && strcmp(cn, c->regid) == 0;
         free(cn);
         if (!same) {
-            dps_reply_error(r, 401, ERR_CERT_CN, "the client certificate's CN must be the registration id");
-            dps_ctx_free(c);
+            dps_auth_failed(c, ERR_CERT_CN, "certificate_cn", "the client certificate's CN must be the registration id");
+            return;
+        }
+        if (!dps_x509_leaf_usable(leaf, why, sizeof why)) {
+            dps_auth_failed(c, ERR_CERT_USAGE, why,
+                            "the client certificate is expired, not yet valid or not for client authentication");
             return;
         }
         c->x509 = true;
     } else {
-        dps_reply_error(r, 401, ERR_NO_CREDENTIAL, "a SharedAccessSignature or a client certificate is required");
-        dps_ctx_free(c);
+        dps_auth_failed(c, ERR_NO_CREDENTIAL, "no_credential",
+                        "a SharedAccessSignature or a client certificate is required");
         return;
     }
     params[0] = r->dps->id;
     params[1] = c->x509 ? "x509" : "symmetricKey";
     params[2] = c->regid;
-    dps_ctx_query(c, DPS_ENR_SQL, 3, params, dps_on_enrollments);
+    params[3] = c->route == ROUTE_REGISTER ? "true" : "false";
+    dps_ctx_query(c, DPS_ENR_SQL, 4, params, dps_on_enrollments);
 }
 
 /* ---- register ---- */
@@ -481,6 +585,11 @@ static void dps_on_registered(const struct pgq_result *q, void *arg)
     struct dps_device *d = c->d;
     if (!dps_ctx_db_ok(c, q, "register"))
         return;
+    if (PQntuples(q->res) == 0) {
+        /* the row was created meanwhile by another owner's credential */
+        dps_auth_failed(c, ERR_UNAUTHORIZED, "owner_race", NULL);
+        return;
+    }
     dps_minute_add(&d->inst[r->dps_index].regs_minute, util_mono_ms());
     if (!c->deferred)
         dps_job_start(d, r->dps_index, c->regid, c->new_op);
@@ -521,18 +630,23 @@ static void dps_register(struct dps_ctx *c)
     params[4] = c->new_op;
     params[5] = payload;
     params[6] = att;
+    params[7] = c->owner;
     /* assigned_hub/device_id/substatus keep the previous assignment while
-     * assigning: the job reads them as the device's current hub. */
+     * assigning: the job reads them as the device's current hub. The owner
+     * is never rewritten: a row of another owner is left alone (no row
+     * returned), which closes the race with a registration of the same id
+     * under another owner's credential. */
     dps_ctx_query(c,
-                  "INSERT INTO dps_registrations (dps_id, registration_id, enrollment_kind, enrollment_id,"
-                  " operation_id, status, device_payload, attestation_info)"
-                  " VALUES ($1, $2, $3, $4, $5, 'assigning', $6::jsonb, $7::jsonb)"
+                  "INSERT INTO dps_registrations AS x (dps_id, registration_id, enrollment_kind, enrollment_id,"
+                  " operation_id, status, device_payload, attestation_info, owner)"
+                  " VALUES ($1, $2, $3, $4, $5, 'assigning', $6::jsonb, $7::jsonb, $8)"
                   " ON CONFLICT (dps_id, registration_id) DO UPDATE SET"
                   " enrollment_kind = EXCLUDED.enrollment_kind, enrollment_id = EXCLUDED.enrollment_id,"
                   " operation_id = EXCLUDED.operation_id, status = 'assigning',"
                   " device_payload = EXCLUDED.device_payload, attestation_info = EXCLUDED.attestation_info,"
-                  " error_code = NULL, error_message = NULL, etag = dps_registrations.etag + 1, updated_at = now()",
-                  7, params, dps_on_registered);
+                  " error_code = NULL, error_message = NULL, etag = x.etag + 1, updated_at = now()"
+                  " WHERE x.owner = EXCLUDED.owner RETURNING 1",
+                  8, params, dps_on_registered);
     free(payload);
     free(att);
 }
@@ -586,9 +700,49 @@ static void dps_on_row(const struct pgq_result *q, void *arg)
     dps_ctx_free(c);
 }
 
+/* The instance's and the device's budgets, charged only once the request has
+ * authenticated. False (after replying 429 and freeing c) when over one. */
+static bool dps_charge_limits(struct dps_ctx *c)
+{
+    struct dps_req *r = c->r;
+    struct dps_device *d = c->d;
+    int64_t now = util_mono_ms(), wait = 0;
+    if (c->route == ROUTE_REGISTER) {
+        /* gentle throttling defers the allocation instead (dps_register) */
+        if (r->dps->gentle_throttle || dps_bucket_take(&d->inst[r->dps_index].regs, now))
+            return true;
+        wait = dps_bucket_wait_ms(&d->inst[r->dps_index].regs, now);
+        dps_throttled(d, r->dps_index);
+        dps_set_retry_after(r, dps_retry_after_s(wait));
+        dps_reply_error(r, 429, ERR_THROTTLED, "registrations are throttled (%lld per minute)",
+                        (long long)r->dps->registrations_per_minute);
+    } else if (c->route == ROUTE_OPERATION) {
+        char key[DPS_REGID_MAX + 16];
+        snprintf(key, sizeof key, "%d/%s", r->dps_index, c->regid);
+        if (dps_keyed_gcra_admit(d->polls, key, r->dps->polls_per_10s, 10000, now, &wait))
+            return true;
+        dps_throttled(d, r->dps_index);
+        dps_set_retry_after(r, dps_retry_after_s(wait));
+        dps_reply_error(r, 429, ERR_POLL_THROTTLED, "operation polls are limited to %lld per 10 s per device",
+                        (long long)r->dps->polls_per_10s);
+    } else {
+        if (dps_bucket_take(&d->inst[r->dps_index].lookups, now))
+            return true;
+        wait = dps_bucket_wait_ms(&d->inst[r->dps_index].lookups, now);
+        dps_throttled(d, r->dps_index);
+        dps_set_retry_after(r, dps_retry_after_s(wait));
+        dps_reply_error(r, 429, ERR_LOOKUP_THROTTLED, "status lookups are throttled (%lld per minute)",
+                        (long long)r->dps->lookups_per_minute);
+    }
+    dps_ctx_free(c);
+    return false;
+}
+
 static void dps_after_auth(struct dps_ctx *c)
 {
-    const char *params[2];
+    const char *params[3];
+    if (!dps_charge_limits(c))
+        return;
     if (c->route == ROUTE_REGISTER) {
         dps_register(c);
         return;
@@ -599,7 +753,8 @@ static void dps_after_auth(struct dps_ctx *c)
     }
     params[0] = c->r->dps->id;
     params[1] = c->regid;
-    dps_ctx_query(c, DPS_ROW_SQL, 2, params, dps_on_row);
+    params[2] = c->owner;
+    dps_ctx_query(c, DPS_ROW_SQL, 3, params, dps_on_row);
 }
 
 /* ---- allocation jobs ---- */
@@ -1072,6 +1227,7 @@ static void dps_tick(evutil_socket_t fd, short what, void *arg)
         dl->throttled_last_minute = dps_minute_sum(&d->inst[i].throttled_minute, now);
     }
     dps_keyed_gcra_sweep(d->polls, now);
+    dps_keyed_gcra_sweep(d->auth_fail, now);
     if (d->ticks++ % DPS_REFRESH_TICKS == 0)
         dps_refresh_counts(d);
 }
@@ -1093,6 +1249,7 @@ struct dps_device *dps_device_new(struct dps_server *s)
     d->dps_ids = dps_text_array(pc->n_dps, dps_get_id, pc);
     d->hub_hosts = dps_text_array(pc->n_hubs, dps_get_host, pc);
     d->polls = dps_keyed_gcra_new();
+    d->auth_fail = dps_keyed_gcra_new();
     d->jobs = strmap_new();
     TAILQ_INIT(&d->job_list);
     d->webhook = dps_webhook_new(s->base);
@@ -1115,19 +1272,22 @@ void dps_device_free(struct dps_device *d)
     dps_webhook_free(d->webhook);
     strmap_free(d->jobs, NULL);
     dps_keyed_gcra_free(d->polls);
+    dps_keyed_gcra_free(d->auth_fail);
     free(d->dps_ids);
     free(d->hub_hosts);
     free(d->inst);
     free(d);
 }
 
-/* Route, validate and rate-limit; then authenticate (dps_on_enrollments
- * carries on). Replies exactly once on every path. */
+/* Route and validate; refuse a source address over its failed-authentication
+ * limit before any database or HMAC work; then authenticate
+ * (dps_on_enrollments carries on, and only then are the rate limits charged).
+ * Replies exactly once on every path. */
 void dps_device_handle(struct dps_req *r)
 {
     struct dps_device *d = r->srv->device;
     struct dps_ctx *c;
-    int64_t now = util_mono_ms(), wait;
+    int64_t wait = 0;
     enum dps_route route;
     const char *regid = r->segs[2];
 
@@ -1157,6 +1317,14 @@ void dps_device_handle(struct dps_req *r)
     c->route = route;
     c->regid = regid;
     c->op = route == ROUTE_OPERATION ? r->segs[4] : NULL;
+    dps_source_key(r, c->src, sizeof c->src);
+    if (!dps_keyed_gcra_peek(d->auth_fail, c->src, r->srv->cfg->prov.auth_failures_per_10s, 10000, util_mono_ms(),
+                             &wait)) {
+        dps_set_retry_after(r, dps_retry_after_s(wait));
+        dps_reply_error(r, 429, ERR_AUTH_THROTTLED, "too many failed authentications from this address");
+        dps_ctx_free(c);
+        return;
+    }
     if (route == ROUTE_REGISTER) {
         json_t *body = r->body ? json_loadb(r->body, r->body_len, 0, NULL) : NULL;
         const char *id = dps_json_str(body, "registrationId");
@@ -1170,34 +1338,6 @@ void dps_device_handle(struct dps_req *r)
         if (p && !json_is_null(p))
             c->device_payload = json_incref(p);
         json_decref(body);
-        if (!r->dps->gentle_throttle && !dps_bucket_take(&d->inst[r->dps_index].regs, now)) {
-            wait = dps_bucket_wait_ms(&d->inst[r->dps_index].regs, now);
-            dps_throttled(d, r->dps_index);
-            dps_set_retry_after(r, dps_retry_after_s(wait));
-            dps_reply_error(r, 429, ERR_THROTTLED, "registrations are throttled (%lld per minute)",
-                            (long long)r->dps->registrations_per_minute);
-            dps_ctx_free(c);
-            return;
-        }
-    } else if (route == ROUTE_OPERATION) {
-        char key[DPS_REGID_MAX + 16];
-        snprintf(key, sizeof key, "%d/%s", r->dps_index, regid);
-        if (!dps_keyed_gcra_admit(d->polls, key, r->dps->polls_per_10s, 10000, now, &wait)) {
-            dps_throttled(d, r->dps_index);
-            dps_set_retry_after(r, dps_retry_after_s(wait));
-            dps_reply_error(r, 429, ERR_POLL_THROTTLED, "operation polls are limited to %lld per 10 s per device",
-                            (long long)r->dps->polls_per_10s);
-            dps_ctx_free(c);
-            return;
-        }
-    } else if (!dps_bucket_take(&d->inst[r->dps_index].lookups, now)) {
-        wait = dps_bucket_wait_ms(&d->inst[r->dps_index].lookups, now);
-        dps_throttled(d, r->dps_index);
-        dps_set_retry_after(r, dps_retry_after_s(wait));
-        dps_reply_error(r, 429, ERR_LOOKUP_THROTTLED, "status lookups are throttled (%lld per minute)",
-                        (long long)r->dps->lookups_per_minute);
-        dps_ctx_free(c);
-        return;
     }
     dps_authenticate(c);
 }

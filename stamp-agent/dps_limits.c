@@ -142,6 +142,28 @@ bool dps_keyed_gcra_admit(struct dps_keyed_gcra *k, const char *key, int64_t lim
     return dps_gcra_admit(&e->g, limit, window_ms, now_ms, retry_ms);
 }
 
+bool dps_keyed_gcra_peek(const struct dps_keyed_gcra *k, const char *key, int64_t limit, int64_t window_ms,
+                         int64_t now_ms, int64_t *retry_ms)
+{
+    const struct gcra_entry *e = strmap_get(k->map, key);
+    struct dps_gcra probe;
+    if (!e)
+        return true;
+    probe = e->g;
+    return dps_gcra_admit(&probe, limit, window_ms, now_ms, retry_ms);
+}
+
+size_t dps_keyed_gcra_trim(struct dps_keyed_gcra *k, size_t max)
+{
+    struct gcra_entry *e;
+    while (strmap_count(k->map) > max && (e = TAILQ_FIRST(&k->lru)) != NULL) {
+        TAILQ_REMOVE(&k->lru, e, link);
+        strmap_del(k->map, e->key);
+        free(e);
+    }
+    return strmap_count(k->map);
+}
+
 size_t dps_keyed_gcra_sweep(struct dps_keyed_gcra *k, int64_t now_ms)
 {
     struct gcra_entry *e;

@@ -66,7 +66,14 @@ struct dps_keyed_gcra *dps_keyed_gcra_new(void);
 void dps_keyed_gcra_free(struct dps_keyed_gcra *k);
 bool dps_keyed_gcra_admit(struct dps_keyed_gcra *k, const char *key, int64_t limit, int64_t window_ms,
                           int64_t now_ms, int64_t *retry_ms) MUSTCHECK;
+/* Whether one event for key would be admitted now, without recording it
+ * (*retry_ms as for admit). A key never seen is admitted. */
+bool dps_keyed_gcra_peek(const struct dps_keyed_gcra *k, const char *key, int64_t limit, int64_t window_ms,
+                         int64_t now_ms, int64_t *retry_ms);
 /* Drop idle states (call periodically); returns how many remain. */
 size_t dps_keyed_gcra_sweep(struct dps_keyed_gcra *k, int64_t now_ms);
+/* Forget the least recently used states beyond max (a map keyed by client
+ * addresses must not grow without bound); returns how many remain. */
+size_t dps_keyed_gcra_trim(struct dps_keyed_gcra *k, size_t max);
 
 #endif

@@ -24,6 +24,9 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "connguard.h"
+#include "dps_webhook.h"
+#include "dps_secrets.h"
 #include "httputil.h"
 #include "log.h"
 #include "tls.h"
@@ -36,6 +39,35 @@ static int dps_verify_any(int ok, X509_STORE_CTX *ctx)
 {
     (void)ok; (void)ctx;
     return 1;
+}
+
+static void dps_tls_configure(SSL_CTX *ctx, void *arg)
+{
+    (void)arg;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, dps_verify_any);
+}
+
+/* The listener's identity: provisioning.tls.cert/key, reloadable (SIGHUP). */
+static struct tls_server *dps_server_tls_new(const struct agent_provisioning_config *pc, char *err, size_t errlen)
+{
+    struct tls_server_opts o = {
+        .cert_file = pc->tls_cert, .key_file = pc->tls_key,
+        .configure = dps_tls_configure, .session_id_context = "stampdps",
+    };
+    return tls_server_new(&o, err, errlen);
+}
+
+bool dps_server_reload_tls(struct dps_server *s)
+{
+    char err[300];
+    if (!s || !s->tls)
+        return true;
+    if (!tls_server_reload(s->tls, err, sizeof err)) {
+        log_error("event=tls_reload_failed error=\"%s\" note=\"the previous certificate stays in use\"", err);
+        return false;
+    }
+    log_info("event=tls_reloaded generation=%u", tls_server_generation(s->tls));
+    return true;
 }
 
 static void dps_req_free(struct dps_req *r)
@@ -119,7 +151,8 @@ const char *dps_req_query(struct dps_req *r, const char *name)
 static SSL *dps_req_ssl(struct dps_req *r)
 {
     struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
-    struct bufferevent *bev = conn ? evhttp_connection_get_bufferevent(conn) : NULL;
+    /* the connection's bufferevent is the guard's filter; TLS is under it */
+    struct bufferevent *bev = conn ? connguard_transport(evhttp_connection_get_bufferevent(conn)) : NULL;
     return bev ? bufferevent_openssl_get_ssl(bev) : NULL;
 }
 
@@ -174,6 +207,90 @@ static bool dps_is_service_collection(const char *seg)
            strcasecmp(seg, "registrations") == 0;
 }
 
+/*
+ * Before the body (connguard.h): a request that announces one must carry a
+ * credential, from the headers alone - on the device API an Authorization
+ * header or a client certificate from the handshake, on the service API an
+ * Authorization header. The routes verify them after; without any, the body
+ * is never read. Requests without a body go on to the routes as before.
+ */
+static bool dps_head_check(void *arg, const struct connguard_head *h, struct connguard_verdict *v)
+{
+    char path[2048], *segs[DPS_MAX_SEGS];
+    int nsegs = 0;
+    size_t plen = strcspn(h->target, "?");
+    bool device, service, ok = true;
+    SSL *ssl;
+    (void)arg;
+
+    if ((!h->chunked && h->content_length <= 0) || connguard_head_get(h, "Authorization") || plen >= sizeof path)
+        return true;
+    memcpy(path, h->target, plen);
+    path[plen] = '\0';
+    if (!httputil_split_path(path, segs, DPS_MAX_SEGS, &nsegs)) {
+        for (int i = 0; i < nsegs; i++)
+            free(segs[i]);
+        return true;   /* answered 400 by the routes */
+    }
+    service = nsegs >= 1 && (strcasecmp(segs[0], "enrollmentGroups") == 0 || strcasecmp(segs[0], "enrollments") == 0 ||
+                             strcasecmp(segs[0], "registrations") == 0);
+    device = !service && nsegs >= 3 && strcasecmp(segs[1], "registrations") == 0;
+    ssl = h->transport ? bufferevent_openssl_get_ssl(h->transport) : NULL;
+    if (service || (device && !(ssl && SSL_get0_peer_certificate(ssl)))) {
+        v->reason = CONNGUARD_UNAUTHORIZED;
+        /* as the routes answer a missing credential: device API 401001, service API 401002 */
+        snprintf(v->code, sizeof v->code, "%d", service ? 401002 : 401001);
+        snprintf(v->message, sizeof v->message, "%s",
+                 service ? "authorization failed: a SharedAccessSignature is required"
+                         : "authorization failed: neither an Authorization header nor a client certificate was sent");
+        ok = false;
+    }
+    for (int i = 0; i < nsegs; i++)
+        free(segs[i]);
+    return ok;
+}
+
+/* The DPS errorCode of a guard refusal: the one the check chose (401001/401002), 503002 at the
+ * connection cap, else status * 1000 + 1. */
+static void dps_refuse(struct dps_req *r, const struct connguard_verdict *v, int status)
+{
+    int64_t code;
+    if (!util_parse_int64(v->code, 100000, 599999, &code))
+        code = v->reason == CONNGUARD_OVERLOADED ? 503002   /* 503001 is "database unavailable" */
+                                                 : (int64_t)status * 1000 + 1;
+    dps_add_header(r, "Connection", "close");
+    if (status == 503)
+        dps_add_header(r, "Retry-After", "1");
+    dps_reply_error(r, status, (int)code, "%s", v->message[0] ? v->message : "the request was refused");
+}
+
+/* The listener's one bufferevent callback: TLS (the current identity, SIGHUP
+ * reloads it) under the connection guard. Chain any other layer here. */
+static struct bufferevent *dps_server_bevcb(struct event_base *base, void *arg)
+{
+    struct dps_server *s = arg;
+    return connguard_wrap(s->guard, base, tls_server_reloadable_bevcb(base, s->tls));
+}
+
+static void dps_server_guard_setup(struct dps_server *s)
+{
+    const struct agent_provisioning_config *pc = &s->cfg->prov;
+    dps_webhook_set_allow_private(pc->webhook_allow_private);
+    struct connguard_opts o = {
+        .name = "dps",
+        .max_connections = (int)pc->http_max_connections,
+        .header_timeout_ms = (int)pc->http_header_timeout_ms,
+        .request_timeout_ms = (int)pc->http_request_timeout_ms,
+        .idle_timeout_ms = (int)pc->http_idle_timeout_ms,
+        .max_header_bytes = 32 * 1024,
+        .max_body_bytes = DPS_MAX_BODY,
+        .check = dps_head_check,
+        .check_arg = s,
+    };
+    s->guard = connguard_new(s->base, &o);
+    evhttp_set_bevcb(s->http, dps_server_bevcb, s);
+}
+
 static void dps_on_request(struct evhttp_request *ev, void *arg)
 {
     struct dps_server *s = arg;
@@ -190,6 +307,14 @@ static void dps_on_request(struct evhttp_request *ev, void *arg)
     TAILQ_INIT(&r->query);
     s->inflight++;
     util_random_hex(r->id, 16);
+    {
+        struct connguard_verdict gv;
+        int gstatus;
+        if (connguard_refusal(ev, &gv, &gstatus)) {
+            dps_refuse(r, &gv, gstatus);
+            return;
+        }
+    }
     if (r->method == EVHTTP_REQ_GET && !dps_take_get_body(r)) {
         dps_add_header(r, "Connection", "close");
         dps_reply_error(r, 400, 400004, "the request body could not be read");
@@ -213,6 +338,11 @@ static void dps_on_request(struct evhttp_request *ev, void *arg)
         return;
     }
     if (r->nsegs == 1 && strcmp(r->segs[0], "healthz") == 0) {
+        /* A database of another geography is not served: say so to probes too. */
+        if (strcmp(pgpool_state_word(s->pool), "wrong_geography") == 0) {
+            dps_reply_json(r, 503, json_pack("{s:s}", "status", "wrong_geography"));
+            return;
+        }
         dps_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
         return;
     }
@@ -236,36 +366,74 @@ static void dps_on_request(struct evhttp_request *ev, void *arg)
     dps_reply_error(r, 404, 404000, "no such route");
 }
 
+void dps_server_pool_opts(const struct agent_config *cfg, const char *conninfo, struct pgpool_opts *o)
+{
+    const struct agent_provisioning_config *pc = &cfg->prov;
+    *o = (struct pgpool_opts){
+        .name = "stampDatabase", .conninfo = conninfo, .size = (int)pc->db_pool_size,
+        .connect_timeout_ms = 3000, .query_timeout_ms = 10000, .queue_timeout_ms = 3000, .max_queue = 4096,
+        .migrations = migrations_stamp, .n_migrations = migrations_stamp_count,
+        .migrations_table = "stamp_schema_migrations",
+        .geography = pc->geography, .geography_check_only = true,
+    };
+}
+
+/* A connection reached another geography's database (pgpool logged which).
+ * Before the agent ever served: refuse to start. Later: pgpool serves 503
+ * until a connection lands on the right database again. */
+static void dps_on_wrong_geography(void *arg, bool ever_ready)
+{
+    struct dps_server *s = arg;
+    if (ever_ready) {
+        log_error("event=stamp_database_refused reason=wrong_geography geography=%s action=\"answering 503 until the "
+                  "database is %s again\"", s->cfg->prov.geography, s->cfg->prov.geography);
+        return;
+    }
+    if (s->fatal_exit)
+        return;
+    log_error("event=startup_refused reason=wrong_geography geography=%s exit_code=%d message=\"provisioning.database "
+              "is not the database of geography %s (its geo_identity differs or is missing); refusing to serve it\"",
+              s->cfg->prov.geography, DPS_EXIT_WRONG_DATABASE, s->cfg->prov.geography);
+    s->fatal_exit = DPS_EXIT_WRONG_DATABASE;
+    if (event_base_loopexit(s->base, NULL) != 0)
+        log_error("event=loopexit_failed");
+}
+
 struct dps_server *dps_server_new(struct event_base *base, const struct agent_config *cfg,
                                   struct agent_load *load)
 {
     const struct agent_provisioning_config *pc = &cfg->prov;
     struct dps_server *s = xcalloc(1, sizeof *s);
-    struct pgpool_opts o = {
-        .name = "stampDatabase", .conninfo = pc->database, .size = (int)pc->db_pool_size,
-        .connect_timeout_ms = 3000, .query_timeout_ms = 10000, .queue_timeout_ms = 3000, .max_queue = 4096,
-        .migrations = migrations_stamp, .n_migrations = migrations_stamp_count,
-        .migrations_table = "stamp_schema_migrations",
-    };
+    struct pgpool_opts o;
     char err[300];
+
+    dps_server_pool_opts(cfg, pc->database, &o);
+    o.on_wrong_geography = dps_on_wrong_geography;
+    o.cb_arg = s;
+    if (!pc->geography)
+        log_warn("event=geography_unchecked message=\"provisioning.geography is not set: the database's geo_identity "
+                 "is not checked\"");
 
     s->base = base;
     s->cfg = cfg;
     s->load = load;
-    if (!(s->tls = tls_server_ctx_new(pc->tls_cert, pc->tls_key, err, sizeof err))) {
+    if (!(s->tls = dps_server_tls_new(pc, err, sizeof err))) {
         log_error("event=tls_setup_failed error=\"%s\"", err);
         free(s);
         return NULL;
     }
-    SSL_CTX_set_verify(s->tls, SSL_VERIFY_PEER, dps_verify_any);
-    SSL_CTX_set_session_id_context(s->tls, (const unsigned char *)"stampdps", 8);
     s->pool = pgpool_new(base, &o);
+    if (!(s->env = dps_secrets_load(cfg, err, sizeof err))) {
+        log_error("event=kek_file_refused error=\"%s\"", err);
+        dps_server_free(s);
+        return NULL;
+    }
     s->http = evhttp_new(base);
     if (!s->http) {
         dps_server_free(s);
         return NULL;
     }
-    evhttp_set_bevcb(s->http, tls_server_bevcb, s->tls);
+    dps_server_guard_setup(s);
     evhttp_set_allowed_methods(s->http, EVHTTP_REQ_GET | EVHTTP_REQ_POST | EVHTTP_REQ_PUT | EVHTTP_REQ_DELETE |
                                             EVHTTP_REQ_PATCH | EVHTTP_REQ_HEAD);
     evhttp_set_max_body_size(s->http, DPS_MAX_BODY * 4);
@@ -274,6 +442,7 @@ struct dps_server *dps_server_new(struct event_base *base, const struct agent_co
     evhttp_set_gencb(s->http, dps_on_request, s);
     s->device = dps_device_new(s);
     s->service = dps_service_new(s);
+    s->secrets = dps_secrets_new(s);
     s->listener = evhttp_bind_socket_with_handle(s->http, pc->listen_host, (ev_uint16_t)pc->listen_port);
     if (!s->listener) {
         log_error("event=listen_failed addr=%s:%d", pc->listen_host, pc->listen_port);
@@ -296,9 +465,12 @@ void dps_server_free(struct dps_server *s)
 {
     if (!s) return;
     if (s->http) evhttp_free(s->http);
+    connguard_free(s->guard);   /* after evhttp_free: its connections used it */
     dps_device_free(s->device);
     dps_service_free(s->service);
+    dps_secrets_free(s->secrets);   /* before the pool: cancels a pass in flight */
     pgpool_free(s->pool);
-    if (s->tls) SSL_CTX_free(s->tls);
+    envelope_free(s->env);
+    tls_server_free(s->tls);
     free(s);
 }

@@ -20,8 +20,10 @@
 
 #include "agent_config.h"
 #include "agent_load.h"
+#include "envelope.h"
 #include "migrate.h"
 #include "pgpool.h"
+#include "tls.h"
 
 /* A timestamptz column as the DPS APIs write times: RFC 3339 UTC, microseconds. */
 #define DPS_SQL_TS(col) "to_char(" col " AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
@@ -41,13 +43,20 @@ struct dps_server {
     const struct agent_config *cfg;        /* cfg->prov is this server's config */
     struct agent_load *load;               /* counters for the load report */
     struct pgpool *pool;                   /* the stamp's geography database */
-    SSL_CTX *tls;
+    struct tls_server *tls;                /* the listener's identity, reloaded on SIGHUP (common/tls.h) */
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
+    struct connguard *guard;               /* connection cap, read deadlines, checks before bodies */
     struct dps_device *device;
     struct dps_service *service;
+    struct envelope *env;                  /* KEKs sealing the enrollment keys at rest (dps_secrets.h) */
+    struct dps_secrets *secrets;           /* the re-wrap pass and the KEK file watch */
     int inflight;
+    int fatal_exit;                        /* non-zero: the agent must exit with this code (loop exit requested) */
 };
+
+/* Exit code of an agent whose database is not its geography's at start. */
+#define DPS_EXIT_WRONG_DATABASE 3
 
 struct dps_req {
     struct dps_server *srv;
@@ -68,6 +77,18 @@ struct dps_req {
 struct dps_server *dps_server_new(struct event_base *base, const struct agent_config *cfg,
                                   struct agent_load *load);
 void dps_server_stop_accepting(struct dps_server *s);
+/* SIGHUP: re-read provisioning.tls.cert/key; new handshakes use them, open
+ * connections keep theirs. False (logged; the old certificate stays) on failure. */
+bool dps_server_reload_tls(struct dps_server *s);
+/* The stamp database pool's options for cfg, on conninfo (borrowed: both
+ * must outlive the pool). */
+void dps_server_pool_opts(const struct agent_config *cfg, const char *conninfo, struct pgpool_opts *o);
+/*
+ * `stamp-agent --migrate`: apply the stamp migrations to conninfo (the
+ * owner's, never the agent's role) and check the geography; returns the
+ * process exit code: 0 done, 1 failed or timed out, DPS_EXIT_WRONG_DATABASE.
+ */
+int dps_migrate_run(const struct agent_config *cfg, const char *conninfo, int timeout_ms);
 void dps_server_free(struct dps_server *s);
 
 /* Replies: JSON with Content-Type application/json; charset=utf-8. */

@@ -36,6 +36,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dps_secrets.h"
 #include "dps_server.h"
 #include "dps_svc_doc.h"
 #include "jsonv.h"
@@ -246,10 +247,12 @@ static json_t *svc_reg_json(const PGresult *res, int row, int c)
 }
 
 /* Enrollment from SVC_ENR_COLS (+ SVC_REG_COLS for individual enrollments). */
-static json_t *svc_enr_json(const PGresult *res, int row)
+static json_t *svc_enr_json(const struct svc_op *op, const PGresult *res, int row)
 {
     json_t *doc = json_loads(PQgetvalue(res, row, 1), 0, NULL);
-    if (!json_is_object(doc)) {
+    /* the keys are stored sealed: the SDK gets them back in clear, as DPS answers */
+    if (!json_is_object(doc) || !dps_secrets_open(op->r->srv->env, op->dps_id, dsv_kind_word(op->kind),
+                                                  PQgetvalue(res, row, 0), doc)) {
         json_decref(doc);
         return NULL;
     }
@@ -292,7 +295,7 @@ static void svc_on_get(const struct pgq_result *res, void *arg)
     if (PQntuples(res->res) == 0) {
         dps_reply_error(op->r, 404, DSV_E_NOT_FOUND, "%s '%s' not found",
                         op->kind == DSV_GROUP ? "enrollment group" : "enrollment", op->id);
-    } else if (!(doc = svc_enr_json(res->res, 0))) {
+    } else if (!(doc = svc_enr_json(op, res->res, 0))) {
         dps_reply_error(op->r, 500, DSV_E_INTERNAL, "internal error");
     } else
         dps_reply_json(op->r, 200, doc);
@@ -335,10 +338,20 @@ static void svc_on_put(const struct pgq_result *res, void *arg)
 static void svc_store(struct svc_op *op, const char *attestation, enum dsv_match m, int64_t etag, pgpool_cb cb,
                       bool create_only)
 {
-    char *text = json_dumps(op->doc, JSON_COMPACT);
+    json_t *sealed = json_deep_copy(op->doc);   /* op->doc stays clear: it is the answer */
+    char *text;
     char cap[16], ebuf[24];
     const char *sql;
-    const char *v[6] = {op->dps_id, dsv_kind_word(op->kind), op->id, attestation, text, cap};
+    const char *v[6] = {op->dps_id, dsv_kind_word(op->kind), op->id, attestation, NULL, cap};
+    if (!dps_secrets_seal(op->r->srv->env, op->dps_id, dsv_kind_word(op->kind), op->id, sealed)) {
+        json_decref(sealed);
+        dps_reply_error(op->r, 500, DSV_E_INTERNAL, "internal error");
+        svc_op_free(op);
+        return;
+    }
+    text = json_dumps(sealed, JSON_COMPACT);
+    json_decref(sealed);
+    v[4] = text;
     snprintf(cap, sizeof cap, "%d", DSV_GROUP_CAP);
     op->conditional = !create_only && m != DSV_MATCH_NONE;
     if (create_only) {
@@ -404,10 +417,13 @@ static void svc_on_attestation(const struct pgq_result *res, void *arg)
         return;
     if (PQntuples(res->res) == 0)
         dps_reply_error(op->r, 404, DSV_E_NOT_FOUND, "'%s' not found", op->id);
-    else if (!(att = json_loads(PQgetvalue(res->res, 0, 0), 0, NULL)))
+    else if (!(att = json_loads(PQgetvalue(res->res, 0, 0), 0, NULL)) ||
+             !dps_secrets_open(op->r->srv->env, op->dps_id, dsv_kind_word(op->kind), op->id, att)) {
+        json_decref(att);
         dps_reply_error(op->r, 500, DSV_E_INTERNAL, "internal error");
-    else
+    } else {
         dps_reply_json(op->r, 200, att);
+    }
     svc_op_free(op);
 }
 
@@ -430,9 +446,14 @@ static void svc_on_page(const struct pgq_result *res, void *arg)
     arr = json_array();
     for (int i = 0; i < n && i < op->page; i++) {
         json_t *o = strcmp(op->item_type, "deviceRegistration") == 0 ? svc_reg_json(res->res, i, 0)
-                                                                     : svc_enr_json(res->res, i);
-        if (o)
-            json_array_append_new(arr, o);
+                                                                     : svc_enr_json(op, res->res, i);
+        if (!o) {   /* a document that does not parse, or keys that do not open */
+            json_decref(arr);
+            dps_reply_error(op->r, 500, DSV_E_INTERNAL, "internal error");
+            svc_op_free(op);
+            return;
+        }
+        json_array_append_new(arr, o);
     }
     if (n > op->page) {
         char tok[DSV_TOKEN_MAX];

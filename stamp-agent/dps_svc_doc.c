@@ -14,6 +14,7 @@
 #include <strings.h>
 #include <time.h>
 
+#include "dps_webhook.h"
 #include "dps_x509.h"
 #include "sas.h"
 
@@ -263,10 +264,14 @@ static bool dsv_optional_fields(json_t *body, enum dsv_kind kind, const struct a
     }
     if ((v = dsv_opt(body, "customAllocationDefinition")) || (policy && strcmp(policy, "custom") == 0)) {
         json_t *url = v ? json_object_get(v, "webhookUrl") : NULL, *ver = v ? json_object_get(v, "apiVersion") : NULL;
+        char why[200];
         if (!json_is_object(v))
             return DSV_BAD(e, "customAllocationDefinition {webhookUrl, apiVersion} is required with allocationPolicy custom");
         if (!json_is_string(url) || !dsv_http_url(json_string_value(url)))
-            return DSV_BAD(e, "customAllocationDefinition.webhookUrl must be an http or https URL");
+            return DSV_BAD(e, "customAllocationDefinition.webhookUrl must be an https URL");
+        /* the target rules of dps_webhook.h; checked again on every call */
+        if (!dps_webhook_url_check(json_string_value(url), pc->webhook_allow_private, why, sizeof why))
+            return DSV_BAD(e, "customAllocationDefinition.webhookUrl: %s", why);
         if (!json_is_string(ver) || json_string_length(ver) == 0 || json_string_length(ver) > 32)
             return DSV_BAD(e, "customAllocationDefinition.apiVersion must be a version string such as 2021-10-01");
         json_object_set_new(doc, "customAllocationDefinition",

@@ -10,6 +10,7 @@
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -66,13 +67,45 @@ char *dps_x509_cn(X509 *c)
     unsigned char *utf8 = NULL;
     char *out;
     int len;
-    if (i < 0 || !(s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i))))
+    if (i < 0 || X509_NAME_get_index_by_NID(n, NID_commonName, i) >= 0 ||
+        !(s = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(n, i))))
         return NULL;
     if ((len = ASN1_STRING_to_UTF8(&utf8, s)) < 0)
         return NULL;
+    if (memchr(utf8, '\0', (size_t)len)) {
+        OPENSSL_free(utf8);
+        return NULL;
+    }
     out = xstrndup((const char *)utf8, (size_t)len);
     OPENSSL_free(utf8);
     return out;
+}
+
+bool dps_x509_leaf_usable(X509 *leaf, char *err, size_t errlen)
+{
+    uint32_t flags;
+    if (!leaf) {
+        snprintf(err, errlen, "no certificate");
+        return false;
+    }
+    if (X509_cmp_current_time(X509_get0_notBefore(leaf)) >= 0) {
+        snprintf(err, errlen, "certificate is not yet valid");
+        return false;
+    }
+    if (X509_cmp_current_time(X509_get0_notAfter(leaf)) <= 0) {
+        snprintf(err, errlen, "certificate has expired");
+        return false;
+    }
+    flags = X509_get_extension_flags(leaf);
+    if (flags & EXFLAG_INVALID) {
+        snprintf(err, errlen, "certificate has invalid extensions");
+        return false;
+    }
+    if ((flags & EXFLAG_XKUSAGE) && !(X509_get_extended_key_usage(leaf) & XKU_SSL_CLIENT)) {
+        snprintf(err, errlen, "certificate's extended key usage has no clientAuth");
+        return false;
+    }
+    return true;
 }
 
 bool dps_x509_same(X509 *a, X509 *b)

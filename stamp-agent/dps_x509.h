@@ -18,8 +18,15 @@
  * (whitespace ignored); NULL if neither parses. Caller frees (X509_free). */
 X509 *dps_x509_parse(const char *text);
 
-/* The subject CN as a new string, or NULL (caller frees). */
+/* The subject CN as a new string, or NULL (caller frees). NULL too when the
+ * subject has more than one CN or the CN holds an embedded NUL: either could
+ * make two parties read two different names. */
 char *dps_x509_cn(X509 *c);
+
+/* Whether a device's leaf certificate may authenticate now: inside its
+ * validity period, and for clientAuth when it has an extended key usage.
+ * err gets the reason on false. */
+bool dps_x509_leaf_usable(X509 *leaf, char *err, size_t errlen);
 
 /* Same certificate (SHA-256 of the DER). */
 bool dps_x509_same(X509 *a, X509 *b);

@@ -2,7 +2,12 @@
  * main.c - stamp-agent entry point: command line, config, logging, run.
  *
  * Exit codes: 0 clean shutdown (or --check-config passed), 1 runtime failure
- * or forced shutdown (second signal), 2 bad command line or config.
+ * or forced shutdown (second signal), 2 bad command line or config, 3 the
+ * provisioning database belongs to another geography (at start or --migrate).
+ *
+ * --migrate applies the stamp schema migrations and exits; it connects with
+ * $STAMP_AGENT_MIGRATE_DATABASE (the owner's conninfo) when set, else with
+ * provisioning.database (docs/security.md "Database roles").
  */
 #include <event2/event.h>
 #include <getopt.h>
@@ -11,6 +16,8 @@
 
 #include "agent.h"
 #include "agent_config.h"
+#include "dps_secrets.h"
+#include "dps_server.h"
 #include "log.h"
 
 #define AGENT_EXIT_USAGE 2
@@ -19,12 +26,13 @@ struct agent_args {
     const char *config;
     int log_level;        /* -1: take it from the config (default info) */
     bool check_config;
+    bool migrate;
 };
 
 static void agent_usage(FILE *f)
 {
     fprintf(f, "usage: stamp-agent --config FILE [--log-level debug|info|warn|error]"
-               " [--check-config]\n");
+               " [--check-config] [--migrate]\n");
 }
 
 /* Returns -1 to continue, or an exit code. */
@@ -34,6 +42,7 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
         { "config", required_argument, NULL, 'c' },
         { "log-level", required_argument, NULL, 'l' },
         { "check-config", no_argument, NULL, 'k' },
+        { "migrate", no_argument, NULL, 'm' },
         { "help", no_argument, NULL, 'h' },
         { NULL, 0, NULL, 0 },
     };
@@ -42,7 +51,8 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
     args->config = NULL;
     args->log_level = -1;
     args->check_config = false;
-    while ((c = getopt_long(argc, argv, "c:l:kh", opts, NULL)) != -1) {
+    args->migrate = false;
+    while ((c = getopt_long(argc, argv, "c:l:kmh", opts, NULL)) != -1) {
         switch (c) {
         case 'c':
             args->config = optarg;
@@ -57,6 +67,9 @@ static int agent_parse_args(int argc, char **argv, struct agent_args *args)
             break;
         case 'k':
             args->check_config = true;
+            break;
+        case 'm':
+            args->migrate = true;
             break;
         case 'h':
             agent_usage(stdout);
@@ -103,6 +116,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "stamp-agent: invalid config %s: %s\n", args.config, err.message);
         return AGENT_EXIT_USAGE;
     }
+    if (cfg.prov.enabled && !args.migrate) {
+        /* the KEK file is part of the config: refused here, exit 2 (dps_server loads it again) */
+        char kerr[400];
+        struct envelope *env = dps_secrets_load(&cfg, kerr, sizeof kerr);
+        if (!env) {
+            fprintf(stderr, "stamp-agent: invalid config %s: kekFile: %s\n", args.config, kerr);
+            agent_config_free(&cfg);
+            return AGENT_EXIT_USAGE;
+        }
+        envelope_free(env);
+    }
     if (args.check_config) {
         printf("stamp-agent: config %s is valid\n", args.config);
         agent_config_free(&cfg);
@@ -111,6 +135,13 @@ int main(int argc, char **argv)
     if (args.log_level < 0)
         args.log_level = cfg.log_level >= 0 ? cfg.log_level : LOG_INFO;
     log_init("stamp-agent", (enum log_level)args.log_level);
+    if (args.migrate) {
+        const char *db = getenv("STAMP_AGENT_MIGRATE_DATABASE");
+        rc = dps_migrate_run(&cfg, db && *db ? db : cfg.prov.database, 30000);
+        agent_config_free(&cfg);
+        libevent_global_shutdown();
+        return rc;
+    }
     rc = agent_main(&cfg);
     agent_config_free(&cfg);
     libevent_global_shutdown();

@@ -8,5 +8,6 @@ if(TARGET stampdevice_ev)
     ${CMAKE_CURRENT_LIST_DIR}/fs_fleet.c
     ${CMAKE_CURRENT_LIST_DIR}/fs_report.c)
   target_compile_options(fleetsim PRIVATE ${STAMPCP_WARNINGS})
-  target_link_libraries(fleetsim PRIVATE stampdevice_ev PkgConfig::LIBEVENT PkgConfig::OPENSSL PkgConfig::JANSSON)
+  # stampdevice_posix for sd_tls (the admin client speaks TLS to the control plane)
+  target_link_libraries(fleetsim PRIVATE stampdevice_ev stampdevice_posix PkgConfig::LIBEVENT PkgConfig::OPENSSL PkgConfig::JANSSON)
 endif()

@@ -1,8 +1,10 @@
 /*
  * fs_admin.c - fleetsim: the control plane's admin API, blocking.
  *
- * Owns the stack's env file parsing, a small HTTP/1.1 client (one plain TCP
- * connection per call, sd_http for the bytes, a 10 s deadline per call) and
+ * Owns the stack's env file parsing, a small HTTP/1.1 client (one TCP
+ * connection per call, TLS verified against STACK_CA_FILE when
+ * CONTROLPLANE_URL is https://, sd_http for the bytes, a 10 s deadline per
+ * call) and
  * the admin steps a run needs: the layout (and a fixed hub per device of a
  * stamp, for --seed-mode cp), a tenant and its enrollment key,
  * the wait for the enrollment groups to reach the stamps, and stamp status
@@ -18,10 +20,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
 #include "sd_http.h"
+#include "sd_tls.h"
 
 #define FS_ADMIN_TIMEOUT_MS 10000
 
@@ -85,8 +89,9 @@ bool fs_admin_load_env(struct fs_admin *a, const char *path, char *err, size_t e
         snprintf(err, errlen, "%s: CONTROLPLANE_URL, OPERATOR_TOKEN and STACK_CA_FILE are required", path);
         return false;
     }
-    if (!url_host(url, a->cp_host, sizeof a->cp_host, &a->cp_tls) || a->cp_tls) {
-        snprintf(err, errlen, "%s: CONTROLPLANE_URL must be http://host:port (got %s)", path, url);
+    if (!url_host(url, a->cp_host, sizeof a->cp_host, &a->cp_tls)) {
+        snprintf(err, errlen, "%s: CONTROLPLANE_URL must be https://host:port or http://host:port (got %s)", path,
+                 url);
         return false;
     }
     return true;
@@ -121,10 +126,55 @@ static int connect_host(const char *hostport, char *err, size_t errlen)
     return fd;
 }
 
-static bool send_all(int fd, const char *buf, size_t len)
+/* One admin connection: the socket (10 s send/receive timeouts) and, for https, its TLS session. */
+struct admin_conn {
+    int fd;
+    SSL_CTX *ctx;
+    SSL *ssl;
+};
+
+static void conn_close(struct admin_conn *c)
 {
+    if (c->ssl)
+        SSL_free(c->ssl);
+    if (c->ctx)
+        SSL_CTX_free(c->ctx);
+    if (c->fd >= 0)
+        close(c->fd);
+    c->ssl = NULL;
+    c->ctx = NULL;
+    c->fd = -1;
+}
+
+/* TLS over the connected socket, verifying the control plane against the stack's CA. */
+static bool conn_tls(const struct fs_admin *a, struct admin_conn *c, char *err, size_t errlen)
+{
+    struct sd_tls_opts o = {a->ca_file, NULL, NULL};
+    struct timeval tv = {FS_ADMIN_TIMEOUT_MS / 1000, 0};
+    char host[SD_HOST_MAX], why[256], *colon;
+    snprintf(host, sizeof host, "%s", a->cp_host);
+    if ((colon = strrchr(host, ':')) != NULL)
+        *colon = '\0';
+    if (setsockopt(c->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+        setsockopt(c->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0) {
+        snprintf(err, errlen, "setsockopt: %s", strerror(errno));
+        return false;
+    }
+    if (!(c->ctx = sd_tls_ctx_new(&o, err, errlen)) || !(c->ssl = sd_tls_new(c->ctx, host, c->fd, err, errlen)))
+        return false;
+    if (SSL_connect(c->ssl) != 1) {
+        snprintf(err, errlen, "TLS to %s: %s", a->cp_host, sd_tls_describe(c->ssl, why, sizeof why));
+        return false;
+    }
+    return true;
+}
+
+static bool send_all(struct admin_conn *c, const char *buf, size_t len)
+{
+    if (c->ssl)
+        return len <= INT32_MAX && SSL_write(c->ssl, buf, (int)len) == (int)len;   /* blocking: all or nothing */
     while (len > 0) {
-        ssize_t w = send(fd, buf, len, MSG_NOSIGNAL);
+        ssize_t w = send(c->fd, buf, len, MSG_NOSIGNAL);
         if (w < 0 && errno == EINTR)
             continue;
         if (w <= 0)
@@ -136,19 +186,31 @@ static bool send_all(int fd, const char *buf, size_t len)
 }
 
 /* Read one answer into p; false on timeout, error or a malformed answer. */
-static bool read_answer(int fd, struct sd_http_parser *p, char *err, size_t errlen)
+static bool read_answer(struct admin_conn *c, struct sd_http_parser *p, char *err, size_t errlen)
 {
     char buf[16384];
+    int fd = c->fd;
     for (;;) {
         struct pollfd pfd = {fd, POLLIN, 0};
-        int pr = poll(&pfd, 1, FS_ADMIN_TIMEOUT_MS);
+        int pr = c->ssl && SSL_pending(c->ssl) > 0 ? 1 : poll(&pfd, 1, FS_ADMIN_TIMEOUT_MS);
         if (pr < 0 && errno == EINTR)
             continue;
         if (pr <= 0) {
             snprintf(err, errlen, "no answer within %d ms", FS_ADMIN_TIMEOUT_MS);
             return false;
         }
-        ssize_t n = recv(fd, buf, sizeof buf, 0);
+        ssize_t n;
+        if (c->ssl) {
+            int r = SSL_read(c->ssl, buf, (int)sizeof buf);
+            int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+            if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+                continue;
+            n = r > 0 ? r : e == SSL_ERROR_ZERO_RETURN || e == SSL_ERROR_SYSCALL ? 0 : -1;
+            if (n < 0)
+                errno = EPROTO;
+        } else {
+            n = recv(fd, buf, sizeof buf, 0);
+        }
         if (n < 0 && errno == EINTR)
             continue;
         if (n < 0) {
@@ -174,7 +236,7 @@ bool fs_admin_call(const struct fs_admin *a, const char *method, const char *pat
     char *req = malloc(cap);
     struct sd_http_parser *p = sd_http_parser_new();
     bool ok = false;
-    int fd = -1;
+    struct admin_conn c = {-1, NULL, NULL};
 
     *out = NULL;
     *status = 0;
@@ -191,14 +253,14 @@ bool fs_admin_call(const struct fs_admin *a, const char *method, const char *pat
         snprintf(err, errlen, "request too large");
         goto out;
     }
-    fd = connect_host(a->cp_host, err, errlen);
-    if (fd < 0)
+    c.fd = connect_host(a->cp_host, err, errlen);
+    if (c.fd < 0 || (a->cp_tls && !conn_tls(a, &c, err, errlen)))
         goto out;
-    if (!send_all(fd, req, (size_t)n)) {
+    if (!send_all(&c, req, (size_t)n)) {
         snprintf(err, errlen, "send: %s", strerror(errno));
         goto out;
     }
-    if (!read_answer(fd, p, err, errlen))
+    if (!read_answer(&c, p, err, errlen))
         goto out;
     *status = sd_http_status(p);
     size_t len;
@@ -207,8 +269,7 @@ bool fs_admin_call(const struct fs_admin *a, const char *method, const char *pat
         *out = json_loadb(b, len, 0, NULL);
     ok = true;
 out:
-    if (fd >= 0)
-        close(fd);
+    conn_close(&c);
     sd_http_parser_free(p);
     free(req);
     return ok;

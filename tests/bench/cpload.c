@@ -1,7 +1,7 @@
 /*
  * cpload.c - a load generator for the router's device routes.
  *
- *   cpload --url http://127.0.0.1:PORT --tenant ID --key ENROLLMENTKEY_B64 --devices N
+ *   cpload --url http[s]://127.0.0.1:PORT [--ca CA.pem] --tenant ID --key ENROLLMENTKEY_B64 --devices N
  *          [--prefix dev-] [--start K] [--concurrency 64] [--requests M | --duration S]
  *          [--max-seconds S] [--timeout-ms MS] [--mode locate] [--json] [--allow-errors]
  *
@@ -18,6 +18,12 @@
  * here (status line, Content-Length or chunked body).  The run is bounded by
  * the request count, the duration and --max-seconds (default 600), whichever
  * comes first, so it always stops by itself.
+ *
+ * https:// URLs: every connection does its TLS handshake (verified against
+ * --ca, or the system store, and the URL's host) before the clock starts,
+ * like the TCP connect, so the measured window holds requests on keep-alive
+ * TLS connections only; a connection reopened during the run (the server
+ * closed it) handshakes again inside the window and is counted in reconnects.
  *
  * Exit status: 0 when every answer was 200 (or --allow-errors), 1 otherwise,
  * 2 on a usage error.
@@ -40,8 +46,11 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
 
 #include "sas.h"
+#include "tls.h"
 #include "util.h"
 
 #define MAX_STATUS 600
@@ -71,6 +80,8 @@ struct conn {
     bool chunked;
     bool close_after;     /* the server said Connection: close */
     struct event *retry;  /* reconnect after a failed connect */
+    SSL *ssl;             /* https: the connection's TLS session */
+    bool handshaking;     /* TCP is up, the TLS handshake is not done yet */
     size_t len;           /* bytes in buf */
     char buf[CONN_BUF];
 };
@@ -79,6 +90,8 @@ struct load {
     struct event_base *base;
     struct sockaddr_storage addr;
     socklen_t addrlen;
+    SSL_CTX *tls;          /* https: verifies the server; NULL: plain HTTP */
+    char tls_host[256];    /* the URL's host, checked against the certificate */
 
     /* the prepared requests, one per device */
     char **req;
@@ -135,6 +148,11 @@ static void record(struct load *L, int status, int64_t lat)
 
 static void conn_close(struct conn *c)
 {
+    if (c->ssl) {
+        SSL_free(c->ssl);
+        c->ssl = NULL;
+    }
+    c->handshaking = false;
     if (c->fd >= 0) {
         event_del(c->rev);
         event_del(c->wev);
@@ -384,7 +402,23 @@ static bool conn_parse(struct conn *c, bool *gone)
 static bool conn_flush(struct conn *c)
 {
     while (c->outoff < c->outlen) {
-        ssize_t n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
+        ssize_t n;
+        if (c->ssl) {
+            /* blocking semantics per record: all of it, or WANT_* and the same call again */
+            int w = SSL_write(c->ssl, c->out + c->outoff, (int)(c->outlen - c->outoff));
+            int e = w > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, w);
+            if (e == SSL_ERROR_WANT_WRITE || e == SSL_ERROR_WANT_READ) {
+                event_add(c->wev, NULL);
+                return true;
+            }
+            if (w <= 0) {
+                ERR_clear_error();
+                return false;
+            }
+            c->outoff += (size_t)w;
+            continue;
+        }
+        n = send(c->fd, c->out + c->outoff, c->outlen - c->outoff, MSG_NOSIGNAL);
         if (n < 0) {
             if (errno == EINTR)
                 continue;
@@ -475,18 +509,65 @@ static void on_connect_failed(struct conn *c)
     load_maybe_done(L);
 }
 
+/* Drive the TLS handshake; on_connected once it is done. */
+static void conn_handshake(struct conn *c)
+{
+    struct load *L = c->L;
+    int r = SSL_connect(c->ssl), e;
+    if (r == 1) {
+        c->handshaking = false;
+        on_connected(c);
+        return;
+    }
+    e = SSL_get_error(c->ssl, r);
+    if (e == SSL_ERROR_WANT_READ) {
+        struct timeval tv = {L->timeout_ms / 1000, (L->timeout_ms % 1000) * 1000};
+        event_add(c->rev, &tv);
+    } else if (e == SSL_ERROR_WANT_WRITE) {
+        event_add(c->wev, NULL);
+    } else {
+        char why[256];
+        long vr = SSL_get_verify_result(c->ssl);
+        if (L->connect_errors == 0)
+            fprintf(stderr, "cpload: TLS handshake failed: %s\n",
+                    vr != X509_V_OK ? X509_verify_cert_error_string(vr) : tls_last_error(why, sizeof why));
+        ERR_clear_error();
+        on_connect_failed(c);
+    }
+}
+
+/* TCP is up: plain connections are ready, TLS ones start their handshake. */
+static void conn_tcp_up(struct conn *c)
+{
+    struct load *L = c->L;
+    if (!L->tls) {
+        on_connected(c);
+        return;
+    }
+    if (!(c->ssl = tls_client_ssl_new(L->tls, L->tls_host)) || SSL_set_fd(c->ssl, c->fd) != 1) {
+        fprintf(stderr, "cpload: TLS setup failed\n");
+        exit(1);
+    }
+    c->handshaking = true;
+    conn_handshake(c);
+}
+
 static void on_write(evutil_socket_t fd, short what, void *arg)
 {
     struct conn *c = arg;
     (void)fd;
     (void)what;
+    if (c->handshaking) {
+        conn_handshake(c);
+        return;
+    }
     if (!c->connected) {
         int err = 0;
         socklen_t len = sizeof err;
         if (getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0 || err != 0)
             on_connect_failed(c);
         else
-            on_connected(c);
+            conn_tcp_up(c);
         return;
     }
     if (!conn_flush(c))
@@ -499,11 +580,28 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
     ssize_t n;
     bool gone;
     if (what & EV_TIMEOUT) {
-        if (c->busy)
+        if (c->handshaking)
+            on_connect_failed(c);   /* no handshake within the timeout */
+        else if (c->busy)
             conn_fail(c);   /* no answer within the timeout */
         return;
     }
-    n = recv(fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+    if (c->handshaking) {
+        conn_handshake(c);
+        return;
+    }
+again:
+    if (c->ssl) {
+        int r = SSL_read(c->ssl, c->buf + c->len, (int)(sizeof c->buf - c->len));
+        int e = r > 0 ? SSL_ERROR_NONE : SSL_get_error(c->ssl, r);
+        if (e == SSL_ERROR_WANT_READ || e == SSL_ERROR_WANT_WRITE)
+            return;
+        if (r <= 0)
+            ERR_clear_error();
+        n = r > 0 ? r : 0;   /* close_notify, reset or a TLS error: the end of this connection */
+    } else {
+        n = recv(fd, c->buf + c->len, sizeof c->buf - c->len, 0);
+    }
     if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR))
         return;
     if (n <= 0) {
@@ -518,8 +616,13 @@ static void on_read(evutil_socket_t fd, short what, void *arg)
         return;
     }
     c->len += (size_t)n;
-    if (!conn_parse(c, &gone) && !gone)
+    if (!conn_parse(c, &gone) && !gone) {
         conn_fail(c);
+        return;
+    }
+    /* TLS may hold decrypted bytes the socket will not signal again */
+    if (!gone && c->ssl && c->fd >= 0 && SSL_pending(c->ssl) > 0)
+        goto again;
 }
 
 static void on_retry(evutil_socket_t fd, short what, void *arg)
@@ -547,7 +650,7 @@ static void conn_open(struct conn *c)
     event_assign(c->rev, L->base, c->fd, EV_READ | EV_PERSIST, on_read, c);
     event_assign(c->wev, L->base, c->fd, EV_WRITE, on_write, c);
     if (connect(c->fd, (struct sockaddr *)&L->addr, L->addrlen) == 0) {
-        on_connected(c);
+        conn_tcp_up(c);
     } else if (errno == EINPROGRESS) {
         event_add(c->wev, NULL);
     } else {
@@ -589,11 +692,12 @@ static void on_signal(evutil_socket_t fd, short what, void *arg)
 static void usage(void)
 {
     fprintf(stderr,
-            "usage: cpload --url http://HOST:PORT --tenant ID --key ENROLLMENTKEY_B64 --devices N\n"
+            "usage: cpload --url http[s]://HOST:PORT [--ca CA.pem] --tenant ID --key ENROLLMENTKEY_B64 --devices N\n"
             "              [--prefix dev-] [--start K] [--concurrency 64] [--requests M | --duration S]\n"
             "              [--max-seconds 600] [--timeout-ms 10000] [--mode locate] [--json] [--allow-errors]\n"
             "  --requests M   stop after M requests (default: N, each device once)\n"
-            "  --duration S   stop after S seconds (devices are asked again and again)\n");
+            "  --duration S   stop after S seconds (devices are asked again and again)\n"
+            "  --ca FILE      https: the CA that signs the server (default: the system store)\n");
     exit(2);
 }
 
@@ -628,9 +732,12 @@ static bool resolve(struct load *L, const char *url, char *hostport, size_t hple
     const char *p;
     size_t n;
     struct addrinfo hints, *res = NULL;
-    if (strncmp(url, "http://", 7) != 0)
+    if (strncmp(url, "https://", 8) == 0)
+        p = url + 8;
+    else if (strncmp(url, "http://", 7) == 0)
+        p = url + 7;
+    else
         return false;
-    p = url + 7;
     n = strcspn(p, "/");
     if (n == 0 || n >= hplen)
         return false;
@@ -640,6 +747,7 @@ static bool resolve(struct load *L, const char *url, char *hostport, size_t hple
         return false;   /* the path comes from --mode */
     if (!util_parse_hostport(hostport, host, sizeof host, &port))
         return false;
+    snprintf(L->tls_host, sizeof L->tls_host, "%s", host);
     snprintf(portstr, sizeof portstr, "%d", port);
     memset(&hints, 0, sizeof hints);
     hints.ai_family = AF_UNSPEC;
@@ -671,7 +779,7 @@ static double pct_ms(const uint32_t *v, size_t n, double p)
 
 int main(int argc, char **argv)
 {
-    const char *url = NULL, *tenant = NULL, *key_b64 = NULL, *prefix = "dev-", *mode = "locate";
+    const char *url = NULL, *tenant = NULL, *key_b64 = NULL, *prefix = "dev-", *mode = "locate", *ca = NULL;
     char hostport[300];
     unsigned char key[128];
     int keylen;
@@ -703,6 +811,8 @@ int main(int argc, char **argv)
         i++;
         if (strcmp(a, "--url") == 0)
             url = v;
+        else if (strcmp(a, "--ca") == 0)
+            ca = v;
         else if (strcmp(a, "--tenant") == 0)
             tenant = v;
         else if (strcmp(a, "--key") == 0)
@@ -744,7 +854,17 @@ int main(int argc, char **argv)
     if (!have_requests && L.duration_s <= 0)
         L.max_requests = L.ndev;
     if (!resolve(&L, url, hostport, sizeof hostport)) {
-        fprintf(stderr, "cpload: --url wants http://HOST:PORT (resolvable), got '%s'\n", url);
+        fprintf(stderr, "cpload: --url wants http://HOST:PORT or https://HOST:PORT (resolvable), got '%s'\n", url);
+        exit(2);
+    }
+    if (strncmp(url, "https://", 8) == 0) {
+        char err[300];
+        if (!(L.tls = tls_client_ctx_new(ca, err, sizeof err))) {
+            fprintf(stderr, "cpload: --ca: %s\n", err);
+            exit(2);
+        }
+    } else if (ca) {
+        fprintf(stderr, "cpload: --ca goes with an https:// URL\n");
         exit(2);
     }
     keylen = sas_b64_decode(key_b64, key, sizeof key);
@@ -814,10 +934,10 @@ int main(int argc, char **argv)
     non200 += L.transport_errors;
 
     if (json) {
-        printf("{\"mode\":\"%s\",\"concurrency\":%d,\"devices\":%" PRId64 ",\"start\":%" PRId64
+        printf("{\"mode\":\"%s\",\"tls\":%s,\"concurrency\":%d,\"devices\":%" PRId64 ",\"start\":%" PRId64
                ",\"requests\":%" PRId64 ",\"seconds\":%.3f,\"rps\":%.1f,"
                "\"latencyMs\":{\"p50\":%.3f,\"p90\":%.3f,\"p99\":%.3f,\"max\":%.3f},\"status\":{",
-               mode, L.concurrency, L.ndev, L.start, L.completed, secs, rps, pct_ms(L.lat_us, L.nlat, 50),
+               mode, L.tls ? "true" : "false", L.concurrency, L.ndev, L.start, L.completed, secs, rps, pct_ms(L.lat_us, L.nlat, 50),
                pct_ms(L.lat_us, L.nlat, 90), pct_ms(L.lat_us, L.nlat, 99),
                L.nlat ? L.lat_us[L.nlat - 1] / 1000.0 : 0.0);
         bool first = true;
@@ -860,6 +980,8 @@ int main(int argc, char **argv)
     event_free(L.sig_int);
     event_free(L.sig_term);
     event_base_free(L.base);
+    if (L.tls)
+        SSL_CTX_free(L.tls);
     for (int64_t d = 0; d < L.ndev; d++)
         free(L.req[d]);
     free(L.req);

@@ -12,8 +12,23 @@
 #   (d) static response          wrk -t2 -c64 -dBENCH_SECONDS against build/bin/static-server
 #   (info)                       cpload against static-server too (the generators' own cost)
 #
-# then prints one table and the ratios (b)/(d) and (a)/(c) against the
-# targets (>= 50 % each).  The stack is stopped at the end, whatever happens.
+# The stack's control plane serves HTTPS, so (a) and (b) are measured twice:
+# over TLS against the stack's control plane, and over plain HTTP against a
+# second control plane on the same databases started with "plainHttp": true
+# (other device ids, prefix p-).  cpload opens its keep-alive connections,
+# TLS handshakes included, before its clock starts.  The reference for the
+# TLS numbers:
+#
+#   (e) static response over TLS nginx (Debian nginx-light, one worker, started
+#                                here on loopback with a generated config
+#                                and a temporary prefix) answering the same
+#                                JSON with the control plane's certificate:
+#                                cpload (handshakes outside the window) and
+#                                wrk (https)
+#
+# then prints one table and the ratios (b)/(d), (a)/(c), (b-tls)/(e) and
+# (a-tls)/(c) against the targets (>= 50 % each).  The stack is stopped at
+# the end, whatever happens.
 # Not part of ctest: it takes about three minutes and wants the machine to itself.
 #
 # Environment: BENCH_DEVICES, BENCH_SECONDS, BENCH_CONCURRENCY, BENCH_WARMUP
@@ -36,6 +51,7 @@ WARMUP=${BENCH_WARMUP:-2000}
 POOL=${BENCH_POOL_SIZE:-32}
 OUT=${BENCH_OUT:-$REPO/build/bench}
 TENANT=bench
+STACK_DIR_BENCH=$REPO/.stack
 
 say() { echo "bench: $*"; }
 die() { echo "bench: $*" >&2; exit 1; }
@@ -56,6 +72,25 @@ if ! command -v wrk >/dev/null 2>&1; then
 			"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends wrk >/dev/null; } ||
 		die "could not install wrk"
 fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+if [[ ! -x "$NGINX" ]]; then
+	say "installing nginx-light (the TLS reference; never started as a service here)"
+	SUDO=()
+	[[ $(id -u) -eq 0 ]] || SUDO=(sudo)
+	# The package must not start (or enable) the system service: a policy-rc.d
+	# that denies every service action, for the duration of the install only.
+	POLICY_RC=''
+	if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+		POLICY_RC=/usr/sbin/policy-rc.d
+		printf '#!/bin/sh\nexit 101\n' | "${SUDO[@]}" tee "$POLICY_RC" >/dev/null
+		"${SUDO[@]}" chmod 755 "$POLICY_RC"
+	fi
+	rc=0
+	"${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nginx-light >/dev/null || rc=1
+	[[ -z "$POLICY_RC" ]] || "${SUDO[@]}" rm -f "$POLICY_RC"
+	((rc == 0)) || die "could not install nginx-light"
+	NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+fi
 command -v pgbench >/dev/null 2>&1 || [[ -x "$PGBIN/pgbench" ]] || die "pgbench not found (postgresql-15)"
 PGBENCH=$(command -v pgbench || echo "$PGBIN/pgbench")
 
@@ -63,12 +98,16 @@ mkdir -p "$OUT"
 LOAD_BEFORE=$(cut -d' ' -f1-3 /proc/loadavg)
 WORK=$(mktemp -d /tmp/stampcp-bench.XXXXXX)
 STATIC_PID=''
+NGINX_PID=''
+PLAIN_PID=''
 cleanup() {
 	set +e
-	if [[ -n "$STATIC_PID" ]]; then
-		kill -TERM "$STATIC_PID" 2>/dev/null
-		wait "$STATIC_PID" 2>/dev/null
-	fi
+	local p
+	for p in "$STATIC_PID" "$NGINX_PID" "$PLAIN_PID"; do
+		[[ -n "$p" ]] || continue
+		kill -TERM "$p" 2>/dev/null
+		wait "$p" 2>/dev/null
+	done
 	"$INFRA/stack" down >/dev/null 2>&1
 	rm -rf "$WORK"
 }
@@ -83,25 +122,52 @@ STACK_CP_EXTRA_JSON="{\"db\":{\"poolSize\":$POOL}}" "$INFRA/stack" up --geode "$
 # shellcheck disable=SC1091
 source "$REPO/.stack/env"
 
-body=$(curl -fsS --max-time 10 -X POST -H "Authorization: Bearer $OPERATOR_TOKEN" -H 'Content-Type: application/json' \
+body=$(curl -fsS --max-time 10 --cacert "$STACK_CA_FILE" -X POST -H "Authorization: Bearer $OPERATOR_TOKEN" -H 'Content-Type: application/json' \
 	--data-binary "{\"id\":\"$TENANT\",\"name\":\"Benchmark\",\"residency\":{\"geographies\":[\"eu\"]}}" \
 	"$CONTROLPLANE_URL/v1/tenants") || die "could not create the tenant"
 KEY=$(jq -r .enrollmentKey <<<"$body")
 [[ -n "$KEY" && "$KEY" != null ]] || die "no enrollmentKey in $body"
 
-cpload() {
-	"$BIN/cpload" --url "$CONTROLPLANE_URL" --tenant "$TENANT" --key "$KEY" --concurrency "$CONC" --json "$@"
+# cpload URL [ARGS...] - against the control plane at URL (https: trusting the stack's CA)
+cpload_at() {
+	local url=$1 ca=()
+	shift
+	[[ "$url" == https://* ]] && ca=(--ca "$STACK_CA_FILE")
+	"$BIN/cpload" --url "$url" "${ca[@]}" --tenant "$TENANT" --key "$KEY" --concurrency "$CONC" --json "$@"
 }
 
 failed=0
-if ((WARMUP > 0)); then
-	say "warm-up: $WARMUP first-time provisions (not measured)"
-	cpload --prefix warm- --devices "$WARMUP" >"$OUT/warmup.json" || failed=1
-fi
-say "(a) first-time provisions: $DEVICES new devices, $CONC connections"
-cpload --prefix dev- --devices "$DEVICES" --max-seconds 600 >"$OUT/first.json" || failed=1
-say "(b) repeat lookups: the same $DEVICES devices for ${SECONDS_RUN} s"
-cpload --prefix dev- --devices "$DEVICES" --duration "$SECONDS_RUN" >"$OUT/repeat.json" || failed=1
+# the same runs against one control plane: URL, device prefix, result file suffix
+router_runs() {
+	local url=$1 prefix=$2 sfx=$3
+	if ((WARMUP > 0)); then
+		say "warm-up$sfx: $WARMUP first-time provisions (not measured)"
+		cpload_at "$url" --prefix "w$prefix" --devices "$WARMUP" >"$OUT/warmup$sfx.json" || failed=1
+	fi
+	say "(a$sfx) first-time provisions: $DEVICES new devices, $CONC connections"
+	cpload_at "$url" --prefix "$prefix" --devices "$DEVICES" --max-seconds 600 >"$OUT/first$sfx.json" || failed=1
+	say "(b$sfx) repeat lookups: the same $DEVICES devices for ${SECONDS_RUN} s"
+	cpload_at "$url" --prefix "$prefix" --devices "$DEVICES" --duration "$SECONDS_RUN" >"$OUT/repeat$sfx.json" || failed=1
+}
+
+# Plain HTTP: a second control plane on the same databases and Redis, plainHttp.
+PPORT=$("$INFRA/free-port")
+jq --arg listen "127.0.0.1:$PPORT" 'del(.tls) + {listen: $listen, plainHttp: true}' "$STACK_DIR_BENCH/controlplane.json" \
+	>"$WORK/controlplane-plain.json"
+"$BIN/controlplane" --config "$WORK/controlplane-plain.json" >"$WORK/controlplane-plain.log" 2>&1 &
+PLAIN_PID=$!
+for _ in $(seq 1 100); do
+	[[ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$PPORT/readyz")" == 200 ]] && break
+	sleep 0.2
+done
+[[ "$(curl -s -o /dev/null --max-time 1 -w '%{http_code}' "http://127.0.0.1:$PPORT/readyz")" == 200 ]] ||
+	{ tail -n 20 "$WORK/controlplane-plain.log" >&2; die "the plain-HTTP control plane did not get ready"; }
+router_runs "http://127.0.0.1:$PPORT" p- ''
+kill -TERM "$PLAIN_PID" 2>/dev/null || true
+wait "$PLAIN_PID" 2>/dev/null || true
+PLAIN_PID=''
+# TLS: the stack's control plane
+router_runs "$CONTROLPLANE_URL" dev- -tls
 
 # ---------------------------------------------------------------- pgbench
 
@@ -157,6 +223,59 @@ WRK_N=$(awk '/requests in/ {print $1}' "$OUT/wrk.txt")
 WRK_ERR=$(grep -c 'Non-2xx\|Socket errors' "$OUT/wrk.txt" || true)
 ((WRK_ERR == 0)) || failed=1
 
+# ---------------------------------------------------------------- nginx over TLS
+
+say "(e) nginx (1 worker) over TLS with the control plane's certificate: cpload, then wrk"
+NPORT=$("$INFRA/free-port")
+NGX=$WORK/nginx
+mkdir -p "$NGX/tmp" "$NGX/logs"
+cat >"$NGX/nginx.conf" <<NGINX
+worker_processes 1;
+daemon off;
+pid $NGX/nginx.pid;
+error_log $NGX/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+	access_log off;
+	client_body_temp_path $NGX/tmp/body;
+	proxy_temp_path $NGX/tmp/proxy;
+	fastcgi_temp_path $NGX/tmp/fastcgi;
+	uwsgi_temp_path $NGX/tmp/uwsgi;
+	scgi_temp_path $NGX/tmp/scgi;
+	keepalive_requests 100000000;
+	keepalive_timeout 600s;
+	server {
+		listen 127.0.0.1:$NPORT ssl;
+		ssl_certificate $STACK_DIR_BENCH/pki/controlplane.crt;
+		ssl_certificate_key $STACK_DIR_BENCH/pki/controlplane.key;
+		ssl_protocols TLSv1.2 TLSv1.3;
+		location / {
+			default_type application/json;
+			return 200 '{"status":"ok","registrationId":"dev-1","stamp":"eu-west-1"}';
+		}
+	}
+}
+NGINX
+"$NGINX" -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/logs/error.log" &
+NGINX_PID=$!
+for _ in $(seq 1 50); do
+	curl -fs -o /dev/null --max-time 1 --cacert "$STACK_CA_FILE" "https://127.0.0.1:$NPORT/" && break
+	sleep 0.1
+done
+"$BIN/cpload" --url "https://127.0.0.1:$NPORT" --ca "$STACK_CA_FILE" --tenant "$TENANT" --key "$KEY" --concurrency "$CONC" \
+	--json --prefix dev- --devices "$DEVICES" --duration "$SECONDS_RUN" >"$OUT/nginx-tls-cpload.json" || failed=1
+wrk -t2 -c"$CONC" -d"${SECONDS_RUN}s" --latency "https://127.0.0.1:$NPORT/" >"$OUT/wrk-nginx-tls.txt" 2>&1 ||
+	{ cat "$OUT/wrk-nginx-tls.txt" >&2; failed=1; }
+kill -TERM "$NGINX_PID" 2>/dev/null || true
+wait "$NGINX_PID" 2>/dev/null || true
+NGINX_PID=''
+NWRK_RPS=$(awk '/^Requests\/sec:/ {print $2}' "$OUT/wrk-nginx-tls.txt")
+NWRK_P50=$(wrk_ms "$(awk '$1 == "50%" {print $2}' "$OUT/wrk-nginx-tls.txt")")
+NWRK_P99=$(wrk_ms "$(awk '$1 == "99%" {print $2}' "$OUT/wrk-nginx-tls.txt")")
+NWRK_N=$(awk '/requests in/ {print $1}' "$OUT/wrk-nginx-tls.txt")
+NWRK_ERR=$(grep -c 'Non-2xx\|Socket errors' "$OUT/wrk-nginx-tls.txt" || true)
+((NWRK_ERR == 0)) || failed=1
+
 # ---------------------------------------------------------------- report
 
 j() { jq -r "$2" "$OUT/$1" 2>/dev/null || echo 0; }
@@ -165,6 +284,11 @@ B_RPS=$(j repeat.json .rps)
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 > 0) printf "%.0f", 100 * a / b; else print "n/a" }'; }
 R_REPEAT=$(ratio "$B_RPS" "$WRK_RPS")
 R_FIRST=$(ratio "$A_RPS" "$PG_TPS")
+AT_RPS=$(j first-tls.json .rps)
+BT_RPS=$(j repeat-tls.json .rps)
+NGX_RPS=$(j nginx-tls-cpload.json .rps)
+R_REPEAT_TLS=$(ratio "$BT_RPS" "$NGX_RPS")
+R_FIRST_TLS=$(ratio "$AT_RPS" "$PG_TPS")
 verdict() { [[ "$1" != n/a ]] && (($1 >= 50)) && echo met || echo MISSED; }
 {
 	echo
@@ -186,9 +310,21 @@ verdict() { [[ "$1" != n/a ]] && (($1 >= 50)) && echo met || echo MISSED; }
 	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(info) cpload, static response" "$(j static-cpload.json .requests)" \
 		"$(j static-cpload.json .rps)" "$(j static-cpload.json .latencyMs.p50)" "$(j static-cpload.json .latencyMs.p99)" \
 		"$(j static-cpload.json '.status|tojson')"
+	echo "over TLS (keep-alive connections, handshakes before the clock):"
+	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(a-tls) first-time provisions" "$(j first-tls.json .requests)" "$AT_RPS" \
+		"$(j first-tls.json .latencyMs.p50)" "$(j first-tls.json .latencyMs.p99)" "$(j first-tls.json '.status|tojson')"
+	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(b-tls) repeat lookups" "$(j repeat-tls.json .requests)" "$BT_RPS" \
+		"$(j repeat-tls.json .latencyMs.p50)" "$(j repeat-tls.json .latencyMs.p99)" "$(j repeat-tls.json '.status|tojson')"
+	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(e) cpload, nginx static over TLS" "$(j nginx-tls-cpload.json .requests)" \
+		"$NGX_RPS" "$(j nginx-tls-cpload.json .latencyMs.p50)" "$(j nginx-tls-cpload.json .latencyMs.p99)" \
+		"$(j nginx-tls-cpload.json '.status|tojson')"
+	printf '%-32s %10s %9.0f %9.2f %9.2f  %s\n' "(info) wrk, nginx static over TLS" "${NWRK_N:-0}" "${NWRK_RPS:-0}" "$NWRK_P50" \
+		"$NWRK_P99" "$( ((NWRK_ERR == 0)) && echo ok || echo errors)"
 	echo
 	echo "repeat lookups / static response      = ${R_REPEAT} %   (target >= 50 %: $(verdict "$R_REPEAT"))"
 	echo "first-time provisions / pgbench upsert = ${R_FIRST} %   (target >= 50 %: $(verdict "$R_FIRST"))"
+	echo "TLS: repeat lookups / nginx over TLS   = ${R_REPEAT_TLS} %   (target >= 50 %: $(verdict "$R_REPEAT_TLS"))"
+	echo "TLS: first-time provisions / pgbench   = ${R_FIRST_TLS} %   (target >= 50 %: $(verdict "$R_FIRST_TLS"))"
 } | tee "$OUT/summary.txt"
 say "raw results in $OUT"
 if ((failed)); then

@@ -38,6 +38,7 @@
 #include "sd_store.h"
 #include "ts.h"
 #include "ts_stamp.h"
+#include "ts_devrun.h"
 
 #define TENANT "acme"
 #define KEY_NAME "provisioningserviceowner"
@@ -141,6 +142,7 @@ static void start_agent(void)
                     "instances", "id", DPS, "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
     if (!cfg)
         ts_fail("agent config did not pack");
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
     txt = json_dumps(cfg, JSON_INDENT(2));
     json_decref(cfg);
     ts_write_file(path, txt);
@@ -172,19 +174,6 @@ static const char *state_path(const char *regid)
     return ts_str("%s/%s.state", ts_tmp(), regid);
 }
 
-/* The last line of out that parses as a JSON object (library-owned), or NULL. */
-static json_t *last_json(const char *out)
-{
-    json_t *last = NULL;
-    char *copy = ts_str("%s", out ? out : "");
-    for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        json_t *j;
-        if (*l == '{' && (j = json_loads(l, 0, NULL)) != NULL)
-            last = ts_jkeep(j);
-    }
-    return last;
-}
-
 /* Run sd-provision-one for regid with the given extra options (NULL-terminated). */
 static struct run example(const char *regid, const char *cp, const char *const *extra)
 {
@@ -212,7 +201,7 @@ static struct run example(const char *regid, const char *cp, const char *const *
     argv[n] = NULL;
     r.rc = ts_run(argv, 90000, &out);
     r.out = out ? out : "";
-    r.json = last_json(r.out);
+    r.json = ts_last_json(r.out);
     ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
     if (!r.json)
         ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
@@ -221,7 +210,7 @@ static struct run example(const char *regid, const char *cp, const char *const *
 
 static const char *cp_addr(void)
 {
-    return ts_str("127.0.0.1:%d", rt->cp[0]->port);
+    return ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
 }
 
 static json_int_t requests(const struct run *r, const char *kind)
@@ -290,6 +279,10 @@ static int setup(void **state)
     o.geos[0] = "eu";
     o.layout_refresh_ms = 200;
     o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
+    /* the control plane serves HTTPS with the DPS's certificate: one --ca for both hops */
+    o.tls_cert = srv_crt;
+    o.tls_key = srv_key;
+    o.tls_ca = ca_crt;
     rt = ts_rt_start(&o);
     register_layout();
     start_agent();
@@ -441,14 +434,6 @@ static void test_retired(void **state)
                      0);
 }
 
-static int count_lines(const char *text, const char *needle)
-{
-    int n = 0;
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
-}
-
 /* The control plane down: retries with backoff, no exit 0, no spin; SIGTERM ends it with its JSON line. */
 static void test_cp_down_backoff(void **state)
 {
@@ -477,10 +462,10 @@ static void test_cp_down_backoff(void **state)
     out = ts_read_file(log, NULL);
     assert_non_null(out);
     ts_log("example with the control plane down:\n%s", out);
-    j = last_json(out);
+    j = ts_last_json(out);
     assert_non_null(j);
     TS_EXPECT_STREQ(ts_jstr(j, "status"), "failed");
-    sends = count_lines(out, " send locate:");
+    sends = ts_count_lines(out, " send locate:");
     /* backoff 1 s base with full jitter, breaker open after 5 failures (60 s): 2..6 attempts in 8 s */
     if (sends < 2 || sends > 6 || ts_jint(j, "ioErrors", -1) != sends)
         ts_fail("expected 2..6 locate attempts in 8 s with the control plane down, got %d (ioErrors %lld)", sends,

@@ -47,6 +47,7 @@
 #include "sd_store.h"
 #include "ts.h"
 #include "ts_stamp.h"
+#include "ts_devrun.h"
 
 #define TENANT "acme"
 #define X509_GROUP "acme-devices-x509" /* not the tenant id: that one is the reconciler's */
@@ -126,6 +127,7 @@ static void start_agent(void)
                     "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
     if (!cfg)
         ts_fail("agent config did not pack");
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
     txt = json_dumps(cfg, JSON_INDENT(2));
     json_decref(cfg);
     ts_write_file(path, txt);
@@ -156,19 +158,6 @@ static bool group_synced(void *arg)
 static const char *state_path(const char *regid)
 {
     return ts_str("%s/%s.state", ts_tmp(), regid);
-}
-
-/* The last line of out that parses as a JSON object (library-owned), or NULL. */
-static json_t *last_json(const char *out)
-{
-    json_t *last = NULL;
-    char *copy = ts_str("%s", out ? out : "");
-    for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-        json_t *j;
-        if (*l == '{' && (j = json_loads(l, 0, NULL)) != NULL)
-            last = ts_jkeep(j);
-    }
-    return last;
 }
 
 /* argv of sd-provision-one with a certificate: DPS only (cp NULL) or the control plane (with bearer unless NULL). */
@@ -208,13 +197,6 @@ static char **x509_argv(const char *regid, const char *crt, const char *key, con
     return argv;
 }
 
-/* An ASan/UBSan report exits 1 too, which the not-ready runs expect: look for one in the output. */
-static void expect_clean(const char *what, const char *out)
-{
-    if (out && (strstr(out, "Sanitizer") || strstr(out, "runtime error:")))
-        ts_fail("%s: a sanitizer report: %s", what, out);
-}
-
 static struct run example(char **argv, const char *regid)
 {
     char *out = NULL;
@@ -222,9 +204,9 @@ static struct run example(char **argv, const char *regid)
 
     r.rc = ts_run(argv, 90000, &out);
     r.out = out ? out : "";
-    r.json = last_json(r.out);
+    r.json = ts_last_json(r.out);
     ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
-    expect_clean(regid, r.out);
+    ts_expect_no_sanitizer_report(regid, r.out);
     if (!r.json)
         ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
     return r;
@@ -292,14 +274,6 @@ static void expect_ready(const struct run *r, const char *regid)
     TS_EXPECT_STREQ(ts_jstr(r->json, "idScope"), ts_rt_id_scope(DPS));
     if (!is_hub(ts_jstr(r->json, "assignedHub")))
         ts_fail("%s: assignedHub is not a hub of %s: %s", regid, STAMP, ts_jdump(r->json));
-}
-
-static int count_lines(const char *text, const char *needle)
-{
-    int n = 0;
-    for (const char *p = text; (p = strstr(p, needle)) != NULL; p += strlen(needle))
-        n++;
-    return n;
 }
 
 /* The X.509 group's document at the stamp (service API), or fail. */
@@ -412,44 +386,6 @@ static void test_dps_only(void **state)
     TS_EXPECT_STREQ(ts_read_file(state_path("dev-x1"), NULL), file_before);
 }
 
-/*
- * Spawn the example and let it retry: until at least min_ms have passed and
- * its log shows at least min_count answers "-> 401" (at most 20 s: a slow
- * sanitizer build or a busy machine must not turn into a false failure).
- * It must still be running; SIGTERM then ends it with exit 1 and its JSON line.
- */
-static json_t *run_until_stopped(const char *name, char **argv, int min_ms, int min_count, const char **log_text)
-{
-    const char *log = ts_str("%s/%s.log", ts_tmp(), name);
-    int64_t start = ts_now_ms();
-    struct ts_proc *p = ts_proc_spawn(name, argv, log, NULL);
-    json_t *j;
-
-    for (;;) {
-        const char *t = ts_read_file(log, NULL);
-        int64_t waited = ts_now_ms() - start;
-        if (!ts_proc_alive(p)) {
-            ts_proc_dump_log(p, 6000);
-            ts_fail("%s exited (code %d) instead of retrying", name, ts_proc_exit_code(p));
-        }
-        if ((waited >= min_ms && t && count_lines(t, "-> 401") >= min_count) || waited >= 20000)
-            break;
-        ts_sleep_ms(50);
-    }
-    ts_proc_kill(p, SIGTERM);
-    if (!ts_proc_wait(p, 3000))
-        ts_fail("%s did not stop within 3 s of SIGTERM", name);
-    assert_int_equal(ts_proc_exit_code(p), 1);
-    *log_text = ts_read_file(log, NULL);
-    assert_non_null(*log_text);
-    ts_log("%s (stopped after %lld ms):\n%s", name, (long long)(ts_now_ms() - start), *log_text);
-    expect_clean(name, *log_text);
-    j = last_json(*log_text);
-    assert_non_null(j);
-    TS_EXPECT_STREQ(ts_jstr(j, "status"), "failed");
-    return j;
-}
-
 /* A certificate the group does not accept: 401, registered again after a backoff, never ready. */
 static void test_wrong_ca_401(void **state)
 {
@@ -460,14 +396,14 @@ static void test_wrong_ca_401(void **state)
 
     ts_pki_make_ca("x509-other-ca", "stampcp other CA", &o_ca, &o_ca_key);
     ts_pki_make_leaf("dev-x2", "dev-x2", o_ca, o_ca_key, &crt, &key);
-    j = run_until_stopped("example-wrong-ca", x509_argv("dev-x2", crt, key, NULL, NULL), 4000, 2, &out);
-    sends = count_lines(out, " send dps_register:");
+    j = ts_sd_run_until_stopped("example-wrong-ca", x509_argv("dev-x2", crt, key, NULL, NULL), 4000, 2, &out);
+    sends = ts_count_lines(out, " send dps_register:");
     /* backoff 1 s base with full jitter, the breaker open for 60 s after 5 failures: a retry, not a spin */
-    if (sends < 2 || sends > 6 || count_lines(out, "-> 401") < sends - 1 || count_lines(out, "-> 401") > sends)
+    if (sends < 2 || sends > 6 || ts_count_lines(out, "-> 401") < sends - 1 || ts_count_lines(out, "-> 401") > sends)
         ts_fail("expected 2..6 registrations answered 401 (the last may be cut short by SIGTERM), got %d "
-                "registrations, %d 401s", sends, count_lines(out, "-> 401"));
+                "registrations, %d 401s", sends, ts_count_lines(out, "-> 401"));
     /* every answer was a 401 (a request cut short by SIGTERM counts as an I/O error) */
-    assert_int_equal(ts_jint(j, "ioErrors", -1), sends - count_lines(out, "-> 401"));
+    assert_int_equal(ts_jint(j, "ioErrors", -1), sends - ts_count_lines(out, "-> 401"));
     assert_int_equal(ts_jint(json_object_get(j, "requests"), "dps_register", -1), sends);
     assert_int_equal(ts_pg_count(stamp.db, ts_str("SELECT count(*) FROM dps_registrations WHERE registration_id = "
                                                   "'dev-x2'")), 0);
@@ -475,8 +411,8 @@ static void test_wrong_ca_401(void **state)
 
     /* a good certificate, but not this registration id (CN dev-x1 for dev-x9): 401 too */
     ts_pki_make_leaf("dev-x9-wrong-cn", "dev-x1", dev_ca_crt, dev_ca_key, &good_crt, &good_key);
-    run_until_stopped("example-wrong-cn", x509_argv("dev-x9", good_crt, good_key, NULL, NULL), 1000, 1, &out);
-    if (count_lines(out, " send dps_register:") < 1 || count_lines(out, "-> 401") < 1)
+    ts_sd_run_until_stopped("example-wrong-cn", x509_argv("dev-x9", good_crt, good_key, NULL, NULL), 1000, 1, &out);
+    if (ts_count_lines(out, " send dps_register:") < 1 || ts_count_lines(out, "-> 401") < 1)
         ts_fail("expected registrations of dev-x9 answered 401: %s", out);
     assert_int_equal(ts_pg_count(stamp.db, ts_str("SELECT count(*) FROM dps_registrations WHERE registration_id = "
                                                   "'dev-x9'")), 0);
@@ -513,8 +449,8 @@ static void test_intermediate_chain(void **state)
     ts_write_file(chain, ts_str("%s%s", ts_read_file(crt, NULL), ts_read_file(ica_crt, NULL)));
 
     /* the leaf alone: the stamp cannot build the chain to the group's CA */
-    run_until_stopped("example-no-chain", x509_argv("dev-x5", crt, key, NULL, NULL), 0, 1, &out);
-    if (count_lines(out, "-> 401") < 1)
+    ts_sd_run_until_stopped("example-no-chain", x509_argv("dev-x5", crt, key, NULL, NULL), 0, 1, &out);
+    if (ts_count_lines(out, "-> 401") < 1)
         ts_fail("expected the leaf without its intermediate to be refused with 401: %s", out);
 
     r = example(x509_argv("dev-x5", chain, key, NULL, NULL), "dev-x5");
@@ -538,8 +474,8 @@ static void test_unusable_key(void **state)
     ts_pki_make_leaf("dev-x6", "dev-x6", dev_ca_crt, dev_ca_key, &crt, &key);
     ts_pki_make_leaf("dev-x6-other", "dev-x6", dev_ca_crt, dev_ca_key, &crt2, &key2);
     assert_int_equal(ts_run(x509_argv("dev-x6", crt, key2, NULL, NULL), 10000, &out), 1);
-    expect_clean("mismatched key", out);
-    j = last_json(out);
+    ts_expect_no_sanitizer_report("mismatched key", out);
+    j = ts_last_json(out);
     assert_non_null(j);
     if (!ts_jstr(j, "error") || !strstr(ts_jstr(j, "error"), "mismatch"))
         ts_fail("a key of another certificate: expected a key mismatch: %s", out);
@@ -553,8 +489,8 @@ static void test_unusable_key(void **state)
     t0 = ts_now_ms();
     assert_int_equal(ts_run(x509_argv("dev-x6", crt, enc, NULL, NULL), 10000, &out), 1);
     ts_log("encrypted key refused after %lld ms: %s", (long long)(ts_now_ms() - t0), out);
-    expect_clean("encrypted key", out);
-    j = last_json(out);
+    ts_expect_no_sanitizer_report("encrypted key", out);
+    j = ts_last_json(out);
     assert_non_null(j);
     if (!ts_jstr(j, "error") || !strstr(ts_jstr(j, "error"), "encrypted with a pass phrase (not supported)"))
         ts_fail("an encrypted key: expected a setup failure naming the pass phrase: %s", out);
@@ -568,7 +504,7 @@ static void test_unusable_key(void **state)
 static void test_cp_bearer(void **state)
 {
     const char *token = ts_rt_installer_token(rt->cp[0], TENANT);
-    const char *cp = ts_str("127.0.0.1:%d", rt->cp[0]->port);
+    const char *cp = ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
     const char *crt, *key, *before;
     struct run r;
     struct sd_state st;

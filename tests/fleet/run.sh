@@ -63,6 +63,11 @@ if ! "$REPO/infra/stack" up --geode "$GEODE" >"$OUT/stack.log" 2>&1; then
 	exit 1
 fi
 
+# the stack serves HTTPS end to end: fleetsim verifies the control plane against STACK_CA_FILE
+if ! grep -q '^CONTROLPLANE_URL=https://' "$STACK_DIR/env"; then
+	say "FAIL: the stack's CONTROLPLANE_URL is not https:// ($(grep '^CONTROLPLANE_URL=' "$STACK_DIR/env"))"
+	exit 1
+fi
 say "fleetsim --scenario $SCENARIO --devices $DEVICES ${ARGS[*]}"
 rc=0
 "$FLEETSIM" --scenario "$SCENARIO" --devices "$DEVICES" --stack "$STACK_DIR/env" --json --verbose \

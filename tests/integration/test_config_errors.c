@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "ts.h"
@@ -56,6 +57,7 @@ static const char *cp_config(const char *drop, const char *extra)
         { "staleAfterIntervals", "3" },
         { "downAfterIntervals", "10" },
         { "maxBodyBytes", "65536" },
+        { "plainHttp", "true" },
     };
     char *s = ts_str("{");
     bool first = true;
@@ -81,6 +83,27 @@ static void test_controlplane(void **state)
     expect_config_error("controlplane", cp_config("listen", "\"listen\":\"127.0.0.1:99999\""), "listen");
     expect_config_error("controlplane", cp_config("geographies", "\"geographies\":{\"eu\":5}"), "eu");
     expect_config_error("controlplane", cp_config("logLevel", "\"logLevel\":\"chatty\""), "logLevel");
+    /* no transport said: neither tls nor plainHttp is a config error, not plain HTTP */
+    expect_config_error("controlplane", cp_config("plainHttp", NULL), "tls.cert and tls.key are required");
+    /* a certificate that does not load: exit 2 naming the file */
+    expect_config_error("controlplane",
+                        cp_config("plainHttp", ts_str("\"tls\":{\"cert\":\"%s/none.crt\",\"key\":\"%s/none.key\"}",
+                                                      ts_tmp(), ts_tmp())),
+                        "none.crt");
+    /* secrets at rest: no KEK file is a config error (there is no plaintext mode), and so is
+     * a KEK file group or others may read, or one that is not a KEK file */
+    expect_config_error("controlplane", cp_config(NULL, NULL), "kekFile is required");
+    {
+        const char *kek = ts_str("%s/kek-0644.json", ts_tmp());
+        ts_write_file(kek, ts_read_file(ts_kek_file(), NULL));
+        assert_int_equal(chmod(kek, 0644), 0);
+        expect_config_error("controlplane", cp_config(NULL, ts_str("\"kekFile\":\"%s\"", kek)), "mode 0644");
+        assert_int_equal(chmod(kek, 0600), 0);
+        ts_write_file(kek, "{\"current\":\"a\",\"keys\":{\"a\":\"c2hvcnQ=\"}}");
+        expect_config_error("controlplane", cp_config(NULL, ts_str("\"kekFile\":\"%s\"", kek)), "32 bytes");
+        expect_config_error("controlplane", cp_config(NULL, ts_str("\"kekFile\":\"%s/none.json\"", ts_tmp())),
+                            "none.json");
+    }
     /* missing file: the message names the file */
     expect_config_error("controlplane", NULL, ts_str("controlplane-bad-%d.json", seq));
     /* malformed JSON: the message names the file */
@@ -118,6 +141,21 @@ static void test_agent(void **state)
     expect_config_error("stamp-agent", agent_config("reportIntervalMs", "\"reportIntervalMs\":\"fast\""),
                         "reportIntervalMs");
     expect_config_error("stamp-agent", NULL, ts_str("stamp-agent-bad-%d.json", seq));
+    /* with a provisioning section the enrollment keys are sealed: kekFile is required */
+    {
+        const char *prov = ts_str("{\"stampId\":\"eu-west-1\",\"region\":\"eu-west\",\"redis\":\"127.0.0.1:1\","
+                                  "\"provisioning\":{\"listen\":\"127.0.0.1:1\",\"database\":\"host=127.0.0.1 port=1\","
+                                  "\"tls\":{\"cert\":\"%s/none.crt\",\"key\":\"%s/none.key\"},"
+                                  "\"servicePolicies\":[{\"name\":\"p\",\"key\":\"AAAAAAAAAAAAAAAAAAAAAA==\"}],"
+                                  "\"instances\":[{\"id\":\"d1\",\"idScope\":\"0ne1\"}],"
+                                  "\"hubs\":[{\"id\":\"h1\",\"hostName\":\"h1.test\"}]}",
+                                  ts_tmp(), ts_tmp());
+        const char *kek = ts_str("%s/agent-kek-0604.json", ts_tmp());
+        expect_config_error("stamp-agent", ts_str("%s}\n", prov), "kekFile is required");
+        ts_write_file(kek, ts_read_file(ts_kek_file(), NULL));
+        assert_int_equal(chmod(kek, 0604), 0);
+        expect_config_error("stamp-agent", ts_str("%s,\"kekFile\":\"%s\"}\n", prov, kek), "mode 0604");
+    }
 }
 
 int main(void)

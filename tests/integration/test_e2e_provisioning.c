@@ -39,6 +39,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "envelope.h"
 #include "sas.h"
 #include "ts.h"
 #include "ts_stamp.h"
@@ -265,6 +266,7 @@ static void start_agent(struct stamp_prov *sp)
                     "instances", inst, "hubs", hubs);
     if (!cfg)
         ts_fail("agent config for %s did not pack", s->id);
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
     txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(cfg);
     ts_write_file(path, txt);
@@ -392,12 +394,24 @@ static void test_tenant_group_synced_to_residency_only(void **state)
     assert_int_equal(ts_jint(us, "desiredGroups", -1), 0);
     assert_int_equal(enrollments("us", US_DPS, TENANT), 0);
     assert_int_equal(enrollments("eu", US_DPS, TENANT), 0);
-    /* the group is a symmetric-key group carrying the tenant's enrollment key */
-    TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
-                                 ts_str("SELECT doc->'attestation'->'symmetricKey'->>'primaryKey' FROM dps_enrollments "
-                                        "WHERE dps_id = '%s' AND kind = 'group' AND enrollment_id = '%s'",
-                                        EU_DPS, TENANT)),
-                    tenant->key_b64);
+    /* the group is a symmetric-key group carrying the tenant's enrollment key, stored
+     * sealed (common/envelope.h): it opens, with the group's AAD, to that key */
+    {
+        const char *stored = ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
+                                          ts_str("SELECT doc->'attestation'->'symmetricKey'->>'primaryKey' FROM "
+                                                 "dps_enrollments WHERE dps_id = '%s' AND kind = 'group' AND "
+                                                 "enrollment_id = '%s'", EU_DPS, TENANT));
+        char err[300], text[128], aad[ENVELOPE_AAD_MAX];
+        struct envelope *env = envelope_load(ts_kek_file(), err, sizeof err);
+        if (!env)
+            ts_fail("%s", err);
+        if (!stored || strncmp(stored, "enc:v1:", 7) != 0)
+            ts_fail("the group's primaryKey is not stored sealed");
+        envelope_aad_stamp_key(aad, sizeof aad, EU_DPS, "group", TENANT);
+        assert_int_equal(envelope_open_text(env, stored, aad, text, sizeof text), ENVELOPE_OK);
+        TS_EXPECT_STREQ(text, tenant->key_b64);
+        envelope_free(env);
+    }
 }
 
 /* GET /v1/inventory?tenant=acme lists the tenant's group at the eu stamp with >= 1 device. */

@@ -37,6 +37,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "envelope.h"
 #include "sas.h"
 #include "ts.h"
 #include "ts_stamp.h"
@@ -109,13 +110,28 @@ static const char *derived(const struct ts_tenant *t, const char *regid)
 }
 
 /* The group's key as the stamp stores it ("" if the group is absent). */
+/* A group's key as the stamp keeps it, opened (it is stored sealed, common/envelope.h); "" when absent. */
 static const char *group_key(const char *dps, const char *group, const char *which)
 {
     const char *v = ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
                                  ts_str("SELECT coalesce((SELECT doc->'attestation'->'symmetricKey'->>'%s' "
                                         "FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
                                         "AND enrollment_id = '%s'), '')", which, dps, group));
-    return v ? v : "";
+    char err[300], aad[ENVELOPE_AAD_MAX], text[256];
+    struct envelope *env;
+    enum envelope_status st;
+    if (!v || !*v)
+        return "";
+    if (!envelope_is_sealed(v))
+        ts_fail("group %s on %s: %s is stored in clear", group, dps, which);
+    if (!(env = envelope_load(ts_kek_file(), err, sizeof err)))
+        ts_fail("%s", err);
+    envelope_aad_stamp_key(aad, sizeof aad, dps, "group", group);
+    st = envelope_open_text(env, v, aad, text, sizeof text);
+    envelope_free(env);
+    if (st != ENVELOPE_OK)
+        ts_fail("group %s on %s: %s does not open (%s)", group, dps, which, envelope_status_word(st));
+    return ts_str("%s", text);
 }
 
 struct group_want {
@@ -222,6 +238,7 @@ static void start_agent(int i)
                     "hubs", "id", s->hubs[0].id, "hostName", ts_str("%s.hub.test", s->hubs[0].id));
     if (!cfg)
         ts_fail("agent config for %s did not pack", s->id);
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
     txt = json_dumps(cfg, JSON_INDENT(2));
     json_decref(cfg);
     ts_write_file(path, txt);

@@ -79,6 +79,10 @@ int ts_free_port(void);
 char *ts_read_file(const char *path, size_t *len);
 void ts_write_file(const char *path, const char *content);
 bool ts_file_contains(const char *path, const char *needle);
+/* The test's KEK file (common/envelope.h): <ts_tmp()>/kek.json, mode 0600,
+ * one fresh key, made on first use. Every daemon config the support writes
+ * names it ("kekFile"); a test writing its own config adds it too. */
+const char *ts_kek_file(void);
 
 /* ------------------------------------------------------------------ */
 /* HTTP/1.1 client (ts_http.c)                                        */
@@ -110,6 +114,51 @@ struct ts_resp *ts_http(int port, const char *method, const char *path,
                         const char *const *headers, const void *body, size_t body_len);
 /* Send the bytes as they are (for malformed requests) and read the answer. */
 struct ts_resp *ts_http_raw(int port, const void *bytes, size_t len);
+
+/*
+ * TLS. ts_http_use_tls(port, ca): from now on ts_http, ts_http_raw and
+ * ts_rt_post_mt speak TLS to that port, verifying the server certificate
+ * against ca (and the address 127.0.0.1). ts_controlplane_spawn registers the
+ * control plane's port this way. Call from the main thread, before worker
+ * threads run. ts_http_forget_tls: plain again.
+ */
+void ts_http_use_tls(int port, const char *ca_file);
+void ts_http_forget_tls(int port);
+
+enum ts_http_tls { TS_HTTP_AUTO = 0, TS_HTTP_PLAIN, TS_HTTP_TLS };
+struct ts_http_opts {
+    enum ts_http_tls tls;   /* AUTO: as the port is registered; TLS is implied by ca or cert */
+    const char *ca;         /* trust (NULL with TLS: the system store) */
+    const char *cert;       /* client certificate chain (PEM), or NULL */
+    const char *key;        /* its key (NULL: in cert) */
+};
+/* ts_http with per-call transport options (o NULL: as ts_http). A failed
+ * handshake is status 0 with err "tls: ...". */
+struct ts_resp *ts_http_ex(int port, const struct ts_http_opts *o, const char *method, const char *path,
+                           const char *const *headers, const void *body, size_t body_len);
+
+/*
+ * A keep-alive connection (TLS per o, as ts_http_ex): requests are sent with
+ * "Connection: keep-alive" one at a time on the same socket. Open fails the
+ * test when the connection or handshake fails; a request that fails closes it
+ * (status 0). ts_conn_close frees it (ts_finish does not).
+ */
+struct ts_conn;
+struct ts_conn *ts_conn_open(int port, const struct ts_http_opts *o);
+struct ts_resp *ts_conn_request(struct ts_conn *c, const char *method, const char *path,
+                                const char *const *headers, const void *body, size_t body_len);
+/* SHA-256 (hex) of the server certificate this connection's handshake got; NULL without TLS. */
+const char *ts_conn_peer_fingerprint(struct ts_conn *c);
+void ts_conn_close(struct ts_conn *c);
+/* SHA-256 (hex) of the first certificate in a PEM file (library-owned). */
+const char *ts_cert_fingerprint(const char *pem_path);
+/*
+ * Thread-safe raw exchange (for ts_rt_post_mt): connect (TLS when the port is
+ * registered), send req, read until EOF, outcap or timeout into out
+ * (NUL-terminated). False with err on connect/TLS failure or timeout.
+ */
+bool ts_http_exchange_mt(int port, const char *req, size_t reqlen, int timeout_ms, char *out, size_t outcap,
+                         size_t *outlen, char *err, size_t errlen);
 /* Free a response early (optional: ts_finish frees the rest). */
 void ts_resp_free(struct ts_resp *r);
 
@@ -206,6 +255,18 @@ PGresult *ts_pg_query(const char *conninfo, const char *sql);
 const char *ts_pg_scalar(const char *conninfo, const char *sql);
 long ts_pg_count(const char *conninfo, const char *sql);
 bool ts_pg_table_exists(const char *conninfo, const char *table);
+/*
+ * A LOGIN role (NOSUPERUSER, nothing granted) on the server of
+ * admin_conninfo, with password; dropped at ts_finish (after DROP OWNED BY in
+ * grant_db, a superuser conninfo of the database it gets privileges in, or
+ * NULL). Role names are cluster-wide: make them unique (e.g. with the pid).
+ */
+void ts_pg_create_role(const char *admin_conninfo, const char *role, const char *password, const char *grant_db);
+/* base conninfo with user and password replaced (values quoted; library-owned). */
+const char *ts_pg_conninfo_user(const char *base, const char *user, const char *password);
+/* Run sql as conninfo; returns the SQLSTATE of its error, or NULL when it
+ * succeeded (*ntuples: rows returned or affected, when not NULL). */
+const char *ts_pg_try(const char *conninfo, const char *sql, long *ntuples);
 
 /* ------------------------------------------------------------------ */
 /* Private PostgreSQL / Redis servers (ts_servers.c)                  */
@@ -230,9 +291,12 @@ struct ts_redis {
     int port;
     char addr[64];       /* 127.0.0.1:PORT */
     bool running;
+    char aclfile[512];   /* "" or the users file it loads (also on restart) */
 };
 
 struct ts_redis *ts_redis_start(const char *name);
+/* The same with ACL users from aclfile (redis-server-ctl --aclfile; see infra/redis-acl-users). */
+struct ts_redis *ts_redis_start_acl(const char *name, const char *aclfile);
 void ts_redis_stop(struct ts_redis *r);
 void ts_redis_restart(struct ts_redis *r);
 /* Run one Redis command (argv-style); returns the reply as a string (library-owned) or NULL. */
@@ -254,6 +318,12 @@ struct ts_cp_opts {
     int down_after;                   /* downAfterIntervals; 0: omitted */
     const char *extra_json;           /* extra members, e.g. "\"maxBodyBytes\":65536" */
     bool no_wait;                     /* don't wait for /healthz */
+    /* Transport (default: HTTPS with the test PKI's server certificate, ts_pki_ca()). */
+    bool plain_http;                  /* "plainHttp": true instead of "tls" */
+    const char *tls_cert, *tls_key;   /* tls.cert / tls.key; NULL: ts_pki_server() */
+    const char *tls_ca;               /* the CA clients trust for it; NULL: ts_pki_ca() */
+    const char *client_ca;            /* tls.clientCa (mTLS); NULL: omitted */
+    const char *kek_file;             /* "kekFile"; NULL: ts_kek_file() */
 };
 
 struct ts_cp {
@@ -266,6 +336,10 @@ struct ts_cp {
     const char *geo_ids[TS_MAX_GEOS];
     const char *geo_dbs[TS_MAX_GEOS];
     const char *redis;
+    bool tls;               /* HTTPS: ts_http & co. speak TLS to port, trusting ca */
+    const char *ca;         /* the CA that signed its certificate (NULL with plain HTTP) */
+    const char *tls_cert, *tls_key;
+    const char *client_ca;
 };
 
 /* Write the config, start the daemon on a free port, wait (20 s) for /healthz 200. */
@@ -346,6 +420,8 @@ struct ts_rt_opts {
     const char *geos[TS_MAX_GEOS];          /* configured geographies; all NULL: {"us","eu"} */
     const char *extra_json;                 /* extra config members (besides layoutRefreshMs) */
     int layout_refresh_ms;                  /* 0: 200 */
+    /* transport of the control planes, as struct ts_cp_opts (default: HTTPS, test PKI) */
+    const char *tls_cert, *tls_key, *tls_ca;
 };
 
 struct ts_rt {

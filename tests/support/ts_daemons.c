@@ -3,13 +3,34 @@
  * the control plane (waits for /healthz) and the stamp agent.
  */
 #include "ts_internal.h"
+#include "envelope.h"
+#include "ts_stamp.h"
 #include "util.h"
 
+#include <fcntl.h>
 #include <signal.h>
+#include <sys/stat.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+
+const char *ts_kek_file(void)
+{
+    static char path[600];
+    char *text;
+    int fd;
+    if (path[0] && strstr(path, ts_tmp()) == path)
+        return path;
+    snprintf(path, sizeof path, "%s/kek.json", ts_tmp());
+    text = envelope_new_file_text("test-kek-1");
+    fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0600);
+    if (!text || fd < 0 || write(fd, text, strlen(text)) != (ssize_t)strlen(text) || fchmod(fd, 0600) != 0)
+        ts_fail("cannot write the KEK file %s", path);
+    close(fd);
+    free(text);
+    return path;
+}
 
 const char *ts_bin(const char *name)
 {
@@ -57,10 +78,19 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
     json_object_set_new(cfg, "geographies", geos);
     json_object_set_new(cfg, "redis", json_string(cp->redis));
     json_object_set_new(cfg, "logLevel", json_string(getenv("TS_CP_LOG") ? getenv("TS_CP_LOG") : "info"));
+    json_object_set_new(cfg, "kekFile", json_string(o->kek_file ? o->kek_file : ts_kek_file()));
     if (o->stale_after)
         json_object_set_new(cfg, "staleAfterIntervals", json_integer(o->stale_after));
     if (o->down_after)
         json_object_set_new(cfg, "downAfterIntervals", json_integer(o->down_after));
+    if (cp->tls) {
+        json_t *tls = json_pack("{s:s, s:s}", "cert", cp->tls_cert, "key", cp->tls_key);
+        if (cp->client_ca)
+            json_object_set_new(tls, "clientCa", json_string(cp->client_ca));
+        json_object_set_new(cfg, "tls", tls);
+    } else {
+        json_object_set_new(cfg, "plainHttp", json_true());
+    }
     txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
     json_decref(cfg);
     if (o->extra_json && *o->extra_json) {
@@ -92,6 +122,15 @@ static struct ts_cp *cp_new(const struct ts_cp_opts *o, int n)
                                        : ts_pg_create_db(admin, ts_unique(ts_str("%d_%s", n, ids[i])));
     }
     cp->redis = o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS");
+    cp->tls = !o->plain_http;
+    if (cp->tls) {
+        const char *crt, *key;
+        ts_pki_server(&crt, &key);
+        cp->ca = o->tls_ca ? o->tls_ca : ts_pki_ca();
+        cp->tls_cert = o->tls_cert ? o->tls_cert : crt;
+        cp->tls_key = o->tls_key ? o->tls_key : key;
+        cp->client_ca = o->client_ca;
+    }
     return cp;
 }
 
@@ -110,6 +149,10 @@ struct ts_cp *ts_controlplane_prepare(const struct ts_cp_opts *o)
 void ts_controlplane_spawn(struct ts_cp *cp)
 {
     char *argv[] = { (char *)ts_bin("controlplane"), "--config", cp->config_path, NULL };
+    if (cp->tls)
+        ts_http_use_tls(cp->port, cp->ca);
+    else
+        ts_http_forget_tls(cp->port);
     cp->proc = ts_proc_spawn(cp->name, argv, NULL, NULL);
 }
 

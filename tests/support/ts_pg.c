@@ -160,3 +160,127 @@ bool ts_pg_table_exists(const char *conninfo, const char *table)
              "('pg_catalog','information_schema') AND tablename = '%s'", table);
     return ts_pg_count(conninfo, sql) > 0;
 }
+
+/* ---- roles (least-privilege tests) ---- */
+
+struct created_role {
+    char *admin;
+    char *role;
+    char *grant_db;
+};
+
+static void drop_role_at_exit(void *arg)
+{
+    struct created_role *r = arg;
+    const char *keys[] = { "dbname", "connect_timeout", NULL };
+    const char *vals[] = { NULL, "5", NULL };
+    PGconn *c;
+    char *id;
+
+    if (r->grant_db) {
+        /* Its privileges in that database keep a role from being dropped. */
+        vals[0] = r->grant_db;
+        c = PQconnectdbParams(keys, vals, 1);
+        if (PQstatus(c) == CONNECTION_OK && (id = PQescapeIdentifier(c, r->role, strlen(r->role))) != NULL) {
+            char *sql = ts_str("DROP OWNED BY %s", id);
+            PQsetNoticeProcessor(c, quiet_notice, NULL);
+            PQclear(PQexec(c, sql));
+            PQfreemem(id);
+        }
+        PQfinish(c);
+    }
+    vals[0] = r->admin;
+    c = PQconnectdbParams(keys, vals, 1);
+    if (PQstatus(c) == CONNECTION_OK && (id = PQescapeIdentifier(c, r->role, strlen(r->role))) != NULL) {
+        char *sql = ts_str("DROP ROLE IF EXISTS %s", id);
+        PQsetNoticeProcessor(c, quiet_notice, NULL);
+        PQclear(PQexec(c, sql));
+        PQfreemem(id);
+    }
+    PQfinish(c);
+    free(r->admin);
+    free(r->role);
+    free(r->grant_db);
+    free(r);
+}
+
+void ts_pg_create_role(const char *admin_conninfo, const char *role, const char *password, const char *grant_db)
+{
+    PGconn *c = ts_pg_connect(admin_conninfo);
+    struct created_role *r = calloc(1, sizeof *r);
+    char *id = PQescapeIdentifier(c, role, strlen(role));
+    char *pw = PQescapeLiteral(c, password, strlen(password));
+
+    if (!r || !id || !pw)
+        ts_fail("cannot quote role %s: %s", role, PQerrorMessage(c));
+    exec_ok(c, ts_str("DROP ROLE IF EXISTS %s", id));
+    exec_ok(c, ts_str("CREATE ROLE %s LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD %s", id, pw));
+    PQfreemem(id);
+    PQfreemem(pw);
+    PQfinish(c);
+    r->admin = strdup(admin_conninfo);
+    r->role = strdup(role);
+    r->grant_db = grant_db ? strdup(grant_db) : NULL;
+    if (!r->admin || !r->role || (grant_db && !r->grant_db))
+        abort();
+    ts_on_cleanup(drop_role_at_exit, r);
+}
+
+/* A conninfo value in single quotes, \ and ' escaped. */
+static const char *conninfo_quote(const char *v)
+{
+    size_t n = strlen(v);
+    char *out = calloc(1, n * 2 + 3), *o = out;
+    if (!out)
+        abort();
+    *o++ = '\'';
+    for (const char *p = v; *p; p++) {
+        if (*p == '\\' || *p == '\'')
+            *o++ = '\\';
+        *o++ = *p;
+    }
+    *o = '\'';
+    return ts_keep(out);
+}
+
+const char *ts_pg_conninfo_user(const char *base, const char *user, const char *password)
+{
+    PQconninfoOption *opts, *o;
+    char *err = NULL;
+    const char *out = "";
+
+    opts = PQconninfoParse(base, &err);
+    if (!opts)
+        ts_fail("bad conninfo \"%s\": %s", base, err ? err : "?");
+    for (o = opts; o->keyword; o++) {
+        if (!o->val || strcmp(o->keyword, "user") == 0 || strcmp(o->keyword, "password") == 0)
+            continue;
+        out = ts_str("%s%s%s=%s", out, *out ? " " : "", o->keyword, conninfo_quote(o->val));
+    }
+    PQconninfoFree(opts);
+    out = ts_str("%s user=%s", out, conninfo_quote(user));
+    if (password)
+        out = ts_str("%s password=%s", out, conninfo_quote(password));
+    return out;
+}
+
+const char *ts_pg_try(const char *conninfo, const char *sql, long *ntuples)
+{
+    PGconn *c = ts_pg_connect(conninfo);
+    PGresult *r = PQexec(c, sql);
+    const char *state = NULL;
+
+    if (PQresultStatus(r) == PGRES_TUPLES_OK) {
+        if (ntuples)
+            *ntuples = PQntuples(r);
+    } else if (PQresultStatus(r) == PGRES_COMMAND_OK) {
+        if (ntuples)
+            *ntuples = *PQcmdTuples(r) ? strtol(PQcmdTuples(r), NULL, 10) : 0;
+    } else {
+        const char *st = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+        state = ts_str("%s", st ? st : "XX000");
+    }
+    PQclear(r);
+    PQfinish(c);
+    return state;
+}

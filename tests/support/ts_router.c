@@ -84,6 +84,9 @@ struct ts_rt *ts_rt_start(const struct ts_rt_opts *o)
         co.geo_ids[i] = geos[i];
     co.redis = rt->redis->addr;
     co.stale_after = 3;
+    co.tls_cert = o->tls_cert;
+    co.tls_key = o->tls_key;
+    co.tls_ca = o->tls_ca;
     co.down_after = 10;
     co.extra_json = ts_str("\"layoutRefreshMs\": %d%s%s", rt->layout_refresh_ms,
                            o->extra_json && *o->extra_json ? ",\n  " : "",
@@ -329,20 +332,12 @@ struct ts_resp *ts_rt_locate(struct ts_cp *cp, const struct ts_tenant *t, const 
 /* Thread-safe requests                                                */
 /* ------------------------------------------------------------------ */
 
-static int left_ms(int64_t deadline)
-{
-    int64_t l = deadline - ts_now_ms();
-    return l > 0 ? (int)l : 0;
-}
-
 void ts_rt_post_mt(int port, const char *path, const char *authz, const char *body, int timeout_ms,
                    struct ts_rt_answer *out)
 {
-    int64_t deadline = ts_now_ms() + timeout_ms;
-    struct sockaddr_in a;
     char req[4096], buf[8192];
-    size_t len = 0, reqlen, off = 0;
-    int fd, n;
+    size_t len = 0, reqlen;
+    int n;
     const char *hend;
 
     memset(out, 0, sizeof *out);
@@ -356,58 +351,13 @@ void ts_rt_post_mt(int port, const char *path, const char *authz, const char *bo
         return;
     }
     reqlen = (size_t)n;
-    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(out->body, sizeof out->body, "socket: %s", strerror(errno));
-        return;
-    }
-    fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK);
-    memset(&a, 0, sizeof a);
-    a.sin_family = AF_INET;
-    a.sin_port = htons((uint16_t)port);
-    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0) {
-        struct pollfd p = { fd, POLLOUT, 0 };
-        int soerr = 0;
-        socklen_t sl = sizeof soerr;
-        if (errno != EINPROGRESS || poll(&p, 1, left_ms(deadline)) <= 0 ||
-            getsockopt(fd, SOL_SOCKET, SO_ERROR, &soerr, &sl) != 0 || soerr) {
-            snprintf(out->body, sizeof out->body, "connect failed: %s", strerror(soerr ? soerr : errno));
-            close(fd);
+    {
+        char err[160];
+        if (!ts_http_exchange_mt(port, req, reqlen, timeout_ms, buf, sizeof buf, &len, err, sizeof err)) {
+            snprintf(out->body, sizeof out->body, "%s", err);
             return;
         }
     }
-    while (off < reqlen) {
-        ssize_t w = send(fd, req + off, reqlen - off, MSG_NOSIGNAL);
-        if (w > 0) {
-            off += (size_t)w;
-        } else if (w < 0 && (errno == EAGAIN || errno == EINTR)) {
-            struct pollfd p = { fd, POLLOUT, 0 };
-            if (poll(&p, 1, left_ms(deadline)) <= 0)
-                break;
-        } else {
-            break;
-        }
-    }
-    for (;;) {
-        ssize_t r;
-        struct pollfd p = { fd, POLLIN, 0 };
-        if (len >= sizeof buf - 1)
-            break;
-        r = recv(fd, buf + len, sizeof buf - 1 - len, 0);
-        if (r > 0) {
-            len += (size_t)r;
-            continue;
-        }
-        if (r == 0 || (r < 0 && errno != EAGAIN && errno != EINTR))
-            break;
-        if (poll(&p, 1, left_ms(deadline)) <= 0) {
-            close(fd);
-            snprintf(out->body, sizeof out->body, "timeout after %d ms (%zu bytes)", timeout_ms, len);
-            return;
-        }
-    }
-    close(fd);
     buf[len] = '\0';
     out->at_ms = ts_now_ms();
     if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || !(hend = strstr(buf, "\r\n\r\n"))) {

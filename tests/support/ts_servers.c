@@ -89,16 +89,24 @@ static void redis_run_start(struct ts_redis *r)
 {
     char port[16];
     snprintf(port, sizeof port, "%d", r->port);
-    char *argv[] = { (char *)ts_str("%s/redis-server-ctl", ts_infra_dir()), "start", r->dir, port, NULL };
+    char *argv[] = { (char *)ts_str("%s/redis-server-ctl", ts_infra_dir()), "start", r->dir, port,
+                     r->aclfile[0] ? "--aclfile" : NULL, r->aclfile, NULL };
     run_script("redis-server-ctl start", argv, 60000);
     r->running = true;
 }
 
 struct ts_redis *ts_redis_start(const char *name)
 {
+    return ts_redis_start_acl(name, NULL);
+}
+
+struct ts_redis *ts_redis_start_acl(const char *name, const char *aclfile)
+{
     struct ts_redis *r = calloc(1, sizeof *r);
     if (!r)
         abort();
+    if (aclfile)
+        snprintf(r->aclfile, sizeof r->aclfile, "%s", aclfile);
     snprintf(r->dir, sizeof r->dir, "%s/redis-%s", ts_tmp(), name);
     r->port = ts_free_port();
     snprintf(r->addr, sizeof r->addr, "127.0.0.1:%d", r->port);

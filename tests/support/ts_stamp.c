@@ -152,6 +152,17 @@ const char *ts_pki_ca(void)
     return g_ca_crt;
 }
 
+void ts_pki_make_server(const char *name, const char **crt, const char **key)
+{
+    ts_pki_ca();
+    sign_leaf(name, "127.0.0.1",
+              "subjectAltName=IP:127.0.0.1,DNS:localhost\n"
+              "basicConstraints=CA:FALSE\n"
+              "keyUsage=critical,digitalSignature,keyEncipherment\n"
+              "extendedKeyUsage=serverAuth\n",
+              g_ca_crt, g_ca_key, crt, key);
+}
+
 void ts_pki_server(const char **crt, const char **key)
 {
     ts_pki_ca();
@@ -549,11 +560,19 @@ bool ts_stamp_healthy(struct ts_stamp *s)
     return ok;
 }
 
+char **ts_stamp_argv(const struct ts_stamp *s)
+{
+    char **argv = ts_keep(calloc(4, sizeof(char *)));
+    argv[0] = (char *)ts_bin("stamp-agent");
+    argv[1] = "--config";
+    argv[2] = (char *)s->config_path;
+    return argv;
+}
+
 static void stamp_spawn(struct ts_stamp *s)
 {
     static int seq;
-    char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)s->config_path, NULL };
-    s->proc = ts_proc_spawn(ts_str("stamp-agent-%d", seq++), argv, NULL, NULL);
+    s->proc = ts_proc_spawn(ts_str("stamp-agent-%d", seq++), ts_stamp_argv(s), NULL, NULL);
     for (int64_t deadline = ts_now_ms() + 20000;;) {
         if (!ts_proc_alive(s->proc)) {
             ts_proc_dump_log(s->proc, 4000);
@@ -569,6 +588,63 @@ static void stamp_spawn(struct ts_stamp *s)
     }
 }
 
+/* A geo_identity table (schema/geo/001_identity.sql) naming geography. */
+static void stamp_geo_identity(const char *db, const char *geography)
+{
+    size_t len;
+    const char *ddl = ts_read_file(ts_str("%s/schema/geo/001_identity.sql", ts_env("STAMPCP_SOURCE_DIR")), &len);
+    PGconn *c;
+    PGresult *r;
+    const char *v[1] = { geography };
+    if (!ddl)
+        ts_fail("cannot read schema/geo/001_identity.sql");
+    PQclear(ts_pg_query(db, ddl));
+    c = ts_pg_connect(db);
+    r = PQexecParams(c, "INSERT INTO geo_identity (geography) VALUES ($1)", 1, NULL, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_COMMAND_OK)
+        ts_fail("geo_identity: %s", PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+}
+
+/*
+ * The setup step of docs/security.md "Database roles", as infra/stack does it:
+ * the owner (here the test superuser) applies the stamp migrations with
+ * `stamp-agent --migrate`, then creates the agent's role and grants it its
+ * instances with stamp_agent_grant().
+ */
+static void stamp_own_role(struct ts_stamp *s, const struct ts_stamp_opts *o, const char *name)
+{
+    char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)s->config_path, "--migrate", NULL };
+    char *out = NULL;
+    const char *password = ts_random_key(24), *ids = "{";
+    int rc = ts_run(argv, 40000, &out);
+    PGconn *c;
+    PGresult *r;
+    const char *v[2];
+
+    if (rc != 0)
+        ts_fail("stamp-agent --migrate exited %d: %s", rc, out ? out : "");
+    s->role = ts_str("stampcp_agent_%ld_%s", (long)getpid(), name);
+    for (char *p = (char *)s->role; *p; p++)
+        if (*p == '-')
+            *p = '_';
+    ts_pg_create_role(ts_env("STAMPCP_TEST_PG"), s->role, password, s->db);
+    for (int i = 0; i < TS_STAMP_MAX && o->inst[i].id; i++)
+        ids = ts_str("%s%s\"%s\"", ids, i ? "," : "", o->inst[i].id);
+    ids = ts_str("%s}", ids);
+    v[0] = s->role;
+    v[1] = ids;
+    c = ts_pg_connect(s->db);
+    r = PQexecParams(c, "SELECT stamp_agent_grant($1, $2::text[])", 2, NULL, v, NULL, NULL, 0);
+    if (PQresultStatus(r) != PGRES_TUPLES_OK)
+        ts_fail("stamp_agent_grant(%s): %s", s->role, PQresultErrorMessage(r));
+    PQclear(r);
+    PQfinish(c);
+    s->role_db = ts_pg_conninfo_user(s->db, s->role, password);
+    ts_log("stamp %s runs as role %s (instances %s)", name, s->role, ids);
+}
+
 struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o)
 {
     struct ts_stamp *s = ts_keep(calloc(1, sizeof *s));
@@ -578,7 +654,13 @@ struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o)
 
     ts_pki_ca();
     s->redis = ts_redis_start(ts_str("%s-redis", name));
-    s->db = ts_pg_create_db(ts_env("STAMPCP_TEST_PG"), ts_unique(name));
+    if (o->db) {
+        s->db = o->db;
+    } else {
+        s->db = ts_pg_create_db(ts_env("STAMPCP_TEST_PG"), ts_unique(name));
+        if (o->geography)
+            stamp_geo_identity(s->db, o->geography);
+    }
     s->port = ts_free_port();
     s->hostport = ts_str("127.0.0.1:%d", s->port);
     s->policy = "provisioningserviceowner";
@@ -589,8 +671,21 @@ struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o)
     json_object_set_new(cfg, "region", json_string("test-region"));
     json_object_set_new(cfg, "redis", json_string(s->redis->addr));
     json_object_set_new(cfg, "reportIntervalMs", json_integer(200));
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));
     json_object_set_new(prov, "listen", json_string(s->hostport));
     json_object_set_new(prov, "database", json_string(s->db));
+    if (o->geography)
+        json_object_set_new(prov, "geography", json_string(o->geography));
+    /* the tests' custom allocation webhooks run on loopback (docs/stamp-dps.md) */
+    if (!o->webhook_strict)
+        json_object_set_new(prov, "webhookAllowPrivate", json_true());
+    if (o->prov_extra_json) {
+        json_t *x = json_loads(ts_str("{%s}", o->prov_extra_json), 0, NULL);
+        if (!x)
+            ts_fail("ts_stamp: prov_extra_json is not JSON members: %s", o->prov_extra_json);
+        json_object_update(prov, x);
+        json_decref(x);
+    }
     json_object_set_new(prov, "tls", json_pack("{s:s, s:s}", "cert", g_srv_crt, "key", g_srv_key));
     json_object_set_new(prov, "servicePolicies",
                         json_pack("[{s:s, s:s}]", "name", s->policy, "key", s->policy_key));
@@ -618,11 +713,23 @@ struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o)
     json_object_set_new(prov, "hubs", hubs);
     if (o->webhook_timeout_ms)
         json_object_set_new(prov, "webhookTimeoutMs", json_integer(o->webhook_timeout_ms));
+    if (o->auth_failures_per_10s)
+        json_object_set_new(prov, "authFailuresPer10s", json_integer(o->auth_failures_per_10s));
     json_object_set_new(cfg, "provisioning", prov);
     txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    json_decref(cfg);
     ts_write_file(s->config_path, txt);
     free(txt);
+    /* STAMPCP_TEST_STAMP_OWN_ROLE=1 runs every stamp test's agent under its own role */
+    if (o->own_role || (getenv("STAMPCP_TEST_STAMP_OWN_ROLE") && strcmp(getenv("STAMPCP_TEST_STAMP_OWN_ROLE"), "1") == 0)) {
+        stamp_own_role(s, o, name);
+        json_object_set_new(prov, "database", json_string(s->role_db));
+        txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+        ts_write_file(s->config_path, txt);
+        free(txt);
+    }
+    json_decref(cfg);
+    if (o->no_start)
+        return s;
     stamp_spawn(s);
     ts_log("stamp-agent %s serving DPS on https://%s", name, s->hostport);
     return s;

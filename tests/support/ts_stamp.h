@@ -37,6 +37,16 @@ struct ts_stamp_opts {
     struct ts_stamp_inst inst[TS_STAMP_MAX];
     struct ts_stamp_hub hubs[TS_STAMP_MAX];
     int webhook_timeout_ms;      /* 0: omitted */
+    long auth_failures_per_10s;  /* authFailuresPer10s; 0: omitted */
+    /* Least privilege (docs/security.md "Database roles"): */
+    const char *db;              /* superuser conninfo of an existing database to use; NULL: a fresh one */
+    const char *geography;       /* provisioning.geography; a fresh database gets a geo_identity naming it */
+    bool own_role;               /* migrate as the superuser (stamp-agent --migrate), then run the agent as
+                                  * its own role "stampcp_agent_<pid>_<name>" granted its instances only;
+                                  * STAMPCP_TEST_STAMP_OWN_ROLE=1 in the environment does it for every stamp */
+    bool no_start;               /* write everything but don't start the agent (proc stays NULL) */
+    bool webhook_strict;         /* leave provisioning.webhookAllowPrivate out (default: true, loopback webhooks) */
+    const char *prov_extra_json; /* extra members of "provisioning", e.g. "\"http\":{\"maxConnections\":4}" */
 };
 
 struct ts_stamp {
@@ -48,6 +58,8 @@ struct ts_stamp {
     const char *db;              /* conninfo of the stamp's database */
     const char *config_path;
     struct ts_redis *redis;
+    const char *role;            /* own_role: the agent's role, else NULL */
+    const char *role_db;         /* own_role: conninfo of the stamp's database as that role, else NULL */
 };
 
 /* The test PKI: a CA and a server certificate for IP 127.0.0.1 (made on first
@@ -56,6 +68,8 @@ struct ts_stamp {
 const char *ts_pki_ca(void);
 /* The server certificate and key ts_pki_ca() made (for agents a test configures itself). */
 void ts_pki_server(const char **crt, const char **key);
+/* Another server certificate (IP 127.0.0.1, DNS localhost) from the same CA, in ts_tmp()/name.{crt,key}. */
+void ts_pki_make_server(const char *name, const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
 void ts_openssl(const char *what, char *const argv[]);
 /* A CA (self-signed, CA:TRUE) named name in ts_tmp(): *crt / *key paths. */
@@ -67,6 +81,8 @@ void ts_pki_make_leaf(const char *name, const char *cn, const char *ca_crt, cons
 /* Fresh database + private Redis + config, start the agent and wait for
  * GET /healthz 200 over TLS (20 s). */
 struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o);
+/* argv of the agent with the stamp's config (for tests that spawn it themselves). */
+char **ts_stamp_argv(const struct ts_stamp *s);
 /* Start the agent again with the same config and wait for /healthz. */
 void ts_stamp_restart(struct ts_stamp *s);
 /* Signal the agent and wait (5 s) for it to exit. */

@@ -209,6 +209,70 @@ static void test_malformed_json(void **state)
     test_bad("{" TEST_MIN_FIELDS ",\"region\":\"again\"}", "invalid_json", "");
 }
 
+/* provisioning.geography (docs/security.md "Database roles"): an id, optional. */
+#define TEST_PROV(extra) \
+    "{" TEST_MIN_FIELDS ",\"provisioning\":{\"listen\":\"127.0.0.1:8443\",\"database\":\"dbname=x\"," \
+    "\"tls\":{\"cert\":\"c.pem\",\"key\":\"k.pem\"}," \
+    "\"servicePolicies\":[{\"name\":\"p\",\"key\":\"MDEyMzQ1Njc4OWFiY2RlZg==\"}]," \
+    "\"instances\":[{\"id\":\"d1\",\"idScope\":\"0ne1\"}],\"hubs\":[]" extra "}}"
+
+static void test_prov_geography(void **state)
+{
+    struct agent_config cfg;
+    struct jv_err err;
+    char *path = test_write_file(TEST_PROV(",\"geography\":\"eu\""));
+
+    assert_true(agent_config_load(path, &cfg, &err));
+    assert_string_equal(cfg.prov.geography, "eu");
+    agent_config_free(&cfg);
+    unlink(path);
+    free(path);
+    path = test_write_file(TEST_PROV(""));
+    assert_true(agent_config_load(path, &cfg, &err));
+    assert_null(cfg.prov.geography);
+    agent_config_free(&cfg);
+    unlink(path);
+    free(path);
+    test_bad(TEST_PROV(",\"geography\":\"EU West\""), "invalid_value", "provisioning.geography");
+    test_bad(TEST_PROV(",\"geography\":7"), "invalid_type", "provisioning.geography");
+    test_bad(TEST_PROV(",\"geography\":\"\""), "invalid_value", "provisioning.geography");
+}
+
+/* provisioning.http (the listener's bounds) and provisioning.webhookAllowPrivate */
+static void test_prov_limits(void **state)
+{
+    struct agent_config cfg;
+    struct jv_err err;
+    char *path = test_write_file(TEST_PROV(""));
+    (void)state;
+
+    assert_true(agent_config_load(path, &cfg, &err));
+    assert_int_equal(cfg.prov.http_max_connections, 4096);
+    assert_int_equal(cfg.prov.http_header_timeout_ms, 10000);
+    assert_int_equal(cfg.prov.http_request_timeout_ms, 30000);
+    assert_int_equal(cfg.prov.http_idle_timeout_ms, 60000);
+    assert_false(cfg.prov.webhook_allow_private);
+    agent_config_free(&cfg);
+    unlink(path);
+    free(path);
+    path = test_write_file(TEST_PROV(",\"webhookAllowPrivate\":true,\"http\":{\"maxConnections\":5,"
+                                     "\"headerTimeoutMs\":1000,\"requestTimeoutMs\":2000,\"idleTimeoutMs\":3000}"));
+    assert_true(agent_config_load(path, &cfg, &err));
+    assert_int_equal(cfg.prov.http_max_connections, 5);
+    assert_int_equal(cfg.prov.http_header_timeout_ms, 1000);
+    assert_int_equal(cfg.prov.http_request_timeout_ms, 2000);
+    assert_int_equal(cfg.prov.http_idle_timeout_ms, 3000);
+    assert_true(cfg.prov.webhook_allow_private);
+    agent_config_free(&cfg);
+    unlink(path);
+    free(path);
+    test_bad(TEST_PROV(",\"webhookAllowPrivate\":\"yes\""), "invalid_type", "provisioning.webhookAllowPrivate");
+    test_bad(TEST_PROV(",\"http\":{\"maxConns\":5}"), "unknown_field", "provisioning.http.maxConns");
+    test_bad(TEST_PROV(",\"http\":{\"maxConnections\":0}"), "out_of_range", "provisioning.http.maxConnections");
+    test_bad(TEST_PROV(",\"http\":{\"headerTimeoutMs\":5000,\"requestTimeoutMs\":1000}"), "invalid_value",
+             "provisioning.http.requestTimeoutMs");
+}
+
 static void test_missing_file(void **state)
 {
     struct agent_config cfg;
@@ -223,6 +287,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_defaults),
+        cmocka_unit_test(test_prov_limits),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_interval_bounds_accepted),
         cmocka_unit_test(test_missing_stamp_id),
@@ -240,6 +305,7 @@ int main(void)
         cmocka_unit_test(test_bad_log_level),
         cmocka_unit_test(test_malformed_json),
         cmocka_unit_test(test_missing_file),
+        cmocka_unit_test(test_prov_geography),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -115,6 +115,15 @@ static void test_report_message(void **state)
     agent_report_clear(&r);
     agent_report_clear(&r);
     free(key);
+    /* With a run id (what the agent sends): ordered by it and seq, not by ts. */
+    r.run_id = "0123456789abcdef";
+    assert_true(agent_report_render(&r, &load));
+    assert_non_null(strstr(r.message, ",\"runId\":\"0123456789abcdef\"}"));
+    agent_report_clear(&r);
+    /* Each stamp has a channel of its own, so its Redis user can be limited to it. */
+    key = agent_report_channel("eu-west-1");
+    assert_string_equal(key, "stamps:load:eu-west-1");
+    free(key);
     agent_load_free(&load);
 }
 

@@ -12,7 +12,9 @@
 
 #include "cp_config.h"
 
-#define GOOD_BASE "\"globalDatabase\":\"dbname=g\",\"geographies\":{\"eu\":\"dbname=eu\"},\"redis\":\"127.0.0.1:6379\""
+#define CORE_BASE "\"globalDatabase\":\"dbname=g\",\"geographies\":{\"eu\":\"dbname=eu\"},\"redis\":\"127.0.0.1:6379\""
+/* plain HTTP, said explicitly (a config without it or tls is refused) */
+#define GOOD_BASE CORE_BASE ",\"plainHttp\":true"
 
 static bool parse(const char *text, struct cp_config *cfg, struct jv_err *e)
 {
@@ -46,6 +48,27 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg.db_pool_size, 4);
     assert_int_equal(cfg.max_enrollment_groups, 100);
     assert_null(cfg.operator_token);
+    cp_config_free(&cfg);
+}
+
+static void test_tls(void **state)
+{
+    struct cp_config cfg;
+    struct jv_err e;
+    (void)state;
+    assert_true(parse("{" CORE_BASE ",\"tls\":{\"cert\":\"/etc/cp/cert.pem\",\"key\":\"/etc/cp/key.pem\"}}", &cfg, &e));
+    assert_false(cfg.plain_http);
+    assert_string_equal(cfg.tls_cert, "/etc/cp/cert.pem");
+    assert_string_equal(cfg.tls_key, "/etc/cp/key.pem");
+    assert_null(cfg.tls_client_ca);
+    cp_config_free(&cfg);
+    assert_true(parse("{" CORE_BASE ",\"tls\":{\"cert\":\"c\",\"key\":\"k\",\"clientCa\":\"/etc/cp/devices-ca.pem\"}}",
+                      &cfg, &e));
+    assert_string_equal(cfg.tls_client_ca, "/etc/cp/devices-ca.pem");
+    cp_config_free(&cfg);
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_true(cfg.plain_http);
+    assert_null(cfg.tls_cert);
     cp_config_free(&cfg);
 }
 
@@ -100,6 +123,16 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"logLevel\":\"loud\"}", "invalid_value", "logLevel"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
+        /* transport: TLS unless plain HTTP is asked for, never both */
+        {"{" CORE_BASE "}", "missing_field", "tls"},
+        {"{" CORE_BASE ",\"plainHttp\":false}", "missing_field", "tls"},
+        {"{" CORE_BASE ",\"plainHttp\":\"yes\"}", "invalid_type", "plainHttp"},
+        {"{" GOOD_BASE ",\"tls\":{\"cert\":\"c.pem\",\"key\":\"k.pem\"}}", "invalid_value", "plainHttp"},
+        {"{" CORE_BASE ",\"tls\":{\"cert\":\"c.pem\"}}", "missing_field", "tls.key"},
+        {"{" CORE_BASE ",\"tls\":{\"key\":\"k.pem\"}}", "missing_field", "tls.cert"},
+        {"{" CORE_BASE ",\"tls\":{\"cert\":\"c.pem\",\"key\":\"k.pem\",\"ca\":\"x\"}}", "unknown_field", "tls.ca"},
+        {"{" CORE_BASE ",\"tls\":{\"cert\":\"\",\"key\":\"k.pem\"}}", "invalid_value", "tls.cert"},
+        {"{" CORE_BASE ",\"tls\":\"c.pem\"}", "invalid_type", "tls"},
     };
     (void)state;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
@@ -112,6 +145,49 @@ static void test_bad_configs(void **state)
             fail_msg("case %zu: got %s/%s, want %s/%s (%s)", i, e.code, e.field, cases[i].code,
                      cases[i].field, e.message);
         assert_non_null(strstr(e.message, cases[i].field[0] ? cases[i].field : ""));
+        cp_config_free(&cfg);
+    }
+}
+
+/* tenants.* (the unknown-tenant flood) and pseudonymKey (device pseudonyms in logs) */
+static void test_tenants_and_pseudonym(void **state)
+{
+    static const struct bad_case bad[] = {
+        {"{" GOOD_BASE ",\"tenants\":{\"negativeCacheSize\":0}}", "out_of_range", "tenants.negativeCacheSize"},
+        {"{" GOOD_BASE ",\"tenants\":{\"unknownFetchesPerSecond\":0}}", "out_of_range", "tenants.unknownFetchesPerSecond"},
+        {"{" GOOD_BASE ",\"tenants\":{\"unknownFetchBurst\":\"9\"}}", "invalid_type", "tenants.unknownFetchBurst"},
+        {"{" GOOD_BASE ",\"tenants\":{\"negativeTtlMs\":5}}", "out_of_range", "tenants.negativeTtlMs"},
+        {"{" GOOD_BASE ",\"tenants\":{\"size\":5}}", "unknown_field", "tenants.size"},
+        {"{" GOOD_BASE ",\"tenants\":5}", "invalid_type", "tenants"},
+        {"{" GOOD_BASE ",\"pseudonymKey\":\"short\"}", "invalid_value", "pseudonymKey"},
+        {"{" GOOD_BASE ",\"pseudonymKey\":7}", "invalid_type", "pseudonymKey"},
+    };
+    struct cp_config cfg;
+    struct jv_err e;
+    (void)state;
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_int_equal(cfg.tenants_negative_size, 10000);
+    assert_int_equal(cfg.tenants_negative_ttl_ms, 2000);
+    assert_int_equal(cfg.tenants_unknown_per_s, 100);
+    assert_int_equal(cfg.tenants_unknown_burst, 200);
+    assert_null(cfg.pseudonym_key);
+    cp_config_free(&cfg);
+    assert_true(parse("{" GOOD_BASE ",\"tenants\":{\"negativeCacheSize\":5,\"negativeTtlMs\":100,"
+                      "\"unknownFetchesPerSecond\":3,\"unknownFetchBurst\":4},"
+                      "\"pseudonymKey\":\"0123456789abcdef\"}", &cfg, &e));
+    assert_int_equal(cfg.tenants_negative_size, 5);
+    assert_int_equal(cfg.tenants_negative_ttl_ms, 100);
+    assert_int_equal(cfg.tenants_unknown_per_s, 3);
+    assert_int_equal(cfg.tenants_unknown_burst, 4);
+    assert_string_equal(cfg.pseudonym_key, "0123456789abcdef");
+    cp_config_free(&cfg);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        if (parse(bad[i].json, &cfg, &e))
+            fail_msg("case %zu accepted: %s", i, bad[i].json);
+        if (strcmp(e.code, bad[i].code) != 0 || strcmp(e.field, bad[i].field) != 0)
+            fail_msg("case %zu: got %s/%s, want %s/%s (%s)", i, e.code, e.field, bad[i].code, bad[i].field,
+                     e.message);
         cp_config_free(&cfg);
     }
 }
@@ -140,6 +216,36 @@ static void test_load_file_errors(void **state)
     unlink(path);
 }
 
+/* "http": the listener's bounds (common/connguard.h) */
+static void test_http_limits(void **state)
+{
+    struct cp_config cfg;
+    struct jv_err e;
+    (void)state;
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_int_equal(cfg.http_max_connections, 4096);
+    assert_int_equal(cfg.http_header_timeout_ms, 10000);
+    assert_int_equal(cfg.http_request_timeout_ms, 30000);
+    assert_int_equal(cfg.http_idle_timeout_ms, 60000);
+    cp_config_free(&cfg);
+    assert_true(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":8,\"headerTimeoutMs\":1500,"
+                      "\"requestTimeoutMs\":3000,\"idleTimeoutMs\":2500}}", &cfg, &e));
+    assert_int_equal(cfg.http_max_connections, 8);
+    assert_int_equal(cfg.http_header_timeout_ms, 1500);
+    assert_int_equal(cfg.http_request_timeout_ms, 3000);
+    assert_int_equal(cfg.http_idle_timeout_ms, 2500);
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"http\":{\"maxConns\":8}}", &cfg, &e));
+    assert_string_equal(e.field, "http.maxConns");
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":0}}", &cfg, &e));
+    assert_string_equal(e.field, "http.maxConnections");
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"http\":{\"headerTimeoutMs\":5000,\"requestTimeoutMs\":1000}}", &cfg, &e));
+    assert_string_equal(e.field, "http.requestTimeoutMs");
+    cp_config_free(&cfg);
+}
+
 static void test_set_listen(void **state)
 {
     struct cp_config cfg;
@@ -160,9 +266,12 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_defaults),
         cmocka_unit_test(test_full),
+        cmocka_unit_test(test_tls),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_load_file_errors),
+        cmocka_unit_test(test_tenants_and_pseudonym),
         cmocka_unit_test(test_set_listen),
+        cmocka_unit_test(test_http_limits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

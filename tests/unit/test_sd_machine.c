@@ -376,6 +376,64 @@ static void test_429_without_header(void **unused)
     }
 }
 
+/* Retry-After is capped at retry_after_max_ms (default 10 min) on 429, 5xx and DPS polls. */
+static void test_retry_after_cap(void **unused)
+{
+    struct rig r;
+    int64_t sent;
+    (void)unused;
+    rig_config(&r);
+    r.cfg.breaker_threshold = 50;
+    rig_start(&r, NULL);
+    assert_int_equal(r.cfg.retry_after_max_ms, 600000); /* the documented default */
+    sent = r.now;
+    respond(&r, 429, 86400, NULL); /* a day: capped */
+    assert_int_equal(r.a.until_ms - sent, 600000);
+    fire(&r);
+    sent = r.now;
+    respond(&r, 429, 600, NULL); /* exactly the cap: honoured */
+    assert_int_equal(r.a.until_ms - sent, 600000);
+    fire(&r);
+    sent = r.now;
+    respond(&r, 429, 2147483647, NULL); /* the largest value a parser hands over: no overflow */
+    assert_int_equal(r.a.until_ms - sent, 600000);
+    fire(&r);
+
+    rig_config(&r);
+    r.cfg.retry_after_max_ms = 30000;
+    r.cfg.breaker_threshold = 50;
+    rig_start(&r, NULL);
+    sent = r.now;
+    respond(&r, 429, 31, NULL);
+    assert_int_equal(r.a.until_ms - sent, 30000);
+    fire(&r);
+    sent = r.now;
+    respond(&r, 429, 29, NULL); /* below the cap: exact */
+    assert_int_equal(r.a.until_ms - sent, 29000);
+    fire(&r);
+    sent = r.now;
+    respond(&r, 503, 3600, NULL); /* 5xx: capped too (above the 5 s floor) */
+    assert_int_equal(r.a.until_ms - sent, 30000);
+    fire(&r);
+    expect_send(&r, SD_REQ_LOCATE);
+    respond(&r, 200, -1, HERE());
+    sent = r.now;
+    respond(&r, 202, 3600, ASSIGNING); /* DPS poll: capped */
+    assert_int_equal(sd_machine_phase(&r.m), SD_PH_POLL_WAIT);
+    assert_int_equal(r.a.until_ms - sent, 30000);
+    fire(&r);
+    expect_send(&r, SD_REQ_DPS_POLL);
+
+    /* a cap under the poll minimum: the poll minimum still holds */
+    rig_config(&r);
+    r.cfg.retry_after_max_ms = 1000;
+    rig_start(&r, NULL);
+    respond(&r, 200, -1, HERE());
+    sent = r.now;
+    respond(&r, 202, 60, ASSIGNING);
+    assert_int_equal(r.a.until_ms - sent, 2000);
+}
+
 /* ---- 5xx ---- */
 
 static void test_5xx_floor(void **unused)
@@ -1191,6 +1249,7 @@ static void test_config_and_init(void **unused)
     assert_int_equal(c.backoff_cap_ms, 300000);
     assert_int_equal(c.server_error_floor_ms, 5000);
     assert_int_equal(c.poll_min_ms, 2000);
+    assert_int_equal(c.retry_after_max_ms, 600000);
     assert_int_equal(c.max_polls, 30);
     assert_int_equal(c.breaker_threshold, 5);
     assert_int_equal(c.stagger_ms, 0);
@@ -1238,6 +1297,7 @@ int main(void)
         cmocka_unit_test(test_backoff_resets_on_success),
         cmocka_unit_test(test_429_retry_after_exact),
         cmocka_unit_test(test_429_without_header),
+        cmocka_unit_test(test_retry_after_cap),
         cmocka_unit_test(test_5xx_floor),
         cmocka_unit_test(test_auth_errors_reregister),
         cmocka_unit_test(test_410_retires),

@@ -1,0 +1,133 @@
+/*
+ * test_api_bodies.c - the database-free body checks the control plane's
+ * tenant and device routes share with the fuzz harnesses
+ * (api_tenants_validate, api_devices_check_body): good bodies pass, and
+ * every bad one fails with the code and field the 400 answer carries.
+ */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "api_devices.h"
+#include "api_tenants.h"
+
+static json_t *body_of(const char *text)
+{
+    json_t *b = json_loads(text, JSON_REJECT_DUPLICATES, NULL);
+    assert_non_null(b);
+    return b;
+}
+
+/* Validate text for a tenant route; on failure check the code and field. */
+static void tenant(enum api_tenants_body kind, const char *text, const char *code, const char *field)
+{
+    json_t *b = body_of(text);
+    struct jv_err e;
+    bool ok;
+    memset(&e, 0, sizeof e);
+    ok = api_tenants_validate(kind, b, &e);
+    json_decref(b);
+    if (!code) {
+        if (!ok)
+            fail_msg("%s: refused: %s %s %s", text, e.code, e.field, e.message);
+        return;
+    }
+    if (ok)
+        fail_msg("%s: accepted, expected %s", text, code);
+    assert_string_equal(e.code, code);
+    assert_string_equal(e.field, field);
+}
+
+static void test_tenant_create(void **state)
+{
+    (void)state;
+    tenant(API_TENANTS_CREATE, "{\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}", NULL, NULL);
+    tenant(API_TENANTS_CREATE,
+           "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\",\"us\"],\"regions\":[\"eu-west\"]},"
+           "\"tenancy\":\"dedicated\",\"dedicatedStamps\":[\"eu-west-1\"]}", NULL, NULL);
+    tenant(API_TENANTS_CREATE, "{\"residency\":{\"geographies\":[\"eu\"]}}", "missing_field", "name");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[]}}", "invalid_value",
+           "residency.geographies");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\",\"eu\"]}}", "invalid_value",
+           "residency.geographies");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[7]}}", "invalid_type",
+           "residency.geographies");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"],\"x\":1}}", "unknown_field",
+           "residency.x");
+    tenant(API_TENANTS_CREATE, "{\"id\":\"Bad\",\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]}}",
+           "invalid_value", "id");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"tenancy\":\"shared\"}",
+           "invalid_value", "tenancy");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"tenancy\":\"dedicated\"}",
+           "missing_field", "dedicatedStamps");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"dedicatedStamps\":[\"s\"]}",
+           "invalid_value", "dedicatedStamps");
+}
+
+static void test_tenant_patch_token_rotate(void **state)
+{
+    (void)state;
+    tenant(API_TENANTS_PATCH, "{}", NULL, NULL);
+    tenant(API_TENANTS_PATCH, "{\"name\":\"New name\"}", NULL, NULL);
+    tenant(API_TENANTS_PATCH, "{\"name\":\"\"}", "invalid_value", "name");
+    tenant(API_TENANTS_PATCH, "{\"name\":5}", "invalid_type", "name");
+    tenant(API_TENANTS_PATCH, "{\"residency\":{}}", "read_only_field", "residency");
+    tenant(API_TENANTS_PATCH, "{\"name\":\"x\",\"enrollmentKey\":\"k\"}", "read_only_field", "enrollmentKey");
+    tenant(API_TENANTS_PATCH, "{\"colour\":\"red\"}", "unknown_field", "colour");
+    tenant(API_TENANTS_INSTALLER_TOKEN, "{\"name\":\"line 4\"}", NULL, NULL);
+    tenant(API_TENANTS_INSTALLER_TOKEN, "{}", "missing_field", "name");
+    tenant(API_TENANTS_INSTALLER_TOKEN, "{\"name\":\"x\",\"ttl\":1}", "unknown_field", "ttl");
+    tenant(API_TENANTS_ROTATE, "{}", NULL, NULL);
+    tenant(API_TENANTS_ROTATE, "{\"key\":\"mine\"}", "unknown_field", "key");
+}
+
+static void test_device_bodies(void **state)
+{
+    struct jv_err e;
+    const char *reason = NULL;
+    json_t *b;
+    (void)state;
+
+    b = body_of("{\"reason\":\"factory reset\"}");
+    assert_true(api_devices_check_body(b, true, false, &reason, &e));
+    assert_string_equal(reason, "factory reset");
+    memset(&e, 0, sizeof e);
+    assert_false(api_devices_check_body(b, false, true, &reason, &e));   /* provision: no reason */
+    assert_string_equal(e.code, "unknown_field");
+    assert_string_equal(e.field, "reason");
+    json_decref(b);
+
+    b = body_of("{\"payload\":{\"modelId\":\"dtmi:x;1\"}}");
+    reason = NULL;
+    assert_true(api_devices_check_body(b, false, true, &reason, &e));
+    assert_null(reason);
+    assert_false(api_devices_check_body(b, true, false, &reason, &e));
+    assert_false(api_devices_check_body(b, false, false, &reason, &e));
+    assert_string_equal(e.field, "payload");
+    json_decref(b);
+
+    b = body_of("{\"reason\":\"\"}");
+    assert_false(api_devices_check_body(b, true, false, &reason, &e));
+    assert_string_equal(e.code, "invalid_value");
+    json_decref(b);
+    b = body_of("{\"reason\":[1]}");
+    assert_false(api_devices_check_body(b, true, false, &reason, &e));
+    assert_string_equal(e.code, "invalid_type");
+    json_decref(b);
+    b = body_of("{}");
+    assert_true(api_devices_check_body(b, false, false, &reason, &e));
+    json_decref(b);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_tenant_create),
+        cmocka_unit_test(test_tenant_patch_token_rotate),
+        cmocka_unit_test(test_device_bodies),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
