@@ -109,6 +109,8 @@ void cpreq_reply_empty(struct cp_req *r, int status)
 }
 
 static void cpreq_reply_errorv(struct cp_req *r, int status, const char *code, const char *target,
+                               const char *fmt, va_list ap) __attribute__((format(printf, 5, 0)));
+static void cpreq_reply_errorv(struct cp_req *r, int status, const char *code, const char *target,
                                const char *fmt, va_list ap)
 {
     char msg[512];

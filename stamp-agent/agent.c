@@ -87,12 +87,14 @@ static bool agent_queue_report(struct agent *a, const struct agent_report *rep)
     struct agent_redis *r = &a->redis;
     void *tag = (void *)(uintptr_t)rep->seq;
 
+    /* geography only when configured: the control plane then checks it too */
     return agent_redis_command(r, NULL, NULL, "MULTI")
         && agent_redis_command(r, NULL, NULL,
                                "HSET %s stampId %s region %s health %s ts %lld intervalMs %lld"
                                " seq %llu runId %s load %s", a->key, rep->stamp_id, rep->region,
                                rep->health, (long long)rep->ts_ms, (long long)rep->interval_ms,
                                (unsigned long long)rep->seq, a->run_id, rep->load_text)
+        && (!rep->geography || agent_redis_command(r, NULL, NULL, "HSET %s geography %s", a->key, rep->geography))
         && agent_redis_command(r, NULL, NULL, "PEXPIRE %s %lld", a->key,
                                (long long)(5 * rep->interval_ms))
         && agent_redis_command(r, NULL, NULL, "PUBLISH %s %s", a->channel, rep->message)
@@ -105,7 +107,7 @@ static bool agent_send_report(struct agent *a, const char *health)
     struct agent_report rep = {
         .stamp_id = a->cfg->stamp_id, .region = a->cfg->region, .health = health,
         .ts_ms = util_wall_ms(), .interval_ms = a->cfg->report_interval_ms, .seq = a->seq + 1,
-        .run_id = a->run_id,
+        .run_id = a->run_id, .geography = a->cfg->prov.geography,
     };
     bool ok = agent_report_render(&rep, &a->load);
 

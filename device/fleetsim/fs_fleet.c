@@ -424,8 +424,11 @@ static void hook_response(void *ctx, uint32_t i, enum sd_req_kind kind, int stat
     f->r->responses++;
     if (status == 429) {
         f->r->throttled++;
-        if (retry_after >= 0)
-            f->d[i].not_before = phase_ms(f) + 1 + (uint32_t)retry_after * 1000u;
+        if (retry_after >= 0) {
+            /* what the machine honours: Retry-After capped at retry_after_max_ms */
+            uint64_t ms = (uint64_t)retry_after * 1000u, cap = f->cfg.retry_after_max_ms;
+            f->d[i].not_before = phase_ms(f) + 1 + (uint32_t)(cap && ms > cap ? cap : ms);
+        }
     }
     if (status >= 200 && status < 300)
         f->r->status_2xx++;
