@@ -1,6 +1,7 @@
 /*
- * test_caches.c - the string map, the assignment cache (LRU bound, epochs
- * that refuse a racing insert, forget, TTL) and tenant row parsing.
+ * test_caches.c - the assignment cache (LRU bound, epochs
+ * that refuse a racing insert, forget, TTL) and tenant row parsing (the
+ * string map has test_strmap.c).
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -12,27 +13,7 @@
 #include <unistd.h>
 
 #include "assign_cache.h"
-#include "strmap.h"
 #include "tenants.h"
-
-static void test_strmap(void **state)
-{
-    struct strmap *m = strmap_new();
-    char key[32];
-    (void)state;
-    for (int i = 0; i < 5000; i++) {
-        snprintf(key, sizeof key, "k%d", i);
-        assert_null(strmap_put(m, key, (void *)(intptr_t)(i + 1)));
-    }
-    assert_int_equal(strmap_count(m), 5000);
-    assert_int_equal((intptr_t)strmap_get(m, "k4321"), 4322);
-    assert_int_equal((intptr_t)strmap_put(m, "k7", (void *)(intptr_t)99), 8);
-    assert_int_equal((intptr_t)strmap_del(m, "k7"), 99);
-    assert_null(strmap_get(m, "k7"));
-    assert_null(strmap_del(m, "nope"));
-    assert_int_equal(strmap_count(m), 4999);
-    strmap_free(m, NULL);
-}
 
 static void test_assign_cache(void **state)
 {
@@ -97,7 +78,6 @@ static void test_tenant_row(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_strmap),
         cmocka_unit_test(test_assign_cache),
         cmocka_unit_test(test_tenant_row),
     };

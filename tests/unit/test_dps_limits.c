@@ -4,6 +4,7 @@
  * the one-minute counter and Retry-After rounding.
  */
 #include <setjmp.h>
+#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -90,6 +91,35 @@ static void test_keyed_gcra_and_sweep(void **state)
     dps_keyed_gcra_free(k);
 }
 
+/* The failed-authentication limit: peek decides without recording, and the
+ * map of client addresses is trimmed to its cap, oldest first. */
+static void test_keyed_gcra_peek_and_trim(void **state)
+{
+    struct dps_keyed_gcra *k = dps_keyed_gcra_new();
+    int64_t retry = 0;
+    char key[32];
+    (void)state;
+    assert_true(dps_keyed_gcra_peek(k, "10.0.0.1", 3, 10000, 1000, &retry));   /* never seen */
+    for (int i = 0; i < 3; i++) {
+        assert_true(dps_keyed_gcra_peek(k, "10.0.0.1", 3, 10000, 1000, &retry));
+        assert_true(dps_keyed_gcra_admit(k, "10.0.0.1", 3, 10000, 1000, &retry));
+    }
+    assert_false(dps_keyed_gcra_peek(k, "10.0.0.1", 3, 10000, 1000, &retry));
+    assert_true(retry > 0);
+    /* peeking did not advance the state: one emission interval later it admits again */
+    assert_true(dps_keyed_gcra_peek(k, "10.0.0.1", 3, 10000, 1000 + 3334, &retry));
+    assert_true(dps_keyed_gcra_peek(k, "10.0.0.2", 3, 10000, 1000, &retry));
+    for (int i = 0; i < 100; i++) {
+        snprintf(key, sizeof key, "192.0.2.%d", i);
+        assert_true(dps_keyed_gcra_admit(k, key, 3, 10000, 2000, &retry));
+    }
+    assert_int_equal(dps_keyed_gcra_trim(k, 50), 50);
+    /* the oldest went first: 10.0.0.1 is forgotten (so admitted again) */
+    assert_true(dps_keyed_gcra_peek(k, "10.0.0.1", 3, 10000, 2000, &retry));
+    assert_int_equal(dps_keyed_gcra_trim(k, 1000), 50);
+    dps_keyed_gcra_free(k);
+}
+
 static void test_minute_counter(void **state)
 {
     struct dps_minute m = {0};
@@ -122,6 +152,7 @@ int main(void)
         cmocka_unit_test(test_bucket_small_rate),
         cmocka_unit_test(test_gcra_five_per_ten_seconds),
         cmocka_unit_test(test_keyed_gcra_and_sweep),
+        cmocka_unit_test(test_keyed_gcra_peek_and_trim),
         cmocka_unit_test(test_minute_counter),
         cmocka_unit_test(test_retry_after),
     };

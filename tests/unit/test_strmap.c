@@ -73,6 +73,7 @@ static void test_map_many(void **state)
     assert_int_equal((intptr_t)strmap_put(m, "k1", (void *)(intptr_t)7), 2);   /* replace returns the old */
     assert_int_equal((intptr_t)strmap_get(m, "k1"), 7);
     assert_null(strmap_get(m, ""));
+    assert_null(strmap_del(m, "nope"));
     strmap_free(m, NULL);
 }
 
