@@ -28,7 +28,7 @@
 
 #define CG_MARKER "X-Stampcp-Guard"
 #define CG_OVERCAP_GRACE_MS 2000    /* an over-cap connection's head must come within this */
-#define CG_RELEASE_POLL_MS 2        /* a pipelined head waits for the previous answer to drain */
+#define CG_RELEASE_POLL_MS 50       /* fallback poll: a drained transport releases a held head at once */
 #define CG_LINGER_MS 2000           /* a refused connection's input is drained this long after its answer */
 
 enum cg_state { CG_BETWEEN, CG_HEAD, CG_BODY, CG_DISCARD };
@@ -58,6 +58,7 @@ struct cg_conn {
     bool awaiting;                  /* a request was handed to evhttp, no answer byte yet */
     bool head_started;              /* a non-CR/LF byte of the current head was seen */
     bool owe_write;                 /* evhttp wrote; its write callback waits for the transport to drain */
+    int64_t owe_since_ms;           /* when owe_write was set: a client that stops reading is cut */
     struct evbuffer_cb_entry *out_cb;   /* on the transport's output */
     struct evbuffer_cb_entry *wrote_cb; /* on the filter's output (what evhttp writes) */
     struct event *kick;             /* moves evhttp's output on from the loop */
@@ -316,6 +317,17 @@ static bool cg_hand(struct cg_conn *c, struct evbuffer *out, struct evbuffer *ds
 
 /* The head in c->head is complete: check it and hand it (or a refusal) on.
  * Returns whether bytes went to dst. */
+/* No byte below 0x20 but CR, LF and HTAB, and no DEL. */
+static bool cg_head_clean(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)p[i];
+        if ((ch < 0x20 && ch != '\r' && ch != '\n' && ch != '\t') || ch == 0x7f)
+            return false;
+    }
+    return true;
+}
+
 static bool cg_head_done(struct cg_conn *c, struct evbuffer *dst)
 {
     struct connguard *g = c->g;
@@ -333,7 +345,14 @@ static bool cg_head_done(struct cg_conn *c, struct evbuffer *dst)
     evbuffer_copyout(c->head, work, len);
     work[len] = '\0';
     memset(&v, 0, sizeof v);
-    ok = cg_parse_head(work, &h, &v);
+    memset(&h, 0, sizeof h);
+    /* The guard reads the head as a C string, evhttp line by line: a NUL (or
+     * another control byte) would make them see two different requests. */
+    ok = cg_head_clean(work, len);
+    if (!ok)
+        cg_verdict(&v, CONNGUARD_BAD_REQUEST, NULL, "the request head holds a control character");
+    else
+        ok = cg_parse_head(work, &h, &v);
     h.transport = c->transport;
     if (ok && c->over_cap) {
         cg_verdict(&v, CONNGUARD_OVERLOADED, NULL, "the server is at its connection limit; retry later");
@@ -584,6 +603,8 @@ static enum bufferevent_filter_result cg_out(struct evbuffer *src, struct evbuff
         return BEV_NEED_MORE;
     if (evbuffer_add_buffer(dst, src) != 0)
         return BEV_ERROR;
+    if (!c->owe_write)
+        c->owe_since_ms = util_mono_ms();
     c->owe_write = true;
     if (c->awaiting) {
         c->awaiting = false;
@@ -625,6 +646,8 @@ static void cg_transport_drained(struct evbuffer *buf, const struct evbuffer_cb_
     c->owe_write = false;
     if (c->state == CG_BETWEEN && c->timer_kind == CG_T_IDLE)
         cg_arm(c, CG_T_IDLE, c->g->o.idle_timeout_ms);
+    if (c->pending && c->timer_kind == CG_T_RELEASE)
+        cg_arm(c, CG_T_RELEASE, 0);     /* from the loop: cg_release may free c */
     /* deferred: evhttp may free the connection from it */
     bufferevent_trigger(c->bev, EV_WRITE, BEV_TRIG_DEFER_CALLBACKS);
 }
@@ -644,10 +667,24 @@ static void cg_release(struct cg_conn *c)
     enum cg_state next = c->pending_next;
     c->pending = NULL;
     c->state = next;
+    c->req_start_ms = util_mono_ms();   /* its body deadline starts now, not while it was held */
     (void)cg_hand(c, out, bufferevent_get_input(bev), next);
     if (evbuffer_get_length(bufferevent_get_input(c->transport)) > 0)
         (void)cg_in(bufferevent_get_input(c->transport), bufferevent_get_input(bev), -1, BEV_NORMAL, c);
     bufferevent_trigger(bev, EV_READ, BEV_TRIG_IGNORE_WATERMARKS);
+}
+
+/* An answer that has not left within requestTimeoutMs: the client stopped
+ * reading (evhttp's own write timeout never runs, the guard takes its output
+ * at once). Cut the connection; true when it was cut (c is then gone). */
+static bool cg_write_overdue(struct cg_conn *c)
+{
+    if (!c->owe_write || util_mono_ms() - c->owe_since_ms < c->g->o.request_timeout_ms)
+        return false;
+    c->g->st.timeouts_body++;
+    log_info("event=response_write_timeout listener=%s ms=%d", c->g->name, c->g->o.request_timeout_ms);
+    cg_cut(c, BEV_EVENT_TIMEOUT);
+    return true;
 }
 
 static void cg_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -665,6 +702,8 @@ static void cg_on_timer(evutil_socket_t fd, short what, void *arg)
         if (c->state != CG_BETWEEN || c->awaiting || c->pending)
             return;
         if (!cg_output_drained(c)) {
+            if (cg_write_overdue(c))
+                return;
             cg_arm(c, CG_T_IDLE, g->o.idle_timeout_ms);
             return;
         }
@@ -704,6 +743,8 @@ static void cg_on_timer(evutil_socket_t fd, short what, void *arg)
         if (!c->pending)
             return;
         if (!cg_output_drained(c)) {
+            if (cg_write_overdue(c))
+                return;
             cg_arm(c, CG_T_RELEASE, CG_RELEASE_POLL_MS);
             return;
         }

@@ -291,9 +291,14 @@ static void es_plan(struct es_dps *d)
             !status || strcmp(status, "enabled") != 0)
             es_add_change(d, ES_PUT, gid, have, doc);
     }
-    json_object_foreach(d->actual, gid, doc)
-        if (es_is_managed(doc) && !json_object_get(d->desired, gid))
+    /* Only groups this reconciler made (id = its tenant tag, or no tag from
+     * before tags) are deleted: a tenant's hand-made X.509 group is tagged
+     * with the tenant too, so its devices share the tenant's ownership. */
+    json_object_foreach(d->actual, gid, doc) {
+        const char *tenant = es_tenant_of(doc);
+        if (es_is_managed(doc) && !json_object_get(d->desired, gid) && (!tenant || strcmp(tenant, gid) == 0))
             es_add_change(d, ES_DELETE, gid, doc, NULL);
+    }
 }
 
 static void es_list(struct es_dps *d, const char *continuation);

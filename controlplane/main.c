@@ -5,6 +5,7 @@
 #include <event2/event.h>
 #include <getopt.h>
 #include <signal.h>
+#include <openssl/crypto.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -251,8 +252,22 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return CP_EXIT_CONFIG;
     }
-    /* A per-deployment key: every control plane of the deployment derives the same pseudonyms. */
-    pseudonym_init(&cp.pseudo, cp.cfg.pseudonym_key ? cp.cfg.pseudonym_key : cp.cfg.operator_token);
+    /* A per-deployment key: every control plane of the deployment derives the same pseudonyms.
+     * Without pseudonymKey and operatorToken a random key per process: never a
+     * known (empty) key, which would make pseudonyms reversible by anyone. */
+    {
+        char random_key[65];
+        const char *pkey = cp.cfg.pseudonym_key ? cp.cfg.pseudonym_key : cp.cfg.operator_token;
+        if (!pkey) {
+            util_random_hex(random_key, 32);
+            random_key[64] = '\0';
+            pkey = random_key;
+            log_warn("event=pseudonym_key_random message=\"set pseudonymKey: without it this instance's device "
+                     "pseudonyms differ from every other instance's\"");
+        }
+        pseudonym_init(&cp.pseudo, pkey);
+        OPENSSL_cleanse(random_key, sizeof random_key);
+    }
     if (cp_pseudonym_mode) {
         rc = cp_print_pseudonyms(&cp, argc, argv);
         pseudonym_clear(&cp.pseudo);

@@ -48,6 +48,7 @@
 #include <strings.h>
 #include <sys/queue.h>
 #include <arpa/inet.h>
+#include <netinet/in.h>
 #include <event2/http.h>
 
 #include "dps_alloc.h"
@@ -79,7 +80,6 @@
 #define ERR_CERT_USAGE         401004  /* certificate expired, not yet valid, or not for clientAuth */
 #define ERR_QUOTA              403002  /* maxRegistrations reached */
 #define ERR_UNKNOWN_OPERATION  404003
-#define ERR_NOT_REGISTERED     404004
 #define ERR_ENROLLMENT_GONE    404201  /* enrollment deleted while assigning */
 #define ERR_METHOD             405001
 #define ERR_AUTH_THROTTLED     429004  /* too many failed authentications from this address */
@@ -406,8 +406,9 @@ static bool dps_x509_matches(struct dps_req *r, const char *const pems[2], bool 
 
 static void dps_after_auth(struct dps_ctx *c);
 
-/* Failed authentications per source address: an IPv4 address, or the /64 of
- * an IPv6 one (a host usually holds a whole /64). */
+/* Failed authentications per source address: an IPv4 address (also when a
+ * dual-stack listener shows it as ::ffff:a.b.c.d), or the /64 of an IPv6 one
+ * (a host usually holds a whole /64). */
 static void dps_source_key(struct dps_req *r, char *out, size_t outlen)
 {
     struct evhttp_connection *conn = evhttp_request_get_connection(r->ev);
@@ -421,6 +422,11 @@ static void dps_source_key(struct dps_req *r, char *out, size_t outlen)
         return;
     }
     if (strchr(addr, ':') && inet_pton(AF_INET6, addr, a6) == 1) {
+        if (IN6_IS_ADDR_V4MAPPED((struct in6_addr *)a6)) {
+            /* an IPv4 client of a dual-stack listener: its own address */
+            if (inet_ntop(AF_INET, a6 + 12, out, (socklen_t)outlen))
+                return;
+        }
         memset(a6 + 8, 0, 8);
         if (inet_ntop(AF_INET6, a6, out, (socklen_t)outlen))
             return;
@@ -500,6 +506,25 @@ static void dps_ctx_matched(struct dps_ctx *c, const PGresult *res, int i, X509 
     }
 }
 
+/* Whether a group of another owner than row `first - 1`'s, among rows
+ * [first, n), also accepts the device's certificate chain. */
+static bool dps_x509_other_owner(struct dps_ctx *c, const PGresult *res, int first, int n)
+{
+    const char *owner = PQgetvalue(res, first - 1, EC_OWNER);
+    for (int i = first; i < n; i++) {
+        const char *cred[2] = {dps_pg_val(res, i, EC_PRIMARY), dps_pg_val(res, i, EC_SECONDARY)};
+        X509 *signer = NULL;
+        bool ok;
+        if (strcmp(PQgetvalue(res, i, EC_KIND), "group") != 0 || strcmp(PQgetvalue(res, i, EC_OWNER), owner) == 0)
+            continue;
+        ok = dps_x509_matches(c->r, cred, true, &signer);
+        X509_free(signer);
+        if (ok)
+            return true;
+    }
+    return false;
+}
+
 static void dps_on_enrollments(const struct pgq_result *q, void *arg)
 {
     struct dps_ctx *c = arg;
@@ -521,6 +546,14 @@ static void dps_on_enrollments(const struct pgq_result *q, void *arg)
             /* only an individual enrollment of another owner gets here */
             X509_free(signer);
             dps_auth_failed(c, ERR_UNAUTHORIZED, "owner", NULL);
+            return;
+        }
+        if (!row_owner && c->x509 && group && dps_x509_other_owner(c, q->res, i + 1, n)) {
+            /* two owners' groups trust the same CA: which tenant a new device
+             * belongs to would be an accident of ordering, so neither */
+            log_warn("event=dps_x509_ambiguous_owner dps=%s group=%s", r->dps->id, PQgetvalue(q->res, i, EC_ID));
+            X509_free(signer);
+            dps_auth_failed(c, ERR_UNAUTHORIZED, "ambiguous_owner", NULL);
             return;
         }
         dps_ctx_matched(c, q->res, i, signer);
@@ -662,12 +695,14 @@ static void dps_on_row(const struct pgq_result *q, void *arg)
     json_t *state;
     if (!dps_ctx_db_ok(c, q, "status"))
         return;
-    if (PQntuples(q->res) == 0 ||
-        (c->route == ROUTE_OPERATION && strcmp(PQgetvalue(q->res, 0, RC_OP), c->op) != 0)) {
-        if (c->route == ROUTE_OPERATION)
-            dps_reply_error(r, 404, ERR_UNKNOWN_OPERATION, "operation '%s' is unknown", c->op);
-        else
-            dps_reply_error(r, 404, ERR_NOT_REGISTERED, "'%s' has never registered", c->regid);
+    if (PQntuples(q->res) == 0) {
+        /* never registered (an individual enrollment authenticates without a
+         * row), deleted, or another owner's: the answer of a wrong key */
+        dps_auth_failed(c, ERR_UNAUTHORIZED, "no_row", NULL);
+        return;
+    }
+    if (c->route == ROUTE_OPERATION && strcmp(PQgetvalue(q->res, 0, RC_OP), c->op) != 0) {
+        dps_reply_error(r, 404, ERR_UNKNOWN_OPERATION, "operation '%s' is unknown", c->op);
         dps_ctx_free(c);
         return;
     }

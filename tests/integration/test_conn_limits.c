@@ -504,6 +504,38 @@ static const char *head_only(int port, bool tls, const char *head, int want_stat
     return answer_body(buf);
 }
 
+/* A head with a NUL (or another control byte) in it: the guard reads heads
+ * as C strings and evhttp line by line, so such a head would be two
+ * different requests to them. Refused with 400 and closed, on both daemons. */
+static void check_head_control_byte(int port, bool tls, const char *what)
+{
+    static const char heads[][96] = {
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX: a\0b\r\nContent-Length: 50\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\n\0\r\nPUT /v1/tenants HTTP/1.1\r\nContent-Length: 9\r\n\r\n",
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX: \x01\r\n\r\n",
+    };
+    static const size_t lens[] = {62, 82, 40};
+    char buf[8192];
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        struct rc *c = rc_open(port, tls);
+        if (!rc_send(c, heads[i], lens[i]))
+            ts_fail("%s: sending head %zu", what, i);
+        rc_read(c, buf, sizeof buf, 5000, true);
+        if (answer_status(buf) != 400 || !rc_wait_closed(c, 5000))
+            ts_fail("%s: head %zu with a control byte: expected 400 and a close, got '%s'", what, i, buf);
+        if (strstr(buf, "HTTP/1.1 2") || strstr(buf + 4, "HTTP/1."))
+            ts_fail("%s: head %zu was answered as more than one request: '%s'", what, i, buf);
+        rc_close(c);
+    }
+}
+
+static void test_head_control_bytes(void **state)
+{
+    (void)state;
+    check_head_control_byte(cp->port, false, "control plane");
+    check_head_control_byte(st->port, true, "stamp");
+}
+
 static void test_before_body_controlplane(void **state)
 {
     (void)state;
@@ -878,6 +910,7 @@ int main(void)
         cmocka_unit_test(test_cap_stamp),
         cmocka_unit_test(test_before_body_controlplane),
         cmocka_unit_test(test_before_body_stamp),
+        cmocka_unit_test(test_head_control_bytes),
         cmocka_unit_test(test_slowloris_controlplane),
         cmocka_unit_test(test_slowloris_stamp),
         cmocka_unit_test(test_idle),

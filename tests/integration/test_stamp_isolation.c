@@ -18,6 +18,7 @@
  *     group -> X.509 group); a hand-made enrollment owns its rows alone;
  *   - a disabled individual enrollment blocks the group-derived key;
  *   - deleting the registration through the service API frees the id;
+ *   - two tenants' X.509 groups trusting one CA: a new device is refused;
  *   - a junk flood from 127.0.0.2 is cut by the per-address failure limit
  *     and spends none of the instance's registration budget: a device from
  *     127.0.0.1 registers, polls and looks up as usual.
@@ -448,6 +449,29 @@ static void test_delete_frees_the_id(void **state)
         ts_fail("v-del: expected tenant-b to own it after the delete, got %s", r ? r : "(none)");
 }
 
+/* Two tenants' X.509 groups trusting one CA (a shared intermediate): a new
+ * device of that CA belongs to neither, rather than to whichever group id
+ * sorts first. Devices already registered keep their owner. */
+static void test_shared_ca_is_ambiguous(void **state)
+{
+    struct cred c = x509_cred("amb-1", "amb-1", ca_a, ca_a_key);
+    const char *groups;
+    (void)state;
+    x509_group("tenant-c-x509", "tenant-c", ca_a);
+    groups = enrollments();
+    expect_refused(device_call(ROUTE_REGISTER, "amb-1", NULL, &c), "a new device of a CA two tenants trust");
+    assert_null(row("amb-1"));
+    expect_victims_unchanged("a second owner of tenant A's CA", groups);
+    {
+        struct cred v = x509_cred("v-x509-again", "v-x509", ca_a, ca_a_key);
+        provision("v-x509", &v, "assigned");
+    }
+    TS_EXPECT_STATUS(ts_stamp_service(st, NULL, "DELETE", "/enrollmentGroups/tenant-c-x509" API, NULL), 204);
+    provision("amb-1", &c, "assigned");
+    TS_EXPECT_STREQ(ts_pg_scalar(st->db, "SELECT owner FROM dps_registrations WHERE registration_id = 'amb-1'"),
+                    "tenant:tenant-a");
+}
+
 /* A junk flood from 127.0.0.2: cut by the per-address failure limit, no
  * registration budget spent; a device from 127.0.0.1 is not throttled. */
 static void test_junk_flood(void **state)
@@ -540,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_same_tenant_move_and_handmade),
         cmocka_unit_test(test_disabled_individual_blocks_group_key),
         cmocka_unit_test(test_delete_frees_the_id),
+        cmocka_unit_test(test_shared_ca_is_ambiguous),
         cmocka_unit_test(test_junk_flood),
     };
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
