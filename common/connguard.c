@@ -44,6 +44,7 @@ struct connguard {
     char name[32];
     struct connguard_stats st;
     int64_t last_cap_log_ms;
+    bool freeing;                   /* connguard_free ran: the last connection frees the guard */
 };
 
 struct cg_conn {
@@ -824,7 +825,7 @@ static void cg_conn_free(void *arg)
     if (c->out_cb)
         evbuffer_remove_cb_entry(bufferevent_get_output(c->transport), c->out_cb);
     event_free(c->kick);
-    if (c->refused)
+    if (c->refused && !c->g->freeing)
         cg_linger(c);
     if (c->over_cap)
         c->g->st.refusing--;
@@ -834,6 +835,10 @@ static void cg_conn_free(void *arg)
     evbuffer_free(c->head);
     if (c->pending)
         evbuffer_free(c->pending);
+    /* At shutdown the daemon frees the guard before the event base frees the
+     * connections still open: the last of them frees the guard. */
+    if (c->g->freeing && c->g->st.open <= 0 && c->g->st.refusing <= 0)
+        free(c->g);
     free(c);
 }
 
@@ -937,6 +942,10 @@ void connguard_free(struct connguard *g)
         return;
     while (!LIST_EMPTY(&g->lingering))
         cg_linger_end(LIST_FIRST(&g->lingering));
+    if (g->st.open > 0 || g->st.refusing > 0) {
+        g->freeing = true;          /* cg_conn_free of the last connection frees it */
+        return;
+    }
     free(g);
 }
 

@@ -106,7 +106,9 @@ struct connguard_stats {
 struct connguard;
 
 struct connguard *connguard_new(struct event_base *base, const struct connguard_opts *o) MUSTCHECK;
-/* Free the guard; evhttp_free() every evhttp using it first. */
+/* Free the guard; evhttp_free() every evhttp using it first. Connections
+ * evhttp leaves to the event base (freed by event_base_free()) keep the guard
+ * alive: the last of them frees it. */
 void connguard_free(struct connguard *g);
 
 /*
