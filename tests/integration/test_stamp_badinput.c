@@ -6,7 +6,7 @@
  * wrong ID scope 404, a token for another device 401, an expired token 401,
  * a malformed Authorization 401, no credential 401, a wrong key 401, a body
  * that is not JSON 400, another registrationId in the body 400, a body over
- * 96 KB 413, an unknown operation id 404, a service call signed with a wrong
+ * 96 KB 413, a poll before registering 401, an unknown operation id 404, a service call signed with a wrong
  * policy key 401. Afterwards the agent is alive (/healthz), a good device
  * still provisions, and ts_finish finds no sanitizer report in its log.
  */
@@ -120,9 +120,20 @@ static void test_device_bodies(void **state)
     strcpy(big + off + n, "\"}}");
     expect_dps_error(ts_stamp_register(st, SCOPE, "dev-b-1", sas, big), 413, 0, "body over 96 KB");
     assert_int_equal(ts_pg_count(st->db, "SELECT count(*) FROM dps_registrations"), 0);
-    /* an unknown operation id (the device is authenticated) */
-    expect_dps_error(ts_stamp_operation(st, SCOPE, "dev-b-1", "5.0000000000000000.nosuchop", sas), 404, 0,
+    /* a poll of a device that never registered: the answer of a wrong key, so
+     * that no answer tells whether an id exists (docs/stamp-dps.md) */
+    expect_dps_error(ts_stamp_operation(st, SCOPE, "dev-b-1", "5.0000000000000000.nosuchop", sas), 401, 401002,
+                     "poll of a device that never registered");
+    /* registered: an unknown operation id of the authenticated device is 404 */
+    {
+        struct ts_resp *r = ts_stamp_register(st, SCOPE, "dev-b-1", sas, NULL);
+        if (r->status != 202)
+            ts_fail("register dev-b-1: expected 202, got %s", ts_resp_str(r));
+    }
+    expect_dps_error(ts_stamp_operation(st, SCOPE, "dev-b-1", "5.0000000000000000.nosuchop", sas), 404, 404003,
                      "unknown operation id");
+    /* gone again (service API), so the last test sees a first assignment */
+    TS_EXPECT_STATUS(ts_stamp_service(st, NULL, "DELETE", "/registrations/dev-b-1?api-version=2021-10-01", NULL), 204);
 }
 
 static void test_service_auth(void **state)
