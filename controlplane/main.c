@@ -234,7 +234,13 @@ static void cp_free(struct cp *cp)
     if (cp->sig_term) event_free(cp->sig_term);
     if (cp->sig_int) event_free(cp->sig_int);
     if (cp->sig_hup) event_free(cp->sig_hup);
-    if (cp->base) event_base_free(cp->base);
+    if (cp->base) {
+        /* Connections freed above (evhttp's, the outbound calls') finish
+         * freeing in deferred callbacks: let those run before the base goes. */
+        for (int i = 0; i < 4; i++)
+            event_base_loop(cp->base, EVLOOP_NONBLOCK);
+        event_base_free(cp->base);
+    }
     pseudonym_clear(&cp->pseudo);
     envelope_free(cp->env);
     cp_config_free(&cp->cfg);

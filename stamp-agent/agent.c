@@ -329,8 +329,12 @@ void agent_free(struct agent *a)
     agent_event_free(&a->sigint);
     agent_event_free(&a->sighup);
     agent_event_free(&a->shutdown_timer);
-    if (a->base)
+    if (a->base) {
+        /* connections freed above finish freeing in deferred callbacks */
+        for (int i = 0; i < 4; i++)
+            event_base_loop(a->base, EVLOOP_NONBLOCK);
         event_base_free(a->base);
+    }
     a->base = NULL;
     agent_load_free(&a->load);
     free(a->key);
