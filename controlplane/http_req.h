@@ -18,6 +18,7 @@
 #include "cp.h"
 #include "jsonv.h"
 #include "pgpool.h"
+#include "principal.h"
 
 #define CPREQ_MAX_SEGS 6
 
@@ -35,6 +36,7 @@ struct cp_req {
     int64_t start_ms;
     const void *route;               /* the matched resource, for handlers */
     char *json_text;                 /* scratch owned by the request, freed with it */
+    struct principal who;            /* the authenticated caller (principal.h); kind NONE on device routes */
 };
 
 /* Build the context for an incoming request; NULL means it was answered already. */

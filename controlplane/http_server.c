@@ -70,6 +70,9 @@ static void http_route(struct cp_req *r)
                               "a valid operator token is required (Authorization: Bearer <token>)");
             return;
         }
+        r->who.kind = PRINCIPAL_OPERATOR;
+        r->who.scopes = SCOPE_ALL;
+        snprintf(r->who.name, sizeof r->who.name, "operator token");
         if (r->nsegs == 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
             api_inventory_devices(r, r->segs[2]);
             return;
