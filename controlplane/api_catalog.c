@@ -63,11 +63,40 @@ static void cat_decorate(struct cp *cp, json_t *item)
     }
 }
 
+/*
+ * A tenant key reads only the layout inside its residency: the item's
+ * geography (its own id, its "geography", or its stamp's) must be one of
+ * the tenant's. Stamps' load (counts across every tenant) is not shown.
+ */
+static bool cat_visible(struct cp_req *r, const struct catalog_resource *res, json_t *item)
+{
+    const struct principal *p = &r->who;
+    const char *geo = NULL, *stamp;
+    if (principal_is_platform(p))
+        return true;
+    if (strcmp(res->collection, "geographies") == 0) {
+        geo = json_string_value(json_object_get(item, "id"));
+    } else if (json_is_string(json_object_get(item, "geography"))) {
+        geo = json_string_value(json_object_get(item, "geography"));
+    } else if ((stamp = json_string_value(json_object_get(item, "stamp")))) {
+        struct layout *l = layouts_current(r->cp->layouts);
+        const struct layout_stamp *st = l ? layout_find_stamp(l, stamp) : NULL;
+        geo = st ? st->geo : NULL;
+    }
+    for (int i = 0; geo && i < p->nresidency; i++)
+        if (strcmp(p->residency[i], geo) == 0) {
+            if (res->live_health)
+                json_object_set_new(item, "load", json_null());
+            return true;
+        }
+    return false;
+}
+
 /* Reply with one resource row (JSON text built by PostgreSQL). */
 static void cat_reply_row(struct cat_op *op, int status, const char *text)
 {
     json_t *item;
-    if (!op->res->live_health) {
+    if (!op->res->live_health && principal_is_platform(&op->r->who)) {
         cpreq_reply_text(op->r, status, text, strlen(text));
         return;
     }
@@ -76,7 +105,13 @@ static void cat_reply_row(struct cat_op *op, int status, const char *text)
         cpreq_reply_error(op->r, 500, "internal", NULL, "the database returned a malformed row");
         return;
     }
-    cat_decorate(op->r->cp, item);
+    if (op->res->live_health)
+        cat_decorate(op->r->cp, item);
+    if (!cat_visible(op->r, op->res, item)) {
+        json_decref(item);
+        cpreq_reply_error(op->r, 404, "not_found", NULL, "no %s '%s'", op->res->noun, op->id);
+        return;
+    }
     cpreq_reply_json(op->r, status, item);
 }
 
@@ -166,6 +201,10 @@ static void cat_on_list(const struct pgq_result *q, void *arg)
         if (!item) continue;
         if (op->res->live_health)
             cat_decorate(r->cp, item);
+        if (!cat_visible(r, op->res, item)) {   /* a tenant key's page may hold fewer than limit items */
+            json_decref(item);
+            continue;
+        }
         json_array_append_new(items, item);
     }
     body = list_page_body(items, "c1", n > op->limit ? PQgetvalue(q->res, op->limit - 1, 1) : NULL);

@@ -936,6 +936,10 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
     }
     if (h && strncasecmp(h, "Bearer ", 7) == 0) {
         const char *tok = h + 7;
+        if (d->r->who.kind == PRINCIPAL_KEY) {
+            d->auth = AUTH_OPERATOR;   /* an API key the gate verified, for this tenant, with provision:on-behalf */
+            return true;
+        }
         if (cpreq_is_operator(d->r)) {
             d->auth = AUTH_OPERATOR;
             return true;
@@ -1108,4 +1112,6 @@ void api_devices_on_invalidate(struct cp *cp, const char *payload)
     }
     else if (sscanf(payload, "%15s %63s", kind, a) == 2 && strcmp(kind, "tenant") == 0)
         tenants_forget(cp->tenants, a);
+    else if (sscanf(payload, "%15s %63s", kind, a) == 2 && strcmp(kind, "apikey") == 0)
+        apikeys_forget(cp->keys, a);
 }

@@ -22,6 +22,7 @@ struct inv_op {
     json_t *rows;       /* list: [json, ...]; counts: per-geo results */
     json_t *counts;
     char *tenant;       /* counts: ?tenant=, or NULL */
+    bool tenant_key;    /* counts: the caller is a tenant key (hubs hold other tenants' devices: not shown) */
 };
 
 static int inv_cmp_regid(const void *a, const void *b)
@@ -179,7 +180,7 @@ static void inv_counts_finish(struct inv_op *op)
         json_t *h;
         size_t k;
         if (!e || !e->load) continue;
-        json_array_foreach(json_object_get(e->load, "hubs"), k, h)
+        json_array_foreach(op->tenant_key ? NULL : json_object_get(e->load, "hubs"), k, h)
             json_array_append_new(hubs, json_pack("{s:s, s:O, s:O}", "stamp", l->stamps[s].id, "hub",
                                                   json_object_get(h, "id"), "devices", json_object_get(h, "devices")));
         /* Devices per enrollment group: each tenant's group carries the tenant's id. */
@@ -248,11 +249,18 @@ void api_inventory_counts(struct cp_req *r)
             cpreq_reply_error(r, 400, "invalid_query", "tenant", "'tenant' must be an id");
             return;
         }
+        if (!principal_sees_tenant(&r->who, s)) {
+            cpreq_reply_error(r, 404, "not_found", "tenant", "no such tenant");
+            return;
+        }
         values[0] = s;
+    } else if (r->who.tenant[0]) {
+        values[0] = r->who.tenant;   /* a tenant key counts its own tenant only */
     }
     op = xcalloc(1, sizeof *op);
     op->r = r;
     op->tenant = values[0] ? xstrdup(values[0]) : NULL;
+    op->tenant_key = r->who.tenant[0] != '\0';
     op->rows = json_array();
     op->pending = 1;
     for (int i = 0; i < r->cp->cfg.n_geos; i++) {

@@ -350,7 +350,7 @@ static void tenant_on_list(const struct pgq_result *q, void *arg)
 static void tenant_list(struct cp_req *r)
 {
     static const char *const allowed[] = {"limit", "cursor", NULL};
-    const char *values[2];
+    const char *values[3];
     struct list_page pg;
     struct tenant_op *op;
     char *q;
@@ -359,12 +359,13 @@ static void tenant_list(struct cp_req *r)
         return;
     values[0] = list_page_after(&pg);
     values[1] = pg.fetch;
+    values[2] = r->who.tenant;   /* a tenant key lists its own tenant only */
     op = xcalloc(1, sizeof *op);
     op->r = r;
     op->limit = pg.limit;
     q = xasprintf("SELECT %s, t.id FROM tenants t WHERE t.deleted_at IS NULL AND ($1::text IS NULL OR t.id > $1) "
-                  "ORDER BY t.id LIMIT $2", tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_list, op))
+                  "AND ($3 = '' OR t.id = $3) ORDER BY t.id LIMIT $2", tenant_public_sql);
+    if (!pgpool_query(r->cp->global, q, 3, values, tenant_on_list, op))
         tenant_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(q);
 }

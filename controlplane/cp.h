@@ -9,6 +9,7 @@
 #include <event2/http.h>
 #include <stdbool.h>
 
+#include "apikeys.h"
 #include "assign_cache.h"
 #include "cp_config.h"
 #include "dps_client.h"
@@ -37,6 +38,7 @@ struct cp {
     struct loadtable *lt;
     struct redisfeed *feed;
     struct tenants *tenants;
+    struct apikeys *keys;                     /* API key verification (apikeys.h) */
     struct layouts *layouts;
     struct assign_cache *cache;
     struct dps_client *dps;                   /* proxy provisioning; NULL if it could not be set up */

@@ -1,10 +1,9 @@
 /*
  * http_server.c - evhttp setup and routing.
  *
- * Routes:  GET /healthz, GET /readyz  (no token)
- *          /v1/<collection>[/<id>]     (operator token)
- * The token is checked before the route is looked up, so an unauthenticated
- * caller learns nothing about which routes exist.
+ * Every request goes through the gate (gate.h) to its route (routes.h);
+ * this file owns the listener, its TLS and connection guard, and the
+ * credential check made from the headers before a body is read.
  */
 #include "http_server.h"
 
@@ -12,98 +11,13 @@
 #include <string.h>
 #include <strings.h>
 
-#include "api_catalog.h"
-#include "api_devices.h"
-#include "api_inventory.h"
-#include "api_probes.h"
-#include "api_tenants.h"
 #include "connguard.h"
-#include "cp_secrets.h"
+#include "gate.h"
 #include "http_req.h"
 #include "httputil.h"
 #include "log.h"
 #include "sas.h"
 #include "tls.h"
-
-/* GET /v1/dps-instances/{id}/enrollment-sync: the reconciler's last word on it. */
-static void http_sync_status(struct cp_req *r, const char *id)
-{
-    json_t *st;
-    if (r->method != EVHTTP_REQ_GET) {
-        cpreq_add_header(r, "Allow", "GET");
-        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET");
-        return;
-    }
-    if (!(st = enroll_sync_status(r->cp->sync, id))) {
-        cpreq_reply_error(r, 404, "not_found", NULL,
-                          "no enrollment sync state for '%.64s' (unknown, no service credentials, or no pass yet)", id);
-        return;
-    }
-    cpreq_reply_json(r, 200, st);
-}
-
-static void http_route(struct cp_req *r)
-{
-    const struct catalog_resource *res;
-
-    if (r->nsegs == 1 && (strcmp(r->segs[0], "healthz") == 0 || strcmp(r->segs[0], "readyz") == 0)) {
-        if (r->method != EVHTTP_REQ_GET) {
-            cpreq_add_header(r, "Allow", "GET");
-            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET");
-        } else if (r->segs[0][0] == 'h') {
-            api_probes_healthz(r);
-        } else {
-            api_probes_readyz(r);
-        }
-        return;
-    }
-    /* Devices authenticate themselves (SAS, installer token) on their own routes. */
-    if (r->nsegs >= 4 && strcmp(r->segs[0], "v1") == 0 && strcmp(r->segs[1], "tenants") == 0 &&
-        strcmp(r->segs[3], "registrations") == 0) {
-        api_devices_registration(r, r->segs[2], r->segs + 3, r->nsegs - 3);
-        return;
-    }
-    if (r->nsegs >= 1 && strcmp(r->segs[0], "v1") == 0) {
-        if (!cpreq_is_operator(r)) {
-            cpreq_add_header(r, "WWW-Authenticate", "Bearer");
-            cpreq_reply_error(r, 401, "unauthorized", NULL,
-                              "a valid operator token is required (Authorization: Bearer <token>)");
-            return;
-        }
-        r->who.kind = PRINCIPAL_OPERATOR;
-        r->who.scopes = SCOPE_ALL;
-        snprintf(r->who.name, sizeof r->who.name, "operator token");
-        if (r->nsegs == 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
-            api_inventory_devices(r, r->segs[2]);
-            return;
-        }
-        if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
-            api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
-            return;
-        }
-        if (r->nsegs == 4 && strcmp(r->segs[1], "dps-instances") == 0 && strcmp(r->segs[3], "enrollment-sync") == 0) {
-            http_sync_status(r, r->segs[2]);
-            return;
-        }
-        if (r->nsegs >= 3 && strcmp(r->segs[1], "admin") == 0) {
-            cp_secrets_handle(r, r->segs + 2, r->nsegs - 2);
-            return;
-        }
-        if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {
-            api_inventory_counts(r);
-            return;
-        }
-        if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {
-            api_tenants_handle(r, r->segs + 2, r->nsegs - 2);
-            return;
-        }
-        if ((r->nsegs == 2 || r->nsegs == 3) && (res = catalog_find(r->segs[1])) != NULL) {
-            api_catalog_handle(r, res, r->nsegs == 3 ? r->segs[2] : NULL);
-            return;
-        }
-    }
-    cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
-}
 
 /* A request the connection guard refused before its body (connguard.h):
  * answered with the error contract, and the connection closes after it. */
@@ -135,7 +49,7 @@ static void http_on_request(struct evhttp_request *ev, void *arg)
         cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
         return;
     }
-    http_route(r);
+    gate_dispatch(r);
 }
 
 /*
@@ -235,12 +149,11 @@ static bool http_head_check(void *arg, const struct connguard_head *h, struct co
         strcmp(segs[3], "registrations") == 0) {
         ok = http_check_device_auth(cp, auth, segs, nsegs, v);
     } else if (nsegs >= 1 && strcmp(segs[0], "v1") == 0) {
-        const char *tok = auth && strncasecmp(auth, "Bearer ", 7) == 0 ? auth + 7 : NULL;
-        while (tok && *tok == ' ') tok++;
-        if (!tok || !cp->cfg.operator_token || !util_secret_equal(tok, cp->cfg.operator_token)) {
+        if (!gate_admin_token_plausible(cp, auth)) {
             v->reason = CONNGUARD_UNAUTHORIZED;
             snprintf(v->code, sizeof v->code, "unauthorized");
-            snprintf(v->message, sizeof v->message, "a valid operator token is required (Authorization: Bearer <token>)");
+            snprintf(v->message, sizeof v->message,
+                     "a valid API key or the operator token is required (Authorization: Bearer <key>)");
             ok = false;
         }
     }

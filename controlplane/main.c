@@ -13,9 +13,10 @@
 #include "api_devices.h"
 #include "cp.h"
 #include "cp_secrets.h"
-#include "http_server.h"
 #include "http_call.h"
+#include "http_server.h"
 #include "log.h"
+#include "routes.h"
 #include "stampcheck.h"
 #include "util.h"
 
@@ -26,6 +27,8 @@ static void cp_usage(FILE *out)
     fprintf(out,
             "usage: controlplane --config FILE [--listen HOST:PORT] [--log-level LEVEL] [--check-config]\n"
             "       controlplane --config FILE --pseudonym TENANT/REGISTRATION_ID...\n"
+            "       controlplane --print-routes\n"
+            "  --print-routes prints the route table (method, path, scope, who may call it) as JSON.\n"
             "  --pseudonym prints the pseudonym (dev_...) that logs and Redis messages use for each device.\n"
             "  The operator token comes from the config's operatorToken or, overriding it,\n"
             "  the CONTROLPLANE_OPERATOR_TOKEN environment variable.\n");
@@ -224,6 +227,7 @@ static void cp_free(struct cp *cp)
     cp_secrets_free(cp->secrets);
     http_call_abort_all();
     pgpool_free(cp->global);
+    apikeys_free(cp->keys);   /* after its pool, which drops the queries in flight */
     for (int i = 0; i < cp->cfg.n_geos; i++) {
         pgbatch_free(cp->geo_lookup[i]);
         pgbatch_free(cp->geo_assign[i]);
@@ -254,6 +258,10 @@ int main(int argc, char **argv)
 
     memset(&cp, 0, sizeof cp);
     log_init("controlplane", LOG_INFO);
+    if (argc == 2 && strcmp(argv[1], "--print-routes") == 0) {
+        routes_print_json(stdout);   /* the route table, for tools and the isolation matrix test */
+        return 0;
+    }
     if (!cp_parse_args(argc, argv, &cp, &check_only)) {
         cp_config_free(&cp.cfg);
         return CP_EXIT_CONFIG;
@@ -341,6 +349,7 @@ int main(int argc, char **argv)
         cp.tenants = tenants_new(cp.global, &to);
     }
     tenants_set_envelope(cp.tenants, cp.env);
+    cp.keys = apikeys_new(cp.global);
     cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
     cp.secrets = cp_secrets_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);

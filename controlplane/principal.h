@@ -34,12 +34,18 @@ enum {
     SCOPE_ALL               = (1u << 10) - 1,
 };
 
+#define PRINCIPAL_MAX_GEOS 16
+
 struct principal {
     enum principal_kind kind;
     char key_id[40];          /* the API key's id; "" for the operator token */
     char name[129];           /* the key's name, or "operator token" */
     char tenant[64];          /* "" = platform credential; else the only tenant it may see */
     uint32_t scopes;          /* SCOPE_* bits */
+    int64_t expires_ms;       /* an API key's expiry (wall clock, ms); 0: none */
+    /* tenant keys: the tenant's residency geographies, which bound the layout they may read */
+    char residency[PRINCIPAL_MAX_GEOS][64];
+    int nresidency;
 };
 
 static inline bool principal_is_platform(const struct principal *p)
@@ -66,5 +72,12 @@ static inline const char *principal_label(const struct principal *p)
 {
     return p->kind == PRINCIPAL_OPERATOR ? "operator token" : p->name;
 }
+
+/* Scope words ("tenants:read") and bits; 0 / NULL when unknown. */
+uint32_t principal_scope_from_word(const char *word);
+const char *principal_scope_word(uint32_t bit);
+/* The scopes as a JSON-ready list of words (a new jansson array). */
+struct json_t;
+struct json_t *principal_scopes_json(uint32_t scopes);
 
 #endif

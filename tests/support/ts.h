@@ -358,6 +358,14 @@ int ts_controlplane_stop(struct ts_cp *cp, int timeout_ms);
 
 /* Admin call with the bearer token; json_body may be NULL (then no Content-Type). */
 struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path, const char *json_body);
+/* A call with Authorization: Bearer <bearer> (NULL: no Authorization). */
+struct ts_resp *ts_call(struct ts_cp *cp, const char *bearer, const char *method, const char *path,
+                        const char *json_body);
+/* POST /v1/api-keys as bearer (NULL: the operator token) for tenant (NULL: a
+ * platform key) with scopes_json (e.g. "[\"devices:read\"]"); must be 201.
+ * Returns the key (library-owned); *id_out (may be NULL) gets its id. */
+const char *ts_api_key(struct ts_cp *cp, const char *bearer, const char *tenant, const char *scopes_json,
+                       const char **id_out);
 /* A GET without token (probes). */
 struct ts_resp *ts_get(struct ts_cp *cp, const char *path);
 

@@ -220,6 +220,32 @@ struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path,
     return ts_http(cp->port, method, path, h_nobody, NULL, 0);
 }
 
+struct ts_resp *ts_call(struct ts_cp *cp, const char *bearer, const char *method, const char *path,
+                        const char *json_body)
+{
+    const char *auth = bearer ? ts_str("Authorization: Bearer %s", bearer) : NULL;
+    const char *h[3] = { NULL, NULL, NULL };
+    int n = 0;
+    if (auth)
+        h[n++] = auth;
+    if (json_body)
+        h[n++] = "Content-Type: application/json";
+    return ts_http(cp->port, method, path, h, json_body, json_body ? strlen(json_body) : 0);
+}
+
+const char *ts_api_key(struct ts_cp *cp, const char *bearer, const char *tenant, const char *scopes_json,
+                       const char **id_out)
+{
+    const char *body = tenant ? ts_str("{\"name\":\"k\",\"tenant\":\"%s\",\"scopes\":%s}", tenant, scopes_json)
+                              : ts_str("{\"name\":\"k\",\"tenant\":null,\"scopes\":%s}", scopes_json);
+    struct ts_resp *r = ts_call(cp, bearer ? bearer : cp->token, "POST", "/v1/api-keys", body);
+    if (r->status != 201 || !ts_jstr(r->json, "key"))
+        ts_fail("POST /v1/api-keys %s: %s", body, ts_resp_str(r));
+    if (id_out)
+        *id_out = ts_str("%s", ts_jstr(r->json, "id"));
+    return ts_str("%s", ts_jstr(r->json, "key"));
+}
+
 struct ts_resp *ts_get(struct ts_cp *cp, const char *path)
 {
     return ts_http(cp->port, "GET", path, NULL, NULL, 0);

@@ -1,0 +1,329 @@
+/*
+ * apikeys.c - API key verification with a short-lived cache (apikeys.h).
+ *
+ * Each entry is the key's row as last read (or "no such key"), valid for
+ * APIKEYS_FRESH_MS. A verification with a fresh entry is decided in memory;
+ * otherwise it waits for the one query in flight for that id. A forget()
+ * during a query marks the entry so that the answer of that query, which
+ * may predate the change, is not used: the query is made again.
+ *
+ * Ids never seen before cost a query each, so their fetches take a token
+ * from a small bucket (made-up keys must not turn into a flood of queries);
+ * beyond it such a key is refused without one.
+ */
+#include "apikeys.h"
+
+#include <openssl/crypto.h>
+#include <openssl/sha.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "strmap.h"
+#include "util.h"
+
+#define APIKEYS_MAX_ENTRIES 10000
+#define APIKEYS_UNKNOWN_RATE 200.0     /* fetches of uncached ids per second */
+#define APIKEYS_UNKNOWN_BURST 400.0
+
+struct ak_waiter {
+    char sha[65];
+    apikeys_cb cb;
+    void *arg;
+    struct ak_waiter *next;
+};
+
+struct ak_entry {
+    struct apikeys *owner;
+    char id[APIKEY_ID_LEN + 1];
+    bool found;                 /* the row exists */
+    bool usable;                /* not revoked, and its tenant not removed */
+    struct principal p;
+    char sha[65], prev_sha[65];
+    int64_t prev_until_ms;      /* wall clock; 0: no previous secret */
+    int64_t expires_ms;         /* wall clock; 0: never */
+    int64_t fetched_mono;       /* 0: never fetched (or forgotten) */
+    bool fetching, refetch;
+    bool orphan;                /* dropped from the map while its query ran: the callback frees it */
+    struct ak_waiter *waiters;
+};
+
+struct apikeys {
+    struct pgpool *global;
+    struct strmap *entries;     /* id -> struct ak_entry */
+    double tokens;
+    int64_t tokens_at;
+    bool freeing;
+};
+
+static const char ak_fetch_sql[] =
+    "SELECT k.name, coalesce(k.tenant_id, ''), array_to_string(k.scopes, ' '), "
+    "encode(k.secret_sha256, 'hex'), coalesce(encode(k.previous_sha256, 'hex'), ''), "
+    "coalesce((extract(epoch FROM k.previous_valid_until) * 1000)::bigint, 0), "
+    "coalesce((extract(epoch FROM k.expires_at) * 1000)::bigint, 0), "
+    "k.revoked_at IS NULL AND (k.tenant_id IS NULL OR (t.id IS NOT NULL AND t.deleted_at IS NULL)), "
+    "coalesce(array_to_string(t.residency_geographies, ' '), '') "
+    "FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1";
+
+struct apikeys *apikeys_new(struct pgpool *global)
+{
+    struct apikeys *k = xcalloc(1, sizeof *k);
+    k->global = global;
+    k->entries = strmap_new();
+    k->tokens = APIKEYS_UNKNOWN_BURST;
+    k->tokens_at = util_mono_ms();
+    return k;
+}
+
+static void ak_waiters_free(struct ak_entry *e)
+{
+    struct ak_waiter *w, *n;
+    for (w = e->waiters; w; w = n) {
+        n = w->next;
+        free(w);
+    }
+    e->waiters = NULL;
+}
+
+/* Removal from the map. An entry whose query is in flight stays alive, with
+ * its waiters, until that query's callback has answered them. At shutdown
+ * (the pools, freed first, dropped the callbacks) everything goes. */
+static void ak_entry_free(void *v)
+{
+    struct ak_entry *e = v;
+    if (e->fetching && !e->owner->freeing) {
+        e->orphan = true;
+        return;
+    }
+    ak_waiters_free(e);
+    free(e);
+}
+
+void apikeys_free(struct apikeys *k)
+{
+    if (!k)
+        return;
+    k->freeing = true;   /* the global pool is freed before this: no callback will come */
+    strmap_free(k->entries, ak_entry_free);
+    free(k);
+}
+
+bool apikeys_parse(const char *token, char id[APIKEY_ID_LEN + 1], char secret[APIKEY_SECRET_LEN + 1])
+{
+    const char *p;
+    if (!token || strncmp(token, APIKEY_PREFIX, 4) != 0)
+        return false;
+    p = token + 4;
+    for (int i = 0; i < APIKEY_ID_LEN; i++)
+        if (!((p[i] >= '0' && p[i] <= '9') || (p[i] >= 'a' && p[i] <= 'f')))
+            return false;
+    if (p[APIKEY_ID_LEN] != '_')
+        return false;
+    for (int i = 0; i < APIKEY_SECRET_LEN; i++) {
+        char c = p[APIKEY_ID_LEN + 1 + i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return false;
+    }
+    if (p[APIKEY_ID_LEN + 1 + APIKEY_SECRET_LEN] != '\0')
+        return false;
+    memcpy(id, p, APIKEY_ID_LEN);
+    id[APIKEY_ID_LEN] = '\0';
+    memcpy(secret, p + APIKEY_ID_LEN + 1, APIKEY_SECRET_LEN);
+    secret[APIKEY_SECRET_LEN] = '\0';
+    return true;
+}
+
+void apikeys_hash_hex(const char *secret, char out[65])
+{
+    unsigned char d[SHA256_DIGEST_LENGTH];
+    SHA256((const unsigned char *)secret, strlen(secret), d);
+    for (int i = 0; i < SHA256_DIGEST_LENGTH; i++)
+        snprintf(out + 2 * i, 3, "%02x", d[i]);
+}
+
+static bool ak_fresh(const struct ak_entry *e)
+{
+    return e->fetched_mono > 0 && util_mono_ms() - e->fetched_mono < APIKEYS_FRESH_MS;
+}
+
+static enum apikey_verdict ak_decide(const struct ak_entry *e, const char *sha)
+{
+    int64_t now = util_wall_ms();
+    if (!e->found || !e->usable)
+        return APIKEY_INVALID;
+    if (e->expires_ms && now >= e->expires_ms)
+        return APIKEY_INVALID;
+    if (CRYPTO_memcmp(sha, e->sha, 64) == 0)
+        return APIKEY_OK;
+    if (e->prev_sha[0] && now < e->prev_until_ms && CRYPTO_memcmp(sha, e->prev_sha, 64) == 0)
+        return APIKEY_OK;
+    return APIKEY_INVALID;
+}
+
+/* Fill the entry from the row (or mark it absent). */
+static void ak_load_row(struct ak_entry *e, const PGresult *res)
+{
+    char *scopes, *geos, *save = NULL, *w;
+    memset(&e->p, 0, sizeof e->p);
+    e->found = PQntuples(res) == 1;
+    e->usable = false;
+    if (!e->found)
+        return;
+    e->p.kind = PRINCIPAL_KEY;
+    snprintf(e->p.key_id, sizeof e->p.key_id, "%s", e->id);
+    snprintf(e->p.name, sizeof e->p.name, "%s", PQgetvalue(res, 0, 0));
+    snprintf(e->p.tenant, sizeof e->p.tenant, "%s", PQgetvalue(res, 0, 1));
+    scopes = xstrdup(PQgetvalue(res, 0, 2));
+    for (w = strtok_r(scopes, " ", &save); w; w = strtok_r(NULL, " ", &save))
+        e->p.scopes |= principal_scope_from_word(w);
+    free(scopes);
+    snprintf(e->sha, sizeof e->sha, "%s", PQgetvalue(res, 0, 3));
+    snprintf(e->prev_sha, sizeof e->prev_sha, "%s", PQgetvalue(res, 0, 4));
+    e->prev_until_ms = strtoll(PQgetvalue(res, 0, 5), NULL, 10);
+    e->expires_ms = strtoll(PQgetvalue(res, 0, 6), NULL, 10);
+    e->p.expires_ms = e->expires_ms;
+    e->usable = strcmp(PQgetvalue(res, 0, 7), "t") == 0;
+    geos = xstrdup(PQgetvalue(res, 0, 8));
+    save = NULL;
+    for (w = strtok_r(geos, " ", &save); w && e->p.nresidency < PRINCIPAL_MAX_GEOS; w = strtok_r(NULL, " ", &save))
+        snprintf(e->p.residency[e->p.nresidency++], sizeof e->p.residency[0], "%s", w);
+    free(geos);
+}
+
+static void ak_fetch(struct apikeys *k, struct ak_entry *e);
+
+static void ak_on_fetched(const struct pgq_result *q, void *arg)
+{
+    struct ak_entry *e = arg;
+    struct apikeys *k = e->owner;
+    struct ak_waiter *w, *n;
+    bool ok = q->status == PGQ_OK;
+
+    e->fetching = false;
+    if (ok && e->refetch) {
+        e->refetch = false;
+        ak_fetch(k, e);   /* a change was announced while this query ran: its answer may predate it */
+        return;
+    }
+    if (ok) {
+        ak_load_row(e, q->res);
+        e->fetched_mono = util_mono_ms();
+    } else {
+        log_warn("event=apikey_fetch_failed status=%d error=\"%.200s\"", (int)q->status,
+                 q->message ? q->message : "");
+    }
+    w = e->waiters;
+    e->waiters = NULL;
+    for (; w; w = n) {
+        n = w->next;
+        if (!ok)
+            w->cb(APIKEY_UNAVAILABLE, NULL, w->arg);
+        else {
+            enum apikey_verdict v = ak_decide(e, w->sha);
+            w->cb(v, v == APIKEY_OK ? &e->p : NULL, w->arg);
+        }
+        free(w);
+    }
+    if (e->orphan)
+        free(e);
+}
+
+static void ak_fetch(struct apikeys *k, struct ak_entry *e)
+{
+    const char *values[1] = {e->id};
+    e->fetching = true;
+    if (!pgpool_query(k->global, ak_fetch_sql, 1, values, ak_on_fetched, e)) {
+        struct pgq_result q = {.status = PGQ_UNAVAILABLE, .message = "pool closing"};
+        ak_on_fetched(&q, e);
+    }
+}
+
+/* Room for one more entry: drop those not fresh and not in use. */
+static void ak_make_room(struct apikeys *k)
+{
+    if (strmap_count(k->entries) < APIKEYS_MAX_ENTRIES)
+        return;
+    strmap_clear(k->entries, ak_entry_free);   /* in-flight entries are freed by their callbacks */
+    log_warn("event=apikey_cache_cleared entries=%d", APIKEYS_MAX_ENTRIES);
+}
+
+static bool ak_take_unknown_token(struct apikeys *k)
+{
+    int64_t now = util_mono_ms();
+    k->tokens += (double)(now - k->tokens_at) * APIKEYS_UNKNOWN_RATE / 1000.0;
+    if (k->tokens > APIKEYS_UNKNOWN_BURST)
+        k->tokens = APIKEYS_UNKNOWN_BURST;
+    k->tokens_at = now;
+    if (k->tokens < 1.0)
+        return false;
+    k->tokens -= 1.0;
+    return true;
+}
+
+void apikeys_verify(struct apikeys *k, const char *token, apikeys_cb cb, void *arg)
+{
+    char id[APIKEY_ID_LEN + 1], secret[APIKEY_SECRET_LEN + 1], sha[65];
+    struct ak_entry *e;
+    struct ak_waiter *w;
+
+    if (!apikeys_parse(token, id, secret)) {
+        cb(APIKEY_INVALID, NULL, arg);
+        return;
+    }
+    apikeys_hash_hex(secret, sha);
+    OPENSSL_cleanse(secret, sizeof secret);
+    e = strmap_get(k->entries, id);
+    if (e && ak_fresh(e) && !e->fetching) {
+        enum apikey_verdict v = ak_decide(e, sha);
+        cb(v, v == APIKEY_OK ? &e->p : NULL, arg);
+        return;
+    }
+    if (!e) {
+        if (!ak_take_unknown_token(k)) {
+            cb(APIKEY_INVALID, NULL, arg);
+            return;
+        }
+        ak_make_room(k);
+        e = xcalloc(1, sizeof *e);
+        e->owner = k;
+        snprintf(e->id, sizeof e->id, "%s", id);
+        strmap_put(k->entries, id, e);
+    }
+    w = xcalloc(1, sizeof *w);
+    memcpy(w->sha, sha, sizeof w->sha);
+    w->cb = cb;
+    w->arg = arg;
+    w->next = e->waiters;
+    e->waiters = w;
+    if (!e->fetching)
+        ak_fetch(k, e);
+}
+
+bool apikeys_maybe_valid(struct apikeys *k, const char *token)
+{
+    char id[APIKEY_ID_LEN + 1], secret[APIKEY_SECRET_LEN + 1], sha[65];
+    struct ak_entry *e;
+    bool ok;
+    if (!apikeys_parse(token, id, secret))
+        return false;
+    if (!(e = strmap_get(k->entries, id)) || !ak_fresh(e) || e->fetching) {
+        OPENSSL_cleanse(secret, sizeof secret);
+        return true;
+    }
+    apikeys_hash_hex(secret, sha);
+    OPENSSL_cleanse(secret, sizeof secret);
+    ok = ak_decide(e, sha) == APIKEY_OK;
+    return ok;
+}
+
+void apikeys_forget(struct apikeys *k, const char *id)
+{
+    struct ak_entry *e = strmap_get(k->entries, id);
+    if (!e)
+        return;
+    e->fetched_mono = 0;
+    if (e->fetching)
+        e->refetch = true;
+}
+
