@@ -361,6 +361,9 @@ static void dev_release(struct devreq *d)
         dev_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
         return;
     }
+    json_decref(d->r->audit_before);   /* the device as it was, for the audit entry */
+    d->r->audit_before = json_pack("{s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "status", d->row.status,
+                                   "region", d->row.region, "stamp", d->row.stamp, "dpsInstance", d->row.dps);
     pgpool_query(d->r->cp->geo[d->row.geo], sql, 4, values, dev_on_release, d);
 }
 
@@ -757,6 +760,8 @@ static void dev_after_lookup(struct devreq *d)
         dev_unavailable(d, NULL);
         return;
     }
+    if (w->found && d->admin_route)
+        d->r->audit_geo = w->geo;   /* its audit entry stays in its geography (audit.h) */
     if (d->kind == DEV_ADMIN_GET) {
         json_t *detail;
         char ps[PSEUDONYM_LEN];

@@ -3,6 +3,9 @@
  *
  * Routes:  GET /healthz, GET /readyz  (no token)
  *          /v1/<collection>[/<id>]     (operator token)
+ *          GET /v1/audit               (audit.h)
+ * Every admin request passes idempotency_begin (Idempotency-Key on POST)
+ * before its handler; its answer passes the audit log (http_req.c).
  * The token is checked before the route is looked up, so an unauthenticated
  * caller learns nothing about which routes exist.
  */
@@ -17,9 +20,11 @@
 #include "api_inventory.h"
 #include "api_probes.h"
 #include "api_tenants.h"
+#include "audit.h"
 #include "connguard.h"
 #include "cp_secrets.h"
 #include "http_req.h"
+#include "idempotency.h"
 #include "httputil.h"
 #include "log.h"
 #include "sas.h"
@@ -42,10 +47,48 @@ static void http_sync_status(struct cp_req *r, const char *id)
     cpreq_reply_json(r, 200, st);
 }
 
-static void http_route(struct cp_req *r)
+/* An authenticated /v1 admin request (r->who set): its handler. */
+static void http_route_admin(struct cp_req *r)
 {
     const struct catalog_resource *res;
 
+    if (r->nsegs == 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
+        api_inventory_devices(r, r->segs[2]);
+        return;
+    }
+    if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
+        api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+        return;
+    }
+    if (r->nsegs == 4 && strcmp(r->segs[1], "dps-instances") == 0 && strcmp(r->segs[3], "enrollment-sync") == 0) {
+        http_sync_status(r, r->segs[2]);
+        return;
+    }
+    if (r->nsegs == 2 && strcmp(r->segs[1], "audit") == 0) {
+        audit_handle(r);   /* audit.h; scope tenants:read (tenant keys see their own tenant) */
+        return;
+    }
+    if (r->nsegs >= 3 && strcmp(r->segs[1], "admin") == 0) {
+        cp_secrets_handle(r, r->segs + 2, r->nsegs - 2);
+        return;
+    }
+    if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {
+        api_inventory_counts(r);
+        return;
+    }
+    if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {
+        api_tenants_handle(r, r->segs + 2, r->nsegs - 2);
+        return;
+    }
+    if ((r->nsegs == 2 || r->nsegs == 3) && (res = catalog_find(r->segs[1])) != NULL) {
+        api_catalog_handle(r, res, r->nsegs == 3 ? r->segs[2] : NULL);
+        return;
+    }
+    cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+}
+
+static void http_route(struct cp_req *r)
+{
     if (r->nsegs == 1 && (strcmp(r->segs[0], "healthz") == 0 || strcmp(r->segs[0], "readyz") == 0)) {
         if (r->method != EVHTTP_REQ_GET) {
             cpreq_add_header(r, "Allow", "GET");
@@ -73,34 +116,9 @@ static void http_route(struct cp_req *r)
         r->who.kind = PRINCIPAL_OPERATOR;
         r->who.scopes = SCOPE_ALL;
         snprintf(r->who.name, sizeof r->who.name, "operator token");
-        if (r->nsegs == 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
-            api_inventory_devices(r, r->segs[2]);
-            return;
-        }
-        if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
-            api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
-            return;
-        }
-        if (r->nsegs == 4 && strcmp(r->segs[1], "dps-instances") == 0 && strcmp(r->segs[3], "enrollment-sync") == 0) {
-            http_sync_status(r, r->segs[2]);
-            return;
-        }
-        if (r->nsegs >= 3 && strcmp(r->segs[1], "admin") == 0) {
-            cp_secrets_handle(r, r->segs + 2, r->nsegs - 2);
-            return;
-        }
-        if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {
-            api_inventory_counts(r);
-            return;
-        }
-        if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {
-            api_tenants_handle(r, r->segs + 2, r->nsegs - 2);
-            return;
-        }
-        if ((r->nsegs == 2 || r->nsegs == 3) && (res = catalog_find(r->segs[1])) != NULL) {
-            api_catalog_handle(r, res, r->nsegs == 3 ? r->segs[2] : NULL);
-            return;
-        }
+        /* Idempotency-Key on creates: claim, replay or refuse, then dispatch (idempotency.h). */
+        idempotency_begin(r, http_route_admin);
+        return;
     }
     cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
 }

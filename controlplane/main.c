@@ -14,6 +14,7 @@
 #include "cp.h"
 #include "cp_secrets.h"
 #include "http_server.h"
+#include "idempotency.h"
 #include "http_call.h"
 #include "log.h"
 #include "stampcheck.h"
@@ -222,6 +223,7 @@ static void cp_free(struct cp *cp)
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
     cp_secrets_free(cp->secrets);
+    idempotency_free(cp->idem);
     http_call_abort_all();
     pgpool_free(cp->global);
     for (int i = 0; i < cp->cfg.n_geos; i++) {
@@ -343,6 +345,7 @@ int main(int argc, char **argv)
     tenants_set_envelope(cp.tenants, cp.env);
     cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
     cp.secrets = cp_secrets_new(&cp);
+    cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
