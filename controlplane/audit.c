@@ -96,7 +96,7 @@ static bool audit_literal_seg(const char *s)
 {
     static const char *const words[] = {"devices", "registrations", "enrollment-key", "rotate", "installer-tokens",
                                         "kek", "enrollment-sync", "deprovision", "retire", "reprovision",
-                                        "locate", "suspend", "resume", "certificates", "verify", "api-keys",
+                                        "locate", "provision", "operations", "suspend", "resume", "certificates", "verify", "api-keys",
                                         "jobs", NULL};
     for (int i = 0; words[i]; i++)
         if (strcmp(s, words[i]) == 0)
@@ -296,7 +296,8 @@ static void audit_list_reply(struct audit_list *l)
         audit_list_free(l);
         return;
     }
-    qsort(l->rows, (size_t)l->nrows, sizeof *l->rows, audit_row_cmp);
+    if (l->nrows > 1)
+        qsort(l->rows, (size_t)l->nrows, sizeof *l->rows, audit_row_cmp);
     n = l->nrows < l->limit ? l->nrows : l->limit;
     items = json_array();
     for (int i = 0; i < n; i++) {

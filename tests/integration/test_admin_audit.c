@@ -14,7 +14,8 @@
  *    catalog, not us) with the device as it was, and GET /v1/audit shows it
  *    with geography "eu";
  *  - the operator token's reads are audited too (a 200 and a 404), with no
- *    body copied;
+ *    body copied, and so is its use on a device route (in the device's
+ *    geography); a device's own SAS call is not;
  *  - filters (tenant, resource, since/until) and paging (limit, cursor:
  *    every entry once, newest first, next null at the end);
  *  - bad query parameters: 400 invalid_query with the parameter as target;
@@ -34,6 +35,7 @@
 static struct ts_rt *rt;
 static struct ts_tenant *acme;
 static const char *gdb, *eu_db, *us_db;
+static json_t *paged;   /* the entries collected page by page (freed by the teardown, also after a failure) */
 
 static struct ts_rt_layout layout = {
     .geographies = { "eu", "us", NULL },
@@ -242,12 +244,24 @@ static void test_operator_reads_audited(void **state)
     /* a device's admin read goes to its geography */
     TS_EXPECT_STATUS(admin_rid("GET", "/v1/tenants/acme/devices/aud-dev-1", NULL, "aud-read-dev"), 200);
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM audit_log WHERE request_id = 'aud-read-dev'"), 1);
+    /* the operator token on a device route (it may place a device): audited, in the device's geography */
+    TS_EXPECT_STATUS(ts_rt_device(rt->cp[0], "locate", "acme", "aud-dev-2",
+                                  ts_str("Bearer %s", rt->cp[0]->token), NULL), 200);
+    assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM audit_log WHERE actor_kind = 'operator'"
+                                        " AND route = '/v1/tenants/{tenant}/registrations/{device}/locate'"
+                                        " AND resource = '/v1/tenants/acme/registrations/aud-dev-2/locate'"
+                                        " AND status = 200"), 1);
+    assert_int_equal(rows_with(gdb, "aud-dev-2"), 0);
+    /* a device's own credential on its route is not an admin call: nothing recorded */
+    TS_EXPECT_STATUS(ts_rt_locate(rt->cp[0], acme, "aud-dev-2"), 200);
+    assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM audit_log"
+                                        " WHERE resource = '/v1/tenants/acme/registrations/aud-dev-2/locate'"), 1);
 }
 
 static void test_filters_and_paging(void **state)
 {
     struct ts_resp *r;
-    json_t *all = json_array(), *items, *e;
+    json_t *all = paged = json_array(), *items, *e;
     const char *cursor = NULL, *mid;
     char prev[80] = "";
     int pages = 0;
@@ -308,7 +322,6 @@ static void test_filters_and_paging(void **state)
     r = audit_get("?tenant=nobody-here");
     TS_EXPECT_STATUS(r, 200);
     assert_int_equal(json_array_size(json_object_get(r->json, "items")), 0);
-    json_decref(all);
 }
 
 static void test_bad_queries(void **state)
@@ -342,6 +355,13 @@ static void test_bad_queries(void **state)
     TS_EXPECT_ERROR(ts_http(rt->cp[0]->port, "GET", "/v1/audit", NULL, NULL, 0), 401, "unauthorized");
 }
 
+static int group_teardown(void **state)
+{
+    (void)state;
+    json_decref(paged);
+    return 0;
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -353,5 +373,5 @@ int main(void)
         cmocka_unit_test(test_bad_queries),
     };
     ts_init("test_admin_audit");
-    return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
+    return ts_finish(cmocka_run_group_tests(tests, group_setup, group_teardown));
 }
