@@ -406,7 +406,7 @@ static void audit_on_tenant(const struct pgq_result *q, void *arg)
 }
 
 /* RFC 3339 (UTC "Z" or an offset; optional fraction) to microseconds since the epoch. */
-static bool audit_parse_time(const char *s, long long *us)
+bool audit_parse_time(const char *s, long long *us)
 {
     struct tm tm;
     const char *p;

@@ -56,6 +56,11 @@ void audit_record(struct cp_req *r, int status, const char *body, size_t len, vo
  * an API key or installer token, a SAS token, a sealed value). */
 void audit_redact(json_t *v);
 
+/* An RFC 3339 time ("2026-12-04T09:00:00Z", "...T09:00:00.5+02:00") as
+ * microseconds since the epoch; false when s is not one (no offset, a
+ * date alone, a field out of range). */
+bool audit_parse_time(const char *s, long long *us);
+
 /* GET /v1/audit (segs after "v1": "audit"). Replies exactly once. */
 void audit_handle(struct cp_req *r);
 
