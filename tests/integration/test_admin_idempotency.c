@@ -15,6 +15,8 @@
  *    column of the table holds the enrollment key, the tenant id or name;
  *  - a 4xx answer is not stored (the key is released: the same key with a
  *    corrected body then creates);
+ *  - an expired key is free again (another body creates); a 'pending' claim
+ *    older than 120 s (its control plane died) is taken over;
  *  - key syntax: empty, a space, a non-ASCII byte or 256 characters are 400
  *    invalid_value with target Idempotency-Key; 255 visible characters are
  *    accepted.
@@ -234,6 +236,32 @@ static void test_in_progress(void **state)
     assert_int_equal(ts_pg_count(gdb, "SELECT count(*) FROM tenants WHERE name = 'Slow One'"), 1);
 }
 
+/* After 24 h a key is free again; a claim left pending (its control plane died) is taken over. */
+static void test_expired_and_stale(void **state)
+{
+    struct ts_resp *r;
+    (void)state;
+    TS_EXPECT_STATUS(post_key("/v1/tenants", "expiring", tenant_body("Exp One")), 201);
+    ts_pg_count(gdb, "WITH u AS (UPDATE idempotency_keys SET expires_at = now() - interval '1 second'"
+                     " WHERE idem_key = 'expiring' RETURNING 1) SELECT count(*) FROM u");
+    r = post_key("/v1/tenants", "expiring", tenant_body("Exp Two"));   /* another body: no mismatch any more */
+    TS_EXPECT_STATUS(r, 201);
+    assert_null(ts_header(r, "Idempotent-Replayed"));
+    assert_int_equal(ts_pg_count(gdb, "SELECT count(*) FROM idempotency_keys WHERE idem_key = 'expiring'"
+                                      " AND expires_at > now() + interval '23 hours'"), 1);
+
+    /* a pending claim younger than 120 s holds; an older one is taken over */
+    ts_pg_count(gdb, "WITH u AS (INSERT INTO idempotency_keys (caller, idem_key, fingerprint, claim, expires_at)"
+                     " VALUES ('operator', 'stale', 'x', 'dead', now() + interval '1 day') RETURNING 1)"
+                     " SELECT count(*) FROM u");
+    TS_EXPECT_ERROR(post_key("/v1/tenants", "stale", tenant_body("Stale")), 422, "idempotency_mismatch");
+    ts_pg_count(gdb, "WITH u AS (UPDATE idempotency_keys SET fingerprint = 'y', created_at = now() - interval '5 minutes'"
+                     " WHERE idem_key = 'stale' RETURNING 1) SELECT count(*) FROM u");
+    TS_EXPECT_STATUS(post_key("/v1/tenants", "stale", tenant_body("Stale")), 201);
+    assert_int_equal(ts_pg_count(gdb, "SELECT count(*) FROM idempotency_keys WHERE idem_key = 'stale'"
+                                      " AND state = 'done' AND claim <> 'dead'"), 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -243,6 +271,7 @@ int main(void)
         cmocka_unit_test(test_client_error_not_stored),
         cmocka_unit_test(test_key_syntax),
         cmocka_unit_test(test_in_progress),
+        cmocka_unit_test(test_expired_and_stale),
     };
     ts_init("test_admin_idempotency");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
