@@ -171,9 +171,14 @@ void audit_record(struct cp_req *r, int status, const char *body, size_t len, vo
     util_random_hex(w->id + 1, 16);
     snprintf(at, sizeof at, "%lld", (long long)audit_now_us());
     snprintf(st, sizeof st, "%d", status);
-    audit_route(r, route, sizeof route);
+    if (r->route_pattern)
+        snprintf(route, sizeof route, "%s", r->route_pattern);
+    else
+        audit_route(r, route, sizeof route);
     snprintf(resource, sizeof resource, "%s", path ? path : "/");
-    if (r->nsegs >= 3 && strcmp(r->segs[1], "tenants") == 0)
+    if (r->audit_tenant[0])
+        snprintf(tenant, sizeof tenant, "%s", r->audit_tenant);
+    else if (r->nsegs >= 3 && strcmp(r->segs[1], "tenants") == 0)
         snprintf(tenant, sizeof tenant, "%s", r->segs[2]);
 
     /* after: a mutation's answer (reads are not copied into the log) */

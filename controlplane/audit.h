@@ -9,8 +9,10 @@
  *   - every request authenticated with the operator token, whatever its
  *     method and answer (a replay too, marked replayed).
  * It names the caller (r->who: key id and name, or "operator token"), the
- * tenant the route names, the method and route pattern, the resource (the
- * path), the status, before (r->audit_before, set by handlers that read it)
+ * tenant (r->audit_tenant if a handler set it, else the one the path names,
+ * else for an onboarding the new tenant's id), the method and route
+ * pattern (r->route_pattern from the route table, else derived from the
+ * path), the resource (the path), the status, before (r->audit_before, set by handlers that read it)
  * and after (the answer body of a mutation), both with every secret
  * replaced by "[redacted]", the request id and the time.
  *

@@ -47,6 +47,8 @@ struct cp_req {
     /* Audit log (audit.h). Handlers may set these; freed with the request. */
     json_t *audit_before;            /* the resource before the change (owned), or NULL */
     int audit_geo;                   /* index into cfg.geos of the device the route names; -1: none */
+    char audit_tenant[64];           /* the entry's tenant when the path names none (e.g. a tenant's API key); "" */
+    const char *route_pattern;       /* "/v1/tenants/{tenant}" from the route table (static); NULL: audit derives it */
     /* Idempotency-Key (idempotency.h): the claim this request holds, or NULL. */
     struct idem_claim *idem;
     bool idem_replayed;              /* answered from a stored answer */
