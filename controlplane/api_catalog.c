@@ -147,6 +147,15 @@ static void cat_reply_sql_error(struct cat_op *op, const struct pgq_result *q)
     }
 }
 
+/* The row as it was (column 1 of an update or delete), for the audit entry (audit.h). */
+static void cat_audit_before(struct cp_req *r, const struct pgq_result *q)
+{
+    if (PQnfields(q->res) > 1 && !PQgetisnull(q->res, 0, 1)) {
+        json_decref(r->audit_before);
+        r->audit_before = json_loads(PQgetvalue(q->res, 0, 1), 0, NULL);
+    }
+}
+
 static void cat_on_row(const struct pgq_result *q, void *arg)
 {
     struct cat_op *op = arg;
@@ -159,6 +168,7 @@ static void cat_on_row(const struct pgq_result *q, void *arg)
     } else if (PQntuples(q->res) == 0) {
         cpreq_reply_error(r, 404, "not_found", NULL, "no %s '%s'", op->res->noun, op->id);
     } else if (op->kind == CAT_DELETE) {
+        cat_audit_before(r, q);
         layouts_refresh_soon(r->cp->layouts);
         enroll_sync_soon(r->cp->sync);
         cpreq_reply_empty(r, 204);
@@ -171,6 +181,7 @@ static void cat_on_row(const struct pgq_result *q, void *arg)
         cat_reply_row(op, 201, PQgetvalue(q->res, 0, 0));
     } else {
         if (op->kind == CAT_UPDATE) {
+            cat_audit_before(r, q);
             layouts_refresh_soon(r->cp->layouts);
             enroll_sync_soon(r->cp->sync);
         }

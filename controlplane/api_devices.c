@@ -361,6 +361,9 @@ static void dev_release(struct devreq *d)
         dev_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
         return;
     }
+    json_decref(d->r->audit_before);   /* the device as it was, for the audit entry */
+    d->r->audit_before = json_pack("{s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "status", d->row.status,
+                                   "region", d->row.region, "stamp", d->row.stamp, "dpsInstance", d->row.dps);
     pgpool_query(d->r->cp->geo[d->row.geo], sql, 4, values, dev_on_release, d);
 }
 
@@ -481,6 +484,8 @@ static void dev_assign(struct devreq *d)
         dev_error(d, 500, "internal", NULL, "the chosen stamp's geography has no database here");
         return;
     }
+    if (d->admin_route || d->auth == AUTH_OPERATOR)
+        d->r->audit_geo = geo;   /* where the device lands: its audit entry goes there (audit.h) */
     if (d->moving) {
         const char *v[11] = {d->tenant_id, d->regid, d->row.etag, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
@@ -757,6 +762,8 @@ static void dev_after_lookup(struct devreq *d)
         dev_unavailable(d, NULL);
         return;
     }
+    if (w->found && (d->admin_route || d->auth == AUTH_OPERATOR))
+        d->r->audit_geo = w->geo;   /* its audit entry stays in its geography (audit.h) */
     if (d->kind == DEV_ADMIN_GET) {
         json_t *detail;
         char ps[PSEUDONYM_LEN];
@@ -942,6 +949,12 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
         }
         if (cpreq_is_operator(d->r)) {
             d->auth = AUTH_OPERATOR;
+            if (d->r->who.kind == PRINCIPAL_NONE) {
+                /* the break-glass credential on a device route: its use is audited (audit.h) */
+                d->r->who.kind = PRINCIPAL_OPERATOR;
+                d->r->who.scopes = SCOPE_ALL;
+                snprintf(d->r->who.name, sizeof d->r->who.name, "operator token");
+            }
             return true;
         }
         if (!operator_only) {

@@ -263,6 +263,8 @@ static void key_create(struct cp_req *r)
                           "a key can only be given scopes its maker holds");
         return;
     }
+    if (in.tenant)
+        snprintf(r->audit_tenant, sizeof r->audit_tenant, "%s", in.tenant);
     op = xcalloc(1, sizeof *op);
     op->r = r;
     util_random_hex(op->id, APIKEY_ID_LEN / 2);
@@ -419,6 +421,7 @@ static void key_on_revoked(const struct pgq_result *q, void *arg)
     } else if (PQntuples(q->res) != 1) {
         cpreq_reply_error(op->r, 404, "not_found", NULL, "no such API key");
     } else {
+        snprintf(op->r->audit_tenant, sizeof op->r->audit_tenant, "%s", PQgetvalue(q->res, 0, 1));
         log_write(LOG_INFO, op->r->id, "event=api_key_revoked id=%s", op->id);
         key_announce(op, 204, NULL);
         return;
@@ -432,7 +435,7 @@ static void key_revoke(struct cp_req *r, const char *id)
     static const char sql[] =
         "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()),"
         " version = version + CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END"
-        " WHERE id = $1 AND ($2 = '' OR tenant_id = $2) RETURNING id";
+        " WHERE id = $1 AND ($2 = '' OR tenant_id = $2) RETURNING id, coalesce(tenant_id, '')";
     const char *values[2] = {id, r->who.tenant};
     struct key_op *op;
     if (!cpreq_check_query(r, NULL))
@@ -464,6 +467,8 @@ static void key_on_rotated(const struct pgq_result *q, void *arg)
         json_object_set_new(body, "key", json_string(key));
         OPENSSL_cleanse(key, strlen(key));
         free(key);
+        if (json_is_string(json_object_get(body, "tenant")))
+            snprintf(op->r->audit_tenant, sizeof op->r->audit_tenant, "%s", json_string_value(json_object_get(body, "tenant")));
         log_write(LOG_INFO, op->r->id, "event=api_key_rotated id=%s", op->id);
         key_announce(op, 200, body);
         return;

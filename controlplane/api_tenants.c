@@ -516,6 +516,10 @@ static void tenant_on_patched(const struct pgq_result *q, void *arg)
         tenant_op_free(op);
         return;
     }
+    if (PQnfields(q->res) > 1 && !PQgetisnull(q->res, 0, 1)) {
+        json_decref(op->r->audit_before);
+        op->r->audit_before = json_loads(PQgetvalue(q->res, 0, 1), 0, NULL);
+    }
     tenant_announce(op, 200, body);
 }
 
@@ -544,8 +548,10 @@ static void tenant_patch(struct cp_req *r, const char *id)
     values[0] = op->id;
     values[1] = name;
     if (name) {
+        /* o: the row as it was, for the audit entry (audit.h) */
         q = xasprintf("UPDATE tenants t SET name = $2, version = t.version + 1, updated_at = now()"
-                      " WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s", tenant_public_sql);
+                      " FROM (SELECT t.id, %s AS before FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL"
+                      " FOR UPDATE) o WHERE t.id = o.id RETURNING %s, o.before", tenant_public_sql, tenant_public_sql);
         if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_patched, op))
             tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     } else {   /* {}: nothing changes, the version stays */
@@ -626,6 +632,10 @@ static void tenant_on_removed(const struct pgq_result *q, void *arg)
         tenant_op_free(op);
         return;
     }
+    if (PQnfields(q->res) > 1 && !PQgetisnull(q->res, 0, 1)) {
+        json_decref(op->r->audit_before);
+        op->r->audit_before = json_loads(PQgetvalue(q->res, 0, 1), 0, NULL);
+    }
     log_write(LOG_INFO, op->r->id, "event=tenant_removed tenant=%s", op->id);
     tenant_announce(op, 204, NULL);
 }
@@ -635,10 +645,13 @@ static void tenant_delete_decide(struct tenant_op *op)
 {
     static const char sql[] =
         "WITH del AS (UPDATE tenants t SET deleted_at = now(), enrollment_key = NULL, enrollment_key_previous = NULL,"
-        "   version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING t.id),"
+        "   version = t.version + 1, updated_at = now()"
+        "   FROM (SELECT t.id, %s AS before FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL FOR UPDATE) o"
+        "   WHERE t.id = o.id RETURNING t.id, o.before),"
         " tok AS (DELETE FROM installer_tokens i USING del WHERE i.tenant_id = del.id)"
-        " SELECT id FROM del";
+        " SELECT id, before FROM del";
     const char *values[1] = {op->id};
+    char *q = NULL;
 
     if (op->geo_missing[0]) {
         cpreq_reply_error(op->r, 503, "database_unavailable", NULL,
@@ -652,8 +665,11 @@ static void tenant_delete_decide(struct tenant_op *op)
                           "tenant '%s' still has %lld assigned device(s); deprovision or retire them first",
                           op->id, op->devices);
         tenant_op_free(op);
-    } else if (!pgpool_query(op->r->cp->global, sql, 1, values, tenant_on_removed, op)) {
-        tenant_on_removed(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    } else {
+        q = xasprintf(sql, tenant_public_sql);   /* before: the tenant as it was, for the audit entry */
+        if (!pgpool_query(op->r->cp->global, q, 1, values, tenant_on_removed, op))
+            tenant_on_removed(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+        free(q);
     }
 }
 

@@ -299,8 +299,14 @@ char *catalog_sql_update(const struct catalog_resource *res, const struct catalo
         sb_param(&b, i + 2);
         sb_add(&b, ", ");
     }
-    sb_add(&b, "version = t.version + 1, updated_at = now() WHERE t.id = $1 RETURNING ");
+    /* o: the row as it was (column 1), for the audit entry (audit.h) */
+    sb_add(&b, "version = t.version + 1, updated_at = now() FROM (SELECT t.id, ");
     sb_add(&b, res->json_sql);
+    sb_add(&b, " AS before FROM ");
+    sb_add(&b, res->table);
+    sb_add(&b, " t WHERE t.id = $1 FOR UPDATE) o WHERE t.id = o.id RETURNING ");
+    sb_add(&b, res->json_sql);
+    sb_add(&b, ", o.before");
     return b.s;
 }
 
@@ -311,7 +317,8 @@ char *catalog_sql_get(const struct catalog_resource *res)
 
 char *catalog_sql_delete(const struct catalog_resource *res)
 {
-    return xasprintf("DELETE FROM %s t WHERE t.id = $1 RETURNING t.id", res->table);
+    /* column 1: the row as it was, for the audit entry (audit.h) */
+    return xasprintf("DELETE FROM %s t WHERE t.id = $1 RETURNING t.id, %s", res->table, res->json_sql);
 }
 
 char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters)

@@ -80,9 +80,10 @@ const char *catalog_value(const struct catalog_resource *res, const struct catal
 
 /* Statement builders; every value is a $n parameter. Results are malloc'ed. */
 char *catalog_sql_insert(const struct catalog_resource *res, const struct catalog_values *v);
-char *catalog_sql_update(const struct catalog_resource *res, const struct catalog_values *v); /* $1 = id */
+/* $1 = id; columns: the row after, the row before */
+char *catalog_sql_update(const struct catalog_resource *res, const struct catalog_values *v);
 char *catalog_sql_get(const struct catalog_resource *res);       /* $1 = id */
-char *catalog_sql_delete(const struct catalog_resource *res);    /* $1 = id */
+char *catalog_sql_delete(const struct catalog_resource *res);    /* $1 = id; columns: id, the row before */
 /* Rows of (json, id). $1 = cursor id or NULL, $2 = limit; filters follow from $3 in order. */
 char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters);
 

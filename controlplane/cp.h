@@ -44,6 +44,7 @@ struct cp {
     struct dps_client *dps;                   /* proxy provisioning; NULL if it could not be set up */
     struct enroll_sync *sync;                 /* enrollment groups in the stamps' DPS instances */
     struct envelope *env;                     /* KEKs sealing secrets at rest (cfg.kek_file) */
+    struct idempotency *idem;                 /* idempotency.c: the purge of expired Idempotency-Keys */
     struct cp_secrets *secrets;               /* cp_secrets.c: start-up sealing pass, KEK file watch, /v1/admin/kek */
     struct pseudonym pseudo;                  /* device ids in logs and Redis messages (pseudonym.h) */
     struct stampcheck *stampcheck;            /* stamps whose reports contradict the catalog (stampcheck.h) */

@@ -8,6 +8,7 @@
 #include <strings.h>
 
 #include "apikeys.h"
+#include "idempotency.h"
 #include "log.h"
 #include "routes.h"
 #include "util.h"
@@ -67,7 +68,11 @@ static void gate_authorise(struct cp_req *r)
         return;
     }
     r->route = rt;
-    rt->handler(r);
+    r->route_pattern = rt->pattern;
+    if (rt->access == ROUTE_DEVICE)
+        rt->handler(r);
+    else
+        idempotency_begin(r, rt->handler);   /* Idempotency-Key on creates: claim, replay or refuse (idempotency.h) */
 }
 
 static void gate_on_key(enum apikey_verdict v, const struct principal *p, void *arg)
@@ -116,6 +121,7 @@ void gate_dispatch(struct cp_req *r)
             return;
         }
         r->route = rt;
+        r->route_pattern = rt->pattern;
         rt->handler(r);
         return;
     }

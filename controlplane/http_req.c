@@ -11,7 +11,9 @@
 #include <strings.h>
 #include <sys/queue.h>
 
+#include "audit.h"
 #include "httputil.h"
+#include "idempotency.h"
 #include "log.h"
 #include "util.h"
 
@@ -37,11 +39,15 @@ static void cpreq_free(struct cp_req *r)
         evhttp_clear_headers(&r->query);
     free(r->body);
     free(r->json_text);
+    json_decref(r->audit_before);
+    idempotency_claim_free(r->idem);
+    if (r->held_buf)
+        evbuffer_free(r->held_buf);
     r->cp->inflight--;
     free(r);
 }
 
-static const char *cpreq_method_name(enum evhttp_cmd_type m)
+const char *cpreq_method_name(enum evhttp_cmd_type m)
 {
     switch (m) {
     case EVHTTP_REQ_GET: return "GET";
@@ -57,7 +63,7 @@ static const char *cpreq_method_name(enum evhttp_cmd_type m)
     return "?";
 }
 
-static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
+static void cpreq_send(struct cp_req *r, int status, struct evbuffer *buf)
 {
     char path[160], safe[512];   /* safe: the uri with device ids as pseudonyms (pseudonym.h) */
     const char *uri = evhttp_request_get_uri(r->ev);
@@ -70,6 +76,59 @@ static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
                   log_quote(pseudonym_redact_path(&r->cp->pseudo, uri, safe, sizeof safe), path, sizeof path), status,
                   (long long)(util_mono_ms() - r->start_ms));
     cpreq_free(r);
+}
+
+/* A hook (audit, idempotency) is done with the held answer: the last one sends it. */
+static void cpreq_hook_done(struct cp_req *r)
+{
+    if (--r->held_pending > 0)
+        return;
+    /* 204 and the like were held with no body: send them with none */
+    cpreq_send(r, r->held_status, evbuffer_get_length(r->held_buf) ? r->held_buf : NULL);
+}
+
+/*
+ * The answer is final. When the audit log or an Idempotency-Key wants it,
+ * it is held (moved out of buf, which the caller frees) until both have
+ * written it; the client sees the answer only after the entry committed.
+ * A hook that fails logs why and lets the answer go: the change it answers
+ * has committed already.
+ */
+static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
+{
+    bool want_idem = idempotency_wanted(r, status), want_audit = audit_wanted(r, status);
+    const char *text;
+    size_t len;
+
+    if (r->held || (!want_idem && !want_audit)) {
+        cpreq_send(r, status, buf);
+        return;
+    }
+    r->held = true;
+    r->held_status = status;
+    if (!(r->held_buf = evbuffer_new())) {
+        log_error("event=out_of_memory");
+        abort();
+    }
+    if (buf)
+        evbuffer_add_buffer(r->held_buf, buf);
+    len = evbuffer_get_length(r->held_buf);
+    text = len ? (const char *)evbuffer_pullup(r->held_buf, -1) : "";
+    r->held_pending = 1;   /* held by this function until both hooks started */
+    if (want_idem) {
+        r->held_pending++;
+        idempotency_complete(r, status, text, len, cpreq_hook_done);
+    }
+    if (want_audit) {
+        r->held_pending++;
+        audit_record(r, status, text, len, cpreq_hook_done);
+    }
+    cpreq_hook_done(r);
+}
+
+const char *cpreq_header(struct cp_req *r, const char *name)
+{
+    return evhttp_find_header(evhttp_request_get_input_headers(r->ev), name);
 }
 
 void cpreq_add_header(struct cp_req *r, const char *name, const char *value)
@@ -158,6 +217,7 @@ struct cp_req *cpreq_new(struct cp *cp, struct evhttp_request *ev)
     r->ev = ev;
     r->method = evhttp_request_get_command(ev);
     r->start_ms = util_mono_ms();
+    r->audit_geo = -1;
     cp->inflight++;
     if (given && cpreq_valid_client_id(given))
         snprintf(r->id, sizeof r->id, "%s", given);

@@ -5,6 +5,11 @@
  * Contract: every handler given a cp_req must end in exactly one call to a
  * cpreq_reply_* function on every path (possibly later, from a database
  * callback). That call sends the answer and frees the cp_req.
+ *
+ * Before an answer is sent, two request-layer hooks may hold it: the audit
+ * entry (audit.h: admin mutations that succeeded, every use of the operator
+ * token) and the stored answer of an Idempotency-Key (idempotency.h). The
+ * answer goes out when both have been written (or failed, which is logged).
  */
 #ifndef CP_HTTP_REQ_H
 #define CP_HTTP_REQ_H
@@ -22,6 +27,8 @@
 
 #define CPREQ_MAX_SEGS 6
 
+struct idem_claim;   /* idempotency.c */
+
 struct cp_req {
     struct cp *cp;
     struct evhttp_request *ev;
@@ -37,6 +44,20 @@ struct cp_req {
     const void *route;               /* the matched resource, for handlers */
     char *json_text;                 /* scratch owned by the request, freed with it */
     struct principal who;            /* the authenticated caller (principal.h); kind NONE on device routes */
+    /* Audit log (audit.h). Handlers may set these; freed with the request. */
+    json_t *audit_before;            /* the resource before the change (owned), or NULL */
+    int audit_geo;                   /* index into cfg.geos of the device the route names; -1: none */
+    char audit_tenant[64];           /* the entry's tenant when the path names none (e.g. a tenant's API key); "" */
+    const char *route_pattern;       /* "/v1/tenants/{tenant}" from the route table (static); NULL: audit derives it */
+    /* Idempotency-Key (idempotency.h): the claim this request holds, or NULL. */
+    struct idem_claim *idem;
+    bool idem_replayed;              /* answered from a stored answer */
+    /* The answer held while the audit entry and the idempotent answer are
+     * written (cpreq_finish): sent once both are done. */
+    struct evbuffer *held_buf;
+    int held_status;
+    int held_pending;
+    bool held;
 };
 
 /* Build the context for an incoming request; NULL means it was answered already. */
@@ -57,6 +78,10 @@ void cpreq_reply_jv(struct cp_req *r, const struct jv_err *e);
 void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res);
 
 void cpreq_add_header(struct cp_req *r, const char *name, const char *value);
+/* A header of the request, or NULL. */
+const char *cpreq_header(struct cp_req *r, const char *name);
+/* "GET", "POST", ... */
+const char *cpreq_method_name(enum evhttp_cmd_type m);
 
 /* Whether the bearer token matches the operator token. */
 bool cpreq_is_operator(struct cp_req *r);

@@ -13,6 +13,7 @@
 #include "api_devices.h"
 #include "cp.h"
 #include "cp_secrets.h"
+#include "idempotency.h"
 #include "http_call.h"
 #include "http_server.h"
 #include "log.h"
@@ -225,6 +226,7 @@ static void cp_free(struct cp *cp)
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
     cp_secrets_free(cp->secrets);
+    idempotency_free(cp->idem);
     http_call_abort_all();
     pgpool_free(cp->global);
     apikeys_free(cp->keys);   /* after its pool, which drops the queries in flight */
@@ -352,6 +354,7 @@ int main(int argc, char **argv)
     cp.keys = apikeys_new(cp.global);
     cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
     cp.secrets = cp_secrets_new(&cp);
+    cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);

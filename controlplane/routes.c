@@ -14,6 +14,7 @@
 #include "api_keys.h"
 #include "api_probes.h"
 #include "api_tenants.h"
+#include "audit.h"
 #include "catalog.h"
 #include "cp_secrets.h"
 #include "http_req.h"
@@ -29,6 +30,7 @@ static void rt_inventory_devices(struct cp_req *r) { api_inventory_devices(r, r-
 static void rt_device_admin(struct cp_req *r) { api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
 static void rt_inventory(struct cp_req *r) { api_inventory_counts(r); }
 static void rt_kek(struct cp_req *r) { cp_secrets_handle(r, r->segs + 2, r->nsegs - 2); }
+static void rt_audit(struct cp_req *r) { audit_handle(r); }
 static void rt_api_keys(struct cp_req *r) { api_keys_handle(r, r->segs + 2, r->nsegs - 2); }
 
 static void rt_catalog(struct cp_req *r)
@@ -68,23 +70,23 @@ const struct route routes_table[] = {
     {GET, "/healthz", 0, ROUTE_PUBLIC, -1, rt_healthz},
     {GET, "/readyz", 0, ROUTE_PUBLIC, -1, rt_readyz},
 
-    {POST, "/v1/tenants/{t}/registrations/{r}/locate", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
-    {POST, "/v1/tenants/{t}/registrations/{r}/reprovision", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
-    {POST, "/v1/tenants/{t}/registrations/{r}/provision", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
+    {POST, "/v1/tenants/{tenant}/registrations/{device}/locate", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
+    {POST, "/v1/tenants/{tenant}/registrations/{device}/reprovision", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
+    {POST, "/v1/tenants/{tenant}/registrations/{device}/provision", SCOPE_PROVISION_ON_BEHALF, ROUTE_DEVICE, 2, rt_device},
 
     {GET, "/v1/tenants", SCOPE_TENANTS_READ, ROUTE_TENANT, -1, rt_tenants},
     {POST, "/v1/tenants", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, -1, rt_tenants},
-    {GET, "/v1/tenants/{t}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_tenants},
-    {PATCH, "/v1/tenants/{t}", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
-    {DELETE, "/v1/tenants/{t}", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
-    {POST, "/v1/tenants/{t}/enrollment-key/rotate", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
-    {POST, "/v1/tenants/{t}/installer-tokens", SCOPE_KEYS_WRITE, ROUTE_TENANT, 2, rt_tenants},
+    {GET, "/v1/tenants/{tenant}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_tenants},
+    {PATCH, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
+    {DELETE, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
+    {POST, "/v1/tenants/{tenant}/enrollment-key/rotate", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
+    {POST, "/v1/tenants/{tenant}/installer-tokens", SCOPE_KEYS_WRITE, ROUTE_TENANT, 2, rt_tenants},
 
-    {GET, "/v1/tenants/{t}/devices", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_inventory_devices},
-    {GET, "/v1/tenants/{t}/devices/{r}", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_device_admin},
-    {POST, "/v1/tenants/{t}/devices/{r}/deprovision", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
-    {POST, "/v1/tenants/{t}/devices/{r}/retire", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
-    {POST, "/v1/tenants/{t}/devices/{r}/reprovision", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
+    {GET, "/v1/tenants/{tenant}/devices", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_inventory_devices},
+    {GET, "/v1/tenants/{tenant}/devices/{device}", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_device_admin},
+    {POST, "/v1/tenants/{tenant}/devices/{device}/deprovision", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
+    {POST, "/v1/tenants/{tenant}/devices/{device}/retire", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
+    {POST, "/v1/tenants/{tenant}/devices/{device}/reprovision", SCOPE_DEVICES_WRITE, ROUTE_TENANT, 2, rt_device_admin},
 
     {GET, "/v1/api-keys", SCOPE_KEYS_WRITE, ROUTE_TENANT, -1, rt_api_keys},
     {POST, "/v1/api-keys", SCOPE_KEYS_WRITE, ROUTE_TENANT, -1, rt_api_keys},
@@ -93,6 +95,7 @@ const struct route routes_table[] = {
     {POST, "/v1/api-keys/{id}/rotate", SCOPE_KEYS_WRITE, ROUTE_TENANT, -1, rt_api_keys},
 
     {GET, "/v1/inventory", SCOPE_DEVICES_READ, ROUTE_TENANT, -1, rt_inventory},
+    {GET, "/v1/audit", SCOPE_TENANTS_READ, ROUTE_TENANT, -1, rt_audit},
     {GET, "/v1/dps-instances/{id}/enrollment-sync", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_sync_status},
     {GET, "/v1/admin/kek", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},
     {POST, "/v1/admin/kek/rotate", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},

@@ -171,6 +171,7 @@ static const char *own_key_id(void)
 static void p_key(struct call *c) { c->path = ts_str("/v1/api-keys/%s", own_key_id()); }
 static void p_key_rotate(struct call *c) { c->path = ts_str("/v1/api-keys/%s/rotate", own_key_id()); }
 static void p_inventory(struct call *c) { c->path = "/v1/inventory?tenant=" OWN; }
+static void p_audit(struct call *c) { c->path = "/v1/audit?tenant=" OWN; }
 static void p_sync(struct call *c) { c->path = "/v1/dps-instances/eu-west-1-dps/enrollment-sync"; }
 static void p_kek(struct call *c) { c->path = "/v1/admin/kek"; }
 static void p_kek_rotate(struct call *c) { c->path = "/v1/admin/kek/rotate"; }
@@ -249,29 +250,30 @@ static void p_hub_delete(struct call *c)
 }
 
 static const struct fixture fixtures[] = {
-    {"POST", "/v1/tenants/{t}/registrations/{r}/locate", 200, NULL, p_locate},
-    {"POST", "/v1/tenants/{t}/registrations/{r}/reprovision", 200, NULL, p_dev_reprov},
+    {"POST", "/v1/tenants/{tenant}/registrations/{device}/locate", 200, NULL, p_locate},
+    {"POST", "/v1/tenants/{tenant}/registrations/{device}/reprovision", 200, NULL, p_dev_reprov},
     /* the stamps here serve no DPS: the proxy gets past authorisation and
      * finds the DPS unreachable (the 200 is test_router_proxy's) */
-    {"POST", "/v1/tenants/{t}/registrations/{r}/provision", 503, NULL, p_provision},
+    {"POST", "/v1/tenants/{tenant}/registrations/{device}/provision", 503, NULL, p_provision},
     {"GET", "/v1/tenants", 200, "\"" OWN "\"", p_tenants},
     {"POST", "/v1/tenants", 201, NULL, p_tenant_create},
-    {"GET", "/v1/tenants/{t}", 200, NULL, p_tenant},
-    {"PATCH", "/v1/tenants/{t}", 200, NULL, p_tenant_patch},
-    {"DELETE", "/v1/tenants/{t}", 204, NULL, p_tenant_delete},
-    {"POST", "/v1/tenants/{t}/enrollment-key/rotate", 200, NULL, p_rotate},
-    {"POST", "/v1/tenants/{t}/installer-tokens", 201, NULL, p_installer},
-    {"GET", "/v1/tenants/{t}/devices", 200, NULL, p_devices},
-    {"GET", "/v1/tenants/{t}/devices/{r}", 200, NULL, p_device},
-    {"POST", "/v1/tenants/{t}/devices/{r}/deprovision", 200, NULL, p_deprov},
-    {"POST", "/v1/tenants/{t}/devices/{r}/retire", 200, NULL, p_retire},
-    {"POST", "/v1/tenants/{t}/devices/{r}/reprovision", 200, NULL, p_admin_reprov},
+    {"GET", "/v1/tenants/{tenant}", 200, NULL, p_tenant},
+    {"PATCH", "/v1/tenants/{tenant}", 200, NULL, p_tenant_patch},
+    {"DELETE", "/v1/tenants/{tenant}", 204, NULL, p_tenant_delete},
+    {"POST", "/v1/tenants/{tenant}/enrollment-key/rotate", 200, NULL, p_rotate},
+    {"POST", "/v1/tenants/{tenant}/installer-tokens", 201, NULL, p_installer},
+    {"GET", "/v1/tenants/{tenant}/devices", 200, NULL, p_devices},
+    {"GET", "/v1/tenants/{tenant}/devices/{device}", 200, NULL, p_device},
+    {"POST", "/v1/tenants/{tenant}/devices/{device}/deprovision", 200, NULL, p_deprov},
+    {"POST", "/v1/tenants/{tenant}/devices/{device}/retire", 200, NULL, p_retire},
+    {"POST", "/v1/tenants/{tenant}/devices/{device}/reprovision", 200, NULL, p_admin_reprov},
     {"GET", "/v1/api-keys", 200, "\"" OWN "\"", p_keys},
     {"POST", "/v1/api-keys", 201, NULL, p_key_create},
     {"GET", "/v1/api-keys/{id}", 200, NULL, p_key},
     {"DELETE", "/v1/api-keys/{id}", 204, NULL, p_key},
     {"POST", "/v1/api-keys/{id}/rotate", 200, NULL, p_key_rotate},
     {"GET", "/v1/inventory", 200, NULL, p_inventory},
+    {"GET", "/v1/audit", 200, NULL, p_audit},
     {"GET", "/v1/dps-instances/{id}/enrollment-sync", 200, NULL, p_sync},
     {"GET", "/v1/admin/kek", 200, NULL, p_kek},
     {"POST", "/v1/admin/kek/rotate", 200, NULL, p_kek_rotate},
@@ -405,7 +407,7 @@ static void check_route(const struct route_row *rr, const struct fixture *fx)
         expect("another tenant's key (a list)", rr, r, 200, NULL);
         if (strstr(r->body, fx->leak))
             ts_fail("%s %s: another tenant's key sees %s: %s", rr->method, rr->pattern, fx->leak, r->body);
-    } else if (platform && strstr(rr->pattern, "{t}") == NULL) {
+    } else if (platform && strstr(rr->pattern, "{tenant}") == NULL) {
         expect("a tenant key on a platform route", rr, r, 403, "insufficient_scope");
     } else {
         expect("another tenant's key", rr, r, 404, "not_found");

@@ -2,7 +2,7 @@
  * test_routes - the route table's invariants and its matcher (routes.h),
  * the API key parser (apikeys.h) and the RFC 3339 check of expiresAt:
  *  - every non-public route needs a scope, platform-only scopes sit only on
- *    platform routes, a route naming {t} says which segment is the tenant,
+ *    platform routes, a route naming {tenant} says which segment is the tenant,
  *    no (method, pattern) twice, and each pattern is well formed;
  *  - matching: exact segment counts, {x} matches one segment, the Allow list
  *    of a known path with another method, device paths recognised;
@@ -46,9 +46,9 @@ static void test_table_invariants(void **state)
         assert_non_null(principal_scope_word(rt->scope));   /* exactly one known scope */
         if (rt->scope & (SCOPE_PLATFORM_ADMIN | SCOPE_OPS_FAILOVER))
             assert_int_equal(rt->access, ROUTE_PLATFORM);
-        if (strstr(rt->pattern, "{t}")) {
+        if (strstr(rt->pattern, "{tenant}")) {
             assert_true(rt->tenant_seg >= 0 && rt->tenant_seg < n);
-            assert_string_equal(segs[rt->tenant_seg], "{t}");
+            assert_string_equal(segs[rt->tenant_seg], "{tenant}");
         } else {
             assert_int_equal(rt->tenant_seg, -1);
         }
@@ -70,7 +70,7 @@ static void test_match(void **state)
     n = split("/v1/tenants/acme/devices/d-1", buf, segs);
     rt = routes_match(EVHTTP_REQ_GET, segs, n, &known, allow, sizeof allow);
     assert_non_null(rt);
-    assert_string_equal(rt->pattern, "/v1/tenants/{t}/devices/{r}");
+    assert_string_equal(rt->pattern, "/v1/tenants/{tenant}/devices/{device}");
     assert_int_equal(rt->scope, SCOPE_DEVICES_READ);
 
     rt = routes_match(EVHTTP_REQ_PUT, segs, n, &known, allow, sizeof allow);
