@@ -231,6 +231,38 @@ static void test_minting_rules(void **state)
     }
 }
 
+/* A key's changes are audited under its id; a tenant key reads its own tenant's entries only. */
+static void test_audited_by_key(void **state)
+{
+    const char *id, *k = ts_api_key(cp, NULL, "acme", "[\"keys:write\",\"tenants:read\",\"tenants:write\"]", &id);
+    const char *bk = ts_api_key(cp, NULL, "beta", "[\"tenants:write\"]", NULL);
+    struct ts_resp *r;
+    json_t *items, *e;
+    size_t i;
+    bool found = false;
+
+    TS_EXPECT_STATUS(ts_call(cp, k, "PATCH", "/v1/tenants/acme", "{\"name\":\"Acme by key\"}"), 200);
+    TS_EXPECT_STATUS(ts_call(cp, bk, "PATCH", "/v1/tenants/beta", "{\"name\":\"Beta by key\"}"), 200);
+    r = ts_call(cp, k, "POST", "/v1/api-keys", "{\"name\":\"child\",\"scopes\":[\"tenants:read\"]}");
+    TS_EXPECT_STATUS(r, 201);
+    r = ts_call(cp, k, "GET", "/v1/audit?limit=500", NULL);
+    TS_EXPECT_STATUS(r, 200);
+    items = json_object_get(r->json, "items");
+    if (json_array_size(items) == 0)
+        ts_fail("no audit entries for acme's key: %s", r->body);
+    json_array_foreach(items, i, e) {
+        TS_EXPECT_STREQ(ts_jstr(e, "tenant"), "acme");
+        if (ts_jstr(json_object_get(e, "who"), "keyId") && strcmp(ts_jstr(json_object_get(e, "who"), "keyId"), id) == 0 &&
+            strcmp(ts_jstr(e, "method"), "PATCH") == 0)
+            found = true;
+    }
+    if (!found)
+        ts_fail("the key's PATCH is not in the audit log under its id %s: %s", id, r->body);
+    if (strstr(r->body, "Beta by key") || strstr(r->body, "cpk_"))
+        ts_fail("acme's key reads another tenant's entries or a key: %s", r->body);
+    TS_EXPECT_ERROR(ts_call(cp, k, "GET", "/v1/audit?tenant=beta", NULL), 404, "not_found");
+}
+
 static void test_bad_credentials(void **state)
 {
     const char *k = ts_api_key(cp, NULL, "acme", "[\"tenants:read\"]", NULL);
@@ -365,6 +397,7 @@ int main(void)
         cmocka_unit_test(test_create_shown_once),
         cmocka_unit_test(test_tenant_key_sees_own_tenant_only),
         cmocka_unit_test(test_minting_rules),
+        cmocka_unit_test(test_audited_by_key),
         cmocka_unit_test(test_bad_credentials),
         cmocka_unit_test(test_revocation_everywhere_within_1s),
         cmocka_unit_test(test_rotation),
