@@ -85,8 +85,13 @@ static bool cat_visible(struct cp_req *r, const struct catalog_resource *res, js
     }
     for (int i = 0; geo && i < p->nresidency; i++)
         if (strcmp(p->residency[i], geo) == 0) {
+            /* what only operators need: other tenants' load, the service API's identity, diagnostics */
             if (res->live_health)
                 json_object_set_new(item, "load", json_null());
+            json_object_del(item, "identityMismatch");
+            json_object_del(item, "serviceHostName");
+            json_object_del(item, "serviceKeyName");
+            json_object_del(item, "serviceKeyConfigured");
             return true;
         }
     return false;
@@ -212,7 +217,7 @@ static void cat_on_list(const struct pgq_result *q, void *arg)
         if (!item) continue;
         if (op->res->live_health)
             cat_decorate(r->cp, item);
-        if (!cat_visible(r, op->res, item)) {   /* a tenant key's page may hold fewer than limit items */
+        if (!cat_visible(r, op->res, item)) {   /* filtered in SQL already (a layout refresh may lag) */
             json_decref(item);
             continue;
         }
@@ -367,6 +372,7 @@ static void cat_list(struct cp_req *r, const struct catalog_resource *res)
 {
     const char *allowed[8] = {"limit", "cursor"};
     const char *values[8] = {NULL};
+    char residency[PRINCIPAL_MAX_GEOS * 68 + 4];
     int fidx[4], nf = 0;
     struct list_page pg;
     const char *s;
@@ -391,10 +397,19 @@ static void cat_list(struct cp_req *r, const struct catalog_resource *res)
         values[2 + nf] = s;
         nf++;
     }
+    if (!principal_is_platform(&r->who)) {
+        /* in SQL, so that neither the page nor its cursor holds an item outside the residency */
+        size_t o = 0;
+        o += (size_t)snprintf(residency + o, sizeof residency - o, "{");
+        for (int i = 0; i < r->who.nresidency; i++)
+            o += (size_t)snprintf(residency + o, sizeof residency - o, "%s\"%s\"", i ? "," : "", r->who.residency[i]);
+        snprintf(residency + o, sizeof residency - o, "}");
+        values[2 + nf] = residency;
+    }
     op = cat_op_new(r, res, CAT_LIST);
     op->limit = pg.limit;
-    sql = catalog_sql_list(res, fidx, nf);
-    cat_run(op, sql, 2 + nf, values, cat_on_list);
+    sql = catalog_sql_list(res, fidx, nf, !principal_is_platform(&r->who));
+    cat_run(op, sql, 2 + nf + (principal_is_platform(&r->who) ? 0 : 1), values, cat_on_list);
     free(sql);
 }
 

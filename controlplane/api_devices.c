@@ -353,8 +353,10 @@ static void dev_release(struct devreq *d)
 {
     static const char sql[] = "SELECT status FROM cp_release_device($1, $2, $3::boolean, $4)";
     const char *values[4] = {d->tenant_id, d->regid, d->kind == DEV_RETIRE ? "true" : "false",
-                             d->reason[0] ? d->reason : (d->kind == DEV_RETIRE ? "retired by operator"
-                                                                                 : "deprovisioned by operator")};
+                             d->reason[0] ? d->reason
+                                          : d->r->who.kind == PRINCIPAL_KEY
+                                              ? (d->kind == DEV_RETIRE ? "retired by API key" : "deprovisioned by API key")
+                                              : (d->kind == DEV_RETIRE ? "retired by operator" : "deprovisioned by operator")};
     if (!redisfeed_cmd(d->r->cp->feed)) {
         /* Other routers' caches must hear of the change: refuse rather than leave them stale. */
         dev_retry_after(d, 1);
@@ -1096,7 +1098,8 @@ void api_devices_admin(struct cp_req *r, const char *tenant, char **segs, int ns
     if (kind != DEV_ADMIN_GET && !dev_read_body(d, true))
         return;
     if (kind == DEV_REPROVISION && !d->reason[0])
-        snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested by operator");
+        snprintf(d->reason, sizeof d->reason, "reprovision requested by %s",
+                 r->who.kind == PRINCIPAL_KEY ? "API key" : "operator");
     tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, dev_on_tenant, d);
 }
 

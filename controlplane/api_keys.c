@@ -30,7 +30,8 @@
 
 static const char key_json_sql[] =
     "json_build_object('id',k.id,'name',k.name,'tenant',k.tenant_id,'scopes',k.scopes,"
-    "'status',CASE WHEN k.revoked_at IS NOT NULL THEN 'revoked' WHEN k.expires_at <= now() THEN 'expired'"
+    "'status',CASE WHEN k.revoked_at IS NOT NULL OR EXISTS (SELECT 1 FROM tenants d WHERE d.id = k.tenant_id"
+    " AND d.deleted_at IS NOT NULL) THEN 'revoked' WHEN k.expires_at <= now() THEN 'expired'"
     " ELSE 'active' END,"
     "'expiresAt',cp_ts(k.expires_at),'createdAt',cp_ts(k.created_at),'createdBy',k.created_by,"
     "'rotatedAt',cp_ts(k.rotated_at),"
@@ -420,6 +421,9 @@ static void key_on_revoked(const struct pgq_result *q, void *arg)
         key_reply_db(op, q);
     } else if (PQntuples(q->res) != 1) {
         cpreq_reply_error(op->r, 404, "not_found", NULL, "no such API key");
+    } else if (strcmp(PQgetvalue(q->res, 0, 2), "t") != 0) {
+        cpreq_reply_error(op->r, 403, "insufficient_scope", NULL,
+                          "revoking a key needs every scope of that key");
     } else {
         snprintf(op->r->audit_tenant, sizeof op->r->audit_tenant, "%s", PQgetvalue(q->res, 0, 1));
         log_write(LOG_INFO, op->r->id, "event=api_key_revoked id=%s", op->id);
@@ -433,17 +437,22 @@ static void key_on_revoked(const struct pgq_result *q, void *arg)
 static void key_revoke(struct cp_req *r, const char *id)
 {
     static const char sql[] =
-        "UPDATE api_keys SET revoked_at = coalesce(revoked_at, now()),"
-        " version = version + CASE WHEN revoked_at IS NULL THEN 1 ELSE 0 END"
-        " WHERE id = $1 AND ($2 = '' OR tenant_id = $2) RETURNING id, coalesce(tenant_id, '')";
-    const char *values[2] = {id, r->who.tenant};
+        "WITH cur AS (SELECT id, scopes <@ $3::text[] AS reach FROM api_keys"
+        "   WHERE id = $1 AND ($2 = '' OR tenant_id = $2) FOR UPDATE),"
+        " upd AS (UPDATE api_keys k SET revoked_at = coalesce(k.revoked_at, now()),"
+        "   version = k.version + CASE WHEN k.revoked_at IS NULL THEN 1 ELSE 0 END"
+        "   FROM cur WHERE k.id = cur.id AND cur.reach RETURNING k.id)"
+        " SELECT cur.id, (SELECT coalesce(tenant_id, '') FROM api_keys WHERE id = cur.id), cur.reach FROM cur";
+    char caller[400];
+    const char *values[3] = {id, r->who.tenant, caller};
     struct key_op *op;
     if (!cpreq_check_query(r, NULL))
         return;
+    key_scopes_array(r->who.scopes, true, caller, sizeof caller);
     op = xcalloc(1, sizeof *op);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
-    if (!pgpool_query(r->cp->global, sql, 2, values, key_on_revoked, op))
+    if (!pgpool_query(r->cp->global, sql, 3, values, key_on_revoked, op))
         key_on_revoked(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
 }
 
@@ -459,7 +468,8 @@ static void key_on_rotated(const struct pgq_result *q, void *arg)
         cpreq_reply_error(op->r, 409, "key_revoked", NULL, "a revoked key cannot be rotated");
     } else if (strcmp(PQgetvalue(q->res, 0, 1), "t") != 0) {
         cpreq_reply_error(op->r, 403, "insufficient_scope", NULL,
-                          "rotating a key reveals it: the caller must hold every scope of the key");
+                          "rotating a key reveals it: the caller must hold every scope of the key, "
+                          "and an expiring caller may only rotate keys that expire no later");
     } else if (PQgetisnull(q->res, 0, 2) || !(body = json_loads(PQgetvalue(q->res, 0, 2), 0, NULL))) {
         cpreq_reply_error(op->r, 500, "internal", NULL, "the key was not rotated");
     } else {
@@ -481,7 +491,9 @@ static void key_on_rotated(const struct pgq_result *q, void *arg)
 static void key_rotate(struct cp_req *r, const char *id)
 {
     static const char sql_fmt[] =
-        "WITH cur AS (SELECT id, revoked_at IS NULL AS live, scopes <@ $4::text[] AS reach"
+        "WITH cur AS (SELECT id, revoked_at IS NULL AS live,"
+        "   scopes <@ $4::text[] AND ($6 = '' OR (expires_at IS NOT NULL AND"
+        "     expires_at <= to_timestamp($6::float8 / 1000))) AS reach"
         "   FROM api_keys WHERE id = $1 AND ($2 = '' OR tenant_id = $2) FOR UPDATE),"
         " upd AS (UPDATE api_keys k SET"
         "   previous_sha256 = CASE WHEN $3::int > 0 THEN k.secret_sha256 END,"
@@ -490,8 +502,8 @@ static void key_rotate(struct cp_req *r, const char *id)
         "   FROM cur WHERE k.id = cur.id AND cur.live AND cur.reach RETURNING %s)"
         " SELECT cur.live, cur.reach, (SELECT * FROM upd) FROM cur";
     static const char *const keys[] = {"overlapSeconds", NULL};
-    const char *values[5];
-    char overlap_s[16], caller[400], sha[65];
+    const char *values[6];
+    char overlap_s[16], caller[400], sha[65], caller_exp[24] = "";
     int64_t overlap = 0;
     struct key_op *op;
     struct jv_err e;
@@ -500,6 +512,12 @@ static void key_rotate(struct cp_req *r, const char *id)
 
     if (!cpreq_check_query(r, NULL))
         return;
+    if (r->who.via_previous) {
+        /* the old secret of an overlap could otherwise take the key over (and end the new secret) */
+        cpreq_reply_error(r, 403, "insufficient_scope", NULL,
+                          "a secret kept for a rotation overlap cannot rotate keys: use the current secret");
+        return;
+    }
     if (r->body_len > 0) {
         if (!(body = cpreq_json_body(r, false)))
             return;
@@ -523,8 +541,11 @@ static void key_rotate(struct cp_req *r, const char *id)
     values[2] = overlap_s;
     values[3] = caller;
     values[4] = sha;
+    if (r->who.kind == PRINCIPAL_KEY && r->who.expires_ms > 0)
+        snprintf(caller_exp, sizeof caller_exp, "%lld", (long long)r->who.expires_ms);
+    values[5] = caller_exp;
     sql = xasprintf(sql_fmt, key_json_sql);
-    if (!pgpool_query(r->cp->global, sql, 5, values, key_on_rotated, op))
+    if (!pgpool_query(r->cp->global, sql, 6, values, key_on_rotated, op))
         key_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(sql);
 }

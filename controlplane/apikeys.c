@@ -24,7 +24,7 @@
 #include "util.h"
 
 #define APIKEYS_MAX_ENTRIES 10000
-#define APIKEYS_UNKNOWN_RATE 200.0     /* fetches of uncached ids per second */
+#define APIKEYS_UNKNOWN_RATE 200.0     /* fetches of ids not known to exist, per second */
 #define APIKEYS_UNKNOWN_BURST 400.0
 
 struct ak_waiter {
@@ -34,27 +34,34 @@ struct ak_waiter {
     struct ak_waiter *next;
 };
 
+/* Every entry is on the list (oldest use first), which owns it; the map
+ * indexes those that are current. An entry dropped from the map while its
+ * query runs stays on the list until the query's callback has answered its
+ * waiters. */
 struct ak_entry {
     struct apikeys *owner;
+    struct ak_entry *prev, *next;
     char id[APIKEY_ID_LEN + 1];
+    bool in_map;
     bool found;                 /* the row exists */
     bool usable;                /* not revoked, and its tenant not removed */
     struct principal p;
     char sha[65], prev_sha[65];
     int64_t prev_until_ms;      /* wall clock; 0: no previous secret */
     int64_t expires_ms;         /* wall clock; 0: never */
-    int64_t fetched_mono;       /* 0: never fetched (or forgotten) */
+    int64_t fetched_mono;       /* when the query that filled it was sent; 0: never (or forgotten) */
+    int64_t started_mono;       /* when the query in flight was sent */
     bool fetching, refetch;
-    bool orphan;                /* dropped from the map while its query ran: the callback frees it */
     struct ak_waiter *waiters;
 };
 
 struct apikeys {
     struct pgpool *global;
-    struct strmap *entries;     /* id -> struct ak_entry */
+    struct strmap *entries;     /* id -> struct ak_entry (current ones) */
+    struct ak_entry *head, *tail;
+    size_t nlist;
     double tokens;
     int64_t tokens_at;
-    bool freeing;
 };
 
 static const char ak_fetch_sql[] =
@@ -76,27 +83,33 @@ struct apikeys *apikeys_new(struct pgpool *global)
     return k;
 }
 
-static void ak_waiters_free(struct ak_entry *e)
+static void ak_list_unlink(struct apikeys *k, struct ak_entry *e)
+{
+    if (e->prev) e->prev->next = e->next; else k->head = e->next;
+    if (e->next) e->next->prev = e->prev; else k->tail = e->prev;
+    e->prev = e->next = NULL;
+    k->nlist--;
+}
+
+static void ak_list_append(struct apikeys *k, struct ak_entry *e)
+{
+    e->prev = k->tail;
+    e->next = NULL;
+    if (k->tail) k->tail->next = e; else k->head = e;
+    k->tail = e;
+    k->nlist++;
+}
+
+static void ak_entry_destroy(struct apikeys *k, struct ak_entry *e)
 {
     struct ak_waiter *w, *n;
+    if (e->in_map)
+        strmap_del(k->entries, e->id);
+    ak_list_unlink(k, e);
     for (w = e->waiters; w; w = n) {
         n = w->next;
         free(w);
     }
-    e->waiters = NULL;
-}
-
-/* Removal from the map. An entry whose query is in flight stays alive, with
- * its waiters, until that query's callback has answered them. At shutdown
- * (the pools, freed first, dropped the callbacks) everything goes. */
-static void ak_entry_free(void *v)
-{
-    struct ak_entry *e = v;
-    if (e->fetching && !e->owner->freeing) {
-        e->orphan = true;
-        return;
-    }
-    ak_waiters_free(e);
     free(e);
 }
 
@@ -104,11 +117,28 @@ void apikeys_free(struct apikeys *k)
 {
     if (!k)
         return;
-    k->freeing = true;   /* the global pool is freed before this: no callback will come */
-    strmap_free(k->entries, ak_entry_free);
+    /* the global pool is freed before this: no callback will come, and the
+     * requests still waiting were abandoned with the listener */
+    while (k->head)
+        ak_entry_destroy(k, k->head);
+    strmap_free(k->entries, NULL);
     free(k);
 }
 
+/* Room for one more entry: drop the oldest entries that are idle and either
+ * absent or stale (a known, fresh key is never pushed out by made-up ids). */
+static void ak_make_room(struct apikeys *k)
+{
+    struct ak_entry *e, *n;
+    int64_t now = util_mono_ms();
+    if (k->nlist < APIKEYS_MAX_ENTRIES)
+        return;
+    for (e = k->head; e && k->nlist >= APIKEYS_MAX_ENTRIES * 9 / 10; e = n) {
+        n = e->next;
+        if (!e->fetching && !e->waiters && (!e->found || now - e->fetched_mono >= APIKEYS_FRESH_MS))
+            ak_entry_destroy(k, e);
+    }
+}
 bool apikeys_parse(const char *token, char id[APIKEY_ID_LEN + 1], char secret[APIKEY_SECRET_LEN + 1])
 {
     const char *p;
@@ -147,17 +177,25 @@ static bool ak_fresh(const struct ak_entry *e)
     return e->fetched_mono > 0 && util_mono_ms() - e->fetched_mono < APIKEYS_FRESH_MS;
 }
 
-static enum apikey_verdict ak_decide(const struct ak_entry *e, const char *sha)
+/* The verdict for a secret's hash; *p is the caller on APIKEY_OK. A secret
+ * kept for a rotation overlap is the key only until the overlap ends: its
+ * principal expires then and may not rotate the key (principal.h). */
+static enum apikey_verdict ak_decide(const struct ak_entry *e, const char *sha, struct principal *p)
 {
     int64_t now = util_wall_ms();
     if (!e->found || !e->usable)
         return APIKEY_INVALID;
     if (e->expires_ms && now >= e->expires_ms)
         return APIKEY_INVALID;
+    *p = e->p;
     if (CRYPTO_memcmp(sha, e->sha, 64) == 0)
         return APIKEY_OK;
-    if (e->prev_sha[0] && now < e->prev_until_ms && CRYPTO_memcmp(sha, e->prev_sha, 64) == 0)
+    if (e->prev_sha[0] && now < e->prev_until_ms && CRYPTO_memcmp(sha, e->prev_sha, 64) == 0) {
+        p->via_previous = true;
+        if (!p->expires_ms || e->prev_until_ms < p->expires_ms)
+            p->expires_ms = e->prev_until_ms;
         return APIKEY_OK;
+    }
     return APIKEY_INVALID;
 }
 
@@ -208,7 +246,7 @@ static void ak_on_fetched(const struct pgq_result *q, void *arg)
     }
     if (ok) {
         ak_load_row(e, q->res);
-        e->fetched_mono = util_mono_ms();
+        e->fetched_mono = e->started_mono;
     } else {
         log_warn("event=apikey_fetch_failed status=%d error=\"%.200s\"", (int)q->status,
                  q->message ? q->message : "");
@@ -216,36 +254,33 @@ static void ak_on_fetched(const struct pgq_result *q, void *arg)
     w = e->waiters;
     e->waiters = NULL;
     for (; w; w = n) {
+        struct principal p;
         n = w->next;
-        if (!ok)
+        if (!ok) {
             w->cb(APIKEY_UNAVAILABLE, NULL, w->arg);
-        else {
-            enum apikey_verdict v = ak_decide(e, w->sha);
-            w->cb(v, v == APIKEY_OK ? &e->p : NULL, w->arg);
+        } else {
+            enum apikey_verdict v = ak_decide(e, w->sha, &p);
+            w->cb(v, v == APIKEY_OK ? &p : NULL, w->arg);
         }
         free(w);
     }
-    if (e->orphan)
-        free(e);
+    if (!e->in_map)
+        ak_entry_destroy(k, e);   /* replaced or dropped while its query ran */
+    else {
+        ak_list_unlink(k, e);     /* most recently used last */
+        ak_list_append(k, e);
+    }
 }
 
 static void ak_fetch(struct apikeys *k, struct ak_entry *e)
 {
     const char *values[1] = {e->id};
     e->fetching = true;
+    e->started_mono = util_mono_ms();
     if (!pgpool_query(k->global, ak_fetch_sql, 1, values, ak_on_fetched, e)) {
         struct pgq_result q = {.status = PGQ_UNAVAILABLE, .message = "pool closing"};
         ak_on_fetched(&q, e);
     }
-}
-
-/* Room for one more entry: drop those not fresh and not in use. */
-static void ak_make_room(struct apikeys *k)
-{
-    if (strmap_count(k->entries) < APIKEYS_MAX_ENTRIES)
-        return;
-    strmap_clear(k->entries, ak_entry_free);   /* in-flight entries are freed by their callbacks */
-    log_warn("event=apikey_cache_cleared entries=%d", APIKEYS_MAX_ENTRIES);
 }
 
 static bool ak_take_unknown_token(struct apikeys *k)
@@ -266,6 +301,7 @@ void apikeys_verify(struct apikeys *k, const char *token, apikeys_cb cb, void *a
     char id[APIKEY_ID_LEN + 1], secret[APIKEY_SECRET_LEN + 1], sha[65];
     struct ak_entry *e;
     struct ak_waiter *w;
+    struct principal p;
 
     if (!apikeys_parse(token, id, secret)) {
         cb(APIKEY_INVALID, NULL, arg);
@@ -275,20 +311,25 @@ void apikeys_verify(struct apikeys *k, const char *token, apikeys_cb cb, void *a
     OPENSSL_cleanse(secret, sizeof secret);
     e = strmap_get(k->entries, id);
     if (e && ak_fresh(e) && !e->fetching) {
-        enum apikey_verdict v = ak_decide(e, sha);
-        cb(v, v == APIKEY_OK ? &e->p : NULL, arg);
+        enum apikey_verdict v = ak_decide(e, sha, &p);
+        cb(v, v == APIKEY_OK ? &p : NULL, arg);
+        return;
+    }
+    /* A query for an id not known to exist (new, or absent when last read)
+     * takes a token; with none left the answer is "busy", never "invalid":
+     * a flood of made-up keys must not lock out a real one. */
+    if ((!e || (!e->found && !e->fetching)) && !ak_take_unknown_token(k)) {
+        cb(APIKEY_BUSY, NULL, arg);
         return;
     }
     if (!e) {
-        if (!ak_take_unknown_token(k)) {
-            cb(APIKEY_INVALID, NULL, arg);
-            return;
-        }
         ak_make_room(k);
         e = xcalloc(1, sizeof *e);
         e->owner = k;
         snprintf(e->id, sizeof e->id, "%s", id);
+        e->in_map = true;
         strmap_put(k->entries, id, e);
+        ak_list_append(k, e);
     }
     w = xcalloc(1, sizeof *w);
     memcpy(w->sha, sha, sizeof w->sha);
@@ -304,6 +345,7 @@ bool apikeys_maybe_valid(struct apikeys *k, const char *token)
 {
     char id[APIKEY_ID_LEN + 1], secret[APIKEY_SECRET_LEN + 1], sha[65];
     struct ak_entry *e;
+    struct principal p;
     bool ok;
     if (!apikeys_parse(token, id, secret))
         return false;
@@ -313,7 +355,7 @@ bool apikeys_maybe_valid(struct apikeys *k, const char *token)
     }
     apikeys_hash_hex(secret, sha);
     OPENSSL_cleanse(secret, sizeof secret);
-    ok = ak_decide(e, sha) == APIKEY_OK;
+    ok = ak_decide(e, sha, &p) == APIKEY_OK;
     return ok;
 }
 

@@ -31,6 +31,7 @@ enum apikey_verdict {
     APIKEY_OK,            /* p is the caller */
     APIKEY_INVALID,       /* unknown id, wrong secret, revoked, expired, tenant removed */
     APIKEY_UNAVAILABLE,   /* the catalog did not answer and no fresh copy is held */
+    APIKEY_BUSY,          /* not held, and the budget for queries of unknown ids is spent: try again */
 };
 
 typedef void (*apikeys_cb)(enum apikey_verdict v, const struct principal *p, void *arg);

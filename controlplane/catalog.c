@@ -73,25 +73,25 @@ static const struct catalog_field hub_fields[] = {
 
 const struct catalog_resource catalog_resources[] = {
     {"geographies", "geographies", "geography", geography_fields, 2, common_read_only, NULL, 0,
-     "json_build_object('id',t.id,'displayName',t.display_name," COMMON_JSON ")", false, true},
+     "json_build_object('id',t.id,'displayName',t.display_name," COMMON_JSON ")", false, true, "t.id"},
     {"regions", "regions", "region", region_fields, 4, common_read_only, region_filters, 1,
      "json_build_object('id',t.id,'geography',t.geography_id,'displayName',t.display_name,"
-     "'pairedRegion',t.paired_region_id," COMMON_JSON ")", false, false},
+     "'pairedRegion',t.paired_region_id," COMMON_JSON ")", false, false, "t.geography_id"},
     {"stamps", "stamps", "stamp", stamp_fields, 5, stamp_read_only, stamp_filters, 2,
      "json_build_object('id',t.id,'region',t.region_id,"
      "'geography',(SELECT r.geography_id FROM regions r WHERE r.id = t.region_id),"
      "'displayName',t.display_name,'status',t.status,'tenancy',t.tenancy," COMMON_JSON ")",
-     true, false},
+     true, false, "(SELECT r.geography_id FROM regions r WHERE r.id = t.region_id)"},
     {"dps-instances", "dps_instances", "DPS instance", dps_fields, 9, dps_read_only,
      stamp_child_filters, 1,
      "json_build_object('id',t.id,'stamp',t.stamp_id,'idScope',t.id_scope,'endpoint',t.endpoint,"
      "'maxRegistrations',t.max_registrations,'registrationsPerMinute',t.registrations_per_minute,"
      "'serviceHostName',t.service_host_name,'serviceKeyName',t.service_key_name,"
-     "'serviceKeyConfigured',t.service_key IS NOT NULL," COMMON_JSON ")", false, false},
+     "'serviceKeyConfigured',t.service_key IS NOT NULL," COMMON_JSON ")", false, false, "(SELECT r.geography_id FROM stamps s JOIN regions r ON r.id = s.region_id WHERE s.id = t.stamp_id)"},
     {"hubs", "hubs", "hub", hub_fields, 5, common_read_only, stamp_child_filters, 1,
      "json_build_object('id',t.id,'stamp',t.stamp_id,'hostName',t.host_name,"
      "'maxDevices',t.max_devices,'allocationWeight',t.allocation_weight," COMMON_JSON ")",
-     false, false},
+     false, false, "(SELECT r.geography_id FROM stamps s JOIN regions r ON r.id = s.region_id WHERE s.id = t.stamp_id)"},
 };
 const int catalog_nresources = (int)ARRAY_LEN(catalog_resources);
 
@@ -321,7 +321,7 @@ char *catalog_sql_delete(const struct catalog_resource *res)
     return xasprintf("DELETE FROM %s t WHERE t.id = $1 RETURNING t.id, %s", res->table, res->json_sql);
 }
 
-char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters)
+char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters, bool residency)
 {
     struct sqlbuf b = {0};
     sb_add(&b, "SELECT ");
@@ -338,6 +338,13 @@ char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx
         sb_param(&b, 3 + i);
         sb_add(&b, mark + 2);
         free(head);
+    }
+    if (residency) {
+        sb_add(&b, " AND ");
+        sb_add(&b, res->geo_sql);
+        sb_add(&b, " = ANY(");
+        sb_param(&b, 3 + nfilters);
+        sb_add(&b, "::text[])");
     }
     sb_add(&b, " ORDER BY t.id LIMIT $2");
     return b.s;

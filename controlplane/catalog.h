@@ -51,6 +51,7 @@ struct catalog_resource {
     const char *json_sql;      /* expression building the resource's JSON from alias t */
     bool live_health;          /* stamps: merge health and load from the load table */
     bool needs_geo_config;     /* geographies: the id must have a database configured */
+    const char *geo_sql;       /* the item's geography from alias t (tenant keys read only their residency's) */
 };
 
 extern const struct catalog_resource catalog_resources[];
@@ -85,7 +86,8 @@ char *catalog_sql_update(const struct catalog_resource *res, const struct catalo
 char *catalog_sql_get(const struct catalog_resource *res);       /* $1 = id */
 char *catalog_sql_delete(const struct catalog_resource *res);    /* $1 = id; columns: id, the row before */
 /* Rows of (json, id). $1 = cursor id or NULL, $2 = limit; filters follow from $3 in order. */
-char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters);
+/* residency: also keep only items whose geography is in the text[] parameter after the filters. */
+char *catalog_sql_list(const struct catalog_resource *res, const int *filter_idx, int nfilters, bool residency);
 
 /* The API name of the field a constraint or column in an error refers to, or NULL. */
 const char *catalog_field_for_constraint(const struct catalog_resource *res, const char *constraint,

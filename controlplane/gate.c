@@ -13,11 +13,6 @@
 #include "routes.h"
 #include "util.h"
 
-struct gate_wait {
-    struct cp_req *r;
-    bool device;        /* a device route: an API key acting for a device */
-};
-
 /* The bearer token of the Authorization header, or NULL. */
 static const char *gate_bearer(const char *h)
 {
@@ -62,9 +57,10 @@ static void gate_authorise(struct cp_req *r)
         return;
     }
     if ((rt->access == ROUTE_PLATFORM && !principal_is_platform(&r->who)) || !principal_has(&r->who, rt->scope)) {
-        cpreq_reply_error(r, 403, "insufficient_scope", NULL, "this credential lacks the scope %s%s",
-                          principal_scope_word(rt->scope),
-                          rt->access == ROUTE_PLATFORM ? " of a platform key" : "");
+        char words[200];
+        principal_scope_words(rt->scope, words, sizeof words);
+        cpreq_reply_error(r, 403, "insufficient_scope", NULL, "this route needs %s%s", words,
+                          rt->access == ROUTE_PLATFORM ? " on a platform credential" : "");
         return;
     }
     r->route = rt;
@@ -77,12 +73,14 @@ static void gate_authorise(struct cp_req *r)
 
 static void gate_on_key(enum apikey_verdict v, const struct principal *p, void *arg)
 {
-    struct gate_wait *w = arg;
-    struct cp_req *r = w->r;
-    bool device = w->device;
-    free(w);
+    struct cp_req *r = arg;
     if (v == APIKEY_UNAVAILABLE) {
         cpreq_reply_db_unavailable(r, &(struct pgq_result){.status = PGQ_UNAVAILABLE});
+        return;
+    }
+    if (v == APIKEY_BUSY) {
+        cpreq_add_header(r, "Retry-After", "1");
+        cpreq_reply_error(r, 503, "overloaded", NULL, "too many unknown API keys at once; try again");
         return;
     }
     if (v != APIKEY_OK) {
@@ -90,16 +88,7 @@ static void gate_on_key(enum apikey_verdict v, const struct principal *p, void *
         return;
     }
     r->who = *p;
-    (void)device;
     gate_authorise(r);
-}
-
-static void gate_verify_key(struct cp_req *r, const char *token, bool device)
-{
-    struct gate_wait *w = xcalloc(1, sizeof *w);
-    w->r = r;
-    w->device = device;
-    apikeys_verify(r->cp->keys, token, gate_on_key, w);
 }
 
 void gate_dispatch(struct cp_req *r)
@@ -117,7 +106,7 @@ void gate_dispatch(struct cp_req *r)
             return;
         }
         if (rt->access == ROUTE_DEVICE && tok && strncmp(tok, APIKEY_PREFIX, 4) == 0) {
-            gate_verify_key(r, tok, true);
+            apikeys_verify(r->cp->keys, tok, gate_on_key, r);
             return;
         }
         r->route = rt;
@@ -133,7 +122,7 @@ void gate_dispatch(struct cp_req *r)
         return;
     }
     if (tok && strncmp(tok, APIKEY_PREFIX, 4) == 0) {
-        gate_verify_key(r, tok, false);
+        apikeys_verify(r->cp->keys, tok, gate_on_key, r);
         return;
     }
     gate_unauthorized(r, false);

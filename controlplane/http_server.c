@@ -59,9 +59,10 @@ static void http_on_request(struct evhttp_request *ev, void *arg)
  * (well-formed, not expired, sr naming this tenant and device), verified
  * right here when the tenant is in the cache (a miss starts the fetch the
  * handler needs anyway, and the handler verifies); or a bearer token (the
- * operator's or an installer's: the handler checks it). Other /v1 routes:
- * the operator token. Requests without a body go on to the handlers, which
- * answer the same way.
+ * operator's, an installer's or an API key: the gate and handler check it).
+ * Other /v1 routes: the operator token or an API key not known to be bad
+ * (gate_admin_token_plausible). Requests without a body go on to the gate,
+ * which answers the same way.
  */
 struct http_sas_probe {
     bool in_call;           /* still inside tenants_get: the answer is wanted */

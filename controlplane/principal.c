@@ -4,6 +4,7 @@
 #include "principal.h"
 
 #include <jansson.h>
+#include <stdio.h>
 
 static const struct {
     uint32_t bit;
@@ -45,4 +46,17 @@ json_t *principal_scopes_json(uint32_t scopes)
         if (scopes & principal_scopes[i].bit)
             json_array_append_new(a, json_string(principal_scopes[i].word));
     return a;
+}
+
+void principal_scope_words(uint32_t scopes, char *out, size_t outlen)
+{
+    size_t o = 0;
+    out[0] = '\0';
+    for (size_t i = 0; i < PRINCIPAL_NSCOPES; i++)
+        if (scopes & principal_scopes[i].bit) {
+            int w = snprintf(out + o, outlen - o, "%s%s", o ? " and " : "", principal_scopes[i].word);
+            if (w < 0 || (size_t)w >= outlen - o)
+                return;
+            o += (size_t)w;
+        }
 }

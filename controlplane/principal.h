@@ -42,7 +42,9 @@ struct principal {
     char name[129];           /* the key's name, or "operator token" */
     char tenant[64];          /* "" = platform credential; else the only tenant it may see */
     uint32_t scopes;          /* SCOPE_* bits */
-    int64_t expires_ms;       /* an API key's expiry (wall clock, ms); 0: none */
+    int64_t expires_ms;       /* an API key's expiry (wall clock, ms); 0: none. Via a
+                               * previous secret: the end of the rotation overlap */
+    bool via_previous;        /* authenticated with a secret kept only for a rotation overlap */
     /* tenant keys: the tenant's residency geographies, which bound the layout they may read */
     char residency[PRINCIPAL_MAX_GEOS][64];
     int nresidency;
@@ -76,6 +78,8 @@ static inline const char *principal_label(const struct principal *p)
 /* Scope words ("tenants:read") and bits; 0 / NULL when unknown. */
 uint32_t principal_scope_from_word(const char *word);
 const char *principal_scope_word(uint32_t bit);
+/* The scopes as words joined by " and " ("keys:write and provision:on-behalf"). */
+void principal_scope_words(uint32_t scopes, char *out, size_t outlen);
 /* The scopes as a JSON-ready list of words (a new jansson array). */
 struct json_t;
 struct json_t *principal_scopes_json(uint32_t scopes);

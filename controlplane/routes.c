@@ -79,8 +79,11 @@ const struct route routes_table[] = {
     {GET, "/v1/tenants/{tenant}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_tenants},
     {PATCH, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
     {DELETE, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
-    {POST, "/v1/tenants/{tenant}/enrollment-key/rotate", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
-    {POST, "/v1/tenants/{tenant}/installer-tokens", SCOPE_KEYS_WRITE, ROUTE_TENANT, 2, rt_tenants},
+    /* both answer a credential that provisions devices (the enrollment key, an installer token) */
+    {POST, "/v1/tenants/{tenant}/enrollment-key/rotate", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
+     rt_tenants},
+    {POST, "/v1/tenants/{tenant}/installer-tokens", SCOPE_KEYS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
+     rt_tenants},
 
     {GET, "/v1/tenants/{tenant}/devices", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_inventory_devices},
     {GET, "/v1/tenants/{tenant}/devices/{device}", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_device_admin},
@@ -181,10 +184,14 @@ void routes_print_json(FILE *out)
     fprintf(out, "[\n");
     for (int i = 0; i < routes_count; i++) {
         const struct route *rt = &routes_table[i];
-        const char *scope = rt->scope ? principal_scope_word(rt->scope) : NULL;
-        fprintf(out, "  {\"method\":\"%s\",\"pattern\":\"%s\",\"scope\":%s%s%s,\"access\":\"%s\",\"tenantSegment\":%d}%s\n",
-                routes_method_name(rt->method), rt->pattern, scope ? "\"" : "", scope ? scope : "null",
-                scope ? "\"" : "", access[rt->access], rt->tenant_seg, i + 1 < routes_count ? "," : "");
+        int n = 0;
+        fprintf(out, "  {\"method\":\"%s\",\"pattern\":\"%s\",\"scopes\":[", routes_method_name(rt->method),
+                rt->pattern);
+        for (uint32_t b = 1; b & SCOPE_ALL; b <<= 1)
+            if (rt->scope & b)
+                fprintf(out, "%s\"%s\"", n++ ? "," : "", principal_scope_word(b));
+        fprintf(out, "],\"access\":\"%s\",\"tenantSegment\":%d}%s\n", access[rt->access], rt->tenant_seg,
+                i + 1 < routes_count ? "," : "");
     }
     fprintf(out, "]\n");
 }

@@ -31,7 +31,7 @@ enum route_access {
 struct route {
     enum evhttp_cmd_type method;
     const char *pattern;        /* "/v1/tenants/{tenant}/devices/{device}": {name} matches one segment */
-    uint32_t scope;             /* SCOPE_* (principal.h) the caller must hold; 0 for PUBLIC */
+    uint32_t scope;             /* SCOPE_* bits (principal.h) the caller must all hold; 0 for PUBLIC */
     enum route_access access;
     int tenant_seg;             /* index of the path segment naming the tenant, or -1 */
     void (*handler)(struct cp_req *r);

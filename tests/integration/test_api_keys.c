@@ -263,6 +263,64 @@ static void test_audited_by_key(void **state)
     TS_EXPECT_ERROR(ts_call(cp, k, "GET", "/v1/audit?tenant=beta", NULL), 404, "not_found");
 }
 
+/* Review findings, kept as regressions. */
+static void test_no_escalation_through_issued_credentials(void **state)
+{
+    const char *kw = ts_api_key(cp, NULL, "acme", "[\"keys:write\",\"tenants:write\",\"tenants:read\"]", NULL);
+    const char *plain_id, *old, *kid;
+    char exp[40];
+    time_t t = time(NULL) + 30;
+    struct tm tm;
+    struct ts_resp *r;
+
+    /* credentials that provision devices need provision:on-behalf too */
+    TS_EXPECT_ERROR(ts_call(cp, kw, "POST", "/v1/tenants/acme/installer-tokens", "{\"name\":\"i\"}"), 403,
+                    "insufficient_scope");
+    TS_EXPECT_ERROR(ts_call(cp, kw, "POST", "/v1/tenants/acme/enrollment-key/rotate", NULL), 403, "insufficient_scope");
+
+    /* an expiring key cannot rotate (and so own) a key that outlives it */
+    gmtime_r(&t, &tm);
+    strftime(exp, sizeof exp, "%Y-%m-%dT%H:%M:%SZ", &tm);
+    ts_api_key(cp, NULL, "acme", "[\"tenants:read\"]", &plain_id);
+    r = ts_call(cp, cp->token, "POST", "/v1/api-keys",
+                ts_str("{\"name\":\"exp\",\"tenant\":\"acme\",\"scopes\":[\"keys:write\",\"tenants:read\"],\"expiresAt\":\"%s\"}", exp));
+    TS_EXPECT_STATUS(r, 201);
+    TS_EXPECT_ERROR(ts_call(cp, ts_jstr(r->json, "key"), "POST", ts_str("/v1/api-keys/%s/rotate", plain_id), NULL), 403,
+                    "insufficient_scope");
+
+    /* the old secret of a rotation overlap: no rotation, and what it makes expires with the overlap */
+    old = ts_api_key(cp, NULL, "acme", "[\"keys:write\",\"tenants:read\"]", &kid);
+    r = ts_call(cp, cp->token, "POST", ts_str("/v1/api-keys/%s/rotate", kid), "{\"overlapSeconds\":60}");
+    TS_EXPECT_STATUS(r, 200);
+    TS_EXPECT_ERROR(ts_call(cp, old, "POST", ts_str("/v1/api-keys/%s/rotate", kid), NULL), 403, "insufficient_scope");
+    {
+        struct ts_resp *c = ts_call(cp, old, "POST", "/v1/api-keys", "{\"name\":\"child\",\"scopes\":[\"tenants:read\"]}");
+        int64_t until = ts_parse_rfc3339(ts_jstr(r->json, "previousValidUntil"));
+        TS_EXPECT_STATUS(c, 201);
+        if (!ts_jstr(c->json, "expiresAt") || ts_parse_rfc3339(ts_jstr(c->json, "expiresAt")) > until + 1000)
+            ts_fail("a key made with an overlap secret outlives the overlap (%s): %s",
+                    ts_jstr(r->json, "previousValidUntil"), ts_resp_str(c));
+    }
+    /* a weaker key cannot revoke a stronger one */
+    {
+        const char *strong_id;
+        ts_api_key(cp, NULL, "acme", "[\"keys:write\",\"devices:write\"]", &strong_id);
+        TS_EXPECT_ERROR(ts_call(cp, kw, "DELETE", ts_str("/v1/api-keys/%s", strong_id), NULL), 403, "insufficient_scope");
+    }
+    /* layout pages: neither items nor cursors name anything outside the residency */
+    {
+        const char *bk = ts_api_key(cp, NULL, "beta", "[\"tenants:read\"]", NULL);
+        r = ts_call(cp, bk, "GET", "/v1/geographies?limit=1", NULL);
+        TS_EXPECT_STATUS(r, 200);
+        if (json_array_size(json_object_get(r->json, "items")) != 1 || !json_is_null(json_object_get(r->json, "next")))
+            ts_fail("beta (us) reads geographies page: %s", r->body);
+        TS_EXPECT_STREQ(ts_jstr(json_array_get(json_object_get(r->json, "items"), 0), "id"), "us");
+        r = ts_call(cp, bk, "GET", "/v1/dps-instances", NULL);
+        if (r->status != 200 || strstr(r->body, "serviceKeyName") || strstr(r->body, "eu-west"))
+            ts_fail("beta reads DPS instances: %s", ts_resp_str(r));
+    }
+}
+
 static void test_bad_credentials(void **state)
 {
     const char *k = ts_api_key(cp, NULL, "acme", "[\"tenants:read\"]", NULL);
@@ -398,6 +456,7 @@ int main(void)
         cmocka_unit_test(test_tenant_key_sees_own_tenant_only),
         cmocka_unit_test(test_minting_rules),
         cmocka_unit_test(test_audited_by_key),
+        cmocka_unit_test(test_no_escalation_through_issued_credentials),
         cmocka_unit_test(test_bad_credentials),
         cmocka_unit_test(test_revocation_everywhere_within_1s),
         cmocka_unit_test(test_rotation),

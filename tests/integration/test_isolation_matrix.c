@@ -364,7 +364,9 @@ static int group_setup(void **state)
 static int checked;
 
 struct route_row {
-    const char *method, *pattern, *scope, *access;
+    const char *method, *pattern, *access;
+    unsigned need;          /* the route's scopes, all required */
+    const char *scope;      /* the same as text, for messages */
 };
 
 static void expect(const char *who, const struct route_row *rr, struct ts_resp *r, int status, const char *code)
@@ -378,7 +380,7 @@ static void expect(const char *who, const struct route_row *rr, struct ts_resp *
 static void check_route(const struct route_row *rr, const struct fixture *fx)
 {
     struct call c = { 0 };
-    unsigned need = rr->scope ? scope_bit(rr->scope) : 0;
+    unsigned need = rr->need;
     bool platform = strcmp(rr->access, "platform") == 0;
     bool device = strcmp(rr->access, "device") == 0;
     const char *with, *without, *other;
@@ -387,13 +389,7 @@ static void check_route(const struct route_row *rr, const struct fixture *fx)
     fx->prep(&c);
     if (!c.tenant)
         c.tenant = OWN;
-    if (platform) {
-        with = key_for(NULL, need);
-        without = key_for(NULL, ALL_SCOPES & ~need & ~(1u << 0));
-    } else {
-        with = key_for(c.tenant, need);
-        without = key_for(c.tenant, TENANT_SCOPES & ~need);
-    }
+    with = key_for(platform ? NULL : c.tenant, need);
     other = key_for(OTHER, TENANT_SCOPES);
 
     expect("no key", rr, ts_call(cp, NULL, rr->method, c.path, c.body), 401, "unauthorized");
@@ -401,7 +397,14 @@ static void check_route(const struct route_row *rr, const struct fixture *fx)
            401, "unauthorized");
     expect("an expired key", rr, ts_call(cp, platform ? expired_platform_key : expired_tenant_key, rr->method, c.path, c.body),
            401, "unauthorized");
-    expect("a key without the scope", rr, ts_call(cp, without, rr->method, c.path, c.body), 403, "insufficient_scope");
+    /* each scope of the route missing in turn, every other scope held */
+    for (int b = 0; b < NSCOPES; b++) {
+        if (!(need & (1u << b)))
+            continue;
+        without = platform ? key_for(NULL, ALL_SCOPES & ~(1u << b) & ~1u) : key_for(c.tenant, TENANT_SCOPES & ~(1u << b));
+        expect(ts_str("a key without %s", scope_words[b]), rr, ts_call(cp, without, rr->method, c.path, c.body), 403,
+               "insufficient_scope");
+    }
     r = ts_call(cp, other, rr->method, c.path, c.body);
     if (fx->leak) {
         expect("another tenant's key (a list)", rr, r, 200, NULL);
@@ -448,8 +451,14 @@ static void test_matrix(void **state)
     if (missing)
         ts_fail("%d route(s) of the route table are missing from the matrix: add a fixture", missing);
     json_array_foreach(routes, i, rt_json) {
-        struct route_row rr = { ts_jstr(rt_json, "method"), ts_jstr(rt_json, "pattern"), ts_jstr(rt_json, "scope"),
-                                ts_jstr(rt_json, "access") };
+        struct route_row rr = { ts_jstr(rt_json, "method"), ts_jstr(rt_json, "pattern"), ts_jstr(rt_json, "access"), 0,
+                                "" };
+        json_t *sc;
+        size_t k;
+        json_array_foreach(json_object_get(rt_json, "scopes"), k, sc) {
+            rr.need |= scope_bit(json_string_value(sc));
+            rr.scope = ts_str("%s%s%s", rr.scope, k ? "+" : "", json_string_value(sc));
+        }
         if (strcmp(rr.access, "public") == 0) {
             TS_EXPECT_STATUS(ts_get(cp, rr.pattern), 200);
             continue;

@@ -189,7 +189,7 @@ static void test_sql(void **state)
     free(sql);
     catalog_values_free(&v);
 
-    sql = catalog_sql_list(stamps, f, 2);
+    sql = catalog_sql_list(stamps, f, 2, false);
     assert_non_null(strstr(sql, "t.region_id = $3 AND t.region_id IN (SELECT r.id FROM regions r WHERE r.geography_id = $4)"));
     assert_non_null(strstr(sql, "ORDER BY t.id LIMIT $2"));
     assert_null(strstr(sql, "$?"));
