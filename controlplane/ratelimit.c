@@ -11,14 +11,45 @@
 #include "log.h"
 #include "util.h"
 
-/* KEYS: buckets in order; ARGV: capacity_i, refill-per-ms_i pairs.
- * Returns {index admitted (1-based) or 0, ms until a token when 0}. */
+/* KEYS: the n DPS buckets in order, then the tenant's bucket and its
+ * reservation set. ARGV: n, tenant capacity (0: none), tenant refill per ms,
+ * maxDevices (-1: none), committed devices, reservation member, reservation
+ * ms, then capacity_i, refill-per-ms_i pairs.
+ * Returns {index admitted (1-based), 0}, {0, ms until a DPS token},
+ * {-1, ms until a tenant token} or {-2, ms until a reservation ends}. */
 static const char ratelimit_lua[] =
     "local t = redis.call('TIME') "
     "local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "local n = tonumber(ARGV[1]) "
+    "local tcap = tonumber(ARGV[2]) local trate = tonumber(ARGV[3]) "
+    "local maxdev = tonumber(ARGV[4]) local count = tonumber(ARGV[5]) "
+    "local tk = KEYS[n + 1] local pk = KEYS[n + 2] "
+    "if maxdev >= 0 then "
+    "  redis.call('ZREMRANGEBYSCORE', pk, '-inf', now) "
+    "  local p = redis.call('ZCARD', pk) "
+    "  if redis.call('ZSCORE', pk, ARGV[6]) then p = p - 1 end "
+    "  if count + p >= maxdev then "
+    "    local first = redis.call('ZRANGEBYSCORE', pk, now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1) "
+    "    local w = 1000 "
+    "    if first[2] then w = math.max(1, tonumber(first[2]) - now) end "
+    "    return {-2, w} "
+    "  end "
+    "end "
+    "local tt = 0 local tts = now "
+    "if tcap > 0 then "
+    "  local b = redis.call('HMGET', tk, 'tokens', 'ts') "
+    "  tt = tonumber(b[1]) tts = tonumber(b[2]) "
+    "  if tt == nil or tts == nil then tt = tcap tts = now end "
+    "  if now > tts then tt = math.min(tcap, tt + (now - tts) * trate) tts = now end "
+    "  if tt < 1 then "
+    "    redis.call('HSET', tk, 'tokens', tostring(tt), 'ts', tostring(tts)) "
+    "    redis.call('PEXPIRE', tk, math.ceil(tcap / trate) + 60000) "
+    "    return {-1, math.ceil((1 - tt) / trate)} "
+    "  end "
+    "end "
     "local minwait = -1 "
-    "for i = 1, #KEYS do "
-    "  local cap = tonumber(ARGV[2*i-1]) local rate = tonumber(ARGV[2*i]) "
+    "for i = 1, n do "
+    "  local cap = tonumber(ARGV[6 + 2*i]) local rate = tonumber(ARGV[7 + 2*i]) "
     "  local b = redis.call('HMGET', KEYS[i], 'tokens', 'ts') "
     "  local tokens = tonumber(b[1]) local ts = tonumber(b[2]) "
     "  if tokens == nil or ts == nil then tokens = cap ts = now end "
@@ -27,6 +58,14 @@ static const char ratelimit_lua[] =
     "  if tokens >= 1 then "
     "    redis.call('HSET', KEYS[i], 'tokens', tostring(tokens - 1), 'ts', tostring(ts)) "
     "    redis.call('PEXPIRE', KEYS[i], ttl) "
+    "    if tcap > 0 then "
+    "      redis.call('HSET', tk, 'tokens', tostring(tt - 1), 'ts', tostring(tts)) "
+    "      redis.call('PEXPIRE', tk, math.ceil(tcap / trate) + 60000) "
+    "    end "
+    "    if maxdev >= 0 then "
+    "      redis.call('ZADD', pk, now + tonumber(ARGV[7]), ARGV[6]) "
+    "      redis.call('PEXPIRE', pk, tonumber(ARGV[7]) + 60000) "
+    "    end "
     "    return {i, 0} "
     "  end "
     "  redis.call('HSET', KEYS[i], 'tokens', tostring(tokens), 'ts', tostring(ts)) "
@@ -35,6 +74,18 @@ static const char ratelimit_lua[] =
     "  if minwait < 0 or w < minwait then minwait = w end "
     "end "
     "return {0, minwait}";
+
+/* KEYS: the reservation set; ARGV: member, 1 = committed (hold ms in ARGV[3]) or 0 = drop. */
+static const char ratelimit_settle_lua[] =
+    "if ARGV[2] == '1' then "
+    "  local t = redis.call('TIME') "
+    "  local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000) "
+    "  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[3]), ARGV[1]) "
+    "  redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[3]) + 60000) "
+    "else "
+    "  redis.call('ZREM', KEYS[1], ARGV[1]) "
+    "end "
+    "return 1";
 
 struct rl_call {
     ratelimit_cb cb;
@@ -56,6 +107,10 @@ static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
         c->cb(RL_UNAVAILABLE, -1, 0, c->arg);
     } else if (reply->element[0]->integer > 0) {
         c->cb(RL_ADMITTED, (int)reply->element[0]->integer - 1, 0, c->arg);
+    } else if (reply->element[0]->integer == -1) {
+        c->cb(RL_TENANT_THROTTLED, -1, reply->element[1]->integer, c->arg);
+    } else if (reply->element[0]->integer == -2) {
+        c->cb(RL_QUOTA_PENDING, -1, reply->element[1]->integer, c->arg);
     } else {
         c->cb(RL_THROTTLED, -1, reply->element[1]->integer, c->arg);
     }
@@ -63,12 +118,13 @@ static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
 }
 
 void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cands, int ncand,
-                    ratelimit_cb cb, void *arg)
+                    const struct ratelimit_tenant *tenant, ratelimit_cb cb, void *arg)
 {
     redisAsyncContext *ac = redisfeed_cmd(feed);
-    const char *argv[3 + 3 * RATELIMIT_MAX];
-    size_t argl[3 + 3 * RATELIMIT_MAX];
-    char keys[RATELIMIT_MAX][96], caps[RATELIMIT_MAX][24], rates[RATELIMIT_MAX][40], nkeys[8];
+    const char *argv[3 + 2 + 7 + 3 * RATELIMIT_MAX];
+    size_t argl[3 + 2 + 7 + 3 * RATELIMIT_MAX];
+    char keys[RATELIMIT_MAX][96], caps[RATELIMIT_MAX][24], rates[RATELIMIT_MAX][40], nkeys[8], n[8];
+    char tkey[96], pkey[96], tcap[24], trate[40], maxdev[24], count[24], hold[24];
     struct rl_call *c;
     int argc = 0;
 
@@ -77,7 +133,8 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
         cb(RL_UNAVAILABLE, -1, 0, arg);
         return;
     }
-    snprintf(nkeys, sizeof nkeys, "%d", ncand);
+    snprintf(nkeys, sizeof nkeys, "%d", ncand + 2);
+    snprintf(n, sizeof n, "%d", ncand);
     argv[argc++] = "EVAL";
     argv[argc++] = ratelimit_lua;
     argv[argc++] = nkeys;
@@ -85,6 +142,25 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
         snprintf(keys[i], sizeof keys[i], "dps:%.64s:bucket", cands[i]->id);
         argv[argc++] = keys[i];
     }
+    /* without a tenant these keys are named but never touched */
+    snprintf(tkey, sizeof tkey, "tenant:%.64s:bucket", tenant ? tenant->id : "-");
+    snprintf(pkey, sizeof pkey, "tenant:%.64s:placing", tenant ? tenant->id : "-");
+    argv[argc++] = tkey;
+    argv[argc++] = pkey;
+    snprintf(tcap, sizeof tcap, "%lld", tenant && tenant->per_minute > 0 ? (long long)tenant->per_minute : 0LL);
+    snprintf(trate, sizeof trate, "%.12g",
+             tenant && tenant->per_minute > 0 ? (double)tenant->per_minute / 60000.0 : 0.0);
+    snprintf(maxdev, sizeof maxdev, "%lld",
+             tenant && tenant->max_devices >= 0 && tenant->reservation ? (long long)tenant->max_devices : -1LL);
+    snprintf(count, sizeof count, "%lld", tenant ? (long long)tenant->devices : 0LL);
+    snprintf(hold, sizeof hold, "%d", RATELIMIT_QUOTA_RESERVE_MS);
+    argv[argc++] = n;
+    argv[argc++] = tcap;
+    argv[argc++] = trate;
+    argv[argc++] = maxdev;
+    argv[argc++] = count;
+    argv[argc++] = tenant && tenant->reservation ? tenant->reservation : "-";
+    argv[argc++] = hold;
     for (int i = 0; i < ncand; i++) {
         snprintf(caps[i], sizeof caps[i], "%lld", (long long)cands[i]->per_minute);
         snprintf(rates[i], sizeof rates[i], "%.12g", (double)cands[i]->per_minute / 60000.0);
@@ -100,6 +176,30 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
         free(c);
         cb(RL_UNAVAILABLE, -1, 0, arg);
     }
+}
+
+void ratelimit_quota_settle(struct redisfeed *feed, const char *tenant_id, const char *reservation, bool committed)
+{
+    redisAsyncContext *ac = redisfeed_cmd(feed);
+    char pkey[96], hold[24];
+    const char *argv[7];
+    size_t argl[7];
+
+    if (!ac)
+        return;   /* the reservation expires by itself (RATELIMIT_QUOTA_RESERVE_MS) */
+    snprintf(pkey, sizeof pkey, "tenant:%.64s:placing", tenant_id);
+    snprintf(hold, sizeof hold, "%d", RATELIMIT_QUOTA_HOLD_MS);
+    argv[0] = "EVAL";
+    argv[1] = ratelimit_settle_lua;
+    argv[2] = "1";
+    argv[3] = pkey;
+    argv[4] = reservation;
+    argv[5] = committed ? "1" : "0";
+    argv[6] = hold;
+    for (int i = 0; i < 7; i++)
+        argl[i] = strlen(argv[i]);
+    if (redisAsyncCommandArgv(ac, NULL, NULL, 7, argv, argl) != REDIS_OK)
+        log_warn("event=quota_settle_unsent tenant=%s", tenant_id);
 }
 
 int64_t ratelimit_retry_after_s(int64_t wait_ms)
