@@ -80,7 +80,7 @@ struct devreq {
     bool quota_reserved;       /* a reservation against maxDevices is held under `reservation` */
     char reservation[33];
     int64_t devices_counted;   /* COUNT: the tenant's assigned devices */
-    int64_t count_started_ms;
+    int64_t reserved_at;       /* Redis's time when the reservation was made */
     bool count_failed;
     char old_dps[64];          /* reprovision: the DPS the device is leaving */
     int regid_conflicts;       /* DPS instances ruled out because another tenant's device has this id */
@@ -674,8 +674,8 @@ static void dev_take_tokens(struct devreq *d)
 {
     bool quota = !d->moving && d->t->max_devices >= 0;
     struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute,
-                                  .max_devices = quota ? d->t->max_devices : -1,
-                                  .devices = d->devices_counted, .reservation = quota ? d->reservation : NULL};
+                                  .max_devices = quota ? d->t->max_devices : -1, .devices = d->devices_counted,
+                                  .reservation = quota ? d->reservation : NULL, .reserved_at = d->reserved_at};
     dev_set_state(d, DS_RATE);
     ratelimit_take(d->cp->feed, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX, &rt,
                    dev_on_rate, d);
@@ -703,19 +703,24 @@ static void dev_on_count(const struct pgq_result *q, void *arg)
     }
 }
 
-/* COUNT: the tenant's assigned devices in every geography its devices may
- * be in (first placements of a tenant with maxDevices only). */
-static void dev_count_devices(struct devreq *d)
+/* The reservation is in (t0: Redis's time then): count the tenant's
+ * assigned devices in every geography its devices may be in. */
+static void dev_on_reserved(int64_t t0, void *arg)
 {
     static const char sql[] = "SELECT count(*) FROM devices WHERE tenant_id = $1 AND status = 'assigned'";
+    struct devreq *d = arg;
     struct cp *cp = d->cp;
     const char *values[1] = {d->tenant_id};
 
-    if (!d->reservation[0])
-        util_random_hex(d->reservation, 16);
+    if (t0 < 0) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "the device quota cannot be checked; retry later");
+        return;
+    }
+    d->quota_reserved = true;
+    d->reserved_at = t0;
     d->devices_counted = 0;
     d->count_failed = false;
-    d->count_started_ms = util_mono_ms();
     d->pending = 1;
     for (int i = 0; i < d->t->nlookup; i++) {
         int g = dev_geo_index(cp, d->t->lookup_geos[i]);
@@ -732,20 +737,25 @@ static void dev_count_devices(struct devreq *d)
     dev_on_count(NULL, d);
 }
 
+/* COUNT (first placements of a tenant with maxDevices only): reserve, then
+ * count (ratelimit.h: the count must start after the reservation). */
+static void dev_count_devices(struct devreq *d)
+{
+    if (!d->reservation[0])
+        util_random_hex(d->reservation, 16);
+    ratelimit_quota_reserve(d->cp->feed, d->tenant_id, d->reservation, dev_on_reserved, d);
+}
+
 static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
 {
     struct devreq *d = arg;
-    bool quota = !d->moving && d->t->max_devices >= 0;
-    if (st == RL_ADMITTED && quota) {
-        d->quota_reserved = true;
-        if (util_mono_ms() - d->count_started_ms > RATELIMIT_QUOTA_MAX_WINDOW_MS) {
-            /* the count is too old to rule out a placement committed meanwhile */
-            dev_retry_after(d, 1);
-            dev_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
-            return;
-        }
-    }
-    if (st == RL_UNAVAILABLE) {
+    if (st != RL_ADMITTED && st != RL_UNAVAILABLE)
+        d->quota_reserved = false;   /* the script dropped the reservation */
+    if (st == RL_QUOTA_STALE) {
+        /* the count took too long to rule out a placement committed meanwhile */
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
+    } else if (st == RL_UNAVAILABLE) {
         dev_retry_after(d, 1);
         dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
     } else if (dev_tenant_refused(d, st, wait_ms)) {
