@@ -11,8 +11,8 @@
 #include "log.h"
 #include "util.h"
 
-/* KEYS: the n DPS buckets in order, then the tenant's bucket, its "placing"
- * and its "placed" sets. ARGV: n, tenant capacity (0: none), tenant refill
+/* KEYS: the n DPS buckets in order, then (only for a tenant with limits) the
+ * tenant's bucket, its "placing" and its "placed" sets. ARGV: n, tenant capacity (0: none), tenant refill
  * per ms, maxDevices (-1: none), committed devices, reservation member, T0,
  * the longest window, reservation ms, then capacity_i, refill-per-ms_i pairs.
  * Returns {index admitted (1-based), 0}, {0, ms until a DPS token},
@@ -138,9 +138,12 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
     redisAsyncContext *ac = redisfeed_cmd(feed);
     const char *argv[3 + 3 + 9 + 3 * RATELIMIT_MAX];
     size_t argl[3 + 3 + 9 + 3 * RATELIMIT_MAX];
-    char keys[RATELIMIT_MAX][96], caps[RATELIMIT_MAX][24], rates[RATELIMIT_MAX][40], nkeys[8], n[8];
+    char keys[RATELIMIT_MAX][96], caps[RATELIMIT_MAX][24], rates[RATELIMIT_MAX][40], nkeys[16], n[16];
     char tkey[96], pkey[96], dkey[96], tcap[24], trate[40], maxdev[24], count[24], t0[24], window[24], hold[24];
     bool quota = tenant && tenant->max_devices >= 0 && tenant->reservation;
+    /* A tenant without limits names no tenant key: the script touches none,
+     * and a Redis ACL from before tenant limits still admits the call. */
+    bool tkeys = quota || (tenant && tenant->per_minute > 0);
     struct rl_call *c;
     int argc = 0;
 
@@ -149,7 +152,7 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
         cb(RL_UNAVAILABLE, -1, 0, arg);
         return;
     }
-    snprintf(nkeys, sizeof nkeys, "%d", ncand + 3);
+    snprintf(nkeys, sizeof nkeys, "%d", ncand + (tkeys ? 3 : 0));
     snprintf(n, sizeof n, "%d", ncand);
     argv[argc++] = "EVAL";
     argv[argc++] = ratelimit_lua;
@@ -158,13 +161,14 @@ void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cand
         snprintf(keys[i], sizeof keys[i], "dps:%.64s:bucket", cands[i]->id);
         argv[argc++] = keys[i];
     }
-    /* without a tenant these keys are named but never touched */
-    snprintf(tkey, sizeof tkey, "tenant:%.64s:bucket", tenant ? tenant->id : "-");
-    snprintf(pkey, sizeof pkey, "tenant:%.64s:placing", tenant ? tenant->id : "-");
-    snprintf(dkey, sizeof dkey, "tenant:%.64s:placed", tenant ? tenant->id : "-");
-    argv[argc++] = tkey;
-    argv[argc++] = pkey;
-    argv[argc++] = dkey;
+    if (tkeys) {
+        snprintf(tkey, sizeof tkey, "tenant:%.64s:bucket", tenant->id);
+        snprintf(pkey, sizeof pkey, "tenant:%.64s:placing", tenant->id);
+        snprintf(dkey, sizeof dkey, "tenant:%.64s:placed", tenant->id);
+        argv[argc++] = tkey;
+        argv[argc++] = pkey;
+        argv[argc++] = dkey;
+    }
     snprintf(tcap, sizeof tcap, "%lld", tenant && tenant->per_minute > 0 ? (long long)tenant->per_minute : 0LL);
     snprintf(trate, sizeof trate, "%.12g",
              tenant && tenant->per_minute > 0 ? (double)tenant->per_minute / 60000.0 : 0.0);
