@@ -3,7 +3,8 @@
  *
  *   AUTH --tenant loaded, credential verified--> CACHE (locate only)
  *   --miss--> LOOKUP (every geography the tenant's devices may live in, in
- *   parallel) --found--> reply | --new--> PLACE --> RATE (shared token
+ *   parallel) --found--> reply | --new--> PLACE --> [COUNT (tenant with
+ *   maxDevices: reserve, count its devices)] --> RATE (shared token
  *   buckets) --> ASSIGN (geography database, atomic) --> reply
  *
  * A device that got 200 is in its geography's database: the answer is sent
@@ -37,8 +38,8 @@
 #define DEV_MAX_EXCLUDE 16
 
 enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
-enum dev_state { DS_AUTH, DS_LOOKUP, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
-static const char *const dev_state_names[] = {"auth", "lookup", "rate", "assign", "dps", "record", "done"};
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
+static const char *const dev_state_names[] = {"auth", "lookup", "count", "rate", "assign", "dps", "record", "done"};
 enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER };
 
 struct dev_row {
@@ -741,6 +742,7 @@ static void dev_on_reserved(int64_t t0, void *arg)
  * count (ratelimit.h: the count must start after the reservation). */
 static void dev_count_devices(struct devreq *d)
 {
+    dev_set_state(d, DS_COUNT);
     if (!d->reservation[0])
         util_random_hex(d->reservation, 16);
     ratelimit_quota_reserve(d->cp->feed, d->tenant_id, d->reservation, dev_on_reserved, d);
