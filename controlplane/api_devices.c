@@ -3,11 +3,19 @@
  *
  *   AUTH --tenant loaded, credential verified--> CACHE (locate only)
  *   --miss--> LOOKUP (every geography the tenant's devices may live in, in
- *   parallel) --found--> reply | --new--> PLACE --> RATE (shared token
+ *   parallel) --found--> reply | --new--> PLACE --> [COUNT (tenant with
+ *   maxDevices: reserve, count its devices)] --> RATE (shared token
  *   buckets) --> ASSIGN (geography database, atomic) --> reply
  *
  * A device that got 200 is in its geography's database: the answer is sent
  * only after the assignment statement committed.
+ *
+ * Tenant rules (docs/api.md "Quotas", "Suspend and resume"): a suspended
+ * tenant's devices are refused once their credential is verified; a first
+ * placement of a tenant with maxDevices counts its assigned devices first
+ * (COUNT, every lookup geography in parallel) and the RATE step reserves the
+ * placement against the quota; maxProvisionsPerMinute is a bucket taken in
+ * the RATE step with the DPS's. A device already placed costs none of this.
  */
 #include "api_devices.h"
 
@@ -30,8 +38,8 @@
 #define DEV_MAX_EXCLUDE 16
 
 enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
-enum dev_state { DS_AUTH, DS_LOOKUP, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
-static const char *const dev_state_names[] = {"auth", "lookup", "rate", "assign", "dps", "record", "done"};
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
+static const char *const dev_state_names[] = {"auth", "lookup", "count", "rate", "assign", "dps", "record", "done"};
 enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER };
 
 struct dev_row {
@@ -40,6 +48,7 @@ struct dev_row {
     char status[16];
     char region[64], stamp[64], dps[64], scope[72], endpoint[260], assigned_at[40];
     char etag[24];
+    char hub[256], device_id[132];   /* lookups: what proxy provisioning recorded ("" if none) */
     char *detail;              /* admin GET: the full JSON */
 };
 
@@ -68,6 +77,12 @@ struct devreq {
     const struct layout_dps *chosen;
     bool moving;               /* reprovision of an assigned device */
     bool placed_now;           /* a DPS token was taken for this request's placement */
+    struct cp *cp;             /* outlives the request (dev_free settles the quota reservation) */
+    bool quota_reserved;       /* a reservation against maxDevices is held under `reservation` */
+    char reservation[33];
+    int64_t devices_counted;   /* COUNT: the tenant's assigned devices */
+    int64_t reserved_at;       /* Redis's time when the reservation was made */
+    bool count_failed;
     char old_dps[64];          /* reprovision: the DPS the device is leaving */
     int regid_conflicts;       /* DPS instances ruled out because another tenant's device has this id */
     bool admin_route;          /* /v1/tenants/{t}/devices/...: acts on existing devices only */
@@ -79,6 +94,7 @@ struct devreq {
 
 static void dev_lookup(struct devreq *d);
 static void dev_place(struct devreq *d);
+static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg);
 static void dev_proxy(struct devreq *d);
 
 bool api_devices_valid_regid(const char *s)
@@ -106,6 +122,8 @@ static void dev_set_state(struct devreq *d, enum dev_state s)
 
 static void dev_free(struct devreq *d)
 {
+    if (d->quota_reserved)   /* nothing was committed under it */
+        ratelimit_quota_settle(d->cp->feed, d->tenant_id, d->reservation, false);
     if (d->t) tenant_unref(d->t);
     if (d->l) layout_unref(d->l);
     placement_result_clear(&d->pr);
@@ -232,6 +250,7 @@ static void dev_publish_change(struct devreq *d, void (*then)(struct devreq *))
 static const char dev_lookup_sql[] =
     "SELECT 1, status, coalesce(region_id,''), coalesce(stamp_id,''), coalesce(dps_id,''), coalesce(id_scope,''),"
     " coalesce(dps_endpoint,''), coalesce(cp_ts(assigned_at),''), etag::text,"
+    " coalesce(hub_host_name,''), coalesce(device_id,''),"
     " CASE WHEN (SELECT geography FROM geo_identity) = $3::text THEN $3::text"
     " ELSE '?' || coalesce((SELECT geography FROM geo_identity), '') END"
     " FROM devices WHERE tenant_id = $1 AND registration_id = $2";
@@ -241,11 +260,12 @@ static const char dev_lookup_sql[] =
 static const char dev_lookup_many_sql[] =
     "SELECT k.ord, d.status, coalesce(d.region_id,''), coalesce(d.stamp_id,''), coalesce(d.dps_id,''),"
     " coalesce(d.id_scope,''), coalesce(d.dps_endpoint,''), coalesce(cp_ts(d.assigned_at),''), d.etag::text,"
+    " coalesce(d.hub_host_name,''), coalesce(d.device_id,''),"
     " CASE WHEN gi.g = k.geo THEN k.geo ELSE '?' || coalesce(gi.g, '') END"
     " FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS k(tenant_id, registration_id, geo, ord)"
     " CROSS JOIN (SELECT (SELECT geography FROM geo_identity) AS g) gi"
     " CROSS JOIN LATERAL (SELECT t.status, t.region_id, t.stamp_id, t.dps_id, t.id_scope, t.dps_endpoint,"
-    " t.assigned_at, t.etag FROM devices t"
+    " t.assigned_at, t.etag, t.hub_host_name, t.device_id FROM devices t"
     " WHERE t.tenant_id = k.tenant_id AND t.registration_id = k.registration_id OFFSET 0) d";
 
 /* First assignments, batched the same way (cp_assign_devices: schema/geo/003). */
@@ -416,6 +436,11 @@ static void dev_on_assign_row(struct devreq *d, const struct pgq_result *q, int 
         return;
     }
     outcome = PQgetvalue(q->res, row, off);
+    if (d->quota_reserved && strcmp(outcome, "assigned") == 0) {
+        /* a device was added under the reservation: it now counts, held a while longer */
+        ratelimit_quota_settle(d->cp->feed, d->tenant_id, d->reservation, true);
+        d->quota_reserved = false;
+    }
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
         dev_row_read(&d->row, q->res, row, off + 1, geo);
         if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
@@ -582,6 +607,25 @@ static void dev_proxy_register(struct devreq *d)
     dps_register(d->r->cp->dps, d->row.endpoint, d->row.scope, d->regid, sas, d->payload, dev_on_dps, d);
 }
 
+/* The tenant's own limits said no (RL_TENANT_THROTTLED, RL_QUOTA_PENDING):
+ * replies and returns true. */
+static bool dev_tenant_refused(struct devreq *d, enum ratelimit_status st, int64_t wait_ms)
+{
+    if (st == RL_TENANT_THROTTLED) {
+        dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        dev_error(d, 429, "tenant_throttled", NULL,
+                  "the tenant is at its quotas.maxProvisionsPerMinute; retry later");
+        return true;
+    }
+    if (st == RL_QUOTA_PENDING) {
+        dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        dev_error(d, 429, "quota_pending", NULL,
+                  "the tenant's placements in flight would reach quotas.maxDevices; retry later");
+        return true;
+    }
+    return false;
+}
+
 static void dev_on_proxy_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
 {
     struct devreq *d = arg;
@@ -589,6 +633,8 @@ static void dev_on_proxy_rate(enum ratelimit_status st, int admitted, int64_t wa
     if (st == RL_UNAVAILABLE) {
         dev_retry_after(d, 1);
         dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+    } else if (dev_tenant_refused(d, st, wait_ms)) {
+        return;
     } else if (st == RL_THROTTLED) {
         dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
         dev_error(d, 429, "throttled", NULL, "the device's DPS instance is at its registration rate; retry later");
@@ -622,17 +668,107 @@ static void dev_proxy(struct devreq *d)
         d->l = l;
     }
     dev_set_state(d, DS_RATE);
-    ratelimit_take(d->r->cp->feed, &dp, 1, dev_on_proxy_rate, d);
+    {
+        struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute, .max_devices = -1};
+        ratelimit_take(d->r->cp->feed, &dp, 1, &rt, dev_on_proxy_rate, d);
+    }
 }
 
 /* ---- rate ---- */
 
+/* RATE: the DPS candidates' buckets, the tenant's bucket and (first
+ * placements of a tenant with maxDevices) the quota reservation, in one step. */
+static void dev_take_tokens(struct devreq *d)
+{
+    bool quota = !d->moving && d->t->max_devices >= 0;
+    struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute,
+                                  .max_devices = quota ? d->t->max_devices : -1, .devices = d->devices_counted,
+                                  .reservation = quota ? d->reservation : NULL, .reserved_at = d->reserved_at};
+    dev_set_state(d, DS_RATE);
+    ratelimit_take(d->cp->feed, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX, &rt,
+                   dev_on_rate, d);
+}
+
+/* One COUNT answered, or (q NULL) every COUNT is sent. */
+static void dev_on_count(const struct pgq_result *q, void *arg)
+{
+    struct devreq *d = arg;
+    if (q && (q->status != PGQ_OK || PQntuples(q->res) != 1))
+        d->count_failed = true;
+    else if (q)
+        d->devices_counted += strtoll(PQgetvalue(q->res, 0, 0), NULL, 10);
+    if (--d->pending > 0)
+        return;
+    if (d->count_failed) {
+        /* a geography we can't count may hold devices: don't guess under the quota */
+        dev_unavailable(d, NULL);
+    } else if (d->devices_counted >= d->t->max_devices) {
+        log_write(LOG_INFO, d->r->id, "event=quota_exceeded tenant=%s devices=%lld max=%lld", d->tenant_id,
+                  (long long)d->devices_counted, (long long)d->t->max_devices);
+        dev_error(d, 403, "quota_exceeded", NULL, "the tenant has quotas.maxDevices assigned devices");
+    } else {
+        dev_take_tokens(d);
+    }
+}
+
+/* The reservation is in (t0: Redis's time then): count the tenant's
+ * assigned devices in every geography its devices may be in. */
+static void dev_on_reserved(int64_t t0, void *arg)
+{
+    static const char sql[] = "SELECT count(*) FROM devices WHERE tenant_id = $1 AND status = 'assigned'";
+    struct devreq *d = arg;
+    struct cp *cp = d->cp;
+    const char *values[1] = {d->tenant_id};
+
+    if (t0 < 0) {
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "redis_unavailable", NULL, "the device quota cannot be checked; retry later");
+        return;
+    }
+    d->quota_reserved = true;
+    d->reserved_at = t0;
+    d->devices_counted = 0;
+    d->count_failed = false;
+    d->pending = 1;
+    for (int i = 0; i < d->t->nlookup; i++) {
+        int g = dev_geo_index(cp, d->t->lookup_geos[i]);
+        if (g < 0) {
+            d->count_failed = true;
+            continue;
+        }
+        d->pending++;
+        if (!pgpool_query(cp->geo[g], sql, 1, values, dev_on_count, d)) {
+            d->count_failed = true;
+            d->pending--;
+        }
+    }
+    dev_on_count(NULL, d);
+}
+
+/* COUNT (first placements of a tenant with maxDevices only): reserve, then
+ * count (ratelimit.h: the count must start after the reservation). */
+static void dev_count_devices(struct devreq *d)
+{
+    dev_set_state(d, DS_COUNT);
+    if (!d->reservation[0])
+        util_random_hex(d->reservation, 16);
+    ratelimit_quota_reserve(d->cp->feed, d->tenant_id, d->reservation, dev_on_reserved, d);
+}
+
 static void dev_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
 {
     struct devreq *d = arg;
-    if (st == RL_UNAVAILABLE) {
+    if (st != RL_ADMITTED && st != RL_UNAVAILABLE)
+        d->quota_reserved = false;   /* the script dropped the reservation */
+    if (st == RL_QUOTA_STALE) {
+        /* the count took too long to rule out a placement committed meanwhile */
+        dev_retry_after(d, 1);
+        dev_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
+    } else if (st == RL_UNAVAILABLE) {
         dev_retry_after(d, 1);
         dev_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+    } else if (dev_tenant_refused(d, st, wait_ms)) {
+        return;
     } else if (st == RL_THROTTLED) {
         dev_retry_after(d, ratelimit_retry_after_s(wait_ms));
         dev_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
@@ -715,9 +851,11 @@ static void dev_place(struct devreq *d)
                                                       : "every eligible stamp is full");
         return;
     }
-    dev_set_state(d, DS_RATE);
-    ratelimit_take(cp->feed, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX,
-                   dev_on_rate, d);
+    if (!d->moving && d->t->max_devices >= 0) {
+        dev_count_devices(d);
+        return;
+    }
+    dev_take_tokens(d);
 }
 
 /* ---- lookup ---- */
@@ -793,6 +931,16 @@ static void dev_after_lookup(struct devreq *d)
         return;
     }
     if (w->found && strcmp(w->status, "assigned") == 0) {
+        if (d->kind == DEV_PROVISION && w->hub[0] && w->device_id[0]) {
+            /* Registered at its DPS already (the hub is recorded): answer
+             * from the record, no DPS token, no DPS call. */
+            snprintf(d->dps.assigned_hub, sizeof d->dps.assigned_hub, "%s", w->hub);
+            snprintf(d->dps.device_id, sizeof d->dps.device_id, "%s", w->device_id);
+            snprintf(d->dps.substatus, sizeof d->dps.substatus, "%s", "initialAssignment");
+            dev_set_state(d, DS_RECORD);
+            dev_reply_assignment(d, false, NULL);
+            return;
+        }
         if (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION) {
             dev_reply_assignment(d, true, NULL);
             return;
@@ -836,8 +984,12 @@ static void dev_on_lookup_row(struct devreq *d, const struct pgq_result *q, int 
             free(d->row.detail);
             d->row.detail = NULL;
             dev_row_read(&d->row, q->res, row, off, geo);
-            if (d->kind == DEV_ADMIN_GET)
+            if (d->kind == DEV_ADMIN_GET) {
                 d->row.detail = xstrdup(PQgetvalue(q->res, row, off + 8));
+            } else {
+                snprintf(d->row.hub, sizeof d->row.hub, "%s", PQgetvalue(q->res, row, off + 8));
+                snprintf(d->row.device_id, sizeof d->row.device_id, "%s", PQgetvalue(q->res, row, off + 9));
+            }
         }
     }
     if (--d->pending == 0)
@@ -908,6 +1060,11 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
         }
     } else if (d->auth == AUTH_INSTALLER && !tenant_has_installer(t, d->bearer_sha)) {
         dev_unauthorized(d, "unauthorized");
+        return;
+    }
+    if (t->suspended && (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION || d->kind == DEV_REPROVISION)) {
+        /* after the credential check: a stranger learns nothing of the tenant */
+        dev_error(d, 403, "tenant_suspended", NULL, "the tenant is suspended; its devices are refused");
         return;
     }
     tenant_ref(t);
@@ -1026,6 +1183,7 @@ static struct devreq *dev_new(struct cp_req *r, enum dev_kind kind, const char *
         return NULL;
     d = xcalloc(1, sizeof *d);
     d->r = r;
+    d->cp = r->cp;
     d->kind = kind;
     snprintf(d->tenant_id, sizeof d->tenant_id, "%s", tenant);
     snprintf(d->regid, sizeof d->regid, "%s", regid);

@@ -9,6 +9,12 @@
  * is never reused). Installer tokens are stored only as SHA-256. Every change
  * is answered once every control plane has been told to drop its cached copy
  * of the tenant (redisfeed_invalidate_wait), and wakes the reconciler.
+ *
+ * Quotas (quotas.maxDevices, quotas.maxProvisionsPerMinute; null or absent:
+ * unlimited) are set at creation and by PATCH, and enforced by the device
+ * routes (api_devices.c, ratelimit.c). Suspend and resume flip the tenant's
+ * status: the device routes refuse a suspended tenant's devices and the
+ * reconciler writes its groups disabled at every stamp; nothing is deleted.
  */
 #include "api_tenants.h"
 
@@ -25,12 +31,66 @@
 #define TENANT_MAX_GEOS 16
 #define TENANT_MAX_REGIONS 64
 #define TENANT_MAX_STAMPS 64
+#define TENANT_MAX_DEVICES_LIMIT 1000000000LL        /* quotas.maxDevices at most (schema CHECK too) */
+#define TENANT_MAX_PER_MINUTE_LIMIT 1000000LL        /* quotas.maxProvisionsPerMinute at most */
+
+/* A validated "quotas" object: for each field, whether it was given and its
+ * value as SQL text (NULL: unlimited). */
+struct tenant_quotas {
+    bool has_devices, has_per_minute;
+    char devices[24], per_minute[24];
+    bool devices_null, per_minute_null;
+};
+
+static bool tenant_quota_field(json_t *q, const char *key, int64_t max, bool *has, bool *is_null, char *out,
+                               size_t outlen, struct jv_err *e)
+{
+    char path[64];
+    int64_t v = 0;
+    json_t *f = json_object_get(q, key);
+    snprintf(path, sizeof path, "quotas.%s", key);
+    *has = f != NULL;
+    *is_null = f == NULL || json_is_null(f);
+    if (!f || json_is_null(f))
+        return true;
+    if (!json_is_integer(f)) {
+        jv_set(e, "invalid_type", path, "field '%s' must be an integer or null (unlimited)", path);
+        return false;
+    }
+    if (!jv_int(q, "quotas", key, true, 1, max, &v, e))
+        return false;
+    snprintf(out, outlen, "%lld", (long long)v);
+    return true;
+}
+
+/* body's optional "quotas" into *out (nothing given: every has_* false). */
+static bool tenant_quotas_validate(json_t *body, struct tenant_quotas *out, struct jv_err *e)
+{
+    static const char *const keys[] = {"maxDevices", "maxProvisionsPerMinute", NULL};
+    json_t *q = NULL;
+    memset(out, 0, sizeof *out);
+    out->devices_null = out->per_minute_null = true;
+    if (!jv_object(body, "", "quotas", false, &q, e))
+        return false;
+    if (!q)
+        return true;
+    if (!json_is_object(q)) {
+        jv_set(e, "invalid_type", "quotas", "field 'quotas' must be an object");
+        return false;
+    }
+    return jv_only_keys(q, "quotas", keys, e) &&
+           tenant_quota_field(q, "maxDevices", TENANT_MAX_DEVICES_LIMIT, &out->has_devices, &out->devices_null,
+                              out->devices, sizeof out->devices, e) &&
+           tenant_quota_field(q, "maxProvisionsPerMinute", TENANT_MAX_PER_MINUTE_LIMIT, &out->has_per_minute,
+                              &out->per_minute_null, out->per_minute, sizeof out->per_minute, e);
+}
 
 static const char tenant_public_sql[] =
     "json_build_object('id',t.id,'name',t.name,"
     "'residency',json_build_object('geographies',t.residency_geographies,'regions',t.residency_regions),"
-    "'tenancy',t.tenancy,'dedicatedStamps',t.dedicated_stamps,'version',t.version,"
-    "'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at))";
+    "'tenancy',t.tenancy,'dedicatedStamps',t.dedicated_stamps,'status',t.status,"
+    "'quotas',json_build_object('maxDevices',t.max_devices,'maxProvisionsPerMinute',t.max_provisions_per_minute),"
+    "'version',t.version,'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at))";
 
 struct tenant_op {
     struct cp_req *r;
@@ -83,6 +143,7 @@ static bool tenant_id_array(json_t *arr, const char *field, size_t min, size_t m
 
 struct tenant_input {
     const char *id, *name, *tenancy;
+    struct tenant_quotas quotas;
     char geos[TENANT_MAX_GEOS * 66 + 4];
     char regions[TENANT_MAX_REGIONS * 66 + 4];
     char stamps[TENANT_MAX_STAMPS * 66 + 4];
@@ -91,7 +152,7 @@ struct tenant_input {
 
 static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err *e)
 {
-    static const char *const keys[] = {"id", "name", "residency", "tenancy", "dedicatedStamps", NULL};
+    static const char *const keys[] = {"id", "name", "residency", "tenancy", "dedicatedStamps", "quotas", NULL};
     static const char *const rkeys[] = {"geographies", "regions", NULL};
     json_t *res = NULL, *geos = NULL, *regions = NULL, *stamps = NULL;
 
@@ -105,7 +166,8 @@ static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err
         !jv_array(res, "residency", "geographies", true, TENANT_MAX_GEOS, &geos, e) ||
         !jv_array(res, "residency", "regions", false, TENANT_MAX_REGIONS, &regions, e) ||
         !jv_string(body, "", "tenancy", false, 1, 16, &in->tenancy, e) ||
-        !jv_array(body, "", "dedicatedStamps", false, TENANT_MAX_STAMPS, &stamps, e))
+        !jv_array(body, "", "dedicatedStamps", false, TENANT_MAX_STAMPS, &stamps, e) ||
+        !tenant_quotas_validate(body, &in->quotas, e))
         return false;
     if (in->id && !jv_valid_id(in->id)) {
         jv_set(e, "invalid_value", "id", "'id' must match [a-z0-9][a-z0-9-]{0,62}");
@@ -135,12 +197,12 @@ static bool tenant_validate(json_t *body, struct tenant_input *in, struct jv_err
 
 /* Read-only fields a PATCH may not name (a 400 read_only_field each). */
 static const char *const tenant_fixed[] = {"id", "residency", "tenancy", "dedicatedStamps", "createdAt",
-                                           "updatedAt", "version", "enrollmentKey", NULL};
+                                           "updatedAt", "version", "enrollmentKey", "status", NULL};
 
 bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_err *e)
 {
-    static const char *const patch_keys[] = {"name", "id", "residency", "tenancy", "dedicatedStamps", "createdAt",
-                                             "updatedAt", "version", "enrollmentKey", NULL};
+    static const char *const patch_keys[] = {"name", "quotas", "id", "residency", "tenancy", "dedicatedStamps",
+                                             "createdAt", "updatedAt", "version", "enrollmentKey", "status", NULL};
     static const char *const token_keys[] = {"name", NULL};
     static const char *const none[] = {NULL};
     struct tenant_input in;
@@ -155,14 +217,20 @@ bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_er
         for (int i = 0; tenant_fixed[i]; i++)
             if (json_object_get(body, tenant_fixed[i])) {
                 jv_set(e, "read_only_field", tenant_fixed[i],
-                       "field '%s' cannot be changed (residency and tenancy are fixed at creation: "
-                       "create another tenant)", tenant_fixed[i]);
+                       strcmp(tenant_fixed[i], "status") == 0
+                           ? "field '%s' cannot be changed by PATCH (use POST .../suspend or .../resume)"
+                           : "field '%s' cannot be changed (residency and tenancy are fixed at creation: "
+                             "create another tenant)", tenant_fixed[i]);
                 return false;
             }
-        return jv_string(body, "", "name", false, 1, 128, &name, e);
+        {
+            struct tenant_quotas q;
+            return jv_string(body, "", "name", false, 1, 128, &name, e) && tenant_quotas_validate(body, &q, e);
+        }
     case API_TENANTS_INSTALLER_TOKEN:
         return jv_only_keys(body, "", token_keys, e) && jv_string(body, "", "name", true, 1, 128, &name, e);
     case API_TENANTS_ROTATE:
+    case API_TENANTS_SUSPEND:
         return jv_only_keys(body, "", none, e);
     }
     jv_set(e, "invalid_value", "", "unknown tenant route");
@@ -232,15 +300,15 @@ static void tenant_create(struct cp_req *r)
         "     AND s.tenancy = 'dedicated' AND g.geography_id = ANY($3::text[])"
         "     AND (cardinality($4::text[]) = 0 OR g.id = ANY($4::text[]))) = cardinality($6::text[]) AS stamps_ok),"
         " ins AS (INSERT INTO tenants AS t (id, name, residency_geographies, residency_regions, tenancy,"
-        "   dedicated_stamps, lookup_geographies, enrollment_key)"
-        "   SELECT $1, $2, $3::text[], $4::text[], $5, $6::text[], $3::text[], $7 FROM chk"
+        "   dedicated_stamps, lookup_geographies, enrollment_key, max_devices, max_provisions_per_minute)"
+        "   SELECT $1, $2, $3::text[], $4::text[], $5, $6::text[], $3::text[], $7, $8::bigint, $9::integer FROM chk"
         "   WHERE geos_ok AND regions_ok AND stamps_ok RETURNING %s)"
         " SELECT chk.geos_ok, chk.regions_ok, chk.stamps_ok, (SELECT * FROM ins) FROM chk";
     struct tenant_input in;
     struct jv_err e;
     struct tenant_op *op;
     unsigned char key[32];
-    const char *values[7];
+    const char *values[9];
     json_t *body = cpreq_json_body(r, false);
     char *q, *sealed;
     size_t i;
@@ -292,8 +360,10 @@ static void tenant_create(struct cp_req *r)
         return;
     }
     values[6] = sealed;
+    values[7] = in.quotas.devices_null ? NULL : in.quotas.devices;
+    values[8] = in.quotas.per_minute_null ? NULL : in.quotas.per_minute;
     q = xasprintf(sql, tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 7, values, tenant_on_created, op)) {
+    if (!pgpool_query(r->cp->global, q, 9, values, tenant_on_created, op)) {
         free(op);
         cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
     }
@@ -529,16 +599,23 @@ static void tenant_patch(struct cp_req *r, const char *id)
 {
     json_t *body = cpreq_json_body(r, true);
     struct jv_err e;
+    struct tenant_quotas quotas;
     const char *name = NULL;
-    const char *values[2];
+    const char *values[6];
     struct tenant_op *op;
     char *q;
 
     if (!body)
         return;
-    if (!api_tenants_validate(API_TENANTS_PATCH, body, &e)) {
+    if (!api_tenants_validate(API_TENANTS_PATCH, body, &e) || !tenant_quotas_validate(body, &quotas, &e)) {
         json_decref(body);
         cpreq_reply_jv(r, &e);
+        return;
+    }
+    if ((quotas.has_devices || quotas.has_per_minute) && !principal_is_platform(&r->who)) {
+        /* a tenant's own key may rename it, never raise its own limits */
+        json_decref(body);
+        cpreq_reply_error(r, 403, "insufficient_scope", "quotas", "only a platform credential may change quotas");
         return;
     }
     name = json_string_value(json_object_get(body, "name"));
@@ -547,12 +624,20 @@ static void tenant_patch(struct cp_req *r, const char *id)
     snprintf(op->id, sizeof op->id, "%s", id);
     values[0] = op->id;
     values[1] = name;
-    if (name) {
+    values[2] = quotas.has_devices ? "true" : "false";
+    values[3] = quotas.devices_null ? NULL : quotas.devices;
+    values[4] = quotas.has_per_minute ? "true" : "false";
+    values[5] = quotas.per_minute_null ? NULL : quotas.per_minute;
+    if (name || quotas.has_devices || quotas.has_per_minute) {
         /* o: the row as it was, for the audit entry (audit.h) */
-        q = xasprintf("UPDATE tenants t SET name = $2, version = t.version + 1, updated_at = now()"
+        q = xasprintf("UPDATE tenants t SET name = coalesce($2, t.name),"
+                      " max_devices = CASE WHEN $3::boolean THEN $4::bigint ELSE t.max_devices END,"
+                      " max_provisions_per_minute = CASE WHEN $5::boolean THEN $6::integer"
+                      "   ELSE t.max_provisions_per_minute END,"
+                      " version = t.version + 1, updated_at = now()"
                       " FROM (SELECT t.id, %s AS before FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL"
                       " FOR UPDATE) o WHERE t.id = o.id RETURNING %s, o.before", tenant_public_sql, tenant_public_sql);
-        if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_patched, op))
+        if (!pgpool_query(r->cp->global, q, 6, values, tenant_on_patched, op))
             tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     } else {   /* {}: nothing changes, the version stays */
         q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL", tenant_public_sql);
@@ -622,6 +707,70 @@ static void tenant_rotate(struct cp_req *r, const char *id)
     if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_rotated, op))
         tenant_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(sealed);
+    free(q);
+}
+
+static void tenant_on_status(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *body;
+    if (!tenant_changed_row(op, q, &body)) {
+        tenant_op_free(op);
+        return;
+    }
+    if (strcmp(PQgetvalue(q->res, 0, 1), "t") == 0)
+        log_write(LOG_INFO, op->r->id, "event=tenant_%s tenant=%s", op->name, op->id);
+    /* announced even when unchanged: a retry also re-wakes the reconciler */
+    tenant_announce(op, 200, body);
+}
+
+/* POST .../suspend and .../resume: set the status (idempotent: the same
+ * state again answers 200 with the tenant, its version unchanged). No
+ * parameters: no body or {}. */
+static void tenant_set_status(struct cp_req *r, const char *id, bool suspend)
+{
+    static const char sql[] =
+        "WITH upd AS (UPDATE tenants t SET status = $2,"
+        "   suspended_at = CASE WHEN $2 = 'suspended' THEN now() END,"
+        "   version = t.version + 1, updated_at = now()"
+        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND t.status <> $2 RETURNING %s AS pub)"
+        " SELECT pub, true FROM upd"
+        " UNION ALL SELECT %s, false FROM tenants t"
+        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM upd)";
+    struct tenant_op *op;
+    const char *values[2];
+    char *q;
+
+    if (!principal_sees_tenant(&r->who, id)) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no tenant '%s'", id);
+        return;
+    }
+    if (!principal_is_platform(&r->who)) {
+        cpreq_reply_error(r, 403, "insufficient_scope", NULL, "only a platform credential may %s a tenant",
+                          suspend ? "suspend" : "resume");
+        return;
+    }
+    if (r->body_len > 0) {
+        json_t *body = cpreq_json_body(r, false);
+        struct jv_err e;
+        if (!body)
+            return;
+        if (!api_tenants_validate(API_TENANTS_SUSPEND, body, &e)) {
+            json_decref(body);
+            cpreq_reply_jv(r, &e);
+            return;
+        }
+        json_decref(body);
+    }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    snprintf(op->name, sizeof op->name, "%s", suspend ? "suspended" : "resumed");
+    values[0] = op->id;
+    values[1] = suspend ? "suspended" : "active";
+    q = xasprintf(sql, tenant_public_sql, tenant_public_sql);
+    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_status, op))
+        tenant_on_status(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(q);
 }
 
@@ -788,6 +937,15 @@ void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
             cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to rotate the enrollment key");
         } else if (cpreq_check_query(r, NULL)) {
             tenant_rotate(r, segs[0]);
+        }
+        return;
+    }
+    if (nsegs == 2 && (strcmp(segs[1], "suspend") == 0 || strcmp(segs[1], "resume") == 0)) {
+        if (r->method != EVHTTP_REQ_POST) {
+            cpreq_add_header(r, "Allow", "POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to %s a tenant", segs[1]);
+        } else if (cpreq_check_query(r, NULL)) {
+            tenant_set_status(r, segs[0], segs[1][0] == 's');
         }
         return;
     }

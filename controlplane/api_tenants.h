@@ -18,6 +18,7 @@ enum api_tenants_body {
     API_TENANTS_PATCH,           /* PATCH /tenants/{id} */
     API_TENANTS_INSTALLER_TOKEN, /* POST /tenants/{id}/installer-tokens */
     API_TENANTS_ROTATE,          /* POST /tenants/{id}/enrollment-key/rotate (optional body) */
+    API_TENANTS_SUSPEND,         /* POST /tenants/{id}/suspend and .../resume (optional body: {}) */
 };
 bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_err *e) MUSTCHECK;
 

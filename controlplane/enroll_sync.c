@@ -5,6 +5,10 @@
  * catalog -> for each instance in parallel: LIST (query, paged) -> APPLY
  * (one PUT or DELETE at a time) -> DONE, recording the outcome. A pass never
  * overlaps the next; changes during a pass schedule another.
+ *
+ * A suspended tenant's group stays, written with provisioningStatus
+ * "disabled" (the stamp's DPS then refuses its devices); resuming writes it
+ * "enabled" again.
  */
 #include "enroll_sync.h"
 
@@ -33,7 +37,8 @@ static const char es_catalog_sql[] =
     "   WHERE d.service_key IS NOT NULL AND d.service_key_name IS NOT NULL),"
     " 'tenants', (SELECT coalesce(json_agg(json_build_object("
     "   'public', json_build_object('id', t.id, 'residency', json_build_object('geographies', t.residency_geographies,"
-    "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps),"
+    "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps,"
+    "     'status', t.status),"
     "   'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
     "   'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
     "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL))";
@@ -77,7 +82,8 @@ struct enroll_sync {
 
 static void es_start(struct enroll_sync *es);
 
-json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key)
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key,
+                              bool enabled)
 {
     /* tags.tenantId makes the tenant the owner of the registrations the
      * group creates at the stamp (docs/stamp-dps.md "Registration ownership") */
@@ -85,7 +91,7 @@ json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key,
                      "enrollmentGroupId", tenant_id,
                      "attestation", "type", "symmetricKey", "symmetricKey", "primaryKey", enrollment_key,
                      "secondaryKey", previous_key ? previous_key : enrollment_key,
-                     "provisioningStatus", "enabled", "allocationPolicy", "hashed",
+                     "provisioningStatus", enabled ? "enabled" : "disabled", "allocationPolicy", "hashed",
                      "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
                      "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "tenantId", tenant_id,
                      "properties", "desired");
@@ -277,6 +283,7 @@ static void es_plan(struct es_dps *d)
     json_object_foreach(d->desired, gid, doc) {
         json_t *have = json_object_get(d->actual, gid);
         const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
+        const char *want = json_string_value(json_object_get(doc, "provisioningStatus"));
         if (room <= 0) {
             if (!have) {
                 d->over_quota++;
@@ -288,7 +295,7 @@ static void es_plan(struct es_dps *d)
         if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
             !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
             !es_same(gid, es_tenant_of(have)) ||
-            !status || strcmp(status, "enabled") != 0)
+            !es_same(status, want))
             es_add_change(d, ES_PUT, gid, have, doc);
     }
     /* Only groups this reconciler made (id = its tenant tag, or no tag from
@@ -405,7 +412,8 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
                 if (tv[k]->prev_keylen > 0)
                     sas_b64_encode(tv[k]->prev_key, (size_t)tv[k]->prev_keylen, prev, sizeof prev);
                 json_object_set_new(d->desired, tv[k]->id,
-                                    enroll_sync_group_doc(tv[k]->id, b64, tv[k]->prev_keylen > 0 ? prev : NULL));
+                                    enroll_sync_group_doc(tv[k]->id, b64, tv[k]->prev_keylen > 0 ? prev : NULL,
+                                                          !tv[k]->suspended));
                 OPENSSL_cleanse(prev, sizeof prev);
                 OPENSSL_cleanse(b64, sizeof b64);
             }

@@ -15,6 +15,7 @@
 #define CP_ENROLL_SYNC_H
 
 #include <jansson.h>
+#include <stdbool.h>
 
 struct cp;
 struct enroll_sync;
@@ -40,7 +41,9 @@ const char *enroll_sync_refused(struct enroll_sync *es, const char *dps_id, cons
 
 /* The group document for a tenant (new reference): symmetric key, hashed
  * allocation; primaryKey the enrollment key, secondaryKey the previous key
- * (after a rotation, still accepted) or, never rotated, the same key. */
-json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key);
+ * (after a rotation, still accepted) or, never rotated, the same key;
+ * provisioningStatus "enabled", or "disabled" for a suspended tenant. */
+json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key,
+                              bool enabled);
 
 #endif

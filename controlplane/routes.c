@@ -79,6 +79,8 @@ const struct route routes_table[] = {
     {GET, "/v1/tenants/{tenant}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_tenants},
     {PATCH, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_tenants},
     {DELETE, "/v1/tenants/{tenant}", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
+    {POST, "/v1/tenants/{tenant}/suspend", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
+    {POST, "/v1/tenants/{tenant}/resume", SCOPE_TENANTS_WRITE, ROUTE_PLATFORM, 2, rt_tenants},
     /* both answer a credential that provisions devices (the enrollment key, an installer token) */
     {POST, "/v1/tenants/{tenant}/enrollment-key/rotate", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
      rt_tenants},

@@ -21,6 +21,8 @@ static const char tenants_select_sql[] =
     "'public', json_build_object('id',t.id,'name',t.name,"
     "  'residency',json_build_object('geographies',t.residency_geographies,'regions',t.residency_regions),"
     "  'tenancy',t.tenancy,'dedicatedStamps',t.dedicated_stamps,'version',t.version,"
+    "  'status',t.status,'quotas',json_build_object('maxDevices',t.max_devices,"
+    "  'maxProvisionsPerMinute',t.max_provisions_per_minute),"
     "  'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at)),"
     "'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
     "'lookupGeographies', t.lookup_geographies,"
@@ -140,6 +142,9 @@ struct tenant *tenant_from_row_env(json_t *row, struct envelope *env)
     const char *key = json_string_value(json_object_get(row, "enrollmentKey"));
     const char *prev = json_string_value(json_object_get(row, "enrollmentKeyPrevious"));
     const char *tenancy = json_string_value(json_object_get(pub, "tenancy"));
+    const char *status = json_string_value(json_object_get(pub, "status"));
+    json_t *quotas = json_object_get(pub, "quotas");
+    json_t *maxdev = json_object_get(quotas, "maxDevices"), *maxppm = json_object_get(quotas, "maxProvisionsPerMinute");
     struct tenant *t;
     int klen;
 
@@ -155,6 +160,10 @@ struct tenant *tenant_from_row_env(json_t *row, struct envelope *env)
     t->stamps = tenant_strv(json_object_get(pub, "dedicatedStamps"), &t->nstamps);
     t->installer_hashes = tenant_strv(json_object_get(row, "installerTokens"), &t->ninstaller);
     t->dedicated = tenancy && strcmp(tenancy, "dedicated") == 0;
+    /* rows without these (older readers, tests): active, unlimited */
+    t->suspended = status && strcmp(status, "suspended") == 0;
+    t->max_devices = json_is_integer(maxdev) ? (int64_t)json_integer_value(maxdev) : -1;
+    t->max_per_minute = json_is_integer(maxppm) ? (int64_t)json_integer_value(maxppm) : -1;
     klen = tenant_open_key(env, id, key, t->key, sizeof t->key);
     if (klen <= 0 || t->ngeos == 0) {
         tenant_unref(t);

@@ -55,6 +55,9 @@ struct tenant {
     int prev_keylen;                          /* 0: never rotated */
     char **installer_hashes;    /* SHA-256 hex of installer tokens */
     int ninstaller;
+    bool suspended;             /* status "suspended": device routes answer 403 tenant_suspended */
+    int64_t max_devices;        /* quotas.maxDevices; -1: unlimited */
+    int64_t max_per_minute;     /* quotas.maxProvisionsPerMinute; -1: unlimited */
     int64_t expires_mono_ms;
 };
 

@@ -57,7 +57,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     if (size < 1)
         return 0;
-    route = data[0] % (ncat + 4 + 3);
+    route = data[0] % (ncat + 5 + 3);
     memset(&e, 0, sizeof e);
     body = jv_parse_object((const char *)data + 1, size - 1, &e);
     if (!body) {
@@ -66,11 +66,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     if (route < ncat) {
         catalog(&catalog_resources[route / 2], body, route % 2 == 0);
-    } else if (route < ncat + 4) {
+    } else if (route < ncat + 5) {
         if (!api_tenants_validate((enum api_tenants_body)(route - ncat), body, &e))
             check_err(&e);
     } else {
-        int k = route - ncat - 4;
+        int k = route - ncat - 5;
         if (!api_devices_check_body(body, k == 0, k == 1, &reason, &e))
             check_err(&e);
         else if (reason && (strlen(reason) < 1 || strlen(reason) > 128))

@@ -149,6 +149,16 @@ static void p_tenant_delete(struct call *c)
     c->path = ts_str("/v1/tenants/%s", t);
     c->tenant = t;
 }
+/* a tenant of its own: suspending OWN would refuse the device routes after it */
+static void p_suspend_resume(struct call *c, const char *verb)
+{
+    const char *t = fresh("mxsus");
+    ts_rt_tenant(cp, ts_str("{\"id\":\"%s\",\"name\":\"n\",\"residency\":{\"geographies\":[\"eu\"]}}", t));
+    c->path = ts_str("/v1/tenants/%s/%s", t, verb);
+    c->tenant = t;
+}
+static void p_suspend(struct call *c) { p_suspend_resume(c, "suspend"); }
+static void p_resume(struct call *c) { p_suspend_resume(c, "resume"); }
 static void p_rotate(struct call *c) { c->path = "/v1/tenants/" OWN "/enrollment-key/rotate"; }
 static void p_installer(struct call *c) { c->path = "/v1/tenants/" OWN "/installer-tokens"; c->body = "{\"name\":\"i\"}"; }
 static void p_devices(struct call *c) { c->path = "/v1/tenants/" OWN "/devices"; }
@@ -260,6 +270,8 @@ static const struct fixture fixtures[] = {
     {"GET", "/v1/tenants/{tenant}", 200, NULL, p_tenant},
     {"PATCH", "/v1/tenants/{tenant}", 200, NULL, p_tenant_patch},
     {"DELETE", "/v1/tenants/{tenant}", 204, NULL, p_tenant_delete},
+    {"POST", "/v1/tenants/{tenant}/suspend", 200, NULL, p_suspend},
+    {"POST", "/v1/tenants/{tenant}/resume", 200, NULL, p_resume},
     {"POST", "/v1/tenants/{tenant}/enrollment-key/rotate", 200, NULL, p_rotate},
     {"POST", "/v1/tenants/{tenant}/installer-tokens", 201, NULL, p_installer},
     {"GET", "/v1/tenants/{tenant}/devices", 200, NULL, p_devices},

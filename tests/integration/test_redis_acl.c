@@ -12,8 +12,9 @@
  *    the control plane's user cannot write a load report either; a
  *    connection without AUTH can do nothing;
  *  - the control plane's user does what the router needs: first-time locates
- *    (the rate-limit EVAL on dps:*:bucket) and invalidations (PUBLISH
- *    cp:invalidate, which comes back on its own subscription);
+ *    (the rate-limit EVAL on dps:*:bucket; for a tenant with quotas also
+ *    tenant:*:bucket, tenant:*:placing and tenant:*:placed) and invalidations
+ *    (PUBLISH cp:invalidate, which comes back on its own subscription);
  *  - a control plane and an agent with a wrong password stay up, log
  *    redis_auth_failed without the password, keep retrying, and recover once
  *    Redis accepts the password (ACL SETUSER ... >password);
@@ -362,6 +363,19 @@ static void test_controlplane_user_works(void **state)
         ts_fail("the control plane's invalidation did not come back to its subscription");
     /* placed afresh */
     TS_EXPECT_STATUS(ts_rt_locate(cp, t, "dev-1"), 200);
+
+    /* a tenant with limits: its bucket and quota sets are the control plane's keys too */
+    t = ts_rt_tenant(cp, "{\"id\":\"lim\",\"name\":\"Lim\",\"residency\":{\"geographies\":[\"eu\"]},"
+                         "\"quotas\":{\"maxDevices\":2,\"maxProvisionsPerMinute\":100}}");
+    TS_EXPECT_STATUS(ts_rt_locate(cp, t, "lim-1"), 200);
+    TS_EXPECT_STATUS(ts_rt_locate(cp, t, "lim-2"), 200);
+    r = ts_rt_locate(cp, t, "lim-3");
+    TS_EXPECT_ERROR(r, 403, "quota_exceeded");
+    if (strcmp(rcmd(admin, "EXISTS tenant:lim:bucket"), "1") != 0)
+        ts_fail("no tenant:lim:bucket after placements of a tenant with maxProvisionsPerMinute");
+    if (strcmp(rcmd(admin, "ZCARD tenant:lim:placed"), "2") != 0)
+        ts_fail("tenant:lim:placed should hold the two settled placements, has %s",
+                rcmd(admin, "ZCARD tenant:lim:placed"));
     expect_clean_logs(cp->proc);
 }
 

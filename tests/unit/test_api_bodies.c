@@ -82,6 +82,32 @@ static void test_tenant_patch_token_rotate(void **state)
     tenant(API_TENANTS_INSTALLER_TOKEN, "{\"name\":\"x\",\"ttl\":1}", "unknown_field", "ttl");
     tenant(API_TENANTS_ROTATE, "{}", NULL, NULL);
     tenant(API_TENANTS_ROTATE, "{\"key\":\"mine\"}", "unknown_field", "key");
+    /* quotas (docs/api.md "Quotas") */
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},"
+           "\"quotas\":{\"maxDevices\":10,\"maxProvisionsPerMinute\":null}}", NULL, NULL);
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{}}", NULL, NULL);
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"maxDevices\":0}}",
+           "out_of_range", "quotas.maxDevices");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"maxDevices\":-3}}",
+           "out_of_range", "quotas.maxDevices");
+    tenant(API_TENANTS_CREATE,
+           "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"maxDevices\":1000000001}}",
+           "out_of_range", "quotas.maxDevices");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"maxDevices\":\"9\"}}",
+           "invalid_type", "quotas.maxDevices");
+    tenant(API_TENANTS_CREATE,
+           "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"maxProvisionsPerMinute\":1.5}}",
+           "invalid_type", "quotas.maxProvisionsPerMinute");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":{\"max\":1}}",
+           "unknown_field", "quotas.max");
+    tenant(API_TENANTS_CREATE, "{\"name\":\"a\",\"residency\":{\"geographies\":[\"eu\"]},\"quotas\":[]}",
+           "invalid_type", "quotas");
+    tenant(API_TENANTS_PATCH, "{\"quotas\":{\"maxDevices\":null}}", NULL, NULL);
+    tenant(API_TENANTS_PATCH, "{\"quotas\":{\"maxProvisionsPerMinute\":0}}", "out_of_range",
+           "quotas.maxProvisionsPerMinute");
+    tenant(API_TENANTS_PATCH, "{\"status\":\"active\"}", "read_only_field", "status");
+    tenant(API_TENANTS_SUSPEND, "{}", NULL, NULL);
+    tenant(API_TENANTS_SUSPEND, "{\"reason\":\"unpaid\"}", "unknown_field", "reason");
 }
 
 static void test_device_bodies(void **state)
