@@ -131,11 +131,19 @@ static struct device make_device(const char *regid, const char *ca_crt, const ch
 }
 
 /* A device route of the control plane with only the client certificate (no Authorization). */
-static struct ts_resp *cp_device(const char *verb, const char *tenant, const char *path_regid, const struct device *d)
+static struct ts_resp *cp_device_body(const char *verb, const char *tenant, const char *path_regid,
+                                      const struct device *d, const char *body)
 {
     struct ts_http_opts o = { .tls = TS_HTTP_TLS, .ca = rt->cp[0]->ca, .cert = d->crt, .key = d->key };
+    const char *h[] = { "Content-Type: application/json", NULL };
     return ts_http_ex(rt->cp[0]->port, &o, "POST",
-                      ts_str("/v1/tenants/%s/registrations/%s/%s", tenant, path_regid, verb), NULL, NULL, 0);
+                      ts_str("/v1/tenants/%s/registrations/%s/%s", tenant, path_regid, verb), body ? h : NULL, body,
+                      body ? strlen(body) : 0);
+}
+
+static struct ts_resp *cp_device(const char *verb, const char *tenant, const char *path_regid, const struct device *d)
+{
+    return cp_device_body(verb, tenant, path_regid, d, NULL);
 }
 
 /* Register at the stamp with the client certificate and poll until settled: the final answer. */
@@ -422,6 +430,17 @@ static void test_rollover(void **state)
     expect_stamp_assigned(&d1b);
     /* a path id other than the certificate's CN */
     expect_err(cp_device("locate", "acme", "d1-other", &d1), 401, "invalid_certificate", "d1's cert for d1-other");
+    expect_err(cp_device_body("provision", "acme", "d1-other", &d1, "{}"), 401, "invalid_certificate",
+               "d1's cert for d1-other, with a body");
+    /* a certificate of a CA nobody verified, with a body: refused by the handler */
+    {
+        const char *sc, *sk;
+        struct device stranger;
+        ts_pki_make_ca("stranger", "Stranger CA", &sc, &sk);
+        stranger = make_device("d9", sc, sk);
+        expect_err(cp_device_body("provision", "acme", "d9", &stranger, "{}"), 401, "invalid_certificate",
+                   "a stranger's certificate");
+    }
     /* another tenant's path with acme's device */
     expect_err(cp_device("locate", "beta", "d1", &d1), 401, "invalid_certificate", "d1 under beta");
 
@@ -432,7 +451,8 @@ static void test_rollover(void **state)
     TS_EXPECT_STATUS(verify_with("acme", id2, ts_jstr(c2, "verificationCode"), ca2, ca2_key), 200);
     d2 = make_device("d2", ca2, ca2_key);
     TS_EXPECT_STATUS(cp_device("locate", "acme", "d2", &d2), 200);
-    r = cp_device("provision", "acme", "d2", &d2);
+    /* a body (the DPS payload) with only a client certificate passes the check before the body */
+    r = cp_device_body("provision", "acme", "d2", &d2, "{\"payload\":{\"model\":\"x1\"}}");
     TS_EXPECT_STATUS(r, 200);
     TS_EXPECT_STREQ(ts_jstr(r->json, "status"), "assigned");
     TS_EXPECT_STATUS(cp_device("locate", "acme", "d1", &d1), 200);
