@@ -885,7 +885,7 @@ static void dev_lookup(struct devreq *d)
 /* An X.509 device: the subject's single CN is the registration id of the
  * path, and the chain it sent verifies against one of the tenant's
  * verified, enabled CAs (with the stamp's leaf rules: validity, clientAuth
- * when it has an extended key usage). Logs why not. */
+ * when it has an extended key usage). Logs why not (debug level). */
 static bool dev_x509_accepted(struct devreq *d, const struct tenant *t)
 {
     char *cn = x509ca_cn(d->cert);
@@ -899,8 +899,8 @@ static bool dev_x509_accepted(struct devreq *d, const struct tenant *t)
         ok = x509ca_verify_device(t->cas, t->ncas, d->cert, d->chain, err, sizeof err);
     }
     free(cn);
-    if (!ok)
-        log_write(LOG_INFO, d->r->id, "event=device_certificate_refused tenant=%s device=%s reason=\"%s\"",
+    if (!ok && log_enabled(LOG_DEBUG))   /* debug only: a flood of bad certificates must not flood the log */
+        log_write(LOG_DEBUG, d->r->id, "event=device_certificate_refused tenant=%s device=%s reason=\"%s\"",
                   d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps), err);
     return ok;
 }
