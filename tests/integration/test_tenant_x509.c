@@ -3,8 +3,9 @@
  * certificates"), with a real stamp agent serving the DPS device and service
  * API and the control plane's reconciler keeping the groups there.
  *
- * Layout: geography eu, region eu-west, stamp eu-west-1 with one DPS
- * instance (service credentials: dps.enrollmentSyncMs 300) and one hub.
+ * Two control planes on the same databases. Layout: geography eu, region
+ * eu-west, stamp eu-west-1 with one DPS instance (service credentials:
+ * dps.enrollmentSyncMs 300) and one hub.
  * Certificates are made with the openssl CLI (ts_pki_make_ca /
  * ts_pki_make_leaf, as test_stamp_isolation does).
  *
@@ -20,7 +21,8 @@
  *    router (approach 2) with only its client certificate, and registers at
  *    the stamp itself once the reconciler put the CA's X.509 group there;
  *    CA2 added and verified: devices under both work; CA1 disabled: its
- *    devices are refused by the control plane at once and, after the
+ *    devices are refused by both control planes at once (the second one had
+ *    the tenant cached with CA1) and, after the
  *    reconciler removed its group, by the stamp, while CA2's devices go on
  *    (and a pass with both groups in place changes nothing);
  *    a path id other than the CN is 401; deleting CA2 removes its group;
@@ -131,14 +133,20 @@ static struct device make_device(const char *regid, const char *ca_crt, const ch
 }
 
 /* A device route of the control plane with only the client certificate (no Authorization). */
+static struct ts_resp *cp_device_on(int c, const char *verb, const char *tenant, const char *path_regid,
+                                    const struct device *d, const char *body)
+{
+    struct ts_http_opts o = { .tls = TS_HTTP_TLS, .ca = rt->cp[c]->ca, .cert = d->crt, .key = d->key };
+    const char *h[] = { "Content-Type: application/json", NULL };
+    return ts_http_ex(rt->cp[c]->port, &o, "POST",
+                      ts_str("/v1/tenants/%s/registrations/%s/%s", tenant, path_regid, verb), body ? h : NULL, body,
+                      body ? strlen(body) : 0);
+}
+
 static struct ts_resp *cp_device_body(const char *verb, const char *tenant, const char *path_regid,
                                       const struct device *d, const char *body)
 {
-    struct ts_http_opts o = { .tls = TS_HTTP_TLS, .ca = rt->cp[0]->ca, .cert = d->crt, .key = d->key };
-    const char *h[] = { "Content-Type: application/json", NULL };
-    return ts_http_ex(rt->cp[0]->port, &o, "POST",
-                      ts_str("/v1/tenants/%s/registrations/%s/%s", tenant, path_regid, verb), body ? h : NULL, body,
-                      body ? strlen(body) : 0);
+    return cp_device_on(0, verb, tenant, path_regid, d, body);
 }
 
 static struct ts_resp *cp_device(const char *verb, const char *tenant, const char *path_regid, const struct device *d)
@@ -268,7 +276,7 @@ static int setup(void **state)
     (void)state;
 
     memset(&o, 0, sizeof o);
-    o.ncp = 1;
+    o.ncp = 2;
     o.geos[0] = "eu";
     o.layout_refresh_ms = 200;
     o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300}", ts_pki_ca());
@@ -456,6 +464,7 @@ static void test_rollover(void **state)
     TS_EXPECT_STATUS(r, 200);
     TS_EXPECT_STREQ(ts_jstr(r->json, "status"), "assigned");
     TS_EXPECT_STATUS(cp_device("locate", "acme", "d1", &d1), 200);
+    TS_EXPECT_STATUS(cp_device_on(1, "locate", "acme", "d1", &d1, NULL), 200);   /* cp[1] caches acme with CA1 */
     wait_group(g2, true);
     d2b = make_device("d2b", ca2, ca2_key);
     expect_stamp_assigned(&d2b);
@@ -475,6 +484,8 @@ static void test_rollover(void **state)
     assert_true(json_is_false(json_object_get(r->json, "enabled")));
     TS_EXPECT_STREQ(ts_jstr(r->json, "state"), "verified");
     expect_err(cp_device("locate", "acme", "d1", &d1), 401, "invalid_certificate", "d1 after CA1 is disabled");
+    expect_err(cp_device_on(1, "locate", "acme", "d1", &d1, NULL), 401, "invalid_certificate",
+               "d1 at the other control plane after CA1 is disabled");
     expect_err(cp_device("provision", "acme", "d1b", &d1b), 401, "invalid_certificate", "d1b after CA1 is disabled");
     TS_EXPECT_STATUS(cp_device("locate", "acme", "d2", &d2), 200);
     wait_group(g1, false);
