@@ -213,3 +213,9 @@ X509 *tls_bev_peer_cert(struct bufferevent *bev)
     SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
     return ssl ? SSL_get0_peer_certificate(ssl) : NULL;
 }
+
+STACK_OF(X509) *tls_bev_peer_chain(struct bufferevent *bev)
+{
+    SSL *ssl = bev ? bufferevent_openssl_get_ssl(bev) : NULL;
+    return ssl ? SSL_get_peer_cert_chain(ssl) : NULL;
+}

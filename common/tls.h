@@ -68,6 +68,9 @@ struct bufferevent *tls_server_reloadable_bevcb(struct event_base *base, void *a
 /* The peer certificate a TLS bufferevent's handshake verified, or NULL (plain
  * connection, no certificate). Owned by the connection. */
 X509 *tls_bev_peer_cert(struct bufferevent *bev);
+/* The certificates the peer sent after its own (a server sees no leaf in
+ * it), or NULL. Owned by the connection. */
+STACK_OF(X509) *tls_bev_peer_chain(struct bufferevent *bev);
 
 /* The last OpenSSL error as text (for logs). */
 const char *tls_last_error(char *buf, size_t len);

@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "dps_client.h"
+#include "http_server.h"
 #include "log.h"
 #include "pgbatch.h"
 #include "placement.h"
@@ -33,6 +34,7 @@
 #include "ratelimit.h"
 #include "sas.h"
 #include "util.h"
+#include "x509ca.h"
 
 #define DEV_MAX_ATTEMPTS 4
 #define DEV_MAX_EXCLUDE 16
@@ -40,7 +42,7 @@
 enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
 enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
 static const char *const dev_state_names[] = {"auth", "lookup", "count", "rate", "assign", "dps", "record", "done"};
-enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER };
+enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER, AUTH_X509 };
 
 struct dev_row {
     bool found;
@@ -61,6 +63,8 @@ struct devreq {
     char regid[132];
     struct sas_token sas;
     char bearer_sha[2 * SHA256_DIGEST_LENGTH + 1];
+    X509 *cert;                /* AUTH_X509: the client certificate (a reference of ours) */
+    STACK_OF(X509) *chain;     /* ... and the intermediates it sent (ours), or NULL */
     char reason[160];
     struct tenant *t;
     struct layout *l;
@@ -130,6 +134,9 @@ static void dev_free(struct devreq *d)
     free(d->row.detail);
     json_decref(d->payload);
     json_decref(d->dps_state);
+    X509_free(d->cert);
+    if (d->chain)
+        sk_X509_pop_free(d->chain, X509_free);
     free(d);
 }
 
@@ -1036,6 +1043,29 @@ static void dev_lookup(struct devreq *d)
 
 /* ---- auth ---- */
 
+/* An X.509 device: the subject's single CN is the registration id of the
+ * path, and the chain it sent verifies against one of the tenant's
+ * verified, enabled CAs (with the stamp's leaf rules: validity, clientAuth
+ * when it has an extended key usage). Logs why not (debug level). */
+static bool dev_x509_accepted(struct devreq *d, const struct tenant *t)
+{
+    char *cn = x509ca_cn(d->cert);
+    char err[160], ps[PSEUDONYM_LEN];
+    bool ok;
+    if (!cn || strcmp(cn, d->regid) != 0) {
+        snprintf(err, sizeof err, "%s", cn ? "the certificate's CN is not the registration id of the path"
+                                           : "the certificate's subject has no single CN");
+        ok = false;
+    } else {
+        ok = x509ca_verify_device(t->cas, t->ncas, d->cert, d->chain, err, sizeof err);
+    }
+    free(cn);
+    if (!ok && log_enabled(LOG_DEBUG))   /* debug only: a flood of bad certificates must not flood the log */
+        log_write(LOG_DEBUG, d->r->id, "event=device_certificate_refused tenant=%s device=%s reason=\"%s\"",
+                  d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps), err);
+    return ok;
+}
+
 static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
 {
     struct devreq *d = arg;
@@ -1050,7 +1080,9 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
         if (d->auth == AUTH_OPERATOR)
             dev_error(d, 404, "not_found", NULL, "no such tenant");
         else
-            dev_unauthorized(d, d->auth == AUTH_SAS ? "invalid_signature" : "unauthorized");
+            dev_unauthorized(d, d->auth == AUTH_SAS    ? "invalid_signature"
+                                : d->auth == AUTH_X509 ? "invalid_certificate"
+                                                       : "unauthorized");
         return;
     }
     if (d->auth == AUTH_SAS) {
@@ -1060,6 +1092,9 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
         }
     } else if (d->auth == AUTH_INSTALLER && !tenant_has_installer(t, d->bearer_sha)) {
         dev_unauthorized(d, "unauthorized");
+        return;
+    } else if (d->auth == AUTH_X509 && !dev_x509_accepted(d, t)) {
+        dev_unauthorized(d, "invalid_certificate");
         return;
     }
     if (t->suspended && (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION || d->kind == DEV_REPROVISION)) {
@@ -1090,6 +1125,7 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
 {
     const char *h = evhttp_find_header(evhttp_request_get_input_headers(d->r->ev), "Authorization");
     enum sas_error se;
+    X509 *cert;
 
     if (h && strncmp(h, "SharedAccessSignature ", 22) == 0 && !operator_only) {
         d->auth = AUTH_SAS;
@@ -1125,8 +1161,18 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
             return true;
         }
     }
+    if (!h && !operator_only && (cert = http_server_peer_cert(d->r->ev)) != NULL) {
+        /* No Authorization header, a client certificate: an X.509 device (verified in dev_on_tenant). */
+        STACK_OF(X509) *chain = http_server_peer_chain(d->r->ev);
+        d->auth = AUTH_X509;
+        X509_up_ref(cert);
+        d->cert = cert;
+        d->chain = chain ? X509_chain_up_ref(chain) : NULL;
+        return true;
+    }
     cpreq_add_header(d->r, "WWW-Authenticate", "Bearer");
-    dev_error(d, 401, "unauthorized", NULL, "a device SAS token or a bearer token is required");
+    dev_error(d, 401, "unauthorized", NULL,
+              "a device SAS token, a bearer token or a client certificate is required");
     return false;
 }
 

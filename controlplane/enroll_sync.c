@@ -40,14 +40,23 @@ static const char es_catalog_sql[] =
     "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps,"
     "     'status', t.status),"
     "   'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
-    "   'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
+    "   'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]',"
+    "   'x509Cas', (SELECT coalesce(json_agg(json_build_object('id', c.id, 'pem', c.certificate_pem,"
+    "     'thumbprint', c.thumbprint) ORDER BY c.created_at, c.id), '[]') FROM tenant_cas c"
+    "     WHERE c.tenant_id = t.id AND c.enabled AND c.verified_at IS NOT NULL))"
     "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL))";
 
 enum es_op { ES_PUT, ES_DELETE };
 
+/* Group ids: a tenant's symmetric-key group is its id; the X.509 group of
+ * one of its CAs is "<tenant id>" ES_X509_INFIX "<CA id>" (a '.' never
+ * appears in a tenant id, so the two kinds cannot collide). */
+#define ES_X509_INFIX ".x509."
+#define ES_GROUP_MAX 136
+
 struct es_change {
     enum es_op op;
-    char group[64];
+    char group[ES_GROUP_MAX];
     char etag[80];          /* If-Match, or "" */
     json_t *doc;            /* PUT body */
 };
@@ -66,6 +75,7 @@ struct es_dps {
     bool unreachable;
     bool planned;           /* listed: the outcome says which groups can't be placed here */
     json_t *refused;        /* group id -> why it cannot exist here (over quota, refused) */
+    json_t *thumbs;         /* X.509 group id -> the SHA-256 thumbprint of its CA (desired) */
 };
 
 struct enroll_sync {
@@ -97,6 +107,21 @@ json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key,
                      "properties", "desired");
 }
 
+json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem)
+{
+    char gid[ES_GROUP_MAX];
+    snprintf(gid, sizeof gid, "%s" ES_X509_INFIX "%s", tenant_id, ca_id);
+    /* tags as the symmetric group's (the tenant owns its registrations), plus
+     * x509CaId: with the id, what marks the group as this reconciler's */
+    return json_pack("{s:s, s:{s:s, s:{s:{s:{s:s}}}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s, s:s, s:s}, s:{s:{}}}}",
+                     "enrollmentGroupId", gid,
+                     "attestation", "type", "x509", "x509", "signingCertificates", "primary", "certificate", ca_pem,
+                     "provisioningStatus", "enabled", "allocationPolicy", "hashed",
+                     "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
+                     "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "tenantId", tenant_id, "x509CaId", ca_id,
+                     "properties", "desired");
+}
+
 static void es_arm(struct enroll_sync *es, int ms)
 {
     struct timeval tv = {ms / 1000, (ms % 1000) * 1000};
@@ -120,6 +145,7 @@ static void es_dps_clear(struct es_dps *d)
     json_decref(d->desired);
     json_decref(d->actual);
     json_decref(d->refused);
+    json_decref(d->thumbs);
     for (int i = 0; i < d->nchanges; i++)
         json_decref(d->changes[i].doc);
     free(d->changes);
@@ -246,6 +272,32 @@ static const char *es_tenant_of(json_t *doc)
                                              "tenantId"));
 }
 
+static const char *es_tag(json_t *doc, const char *tag)
+{
+    return json_string_value(json_object_get(json_object_get(json_object_get(doc, "initialTwin"), "tags"), tag));
+}
+
+/* One of this reconciler's X.509 groups: managed, tagged with a tenant and
+ * a CA id, and its id is exactly the one made from the two. A hand-made
+ * group (another id, or no x509CaId tag) never is. */
+static bool es_is_x509_group(const char *gid, json_t *doc)
+{
+    const char *tenant = es_tenant_of(doc), *ca = es_tag(doc, "x509CaId");
+    char want[ES_GROUP_MAX];
+    if (!es_is_managed(doc) || !tenant || !ca || !*tenant || !*ca)
+        return false;
+    snprintf(want, sizeof want, "%s" ES_X509_INFIX "%s", tenant, ca);
+    return strcmp(want, gid) == 0;
+}
+
+/* The SHA-256 thumbprint of an X.509 group's primary signing certificate, as listed. */
+static const char *es_thumb_of(json_t *doc)
+{
+    json_t *p = json_object_get(json_object_get(json_object_get(json_object_get(doc, "attestation"), "x509"),
+                                                "signingCertificates"), "primary");
+    return json_string_value(json_object_get(json_object_get(p, "info"), "sha256Thumbprint"));
+}
+
 static const char *es_key_of(json_t *doc, const char *which)
 {
     return json_string_value(json_object_get(json_object_get(json_object_get(doc, "attestation"), "symmetricKey"),
@@ -292,18 +344,28 @@ static void es_plan(struct es_dps *d)
             continue;
         }
         room--;
+        if (json_object_get(d->thumbs, gid)) {   /* an X.509 group: its CA, its tags */
+            if (!have || !es_same(json_string_value(json_object_get(d->thumbs, gid)), es_thumb_of(have)) ||
+                !es_is_x509_group(gid, have) || !es_same(es_tenant_of(doc), es_tenant_of(have)) ||
+                !status || strcmp(status, "enabled") != 0)
+                es_add_change(d, ES_PUT, gid, have, doc);
+            continue;
+        }
         if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
             !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
             !es_same(gid, es_tenant_of(have)) ||
             !es_same(status, want))
             es_add_change(d, ES_PUT, gid, have, doc);
     }
-    /* Only groups this reconciler made (id = its tenant tag, or no tag from
-     * before tags) are deleted: a tenant's hand-made X.509 group is tagged
-     * with the tenant too, so its devices share the tenant's ownership. */
+    /* Only groups this reconciler made are deleted: a symmetric group (id =
+     * its tenant tag, or no tag from before tags) or an X.509 group of a
+     * tenant CA (es_is_x509_group: id = "<tenant>.x509.<CA id>" with both
+     * tags). A tenant's hand-made X.509 group is tagged with the tenant too,
+     * so its devices share the tenant's ownership, and is never touched. */
     json_object_foreach(d->actual, gid, doc) {
         const char *tenant = es_tenant_of(doc);
-        if (es_is_managed(doc) && !json_object_get(d->desired, gid) && (!tenant || strcmp(tenant, gid) == 0))
+        if (es_is_managed(doc) && !json_object_get(d->desired, gid) &&
+            (!tenant || strcmp(tenant, gid) == 0 || es_is_x509_group(gid, doc)))
             es_add_change(d, ES_DELETE, gid, doc, NULL);
     }
 }
@@ -349,11 +411,31 @@ static void es_list(struct es_dps *d, const char *continuation)
                h, "{\"query\":\"SELECT * FROM enrollmentGroups\"}", ES_TIMEOUT_MS, es_on_list, d);
 }
 
+/* The tenant's verified, enabled CAs ([{id, pem, thumbprint}]): one X.509 group each. */
+static void es_want_x509(struct es_dps *d, const char *tenant_id, json_t *cas)
+{
+    size_t i;
+    json_t *ca;
+    json_array_foreach(cas, i, ca) {
+        const char *id = json_string_value(json_object_get(ca, "id"));
+        const char *pem = json_string_value(json_object_get(ca, "pem"));
+        const char *thumb = json_string_value(json_object_get(ca, "thumbprint"));
+        json_t *doc;
+        if (!id || !pem || !thumb)
+            continue;
+        doc = enroll_sync_x509_group_doc(tenant_id, id, pem);
+        json_object_set_new(d->thumbs, json_string_value(json_object_get(doc, "enrollmentGroupId")),
+                            json_string(thumb));
+        json_object_set_new(d->desired, json_string_value(json_object_get(doc, "enrollmentGroupId")), doc);
+    }
+}
+
 static void es_on_catalog(const struct pgq_result *q, void *arg)
 {
     struct enroll_sync *es = arg;
     json_t *root = NULL, *dpsl, *tenants, *row;
     struct tenant **tv = NULL;
+    json_t **trow = NULL;   /* tv[k]'s catalog row (borrowed from root) */
     size_t i, ntenants = 0;
 
     if (q->status != PGQ_OK || PQntuples(q->res) != 1 || !(root = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL))) {
@@ -364,8 +446,9 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
     dpsl = json_object_get(root, "dps");
     tenants = json_object_get(root, "tenants");
     tv = xcalloc(json_array_size(tenants) + 1, sizeof *tv);
+    trow = xcalloc(json_array_size(tenants) + 1, sizeof *trow);
     json_array_foreach(tenants, i, row)
-        if ((tv[ntenants] = tenant_from_row_env(row, es->cp->env)) != NULL) ntenants++;
+        if ((tv[ntenants] = tenant_from_row_env(row, es->cp->env)) != NULL) trow[ntenants++] = row;
     {
         /* Instances no longer managed (removed, credentials dropped): no state, no exclusions. */
         const char *id;
@@ -401,6 +484,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
         d->desired = json_object();
         d->actual = json_object();
         d->refused = json_object();
+        d->thumbs = json_object();
         st.id = (char *)json_string_value(json_object_get(row, "stamp"));
         st.region = (char *)json_string_value(json_object_get(row, "region"));
         st.geo = (char *)json_string_value(json_object_get(row, "geography"));
@@ -416,6 +500,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
                                                           !tv[k]->suspended));
                 OPENSSL_cleanse(prev, sizeof prev);
                 OPENSSL_cleanse(b64, sizeof b64);
+                es_want_x509(d, tv[k]->id, json_object_get(trow[k], "x509Cas"));
             }
         es->pending++;
         if (d->keylen <= 0) {
@@ -430,6 +515,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
     for (size_t k = 0; k < ntenants; k++)
         tenant_unref(tv[k]);
     free(tv);
+    free(trow);
     json_decref(root);
     if (--es->pending == 0)
         es_finish_pass(es);

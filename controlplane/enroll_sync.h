@@ -9,7 +9,10 @@
  * updates what is missing or differs (If-Match on the etag), deletes groups it
  * manages that are no longer wanted, and records the drift it found and what
  * it could not fix. Groups it manages carry initialTwin.tags.managedBy =
- * "stampcp"; groups created by anyone else are left alone.
+ * "stampcp"; groups created by anyone else are left alone. Besides each
+ * tenant's symmetric-key group (id = tenant id), it keeps one X.509 group
+ * per verified, enabled CA of the tenant (api_certificates.c), with id
+ * "<tenant>.x509.<CA id>".
  */
 #ifndef CP_ENROLL_SYNC_H
 #define CP_ENROLL_SYNC_H
@@ -45,5 +48,12 @@ const char *enroll_sync_refused(struct enroll_sync *es, const char *dps_id, cons
  * provisioningStatus "enabled", or "disabled" for a suspended tenant. */
 json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key, const char *previous_key,
                               bool enabled);
+
+/* The X.509 group document for one of a tenant's verified, enabled CAs (new
+ * reference): id "<tenant>.x509.<CA id>", the CA as primary signing
+ * certificate, hashed allocation, initialTwin.tags managedBy = "stampcp",
+ * tenantId and x509CaId (the reconciler deletes such a group, when no
+ * longer wanted, only when its id is made from those two tags). */
+json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem);
 
 #endif

@@ -83,8 +83,8 @@ static void http_sas_probe_cb(struct tenant *t, enum tenant_status st, void *arg
     p->verified = st == TENANT_UNAVAILABLE || (st == TENANT_OK && tenant_verify_device_sas(t, p->regid, &p->tok));
 }
 
-static bool http_check_device_auth(struct cp *cp, const char *auth, char **segs, int nsegs,
-                                   struct connguard_verdict *v)
+static bool http_check_device_auth(struct cp *cp, const char *auth, struct bufferevent *transport, char **segs,
+                                   int nsegs, struct connguard_verdict *v)
 {
     struct http_sas_probe *p;
     enum sas_error se;
@@ -92,9 +92,12 @@ static bool http_check_device_auth(struct cp *cp, const char *auth, char **segs,
     v->reason = CONNGUARD_UNAUTHORIZED;
     if (auth && strncasecmp(auth, "Bearer ", 7) == 0)
         return true;
+    if (!auth && tls_bev_peer_cert(transport))
+        return true;   /* an X.509 device: the handler verifies its chain against the tenant's CAs */
     if (!auth || strncmp(auth, "SharedAccessSignature ", 22) != 0) {
         snprintf(v->code, sizeof v->code, "unauthorized");
-        snprintf(v->message, sizeof v->message, "a device SAS token or a bearer token is required");
+        snprintf(v->message, sizeof v->message,
+                 "a device SAS token, a bearer token or a client certificate is required");
         return false;
     }
     if (nsegs < 5)
@@ -148,7 +151,7 @@ static bool http_head_check(void *arg, const struct connguard_head *h, struct co
     }
     if (nsegs >= 4 && strcmp(segs[0], "v1") == 0 && strcmp(segs[1], "tenants") == 0 &&
         strcmp(segs[3], "registrations") == 0) {
-        ok = http_check_device_auth(cp, auth, segs, nsegs, v);
+        ok = http_check_device_auth(cp, auth, h->transport, segs, nsegs, v);
     } else if (nsegs >= 1 && strcmp(segs[0], "v1") == 0) {
         if (!gate_admin_token_plausible(cp, auth)) {
             v->reason = CONNGUARD_UNAUTHORIZED;
@@ -197,11 +200,29 @@ static void http_server_guard_setup(struct cp *cp)
  * identity (tls_server_reloadable_bevcb); plainHttp leaves evhttp's plain
  * sockets. The only place the listener's bufferevents are set up.
  */
+/* Any client certificate passes the handshake: the device routes check it
+ * against the tenant's CAs (api_devices.c), every other route ignores it. */
+static int http_server_accept_any_cert(int preverify_ok, X509_STORE_CTX *ctx)
+{
+    (void)preverify_ok;
+    (void)ctx;
+    return 1;
+}
+
+/* Without tls.clientCa: ask every client for a certificate, never require
+ * one (X.509 devices present theirs; nobody else needs to). */
+static void http_server_tls_request_cert(SSL_CTX *ctx, void *arg)
+{
+    (void)arg;
+    SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, http_server_accept_any_cert);
+}
+
 static struct tls_server *http_server_tls_new(const struct cp_config *cfg, char *err, size_t errlen)
 {
     struct tls_server_opts o = {
         .cert_file = cfg->tls_cert, .key_file = cfg->tls_key,
         .client_ca_file = cfg->tls_client_ca, .session_id_context = "stampcp-cp",
+        .configure = cfg->tls_client_ca ? NULL : http_server_tls_request_cert,
     };
     return tls_server_new(&o, err, errlen);
 }
@@ -253,6 +274,12 @@ X509 *http_server_peer_cert(struct evhttp_request *req)
     return conn ? tls_bev_peer_cert(connguard_transport(evhttp_connection_get_bufferevent(conn))) : NULL;
 }
 
+STACK_OF(X509) *http_server_peer_chain(struct evhttp_request *req)
+{
+    struct evhttp_connection *conn = evhttp_request_get_connection(req);
+    return conn ? tls_bev_peer_chain(connguard_transport(evhttp_connection_get_bufferevent(conn))) : NULL;
+}
+
 bool http_server_start(struct cp *cp)
 {
     /* evhttp's own limit sits above ours so that our JSON 413 is the one
@@ -280,7 +307,7 @@ bool http_server_start(struct cp *cp)
         return false;
     }
     log_info("event=listening addr=%s:%d scheme=%s%s", cp->cfg.listen_host, cp->cfg.listen_port,
-             cp->tls ? "https" : "http", cp->cfg.tls_client_ca ? " client_certificates=required" : "");
+             cp->tls ? "https" : "http", cp->cfg.tls_client_ca ? " client_certificates=required" : cp->tls ? " client_certificates=requested" : "");
     return true;
 }
 

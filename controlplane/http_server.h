@@ -20,9 +20,15 @@ void http_server_free(struct cp *cp);
 bool http_server_reload_tls(struct cp *cp);
 /* Whether tls.cert/tls.key/tls.clientCa load (always true with plainHttp); err says why not. */
 bool http_server_check_tls(const struct cp_config *cfg, char *err, size_t errlen);
-/* The client certificate the TLS handshake verified against tls.clientCa (mTLS),
- * or NULL (plain HTTP, no client CA, no certificate). Owned by the connection,
- * valid while the request is. */
+/* The client certificate of the connection, or NULL (plain HTTP, none sent).
+ * With tls.clientCa the handshake verified it against those CAs; without,
+ * it was only requested and is NOT verified (any certificate passes: the
+ * device routes verify it against the tenant's CAs). Owned by the
+ * connection, valid while the request is. */
 X509 *http_server_peer_cert(struct evhttp_request *req);
+/* The intermediates the client sent after its certificate (not verified;
+ * without tls.clientCa any certificate passes the handshake), or NULL.
+ * Owned by the connection. */
+STACK_OF(X509) *http_server_peer_chain(struct evhttp_request *req);
 
 #endif

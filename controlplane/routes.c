@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api_catalog.h"
+#include "api_certificates.h"
 #include "api_devices.h"
 #include "api_inventory.h"
 #include "api_keys.h"
@@ -30,6 +31,7 @@ static void rt_inventory_devices(struct cp_req *r) { api_inventory_devices(r, r-
 static void rt_device_admin(struct cp_req *r) { api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
 static void rt_inventory(struct cp_req *r) { api_inventory_counts(r); }
 static void rt_kek(struct cp_req *r) { cp_secrets_handle(r, r->segs + 2, r->nsegs - 2); }
+static void rt_certificates(struct cp_req *r) { api_certificates_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4); }
 static void rt_audit(struct cp_req *r) { audit_handle(r); }
 static void rt_api_keys(struct cp_req *r) { api_keys_handle(r, r->segs + 2, r->nsegs - 2); }
 
@@ -86,6 +88,20 @@ const struct route routes_table[] = {
      rt_tenants},
     {POST, "/v1/tenants/{tenant}/installer-tokens", SCOPE_KEYS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
      rt_tenants},
+
+    /* a verified, enabled CA lets the tenant's devices provision: provision:on-behalf as well */
+    {POST, "/v1/tenants/{tenant}/certificates", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
+     rt_certificates},
+    {GET, "/v1/tenants/{tenant}/certificates", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_certificates},
+    {GET, "/v1/tenants/{tenant}/certificates/{id}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_certificates},
+    {PATCH, "/v1/tenants/{tenant}/certificates/{id}", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
+     rt_certificates},
+    {DELETE, "/v1/tenants/{tenant}/certificates/{id}", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_certificates},
+    {POST, "/v1/tenants/{tenant}/certificates/{id}/verify", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF,
+     ROUTE_TENANT, 2, rt_certificates},
+    {POST, "/v1/tenants/{tenant}/certificates/{id}/enable", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF,
+     ROUTE_TENANT, 2, rt_certificates},
+    {POST, "/v1/tenants/{tenant}/certificates/{id}/disable", SCOPE_TENANTS_WRITE, ROUTE_TENANT, 2, rt_certificates},
 
     {GET, "/v1/tenants/{tenant}/devices", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_inventory_devices},
     {GET, "/v1/tenants/{tenant}/devices/{device}", SCOPE_DEVICES_READ, ROUTE_TENANT, 2, rt_device_admin},

@@ -6,6 +6,7 @@
 #include "tenants.h"
 
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -27,7 +28,9 @@ static const char tenants_select_sql[] =
     "'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
     "'lookupGeographies', t.lookup_geographies,"
     "'installerTokens', (SELECT coalesce(json_agg(i.token_sha256), '[]') FROM installer_tokens i"
-    "                    WHERE i.tenant_id = t.id))"
+    "                    WHERE i.tenant_id = t.id),"
+    "'caCertificates', (SELECT coalesce(json_agg(c.certificate_pem ORDER BY c.id), '[]') FROM tenant_cas c"
+    "                   WHERE c.tenant_id = t.id AND c.enabled AND c.verified_at IS NOT NULL))"
     " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
 
 /* An id the catalog did not have, remembered until expires. */
@@ -93,6 +96,9 @@ void tenant_unref(struct tenant *t)
     tenant_free_strv(t->lookup_geos, t->nlookup);
     tenant_free_strv(t->stamps, t->nstamps);
     tenant_free_strv(t->installer_hashes, t->ninstaller);
+    for (int i = 0; i < t->ncas; i++)
+        X509_free(t->cas[i]);
+    free(t->cas);
     free(t);
 }
 
@@ -127,6 +133,29 @@ static int tenant_open_key(struct envelope *env, const char *tenant_id, const ch
         return envelope_is_sealed(stored) ? -1 : sas_b64_decode(stored, out, cap);
     envelope_aad_enrollment_key(aad, sizeof aad, tenant_id);
     return envelope_open_b64key(env, stored, aad, out, cap, &len) ? (int)len : -1;
+}
+
+/* The verified, enabled CA certificates (PEM strings; absent: none). False
+ * when one does not parse (the row is then malformed). */
+static bool tenant_load_cas(struct tenant *t, json_t *arr)
+{
+    size_t i;
+    json_t *v;
+    if (!arr)
+        return true;
+    if (!json_is_array(arr))
+        return false;
+    t->cas = xcalloc(json_array_size(arr) + 1, sizeof *t->cas);
+    json_array_foreach(arr, i, v) {
+        const char *pem = json_string_value(v);
+        BIO *b = pem ? BIO_new_mem_buf(pem, -1) : NULL;
+        X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+        BIO_free(b);
+        if (!x)
+            return false;
+        t->cas[t->ncas++] = x;
+    }
+    return true;
 }
 
 struct tenant *tenant_from_row(json_t *row)
@@ -164,6 +193,10 @@ struct tenant *tenant_from_row_env(json_t *row, struct envelope *env)
     t->suspended = status && strcmp(status, "suspended") == 0;
     t->max_devices = json_is_integer(maxdev) ? (int64_t)json_integer_value(maxdev) : -1;
     t->max_per_minute = json_is_integer(maxppm) ? (int64_t)json_integer_value(maxppm) : -1;
+    if (!tenant_load_cas(t, json_object_get(row, "caCertificates"))) {
+        tenant_unref(t);
+        return NULL;
+    }
     klen = tenant_open_key(env, id, key, t->key, sizeof t->key);
     if (klen <= 0 || t->ngeos == 0) {
         tenant_unref(t);

@@ -1,7 +1,8 @@
 /*
  * tenants.h - the tenants the router serves: a read-through cache over the
  * global catalog, holding what placement and device authentication need
- * (residency, tenancy, enrollment key, installer token hashes).
+ * (residency, tenancy, enrollment key, installer token hashes, verified and
+ * enabled X.509 CA certificates).
  *
  * Entries live for a few seconds and are dropped at once when any control
  * plane changes the tenant (Redis channel cp:tenants), so a key rotation or
@@ -27,6 +28,7 @@
 #define CP_TENANTS_H
 
 #include <jansson.h>
+#include <openssl/x509.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -58,6 +60,8 @@ struct tenant {
     bool suspended;             /* status "suspended": device routes answer 403 tenant_suspended */
     int64_t max_devices;        /* quotas.maxDevices; -1: unlimited */
     int64_t max_per_minute;     /* quotas.maxProvisionsPerMinute; -1: unlimited */
+    X509 **cas;                 /* verified, enabled X.509 CAs (tenant_cas), owned */
+    int ncas;
     int64_t expires_mono_ms;
 };
 

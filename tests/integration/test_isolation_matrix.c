@@ -33,6 +33,7 @@
 #include <cmocka.h>
 
 #include "ts.h"
+#include "ts_stamp.h"
 
 #define OWN "mx-a"        /* residency eu */
 #define OTHER "mx-b"      /* residency us */
@@ -161,6 +162,49 @@ static void p_suspend(struct call *c) { p_suspend_resume(c, "suspend"); }
 static void p_resume(struct call *c) { p_suspend_resume(c, "resume"); }
 static void p_rotate(struct call *c) { c->path = "/v1/tenants/" OWN "/enrollment-key/rotate"; }
 static void p_installer(struct call *c) { c->path = "/v1/tenants/" OWN "/installer-tokens"; c->body = "{\"name\":\"i\"}"; }
+/* X.509 CAs of OWN: a fresh CA each time (a thumbprint is taken once) */
+static const char *ca_crt, *ca_key;
+static const char *cert_body(const char *crt)
+{
+    json_t *j = json_pack("{s:s}", "certificate", ts_read_file(crt, NULL));
+    const char *s = ts_jdump(j);
+    json_decref(j);
+    return s;
+}
+static json_t *uploaded_ca(void)
+{
+    struct ts_resp *r;
+    const char *name = fresh("mxca");
+    ts_pki_make_ca(name, name, &ca_crt, &ca_key);
+    r = ts_admin(cp, "POST", "/v1/tenants/" OWN "/certificates", cert_body(ca_crt));
+    if (r->status != 201)
+        ts_fail("uploading a CA: %s", ts_resp_str(r));
+    return r->json;
+}
+static void p_cert_create(struct call *c)
+{
+    const char *name = fresh("mxca");
+    const char *crt, *key;
+    ts_pki_make_ca(name, name, &crt, &key);
+    c->path = "/v1/tenants/" OWN "/certificates";
+    c->body = cert_body(crt);
+}
+static void p_certs(struct call *c) { c->path = "/v1/tenants/" OWN "/certificates"; }
+static void p_cert(struct call *c)
+{
+    c->path = ts_str("/v1/tenants/" OWN "/certificates/%s", ts_jstr(uploaded_ca(), "id"));
+}
+static void p_cert_patch(struct call *c) { p_cert(c); c->body = "{\"enabled\":false}"; }
+static void p_cert_verify(struct call *c)
+{
+    json_t *ca = uploaded_ca();
+    const char *crt, *key;
+    ts_pki_make_leaf(fresh("mxproof"), ts_jstr(ca, "verificationCode"), ca_crt, ca_key, &crt, &key);
+    c->path = ts_str("/v1/tenants/" OWN "/certificates/%s/verify", ts_jstr(ca, "id"));
+    c->body = cert_body(crt);
+}
+static void p_cert_enable(struct call *c) { p_cert(c); c->path = ts_str("%s/enable", c->path); }
+static void p_cert_disable(struct call *c) { p_cert(c); c->path = ts_str("%s/disable", c->path); }
 static void p_devices(struct call *c) { c->path = "/v1/tenants/" OWN "/devices"; }
 static void p_device(struct call *c) { c->path = ts_str("/v1/tenants/" OWN "/devices/%s", placed_device()); }
 static void p_deprov(struct call *c) { c->path = ts_str("/v1/tenants/" OWN "/devices/%s/deprovision", placed_device()); }
@@ -274,6 +318,14 @@ static const struct fixture fixtures[] = {
     {"POST", "/v1/tenants/{tenant}/resume", 200, NULL, p_resume},
     {"POST", "/v1/tenants/{tenant}/enrollment-key/rotate", 200, NULL, p_rotate},
     {"POST", "/v1/tenants/{tenant}/installer-tokens", 201, NULL, p_installer},
+    {"POST", "/v1/tenants/{tenant}/certificates", 201, NULL, p_cert_create},
+    {"GET", "/v1/tenants/{tenant}/certificates", 200, NULL, p_certs},
+    {"GET", "/v1/tenants/{tenant}/certificates/{id}", 200, NULL, p_cert},
+    {"PATCH", "/v1/tenants/{tenant}/certificates/{id}", 200, NULL, p_cert_patch},
+    {"DELETE", "/v1/tenants/{tenant}/certificates/{id}", 204, NULL, p_cert},
+    {"POST", "/v1/tenants/{tenant}/certificates/{id}/verify", 200, NULL, p_cert_verify},
+    {"POST", "/v1/tenants/{tenant}/certificates/{id}/enable", 200, NULL, p_cert_enable},
+    {"POST", "/v1/tenants/{tenant}/certificates/{id}/disable", 200, NULL, p_cert_disable},
     {"GET", "/v1/tenants/{tenant}/devices", 200, NULL, p_devices},
     {"GET", "/v1/tenants/{tenant}/devices/{device}", 200, NULL, p_device},
     {"POST", "/v1/tenants/{tenant}/devices/{device}/deprovision", 200, NULL, p_deprov},

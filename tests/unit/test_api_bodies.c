@@ -1,7 +1,8 @@
 /*
  * test_api_bodies.c - the database-free body checks the control plane's
  * tenant and device routes share with the fuzz harnesses
- * (api_tenants_validate, api_devices_check_body): good bodies pass, and
+ * (api_tenants_validate, api_devices_check_body, api_certificates_validate):
+ * good bodies pass, and
  * every bad one fails with the code and field the 400 answer carries.
  */
 #include <stdarg.h>
@@ -11,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "api_certificates.h"
 #include "api_devices.h"
 #include "api_tenants.h"
 
@@ -39,6 +41,43 @@ static void tenant(enum api_tenants_body kind, const char *text, const char *cod
         fail_msg("%s: accepted, expected %s", text, code);
     assert_string_equal(e.code, code);
     assert_string_equal(e.field, field);
+}
+
+static void cert(enum api_certificates_body kind, const char *text, const char *code, const char *field)
+{
+    json_t *b = body_of(text);
+    struct jv_err e;
+    bool ok;
+    memset(&e, 0, sizeof e);
+    ok = api_certificates_validate(kind, b, &e);
+    json_decref(b);
+    if (!code) {
+        if (!ok)
+            fail_msg("%s: refused: %s %s %s", text, e.code, e.field, e.message);
+        return;
+    }
+    if (ok)
+        fail_msg("%s: accepted, expected %s", text, code);
+    assert_string_equal(e.code, code);
+    assert_string_equal(e.field, field);
+}
+
+static void test_certificate_bodies(void **state)
+{
+    (void)state;
+    cert(API_CERTIFICATES_CREATE, "{\"certificate\":\"x\"}", NULL, NULL);
+    cert(API_CERTIFICATES_CREATE, "{\"name\":\"CA 1\",\"certificate\":\"x\"}", NULL, NULL);
+    cert(API_CERTIFICATES_CREATE, "{\"name\":\"CA 1\"}", "missing_field", "certificate");
+    cert(API_CERTIFICATES_CREATE, "{\"certificate\":1}", "invalid_type", "certificate");
+    cert(API_CERTIFICATES_CREATE, "{\"certificate\":\"\"}", "invalid_value", "certificate");
+    cert(API_CERTIFICATES_CREATE, "{\"certificate\":\"x\",\"key\":\"y\"}", "unknown_field", "key");
+    cert(API_CERTIFICATES_VERIFY, "{\"certificate\":\"x\"}", NULL, NULL);
+    cert(API_CERTIFICATES_VERIFY, "{\"certificate\":\"x\",\"name\":\"n\"}", "unknown_field", "name");
+    cert(API_CERTIFICATES_VERIFY, "{}", "missing_field", "certificate");
+    cert(API_CERTIFICATES_PATCH, "{}", NULL, NULL);
+    cert(API_CERTIFICATES_PATCH, "{\"enabled\":false,\"name\":\"n\"}", NULL, NULL);
+    cert(API_CERTIFICATES_PATCH, "{\"enabled\":\"no\"}", "invalid_type", "enabled");
+    cert(API_CERTIFICATES_PATCH, "{\"certificate\":\"x\"}", "unknown_field", "certificate");
 }
 
 static void test_tenant_create(void **state)
@@ -154,6 +193,7 @@ int main(void)
         cmocka_unit_test(test_tenant_create),
         cmocka_unit_test(test_tenant_patch_token_rotate),
         cmocka_unit_test(test_device_bodies),
+        cmocka_unit_test(test_certificate_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
