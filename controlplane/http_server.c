@@ -14,6 +14,7 @@
 
 #include "api_catalog.h"
 #include "api_devices.h"
+#include "api_installer_tokens.h"
 #include "api_inventory.h"
 #include "api_probes.h"
 #include "api_tenants.h"
@@ -79,6 +80,10 @@ static void http_route(struct cp_req *r)
         }
         if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "devices") == 0) {
             api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3);
+            return;
+        }
+        if (r->nsegs >= 4 && strcmp(r->segs[1], "tenants") == 0 && strcmp(r->segs[3], "installer-tokens") == 0) {
+            api_installer_tokens_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4);
             return;
         }
         if (r->nsegs == 4 && strcmp(r->segs[1], "dps-instances") == 0 && strcmp(r->segs[3], "enrollment-sync") == 0) {
