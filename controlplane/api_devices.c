@@ -3,7 +3,8 @@
  *
  *   AUTH --tenant loaded, credential verified--> CACHE (locate only)
  *   --miss--> LOOKUP (every geography the tenant's devices may live in, in
- *   parallel) --found--> reply | --new--> PLACE --> [COUNT (tenant with
+ *   parallel) --found--> reply | --new--> [an installer token's placement
+ *   counted, installer_tokens.h] --> PLACE --> [COUNT (tenant with
  *   maxDevices: reserve, count its devices)] --> RATE (shared token
  *   buckets) --> ASSIGN (geography database, atomic) --> reply
  *
@@ -20,13 +21,13 @@
 #include "api_devices.h"
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <strings.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "dps_client.h"
 #include "http_server.h"
+#include "installer_tokens.h"
 #include "log.h"
 #include "pgbatch.h"
 #include "placement.h"
@@ -62,9 +63,17 @@ struct devreq {
     char tenant_id[64];
     char regid[132];
     struct sas_token sas;
-    char bearer_sha[2 * SHA256_DIGEST_LENGTH + 1];
+    char bearer_sha[INSTALLER_SHA_HEX];
     X509 *cert;                /* AUTH_X509: the client certificate (a reference of ours) */
     STACK_OF(X509) *chain;     /* ... and the intermediates it sent (ours), or NULL */
+    /* installer token (AUTH_INSTALLER): its public id, and its placement
+     * count (installer_tokens.h): taken before a first placement, kept once
+     * the assignment committed or when its outcome is unknown, else given back */
+    char inst_id[INSTALLER_ID_LEN + 1];
+    bool inst_reserved;
+    bool inst_committed;
+    bool inst_in_doubt;        /* an assignment statement is out without a definite answer */
+    struct pgpool *global;     /* for the give-back, which can outlive d->r */
     char reason[160];
     struct tenant *t;
     struct layout *l;
@@ -128,6 +137,8 @@ static void dev_free(struct devreq *d)
 {
     if (d->quota_reserved)   /* nothing was committed under it */
         ratelimit_quota_settle(d->cp->feed, d->tenant_id, d->reservation, false);
+    if (d->inst_reserved && !d->inst_committed && !d->inst_in_doubt)
+        installer_tokens_release(d->global, d->tenant_id, d->inst_id);
     if (d->t) tenant_unref(d->t);
     if (d->l) layout_unref(d->l);
     placement_result_clear(&d->pr);
@@ -319,7 +330,8 @@ static const char dev_detail_sql[] =
     "  'dpsEndpoint', d.dps_endpoint, 'assignedAt', cp_ts(d.assigned_at), 'etag', d.etag::text,"
     "  'assignedHub', d.hub_host_name, 'deviceId', d.device_id, 'updatedAt', cp_ts(d.updated_at),"
     "  'decision', d.decision, 'history', (SELECT coalesce(json_agg(json_build_object('at', cp_ts(h.at),"
-    "  'event', h.event, 'fromStamp', h.from_stamp, 'toStamp', h.to_stamp, 'reason', h.reason) ORDER BY h.id),"
+    "  'event', h.event, 'fromStamp', h.from_stamp, 'toStamp', h.to_stamp, 'reason', h.reason,"
+    "  'installerToken', h.installer_token) ORDER BY h.id),"
     "  '[]') FROM device_history h WHERE h.tenant_id = d.tenant_id AND h.registration_id = d.registration_id)),"
     " CASE WHEN (SELECT geography FROM geo_identity) = $3::text THEN $3::text"
     " ELSE '?' || coalesce((SELECT geography FROM geo_identity), '') END"
@@ -420,9 +432,10 @@ static void dev_on_assign_row(struct devreq *d, const struct pgq_result *q, int 
     int geo = d->row.geo;
 
     if (q->status == PGQ_UNAVAILABLE) {
-        dev_unavailable(d, q);
+        dev_unavailable(d, q);   /* committed or not: unknown, so a placement count stays taken */
         return;
     }
+    d->inst_in_doubt = false;   /* a definite answer (an error rolled the statement back) */
     if (q->status == PGQ_SQL_ERROR && ++d->attempts < DEV_MAX_ATTEMPTS &&
         ((strcmp(q->sqlstate, "23505") == 0 && q->constraint &&
           strcmp(q->constraint, "devices_dps_registration_uidx") == 0) ||
@@ -450,6 +463,8 @@ static void dev_on_assign_row(struct devreq *d, const struct pgq_result *q, int 
     }
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
         dev_row_read(&d->row, q->res, row, off + 1, geo);
+        if (strcmp(outcome, "assigned") == 0)
+            d->inst_committed = true;
         if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
             dev_count(d, d->row.dps, +1);
         if (strcmp(outcome, "moved") == 0)
@@ -495,6 +510,8 @@ static char *dev_decision_text(struct devreq *d)
     json_object_set_new(dec, "at", json_string(at));
     json_object_set_new(dec, "reason", json_string(d->reason));
     json_object_set_new(dec, "chosen", json_pack("{s:s, s:s}", "stamp", d->chosen->stamp->id, "dps", d->chosen->id));
+    if (d->auth == AUTH_INSTALLER)   /* also copied into the history row (schema/geo/005) */
+        json_object_set_new(dec, "installerToken", json_string(d->inst_id));
     text = json_dumps(dec, JSON_COMPACT);
     json_decref(dec);
     return text;
@@ -520,6 +537,7 @@ static void dev_assign(struct devreq *d)
     }
     if (d->admin_route || d->auth == AUTH_OPERATOR)
         d->r->audit_geo = geo;   /* where the device lands: its audit entry goes there (audit.h) */
+    d->inst_in_doubt = true;
     if (d->moving) {
         const char *v[11] = {d->tenant_id, d->regid, d->row.etag, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
@@ -888,6 +906,27 @@ static const char *dev_invalid_reason(struct devreq *d)
     return NULL;
 }
 
+static void dev_on_installer_reserved(enum installer_reserve st, void *arg)
+{
+    struct devreq *d = arg;
+    switch (st) {
+    case INSTALLER_RESERVED:
+        d->inst_reserved = true;
+        dev_place(d);
+        return;
+    case INSTALLER_QUOTA_EXCEEDED:
+        dev_error(d, 403, "installer_quota_exceeded", NULL,
+                  "this installer token has made all the placements it may make (maxPlacements)");
+        return;
+    case INSTALLER_NOT_VALID:
+        dev_unauthorized(d, "unauthorized");   /* revoked or expired since the tenant was read */
+        return;
+    case INSTALLER_UNAVAILABLE:
+        dev_unavailable(d, NULL);
+        return;
+    }
+}
+
 static void dev_after_lookup(struct devreq *d)
 {
     struct dev_row *w = &d->row;
@@ -969,6 +1008,11 @@ static void dev_after_lookup(struct devreq *d)
     snprintf(d->reason, sizeof d->reason, "%s", w->found ? "provisioned again after deprovisioning"
                                                           : "first provisioning");
     d->moving = false;
+    if (d->auth == AUTH_INSTALLER && !d->inst_reserved) {
+        /* count the token's placement first: maxPlacements holds across control planes */
+        installer_tokens_reserve(d->global, d->tenant_id, d->inst_id, dev_on_installer_reserved, d);
+        return;
+    }
     dev_place(d);
 }
 
@@ -1090,9 +1134,20 @@ static void dev_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
             dev_unauthorized(d, "invalid_signature");
             return;
         }
-    } else if (d->auth == AUTH_INSTALLER && !tenant_has_installer(t, d->bearer_sha)) {
-        dev_unauthorized(d, "unauthorized");
-        return;
+    } else if (d->auth == AUTH_INSTALLER) {
+        const struct tenant_installer *ti = tenant_find_installer(t, d->bearer_sha);
+        char msg[200];
+        if (!ti || ti->expires_wall_ms <= util_wall_ms()) {   /* unknown, revoked or expired */
+            dev_unauthorized(d, "unauthorized");
+            return;
+        }
+        if (ti->prefix && strncmp(d->regid, ti->prefix, strlen(ti->prefix)) != 0) {
+            snprintf(msg, sizeof msg, "this installer token acts only for registration ids starting with '%s'",
+                     ti->prefix);
+            dev_error(d, 403, "installer_scope", "registrationId", msg);
+            return;
+        }
+        snprintf(d->inst_id, sizeof d->inst_id, "%s", ti->id);
     } else if (d->auth == AUTH_X509 && !dev_x509_accepted(d, t)) {
         dev_unauthorized(d, "invalid_certificate");
         return;
@@ -1153,10 +1208,7 @@ static bool dev_read_credential(struct devreq *d, bool operator_only)
             return true;
         }
         if (!operator_only) {
-            unsigned char digest[SHA256_DIGEST_LENGTH];
-            SHA256((const unsigned char *)tok, strlen(tok), digest);
-            for (size_t i = 0; i < sizeof digest; i++)
-                snprintf(d->bearer_sha + 2 * i, 3, "%02x", digest[i]);
+            installer_tokens_hash(tok, d->bearer_sha);
             d->auth = AUTH_INSTALLER;
             return true;
         }
@@ -1230,6 +1282,7 @@ static struct devreq *dev_new(struct cp_req *r, enum dev_kind kind, const char *
     d = xcalloc(1, sizeof *d);
     d->r = r;
     d->cp = r->cp;
+    d->global = r->cp->global;
     d->kind = kind;
     snprintf(d->tenant_id, sizeof d->tenant_id, "%s", tenant);
     snprintf(d->regid, sizeof d->regid, "%s", regid);
@@ -1267,6 +1320,8 @@ void api_devices_registration(struct cp_req *r, const char *tenant, char **segs,
         return;
     if (kind == DEV_REPROVISION && !d->reason[0])
         snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested");
+    if (d->auth == AUTH_INSTALLER)   /* a revocation waiting on the subscription applies first */
+        redisfeed_drain(r->cp->feed);
     tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, dev_on_tenant, d);
 }
 

@@ -1,6 +1,6 @@
 /*
  * api_tenants.c - tenant handlers: onboarding, update, enrollment key
- * rotation, removal, installer tokens.
+ * rotation, removal (installer tokens: api_installer_tokens.c).
  *
  * The enrollment key (32 random bytes, base64) is returned once, in the
  * answer to the create or the rotation; devices derive their keys from it as
@@ -19,10 +19,10 @@
 #include "api_tenants.h"
 
 #include <openssl/crypto.h>
-#include <openssl/sha.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "installer_tokens.h"
 #include "listpage.h"
 #include "log.h"
 #include "sas.h"
@@ -95,8 +95,8 @@ static const char tenant_public_sql[] =
 struct tenant_op {
     struct cp_req *r;
     char id[64];
-    char secret[96];     /* enrollment key or installer token, shown once */
-    char name[160];
+    char secret[96];     /* enrollment key, shown once */
+    char name[160];      /* suspend/resume: the event word for the log */
     int limit;
     /* delete: the device check across the tenant's geographies */
     int pending;
@@ -203,7 +203,6 @@ bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_er
 {
     static const char *const patch_keys[] = {"name", "quotas", "id", "residency", "tenancy", "dedicatedStamps",
                                              "createdAt", "updatedAt", "version", "enrollmentKey", "status", NULL};
-    static const char *const token_keys[] = {"name", NULL};
     static const char *const none[] = {NULL};
     struct tenant_input in;
     const char *name = NULL;
@@ -227,8 +226,10 @@ bool api_tenants_validate(enum api_tenants_body kind, json_t *body, struct jv_er
             struct tenant_quotas q;
             return jv_string(body, "", "name", false, 1, 128, &name, e) && tenant_quotas_validate(body, &q, e);
         }
-    case API_TENANTS_INSTALLER_TOKEN:
-        return jv_only_keys(body, "", token_keys, e) && jv_string(body, "", "name", true, 1, 128, &name, e);
+    case API_TENANTS_INSTALLER_TOKEN: {
+        struct installer_new tok;
+        return installer_tokens_validate(body, util_wall_ms(), &tok, e);
+    }
     case API_TENANTS_ROTATE:
     case API_TENANTS_SUSPEND:
         return jv_only_keys(body, "", none, e);
@@ -438,78 +439,6 @@ static void tenant_list(struct cp_req *r)
     if (!pgpool_query(r->cp->global, q, 3, values, tenant_on_list, op))
         tenant_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(q);
-}
-
-/* The token is answered once every control plane has been told to drop its
- * cached copy of the tenant, so it works everywhere from the first use. */
-static void tenant_on_token_announced(bool delivered, void *arg)
-{
-    struct tenant_op *op = arg;
-    (void)delivered;   /* not confirmed: the tenant cache TTL is the backstop */
-    tenants_forget(op->r->cp->tenants, op->id);
-    cpreq_add_header(op->r, "Cache-Control", "no-store");
-    cpreq_reply_json(op->r, 201, json_pack("{s:s, s:s, s:s, s:s}", "tenantId", op->id, "name", op->name,
-                                            "token", op->secret, "scope", "provision:on-behalf"));
-    OPENSSL_cleanse(op->secret, sizeof op->secret);
-    free(op);
-}
-
-static void tenant_on_token(const struct pgq_result *q, void *arg)
-{
-    struct tenant_op *op = arg;
-    char *payload;
-    if (q->status != PGQ_OK || strcmp(PQcmdTuples((PGresult *)q->res), "1") != 0) {
-        if (q->status == PGQ_OK || (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23503") == 0))
-            cpreq_reply_error(op->r, 404, "not_found", NULL, "no tenant '%s'", op->id);
-        else
-            tenant_reply_unavailable_or_error(op, q);
-        OPENSSL_cleanse(op->secret, sizeof op->secret);
-        free(op);
-        return;
-    }
-    payload = xasprintf("tenant %s", op->id);
-    tenants_forget(op->r->cp->tenants, op->id);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, tenant_on_token_announced, op);
-    free(payload);
-}
-
-static void tenant_installer_token(struct cp_req *r, const char *id)
-{
-    static const char sql[] =
-        "INSERT INTO installer_tokens (token_sha256, tenant_id, name)"
-        " SELECT $1, t.id, $3 FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL";
-    json_t *body = cpreq_json_body(r, false);
-    struct jv_err e;
-    const char *name = NULL;
-    struct tenant_op *op;
-    unsigned char digest[SHA256_DIGEST_LENGTH];
-    char hash[2 * SHA256_DIGEST_LENGTH + 1];
-    const char *values[3];
-
-    if (!body)
-        return;
-    if (!api_tenants_validate(API_TENANTS_INSTALLER_TOKEN, body, &e)) {
-        json_decref(body);
-        cpreq_reply_jv(r, &e);
-        return;
-    }
-    name = json_string_value(json_object_get(body, "name"));
-    op = xcalloc(1, sizeof *op);
-    op->r = r;
-    snprintf(op->id, sizeof op->id, "%s", id);
-    snprintf(op->name, sizeof op->name, "%s", name);
-    json_decref(body);
-    util_random_hex(op->secret, 32);
-    memmove(op->secret + 4, op->secret, 65);
-    memcpy(op->secret, "cpi_", 4);
-    SHA256((const unsigned char *)op->secret, strlen(op->secret), digest);
-    for (size_t i = 0; i < sizeof digest; i++)
-        snprintf(hash + 2 * i, 3, "%02x", digest[i]);
-    values[0] = hash;
-    values[1] = op->id;
-    values[2] = op->name;
-    if (!pgpool_query(r->cp->global, sql, 3, values, tenant_on_token, op))
-        tenant_on_token(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
 }
 
 /* ---- changes: update, rotation, removal ---- */
@@ -946,15 +875,6 @@ void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
             cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to %s a tenant", segs[1]);
         } else if (cpreq_check_query(r, NULL)) {
             tenant_set_status(r, segs[0], segs[1][0] == 's');
-        }
-        return;
-    }
-    if (nsegs == 2 && strcmp(segs[1], "installer-tokens") == 0) {
-        if (r->method != EVHTTP_REQ_POST) {
-            cpreq_add_header(r, "Allow", "POST");
-            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST to issue an installer token");
-        } else if (cpreq_check_query(r, NULL)) {
-            tenant_installer_token(r, segs[0]);
         }
         return;
     }

@@ -11,6 +11,7 @@
 #include "api_catalog.h"
 #include "api_certificates.h"
 #include "api_devices.h"
+#include "api_installer_tokens.h"
 #include "api_inventory.h"
 #include "api_keys.h"
 #include "api_probes.h"
@@ -32,6 +33,10 @@ static void rt_device_admin(struct cp_req *r) { api_devices_admin(r, r->segs[2],
 static void rt_inventory(struct cp_req *r) { api_inventory_counts(r); }
 static void rt_kek(struct cp_req *r) { cp_secrets_handle(r, r->segs + 2, r->nsegs - 2); }
 static void rt_certificates(struct cp_req *r) { api_certificates_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4); }
+static void rt_installer_tokens(struct cp_req *r)
+{
+    api_installer_tokens_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4);
+}
 static void rt_audit(struct cp_req *r) { audit_handle(r); }
 static void rt_api_keys(struct cp_req *r) { api_keys_handle(r, r->segs + 2, r->nsegs - 2); }
 
@@ -86,8 +91,11 @@ const struct route routes_table[] = {
     /* both answer a credential that provisions devices (the enrollment key, an installer token) */
     {POST, "/v1/tenants/{tenant}/enrollment-key/rotate", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
      rt_tenants},
+    {GET, "/v1/tenants/{tenant}/installer-tokens", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_installer_tokens},
     {POST, "/v1/tenants/{tenant}/installer-tokens", SCOPE_KEYS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,
-     rt_tenants},
+     rt_installer_tokens},
+    {GET, "/v1/tenants/{tenant}/installer-tokens/{id}", SCOPE_TENANTS_READ, ROUTE_TENANT, 2, rt_installer_tokens},
+    {DELETE, "/v1/tenants/{tenant}/installer-tokens/{id}", SCOPE_KEYS_WRITE, ROUTE_TENANT, 2, rt_installer_tokens},
 
     /* a verified, enabled CA lets the tenant's devices provision: provision:on-behalf as well */
     {POST, "/v1/tenants/{tenant}/certificates", SCOPE_TENANTS_WRITE | SCOPE_PROVISION_ON_BEHALF, ROUTE_TENANT, 2,

@@ -27,8 +27,10 @@ static const char tenants_select_sql[] =
     "  'createdAt',cp_ts(t.created_at),'updatedAt',cp_ts(t.updated_at)),"
     "'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
     "'lookupGeographies', t.lookup_geographies,"
-    "'installerTokens', (SELECT coalesce(json_agg(i.token_sha256), '[]') FROM installer_tokens i"
-    "                    WHERE i.tenant_id = t.id),"
+    "'installerTokens', (SELECT coalesce(json_agg(json_build_object('sha256', i.token_sha256, 'id', i.id,"
+    "      'expiresAtMs', (extract(epoch FROM i.expires_at) * 1000)::bigint, 'prefix', i.registration_id_prefix)),"
+    "      '[]') FROM installer_tokens i"
+    "    WHERE i.tenant_id = t.id AND i.revoked_at IS NULL AND i.expires_at > now()),"
     "'caCertificates', (SELECT coalesce(json_agg(c.certificate_pem ORDER BY c.id), '[]') FROM tenant_cas c"
     "                   WHERE c.tenant_id = t.id AND c.enabled AND c.verified_at IS NOT NULL))"
     " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
@@ -95,7 +97,9 @@ void tenant_unref(struct tenant *t)
     tenant_free_strv(t->regions, t->nregions);
     tenant_free_strv(t->lookup_geos, t->nlookup);
     tenant_free_strv(t->stamps, t->nstamps);
-    tenant_free_strv(t->installer_hashes, t->ninstaller);
+    for (int i = 0; i < t->ninstaller; i++)
+        free(t->installers[i].prefix);
+    free(t->installers);
     for (int i = 0; i < t->ncas; i++)
         X509_free(t->cas[i]);
     free(t->cas);
@@ -158,6 +162,32 @@ static bool tenant_load_cas(struct tenant *t, json_t *arr)
     return true;
 }
 
+/* The row's installer tokens: [{"sha256","id","expiresAtMs","prefix"}]. An
+ * entry without a usable hash or id is skipped (never matches). */
+static void tenant_installers(struct tenant *t, json_t *arr)
+{
+    size_t i;
+    json_t *item;
+    t->ninstaller = 0;
+    if (!json_is_array(arr) || json_array_size(arr) == 0)
+        return;
+    t->installers = xcalloc(json_array_size(arr), sizeof *t->installers);
+    json_array_foreach(arr, i, item) {
+        struct tenant_installer *ti = &t->installers[t->ninstaller];
+        const char *sha = json_string_value(json_object_get(item, "sha256"));
+        const char *id = json_string_value(json_object_get(item, "id"));
+        const char *prefix = json_string_value(json_object_get(item, "prefix"));
+        json_t *exp = json_object_get(item, "expiresAtMs");
+        if (!sha || !id || strlen(sha) >= sizeof ti->sha256 || strlen(id) >= sizeof ti->id || !json_is_integer(exp))
+            continue;
+        memcpy(ti->sha256, sha, strlen(sha) + 1);
+        memcpy(ti->id, id, strlen(id) + 1);
+        ti->expires_wall_ms = json_integer_value(exp);
+        ti->prefix = prefix ? xstrdup(prefix) : NULL;
+        t->ninstaller++;
+    }
+}
+
 struct tenant *tenant_from_row(json_t *row)
 {
     return tenant_from_row_env(row, NULL);
@@ -187,7 +217,7 @@ struct tenant *tenant_from_row_env(json_t *row, struct envelope *env)
     t->regions = tenant_strv(json_object_get(res, "regions"), &t->nregions);
     t->lookup_geos = tenant_strv(json_object_get(row, "lookupGeographies"), &t->nlookup);
     t->stamps = tenant_strv(json_object_get(pub, "dedicatedStamps"), &t->nstamps);
-    t->installer_hashes = tenant_strv(json_object_get(row, "installerTokens"), &t->ninstaller);
+    tenant_installers(t, json_object_get(row, "installerTokens"));
     t->dedicated = tenancy && strcmp(tenancy, "dedicated") == 0;
     /* rows without these (older readers, tests): active, unlimited */
     t->suspended = status && strcmp(status, "suspended") == 0;
@@ -251,14 +281,14 @@ bool tenant_verify_device_sas(const struct tenant *t, const char *regid, const s
     return ok;
 }
 
-bool tenant_has_installer(const struct tenant *t, const char *sha256hex)
+const struct tenant_installer *tenant_find_installer(const struct tenant *t, const char *sha256hex)
 {
-    bool found = false;
+    const struct tenant_installer *found = NULL;
     size_t n = strlen(sha256hex);
+    /* every entry is compared: the time does not tell which one matched */
     for (int i = 0; i < t->ninstaller; i++)
-        if (strlen(t->installer_hashes[i]) == n &&
-            CRYPTO_memcmp(t->installer_hashes[i], sha256hex, n) == 0)
-            found = true;
+        if (strlen(t->installers[i].sha256) == n && CRYPTO_memcmp(t->installers[i].sha256, sha256hex, n) == 0)
+            found = &t->installers[i];
     return found;
 }
 

@@ -1,8 +1,8 @@
 /*
  * tenants.h - the tenants the router serves: a read-through cache over the
  * global catalog, holding what placement and device authentication need
- * (residency, tenancy, enrollment key, installer token hashes, verified and
- * enabled X.509 CA certificates).
+ * (residency, tenancy, enrollment key, the live installer tokens, verified
+ * and enabled X.509 CA certificates).
  *
  * Entries live for a few seconds and are dropped at once when any control
  * plane changes the tenant (Redis channel cp:tenants), so a key rotation or
@@ -38,6 +38,15 @@
 
 #define TENANT_KEY_MAX 64
 
+/* A live installer token (not revoked, not expired when the row was read):
+ * what device authentication needs. Expiry is checked again at each use. */
+struct tenant_installer {
+    char sha256[65];            /* SHA-256 hex of the whole token */
+    char id[17];                /* the public id (installer_tokens.h) */
+    int64_t expires_wall_ms;
+    char *prefix;               /* registrationIdPrefix, or NULL: any */
+};
+
 struct tenant {
     int refs;
     char *id;
@@ -55,7 +64,7 @@ struct tenant {
     int keylen;
     unsigned char prev_key[TENANT_KEY_MAX];   /* the key before the last rotation, still valid */
     int prev_keylen;                          /* 0: never rotated */
-    char **installer_hashes;    /* SHA-256 hex of installer tokens */
+    struct tenant_installer *installers;
     int ninstaller;
     bool suspended;             /* status "suspended": device routes answer 403 tenant_suspended */
     int64_t max_devices;        /* quotas.maxDevices; -1: unlimited */
@@ -120,8 +129,9 @@ bool tenant_has_stamp(const struct tenant *t, const char *stamp);
  * derived for regid from the tenant's enrollment key or, after a rotation,
  * from the previous one (constant time per key). */
 bool tenant_verify_device_sas(const struct tenant *t, const char *regid, const struct sas_token *tok);
-/* Whether sha256hex is one of the tenant's installer tokens (constant time per entry). */
-bool tenant_has_installer(const struct tenant *t, const char *sha256hex);
+/* The tenant's installer token whose SHA-256 hex is sha256hex, or NULL
+ * (constant time per entry). Borrowed from t. The caller checks expiry. */
+const struct tenant_installer *tenant_find_installer(const struct tenant *t, const char *sha256hex);
 
 /* Build a tenant from the JSON row the catalog query returns (used by tests too).
  * The keys are opened with env (envelope.h, AAD "tenant:<id>:enrollment-key");

@@ -256,8 +256,9 @@ static void test_installer_tokens(void **state)
     expect_err(send_body("POST", p, NULL, "{\"name\":\"x\"}", 12), 415, "unsupported_media_type", NULL,
                "installer token without Content-Type");
     post_err("/v1/tenants/nope/installer-tokens", "{\"name\":\"x\"}", 404, "not_found", NULL);
-    expect_405("GET", p, (const char *[]){ "POST", NULL });
-    expect_405("DELETE", p, (const char *[]){ "POST", NULL });
+    expect_405("PUT", p, (const char *[]){ "GET", "POST", NULL });
+    expect_405("DELETE", p, (const char *[]){ "GET", "POST", NULL });
+    expect_405("PATCH", ts_str("%s/0123456789abcdef", p), (const char *[]){ "GET", "DELETE", NULL });
     expect_unchanged("installer token bad input");
 
     /* a token of acme acts for acme's devices only */

@@ -205,6 +205,18 @@ static void p_cert_verify(struct call *c)
 }
 static void p_cert_enable(struct call *c) { p_cert(c); c->path = ts_str("%s/enable", c->path); }
 static void p_cert_disable(struct call *c) { p_cert(c); c->path = ts_str("%s/disable", c->path); }
+static const char *own_installer_token_id(void)
+{
+    struct ts_resp *r = ts_admin(cp, "POST", "/v1/tenants/" OWN "/installer-tokens", "{\"name\":\"i\"}");
+    if (r->status != 201)
+        ts_fail("installer token: %s", ts_resp_str(r));
+    return ts_str("%s", ts_jstr(r->json, "id"));
+}
+static void p_installers(struct call *c) { c->path = "/v1/tenants/" OWN "/installer-tokens"; }
+static void p_installer_one(struct call *c)
+{
+    c->path = ts_str("/v1/tenants/" OWN "/installer-tokens/%s", own_installer_token_id());
+}
 static void p_devices(struct call *c) { c->path = "/v1/tenants/" OWN "/devices"; }
 static void p_device(struct call *c) { c->path = ts_str("/v1/tenants/" OWN "/devices/%s", placed_device()); }
 static void p_deprov(struct call *c) { c->path = ts_str("/v1/tenants/" OWN "/devices/%s/deprovision", placed_device()); }
@@ -318,6 +330,9 @@ static const struct fixture fixtures[] = {
     {"POST", "/v1/tenants/{tenant}/resume", 200, NULL, p_resume},
     {"POST", "/v1/tenants/{tenant}/enrollment-key/rotate", 200, NULL, p_rotate},
     {"POST", "/v1/tenants/{tenant}/installer-tokens", 201, NULL, p_installer},
+    {"GET", "/v1/tenants/{tenant}/installer-tokens", 200, NULL, p_installers},
+    {"GET", "/v1/tenants/{tenant}/installer-tokens/{id}", 200, NULL, p_installer_one},
+    {"DELETE", "/v1/tenants/{tenant}/installer-tokens/{id}", 204, NULL, p_installer_one},
     {"POST", "/v1/tenants/{tenant}/certificates", 201, NULL, p_cert_create},
     {"GET", "/v1/tenants/{tenant}/certificates", 200, NULL, p_certs},
     {"GET", "/v1/tenants/{tenant}/certificates/{id}", 200, NULL, p_cert},

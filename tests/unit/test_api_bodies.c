@@ -1,9 +1,9 @@
 /*
  * test_api_bodies.c - the database-free body checks the control plane's
  * tenant and device routes share with the fuzz harnesses
- * (api_tenants_validate, api_devices_check_body, api_certificates_validate):
- * good bodies pass, and
- * every bad one fails with the code and field the 400 answer carries.
+ * (api_tenants_validate, api_devices_check_body, api_certificates_validate,
+ * installer_tokens_validate): good bodies pass, and every bad one fails with
+ * the code and field the 400 answer carries.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -15,6 +15,7 @@
 #include "api_certificates.h"
 #include "api_devices.h"
 #include "api_tenants.h"
+#include "installer_tokens.h"
 
 static json_t *body_of(const char *text)
 {
@@ -187,6 +188,91 @@ static void test_device_bodies(void **state)
     json_decref(b);
 }
 
+/* 2026-12-04T10:00:00Z */
+#define T0 1796378400000LL
+
+/* An installer token body judged at T0: NULL code = accepted. */
+static void token(const char *text, const char *code, const char *field, struct installer_new *out)
+{
+    json_t *b = body_of(text);
+    struct installer_new in;
+    struct jv_err e;
+    bool ok;
+    memset(&e, 0, sizeof e);
+    ok = installer_tokens_validate(b, T0, &in, &e);
+    if (!code) {
+        if (!ok)
+            fail_msg("%s: refused: %s %s %s", text, e.code, e.field, e.message);
+        if (out)
+            *out = in;   /* its strings point into b: compare them here */
+        if (out && out->prefix)
+            out->prefix = "(set)";
+        json_decref(b);
+        return;
+    }
+    json_decref(b);
+    if (ok)
+        fail_msg("%s: accepted, expected %s", text, code);
+    assert_string_equal(e.code, code);
+    assert_string_equal(e.field, field);
+}
+
+static void test_installer_token_bodies(void **state)
+{
+    struct installer_new in;
+    int64_t ms;
+    (void)state;
+
+    assert_true(installer_tokens_parse_time("2026-12-04T10:00:00Z", &ms));
+    assert_int_equal(ms, T0);
+    assert_true(installer_tokens_parse_time("2026-12-04T11:00:00.25+01:00", &ms));
+    assert_int_equal(ms, T0 + 250);
+    assert_true(installer_tokens_parse_time("2026-12-04T09:30:00.123456789-00:30", &ms));
+    assert_int_equal(ms, T0 + 123);
+    assert_true(installer_tokens_parse_time("2028-02-29T00:00:00Z", &ms));
+    static const char *const bad_times[] = {
+        "", "2026-12-04", "2026-12-04T10:00:00", "2026-12-04 10:00:00Z", "2026-12-04t10:00:00Z",
+        "2026-13-01T00:00:00Z", "2026-02-29T00:00:00Z", "2026-12-04T24:00:00Z", "2026-12-04T10:60:00Z",
+        "2026-12-04T10:00:60Z", "2026-12-04T10:00:00.Z", "2026-12-04T10:00:00.1234567890Z",
+        "2026-12-04T10:00:00+1:00", "2026-12-04T10:00:00+01:00x", "now", "1969-12-31T23:59:59Z",
+        "+2026-12-04T10:00:00Z", NULL,
+    };
+    for (const char *const *t = bad_times; *t; t++)
+        if (installer_tokens_parse_time(*t, &ms))
+            fail_msg("'%s' parsed as a time", *t);
+
+    token("{\"name\":\"line 4\"}", NULL, NULL, &in);
+    assert_int_equal(in.expires_wall_ms, T0 + 24LL * 3600 * 1000);
+    assert_null(in.prefix);
+    assert_int_equal(in.max_placements, 0);
+    token("{\"name\":\"x\",\"expiresAt\":\"2027-01-03T10:00:00Z\",\"registrationIdPrefix\":\"line-4.\","
+          "\"maxPlacements\":10}", NULL, NULL, &in);
+    assert_int_equal(in.expires_wall_ms, T0 + 30LL * 24 * 3600 * 1000);
+    assert_string_equal(in.prefix, "(set)");
+    assert_int_equal(in.max_placements, 10);
+    token("{\"name\":\"x\",\"expiresAt\":null,\"registrationIdPrefix\":null,\"maxPlacements\":null}", NULL, NULL,
+          &in);
+    assert_int_equal(in.expires_wall_ms, T0 + 24LL * 3600 * 1000);
+    token("{\"name\":\"x\",\"expiresAt\":\"2026-12-04T10:00:01Z\"}", NULL, NULL, NULL);
+
+    token("{}", "missing_field", "name", NULL);
+    token("{\"name\":\"x\",\"ttl\":1}", "unknown_field", "ttl", NULL);
+    token("{\"name\":\"x\",\"token\":\"cpi_mine\"}", "unknown_field", "token", NULL);
+    token("{\"name\":\"x\",\"expiresAt\":\"2026-12-04T10:00:00Z\"}", "out_of_range", "expiresAt", NULL);
+    token("{\"name\":\"x\",\"expiresAt\":\"2020-01-01T00:00:00Z\"}", "out_of_range", "expiresAt", NULL);
+    token("{\"name\":\"x\",\"expiresAt\":\"2027-01-03T10:01:01Z\"}", "out_of_range", "expiresAt", NULL);
+    token("{\"name\":\"x\",\"expiresAt\":\"tomorrow\"}", "invalid_value", "expiresAt", NULL);
+    token("{\"name\":\"x\",\"expiresAt\":1796378400}", "invalid_type", "expiresAt", NULL);
+    token("{\"name\":\"x\",\"registrationIdPrefix\":\"\"}", "invalid_value", "registrationIdPrefix", NULL);
+    token("{\"name\":\"x\",\"registrationIdPrefix\":\"Line-4\"}", "invalid_value", "registrationIdPrefix", NULL);
+    token("{\"name\":\"x\",\"registrationIdPrefix\":\"a b\"}", "invalid_value", "registrationIdPrefix", NULL);
+    token("{\"name\":\"x\",\"registrationIdPrefix\":7}", "invalid_type", "registrationIdPrefix", NULL);
+    token("{\"name\":\"x\",\"maxPlacements\":0}", "out_of_range", "maxPlacements", NULL);
+    token("{\"name\":\"x\",\"maxPlacements\":-1}", "out_of_range", "maxPlacements", NULL);
+    token("{\"name\":\"x\",\"maxPlacements\":1.5}", "invalid_type", "maxPlacements", NULL);
+    token("{\"name\":\"x\",\"maxPlacements\":\"3\"}", "invalid_type", "maxPlacements", NULL);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -194,6 +280,7 @@ int main(void)
         cmocka_unit_test(test_tenant_patch_token_rotate),
         cmocka_unit_test(test_device_bodies),
         cmocka_unit_test(test_certificate_bodies),
+        cmocka_unit_test(test_installer_token_bodies),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -57,7 +57,12 @@ static void test_tenant_row(void **state)
     json_t *row = json_loads("{\"public\":{\"id\":\"acme\",\"residency\":{\"geographies\":[\"eu\",\"us\"],"
                              "\"regions\":[\"eu-west\"]},\"tenancy\":\"pooled\",\"dedicatedStamps\":[]},"
                              "\"enrollmentKey\":\"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\","
-                             "\"lookupGeographies\":[\"eu\",\"us\"],\"installerTokens\":[\"ab12\"]}", 0, NULL);
+                             "\"lookupGeographies\":[\"eu\",\"us\"],\"installerTokens\":["
+                             "{\"sha256\":\"ab12\",\"id\":\"00112233aabbccdd\",\"expiresAtMs\":4102444800000,"
+                             "\"prefix\":\"line-4-\"},"
+                             "{\"sha256\":\"cd34\",\"id\":\"0011223344556677\",\"expiresAtMs\":1,\"prefix\":null},"
+                             "{\"sha256\":\"ef56\"}]}", 0, NULL);
+    const struct tenant_installer *ti;
     struct tenant *t = tenant_from_row(row);
     (void)state;
     assert_non_null(t);
@@ -66,9 +71,16 @@ static void test_tenant_row(void **state)
     assert_false(tenant_allows_geo(t, "ap"));
     assert_true(tenant_allows_region(t, "eu-west"));
     assert_false(tenant_allows_region(t, "eu-north"));
-    assert_true(tenant_has_installer(t, "ab12"));
-    assert_false(tenant_has_installer(t, "ab13"));
-    assert_false(tenant_has_installer(t, "ab1"));
+    assert_non_null(ti = tenant_find_installer(t, "ab12"));
+    assert_string_equal(ti->id, "00112233aabbccdd");
+    assert_string_equal(ti->prefix, "line-4-");
+    assert_int_equal(ti->expires_wall_ms, 4102444800000LL);
+    assert_non_null(ti = tenant_find_installer(t, "cd34"));
+    assert_null(ti->prefix);
+    assert_int_equal(ti->expires_wall_ms, 1);   /* the caller judges expiry */
+    assert_null(tenant_find_installer(t, "ef56"));   /* no id: never matches */
+    assert_null(tenant_find_installer(t, "ab13"));
+    assert_null(tenant_find_installer(t, "ab1"));
     tenant_unref(t);
     json_object_set_new(row, "enrollmentKey", json_string("not base64!"));
     assert_null(tenant_from_row(row));
