@@ -88,6 +88,12 @@ static void cat_reply_sql_error(struct cat_op *op, const struct pgq_result *q)
     if (strcmp(q->sqlstate, "23505") == 0) {
         cpreq_reply_error(r, 409, "already_exists", field ? field : "id",
                           "a %s with this %s already exists", op->res->noun, field ? field : "id");
+    } else if (strcmp(q->sqlstate, "SC409") == 0 && q->message && strstr(q->message, "stamp_in_use:")) {
+        /* schema/global/011_jobs.sql: a dedicated tenant relies on the stamp */
+        const char *t = strstr(q->message, "stamp_in_use:") + strlen("stamp_in_use:");
+        cpreq_reply_error(r, 409, "stamp_in_use", "tenancy",
+                          "stamp '%s' is a dedicated stamp of tenant '%.64s': it cannot become pooled while that"
+                          " tenant lists it", op->id, t);
     } else if (strcmp(q->sqlstate, "23503") == 0 && op->kind == CAT_DELETE) {
         const char *by = "other resources";
         for (int i = 0; i < catalog_nresources; i++) {

@@ -36,7 +36,7 @@ static const char es_catalog_sql[] =
     "     'regions', t.residency_regions), 'tenancy', t.tenancy, 'dedicatedStamps', t.dedicated_stamps),"
     "   'enrollmentKey', t.enrollment_key, 'enrollmentKeyPrevious', t.enrollment_key_previous,"
     "   'lookupGeographies', t.lookup_geographies, 'installerTokens', '[]')"
-    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL))";
+    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL AND t.offboarding_at IS NULL))";
 
 enum es_op { ES_PUT, ES_DELETE };
 

@@ -17,6 +17,7 @@
 #include "api_inventory.h"
 #include "api_probes.h"
 #include "api_tenants.h"
+#include "jobs.h"
 #include "connguard.h"
 #include "cp_secrets.h"
 #include "http_req.h"
@@ -91,6 +92,10 @@ static void http_route(struct cp_req *r)
         }
         if (r->nsegs == 2 && strcmp(r->segs[1], "inventory") == 0) {
             api_inventory_counts(r);
+            return;
+        }
+        if (r->nsegs >= 2 && strcmp(r->segs[1], "jobs") == 0) {   /* route table: GET /v1/jobs/{id} */
+            api_jobs_handle(r, r->segs + 2, r->nsegs - 2);
             return;
         }
         if (r->nsegs >= 2 && strcmp(r->segs[1], "tenants") == 0) {

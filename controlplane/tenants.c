@@ -26,7 +26,7 @@ static const char tenants_select_sql[] =
     "'lookupGeographies', t.lookup_geographies,"
     "'installerTokens', (SELECT coalesce(json_agg(i.token_sha256), '[]') FROM installer_tokens i"
     "                    WHERE i.tenant_id = t.id))"
-    " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
+    " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL";
 
 /* An id the catalog did not have, remembered until expires. */
 struct tenant_absent {
