@@ -202,6 +202,23 @@ static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res
         cpreq_reply_error(r, 422, "invalid_reference", "pairedRegion", "a region cannot pair with itself");
         return false;
     }
+    if (!create && strcmp(res->collection, "stamps") == 0) {
+        /* Dedicated tenancy (docs/api.md): a pooled stamp that hosts devices
+         * (of pooled tenants: a pooled stamp has no others) cannot become
+         * dedicated; drain it first. The count is the layout's (refreshed
+         * every layoutRefreshMs). dedicated -> pooled is checked by the
+         * catalog's trigger (schema/global/011_jobs.sql). */
+        const char *tenancy = catalog_value(res, v, "tenancy", &present);
+        struct layout *l = present && tenancy && strcmp(tenancy, "dedicated") == 0 ? layouts_current(r->cp->layouts)
+                                                                                     : NULL;
+        const struct layout_stamp *st = l ? layout_find_stamp(l, id) : NULL;
+        if (st && !st->dedicated && st->devices > 0) {
+            cpreq_reply_error(r, 409, "stamp_in_use", "tenancy",
+                              "stamp '%s' hosts %lld device(s) of pooled tenants: it cannot become dedicated until"
+                              " they are moved or deprovisioned", id, (long long)st->devices);
+            return false;
+        }
+    }
     return true;
 }
 

@@ -24,7 +24,7 @@
 #include "util.h"
 
 #define OB_BATCH 25            /* devices released per slice */
-#define OB_TIMEOUT_MS 10000
+#define OB_TIMEOUT_MS 5000     /* below the lease (JOBS_LEASE_S): a slice ends before its claim does */
 #define OB_MAX_DPS 64
 #define OB_MAX_WAITS 60        /* slices (about a second apart) waiting for the reconciler */
 #define OB_STR2(x) #x

@@ -326,6 +326,14 @@ static void test_dedicated(void **state)
                                        " AND dps_id = '" D2 "'"), 0);
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM devices WHERE tenant_id = 'ded' AND stamp_id <> '" S2 "'"), 0);
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM devices WHERE tenant_id = 'pool' AND stamp_id = '" S2 "'"), 0);
+    /* eu-west-1 hosts the pooled tenant's devices: it cannot become dedicated */
+    ts_rt_wait_layout(rt);
+    for (int c = 0; c < 2; c++) {
+        r = ts_admin(rt->cp[c], "PATCH", "/v1/stamps/" S1, "{\"tenancy\":\"dedicated\"}");
+        expect_err(r, 409, "stamp_in_use", "eu-west-1 made dedicated while it hosts pooled devices");
+        TS_EXPECT_STREQ(ts_err_target(r), "tenancy");
+    }
+    TS_EXPECT_STREQ(ts_jstr(ts_admin(rt->cp[0], "GET", "/v1/stamps/" S1, NULL)->json, "tenancy"), "pooled");
 }
 
 /* ------------------------------------------------------------------ */
