@@ -412,7 +412,7 @@ static void tenant_installer_token(struct cp_req *r, const char *id)
 {
     static const char sql[] =
         "INSERT INTO installer_tokens (token_sha256, tenant_id, name)"
-        " SELECT $1, t.id, $3 FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL";
+        " SELECT $1, t.id, $3 FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL";
     json_t *body = cpreq_json_body(r, false);
     struct jv_err e;
     const char *name = NULL;
@@ -550,7 +550,7 @@ static void tenant_patch(struct cp_req *r, const char *id)
     values[1] = name;
     if (name) {
         q = xasprintf("UPDATE tenants t SET name = $2, version = t.version + 1, updated_at = now()"
-                      " WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s", tenant_public_sql);
+                      " WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL RETURNING %s", tenant_public_sql);
         if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_patched, op))
             tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     } else {   /* {}: nothing changes, the version stays */
@@ -583,7 +583,7 @@ static void tenant_rotate(struct cp_req *r, const char *id)
 {
     static const char sql[] =
         "UPDATE tenants t SET enrollment_key_previous = t.enrollment_key, enrollment_key = $2,"
-        " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s";
+        " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL RETURNING %s";
     struct tenant_op *op;
     unsigned char key[32];
     const char *values[2];

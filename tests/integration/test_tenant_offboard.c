@@ -403,6 +403,13 @@ static void test_offboard_crash_resume(void **state)
             ts_fail("installer token of an offboarding tenant on cp[%d]: expected a 4xx, got %s", c, ts_resp_str(r));
     }
 
+    expect_err(ts_admin(rt->cp[1], "PATCH", "/v1/tenants/acme", "{\"name\":\"x\"}"), 404, "not_found",
+               "PATCH while offboarding");
+    expect_err(ts_admin(rt->cp[1], "POST", "/v1/tenants/acme/enrollment-key/rotate", NULL), 404, "not_found",
+               "rotate while offboarding");
+    expect_err(ts_admin(rt->cp[1], "POST", "/v1/tenants/acme/installer-tokens", "{\"name\":\"x\"}"), 404,
+               "not_found", "installer token while offboarding");
+
     /* kill -9 the instance holding the lease in the middle of the devices */
     w.cp = rt->cp[1];
     w.id = job;
