@@ -111,7 +111,11 @@ static void jobs_on_saved(const struct pgq_result *q, void *arg)
     state = PQgetvalue(q->res, 0, 0);
     run->step = atoi(PQgetvalue(q->res, 0, 1));
     run->attempts = atoi(PQgetvalue(q->res, 0, 2));
-    if (strcmp(state, "running") != 0) {
+    if (js->cp->shutting_down) {
+        /* draining: start nothing new; the lease runs out and any instance goes on */
+        log_info("event=job_paused job=%s reason=shutting_down", run->id);
+        jobs_drop_run(js, js->poll_ms);
+    } else if (strcmp(state, "running") != 0) {
         log_info("event=job_finished job=%s kind=%s tenant=%s state=%s", run->id, run->kind, run->tenant, state);
         jobs_drop_run(js, 50);   /* look for the next job at once */
     } else if (js->outcome == JOB_RETRY) {
