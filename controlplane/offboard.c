@@ -31,7 +31,7 @@
 #define OB_STR(x) OB_STR2(x)
 #define OB_API "api-version=2021-10-01"
 
-const char *const offboard_steps[OFFBOARD_NSTEPS] = {"enrollments", "devices", "keys"};
+const char *const offboard_steps[OFFBOARD_NSTEPS] = {"enrollments", "devices", "registrations", "keys"};
 
 struct ob_dps {
     char id[64], endpoint[300], host[300], key_name[80];
@@ -41,7 +41,7 @@ struct ob_dps {
 
 struct ob_item {
     struct ob_state *st;
-    int geo;                   /* index into cp->geo */
+    int geo;                   /* index into cp->geo; -1: a leftover registration (no device row) */
     char regid[256];
     char dps[64];
 };
@@ -106,6 +106,7 @@ static void ob_pg_fail(struct ob_state *st, const char *what, const struct pgq_r
 static void ob_headers(struct ob_dps *d, const char **h, char *sas, size_t saslen)
 {
     int n = 0;
+    /* room for the caller's extra pairs after these (h holds at least 14) */
     sas_build(d->host, d->key, (size_t)d->keylen, util_wall_ms() / 1000 + 3600, d->key_name, sas, saslen);
     h[n++] = "Authorization"; h[n++] = sas;
     h[n++] = "Accept"; h[n++] = "application/json";
@@ -303,10 +304,19 @@ static void ob_release(struct ob_item *it)
         ob_on_released(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, it);
 }
 
+static void ob_regs_settle(struct ob_state *st);
+
 static void ob_on_registration_deleted(const struct http_result *res, void *arg)
 {
     struct ob_item *it = arg;
     struct ob_state *st = it->st;
+    if (it->geo < 0) {   /* step registrations */
+        if (res->status != 204 && res->status != 200 && res->status != 404)
+            ob_fail(st, "DPS instance %s: deleting a registration: %s (HTTP %d)", it->dps,
+                    res->error ? res->error : "refused", res->status);
+        ob_regs_settle(st);
+        return;
+    }
     if (res->status == 204 || res->status == 200 || res->status == 404) {
         ob_release(it);   /* the stamp holds no registration for it any more */
         return;
@@ -410,7 +420,99 @@ static void ob_devices_on_catalog(const struct pgq_result *q, void *arg)
     }
 }
 
-/* ---- step 2: keys, tokens, tombstone ---- */
+/* ---- step 2: registrations the control plane never knew of ----
+ * A device holding a key derived from the tenant's could register at a stamp
+ * without asking the control plane first: its registration is under the
+ * tenant's group (enrollment id = tenant id) but has no device row. Each
+ * slice lists the first page of each instance's registrations of that group
+ * (the stamp answers the listing with the group gone too) and deletes them;
+ * the step is done when every listing is empty. */
+
+static void ob_regs_settle(struct ob_state *st)
+{
+    if (--st->pending > 0)
+        return;
+    if (st->present > 0)
+        log_info("event=offboard_leftover_registrations job=%s deleted=%d", st->run->id, st->present);
+    ob_report(st, st->present > 0 ? JOB_MORE : JOB_DONE);
+}
+
+static void ob_on_reg_page(const struct http_result *res, void *arg)
+{
+    struct ob_probe *p = arg;
+    struct ob_state *st = p->st;
+    json_t *v;
+    size_t i;
+
+    if (res->status != 200 || !json_is_array(res->body)) {
+        ob_fail(st, "DPS instance %s: listing the group's registrations: %s (HTTP %d)", p->d->id,
+                res->error ? res->error : "refused", res->status);
+        ob_regs_settle(st);
+        return;
+    }
+    json_array_foreach(res->body, i, v) {
+        const char *regid = json_string_value(json_object_get(v, "registrationId"));
+        struct ob_item *it;
+        const char *h[16];
+        char sas[700], *path, *enc;
+        if (!regid || st->nitems >= (int)(sizeof st->items / sizeof st->items[0]))
+            continue;
+        it = &st->items[st->nitems++];
+        it->st = st;
+        it->geo = -1;
+        snprintf(it->regid, sizeof it->regid, "%s", regid);
+        snprintf(it->dps, sizeof it->dps, "%s", p->d->id);
+        st->present++;
+        st->pending++;
+        enc = evhttp_encode_uri(regid);
+        path = xasprintf("/registrations/%s?" OB_API, enc ? enc : "");
+        free(enc);
+        ob_headers(p->d, h, sas, sizeof sas);
+        https_call(st->run->cp->base, st->tls, p->d->endpoint, EVHTTP_REQ_DELETE, path, h, NULL, OB_TIMEOUT_MS,
+                   ob_on_registration_deleted, it);
+        OPENSSL_cleanse(sas, sizeof sas);
+        free(path);
+    }
+    ob_regs_settle(st);
+}
+
+static void ob_regs_on_catalog(const struct pgq_result *q, void *arg)
+{
+    struct ob_state *st = arg;
+    char path[200];
+
+    st->pending = 1;
+    st->nitems = 0;
+    if (ob_read_catalog(st, q)) {
+        snprintf(path, sizeof path, "/registrations/%s/query?" OB_API, st->run->tenant);
+        for (int i = 0; i < st->ndps; i++) {
+            struct ob_dps *d = &st->dps[i];
+            struct ob_probe *p = &st->probes[i];
+            const char *h[16];
+            char sas[700];
+            int n;
+            if (d->keylen <= 0) {
+                ob_fail(st, "DPS instance %s: its serviceKey does not open", d->id);
+                continue;
+            }
+            p->st = st;
+            p->d = d;
+            ob_headers(d, h, sas, sizeof sas);
+            for (n = 0; h[n]; n++)
+                ;
+            h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
+            h[n++] = "x-ms-max-item-count"; h[n++] = OB_STR(OB_BATCH);
+            h[n] = NULL;
+            st->pending++;
+            https_call(st->run->cp->base, st->tls, d->endpoint, EVHTTP_REQ_POST, path, h, "{\"query\":\"*\"}",
+                       OB_TIMEOUT_MS, ob_on_reg_page, p);
+            OPENSSL_cleanse(sas, sizeof sas);
+        }
+    }
+    ob_regs_settle(st);
+}
+
+/* ---- step 3: keys, tokens, tombstone ---- */
 
 static void ob_keys_announced(bool delivered, void *arg)
 {
@@ -477,7 +579,8 @@ void offboard_slice(struct job_run *run)
     switch (run->step) {
     case 0: cb = ob_enroll_on_catalog; break;
     case 1: cb = ob_devices_on_catalog; break;
-    case 2: ob_keys(st); return;
+    case 2: cb = ob_regs_on_catalog; break;
+    case 3: ob_keys(st); return;
     default:
         job_slice_done(run, JOB_DONE, NULL);
         return;

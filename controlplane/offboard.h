@@ -9,7 +9,10 @@
  *                    the tenant: its DPS registration deleted at its stamp
  *                    (service API, 404 counts as gone), then released as
  *                    deprovisioned with history reason "tenant offboarded";
- *   2 "keys"         crypto-erase (the sealed enrollment keys cleared), API
+ *   2 "registrations" registrations under the tenant's groups that no device
+ *                    row names (a device that registered at a stamp without
+ *                    the control plane), listed and deleted at every instance;
+ *   3 "keys"         crypto-erase (the sealed enrollment keys cleared), API
  *                    keys revoked, installer tokens deleted, tombstone set.
  *
  * Each slice is idempotent. Ownership: the slice state hangs on
@@ -20,7 +23,7 @@
 
 #include "jobs.h"
 
-#define OFFBOARD_NSTEPS 3
+#define OFFBOARD_NSTEPS 4
 extern const char *const offboard_steps[OFFBOARD_NSTEPS];
 
 /* Run one slice of run->step; reports through job_slice_done() exactly once. */

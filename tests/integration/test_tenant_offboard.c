@@ -21,7 +21,8 @@
  *    holding the job's lease is killed with SIGKILL in the middle of 200
  *    devices and the other one finishes it after the lease expires; then
  *    every device is deprovisioned with history "tenant offboarded", their
- *    registrations are gone from the stamp, the groups are gone, the keys
+ *    registrations are gone from the stamp (also one a device made there
+ *    without the control plane), the groups are gone, the keys
  *    are erased, API keys revoked, installer tokens deleted, the tenant is a
  *    tombstone, and GET /v1/jobs/{id} shows succeeded with 200/200;
  *  - a stamp that is down: the job retries (errors listed, state running)
@@ -367,7 +368,14 @@ static void test_offboard_crash_resume(void **state)
     for (int n = 0; n < NDEV; n++)   /* 20 of them also register at the stamp */
         place_and_register(rt->cp[n % 2], acme, ts_str("acme-%03d", n), n % 10 == 0);
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM devices WHERE tenant_id = 'acme' AND status = 'assigned'"), NDEV);
-    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM dps_registrations WHERE registration_id LIKE 'acme-%'"), 20);
+    /* and one registers at the stamp without asking the control plane: no device row names it */
+    {
+        const char *scope = ts_rt_id_scope(D1);
+        r = ts_stamp_provision(&agent[0], scope, "acme-rogue",
+                               ts_device_sas(scope, "acme-rogue", ts_derive_key(acme->key_b64, "acme-rogue"), 0), 15000);
+        TS_EXPECT_STREQ(r->json ? ts_jstr(r->json, "status") : NULL, "assigned");
+    }
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM dps_registrations WHERE registration_id LIKE 'acme-%'"), 21);
     /* an API key of the tenant (the table of schema/global/006_api_keys.sql) */
     PQclear(ts_pg_query(global(), "INSERT INTO api_keys (id, name, tenant_id, scopes, secret_sha256, created_by) VALUES "
                           "('00112233445566aa', 'acme ops', 'acme', '{devices:read}', sha256('x'), 'test')"));
@@ -387,7 +395,7 @@ static void test_offboard_crash_resume(void **state)
     TS_EXPECT_STREQ(ts_header(r, "Location"), ts_str("/v1/jobs/%s", job));
     TS_EXPECT_STREQ(ts_jstr(r->json, "kind"), "tenant-offboard");
     TS_EXPECT_STREQ(ts_jstr(r->json, "tenant"), "acme");
-    if (json_array_size(json_object_get(r->json, "steps")) != 3 || !json_is_array(json_object_get(r->json, "errors")))
+    if (json_array_size(json_object_get(r->json, "steps")) != 4 || !json_is_array(json_object_get(r->json, "errors")))
         ts_fail("job body: %s", ts_resp_str(r));
     /* again: the same job */
     r = ts_admin(rt->cp[1], "DELETE", "/v1/tenants/acme?cascade=true", NULL);
