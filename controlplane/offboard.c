@@ -66,6 +66,13 @@ struct ob_state {
         struct ob_state *st;
         struct ob_dps *d;
     } probes[OB_MAX_DPS];
+    struct ob_sweep {          /* enrollments: one instance's listing of what else the tenant has there */
+        struct ob_state *st;
+        struct ob_dps *d;
+        int kind;              /* 0 groups, 1 individual enrollments */
+        char cont[512];
+    } sweeps[OB_MAX_DPS];
+    int swept;                 /* enrollments tagged with the tenant deleted by this slice's sweep */
     struct ob_geo_query {
         struct ob_state *st;
         int geo;
@@ -199,10 +206,17 @@ static void ob_report(struct ob_state *st, enum job_outcome o)
 
 /* ---- step 0: enrollment groups gone everywhere ---- */
 
+static void ob_sweep_start(struct ob_state *st);
+
 static void ob_enroll_settle(struct ob_state *st)
 {
     if (--st->pending > 0)
         return;
+    if (st->failures == 0 && st->present == 0) {
+        /* the reconciler's group is gone everywhere: now the rest tagged with the tenant */
+        ob_sweep_start(st);
+        return;
+    }
     if (st->failures == 0 && st->present > 0) {
         /* The reconciler skips offboarding tenants: wake it, and look again. */
         enroll_sync_soon(st->run->cp->sync);
@@ -266,6 +280,118 @@ static void ob_enroll_on_catalog(const struct pgq_result *q, void *arg)
         }
     }
     ob_enroll_settle(st);
+}
+
+/*
+ * The sweep: every enrollment group and individual enrollment tagged as the
+ * control plane's for this tenant (initialTwin.tags managedBy "stampcp",
+ * tenantId = the tenant: its X.509 groups, individual enrollments made
+ * through the control plane) is deleted at every instance. The reconciler
+ * keeps only the group named after the tenant, so nobody else removes these.
+ * Any deletion makes the step run again, to check that nothing is left.
+ */
+static void ob_sweep_page(struct ob_sweep *sw);
+
+static void ob_sweep_settle(struct ob_state *st)
+{
+    if (--st->pending > 0)
+        return;
+    if (st->swept > 0)
+        log_info("event=offboard_enrollments_deleted job=%s count=%d", st->run->id, st->swept);
+    ob_report(st, st->swept > 0 ? JOB_MORE : JOB_DONE);
+}
+
+static void ob_on_enrollment_deleted(const struct http_result *res, void *arg)
+{
+    struct ob_sweep *sw = arg;
+    if (res->status != 204 && res->status != 200 && res->status != 404)
+        ob_fail(sw->st, "DPS instance %s: deleting an enrollment of the tenant: %s (HTTP %d)", sw->d->id,
+                res->error ? res->error : "refused", res->status);
+    ob_sweep_settle(sw->st);
+}
+
+static void ob_on_sweep_page(const struct http_result *res, void *arg)
+{
+    struct ob_sweep *sw = arg;
+    struct ob_state *st = sw->st;
+    json_t *doc;
+    size_t i;
+
+    if (res->status != 200 || !json_is_array(res->body)) {
+        ob_fail(st, "DPS instance %s: listing %s: %s (HTTP %d)", sw->d->id,
+                sw->kind ? "individual enrollments" : "enrollment groups", res->error ? res->error : "refused",
+                res->status);
+        ob_sweep_settle(st);
+        return;
+    }
+    json_array_foreach(res->body, i, doc) {
+        json_t *tags = json_object_get(json_object_get(doc, "initialTwin"), "tags");
+        const char *by = json_string_value(json_object_get(tags, "managedBy"));
+        const char *tenant = json_string_value(json_object_get(tags, "tenantId"));
+        const char *eid = json_string_value(json_object_get(doc, sw->kind ? "registrationId" : "enrollmentGroupId"));
+        const char *h[16];
+        char sas[700], *path, *enc;
+        if (!by || strcmp(by, "stampcp") != 0 || !tenant || strcmp(tenant, st->run->tenant) != 0 || !eid)
+            continue;
+        st->swept++;
+        st->pending++;
+        enc = evhttp_encode_uri(eid);
+        path = xasprintf("/%s/%s?" OB_API, sw->kind ? "enrollments" : "enrollmentGroups", enc ? enc : "");
+        free(enc);
+        ob_headers(sw->d, h, sas, sizeof sas);
+        https_call(st->run->cp->base, st->tls, sw->d->endpoint, EVHTTP_REQ_DELETE, path, h, NULL, OB_TIMEOUT_MS,
+                   ob_on_enrollment_deleted, sw);
+        OPENSSL_cleanse(sas, sizeof sas);
+        free(path);
+    }
+    if (res->continuation && *res->continuation) {
+        snprintf(sw->cont, sizeof sw->cont, "%s", res->continuation);
+        ob_sweep_page(sw);   /* the page's own pending count carries over */
+        return;
+    }
+    if (sw->kind == 0) {
+        sw->kind = 1;
+        sw->cont[0] = '\0';
+        ob_sweep_page(sw);
+        return;
+    }
+    ob_sweep_settle(st);
+}
+
+static void ob_sweep_page(struct ob_sweep *sw)
+{
+    const char *h[20];
+    char sas[700];
+    int n;
+    ob_headers(sw->d, h, sas, sizeof sas);
+    for (n = 0; h[n]; n++)
+        ;
+    h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
+    h[n++] = "x-ms-max-item-count"; h[n++] = "100";
+    if (sw->cont[0]) { h[n++] = "x-ms-continuation"; h[n++] = sw->cont; }
+    h[n] = NULL;
+    https_call(sw->st->run->cp->base, sw->st->tls, sw->d->endpoint, EVHTTP_REQ_POST,
+               sw->kind ? "/enrollments/query?" OB_API : "/enrollmentGroups/query?" OB_API, h,
+               sw->kind ? "{\"query\":\"SELECT * FROM enrollments\"}" : "{\"query\":\"SELECT * FROM enrollmentGroups\"}",
+               OB_TIMEOUT_MS, ob_on_sweep_page, sw);
+    OPENSSL_cleanse(sas, sizeof sas);
+}
+
+static void ob_sweep_start(struct ob_state *st)
+{
+    st->swept = 0;
+    st->pending = 1;
+    for (int i = 0; i < st->ndps; i++) {
+        struct ob_sweep *sw = &st->sweeps[i];
+        if (st->dps[i].keylen <= 0)
+            continue;   /* reported by the group check already */
+        memset(sw, 0, sizeof *sw);
+        sw->st = st;
+        sw->d = &st->dps[i];
+        st->pending++;
+        ob_sweep_page(sw);
+    }
+    ob_sweep_settle(st);
 }
 
 /* ---- step 1: devices ---- */

@@ -4,7 +4,10 @@
  *
  *   0 "enrollments"  its enrollment groups are gone from every managed DPS
  *                    instance (the reconciler removes them: it skips
- *                    offboarding tenants; the step wakes it and checks);
+ *                    offboarding tenants; the step wakes it and checks),
+ *                    then every other group and individual enrollment
+ *                    tagged managedBy "stampcp" with the tenant's tenantId
+ *                    is deleted;
  *   1 "devices"      every assigned device of every geography database of
  *                    the tenant: its DPS registration deleted at its stamp
  *                    (service API, 404 counts as gone), then released as

@@ -21,7 +21,8 @@
  *    holding the job's lease is killed with SIGKILL in the middle of 200
  *    devices and the other one finishes it after the lease expires; then
  *    every device is deprovisioned with history "tenant offboarded", their
- *    registrations are gone from the stamp (also one a device made there
+ *    registrations are gone from the stamp, the tenant's other tagged
+ *    enrollments (a group, an individual one) too but not an untagged one, (also one a device made there
  *    without the control plane), the groups are gone, the keys
  *    are erased, API keys revoked, installer tokens deleted, the tenant is a
  *    tombstone, and GET /v1/jobs/{id} shows succeeded with 200/200;
@@ -380,6 +381,24 @@ static void test_offboard_crash_resume(void **state)
     PQclear(ts_pg_query(global(), "INSERT INTO api_keys (id, name, tenant_id, scopes, secret_sha256, created_by) VALUES "
                           "('00112233445566aa', 'acme ops', 'acme', '{devices:read}', sha256('x'), 'test')"));
 
+    /* the tenant's other enrollments (an extra group, an individual enrollment: tagged as the control
+     * plane's for acme) on eu-west-1's instance, and an untagged one the job must leave alone */
+    {
+        const char *tw = "'initialTwin':{'tags':{'managedBy':'stampcp','tenantId':'acme'},'properties':{'desired':{}}}";
+        TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollmentGroups/acme-extra?api-version=2021-10-01",
+                                          ts_json("{'enrollmentGroupId':'acme-extra','attestation':{'type':'symmetricKey',"
+                                                  "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}},%s}",
+                                                  ts_random_key(32), ts_random_key(32), tw)), 200);
+        TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollments/acme-ind?api-version=2021-10-01",
+                                          ts_json("{'registrationId':'acme-ind','attestation':{'type':'symmetricKey',"
+                                                  "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}},%s}",
+                                                  ts_random_key(32), ts_random_key(32), tw)), 200);
+        TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollments/other-ind?api-version=2021-10-01",
+                                          ts_json("{'registrationId':'other-ind','attestation':{'type':'symmetricKey',"
+                                                  "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
+                                                  ts_random_key(32), ts_random_key(32))), 200);
+    }
+
     /* without cascade: the existing answer */
     expect_err(ts_admin(rt->cp[0], "DELETE", "/v1/tenants/acme", NULL), 409, "tenant_has_devices", "DELETE");
     expect_err(ts_admin(rt->cp[0], "DELETE", "/v1/tenants/acme?cascade=yes", NULL), 400, "invalid_value",
@@ -462,6 +481,9 @@ static void test_offboard_crash_resume(void **state)
                                        " AND event = 'deprovisioned' AND reason = 'tenant offboarded'"), NDEV);
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM dps_registrations WHERE registration_id LIKE 'acme-%'"), 0);
     assert_int_equal(group_count("acme"), 0);
+    assert_int_equal(group_count("acme-extra"), 0);
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM dps_enrollments WHERE enrollment_id = 'acme-ind'"), 0);
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM dps_enrollments WHERE enrollment_id = 'other-ind'"), 1);
     assert_int_equal(ts_pg_count(global(), "SELECT count(*) FROM tenants WHERE id = 'acme' AND deleted_at IS NOT NULL"
                                            " AND enrollment_key IS NULL AND enrollment_key_previous IS NULL"), 1);
     assert_int_equal(ts_pg_count(global(), "SELECT count(*) FROM api_keys WHERE tenant_id = 'acme' AND revoked_at IS NULL"), 0);
