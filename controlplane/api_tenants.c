@@ -779,8 +779,11 @@ static void tenant_offboard_query(struct tenant_op *op)
     json_t *steps = jobs_steps_doc("tenant-offboard");
     char *steps_s = json_dumps(steps, JSON_COMPACT);
     char *q = xasprintf(sql, jobs_public_sql);
-    const char *values[3] = {op->id, op->name, steps_s};
-    jobs_new_id(op->name, sizeof op->name);   /* a fresh id on every try */
+    const char *values[3];
+    jobs_new_id(op->name, sizeof op->name);   /* the new job's id: a fresh one on every try */
+    values[0] = op->id;
+    values[1] = op->name;
+    values[2] = steps_s;
     if (!pgpool_query(op->r->cp->global, q, 3, values, tenant_on_offboard, op))
         tenant_on_offboard(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     free(q);
