@@ -28,8 +28,10 @@
  *    tombstone, and GET /v1/jobs/{id} shows succeeded with 200/200 (a
  *    transaction holding one device's row stops the job at 50/200, so the
  *    kill always lands in the middle);
- *  - a stamp that is down: the job retries (errors listed, state running)
- *    and succeeds once the stamp is back.
+ *  - a stamp that is down: the job retries (errors listed, state running);
+ *    at the last of its bounded retries it ends failed (finishedAt, errors,
+ *    the step failed), the tenant stays refused, and a new DELETE starts a
+ *    new job that succeeds once the stamp is back.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -68,6 +70,7 @@ static struct ts_stamp agent[2];
 static const char *const agent_dps[2] = { D1, D2 };
 static const char *const agent_stamp[2] = { S1, S2 };
 static const char *const agent_tenancy[2] = { "pooled", "dedicated" };
+static struct ts_tenant *pool;          /* the pooled tenant of test_dedicated, offboarded last */
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
@@ -281,7 +284,7 @@ static const char *raw_post(struct ts_cp *cp, const char *path, const char *body
 
 static void test_dedicated(void **state)
 {
-    struct ts_tenant *ded, *pool;
+    struct ts_tenant *ded;
     struct ts_resp *r;
     (void)state;
 
@@ -544,7 +547,28 @@ static void test_offboard_stamp_down(void **state)
     j = job_get(rt->cp[0], w.id);
     TS_EXPECT_STREQ(ts_jstr(j, "state"), "running");
     ts_log("while the stamp is down: %s", ts_jdump(j));
+    /* the retries are bounded: one try before the limit (30), the next failure ends the job failed */
+    PQclear(ts_pg_query(global(), ts_str("UPDATE jobs SET attempts = 29, next_run_at = now() WHERE id = '%s'", w.id)));
+    w.state = "failed";
+    if (!ts_wait_until(job_state_is, &w, 30000))
+        ts_fail("the job did not fail after its last retry: %s", ts_jdump(job_get(rt->cp[0], w.id)));
+    j = job_get(rt->cp[1], w.id);
+    if (!ts_jstr(j, "finishedAt") || json_array_size(json_object_get(j, "errors")) < 2)
+        ts_fail("a failed job without finishedAt or its errors: %s", ts_jdump(j));
+    TS_EXPECT_STREQ(ts_jstr(json_array_get(json_object_get(j, "steps"), 0), "state"), "failed");
+    ts_log("failed: %s", ts_jdump(j));
+    /* still offboarding: its devices stay refused; a new DELETE starts a new job */
+    assert_non_null(pool);   /* its key located pool-0 in test_dedicated */
+    r = ts_rt_locate(rt->cp[1], pool, "pool-0");
+    if (r->status < 400 || r->status >= 500)
+        ts_fail("locate of a device of a tenant whose offboarding failed: expected a 4xx, got %s", ts_resp_str(r));
     start_agent(0);
+    r = ts_admin(rt->cp[1], "DELETE", "/v1/tenants/pool?cascade=true", NULL);
+    TS_EXPECT_STATUS(r, 202);
+    if (strcmp(ts_jstr(r->json, "id") ? ts_jstr(r->json, "id") : "", w.id) == 0)
+        ts_fail("the failed job was answered again instead of a new one");
+    w.id = ts_str("%s", ts_jstr(r->json, "id"));
+    w.state = "succeeded";
     if (!ts_wait_until(job_state_is, &w, 60000))
         ts_fail("the job did not succeed 60 s after the stamp came back: %s", ts_jdump(job_get(rt->cp[0], w.id)));
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM devices WHERE tenant_id = 'pool' AND status = 'assigned'"), 0);
