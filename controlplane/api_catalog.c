@@ -128,6 +128,12 @@ static void cat_reply_sql_error(struct cat_op *op, const struct pgq_result *q)
     if (strcmp(q->sqlstate, "23505") == 0) {
         cpreq_reply_error(r, 409, "already_exists", field ? field : "id",
                           "a %s with this %s already exists", op->res->noun, field ? field : "id");
+    } else if (strcmp(q->sqlstate, "SC409") == 0 && q->message && strstr(q->message, "stamp_in_use:")) {
+        /* schema/global/011_jobs.sql: a dedicated tenant relies on the stamp */
+        const char *t = strstr(q->message, "stamp_in_use:") + strlen("stamp_in_use:");
+        cpreq_reply_error(r, 409, "stamp_in_use", "tenancy",
+                          "stamp '%s' is a dedicated stamp of tenant '%.64s': it cannot become pooled while that"
+                          " tenant lists it", op->id, t);
     } else if (strcmp(q->sqlstate, "23503") == 0 && op->kind == CAT_DELETE) {
         const char *by = "other resources";
         for (int i = 0; i < catalog_nresources; i++) {
@@ -250,6 +256,23 @@ static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res
     if (present && pair && strcmp(pair, id) == 0) {
         cpreq_reply_error(r, 422, "invalid_reference", "pairedRegion", "a region cannot pair with itself");
         return false;
+    }
+    if (!create && strcmp(res->collection, "stamps") == 0) {
+        /* Dedicated tenancy (docs/api.md): a pooled stamp that hosts devices
+         * (of pooled tenants: a pooled stamp has no others) cannot become
+         * dedicated; drain it first. The count is the layout's (refreshed
+         * every layoutRefreshMs). dedicated -> pooled is checked by the
+         * catalog's trigger (schema/global/011_jobs.sql). */
+        const char *tenancy = catalog_value(res, v, "tenancy", &present);
+        struct layout *l = present && tenancy && strcmp(tenancy, "dedicated") == 0 ? layouts_current(r->cp->layouts)
+                                                                                     : NULL;
+        const struct layout_stamp *st = l ? layout_find_stamp(l, id) : NULL;
+        if (st && !st->dedicated && st->devices > 0) {
+            cpreq_reply_error(r, 409, "stamp_in_use", "tenancy",
+                              "stamp '%s' hosts %lld device(s) of pooled tenants: it cannot become dedicated until"
+                              " they are moved or deprovisioned", id, (long long)st->devices);
+            return false;
+        }
     }
     return true;
 }

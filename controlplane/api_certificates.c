@@ -165,7 +165,7 @@ static void ca_on_created(const struct pgq_result *q, void *arg)
 static void ca_create(struct cp_req *r, const char *tenant)
 {
     static const char sql[] =
-        "WITH t AS (SELECT id FROM tenants WHERE id = $1 AND deleted_at IS NULL),"
+        "WITH t AS (SELECT id FROM tenants WHERE id = $1 AND deleted_at IS NULL AND offboarding_at IS NULL),"
         " n AS (SELECT count(*) AS c FROM tenant_cas WHERE tenant_id = $1),"
         " ins AS (INSERT INTO tenant_cas AS c (id, tenant_id, name, certificate_pem, subject, thumbprint, not_before,"
         "   not_after, verification_code)"

@@ -134,7 +134,7 @@ static void inst_create(struct cp_req *r, const char *tenant)
         "INSERT INTO installer_tokens AS i (token_sha256, tenant_id, name, id, expires_at,"
         "  registration_id_prefix, max_placements)"
         " SELECT $1, t.id, $3, $4, to_timestamp($5::bigint / 1000.0), $6, $7::bigint"
-        "   FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL"
+        "   FROM tenants t WHERE t.id = $2 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL"
         " RETURNING %s";
     json_t *body = cpreq_json_body(r, false);
     struct installer_new in;

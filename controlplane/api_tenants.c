@@ -23,6 +23,7 @@
 #include <string.h>
 
 #include "installer_tokens.h"
+#include "jobs.h"
 #include "listpage.h"
 #include "log.h"
 #include "sas.h"
@@ -244,6 +245,11 @@ static void tenant_reply_unavailable_or_error(struct tenant_op *op, const struct
         cpreq_reply_db_unavailable(op->r, q);
     } else if (strcmp(q->sqlstate, "23505") == 0) {
         cpreq_reply_error(op->r, 409, "already_exists", "id", "a tenant with this id already exists");
+    } else if (strcmp(q->sqlstate, "SC409") == 0 && q->message && strstr(q->message, "stamp_not_exclusive:")) {
+        /* schema/global/011_jobs.sql: a dedicated stamp belongs to one live tenant */
+        const char *s = strstr(q->message, "stamp_not_exclusive:") + strlen("stamp_not_exclusive:");
+        cpreq_reply_error(op->r, 409, "stamp_not_exclusive", "dedicatedStamps",
+                          "dedicated stamp '%.64s' already belongs to another tenant", s);
     } else {
         log_write(LOG_ERROR, op->r->id, "event=sql_error sqlstate=%s error=\"%.300s\"", q->sqlstate,
                   q->message ? q->message : "");
@@ -565,7 +571,8 @@ static void tenant_patch(struct cp_req *r, const char *id)
                       "   ELSE t.max_provisions_per_minute END,"
                       " version = t.version + 1, updated_at = now()"
                       " FROM (SELECT t.id, %s AS before FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL"
-                      " FOR UPDATE) o WHERE t.id = o.id RETURNING %s, o.before", tenant_public_sql, tenant_public_sql);
+                      " AND t.offboarding_at IS NULL FOR UPDATE) o WHERE t.id = o.id RETURNING %s, o.before",
+                      tenant_public_sql, tenant_public_sql);
         if (!pgpool_query(r->cp->global, q, 6, values, tenant_on_patched, op))
             tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
     } else {   /* {}: nothing changes, the version stays */
@@ -598,7 +605,7 @@ static void tenant_rotate(struct cp_req *r, const char *id)
 {
     static const char sql[] =
         "UPDATE tenants t SET enrollment_key_previous = t.enrollment_key, enrollment_key = $2,"
-        " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING %s";
+        " version = t.version + 1, updated_at = now() WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL RETURNING %s";
     struct tenant_op *op;
     unsigned char key[32];
     const char *values[2];
@@ -828,6 +835,74 @@ static void tenant_delete(struct cp_req *r, const char *id)
         tenant_on_delete_lookup(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
 }
 
+static void tenant_offboard_query(struct tenant_op *op);
+
+static void tenant_on_offboard(const struct pgq_result *q, void *arg)
+{
+    struct tenant_op *op = arg;
+    json_t *body;
+    const char *job;
+    char *loc;
+    if (q->status == PGQ_SQL_ERROR && strcmp(q->sqlstate, "23505") == 0 && ++op->limit < 3) {
+        /* a concurrent DELETE ?cascade=true queued the job first: answer that one */
+        tenant_offboard_query(op);
+        return;
+    }
+    if (!tenant_changed_row(op, q, &body)) {
+        tenant_op_free(op);
+        return;
+    }
+    job = json_string_value(json_object_get(body, "id"));
+    loc = xasprintf("/v1/jobs/%s", job ? job : "");
+    cpreq_add_header(op->r, "Location", loc);
+    free(loc);
+    log_write(LOG_INFO, op->r->id, "event=tenant_offboarding tenant=%s job=%s", op->id, job ? job : "?");
+    jobs_kick(op->r->cp->jobs);
+    tenant_announce(op, 202, body);   /* every instance refuses the tenant's devices before the answer */
+}
+
+static void tenant_offboard_query(struct tenant_op *op)
+{
+    static const char sql[] =
+        "WITH t AS (UPDATE tenants t SET offboarding_at = coalesce(t.offboarding_at, now()),"
+        "   version = t.version + CASE WHEN t.offboarding_at IS NULL THEN 1 ELSE 0 END, updated_at = now()"
+        "   WHERE t.id = $1 AND t.deleted_at IS NULL RETURNING t.id),"
+        " ex AS (SELECT j.* FROM jobs j JOIN t ON j.tenant_id = t.id"
+        "   WHERE j.kind = 'tenant-offboard' AND j.state IN ('queued', 'running')),"
+        " ins AS (INSERT INTO jobs (id, kind, tenant_id, steps) SELECT $2, 'tenant-offboard', t.id, $3::jsonb FROM t"
+        "   WHERE NOT EXISTS (SELECT 1 FROM ex) RETURNING *)"
+        " SELECT %s FROM (SELECT * FROM ins UNION ALL SELECT * FROM ex) j";
+    json_t *steps = jobs_steps_doc("tenant-offboard");
+    char *steps_s = json_dumps(steps, JSON_COMPACT);
+    char *q = xasprintf(sql, jobs_public_sql);
+    const char *values[3];
+    jobs_new_id(op->name, sizeof op->name);   /* the new job's id: a fresh one on every try */
+    values[0] = op->id;
+    values[1] = op->name;
+    values[2] = steps_s;
+    if (!pgpool_query(op->r->cp->global, q, 3, values, tenant_on_offboard, op))
+        tenant_on_offboard(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    free(q);
+    free(steps_s);
+    json_decref(steps);
+}
+
+/* DELETE ?cascade=true: mark the tenant offboarding and queue the job that
+ * removes everything of it (offboard.h); 202 with the job. Again while the
+ * job runs: the same job. */
+static void tenant_offboard(struct cp_req *r, const char *id)
+{
+    struct tenant_op *op;
+    if (!principal_sees_tenant(&r->who, id)) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no tenant '%s'", id);
+        return;
+    }
+    op = xcalloc(1, sizeof *op);
+    op->r = r;
+    snprintf(op->id, sizeof op->id, "%s", id);
+    tenant_offboard_query(op);
+}
+
 void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
 {
     if (nsegs == 0) {
@@ -850,13 +925,23 @@ void api_tenants_handle(struct cp_req *r, char **segs, int nsegs)
         if (r->method != EVHTTP_REQ_GET && r->method != EVHTTP_REQ_PATCH && r->method != EVHTTP_REQ_DELETE) {
             cpreq_add_header(r, "Allow", "GET, PATCH, DELETE");
             cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET, PATCH or DELETE on a tenant");
+        } else if (r->method == EVHTTP_REQ_DELETE) {
+            static const char *const allowed[] = {"cascade", NULL};
+            const char *cascade;
+            if (!cpreq_check_query(r, allowed))
+                return;
+            cascade = cpreq_query(r, "cascade");
+            if (cascade && strcmp(cascade, "true") != 0 && strcmp(cascade, "false") != 0)
+                cpreq_reply_error(r, 400, "invalid_value", "cascade", "'cascade' must be true or false");
+            else if (cascade && strcmp(cascade, "true") == 0)
+                tenant_offboard(r, segs[0]);
+            else
+                tenant_delete(r, segs[0]);
         } else if (cpreq_check_query(r, NULL)) {
             if (r->method == EVHTTP_REQ_GET)
                 tenant_get(r, segs[0]);
-            else if (r->method == EVHTTP_REQ_PATCH)
-                tenant_patch(r, segs[0]);
             else
-                tenant_delete(r, segs[0]);
+                tenant_patch(r, segs[0]);
         }
         return;
     }

@@ -69,7 +69,8 @@ static const char ak_fetch_sql[] =
     "encode(k.secret_sha256, 'hex'), coalesce(encode(k.previous_sha256, 'hex'), ''), "
     "coalesce((extract(epoch FROM k.previous_valid_until) * 1000)::bigint, 0), "
     "coalesce((extract(epoch FROM k.expires_at) * 1000)::bigint, 0), "
-    "k.revoked_at IS NULL AND (k.tenant_id IS NULL OR (t.id IS NOT NULL AND t.deleted_at IS NULL)), "
+    "k.revoked_at IS NULL AND (k.tenant_id IS NULL OR (t.id IS NOT NULL AND t.deleted_at IS NULL"
+    " AND t.offboarding_at IS NULL)), "
     "coalesce(array_to_string(t.residency_geographies, ' '), '') "
     "FROM api_keys k LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.id = $1";
 

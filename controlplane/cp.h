@@ -15,6 +15,7 @@
 #include "dps_client.h"
 #include "enroll_sync.h"
 #include "envelope.h"
+#include "jobs.h"
 #include "layout.h"
 #include "loadtable.h"
 #include "pgbatch.h"
@@ -47,6 +48,7 @@ struct cp {
     struct idempotency *idem;                 /* idempotency.c: the purge of expired Idempotency-Keys */
     struct cp_secrets *secrets;               /* cp_secrets.c: start-up sealing pass, KEK file watch, /v1/admin/kek */
     struct pseudonym pseudo;                  /* device ids in logs and Redis messages (pseudonym.h) */
+    struct jobs *jobs;                        /* jobs.c: the job runner (offboarding), leases shared by instances */
     struct stampcheck *stampcheck;            /* stamps whose reports contradict the catalog (stampcheck.h) */
     char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */

@@ -44,7 +44,7 @@ static const char es_catalog_sql[] =
     "   'x509Cas', (SELECT coalesce(json_agg(json_build_object('id', c.id, 'pem', c.certificate_pem,"
     "     'thumbprint', c.thumbprint) ORDER BY c.created_at, c.id), '[]') FROM tenant_cas c"
     "     WHERE c.tenant_id = t.id AND c.enabled AND c.verified_at IS NOT NULL))"
-    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL))";
+    "   ORDER BY t.created_at, t.id), '[]') FROM tenants t WHERE t.deleted_at IS NULL AND t.offboarding_at IS NULL))";
 
 enum es_op { ES_PUT, ES_DELETE };
 

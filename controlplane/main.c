@@ -221,6 +221,7 @@ static void cp_free(struct cp *cp)
     stampcheck_free(cp->stampcheck);
     layouts_free(cp->layouts);
     redisfeed_free(cp->feed);
+    jobs_free(cp->jobs);   /* after the feed (its waits are dropped), before the pools */
     tenants_free(cp->tenants);
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
@@ -356,6 +357,7 @@ int main(int argc, char **argv)
     cp.secrets = cp_secrets_new(&cp);
     cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);
+    cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
     {

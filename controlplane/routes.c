@@ -20,6 +20,7 @@
 #include "catalog.h"
 #include "cp_secrets.h"
 #include "http_req.h"
+#include "jobs.h"
 #include "principal.h"
 
 /* ---- adapters ---- */
@@ -37,6 +38,7 @@ static void rt_installer_tokens(struct cp_req *r)
 {
     api_installer_tokens_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4);
 }
+static void rt_jobs(struct cp_req *r) { api_jobs_handle(r, r->segs + 2, r->nsegs - 2); }
 static void rt_audit(struct cp_req *r) { audit_handle(r); }
 static void rt_api_keys(struct cp_req *r) { api_keys_handle(r, r->segs + 2, r->nsegs - 2); }
 
@@ -125,6 +127,8 @@ const struct route routes_table[] = {
 
     {GET, "/v1/inventory", SCOPE_DEVICES_READ, ROUTE_TENANT, -1, rt_inventory},
     {GET, "/v1/audit", SCOPE_TENANTS_READ, ROUTE_TENANT, -1, rt_audit},
+    /* today's only jobs offboard a tenant, whose keys stop working when it starts: platform credentials */
+    {GET, "/v1/jobs/{id}", SCOPE_TENANTS_READ, ROUTE_PLATFORM, -1, rt_jobs},
     {GET, "/v1/dps-instances/{id}/enrollment-sync", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_sync_status},
     {GET, "/v1/admin/kek", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},
     {POST, "/v1/admin/kek/rotate", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},

@@ -33,7 +33,7 @@ static const char tenants_select_sql[] =
     "    WHERE i.tenant_id = t.id AND i.revoked_at IS NULL AND i.expires_at > now()),"
     "'caCertificates', (SELECT coalesce(json_agg(c.certificate_pem ORDER BY c.id), '[]') FROM tenant_cas c"
     "                   WHERE c.tenant_id = t.id AND c.enabled AND c.verified_at IS NOT NULL))"
-    " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL";
+    " FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL";
 
 /* An id the catalog did not have, remembered until expires. */
 struct tenant_absent {

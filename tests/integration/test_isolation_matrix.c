@@ -237,6 +237,16 @@ static const char *own_key_id(void)
 static void p_key(struct call *c) { c->path = ts_str("/v1/api-keys/%s", own_key_id()); }
 static void p_key_rotate(struct call *c) { c->path = ts_str("/v1/api-keys/%s/rotate", own_key_id()); }
 static void p_inventory(struct call *c) { c->path = "/v1/inventory?tenant=" OWN; }
+static void p_job(struct call *c)
+{
+    const char *t = fresh("mxjob");
+    struct ts_resp *r;
+    ts_rt_tenant(cp, ts_str("{\"id\":\"%s\",\"name\":\"n\",\"residency\":{\"geographies\":[\"eu\"]}}", t));
+    r = ts_admin(cp, "DELETE", ts_str("/v1/tenants/%s?cascade=true", t), NULL);
+    if (r->status != 202 || !ts_jstr(r->json, "id"))
+        ts_fail("offboarding %s: %s", t, ts_resp_str(r));
+    c->path = ts_str("/v1/jobs/%s", ts_jstr(r->json, "id"));
+}
 static void p_audit(struct call *c) { c->path = "/v1/audit?tenant=" OWN; }
 static void p_sync(struct call *c) { c->path = "/v1/dps-instances/eu-west-1-dps/enrollment-sync"; }
 static void p_kek(struct call *c) { c->path = "/v1/admin/kek"; }
@@ -353,6 +363,7 @@ static const struct fixture fixtures[] = {
     {"POST", "/v1/api-keys/{id}/rotate", 200, NULL, p_key_rotate},
     {"GET", "/v1/inventory", 200, NULL, p_inventory},
     {"GET", "/v1/audit", 200, NULL, p_audit},
+    {"GET", "/v1/jobs/{id}", 200, NULL, p_job},
     {"GET", "/v1/dps-instances/{id}/enrollment-sync", 200, NULL, p_sync},
     {"GET", "/v1/admin/kek", 200, NULL, p_kek},
     {"POST", "/v1/admin/kek/rotate", 200, NULL, p_kek_rotate},
