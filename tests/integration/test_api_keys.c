@@ -321,6 +321,24 @@ static void test_no_escalation_through_issued_credentials(void **state)
     }
 }
 
+static bool refused_on_cp2(void *arg);
+
+/* An offboarded tenant's keys stop with the DELETE, everywhere, within 1 s. */
+static void test_offboarding_stops_keys(void **state)
+{
+    const char *k;
+    struct ts_resp *r;
+    ts_rt_tenant(cp, "{\"id\":\"gamma\",\"name\":\"Gamma\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    k = ts_api_key(cp, NULL, "gamma", "[\"tenants:read\"]", NULL);
+    TS_EXPECT_STATUS(ts_call(cp2, k, "GET", "/v1/tenants/gamma", NULL), 200);
+    r = ts_call(cp, cp->token, "DELETE", "/v1/tenants/gamma?cascade=true", NULL);
+    TS_EXPECT_STATUS(r, 202);
+    if (!ts_wait_until(refused_on_cp2, (void *)ts_str("%s", k), 1000))
+        ts_fail("a key of an offboarding tenant still works after 1 s");
+    /* its job is the platform's to read */
+    TS_EXPECT_STATUS(ts_call(cp, cp->token, "GET", ts_str("/v1/jobs/%s", ts_jstr(r->json, "id")), NULL), 200);
+}
+
 static void test_bad_credentials(void **state)
 {
     const char *k = ts_api_key(cp, NULL, "acme", "[\"tenants:read\"]", NULL);
@@ -342,7 +360,8 @@ static void test_bad_credentials(void **state)
 
 static bool refused_on_cp2(void *arg)
 {
-    return ts_call(cp2, arg, "GET", "/v1/tenants/acme", NULL)->status == 401;
+    struct ts_resp *r = ts_call(cp2, arg, "GET", "/v1/tenants", NULL);
+    return r->status == 401;
 }
 
 static void test_revocation_everywhere_within_1s(void **state)
@@ -457,6 +476,7 @@ int main(void)
         cmocka_unit_test(test_minting_rules),
         cmocka_unit_test(test_audited_by_key),
         cmocka_unit_test(test_no_escalation_through_issued_credentials),
+        cmocka_unit_test(test_offboarding_stops_keys),
         cmocka_unit_test(test_bad_credentials),
         cmocka_unit_test(test_revocation_everywhere_within_1s),
         cmocka_unit_test(test_rotation),
