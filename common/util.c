@@ -5,6 +5,8 @@
 #include "log.h"
 
 #include <errno.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
 #include <openssl/sha.h>
@@ -12,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <time.h>
 
 static void util_oom(size_t n)
@@ -213,4 +216,10 @@ void util_request_id(char *out)
         seeded = true;
     }
     snprintf(out, 17, "%08x%08x", prefix, ++counter);
+}
+
+bool util_tcp_nodelay(int fd)
+{
+    int one = 1;
+    return setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one) == 0;
 }

@@ -49,4 +49,10 @@ bool util_parse_int64(const char *s, int64_t min, int64_t max, int64_t *out) MUS
 /* Whether s is valid UTF-8 (no overlongs, no surrogates) of exactly len bytes. */
 bool util_utf8_valid(const char *s, size_t len);
 
+/* TCP_NODELAY on a listening socket (Linux passes it on to every accepted
+ * connection): TLS sends an answer's head and body as separate records,
+ * and without it the second waits for the peer's delayed ACK (~40 ms).
+ * Returns false (errno set) if the option could not be set. */
+bool util_tcp_nodelay(int fd);
+
 #endif

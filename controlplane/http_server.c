@@ -306,6 +306,8 @@ bool http_server_start(struct cp *cp)
         log_error("event=listen_failed addr=%s:%d", cp->cfg.listen_host, cp->cfg.listen_port);
         return false;
     }
+    if (!util_tcp_nodelay(evhttp_bound_socket_get_fd(cp->listener)))
+        log_warn("event=tcp_nodelay_failed note=\"TLS answers may wait for delayed ACKs\"");
     log_info("event=listening addr=%s:%d scheme=%s%s", cp->cfg.listen_host, cp->cfg.listen_port,
              cp->tls ? "https" : "http", cp->cfg.tls_client_ca ? " client_certificates=required" : cp->tls ? " client_certificates=requested" : "");
     return true;

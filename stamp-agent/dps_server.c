@@ -449,6 +449,8 @@ struct dps_server *dps_server_new(struct event_base *base, const struct agent_co
         dps_server_free(s);
         return NULL;
     }
+    if (!util_tcp_nodelay(evhttp_bound_socket_get_fd(s->listener)))
+        log_warn("event=tcp_nodelay_failed note=\"TLS answers may wait for delayed ACKs\"");
     log_info("event=dps_listening addr=%s:%d scopes=%zu", pc->listen_host, pc->listen_port, pc->n_dps);
     return s;
 }
