@@ -210,12 +210,7 @@ static bool is_hub_of(const char *stamp_id, const char *host)
     return false;
 }
 
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
+#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
 /* Catalog: geographies, regions, stamps, hubs (as ts_rt_register_layout), DPS instances with service credentials. */
 static void register_layout(void)

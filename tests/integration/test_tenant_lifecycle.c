@@ -72,18 +72,9 @@ static const char *installer;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
+#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
-static void expect_err(struct ts_resp *r, int status, const char *code, const char *what)
-{
-    if (r->status != status || !ts_is_error_body(r) || !ts_err_code(r) || strcmp(ts_err_code(r), code) != 0)
-        ts_fail("%s: expected %d %s with a JSON error body, got %s", what, status, code, ts_resp_str(r));
-}
+#define expect_err ts_expect_err
 
 static struct ts_stamp *agent_of_stamp(const char *stamp)
 {

@@ -358,6 +358,10 @@ int ts_controlplane_stop(struct ts_cp *cp, int timeout_ms);
 
 /* Admin call with the bearer token; json_body may be NULL (then no Content-Type). */
 struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path, const char *json_body);
+/* POST as the operator; fails the test unless the answer is 201. */
+void ts_admin_post201(struct ts_cp *cp, const char *path, const char *json_body);
+/* Fails the test (naming what) unless r is status with a JSON error body of that code. */
+void ts_expect_err(struct ts_resp *r, int status, const char *code, const char *what);
 /* A call with Authorization: Bearer <bearer> (NULL: no Authorization). */
 struct ts_resp *ts_call(struct ts_cp *cp, const char *bearer, const char *method, const char *path,
                         const char *json_body);

@@ -220,6 +220,19 @@ struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path,
     return ts_http(cp->port, method, path, h_nobody, NULL, 0);
 }
 
+void ts_admin_post201(struct ts_cp *cp, const char *path, const char *json_body)
+{
+    struct ts_resp *r = ts_admin(cp, "POST", path, json_body);
+    if (r->status != 201)
+        ts_fail("POST %s %s: expected 201, got %s", path, json_body, ts_resp_str(r));
+}
+
+void ts_expect_err(struct ts_resp *r, int status, const char *code, const char *what)
+{
+    if (r->status != status || !ts_is_error_body(r) || !ts_err_code(r) || strcmp(ts_err_code(r), code) != 0)
+        ts_fail("%s: expected %d %s with a JSON error body, got %s", what, status, code, ts_resp_str(r));
+}
+
 struct ts_resp *ts_call(struct ts_cp *cp, const char *bearer, const char *method, const char *path,
                         const char *json_body)
 {
