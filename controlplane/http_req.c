@@ -53,6 +53,37 @@ const char *cpreq_method_name(enum evhttp_cmd_type m)
     return routes_method_name(m);
 }
 
+static void cpreq_send(struct cp_req *r, int status, struct evbuffer *buf)
+{
+    char path[160], safe[512];   /* safe: the uri with device ids as pseudonyms (pseudonym.h) */
+    const char *uri = evhttp_request_get_uri(r->ev);
+    evhttp_add_header(evhttp_request_get_output_headers(r->ev), "X-Request-Id", r->id);
+    evhttp_send_reply(r->ev, status, NULL, buf);
+    if (log_enabled(LOG_INFO) && (status >= 400 || log_enabled(LOG_DEBUG)))
+        log_write(status >= 500 ? LOG_WARN : LOG_INFO, r->id,
+                  "event=http_request method=%s path=%s status=%d ms=%lld",
+                  cpreq_method_name(r->method),
+                  log_quote(pseudonym_redact_path(&r->cp->pseudo, uri, safe, sizeof safe), path, sizeof path), status,
+                  (long long)(util_mono_ms() - r->start_ms));
+    cpreq_free(r);
+}
+
+/* A hook (audit, idempotency) is done with the held answer: the last one sends it. */
+static void cpreq_hook_done(struct cp_req *r)
+{
+    if (--r->held_pending > 0)
+        return;
+    /* 204 and the like were held with no body: send them with none */
+    cpreq_send(r, r->held_status, evbuffer_get_length(r->held_buf) ? r->held_buf : NULL);
+}
+
+/*
+ * The answer is final. When the audit log or an Idempotency-Key wants it,
+ * it is held (moved out of buf, which the caller frees) until both have
+ * written it; the client sees the answer only after the entry committed.
+ * A hook that fails logs why and lets the answer go: the change it answers
+ * has committed already.
+ */
 static void cpreq_finish(struct cp_req *r, int status, struct evbuffer *buf)
 {
     bool want_idem = idempotency_wanted(r, status), want_audit = audit_wanted(r, status);
