@@ -669,10 +669,10 @@ static void tenant_set_status(struct cp_req *r, const char *id, bool suspend)
         "WITH upd AS (UPDATE tenants t SET status = $2,"
         "   suspended_at = CASE WHEN $2 = 'suspended' THEN now() END,"
         "   version = t.version + 1, updated_at = now()"
-        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND t.status <> $2 RETURNING %s AS pub)"
+        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL AND t.status <> $2 RETURNING %s AS pub)"
         " SELECT pub, true FROM upd"
         " UNION ALL SELECT %s, false FROM tenants t"
-        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND NOT EXISTS (SELECT 1 FROM upd)";
+        "   WHERE t.id = $1 AND t.deleted_at IS NULL AND t.offboarding_at IS NULL AND NOT EXISTS (SELECT 1 FROM upd)";
     struct tenant_op *op;
     const char *values[2];
     char *q;

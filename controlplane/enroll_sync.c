@@ -107,7 +107,7 @@ json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key,
                      "properties", "desired");
 }
 
-json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem)
+json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem, bool enabled)
 {
     char gid[ES_GROUP_MAX];
     snprintf(gid, sizeof gid, "%s" ES_X509_INFIX "%s", tenant_id, ca_id);
@@ -116,7 +116,7 @@ json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, con
     return json_pack("{s:s, s:{s:s, s:{s:{s:{s:s}}}}, s:s, s:s, s:{s:b, s:b}, s:{s:{s:s, s:s, s:s}, s:{s:{}}}}",
                      "enrollmentGroupId", gid,
                      "attestation", "type", "x509", "x509", "signingCertificates", "primary", "certificate", ca_pem,
-                     "provisioningStatus", "enabled", "allocationPolicy", "hashed",
+                     "provisioningStatus", enabled ? "enabled" : "disabled", "allocationPolicy", "hashed",
                      "reprovisionPolicy", "updateHubAssignment", 1, "migrateDeviceData", 1,
                      "initialTwin", "tags", "managedBy", ES_MANAGED_BY, "tenantId", tenant_id, "x509CaId", ca_id,
                      "properties", "desired");
@@ -347,7 +347,7 @@ static void es_plan(struct es_dps *d)
         if (json_object_get(d->thumbs, gid)) {   /* an X.509 group: its CA, its tags */
             if (!have || !es_same(json_string_value(json_object_get(d->thumbs, gid)), es_thumb_of(have)) ||
                 !es_is_x509_group(gid, have) || !es_same(es_tenant_of(doc), es_tenant_of(have)) ||
-                !status || strcmp(status, "enabled") != 0)
+                !es_same(status, want))
                 es_add_change(d, ES_PUT, gid, have, doc);
             continue;
         }
@@ -412,7 +412,9 @@ static void es_list(struct es_dps *d, const char *continuation)
 }
 
 /* The tenant's verified, enabled CAs ([{id, pem, thumbprint}]): one X.509 group each. */
-static void es_want_x509(struct es_dps *d, const char *tenant_id, json_t *cas)
+/* The tenant's X.509 groups, one per verified, enabled CA; disabled (not
+ * deleted) while the tenant is suspended, like its symmetric group. */
+static void es_want_x509(struct es_dps *d, const char *tenant_id, json_t *cas, bool enabled)
 {
     size_t i;
     json_t *ca;
@@ -423,7 +425,7 @@ static void es_want_x509(struct es_dps *d, const char *tenant_id, json_t *cas)
         json_t *doc;
         if (!id || !pem || !thumb)
             continue;
-        doc = enroll_sync_x509_group_doc(tenant_id, id, pem);
+        doc = enroll_sync_x509_group_doc(tenant_id, id, pem, enabled);
         json_object_set_new(d->thumbs, json_string_value(json_object_get(doc, "enrollmentGroupId")),
                             json_string(thumb));
         json_object_set_new(d->desired, json_string_value(json_object_get(doc, "enrollmentGroupId")), doc);
@@ -500,7 +502,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
                                                           !tv[k]->suspended));
                 OPENSSL_cleanse(prev, sizeof prev);
                 OPENSSL_cleanse(b64, sizeof b64);
-                es_want_x509(d, tv[k]->id, json_object_get(trow[k], "x509Cas"));
+                es_want_x509(d, tv[k]->id, json_object_get(trow[k], "x509Cas"), !tv[k]->suspended);
             }
         es->pending++;
         if (d->keylen <= 0) {

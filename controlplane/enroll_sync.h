@@ -54,6 +54,6 @@ json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key,
  * certificate, hashed allocation, initialTwin.tags managedBy = "stampcp",
  * tenantId and x509CaId (the reconciler deletes such a group, when no
  * longer wanted, only when its id is made from those two tags). */
-json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem);
+json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem, bool enabled);
 
 #endif

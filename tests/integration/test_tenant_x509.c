@@ -533,11 +533,71 @@ static void test_rollover(void **state)
     }
 }
 
+static const char *x_group_status(const char *group)
+{
+    return ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
+                        ts_str("SELECT coalesce((SELECT doc->>'provisioningStatus' FROM dps_enrollments"
+                               " WHERE dps_id = '%s' AND kind = 'group' AND enrollment_id = '%s'), '')",
+                               D1, group));
+}
+
+static bool x_group_is(void *arg)
+{
+    const char *const *want = arg;   /* {group, status} */
+    const char *s = x_group_status(want[0]);
+    return s && strcmp(s, want[1]) == 0;
+}
+
+/* A suspended tenant's X.509 groups are disabled at the stamp like its
+ * symmetric group (the stamp refuses its certificates), and enabled again on
+ * resume; nothing is deleted. */
+static void test_suspend_disables_x509_groups(void **state)
+{
+    const char *c4, *k4, *id, *g;
+    const char *want_dis[2], *want_en[2];
+    json_t *c;
+    struct device d;
+    struct ts_resp *r;
+    (void)state;
+
+    (void)ts_rt_tenant(rt->cp[0], "{\"id\":\"gamma\",\"name\":\"Gamma\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    wait_group("gamma", true);
+    ts_pki_make_ca("ca4", "Gamma Devices CA", &c4, &k4);
+    c = add_ca("gamma", c4);
+    id = ts_str("%s", ts_jstr(c, "id"));
+    g = x509_group("gamma", id);
+    TS_EXPECT_STATUS(verify_with("gamma", id, ts_jstr(c, "verificationCode"), c4, k4), 200);
+    wait_group(g, true);
+    d = make_device("g-1", c4, k4);
+    expect_stamp_assigned(&d);
+
+    TS_EXPECT_STATUS(ts_admin(rt->cp[0], "POST", "/v1/tenants/gamma/suspend", NULL), 200);
+    want_dis[0] = g;
+    want_dis[1] = "disabled";
+    if (!ts_wait_until(x_group_is, (void *)want_dis, 15000))
+        ts_fail("the X.509 group %s of a suspended tenant is %s, not disabled", g, x_group_status(g));
+    TS_EXPECT_STREQ(x_group_status("gamma"), "disabled");
+    {
+        struct device d2 = make_device("g-2", c4, k4);
+        r = stamp_x509(&d2);
+        if (r->status == 200 && r->json && ts_jstr(r->json, "status") && strcmp(ts_jstr(r->json, "status"), "assigned") == 0)
+            ts_fail("a suspended tenant's X.509 device registered at the stamp: %s", ts_resp_str(r));
+        expect_err(cp_device("locate", "gamma", "g-2", &d2), 403, "tenant_suspended", "suspended, X.509 at the control plane");
+    }
+    TS_EXPECT_STATUS(ts_admin(rt->cp[0], "POST", "/v1/tenants/gamma/resume", NULL), 200);
+    want_en[0] = g;
+    want_en[1] = "enabled";
+    if (!ts_wait_until(x_group_is, (void *)want_en, 15000))
+        ts_fail("the X.509 group %s was not enabled again on resume: %s", g, x_group_status(g));
+    expect_stamp_assigned(&d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_rollover),
+        cmocka_unit_test(test_suspend_disables_x509_groups),
     };
     ts_init("test_tenant_x509");
     return ts_finish(cmocka_run_group_tests(tests, setup, NULL));
