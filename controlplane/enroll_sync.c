@@ -51,8 +51,8 @@ enum es_op { ES_PUT, ES_DELETE };
 /* Group ids: a tenant's symmetric-key group is its id; the X.509 group of
  * one of its CAs is "<tenant id>" ES_X509_INFIX "<CA id>" (a '.' never
  * appears in a tenant id, so the two kinds cannot collide). */
-#define ES_X509_INFIX ".x509."
-#define ES_GROUP_MAX 136
+#define ES_X509_INFIX ENROLL_SYNC_X509_INFIX
+#define ES_GROUP_MAX ENROLL_SYNC_GROUP_MAX
 
 struct es_change {
     enum es_op op;

@@ -54,6 +54,9 @@ json_t *enroll_sync_group_doc(const char *tenant_id, const char *enrollment_key,
  * certificate, hashed allocation, initialTwin.tags managedBy = "stampcp",
  * tenantId and x509CaId (the reconciler deletes such a group, when no
  * longer wanted, only when its id is made from those two tags). */
+/* A tenant's X.509 group id is "<tenant>" ENROLL_SYNC_X509_INFIX "<CA id>". */
+#define ENROLL_SYNC_X509_INFIX ".x509."
+#define ENROLL_SYNC_GROUP_MAX 136
 json_t *enroll_sync_x509_group_doc(const char *tenant_id, const char *ca_id, const char *ca_pem, bool enabled);
 
 #endif

@@ -26,6 +26,7 @@
 #define OB_BATCH 25            /* devices released per slice */
 #define OB_TIMEOUT_MS 5000     /* below the lease (JOBS_LEASE_S): a slice ends before its claim does */
 #define OB_MAX_DPS 64
+#define OB_MAX_GROUPS 17       /* the tenant's symmetric group and one X.509 group per CA it holds */
 #define OB_MAX_WAITS 60        /* slices (about a second apart) waiting for the reconciler */
 #define OB_STR2(x) #x
 #define OB_STR(x) OB_STR2(x)
@@ -62,10 +63,15 @@ struct ob_state {
     long long remaining;       /* devices: assigned devices left before this slice */
     long long released;
     struct ob_item items[CP_MAX_GEOGRAPHIES * OB_BATCH];
+    /* registrations: the group ids whose registrations go (they are listed
+     * per group, and outlive a deleted group, as in DPS) */
+    char groups[OB_MAX_GROUPS][ENROLL_SYNC_GROUP_MAX];
+    int ngroups;
     struct ob_probe {
         struct ob_state *st;
         struct ob_dps *d;
-    } probes[OB_MAX_DPS];
+        const char *group;
+    } probes[OB_MAX_DPS * OB_MAX_GROUPS];
     struct ob_sweep {          /* enrollments: one instance's listing of what else the tenant has there */
         struct ob_state *st;
         struct ob_dps *d;
@@ -137,6 +143,7 @@ static struct ob_dps *ob_find_dps(struct ob_state *st, const char *id)
  */
 static const char ob_catalog_sql[] =
     "SELECT (SELECT to_json(t.lookup_geographies) FROM tenants t WHERE t.id = $1),"
+    " (SELECT coalesce(json_agg(c.id ORDER BY c.id), '[]') FROM tenant_cas c WHERE c.tenant_id = $1),"
     " (SELECT coalesce(json_agg(json_build_object('id', d.id, 'endpoint', d.endpoint,"
     "   'host', coalesce(d.service_host_name, d.endpoint), 'keyName', d.service_key_name, 'key', d.service_key)"
     "   ORDER BY d.id), '[]') FROM dps_instances d"
@@ -145,17 +152,18 @@ static const char ob_catalog_sql[] =
 static bool ob_read_catalog(struct ob_state *st, const struct pgq_result *q)
 {
     struct cp *cp = st->run->cp;
-    json_t *geos = NULL, *dpsl = NULL, *v;
+    json_t *geos = NULL, *dpsl = NULL, *cas = NULL, *v;
     size_t i;
     bool ok = false;
 
-    st->ngeos = st->ndps = 0;
+    st->ngeos = st->ndps = st->ngroups = 0;
     if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
         ob_pg_fail(st, "catalog", q);
         return false;
     }
     if (PQgetisnull(q->res, 0, 0) || !(geos = json_loads(PQgetvalue(q->res, 0, 0), 0, NULL)) ||
-        !(dpsl = json_loads(PQgetvalue(q->res, 0, 1), 0, NULL))) {
+        !(cas = json_loads(PQgetvalue(q->res, 0, 1), 0, NULL)) ||
+        !(dpsl = json_loads(PQgetvalue(q->res, 0, 2), 0, NULL))) {
         ob_fail(st, "the tenant's row is missing or malformed");
         goto out;
     }
@@ -186,9 +194,17 @@ static bool ob_read_catalog(struct ob_state *st, const struct pgq_result *q)
         envelope_aad_service_key(aad, sizeof aad, d->id);
         d->keylen = key && envelope_open_b64key(cp->env, key, aad, d->key, sizeof d->key, &klen) ? (int)klen : -1;
     }
+    snprintf(st->groups[st->ngroups++], sizeof st->groups[0], "%s", st->run->tenant);
+    json_array_foreach(cas, i, v) {
+        if (st->ngroups == OB_MAX_GROUPS || !json_is_string(v))
+            break;
+        snprintf(st->groups[st->ngroups++], sizeof st->groups[0], "%s" ENROLL_SYNC_X509_INFIX "%s",
+                 st->run->tenant, json_string_value(v));
+    }
     ok = true;
 out:
     json_decref(geos);
+    json_decref(cas);
     json_decref(dpsl);
     return ok;
 }
@@ -571,7 +587,7 @@ static void ob_on_reg_page(const struct http_result *res, void *arg)
     size_t i;
 
     if (res->status != 200 || !json_is_array(res->body)) {
-        ob_fail(st, "DPS instance %s: listing the group's registrations: %s (HTTP %d)", p->d->id,
+        ob_fail(st, "DPS instance %s: listing the registrations of group %s: %s (HTTP %d)", p->d->id, p->group,
                 res->error ? res->error : "refused", res->status);
         ob_regs_settle(st);
         return;
@@ -605,24 +621,26 @@ static void ob_on_reg_page(const struct http_result *res, void *arg)
 static void ob_regs_on_catalog(const struct pgq_result *q, void *arg)
 {
     struct ob_state *st = arg;
-    char path[200];
+    char path[320];
 
     st->pending = 1;
     st->nitems = 0;
     if (ob_read_catalog(st, q)) {
-        snprintf(path, sizeof path, "/registrations/%s/query?" OB_API, st->run->tenant);
-        for (int i = 0; i < st->ndps; i++) {
-            struct ob_dps *d = &st->dps[i];
+        for (int i = 0; i < st->ndps * st->ngroups; i++) {
+            struct ob_dps *d = &st->dps[i / st->ngroups];
             struct ob_probe *p = &st->probes[i];
             const char *h[16];
             char sas[700];
             int n;
             if (d->keylen <= 0) {
-                ob_fail(st, "DPS instance %s: its serviceKey does not open", d->id);
+                if (i % st->ngroups == 0)
+                    ob_fail(st, "DPS instance %s: its serviceKey does not open", d->id);
                 continue;
             }
             p->st = st;
             p->d = d;
+            p->group = st->groups[i % st->ngroups];
+            snprintf(path, sizeof path, "/registrations/%s/query?" OB_API, p->group);
             ob_headers(d, h, sas, sizeof sas);
             for (n = 0; h[n]; n++)
                 ;

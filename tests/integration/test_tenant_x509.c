@@ -592,12 +592,47 @@ static void test_suspend_disables_x509_groups(void **state)
     expect_stamp_assigned(&d);
 }
 
+static bool x_job_finished(void *arg)
+{
+    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/jobs/%s", (const char *)arg), NULL);
+    const char *st = r->json ? ts_jstr(r->json, "state") : NULL;
+    return st && (strcmp(st, "succeeded") == 0 || strcmp(st, "failed") == 0);
+}
+
+/* Offboarding deletes the registrations made through the tenant's X.509
+ * groups too (devices that registered at the stamp with their certificate,
+ * which the control plane has no row for). Runs after the suspend test:
+ * gamma's device g-1 is registered at the stamp through its X.509 group. */
+static void test_offboard_removes_x509_registrations(void **state)
+{
+    const char *eu = ts_rt_geo_db(rt, "eu"), *job;
+    struct ts_resp *r;
+    (void)state;
+    if (ts_pg_count(eu, "SELECT count(*) FROM dps_registrations WHERE enrollment_id LIKE 'gamma.x509.%'") < 1)
+        ts_fail("setup: gamma has no registration through an X.509 group");
+    r = ts_admin(rt->cp[0], "DELETE", "/v1/tenants/gamma?cascade=true", NULL);
+    TS_EXPECT_STATUS(r, 202);
+    job = ts_str("%s", ts_jstr(r->json, "id"));
+    if (!ts_wait_until(x_job_finished, (void *)job, 90000))
+        ts_fail("offboarding job %s not finished after 90 s", job);
+    r = ts_admin(rt->cp[0], "GET", ts_str("/v1/jobs/%s", job), NULL);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "state"), "succeeded");
+    if (ts_pg_count(eu, "SELECT count(*) FROM dps_registrations WHERE enrollment_id = 'gamma'"
+                        " OR enrollment_id LIKE 'gamma.x509.%'") != 0)
+        ts_fail("registrations of gamma left at the stamp after offboarding: %s",
+                ts_pg_scalar(eu, "SELECT string_agg(registration_id || ':' || enrollment_id, ',') FROM dps_registrations"
+                                 " WHERE enrollment_id LIKE 'gamma%'"));
+    if (ts_pg_count(eu, "SELECT count(*) FROM dps_enrollments WHERE kind = 'group' AND enrollment_id LIKE 'gamma%'") != 0)
+        ts_fail("groups of gamma left at the stamp after offboarding");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_bad_input),
         cmocka_unit_test(test_rollover),
         cmocka_unit_test(test_suspend_disables_x509_groups),
+        cmocka_unit_test(test_offboard_removes_x509_registrations),
     };
     ts_init("test_tenant_x509");
     return ts_finish(cmocka_run_group_tests(tests, setup, NULL));
