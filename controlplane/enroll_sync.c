@@ -332,30 +332,37 @@ static void es_plan(struct es_dps *d)
         if (!es_is_managed(doc)) unmanaged++;
     d->planned = true;
     room = (int)d->es->cp->cfg.max_enrollment_groups - unmanaged;
-    json_object_foreach(d->desired, gid, doc) {
-        json_t *have = json_object_get(d->actual, gid);
-        const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
-        const char *want = json_string_value(json_object_get(doc, "provisioningStatus"));
-        if (room <= 0) {
-            if (!have) {
-                d->over_quota++;
-                json_object_set_new(d->refused, gid, json_string("over quota"));
+    /* Two passes: every tenant's symmetric group first, then the X.509
+     * groups, so that one tenant's CAs never take the room of another
+     * tenant's only group. */
+    for (int pass = 0; pass < 2; pass++) {
+        json_object_foreach(d->desired, gid, doc) {
+            json_t *have = json_object_get(d->actual, gid);
+            const char *status = json_string_value(json_object_get(have, "provisioningStatus"));
+            const char *want = json_string_value(json_object_get(doc, "provisioningStatus"));
+            if ((json_object_get(d->thumbs, gid) != NULL) != (pass == 1))
+                continue;
+            if (room <= 0) {
+                if (!have) {
+                    d->over_quota++;
+                    json_object_set_new(d->refused, gid, json_string("over quota"));
+                }
+                continue;
             }
-            continue;
-        }
-        room--;
-        if (json_object_get(d->thumbs, gid)) {   /* an X.509 group: its CA, its tags */
-            if (!have || !es_same(json_string_value(json_object_get(d->thumbs, gid)), es_thumb_of(have)) ||
-                !es_is_x509_group(gid, have) || !es_same(es_tenant_of(doc), es_tenant_of(have)) ||
+            room--;
+            if (json_object_get(d->thumbs, gid)) {   /* an X.509 group: its CA, its tags */
+                if (!have || !es_same(json_string_value(json_object_get(d->thumbs, gid)), es_thumb_of(have)) ||
+                    !es_is_x509_group(gid, have) || !es_same(es_tenant_of(doc), es_tenant_of(have)) ||
+                    !es_same(status, want))
+                    es_add_change(d, ES_PUT, gid, have, doc);
+                continue;
+            }
+            if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
+                !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
+                !es_same(gid, es_tenant_of(have)) ||
                 !es_same(status, want))
                 es_add_change(d, ES_PUT, gid, have, doc);
-            continue;
         }
-        if (!have || !es_same(es_key_of(doc, "primaryKey"), es_key_of(have, "primaryKey")) ||
-            !es_same(es_key_of(doc, "secondaryKey"), es_key_of(have, "secondaryKey")) || !es_is_managed(have) ||
-            !es_same(gid, es_tenant_of(have)) ||
-            !es_same(status, want))
-            es_add_change(d, ES_PUT, gid, have, doc);
     }
     /* Only groups this reconciler made are deleted: a symmetric group (id =
      * its tenant tag, or no tag from before tags) or an X.509 group of a
