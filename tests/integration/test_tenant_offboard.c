@@ -158,44 +158,9 @@ static bool job_state_is(void *arg)
 /* setup                                                              */
 /* ------------------------------------------------------------------ */
 
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
 static void start_agent(int i)
 {
-    struct ts_rt_stamp *s = ts_rt_find_stamp(rt, agent_stamp[i]);
-    const char *crt, *key, *path = ts_str("%s/agent-%s.json", ts_tmp(), s->id);
-    json_t *cfg;
-    char *txt;
-
-    ts_pki_server(&crt, &key);
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], "
-                    "s:[{s:s, s:s}]}}",
-                    "stampId", s->id, "region", s->region, "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", agent[i].hostport, "database", eu(),
-                    "tls", "cert", crt, "key", key,
-                    "servicePolicies", "name", KEY_NAME, "key", agent[i].policy_key,
-                    "instances", "id", agent_dps[i], "idScope", ts_rt_id_scope(agent_dps[i]),
-                    "hubs", "id", s->hubs[0].id, "hostName", ts_str("%s.hub.test", s->hubs[0].id));
-    if (!cfg)
-        ts_fail("agent config for %s did not pack", s->id);
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));
-    txt = json_dumps(cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-    {
-        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-        s->agent = ts_proc_spawn(ts_str("agent-%s", s->id), argv, NULL, NULL);
-    }
-    agent[i].proc = s->agent;
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent %s did not start its provisioning endpoint on %s", s->id, agent[i].hostport);
-    }
+    ts_rt_dps_agent_start(rt, agent_stamp[i], agent_dps[i], eu(), KEY_NAME, &agent[i]);
 }
 
 static int setup(void **state)

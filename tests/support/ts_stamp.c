@@ -812,3 +812,47 @@ bool ts_is_dps_error(const struct ts_resp *r, int status)
     return r->status == status && json_is_integer(c) && json_integer_value(c) / 1000 == status &&
            ts_jstr(r->json, "trackingId") && ts_jstr(r->json, "message") && ts_jstr(r->json, "timestampUtc");
 }
+
+static bool ts_agent_listening(void *arg)
+{
+    struct ts_proc *p = arg;
+    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
+}
+
+void ts_rt_dps_agent_start(struct ts_rt *rt, const char *stamp_id, const char *dps_id, const char *db,
+                           const char *policy_name, struct ts_stamp *a)
+{
+    struct ts_rt_stamp *s = ts_rt_find_stamp(rt, stamp_id);
+    const char *crt, *key, *path;
+    json_t *cfg;
+    char *txt;
+
+    if (!s)
+        ts_fail("no stamp %s in the layout", stamp_id);
+    path = ts_str("%s/agent-%s.json", ts_tmp(), s->id);
+    ts_pki_server(&crt, &key);
+    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], "
+                    "s:[{s:s, s:s}]}}",
+                    "stampId", s->id, "region", s->region, "redis", rt->redis->addr, "reportIntervalMs", 200,
+                    "provisioning", "listen", a->hostport, "database", db,
+                    "tls", "cert", crt, "key", key,
+                    "servicePolicies", "name", policy_name, "key", a->policy_key,
+                    "instances", "id", dps_id, "idScope", ts_rt_id_scope(dps_id),
+                    "hubs", "id", s->hubs[0].id, "hostName", ts_str("%s.hub.test", s->hubs[0].id));
+    if (!cfg)
+        ts_fail("agent config for %s did not pack", s->id);
+    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
+    txt = json_dumps(cfg, JSON_INDENT(2));
+    json_decref(cfg);
+    ts_write_file(path, txt);
+    free(txt);
+    {
+        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
+        s->agent = ts_proc_spawn(ts_str("agent-%s", s->id), argv, NULL, NULL);
+    }
+    a->proc = s->agent;
+    if (!ts_wait_until(ts_agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
+        ts_proc_dump_log(s->agent, 6000);
+        ts_fail("stamp-agent %s did not start its provisioning endpoint on %s", s->id, a->hostport);
+    }
+}

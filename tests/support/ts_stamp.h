@@ -68,6 +68,18 @@ struct ts_stamp {
 const char *ts_pki_ca(void);
 /* The server certificate and key ts_pki_ca() made (for agents a test configures itself). */
 void ts_pki_server(const char **crt, const char **key);
+
+struct ts_rt;
+/*
+ * Start the agent of rt's stamp stamp_id serving the DPS device and service
+ * API of DPS instance dps_id (TLS with ts_pki_server(), listening on
+ * a->hostport, service policy policy_name with key a->policy_key, its
+ * stamp tables in the database db, 200 ms reports on rt's Redis, the test
+ * KEK file), and wait (20 s) until its provisioning endpoint listens. Sets
+ * the layout stamp's agent and a->proc; fails the test otherwise.
+ */
+void ts_rt_dps_agent_start(struct ts_rt *rt, const char *stamp_id, const char *dps_id, const char *db,
+                           const char *policy_name, struct ts_stamp *a);
 /* Another server certificate (IP 127.0.0.1, DNS localhost) from the same CA, in ts_tmp()/name.{crt,key}. */
 void ts_pki_make_server(const char *name, const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
