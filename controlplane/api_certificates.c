@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "tenant_change.h"
 #include "x509ca.h"
 
 /* The public representation of row c (tenant_cas). */
@@ -91,31 +92,20 @@ static void ca_not_found(struct ca_op *op)
 
 /* ---- announce: drop the tenant everywhere, wake the reconciler, answer ---- */
 
-static void ca_on_announced(bool delivered, void *arg)
+static void ca_on_announced(void *arg)
 {
     struct ca_op *op = arg;
-    if (!delivered)   /* the tenant cache TTL (tenantCacheTtlMs) is the backstop */
-        log_write(LOG_WARN, op->r->id, "event=tenant_invalidation_unconfirmed tenant=%s", op->tenant);
-    tenants_forget(op->r->cp->tenants, op->tenant);
-    enroll_sync_soon(op->r->cp->sync);
-    if (op->reply_status == 204) {
-        cpreq_reply_empty(op->r, 204);
-    } else {
-        cpreq_reply_json(op->r, op->reply_status, op->reply);
-        op->reply = NULL;
-    }
+    cpreq_reply_held(op->r, op->reply_status, op->reply);
+    op->reply = NULL;
     ca_op_free(op);
 }
 
 /* The change committed: reply (stolen) once every control plane knows. */
 static void ca_announce(struct ca_op *op, int status, json_t *reply)
 {
-    char *payload = xasprintf("tenant %s", op->tenant);
     op->reply_status = status;
     op->reply = reply;
-    tenants_forget(op->r->cp->tenants, op->tenant);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, ca_on_announced, op);
-    free(payload);
+    tenant_change_announce(op->r->cp, op->tenant, ca_on_announced, op);
 }
 
 /* One row of CA_JSON_SQL in column col (new reference) or NULL after replying. */

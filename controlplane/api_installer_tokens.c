@@ -17,6 +17,7 @@
 #include "installer_tokens.h"
 #include "listpage.h"
 #include "log.h"
+#include "tenant_change.h"
 #include "util.h"
 
 /* A token's public representation (alias i), never its hash. */
@@ -69,30 +70,20 @@ static void inst_reply_failed(struct inst_op *op, const struct pgq_result *q)
 
 /* ---- announce: every control plane drops its cached copy of the tenant ---- */
 
-static void inst_on_announced(bool delivered, void *arg)
+static void inst_on_announced(void *arg)
 {
     struct inst_op *op = arg;
-    if (!delivered)   /* the tenant cache TTL (tenantCacheTtlMs) is the backstop */
-        log_write(LOG_WARN, op->r->id, "event=tenant_invalidation_unconfirmed tenant=%s", op->tenant);
-    tenants_forget(op->r->cp->tenants, op->tenant);
-    if (op->reply_status == 204) {
-        cpreq_reply_empty(op->r, 204);
-    } else {
-        cpreq_reply_json(op->r, op->reply_status, op->reply);
-        op->reply = NULL;
-    }
+    cpreq_reply_held(op->r, op->reply_status, op->reply);
+    op->reply = NULL;
     inst_op_free(op);
 }
 
 /* The change committed: tell every control plane, then answer (reply stolen). */
 static void inst_announce(struct inst_op *op, int status, json_t *reply)
 {
-    char *payload = xasprintf("tenant %s", op->tenant);
     op->reply_status = status;
     op->reply = reply;
-    tenants_forget(op->r->cp->tenants, op->tenant);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, inst_on_announced, op);
-    free(payload);
+    tenant_change_announce(op->r->cp, op->tenant, inst_on_announced, op);
 }
 
 /* ---- issue ---- */

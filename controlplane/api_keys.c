@@ -394,13 +394,10 @@ static void key_on_announced(bool delivered, void *arg)
     struct key_op *op = arg;
     (void)delivered;   /* lost: the cache's freshness bound (APIKEYS_FRESH_MS) still holds */
     apikeys_forget(op->r->cp->keys, op->id);
-    if (op->status == 204)
-        cpreq_reply_empty(op->r, 204);
-    else {
-        cpreq_add_header(op->r, "Cache-Control", "no-store");
-        cpreq_reply_json(op->r, op->status, op->reply);
-        op->reply = NULL;
-    }
+    if (op->status != 204)
+        cpreq_add_header(op->r, "Cache-Control", "no-store");   /* a rotation's answer holds the new key */
+    cpreq_reply_held(op->r, op->status, op->reply);
+    op->reply = NULL;
     key_op_free(op);
 }
 

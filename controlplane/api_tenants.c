@@ -25,6 +25,7 @@
 #include "installer_tokens.h"
 #include "jobs.h"
 #include "listpage.h"
+#include "tenant_change.h"
 #include "log.h"
 #include "sas.h"
 #include "util.h"
@@ -456,31 +457,20 @@ static void tenant_op_free(struct tenant_op *op)
     free(op);
 }
 
-static void tenant_on_announced(bool delivered, void *arg)
+static void tenant_on_announced(void *arg)
 {
     struct tenant_op *op = arg;
-    if (!delivered)   /* the tenant cache TTL (tenantCacheTtlMs) is the backstop */
-        log_write(LOG_WARN, op->r->id, "event=tenant_invalidation_unconfirmed tenant=%s", op->id);
-    tenants_forget(op->r->cp->tenants, op->id);
-    enroll_sync_soon(op->r->cp->sync);
-    if (op->reply_status == 204) {
-        cpreq_reply_empty(op->r, 204);
-    } else {
-        cpreq_reply_json(op->r, op->reply_status, op->reply);
-        op->reply = NULL;
-    }
+    cpreq_reply_held(op->r, op->reply_status, op->reply);
+    op->reply = NULL;
     tenant_op_free(op);
 }
 
 /* The change committed: drop the tenant everywhere, then answer (reply stolen). */
 static void tenant_announce(struct tenant_op *op, int status, json_t *reply)
 {
-    char *payload = xasprintf("tenant %s", op->id);
     op->reply_status = status;
     op->reply = reply;
-    tenants_forget(op->r->cp->tenants, op->id);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, tenant_on_announced, op);
-    free(payload);
+    tenant_change_announce(op->r->cp, op->id, tenant_on_announced, op);
 }
 
 /* Whether the statement ran and found the live tenant; replies (error or

@@ -308,3 +308,13 @@ const char *cpreq_query(struct cp_req *r, const char *name)
 {
     return evhttp_find_header(&r->query, name);
 }
+
+void cpreq_reply_held(struct cp_req *r, int status, json_t *body)
+{
+    if (status == 204) {
+        json_decref(body);
+        cpreq_reply_empty(r, 204);
+    } else {
+        cpreq_reply_json(r, status, body);
+    }
+}

@@ -69,6 +69,9 @@ void cpreq_reply_json(struct cp_req *r, int status, json_t *body);
 void cpreq_reply_text(struct cp_req *r, int status, const char *json_text, size_t len);
 /* Send 204 No Content. */
 void cpreq_reply_empty(struct cp_req *r, int status);
+/* An answer held until a change was announced: 204 without a body (body,
+ * if any, is released), else the JSON body (reference stolen). */
+void cpreq_reply_held(struct cp_req *r, int status, json_t *body);
 /* Send {"error":{"code","message","target"?,"requestId"}}; target may be NULL or "". */
 void cpreq_reply_error(struct cp_req *r, int status, const char *code, const char *target,
                        const char *fmt, ...) __attribute__((format(printf, 5, 6)));

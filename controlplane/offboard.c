@@ -19,6 +19,7 @@
 #include "cp.h"
 #include "http_call.h"
 #include "log.h"
+#include "tenant_change.h"
 #include "sas.h"
 #include "tls.h"
 #include "util.h"
@@ -658,30 +659,22 @@ static void ob_regs_on_catalog(const struct pgq_result *q, void *arg)
 
 /* ---- step 3: keys, tokens, tombstone ---- */
 
-static void ob_keys_announced(bool delivered, void *arg)
+static void ob_keys_announced(void *arg)
 {
     struct ob_state *st = arg;
-    if (!delivered)   /* the tenant cache TTL is the backstop */
-        log_warn("event=tenant_invalidation_unconfirmed tenant=%s", st->run->tenant);
-    tenants_forget(st->run->cp->tenants, st->run->tenant);
-    enroll_sync_soon(st->run->cp->sync);
     job_slice_done(st->run, JOB_DONE, NULL);
 }
 
 static void ob_on_keys(const struct pgq_result *q, void *arg)
 {
     struct ob_state *st = arg;
-    char *payload;
     if (q->status != PGQ_OK) {
         ob_pg_fail(st, "erasing the tenant's keys", q);
         ob_report(st, JOB_RETRY);
         return;
     }
     log_info("event=tenant_offboarded tenant=%s job=%s", st->run->tenant, st->run->id);
-    payload = xasprintf("tenant %s", st->run->tenant);
-    tenants_forget(st->run->cp->tenants, st->run->tenant);
-    redisfeed_invalidate_wait(st->run->cp->feed, payload, ob_keys_announced, st);
-    free(payload);
+    tenant_change_announce(st->run->cp, st->run->tenant, ob_keys_announced, st);
 }
 
 static void ob_keys(struct ob_state *st)
