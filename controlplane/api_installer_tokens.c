@@ -301,31 +301,25 @@ void api_installer_tokens_handle(struct cp_req *r, const char *tenant, char **se
         cpreq_reply_error(r, 404, "not_found", NULL, "no tenant with that id");
         return;
     }
+    /* the route table (routes.c) admitted GET/POST on the collection, GET/DELETE on a token */
     if (nsegs == 0) {
         if (r->method == EVHTTP_REQ_POST) {
             if (cpreq_check_query(r, NULL))
                 inst_create(r, tenant);
-        } else if (r->method == EVHTTP_REQ_GET) {
-            inst_list(r, tenant);
         } else {
-            cpreq_add_header(r, "Allow", "GET, POST");
-            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET or POST on installer-tokens");
+            inst_list(r, tenant);
         }
         return;
     }
     if (nsegs == 1) {
-        if (r->method != EVHTTP_REQ_GET && r->method != EVHTTP_REQ_DELETE) {
-            cpreq_add_header(r, "Allow", "GET, DELETE");
-            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET or DELETE on an installer token");
-        } else if (!cpreq_check_query(r, NULL)) {
+        if (!cpreq_check_query(r, NULL))
             return;
-        } else if (!installer_tokens_valid_id(segs[0])) {
+        if (!installer_tokens_valid_id(segs[0]))
             cpreq_reply_error(r, 404, "not_found", NULL, "no installer token with that id");
-        } else if (r->method == EVHTTP_REQ_GET) {
+        else if (r->method == EVHTTP_REQ_GET)
             inst_get(r, tenant, segs[0]);
-        } else {
+        else
             inst_revoke(r, tenant, segs[0]);
-        }
         return;
     }
     cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");

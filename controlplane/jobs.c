@@ -312,15 +312,8 @@ void api_jobs_handle(struct cp_req *r, char **segs, int nsegs)
     const char *values[1];
     char *q;
 
-    if (nsegs != 1) {
-        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
-        return;
-    }
-    if (r->method != EVHTTP_REQ_GET) {
-        cpreq_add_header(r, "Allow", "GET");
-        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET on a job");
-        return;
-    }
+    /* the route table (routes.c) admits GET /v1/jobs/{id} only */
+    (void)nsegs;
     if (!cpreq_check_query(r, NULL))
         return;
     if (!jv_valid_id(segs[0])) {
