@@ -21,9 +21,9 @@
 #include <string.h>
 
 #include "apikeys.h"
+#include "invalidate.h"
 #include "listpage.h"
 #include "log.h"
-#include "redisfeed.h"
 #include "util.h"
 
 #define APIKEYS_MAX_OVERLAP_S (7 * 24 * 3600)
@@ -403,12 +403,9 @@ static void key_on_announced(bool delivered, void *arg)
 
 static void key_announce(struct key_op *op, int status, json_t *reply)
 {
-    char payload[64];
     op->status = status;
     op->reply = reply;
-    apikeys_forget(op->r->cp->keys, op->id);
-    snprintf(payload, sizeof payload, "apikey %s", op->id);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, key_on_announced, op);
+    invalidate_apikey(op->r->cp->inval, op->id, key_on_announced, op);
 }
 
 static void key_on_revoked(const struct pgq_result *q, void *arg)

@@ -86,7 +86,7 @@ void api_probes_readyz(struct cp_req *r)
 {
     struct cp *cp = r->cp;
     struct readyz *z = xcalloc(1, sizeof *z);
-    bool redis_ok = redisfeed_is_ready(cp->feed);
+    bool redis_ok = redisbus_is_ready(cp->redis);
 
     z->r = r;
     z->ok = redis_ok && !cp->shutting_down;

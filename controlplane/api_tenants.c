@@ -8,11 +8,11 @@
  * until the next one. A removed tenant stays as a keyless tombstone (its id
  * is never reused). Installer tokens are stored only as SHA-256. Every change
  * is answered once every control plane has been told to drop its cached copy
- * of the tenant (redisfeed_invalidate_wait), and wakes the reconciler.
+ * of the tenant (invalidate.h), and wakes the reconciler.
  *
  * Quotas (quotas.maxDevices, quotas.maxProvisionsPerMinute; null or absent:
  * unlimited) are set at creation and by PATCH, and enforced by the device
- * routes (api_devices.c, ratelimit.c). Suspend and resume flip the tenant's
+ * routes (router.c, ratelimit.c). Suspend and resume flip the tenant's
  * status: the device routes refuse a suspended tenant's devices and the
  * reconciler writes its groups disabled at every stamp; nothing is deleted.
  */

@@ -267,3 +267,14 @@ void layouts_refresh_soon(struct layouts *ls)
     else
         layouts_start(ls);
 }
+
+void layouts_count(struct layouts *ls, const char *dps_id, int delta)
+{
+    struct layout_dps *dp = ls->current ? layout_find_dps(ls->current, dps_id) : NULL;
+    if (!dp)
+        return;
+    dp->registrations += delta;
+    dp->stamp->devices += delta;
+    if (dp->registrations < 0) dp->registrations = 0;
+    if (dp->stamp->devices < 0) dp->stamp->devices = 0;
+}

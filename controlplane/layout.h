@@ -67,6 +67,10 @@ struct layouts *layouts_new(struct event_base *base, struct pgpool *global, stru
 void layouts_free(struct layouts *ls);
 /* The current snapshot (NULL until the first load); a borrowed reference. */
 struct layout *layouts_current(struct layouts *ls);
+/* This router committed (delta > 0) or released (< 0) registrations on a DPS:
+ * count them in the current snapshot at once rather than at the next refresh,
+ * so that a released registration can be reused right away. */
+void layouts_count(struct layouts *ls, const char *dps_id, int delta);
 /* Re-read as soon as possible (after a catalog change). */
 void layouts_refresh_soon(struct layouts *ls);
 
