@@ -75,11 +75,7 @@ static void readyz_check_pool(struct readyz *z, struct pgpool *pool)
     c->z = z;
     c->pool = pool;
     z->pending++;
-    if (!pgpool_query(pool, "SELECT 1", 0, NULL, readyz_on_pg, c)) {
-        z->pending--;
-        z->ok = false;
-        free(c);
-    }
+    pgpool_query(pool, "SELECT 1", 0, NULL, readyz_on_pg, c);
 }
 
 void api_probes_readyz(struct cp_req *r)

@@ -201,8 +201,7 @@ static void layouts_on_catalog(const struct pgq_result *q, void *arg)
     ls->pending_usage = 1;
     for (int i = 0; i < ls->ngeos; i++) {
         ls->pending_usage++;
-        if (!pgpool_query(ls->geo_pools[i], layout_usage_sql, 0, NULL, layouts_on_usage, ls))
-            ls->pending_usage--;
+        pgpool_query(ls->geo_pools[i], layout_usage_sql, 0, NULL, layouts_on_usage, ls);
     }
     if (--ls->pending_usage == 0)
         layouts_finish(ls);
@@ -214,10 +213,7 @@ static void layouts_start(struct layouts *ls)
         return;
     ls->running = true;
     event_del(ls->timer);
-    if (!pgpool_query(ls->global, layout_sql, 0, NULL, layouts_on_catalog, ls)) {
-        ls->running = false;
-        layouts_arm(ls, ls->refresh_ms);
-    }
+    pgpool_query(ls->global, layout_sql, 0, NULL, layouts_on_catalog, ls);
 }
 
 static void layouts_on_timer(evutil_socket_t fd, short what, void *arg)
