@@ -517,6 +517,7 @@ static void router_place(struct router_req *d)
     in.nexclude = d->nexclude;
     in.group_refused = router_group_refused;
     in.group_refused_arg = cp->sync;
+    in.local = cp->layouts;
     if (d->moving) {
         in.avoid_stamp = d->row.stamp;
         in.only_geo = cp->cfg.geos[d->row.geo].id;
