@@ -56,11 +56,9 @@ static struct ts_rt_layout layout = {
     },
 };
 
-static int dps_port;
+static struct ts_stamp stamp; /* the agent serving the DPS instance */
 static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
-static char service_key[64];
 static struct ts_tenant *tenant;
-static int64_t tenant_created_ms;
 
 /* What a run of the example gave. */
 struct run {
@@ -72,102 +70,6 @@ struct run {
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
-
-/* A server certificate for IP 127.0.0.1 signed by a throwaway CA. */
-static void make_certs(void)
-{
-    const char *ca_key, *csr = ts_str("%s/srv.csr", ts_tmp()), *ext = ts_str("%s/srv.ext", ts_tmp());
-    const char *srl = ts_str("%s/ca.srl", ts_tmp());
-
-    ts_pki_make_ca("device-ca", "stampcp device test CA", &ca_crt, &ca_key);
-    srv_crt = ts_str("%s/srv.crt", ts_tmp());
-    srv_key = ts_str("%s/srv.key", ts_tmp());
-    {
-        char *argv[] = { "/usr/bin/env", "openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)srv_key,
-                         "-out", (char *)csr, "-subj", "/CN=127.0.0.1", NULL };
-        ts_openssl("server CSR", argv);
-    }
-    ts_write_file(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n");
-    {
-        char *argv[] = { "/usr/bin/env", "openssl", "x509", "-req", "-in", (char *)csr, "-CA", (char *)ca_crt, "-CAkey",
-                         (char *)ca_key, "-CAserial", (char *)srl, "-CAcreateserial", "-out", (char *)srv_crt,
-                         "-days", "2", "-sha256", "-extfile", (char *)ext, NULL };
-        ts_openssl("server certificate", argv);
-    }
-}
-
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
-
-static void register_layout(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    rt->layout = &layout;
-    post201("/v1/geographies", ts_json("{'id':'eu'}"));
-    post201("/v1/regions", ts_json("{'id':'eu-west','geography':'eu'}"));
-    post201("/v1/stamps", ts_json("{'id':'%s','region':'eu-west'}", STAMP));
-    post201("/v1/dps-instances",
-            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
-                    DPS, STAMP, ts_rt_id_scope(DPS), dps_endpoint, KEY_NAME, service_key));
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, STAMP,
-                                    s->hubs[h].id));
-}
-
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
-static void start_agent(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    json_t *hubs = json_array(), *cfg;
-    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), STAMP);
-    char *txt;
-
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
-                                              ts_str("%s.hub.test", s->hubs[h].id)));
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], s:o}}",
-                    "stampId", STAMP, "region", "eu-west", "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", dps_endpoint, "database", ts_rt_geo_db(rt, "eu"),
-                    "tls", "cert", srv_crt, "key", srv_key, "servicePolicies", "name", KEY_NAME, "key", service_key,
-                    "instances", "id", DPS, "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
-    if (!cfg)
-        ts_fail("agent config did not pack");
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
-    txt = json_dumps(cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-    {
-        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-        s->agent = ts_proc_spawn("agent", argv, NULL, NULL);
-    }
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent did not start its provisioning endpoint on %s", dps_endpoint);
-    }
-}
-
-/* The enrollment reconciler put the tenant's group on the instance, in a pass after the tenant existed. */
-static bool group_synced(void *arg)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", DPS), NULL);
-    const char *st = r->status == 200 ? ts_jstr(r->json, "state") : NULL;
-    (void)arg;
-    return st && strcmp(st, "in_sync") == 0 && ts_parse_rfc3339(ts_jstr(r->json, "lastRunAt")) > tenant_created_ms &&
-           ts_pg_count(ts_rt_geo_db(rt, "eu"),
-                       ts_str("SELECT count(*) FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
-                              "AND enrollment_id = '%s'", DPS, TENANT)) == 1;
-}
 
 static const char *state_path(const char *regid)
 {
@@ -271,10 +173,9 @@ static int setup(void **state)
     struct ts_rt_opts o;
     (void)state;
 
-    make_certs();
-    dps_port = ts_free_port();
-    dps_endpoint = ts_str("127.0.0.1:%d", dps_port);
-    snprintf(service_key, sizeof service_key, "%s", ts_random_key(32));
+    /* the stamp's server certificate from the test PKI */
+    ca_crt = ts_pki_ca();
+    ts_pki_server(&srv_crt, &srv_key);
     memset(&o, 0, sizeof o);
     o.geos[0] = "eu";
     o.layout_refresh_ms = 200;
@@ -284,15 +185,15 @@ static int setup(void **state)
     o.tls_key = srv_key;
     o.tls_ca = ca_crt;
     rt = ts_rt_start(&o);
-    register_layout();
-    start_agent();
+    ts_dps_agent_prepare(&stamp, KEY_NAME, ts_rt_geo_db(rt, "eu"));
+    dps_endpoint = stamp.hostport;
+    ts_rt_register_layout_served(rt, &layout, (const char *const[]){ DPS }, &stamp, 1);
+    ts_rt_dps_agent_start(rt, STAMP, DPS, stamp.db, KEY_NAME, &stamp);
     if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
         ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
     ts_rt_wait_layout(rt);
-    tenant_created_ms = ts_now_ms() - 1;
-    tenant = ts_rt_tenant(rt->cp[0], ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
-    if (!ts_wait_until(group_synced, NULL, 15000))
-        ts_fail("group %s not on %s 15 s after the tenant was created", TENANT, DPS);
+    tenant = ts_rt_tenant_synced(rt, DPS, stamp.db,
+                                 ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
     return 0;
 }
 

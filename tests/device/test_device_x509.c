@@ -68,9 +68,8 @@ static struct ts_rt_layout layout = {
 };
 
 static struct ts_stamp stamp; /* the agent below, as ts_stamp_service wants it */
-static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
+static const char *dps_endpoint, *ca_crt;
 static const char *dev_ca_crt, *dev_ca_key;
-static int64_t tenant_created_ms;
 
 struct run {
     int rc;          /* exit code; -1: killed or timed out */
@@ -82,77 +81,10 @@ struct run {
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
-
-static void register_layout(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    rt->layout = &layout;
-    post201("/v1/geographies", ts_json("{'id':'eu'}"));
-    post201("/v1/regions", ts_json("{'id':'eu-west','geography':'eu'}"));
-    post201("/v1/stamps", ts_json("{'id':'%s','region':'eu-west'}", STAMP));
-    post201("/v1/dps-instances",
-            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
-                    DPS, STAMP, ts_rt_id_scope(DPS), dps_endpoint, KEY_NAME, stamp.policy_key));
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, STAMP,
-                                    s->hubs[h].id));
-}
-
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
-static void start_agent(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    json_t *hubs = json_array(), *cfg;
-    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), STAMP);
-    char *txt;
-
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
-                                              ts_str("%s.hub.test", s->hubs[h].id)));
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], s:o}}",
-                    "stampId", STAMP, "region", "eu-west", "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", dps_endpoint, "database", stamp.db, "tls", "cert", srv_crt, "key",
-                    srv_key, "servicePolicies", "name", KEY_NAME, "key", stamp.policy_key, "instances", "id", DPS,
-                    "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
-    if (!cfg)
-        ts_fail("agent config did not pack");
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
-    txt = json_dumps(cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-    stamp.config_path = path;
-    {
-        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-        s->agent = ts_proc_spawn("agent", argv, NULL, NULL);
-    }
-    stamp.proc = s->agent;
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent did not start its provisioning endpoint on %s", dps_endpoint);
-    }
-}
-
 /* A reconciler pass that started after the tenant existed finished in sync, with the tenant's group there. */
 static bool group_synced(void *arg)
 {
-    int64_t after = *(const int64_t *)arg;
-    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", DPS), NULL);
-    const char *st = r->status == 200 ? ts_jstr(r->json, "state") : NULL;
-    return st && strcmp(st, "in_sync") == 0 && ts_parse_rfc3339(ts_jstr(r->json, "lastRunAt")) > after &&
-           ts_pg_count(stamp.db, ts_str("SELECT count(*) FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
-                                        "AND enrollment_id = '%s'", DPS, TENANT)) == 1;
+    return ts_rt_group_synced(rt, DPS, stamp.db, TENANT, *(const int64_t *)arg);
 }
 
 static const char *state_path(const char *regid)
@@ -299,29 +231,20 @@ static int setup(void **state)
 
     /* the stamp's server certificate from the test PKI: ts_https (the service API) trusts it too */
     ca_crt = ts_pki_ca();
-    ts_pki_server(&srv_crt, &srv_key);
-    stamp.port = ts_free_port();
-    stamp.hostport = ts_str("127.0.0.1:%d", stamp.port);
-    stamp.policy = KEY_NAME;
-    stamp.policy_key = ts_random_key(32);
-    dps_endpoint = stamp.hostport;
-
     memset(&o, 0, sizeof o);
     o.geos[0] = "eu";
     o.layout_refresh_ms = 200;
     o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
     rt = ts_rt_start(&o);
-    stamp.db = ts_rt_geo_db(rt, "eu");
+    ts_dps_agent_prepare(&stamp, KEY_NAME, ts_rt_geo_db(rt, "eu"));
     stamp.redis = rt->redis;
-    register_layout();
-    start_agent();
+    dps_endpoint = stamp.hostport;
+    ts_rt_register_layout_served(rt, &layout, (const char *const[]){ DPS }, &stamp, 1);
+    ts_rt_dps_agent_start(rt, STAMP, DPS, stamp.db, KEY_NAME, &stamp);
     if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
         ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
     ts_rt_wait_layout(rt);
-    tenant_created_ms = ts_now_ms() - 1;
-    ts_rt_tenant(rt->cp[0], ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
-    if (!ts_wait_until(group_synced, &tenant_created_ms, 15000))
-        ts_fail("group %s not on %s 15 s after the tenant was created", TENANT, DPS);
+    ts_rt_tenant_synced(rt, DPS, stamp.db, ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
 
     /* the device CA as an X.509 enrollment group, through the stamp's service API */
     ts_pki_make_ca("x509-dev-ca", "stampcp x509 device CA", &dev_ca_crt, &dev_ca_key);

@@ -72,7 +72,6 @@ static const char *installer;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
 #define expect_err ts_expect_err
 
@@ -222,27 +221,9 @@ static int setup(void **state)
     o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300, \"maxEnrollmentGroups\": 2}",
                           ts_pki_ca());
     rt = ts_rt_start(&o);
-    for (int i = 0; i < 2; i++) {
-        agent[i].port = ts_free_port();
-        agent[i].hostport = ts_str("127.0.0.1:%d", agent[i].port);
-        agent[i].policy = KEY_NAME;
-        agent[i].policy_key = ts_random_key(32);
-        agent[i].db = ts_rt_geo_db(rt, "eu");
-    }
-    rt->layout = &layout;
-    post201("/v1/geographies", "{\"id\":\"eu\"}");
-    post201("/v1/regions", "{\"id\":\"eu-west\",\"geography\":\"eu\"}");
-    for (int i = 0; i < 2; i++) {
-        struct ts_rt_stamp *s = ts_rt_find_stamp(rt, agent_stamp[i]);
-        post201("/v1/stamps", ts_json("{'id':'%s','region':'%s'}", s->id, s->region));
-        post201("/v1/dps-instances",
-                ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s',"
-                        "'serviceKey':'%s'}",
-                        agent_dps[i], s->id, ts_rt_id_scope(agent_dps[i]), agent[i].hostport, KEY_NAME,
-                        agent[i].policy_key));
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[0].id, s->id,
-                                    s->hubs[0].id));
-    }
+    for (int i = 0; i < 2; i++)
+        ts_dps_agent_prepare(&agent[i], KEY_NAME, ts_rt_geo_db(rt, "eu"));
+    ts_rt_register_layout_served(rt, &layout, agent_dps, agent, 2);
     for (int i = 0; i < 2; i++)
         start_agent(i);
     /* a group the control plane does not manage takes one of eu-west-1's two places */
