@@ -57,7 +57,7 @@ static struct ts_rt_layout layout = {
 };
 
 static struct ts_stamp stamp; /* the agent serving the DPS instance */
-static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
+static const char *dps_endpoint, *ca_crt;
 static struct ts_tenant *tenant;
 
 /* What a run of the example gave. */
@@ -170,28 +170,16 @@ static void expect_ready(const struct run *r, const char *regid)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
+    static const char *const served[] = { DPS };
     (void)state;
 
-    /* the stamp's server certificate from the test PKI */
+    /* the control plane serves HTTPS with the DPS's certificate (the test PKI's): one --ca for both hops */
     ca_crt = ts_pki_ca();
-    ts_pki_server(&srv_crt, &srv_key);
-    memset(&o, 0, sizeof o);
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
-    /* the control plane serves HTTPS with the DPS's certificate: one --ca for both hops */
-    o.tls_cert = srv_crt;
-    o.tls_key = srv_key;
-    o.tls_ca = ca_crt;
-    rt = ts_rt_start(&o);
-    ts_dps_agent_prepare(&stamp, KEY_NAME, ts_rt_geo_db(rt, "eu"));
+    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
     dps_endpoint = stamp.hostport;
-    ts_rt_register_layout_served(rt, &layout, (const char *const[]){ DPS }, &stamp, 1);
-    ts_rt_dps_agent_start(rt, STAMP, DPS, stamp.db, KEY_NAME, &stamp);
-    if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
-    ts_rt_wait_layout(rt);
+    ts_rt_served_agents_start(rt, served, &stamp, 1);
+    ts_rt_served_ready(rt, served, 1);
     tenant = ts_rt_tenant_synced(rt, DPS, stamp.db,
                                  ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
     return 0;

@@ -223,7 +223,8 @@ static json_t *x509_group(void)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
+    static const char *const served[] = { DPS };
     struct ts_resp *r;
     const char *pem;
     json_t *body;
@@ -231,19 +232,11 @@ static int setup(void **state)
 
     /* the stamp's server certificate from the test PKI: ts_https (the service API) trusts it too */
     ca_crt = ts_pki_ca();
-    memset(&o, 0, sizeof o);
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
-    rt = ts_rt_start(&o);
-    ts_dps_agent_prepare(&stamp, KEY_NAME, ts_rt_geo_db(rt, "eu"));
+    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
     stamp.redis = rt->redis;
     dps_endpoint = stamp.hostport;
-    ts_rt_register_layout_served(rt, &layout, (const char *const[]){ DPS }, &stamp, 1);
-    ts_rt_dps_agent_start(rt, STAMP, DPS, stamp.db, KEY_NAME, &stamp);
-    if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
-    ts_rt_wait_layout(rt);
+    ts_rt_served_agents_start(rt, served, &stamp, 1);
+    ts_rt_served_ready(rt, served, 1);
     ts_rt_tenant_synced(rt, DPS, stamp.db, ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
 
     /* the device CA as an X.509 enrollment group, through the stamp's service API */

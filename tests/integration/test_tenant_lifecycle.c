@@ -204,38 +204,20 @@ static bool beta_fits_d1(void *arg)
 /* setup                                                              */
 /* ------------------------------------------------------------------ */
 
-static void start_agent(int i)
-{
-    ts_rt_dps_agent_start(rt, agent_stamp[i], agent_dps[i], ts_rt_geo_db(rt, "eu"), KEY_NAME, &agent[i]);
-}
-
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .ncp = 2, .dps_extra = "\"maxEnrollmentGroups\": 2", .policy = KEY_NAME };
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.ncp = 2;
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300, \"maxEnrollmentGroups\": 2}",
-                          ts_pki_ca());
-    rt = ts_rt_start(&o);
-    for (int i = 0; i < 2; i++)
-        ts_dps_agent_prepare(&agent[i], KEY_NAME, ts_rt_geo_db(rt, "eu"));
-    ts_rt_register_layout_served(rt, &layout, agent_dps, agent, 2);
-    for (int i = 0; i < 2; i++)
-        start_agent(i);
+    rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
+    ts_rt_served_agents_start(rt, agent_dps, agent, 2);
     /* a group the control plane does not manage takes one of eu-west-1's two places */
     TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollmentGroups/foreign?api-version=2021-10-01",
                                       ts_json("{'enrollmentGroupId':'foreign','attestation':{'type':'symmetricKey',"
                                               "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
                                               ts_random_key(32), ts_random_key(32))),
                      200);
-    for (int i = 0; i < 2; i++)
-        if (!ts_rt_wait_health(rt, agent_stamp[i], "healthy", 10000))
-            ts_fail("stamp %s not healthy 10 s after its agent started", agent_stamp[i]);
-    ts_rt_wait_layout(rt);
+    ts_rt_served_ready(rt, agent_dps, 2);
     return 0;
 }
 

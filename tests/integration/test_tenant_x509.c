@@ -226,21 +226,13 @@ static void start_agent(void)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
+    static const char *const served[] = { D1 };
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.ncp = 2;
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300}", ts_pki_ca());
-    rt = ts_rt_start(&o);
-    ts_dps_agent_prepare(&agent, KEY_NAME, ts_rt_geo_db(rt, "eu"));
-    ts_rt_register_layout_served(rt, &layout, (const char *const[]){ D1 }, &agent, 1);
+    rt = ts_rt_start_served(&so, &layout, served, &agent, 1);
     start_agent();
-    if (!ts_rt_wait_health(rt, S1, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started", S1);
-    ts_rt_wait_layout(rt);
+    ts_rt_served_ready(rt, served, 1);
     ts_pki_make_ca("ca1", "Acme Devices CA 1", &ca1, &ca1_key);
     ts_pki_make_ca("ca2", "Acme Devices CA 2", &ca2, &ca2_key);
     ts_pki_make_ca("ca3", "Beta Devices CA", &ca3, &ca3_key);

@@ -162,3 +162,56 @@ struct ts_tenant *ts_rt_tenant_synced(struct ts_rt *rt, const char *dps_id, cons
         ts_fail("group %s not on %s 15 s after the tenant was created", t->id, dps_id);
     return t;
 }
+
+/* The geography whose database holds the stamp's tables (the stamp's region's). */
+static const char *stamp_geography(const struct ts_rt_layout *l, const struct ts_rt_stamp *s)
+{
+    for (int i = 0; i < TS_RT_MAX && l->regions[i].id; i++)
+        if (strcmp(l->regions[i].id, s->region) == 0)
+            return l->regions[i].geography;
+    ts_fail("stamp %s: region %s is not in the layout", s->id, s->region);
+}
+
+struct ts_rt *ts_rt_start_served(const struct ts_rt_served_opts *so, struct ts_rt_layout *l,
+                                 const char *const *dps_ids, struct ts_stamp *agents, int n)
+{
+    struct ts_rt_opts o;
+    struct ts_rt *rt;
+
+    memset(&o, 0, sizeof o);
+    o.ncp = so->ncp;
+    for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
+        o.geos[i] = l->geographies[i];
+    o.layout_refresh_ms = 200;
+    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": %d%s%s}", ts_pki_ca(),
+                          so->enrollment_sync_ms ? so->enrollment_sync_ms : 300, so->dps_extra ? ", " : "",
+                          so->dps_extra ? so->dps_extra : "");
+    rt = ts_rt_start(&o);
+    rt->layout = l;   /* ts_rt_stamp_of_dps below looks in it */
+    for (int i = 0; i < n; i++) {
+        struct ts_rt_stamp *s = ts_rt_stamp_of_dps(rt, dps_ids[i]);
+        if (!s)
+            ts_fail("no stamp with DPS instance %s in the layout", dps_ids[i]);
+        ts_dps_agent_prepare(&agents[i], so->policy ? so->policy : "provisioningserviceowner",
+                             ts_rt_geo_db(rt, stamp_geography(l, s)));
+    }
+    ts_rt_register_layout_served(rt, l, dps_ids, agents, n);
+    return rt;
+}
+
+void ts_rt_served_agents_start(struct ts_rt *rt, const char *const *dps_ids, struct ts_stamp *agents, int n)
+{
+    for (int i = 0; i < n; i++)
+        ts_rt_dps_agent_start(rt, ts_rt_stamp_of_dps(rt, dps_ids[i])->id, dps_ids[i], agents[i].db,
+                              agents[i].policy, &agents[i]);
+}
+
+void ts_rt_served_ready(struct ts_rt *rt, const char *const *dps_ids, int n)
+{
+    for (int i = 0; i < n; i++) {
+        const char *stamp = ts_rt_stamp_of_dps(rt, dps_ids[i])->id;
+        if (!ts_rt_wait_health(rt, stamp, "healthy", 10000))
+            ts_fail("stamp %s not healthy 10 s after its agent started (%s)", stamp, ts_rt_health(rt->cp[0], stamp));
+    }
+    ts_rt_wait_layout(rt);
+}

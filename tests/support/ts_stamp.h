@@ -110,6 +110,25 @@ bool ts_rt_group_synced(struct ts_rt *rt, const char *dps_id, const char *db, co
  * dps_id (ts_rt_group_synced after the creation); fails the test otherwise.
  */
 struct ts_tenant *ts_rt_tenant_synced(struct ts_rt *rt, const char *dps_id, const char *db, const char *json_body);
+/* The standard served set-up: the layout's geographies, one agent a DPS instance. */
+struct ts_rt_served_opts {
+    int ncp;                     /* control planes; 0: 1 */
+    int enrollment_sync_ms;      /* the control planes' dps.enrollmentSyncMs; 0: 300 */
+    const char *dps_extra;       /* more members of their "dps" section (e.g. "\"maxEnrollmentGroups\": 2"), or NULL */
+    const char *policy;          /* the agents' service policy; NULL: "provisioningserviceowner" */
+};
+/*
+ * ts_rt_start for the geographies of l (layout refresh 200 ms, the "dps"
+ * section trusting ts_pki_ca()), then ts_dps_agent_prepare agents[i] for
+ * dps_ids[i] (its stamp's geography database) and
+ * ts_rt_register_layout_served. No agent is started.
+ */
+struct ts_rt *ts_rt_start_served(const struct ts_rt_served_opts *o, struct ts_rt_layout *l,
+                                 const char *const *dps_ids, struct ts_stamp *agents, int n);
+/* ts_rt_dps_agent_start for each dps_ids[i] with agents[i] (its db and policy). */
+void ts_rt_served_agents_start(struct ts_rt *rt, const char *const *dps_ids, struct ts_stamp *agents, int n);
+/* Wait (10 s each) until the stamps of dps_ids are healthy, then ts_rt_wait_layout; fails the test otherwise. */
+void ts_rt_served_ready(struct ts_rt *rt, const char *const *dps_ids, int n);
 /* Another server certificate (IP 127.0.0.1, DNS localhost) from the same CA, in ts_tmp()/name.{crt,key}. */
 void ts_pki_make_server(const char *name, const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
