@@ -60,28 +60,16 @@ static struct ts_stamp stamp; /* the agent serving the DPS instance */
 static const char *dps_endpoint, *ca_crt;
 static struct ts_tenant *tenant;
 
-/* What a run of the example gave. */
-struct run {
-    int rc;          /* exit code; -1: killed or timed out */
-    json_t *json;    /* its JSON line (library-owned), NULL if none */
-    const char *out; /* stdout + stderr */
-};
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static const char *state_path(const char *regid)
-{
-    return ts_str("%s/%s.state", ts_tmp(), regid);
-}
 
 /* Run sd-provision-one for regid with the given extra options (NULL-terminated). */
-static struct run example(const char *regid, const char *cp, const char *const *extra)
+static struct ts_sd_run example(const char *regid, const char *cp, const char *const *extra)
 {
     char *argv[40];
-    char *out = NULL;
-    struct run r;
     int n = 0;
 
     argv[n++] = (char *)ts_bin("sd-provision-one");
@@ -96,18 +84,12 @@ static struct run example(const char *regid, const char *cp, const char *const *
     argv[n++] = "--ca";
     argv[n++] = (char *)ca_crt;
     argv[n++] = "--state";
-    argv[n++] = (char *)state_path(regid);
+    argv[n++] = (char *)ts_sd_state_path(regid);
     argv[n++] = "-v";
     for (int i = 0; extra && extra[i] && n < 38; i++)
         argv[n++] = (char *)extra[i];
     argv[n] = NULL;
-    r.rc = ts_run(argv, 90000, &out);
-    r.out = out ? out : "";
-    r.json = ts_last_json(r.out);
-    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
-    if (!r.json)
-        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
-    return r;
+    return ts_sd_run(argv, regid, false);
 }
 
 static const char *cp_addr(void)
@@ -115,18 +97,9 @@ static const char *cp_addr(void)
     return ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
 }
 
-static json_int_t requests(const struct run *r, const char *kind)
-{
-    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
-}
-
 static bool is_hub(const char *host)
 {
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
-        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
-            return true;
-    return false;
+    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
 }
 
 /* The stamp's registration row: status, hub, operation id, etag and last update, as one string. */
@@ -144,14 +117,14 @@ static struct sd_state load_state(const char *regid, enum sd_store_result want)
     char err[256] = "";
     enum sd_store_result r;
     memset(&st, 0, sizeof st);
-    r = sd_store_load(state_path(regid), &st, err, sizeof err);
+    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
     if (r != want)
         ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
                 sd_store_result_name(want));
     return st;
 }
 
-static void expect_ready(const struct run *r, const char *regid)
+static void expect_ready(const struct ts_sd_run *r, const char *regid)
 {
     if (r->rc != 0)
         ts_fail("%s: expected exit 0 (ready), got %d: %s", regid, r->rc, ts_jdump(r->json));
@@ -191,7 +164,7 @@ static int setup(void **state)
 
 static void test_approach1(void **state)
 {
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -200,9 +173,9 @@ static void test_approach1(void **state)
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "absent");
     TS_EXPECT_STREQ(ts_jstr(r.json, "dpsEndpoint"), dps_endpoint);
     TS_EXPECT_STREQ(ts_jstr(r.json, "idScope"), ts_rt_id_scope(DPS));
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a1'", DPS)),
@@ -221,36 +194,36 @@ static void test_warm_boot_lookup_only(void **state)
 {
     const char *before = dps_row("dev-a1");
     const char *file_before;
-    struct run r;
+    struct ts_sd_run r;
     (void)state;
 
     assert_non_null(before);
-    file_before = ts_read_file(state_path("dev-a1"), NULL);
+    file_before = ts_read_file(ts_sd_state_path("dev-a1"), NULL);
     assert_non_null(file_before);
     ts_sleep_ms(20); /* a write now would show in updated_at */
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "ok");
-    assert_int_equal(requests(&r, "lookup"), 1);
-    assert_int_equal(requests(&r, "locate"), 0);
-    assert_int_equal(requests(&r, "dps_register"), 0);
-    assert_int_equal(requests(&r, "dps_poll"), 0);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_poll"), 0);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     TS_EXPECT_STREQ(dps_row("dev-a1"), before);
-    TS_EXPECT_STREQ(ts_read_file(state_path("dev-a1"), NULL), file_before);
+    TS_EXPECT_STREQ(ts_read_file(ts_sd_state_path("dev-a1"), NULL), file_before);
 }
 
 static void test_approach2(void **state)
 {
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     const char *const extra[] = { "--approach", "2", NULL };
     (void)state;
 
     r = example("dev-a2", cp_addr(), extra);
     expect_ready(&r, "dev-a2");
-    assert_int_equal(requests(&r, "provision"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
     TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a2'", DPS)),
@@ -262,10 +235,10 @@ static void test_approach2(void **state)
 /* A damaged state file is reported and ignored; the device provisions afresh and the file is whole again. */
 static void test_corrupt_state_reprovisions(void **state)
 {
-    const char *path = state_path("dev-a1");
+    const char *path = ts_sd_state_path("dev-a1");
     size_t len = 0;
     char *text = ts_read_file(path, &len);
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -278,9 +251,9 @@ static void test_corrupt_state_reprovisions(void **state)
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
-    assert_int_equal(requests(&r, "lookup"), 0);
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
     if (!strstr(r.out, "ignoring the state file"))
         ts_fail("the corrupt state file was not reported: %s", r.out);
     st = load_state("dev-a1", SD_STORE_OK);
@@ -302,7 +275,7 @@ static void test_corrupt_state_reprovisions(void **state)
 static void test_retired(void **state)
 {
     struct ts_resp *resp;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -318,8 +291,8 @@ static void test_retired(void **state)
     /* the next boot stops at once: no request at all */
     r = example("dev-a2", cp_addr(), NULL);
     assert_int_equal(r.rc, 3);
-    assert_int_equal(requests(&r, "lookup") + requests(&r, "locate") + requests(&r, "provision") +
-                         requests(&r, "reprovision") + requests(&r, "dps_register") + requests(&r, "dps_lookup"),
+    assert_int_equal(ts_sd_requests(&r, "lookup") + ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "provision") +
+                         ts_sd_requests(&r, "reprovision") + ts_sd_requests(&r, "dps_register") + ts_sd_requests(&r, "dps_lookup"),
                      0);
 }
 
@@ -329,7 +302,7 @@ static void test_cp_down_backoff(void **state)
     const char *log = ts_str("%s/example-down.log", ts_tmp());
     char *argv[] = { (char *)ts_bin("sd-provision-one"), "--cp", (char *)cp_addr(), "--tenant", TENANT,
                      "--registration-id", "dev-down", "--group-key", tenant->key_b64, "--ca", (char *)ca_crt,
-                     "--state", (char *)state_path("dev-down"), "-v", NULL };
+                     "--state", (char *)ts_sd_state_path("dev-down"), "-v", NULL };
     struct ts_proc *p;
     const char *out;
     json_t *j;

@@ -71,11 +71,6 @@ static struct ts_stamp stamp; /* the agent below, as ts_stamp_service wants it *
 static const char *dps_endpoint, *ca_crt;
 static const char *dev_ca_crt, *dev_ca_key;
 
-struct run {
-    int rc;          /* exit code; -1: killed or timed out */
-    json_t *json;    /* its JSON line (library-owned), NULL if none */
-    const char *out; /* stdout + stderr */
-};
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
@@ -87,10 +82,6 @@ static bool group_synced(void *arg)
     return ts_rt_group_synced(rt, DPS, stamp.db, TENANT, *(const int64_t *)arg);
 }
 
-static const char *state_path(const char *regid)
-{
-    return ts_str("%s/%s.state", ts_tmp(), regid);
-}
 
 /* argv of sd-provision-one with a certificate: DPS only (cp NULL) or the control plane (with bearer unless NULL). */
 static char **x509_argv(const char *regid, const char *crt, const char *key, const char *cp, const char *bearer)
@@ -123,39 +114,20 @@ static char **x509_argv(const char *regid, const char *crt, const char *key, con
     argv[n++] = "--ca";
     argv[n++] = (char *)ca_crt;
     argv[n++] = "--state";
-    argv[n++] = (char *)state_path(regid);
+    argv[n++] = (char *)ts_sd_state_path(regid);
     argv[n++] = "-v";
     argv[n] = NULL;
     return argv;
 }
 
-static struct run example(char **argv, const char *regid)
+static struct ts_sd_run example(char **argv, const char *regid)
 {
-    char *out = NULL;
-    struct run r;
-
-    r.rc = ts_run(argv, 90000, &out);
-    r.out = out ? out : "";
-    r.json = ts_last_json(r.out);
-    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
-    ts_expect_no_sanitizer_report(regid, r.out);
-    if (!r.json)
-        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
-    return r;
-}
-
-static json_int_t requests(const struct run *r, const char *kind)
-{
-    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
+    return ts_sd_run(argv, regid, true);
 }
 
 static bool is_hub(const char *host)
 {
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
-        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
-            return true;
-    return false;
+    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
 }
 
 /* The stamp's registration row: status, hub, enrollment, operation id, etag and last update, as one string. */
@@ -188,14 +160,14 @@ static struct sd_state load_state(const char *regid, enum sd_store_result want)
     char err[256] = "";
     enum sd_store_result r;
     memset(&st, 0, sizeof st);
-    r = sd_store_load(state_path(regid), &st, err, sizeof err);
+    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
     if (r != want)
         ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
                 sd_store_result_name(want));
     return st;
 }
 
-static void expect_ready(const struct run *r, const char *regid)
+static void expect_ready(const struct ts_sd_run *r, const char *regid)
 {
     if (r->rc != 0)
         ts_fail("%s: expected exit 0 (ready), got %d: %s", regid, r->rc, ts_jdump(r->json));
@@ -263,7 +235,7 @@ static int setup(void **state)
 static void test_dps_only(void **state)
 {
     const char *crt, *key, *before, *file_before;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -271,10 +243,10 @@ static void test_dps_only(void **state)
     r = example(x509_argv("dev-x1", crt, key, NULL, NULL), "dev-x1");
     expect_ready(&r, "dev-x1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "absent");
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_true(requests(&r, "dps_poll") >= 1);
-    assert_int_equal(requests(&r, "dps_lookup"), 0);
-    assert_int_equal(requests(&r, "locate") + requests(&r, "lookup") + requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_true(ts_sd_requests(&r, "dps_poll") >= 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "lookup") + ts_sd_requests(&r, "provision"), 0);
     assert_int_equal(ts_jint(r.json, "ioErrors", -1), 0);
     expect_x509_row("dev-x1", ts_jstr(r.json, "assignedHub"));
     st = load_state("dev-x1", SD_STORE_OK);
@@ -286,20 +258,20 @@ static void test_dps_only(void **state)
 
     /* warm boot: one DPS status lookup, no registration, no write */
     before = dps_row("dev-x1");
-    file_before = ts_read_file(state_path("dev-x1"), NULL);
+    file_before = ts_read_file(ts_sd_state_path("dev-x1"), NULL);
     assert_non_null(before);
     assert_non_null(file_before);
     ts_sleep_ms(20); /* a write now would show in updated_at */
     r = example(x509_argv("dev-x1", crt, key, NULL, NULL), "dev-x1");
     expect_ready(&r, "dev-x1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "ok");
-    assert_int_equal(requests(&r, "dps_lookup"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 0);
-    assert_int_equal(requests(&r, "dps_poll"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_poll"), 0);
     if (!strstr(r.out, " send dps_lookup: POST https://") || !strstr(r.out, "-> 200"))
         ts_fail("the warm boot's lookup is not in the verbose log: %s", r.out);
     TS_EXPECT_STREQ(dps_row("dev-x1"), before);
-    TS_EXPECT_STREQ(ts_read_file(state_path("dev-x1"), NULL), file_before);
+    TS_EXPECT_STREQ(ts_read_file(ts_sd_state_path("dev-x1"), NULL), file_before);
 }
 
 /* A certificate the group does not accept: 401, registered again after a backoff, never ready. */
@@ -345,7 +317,7 @@ static void test_intermediate_chain(void **state)
     const char *ica_csr = ts_str("%s/x509-ica.csr", ts_tmp()), *ica_key = ts_str("%s/x509-ica.key", ts_tmp());
     const char *ica_crt = ts_str("%s/x509-ica.crt", ts_tmp()), *ica_ext = ts_str("%s/x509-ica.ext", ts_tmp());
     const char *crt, *key, *chain = ts_str("%s/dev-x5-chain.pem", ts_tmp()), *out;
-    struct run r;
+    struct ts_sd_run r;
     (void)state;
 
     {
@@ -422,7 +394,7 @@ static void test_cp_bearer(void **state)
     const char *token = ts_rt_installer_token(rt->cp[0], TENANT);
     const char *cp = ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
     const char *crt, *key, *before;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     struct ts_resp *dev;
     int64_t t0;
@@ -434,9 +406,9 @@ static void test_cp_bearer(void **state)
     TS_EXPECT_STREQ(ts_jstr(r.json, "tenantId"), TENANT);
     TS_EXPECT_STREQ(ts_jstr(r.json, "stamp"), STAMP);
     TS_EXPECT_STREQ(ts_jstr(r.json, "geography"), "eu");
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     expect_x509_row("dev-x3", ts_jstr(r.json, "assignedHub"));
     st = load_state("dev-x3", SD_STORE_OK);
     TS_EXPECT_STREQ(st.stamp, STAMP);
@@ -452,8 +424,8 @@ static void test_cp_bearer(void **state)
     ts_sleep_ms(20);
     r = example(x509_argv("dev-x3", crt, key, cp, token), "dev-x3");
     expect_ready(&r, "dev-x3");
-    assert_int_equal(requests(&r, "lookup"), 1);
-    assert_int_equal(requests(&r, "locate") + requests(&r, "dps_register") + requests(&r, "dps_lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "dps_register") + ts_sd_requests(&r, "dps_lookup"), 0);
     TS_EXPECT_STREQ(dps_row("dev-x3"), before);
 
     /* without the bearer the control plane cannot be used by an X.509 device: a usage error */
