@@ -423,3 +423,18 @@ const char *ts_rt_answer_code(const struct ts_rt_answer *a)
     json_t *j = ts_rt_answer_json(a);
     return ts_jstr(json_object_get(j, "error"), "code");
 }
+
+struct ts_rt *ts_rt_start_fleet(struct ts_rt_layout *l, int ncp)
+{
+    struct ts_rt_opts o;
+    struct ts_rt *rt;
+
+    memset(&o, 0, sizeof o);
+    o.ncp = ncp;
+    for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
+        o.geos[i] = l->geographies[i];
+    rt = ts_rt_start(&o);
+    ts_rt_register_layout(rt, l);
+    ts_rt_start_agents(rt);
+    return rt;
+}
