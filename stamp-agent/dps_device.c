@@ -99,6 +99,7 @@ struct dps_inst {
     struct dps_minute regs_minute;   /* registrations accepted */
     struct dps_minute throttled_minute; /* 429s and gentle deferrals */
     int64_t held;                    /* rows 'assigned' (refreshed + live) */
+    int64_t pending;                 /* first allocations running: counted against maxRegistrations */
 };
 
 struct dps_job;
@@ -110,10 +111,15 @@ struct dps_device {
     struct dps_keyed_gcra *auth_fail; /* source address (IPv6: its /64) -> failed authentications */
     struct strmap *jobs;             /* "index/registrationId/operationId" -> job */
     TAILQ_HEAD(, dps_job) job_list;
+    TAILQ_HEAD(, dps_job) waiting;   /* first allocations held until the counts are loaded */
     struct dps_webhook *webhook;
     struct event *tick;
     unsigned ticks;
     bool refresh_held, refresh_hubs, refresh_groups; /* a refresh query is in flight */
+    /* held was read from the database since the agent started: until then
+     * first allocations wait (waiting), so a restart can't overshoot
+     * maxRegistrations */
+    bool counts_loaded;
     char *dps_ids, *hub_hosts;       /* the refresh queries' text[] parameters (fixed by the config) */
 };
 
@@ -140,6 +146,8 @@ struct dps_ctx {
 /* One allocation in flight. */
 struct dps_job {
     TAILQ_ENTRY(dps_job) link;
+    TAILQ_ENTRY(dps_job) wait_link;  /* in waiting while the counts are not loaded */
+    bool waiting;
     struct dps_device *d;
     int idx;
     char *key, *regid, *op;
@@ -150,6 +158,7 @@ struct dps_job {
     json_t *dev_payload, *att_info;
     const char *linked[AGENT_MAX_HUBS];
     size_t n_linked;
+    bool counted;                    /* counted in its instance's pending */
     bool reprovision;
     const char *reprov_substatus;
     /* outcome */
@@ -161,6 +170,7 @@ struct dps_job {
 };
 
 static void dps_job_start(struct dps_device *d, int idx, const char *regid, const char *op);
+static void dps_refresh_counts(struct dps_device *d);
 
 /* ---- small helpers ---- */
 
@@ -793,9 +803,20 @@ static void dps_after_auth(struct dps_ctx *c)
 
 /* ---- allocation jobs ---- */
 
+/* A first allocation stops counting as pending (settled, or gone). */
+static void dps_job_uncount(struct dps_job *j)
+{
+    if (j->counted && j->d->inst[j->idx].pending > 0)
+        j->d->inst[j->idx].pending--;
+    j->counted = false;
+}
+
 static void dps_job_free(struct dps_job *j)
 {
     struct dps_device *d = j->d;
+    dps_job_uncount(j);
+    if (j->waiting)
+        TAILQ_REMOVE(&d->waiting, j, wait_link);
     TAILQ_REMOVE(&d->job_list, j, link);
     strmap_del(d->jobs, j->key);
     dps_webhook_cancel(j->wh);
@@ -825,6 +846,7 @@ static void dps_job_count(struct dps_job *j)
     struct agent_dps_load *dl = agent_load_dps(d->srv->load, d->srv->cfg->prov.dps[j->idx].id);
     struct agent_hub_load *prev = dps_hub_load(d, j->prev_hub);
     bool assigned = strcmp(j->status, "assigned") == 0;
+    dps_job_uncount(j);
     if (assigned && !j->prev_hub)
         d->inst[j->idx].held++;
     if (!assigned && j->prev_hub && d->inst[j->idx].held > 0)
@@ -1028,11 +1050,23 @@ static void dps_job_allocate(struct dps_job *j)
         j->reprov_substatus = dps_json_bool(rp, "migrateDeviceData", true) ? "deviceDataMigrated" : "deviceDataReset";
     } else {
         j->reprov_substatus = "initialAssignment";
-        if (j->d->inst[j->idx].held >= dc->max_registrations) {
+        if (!j->d->counts_loaded) {
+            /* the registrations held are not known yet (start-up): wait for them */
+            j->waiting = true;
+            TAILQ_INSERT_TAIL(&j->d->waiting, j, wait_link);
+            dps_refresh_counts(j->d);
+            return;
+        }
+        if (j->d->inst[j->idx].held + j->d->inst[j->idx].pending >= dc->max_registrations) {
+            log_info("event=dps_quota_reached dps=%s held=%lld pending=%lld max=%lld", dc->id,
+                     (long long)j->d->inst[j->idx].held, (long long)j->d->inst[j->idx].pending,
+                     (long long)dc->max_registrations);
             dps_job_fail(j, ERR_QUOTA, "the DPS instance holds its maximum of %lld registrations",
                          (long long)dc->max_registrations);
             return;
         }
+        j->d->inst[j->idx].pending++;   /* until the job settles (dps_job_count) or ends (dps_job_free) */
+        j->counted = true;
     }
     if (policy == DPS_POLICY_INVALID) {
         dps_job_fail(j, ERR_ALLOC_CONFIG, "unknown allocation policy '%s'", pol);
@@ -1165,6 +1199,17 @@ static char *dps_text_array(size_t n, const char *(*get)(const struct agent_prov
 static const char *dps_get_id(const struct agent_provisioning_config *pc, size_t i) { return pc->dps[i].id; }
 static const char *dps_get_host(const struct agent_provisioning_config *pc, size_t i) { return pc->hubs[i].host_name; }
 
+/* The counts are loaded: the first allocations that waited for them go on. */
+static void dps_resume_waiting(struct dps_device *d)
+{
+    struct dps_job *j;
+    while ((j = TAILQ_FIRST(&d->waiting)) != NULL) {
+        TAILQ_REMOVE(&d->waiting, j, wait_link);
+        j->waiting = false;
+        dps_job_allocate(j);
+    }
+}
+
 static void dps_on_held(const struct pgq_result *q, void *arg)
 {
     struct dps_device *d = arg;
@@ -1172,6 +1217,9 @@ static void dps_on_held(const struct pgq_result *q, void *arg)
     d->refresh_held = false;
     if (q->status != PGQ_OK)
         return;
+    if (!d->counts_loaded)
+        log_info("event=dps_counts_loaded instances=%zu", pc->n_dps);
+    d->counts_loaded = true;
     for (size_t i = 0; i < pc->n_dps; i++) {
         struct agent_dps_load *dl = agent_load_dps(d->srv->load, pc->dps[i].id);
         d->inst[i].held = 0;
@@ -1181,6 +1229,7 @@ static void dps_on_held(const struct pgq_result *q, void *arg)
         if (dl)
             dl->registrations = (uint64_t)d->inst[i].held;
     }
+    dps_resume_waiting(d);
 }
 
 static void dps_on_hub_counts(const struct pgq_result *q, void *arg)
@@ -1263,7 +1312,8 @@ static void dps_tick(evutil_socket_t fd, short what, void *arg)
     }
     dps_keyed_gcra_sweep(d->polls, now);
     dps_keyed_gcra_sweep(d->auth_fail, now);
-    if (d->ticks++ % DPS_REFRESH_TICKS == 0)
+    /* every tick until the counts are first loaded, then every DPS_REFRESH_TICKS */
+    if (d->ticks++ % DPS_REFRESH_TICKS == 0 || !d->counts_loaded)
         dps_refresh_counts(d);
 }
 
@@ -1287,6 +1337,7 @@ struct dps_device *dps_device_new(struct dps_server *s)
     d->auth_fail = dps_keyed_gcra_new();
     d->jobs = strmap_new();
     TAILQ_INIT(&d->job_list);
+    TAILQ_INIT(&d->waiting);
     d->webhook = dps_webhook_new(s->base);
     d->tick = event_new(s->base, -1, EV_PERSIST, dps_tick, d);
     if (!d->tick || event_add(d->tick, &tv) != 0) {
