@@ -5,7 +5,7 @@
  *
  * Two control planes (db.poolSize 32 each) share the databases; eu has one
  * DPS instance with maxRegistrations 1,024. 1,280 first locates of distinct
- * devices arrive at once over 64 client connections, alternating between the
+ * devices arrive at once over 32 client connections, alternating between the
  * routers, so batches and single assignments fight over the last shards.
  * Afterwards:
  *  - pg_stat_database.deadlocks of the geography database is unchanged;
@@ -27,7 +27,7 @@
 
 #define NMAX 1024
 #define NJOBS 1280
-#define NCLIENTS 64
+#define NCLIENTS 32
 
 static struct ts_rt *rt;
 static struct ts_tenant *acme;
@@ -73,6 +73,7 @@ static void test_fill_without_deadlock(void **state)
     static int64_t lat[NJOBS];
     long dl0 = deadlocks(), dl1;
     int n200 = 0, n503 = 0;
+    const char *ok_ids = "";
     int64_t t0;
     (void)state;
 
@@ -91,11 +92,8 @@ static void test_fill_without_deadlock(void **state)
         const struct ts_rt_answer *a = &jobs[i].ans;
         lat[i] = a->at_ms - a->sent_ms;
         if (a->status == 200) {
-            const char *regid = ts_str("fill-%d", i);
+            ok_ids = ts_str("%s%sfill-%d", ok_ids, n200 ? "," : "", i);
             n200++;
-            if (!ts_pg_scalar(eu_db, ts_str("SELECT 1 FROM devices WHERE tenant_id = 'acme' AND registration_id = '%s'"
-                                            " AND status = 'assigned' AND dps_id = 'eu-a-dps'", regid)))
-                ts_fail("%s got 200 but is not assigned in the database: %s", regid, a->body);
         } else if (a->status == 503 && ts_rt_answer_code(a) && strcmp(ts_rt_answer_code(a), "capacity_exhausted") == 0) {
             n503++;
         } else {
@@ -109,6 +107,11 @@ static void test_fill_without_deadlock(void **state)
            (long long)lat[NJOBS - 1], dl0, dl1);
     assert_int_equal(dl1, dl0);
     assert_int_equal(n200, NMAX);
+    /* every 200 is in the database, on that DPS */
+    assert_int_equal(ts_pg_count(eu_db, ts_str("SELECT count(*) FROM devices WHERE tenant_id = 'acme'"
+                                               " AND registration_id = ANY ('{%s}'::text[]) AND status = 'assigned'"
+                                               " AND dps_id = 'eu-a-dps'", ok_ids)),
+                     NMAX);
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM devices WHERE status = 'assigned'"), NMAX);
     assert_int_equal(ts_pg_count(eu_db, "SELECT registrations FROM dps_usage WHERE dps_id = 'eu-a-dps'"), NMAX);
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM device_history WHERE event = 'assigned'"), NMAX);
