@@ -185,8 +185,10 @@ void device_store_release(struct cp *cp, int g, const char *tenant, const char *
 void device_store_record_hub(struct cp *cp, int g, const char *tenant, const char *regid, const char *etag,
                              const char *hub, const char *device_id, pgpool_cb cb, void *arg)
 {
+    /* acknowledged like an assignment: durable by itself (schema/geo/006) */
     static const char sql[] =
-        "UPDATE devices SET hub_host_name = $4, device_id = $5, updated_at = now()"
+        "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true))"
+        " UPDATE devices SET hub_host_name = $4, device_id = $5, updated_at = now() FROM durable"
         " WHERE tenant_id = $1 AND registration_id = $2 AND etag = $3::bigint AND status = 'assigned'";
     const char *values[5] = {tenant, regid, etag, hub, device_id};
     pgpool_query(cp->geo[g], sql, 5, values, cb, arg);
