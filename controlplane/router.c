@@ -6,10 +6,14 @@
  *   parallel) --found--> reply | --new--> [an installer token's placement
  *   counted, installer_tokens.h] --> PLACE --> [COUNT (tenant with
  *   maxDevices: reserve, count its devices)] --> RATE (shared token
- *   buckets) --> ASSIGN (geography database, atomic) --> reply
+ *   buckets) --> [CLAIM (a tenant resident in several geographies: the
+ *   device's one geography, in the tenant's arbiter geography)] --> ASSIGN
+ *   (geography database, atomic) --> reply
  *
  * A device that got 200 is in its geography's database: the answer is sent
- * only after the assignment statement committed.
+ * only after the assignment statement committed. A device is assigned in one
+ * geography at most (schema/geo/007, docs/architecture.md "One geography per
+ * device").
  *
  * Tenant rules (docs/api.md "Quotas", "Suspend and resume"): a suspended
  * tenant's devices are refused once their credential is verified; a first

@@ -94,7 +94,8 @@ static void test_fill_without_deadlock(void **state)
         if (a->status == 200) {
             ok_ids = ts_str("%s%sfill-%d", ok_ids, n200 ? "," : "", i);
             n200++;
-        } else if (a->status == 503 && ts_rt_answer_code(a) && strcmp(ts_rt_answer_code(a), "capacity_exhausted") == 0) {
+        } else if (a->status == 503 && ts_rt_answer_code(a) &&
+                   strcmp(ts_rt_answer_code(a), "capacity_exhausted") == 0) {
             n503++;
         } else {
             ts_fail("fill-%d: %d %s", i, a->status, a->body);

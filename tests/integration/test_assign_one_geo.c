@@ -59,7 +59,8 @@ static int group_setup(void **state)
     ts_rt_start_agents(rt);
     eu_db = ts_rt_geo_db(rt, "eu");
     us_db = ts_rt_geo_db(rt, "us");
-    multi = ts_rt_tenant(rt->cp[0], "{\"id\":\"multi\",\"name\":\"Multi\",\"residency\":{\"geographies\":[\"us\",\"eu\"]}}");
+    multi = ts_rt_tenant(rt->cp[0],
+                         "{\"id\":\"multi\",\"name\":\"Multi\",\"residency\":{\"geographies\":[\"us\",\"eu\"]}}");
     euonly = ts_rt_tenant(rt->cp[0], "{\"id\":\"euonly\",\"name\":\"EU\",\"residency\":{\"geographies\":[\"eu\"]}}");
     usonly = ts_rt_tenant(rt->cp[0], "{\"id\":\"usonly\",\"name\":\"US\",\"residency\":{\"geographies\":[\"us\"]}}");
     return 0;
