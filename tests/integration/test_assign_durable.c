@@ -70,10 +70,10 @@ static int group_setup(void **state)
     acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
 
     db = ts_pg_scalar(eu_db, "SELECT current_database()");
-    ts_pg_query(eu_db, ts_str("ALTER DATABASE \"%s\" SET synchronous_commit = off", db));
-    ts_pg_query(eu_db, observer_sql);
+    (void)ts_pg_scalar(eu_db, ts_str("ALTER DATABASE \"%s\" SET synchronous_commit = off", db));
+    (void)ts_pg_scalar(eu_db, observer_sql);
     /* the control plane's connections come back with the new default */
-    ts_pg_query(eu_db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+    (void)ts_pg_scalar(eu_db, "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                        " WHERE datname = current_database() AND pid <> pg_backend_pid()");
     if (!ts_controlplane_wait_ready(rt->cp[0], 20000))
         ts_fail("the control plane did not become ready again");
@@ -107,8 +107,8 @@ static void test_default_is_off(void **state)
     long from = last_id();
     (void)state;
     TS_EXPECT_STREQ(ts_pg_scalar(eu_db, "SHOW synchronous_commit"), "off");
-    ts_pg_query(eu_db, "INSERT INTO devices (tenant_id, registration_id, status) VALUES ('probe', 'probe', 'retired')");
-    ts_pg_query(eu_db, "DELETE FROM devices WHERE tenant_id = 'probe'");
+    (void)ts_pg_scalar(eu_db, "INSERT INTO devices (tenant_id, registration_id, status) VALUES ('probe', 'probe', 'retired')");
+    (void)ts_pg_scalar(eu_db, "DELETE FROM devices WHERE tenant_id = 'probe'");
     TS_EXPECT_STREQ(observed(from), "off=1");
 }
 
@@ -171,7 +171,7 @@ static void test_functions_are_durable(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof calls / sizeof calls[0]; i++) {
         long from = last_id();
-        ts_pg_query(eu_db, calls[i]);   /* a fresh session: the default is off */
+        (void)ts_pg_scalar(eu_db, calls[i]);   /* a fresh session: the default is off */
         if (strcmp(observed(from), "") == 0)
             ts_fail("nothing written by: %s", calls[i]);
         expect_only_on(from, calls[i]);

@@ -12,7 +12,7 @@
  *  - exactly 1,024 devices are assigned, dps_usage says 1,024, and exactly
  *    1,024 answers are 200, each for a device the database holds on that DPS;
  *    every other answer is 503 capacity_exhausted;
- *  - p50/p99/max latency is logged; p99 is under 500 ms.
+ *  - p50/p99/max latency is logged; p99 is under 500 ms (2 s under ASan).
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -28,6 +28,13 @@
 #define NMAX 1024
 #define NJOBS 1280
 #define NCLIENTS 32
+/* The issue's bound; an ASan build (daemons built alike) runs several times
+ * slower, so there it only guards against a stall. */
+#if defined(__SANITIZE_ADDRESS__)
+#define P99_LIMIT_MS 2000
+#else
+#define P99_LIMIT_MS 500
+#endif
 
 static struct ts_rt *rt;
 static struct ts_tenant *acme;
@@ -116,8 +123,8 @@ static void test_fill_without_deadlock(void **state)
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM devices WHERE status = 'assigned'"), NMAX);
     assert_int_equal(ts_pg_count(eu_db, "SELECT registrations FROM dps_usage WHERE dps_id = 'eu-a-dps'"), NMAX);
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM device_history WHERE event = 'assigned'"), NMAX);
-    if (lat[NJOBS * 99 / 100] >= 500)
-        ts_fail("p99 latency %lld ms (limit 500 ms)", (long long)lat[NJOBS * 99 / 100]);
+    if (lat[NJOBS * 99 / 100] >= P99_LIMIT_MS)
+        ts_fail("p99 latency %lld ms (limit %d ms)", (long long)lat[NJOBS * 99 / 100], P99_LIMIT_MS);
 }
 
 int main(void)
