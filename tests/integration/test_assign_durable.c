@@ -60,12 +60,9 @@ static const char observer_sql[] =
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 1, .geos = { "eu", NULL } };
     const char *db;
     (void)state;
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet(&layout, 1);
     eu_db = ts_rt_geo_db(rt, "eu");
     acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
 
