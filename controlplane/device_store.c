@@ -130,6 +130,40 @@ void device_store_assign(struct cp *cp, int g, const char *const v[10], pgbatch_
     pgbatch_submit(cp->geo_assign[g], v, cb, arg);
 }
 
+void device_store_assign_one(struct cp *cp, int g, const char *const v[10], const char *claim_token, pgpool_cb cb,
+                             void *arg)
+{
+    static const char claimed_sql[] =
+        "SELECT 1, a.outcome, (a.dev).status, coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
+        " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
+        " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
+        " FROM cp_assign_claimed_device($11::bigint, $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) a";
+    const char *values[11];
+    if (!claim_token) {
+        pgpool_query(cp->geo[g], store_assign_sql, 10, v, cb, arg);
+        return;
+    }
+    memcpy(values, v, 10 * sizeof *values);
+    values[10] = claim_token;
+    pgpool_query(cp->geo[g], claimed_sql, 11, values, cb, arg);
+}
+
+void device_store_claim(struct cp *cp, int g, const char *tenant, const char *regid, const char *geo,
+                        const char *from_token, pgpool_cb cb, void *arg)
+{
+    static const char sql[] = "SELECT outcome, geography, token::text FROM cp_claim_device($1, $2, $3, $4::bigint)";
+    const char *values[4] = {tenant, regid, geo, from_token};
+    pgpool_query(cp->geo[g], sql, 4, values, cb, arg);
+}
+
+void device_store_fence(struct cp *cp, int g, const char *tenant, const char *regid, const char *token,
+                        pgpool_cb cb, void *arg)
+{
+    static const char sql[] = "SELECT cp_fence_claim($1, $2, $3::bigint)";
+    const char *values[3] = {tenant, regid, token};
+    pgpool_query(cp->geo[g], sql, 3, values, cb, arg);
+}
+
 void device_store_move(struct cp *cp, int g, const char *const v[11], pgpool_cb cb, void *arg)
 {
     static const char sql[] =
@@ -151,8 +185,10 @@ void device_store_release(struct cp *cp, int g, const char *tenant, const char *
 void device_store_record_hub(struct cp *cp, int g, const char *tenant, const char *regid, const char *etag,
                              const char *hub, const char *device_id, pgpool_cb cb, void *arg)
 {
+    /* acknowledged like an assignment: durable by itself (schema/geo/006) */
     static const char sql[] =
-        "UPDATE devices SET hub_host_name = $4, device_id = $5, updated_at = now()"
+        "WITH durable AS (SELECT set_config('synchronous_commit', 'on', true))"
+        " UPDATE devices SET hub_host_name = $4, device_id = $5, updated_at = now() FROM durable"
         " WHERE tenant_id = $1 AND registration_id = $2 AND etag = $3::bigint AND status = 'assigned'";
     const char *values[5] = {tenant, regid, etag, hub, device_id};
     pgpool_query(cp->geo[g], sql, 5, values, cb, arg);

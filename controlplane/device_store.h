@@ -56,6 +56,22 @@ void device_store_detail(struct cp *cp, int g, const char *tenant, const char *r
  * the ordinal: outcome, then the 8 row columns. v: tenant, regid, region,
  * stamp, dps, idScope, endpoint, maxRegistrations, decision JSON, reason. */
 void device_store_assign(struct cp *cp, int g, const char *const v[10], pgbatch_cb cb, void *arg);
+/* The same for one device alone, not batched: cp_assign_device, or (claim_token
+ * not NULL: a tenant resident in several geographies, schema/geo/007)
+ * cp_assign_claimed_device under that claim, which may also answer
+ * 'claim_moved'. Columns as device_store_assign (a leading 1). */
+void device_store_assign_one(struct cp *cp, int g, const char *const v[10], const char *claim_token, pgpool_cb cb,
+                             void *arg);
+/* Claim the device for geography geo in its tenant's arbiter geography g
+ * (cp_claim_device): one row: outcome ('claimed' or 'elsewhere'), the
+ * claimed geography, its token. from_token: NULL, or a token this request
+ * fenced, from which the claim may move on. */
+void device_store_claim(struct cp *cp, int g, const char *tenant, const char *regid, const char *geo,
+                        const char *from_token, pgpool_cb cb, void *arg);
+/* Fence the claim of token in its claimed geography g (cp_fence_claim): one
+ * row: 'fenced', or 'active' (the device is assigned there). */
+void device_store_fence(struct cp *cp, int g, const char *tenant, const char *regid, const char *token,
+                        pgpool_cb cb, void *arg);
 /* Move (cp_move_device): outcome, then the 8 row columns. v: tenant, regid,
  * etag, then as assign from region on. */
 void device_store_move(struct cp *cp, int g, const char *const v[11], pgpool_cb cb, void *arg);

@@ -6,10 +6,14 @@
  *   parallel) --found--> reply | --new--> [an installer token's placement
  *   counted, installer_tokens.h] --> PLACE --> [COUNT (tenant with
  *   maxDevices: reserve, count its devices)] --> RATE (shared token
- *   buckets) --> ASSIGN (geography database, atomic) --> reply
+ *   buckets) --> [CLAIM (a tenant resident in several geographies: the
+ *   device's one geography, in the tenant's arbiter geography)] --> ASSIGN
+ *   (geography database, atomic) --> reply
  *
  * A device that got 200 is in its geography's database: the answer is sent
- * only after the assignment statement committed.
+ * only after the assignment statement committed. A device is assigned in one
+ * geography at most (schema/geo/007, docs/architecture.md "One geography per
+ * device").
  *
  * Tenant rules (docs/api.md "Quotas", "Suspend and resume"): a suspended
  * tenant's devices are refused once their credential is verified; a first
@@ -34,10 +38,12 @@
 #include "router_req.h"
 #include "util.h"
 
-static const char *const router_state_names[] = {"auth", "lookup", "count", "rate", "assign", "dps", "record", "done"};
+static const char *const router_state_names[] = {"auth",   "lookup", "count",  "rate", "claim",
+                                                 "assign", "dps",    "record", "done"};
 
 static void router_lookup(struct router_req *d);
 static void router_place(struct router_req *d);
+static void router_assign(struct router_req *d);
 static void router_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg);
 
 bool router_valid_regid(const char *s)
@@ -294,6 +300,15 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
     } else if (strcmp(outcome, "dps_full") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
         router_exclude(d, d->chosen->id);
         router_place(d);
+    } else if (strcmp(outcome, "busy") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        /* its batch could not wait for a usage shard (schema/geo/006); alone, it may */
+        d->assign_alone = true;
+        router_assign(d);
+    } else if (strcmp(outcome, "claim_moved") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        /* another request fenced our claim here and moved it on: where is the device now? */
+        d->claimed = false;
+        d->claim_geo[0] = '\0';
+        router_lookup(d);
     } else if (strcmp(outcome, "regid_taken") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
         /* the batch's check found what the unique index would refuse */
         router_exclude(d, d->chosen->id);
@@ -315,6 +330,111 @@ static void router_on_assign(const struct pgq_result *q, int row, void *arg)
     router_on_assign_row(arg, q, row, 1);
 }
 
+static void router_on_assign_one(const struct pgq_result *q, void *arg)
+{
+    router_on_assign_row(arg, q, q->status == PGQ_OK && PQntuples(q->res) == 1 ? 0 : -1, 1);
+}
+
+/* ---- one geography per device (schema/geo/007) ----
+ * A device of a tenant resident in several geographies gets its first
+ * assignment only under a claim in the tenant's arbiter geography, which
+ * names the one geography the device may be assigned in. */
+
+/* The tenant's arbiter geography: the first of its residency geographies in
+ * sort order (one it is resident in). Its index; -1 when the tenant has one
+ * residency geography (no claim needed), -2 when it has no database here. */
+static int router_arbiter(const struct router_req *d)
+{
+    const char *a = NULL;
+    int g;
+    if (d->t->ngeos < 2)
+        return -1;
+    for (int i = 0; i < d->t->ngeos; i++)
+        if (!a || strcmp(d->t->geos[i], a) < 0)
+            a = d->t->geos[i];
+    g = device_store_geo_index(d->r->cp, a);
+    return g < 0 ? -2 : g;
+}
+
+static void router_on_claim(const struct pgq_result *q, void *arg)
+{
+    struct router_req *d = arg;
+    if (q->status == PGQ_UNAVAILABLE) {
+        router_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        log_write(LOG_ERROR, d->r->id, "event=claim_failed sqlstate=%s error=\"%.200s\"",
+                  q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
+        router_error(d, 500, "internal", NULL, "the device's geography could not be claimed");
+        return;
+    }
+    snprintf(d->claim_geo, sizeof d->claim_geo, "%s", PQgetvalue(q->res, 0, 1));
+    snprintf(d->claim_token, sizeof d->claim_token, "%s", PQgetvalue(q->res, 0, 2));
+    d->fenced_token[0] = '\0';
+    d->claimed = strcmp(PQgetvalue(q->res, 0, 0), "claimed") == 0;
+    if (d->claimed) {
+        router_assign(d);
+    } else if (++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        router_place(d);   /* 'elsewhere': place it in the claimed geography */
+    } else {
+        router_unavailable(d, NULL);
+    }
+}
+
+/* CLAIM: before the first assignment, in the arbiter geography. */
+static void router_claim(struct router_req *d)
+{
+    int a = router_arbiter(d);
+    router_set_state(d, DS_CLAIM);
+    if (a < 0) {
+        router_unavailable(d, NULL);   /* the arbiter has no database here: no safe placement */
+        return;
+    }
+    device_store_claim(d->r->cp, a, d->tenant_id, d->regid, d->chosen->stamp->geo,
+                       d->fenced_token[0] ? d->fenced_token : NULL, router_on_claim, d);
+}
+
+static void router_on_fence(const struct pgq_result *q, void *arg)
+{
+    struct router_req *d = arg;
+    if (q->status == PGQ_UNAVAILABLE) {
+        router_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        router_error(d, 500, "internal", NULL, "the device's claim could not be fenced");
+        return;
+    }
+    if (strcmp(PQgetvalue(q->res, 0, 0), "active") == 0) {
+        /* assigned there meanwhile: answer that */
+        if (++d->attempts < ROUTER_MAX_ATTEMPTS)
+            router_lookup(d);
+        else
+            router_unavailable(d, NULL);
+        return;
+    }
+    snprintf(d->fenced_token, sizeof d->fenced_token, "%s", d->claim_token);
+    d->claim_geo[0] = '\0';
+    d->claimed = false;
+    router_place(d);
+}
+
+/* The claimed geography can't take the device now: fence the claim there
+ * (no assignment under it commits there any more), then place it anywhere;
+ * the claim moves on from the fenced token. */
+static void router_fence(struct router_req *d)
+{
+    int g = device_store_geo_index(d->r->cp, d->claim_geo);
+    router_set_state(d, DS_CLAIM);
+    placement_result_clear(&d->pr);
+    if (g < 0) {
+        router_unavailable(d, NULL);
+        return;
+    }
+    device_store_fence(d->r->cp, g, d->tenant_id, d->regid, d->claim_token, router_on_fence, d);
+}
+
 static char *router_decision_text(struct router_req *d)
 {
     json_t *dec = json_deep_copy(d->pr.decision);
@@ -333,9 +453,14 @@ static char *router_decision_text(struct router_req *d)
 static void router_assign(struct router_req *d)
 {
     const struct layout_dps *c = d->chosen;
-    char max[24], *decision = router_decision_text(d);
+    char max[24], *decision;
     int geo = device_store_geo_index(d->r->cp, c->stamp->geo);
 
+    if (!d->moving && router_arbiter(d) != -1 && !(d->claimed && strcmp(d->claim_geo, c->stamp->geo) == 0)) {
+        router_claim(d);
+        return;
+    }
+    decision = router_decision_text(d);
     router_set_state(d, DS_ASSIGN);
     snprintf(max, sizeof max, "%lld", (long long)c->max_registrations);
     if (geo < 0) {
@@ -356,7 +481,10 @@ static void router_assign(struct router_req *d)
         const char *v[10] = {d->tenant_id, d->regid, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
         d->row.geo = geo;
-        device_store_assign(d->r->cp, geo, v, router_on_assign, d);
+        if (d->claimed || d->assign_alone)
+            device_store_assign_one(d->r->cp, geo, v, d->claimed ? d->claim_token : NULL, router_on_assign_one, d);
+        else
+            device_store_assign(d->r->cp, geo, v, router_on_assign, d);
     }
     free(decision);
 }
@@ -521,8 +649,14 @@ static void router_place(struct router_req *d)
     if (d->moving) {
         in.avoid_stamp = d->row.stamp;
         in.only_geo = cp->cfg.geos[d->row.geo].id;
+    } else if (d->claim_geo[0]) {
+        in.only_geo = d->claim_geo;   /* the device's claimed geography (schema/geo/007) */
     }
     placement_run(&in, &d->pr);
+    if (d->pr.outcome != PLACE_OK && !d->moving && d->claim_geo[0]) {
+        router_fence(d);
+        return;
+    }
     if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->regid_conflicts > 0) {
         /* Not a full stamp: DPS instances hold each registration id once,
          * and another tenant's device has this one where there was room. */

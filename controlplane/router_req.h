@@ -28,7 +28,7 @@
 #define ROUTER_MAX_EXCLUDE 16
 
 enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
-enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_CLAIM, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
 enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER, AUTH_X509 };
 
 struct router_req {
@@ -79,6 +79,13 @@ struct router_req {
     struct dps_outcome dps;    /* provision: what the DPS answered */
     json_t *dps_state;         /* provision: its registrationState (owned) */
     void (*then)(struct router_req *);   /* what follows a confirmed invalidation */
+    bool assign_alone;         /* its batch found every shard with room held ('busy'): assign it alone */
+    /* One geography per device (schema/geo/007): a tenant resident in several
+     * geographies claims a device's geography in its arbiter geography first. */
+    bool claimed;              /* the claim names claim_geo, under claim_token */
+    char claim_geo[64];        /* "" or the geography the claim names (placement keeps to it) */
+    char claim_token[24];
+    char fenced_token[24];     /* "" or a token this request fenced: the claim may move on from it */
 };
 
 void router_set_state(struct router_req *d, enum dev_state s);

@@ -516,6 +516,7 @@ struct ts_rt_answer {
     char retry_after[16];     /* "" when absent */
     char body[1536];
     int64_t at_ms;            /* ts_now_ms() when the answer was complete */
+    int64_t sent_ms;          /* ts_now_ms() when the request was started (latency: at_ms - sent_ms) */
 };
 
 struct ts_rt_job {

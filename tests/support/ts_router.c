@@ -308,6 +308,7 @@ void ts_rt_post_mt(int port, const char *path, const char *authz, const char *bo
     const char *hend;
 
     memset(out, 0, sizeof *out);
+    out->sent_ms = ts_now_ms();
     n = snprintf(req, sizeof req,
                  "POST %s HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n%s%s%s%s"
                  "Content-Length: %zu\r\n\r\n%s",
