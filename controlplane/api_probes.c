@@ -44,7 +44,7 @@ static void readyz_finish(struct readyz *z)
     body = json_pack("{s:s, s:o, s:o}", "status", z->ok ? "ready" : "unavailable", "checks", z->checks,
                      "tenantCache", readyz_tenant_stats(z->r->cp));
     if (!z->ok)
-        cpreq_add_header(z->r, "Retry-After", "1");
+        cpreq_retry_after(z->r, 1000);
     cpreq_reply_json(z->r, z->ok ? 200 : 503, body);
     free(z);
 }
