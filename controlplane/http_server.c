@@ -46,7 +46,6 @@ static bool http_over_cap(struct cp_req *r)
     struct cp *cp = r->cp;
     if (cp->inflight <= cp->cfg.http_max_inflight || http_is_probe(r))
         return false;
-    cp->shed++;
     cpreq_retry_after(r, 1000);
     cpreq_reply_error(r, 503, "overloaded", NULL, "too many requests in progress; retry later");
     return true;
