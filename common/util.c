@@ -115,6 +115,33 @@ bool util_random_bytes(void *buf, size_t n)
     return RAND_bytes(buf, (int)n) == 1;
 }
 
+/* Not for secrets: a spread of retry times only. Seeded once from the OS
+ * (a fixed odd seed if that fails: the spread still holds within the process). */
+static uint64_t util_jitter_next(void)
+{
+    static uint64_t x;
+    if (x == 0 && (!util_random_bytes(&x, sizeof x) || x == 0))
+        x = 0x9e3779b97f4a7c15ULL;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return x;
+}
+
+int64_t util_retry_after_s(int64_t wait_ms)
+{
+    int64_t base = wait_ms <= 1000 ? 1 : (wait_ms + 999) / 1000, spread;
+    if (base > 3600)
+        base = 3600;
+    spread = base / 2 > 1 ? base / 2 : 1;
+    return base + (int64_t)(util_jitter_next() % (uint64_t)(spread + 1));
+}
+
+void util_retry_after_text(char *out, size_t outlen, int64_t wait_ms)
+{
+    snprintf(out, outlen, "%lld", (long long)util_retry_after_s(wait_ms));
+}
+
 void util_random_hex(char *out, size_t n)
 {
     static const char hex[] = "0123456789abcdef";

@@ -35,6 +35,15 @@ bool util_random_bytes(void *buf, size_t n) MUSTCHECK;
 /* Write 2*n lowercase hex characters of fresh randomness plus NUL into out (2n+1 bytes). */
 void util_random_hex(char *out, size_t n);
 
+/* Retry-After in whole seconds for a wait in ms, jittered so that refused
+ * clients don't return in step: base = the wait rounded up (at least 1 s,
+ * at most 3600 s), plus a uniform 0 .. max(1, base/2) seconds. Cheap (a
+ * per-process xorshift seeded once from the OS): fit for every refusal,
+ * even under overload. Every Retry-After of both daemons comes from here. */
+int64_t util_retry_after_s(int64_t wait_ms);
+/* The same, as header text in out (>= 24 bytes). */
+void util_retry_after_text(char *out, size_t outlen, int64_t wait_ms);
+
 /* A request id: 16 hex characters, a per-process random prefix plus a
  * counter (unique per process, unpredictable across processes, and no
  * random-number call per request). out holds at least 17 bytes. */

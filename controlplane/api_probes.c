@@ -78,7 +78,7 @@ static void readyz_finish(struct readyz *z)
     body = json_pack("{s:s, s:o, s:o, s:o, s:o}", "status", status, "checks", z->checks, "degraded", degraded,
                      "durability", z->durability, "tenantCache", readyz_tenant_stats(cp));
     if (!ready)
-        cpreq_add_header(z->r, "Retry-After", "1");
+        cpreq_retry_after(z->r, 1000);
     cpreq_reply_json(z->r, ready ? 200 : 503, body);
     free(z);
 }

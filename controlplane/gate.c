@@ -79,7 +79,7 @@ static void gate_on_key(enum apikey_verdict v, const struct principal *p, void *
         return;
     }
     if (v == APIKEY_BUSY) {
-        cpreq_add_header(r, "Retry-After", "1");
+        cpreq_retry_after(r, 1000);
         cpreq_reply_error(r, 503, "overloaded", NULL, "too many unknown API keys at once; try again");
         return;
     }

@@ -126,6 +126,13 @@ void cpreq_add_header(struct cp_req *r, const char *name, const char *value)
     evhttp_add_header(evhttp_request_get_output_headers(r->ev), name, value);
 }
 
+void cpreq_retry_after(struct cp_req *r, int64_t wait_ms)
+{
+    char v[24];
+    util_retry_after_text(v, sizeof v, wait_ms);
+    cpreq_add_header(r, "Retry-After", v);
+}
+
 void cpreq_reply_text(struct cp_req *r, int status, const char *json_text, size_t len)
 {
     struct evbuffer *buf = evbuffer_new();
@@ -189,7 +196,7 @@ void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res)
 {
     log_write(LOG_WARN, r->id, "event=db_unavailable error=\"%.200s\"",
               res && res->message ? res->message : "");
-    cpreq_add_header(r, "Retry-After", "1");
+    cpreq_retry_after(r, 1000);
     cpreq_reply_error(r, 503, "database_unavailable", NULL,
                       "the database is unavailable; retry later");
 }

@@ -81,6 +81,9 @@ void cpreq_reply_jv(struct cp_req *r, const struct jv_err *e);
 void cpreq_reply_db_unavailable(struct cp_req *r, const struct pgq_result *res);
 
 void cpreq_add_header(struct cp_req *r, const char *name, const char *value);
+/* Retry-After for a wait of about wait_ms, jittered (util_retry_after_s):
+ * the one way this daemon sets that header. */
+void cpreq_retry_after(struct cp_req *r, int64_t wait_ms);
 /* A header of the request, or NULL. */
 const char *cpreq_header(struct cp_req *r, const char *name);
 /* "GET", "POST", ... */

@@ -25,10 +25,30 @@ static void http_refuse(struct cp_req *r, const struct connguard_verdict *v, int
 {
     cpreq_add_header(r, "Connection", "close");
     if (status == 503)
-        cpreq_add_header(r, "Retry-After", "1");
+        cpreq_retry_after(r, 1000);
     if (status == 401)
         cpreq_add_header(r, "WWW-Authenticate", strcmp(v->code, "unauthorized") == 0 ? "Bearer" : "SharedAccessSignature");
     cpreq_reply_error(r, status, v->code, NULL, "%s", v->message[0] ? v->message : "the request was refused");
+}
+
+/* The probes: answered even past the in-flight cap, so that a load balancer
+ * keeps seeing a busy instance as alive and ready (it is: it sheds load). */
+static bool http_is_probe(const struct cp_req *r)
+{
+    return r->nsegs == 1 && (strcmp(r->segs[0], "healthz") == 0 || strcmp(r->segs[0], "readyz") == 0);
+}
+
+/* Past http.maxInFlight: refuse before any database or Redis work, so that
+ * overload costs a small reply and no queue grows (the request itself is
+ * counted until its answer is sent, so this one is included). */
+static bool http_over_cap(struct cp_req *r)
+{
+    struct cp *cp = r->cp;
+    if (cp->inflight <= cp->cfg.http_max_inflight || http_is_probe(r))
+        return false;
+    cpreq_retry_after(r, 1000);
+    cpreq_reply_error(r, 503, "overloaded", NULL, "too many requests in progress; retry later");
+    return true;
 }
 
 static void http_on_request(struct evhttp_request *ev, void *arg)
@@ -45,10 +65,12 @@ static void http_on_request(struct evhttp_request *ev, void *arg)
     }
     if (cp->shutting_down) {
         cpreq_add_header(r, "Connection", "close");
-        cpreq_add_header(r, "Retry-After", "1");
+        cpreq_retry_after(r, 1000);
         cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
         return;
     }
+    if (http_over_cap(r))
+        return;
     gate_dispatch(r);
 }
 

@@ -154,7 +154,7 @@ static bool idem_valid_key(const char *k)
 
 static void idem_in_progress(struct cp_req *r)
 {
-    cpreq_add_header(r, "Retry-After", "1");
+    cpreq_retry_after(r, 1000);
     cpreq_reply_error(r, 409, "idempotency_in_progress", "Idempotency-Key",
                       "a request with this Idempotency-Key is still being processed; retry later");
 }

@@ -29,6 +29,20 @@
  *      RATELIMIT_QUOTA_MAX_WINDOW_MS after T0 it is refused as stale.
  *   4. ratelimit_quota_settle(): moved to "placed" if its statement added a
  *      device, else removed.
+ * After Redis loses its data (a restart without persistence, a failover to
+ * a replica that had not caught up): a missing bucket would start full and
+ * let a whole minute's allowance through on top of what was just spent. The
+ * script keeps an epoch (dps:@epoch:bucket: a random id and when it began,
+ * on Redis's clock); every router remembers the epoch it saw last and sends
+ * it. An epoch re-created while a router remembers another one is "cold":
+ * a bucket missing then starts with the tokens it would have refilled since
+ * the epoch began (empty, refilling at limit/60 s), not full, so the minute
+ * after the loss admits at most one minute's allowance. A Redis that keeps
+ * its data (appendonly yes, or a replica promoted by Sentinel that had the
+ * writes) keeps the buckets themselves. Not covered: every router restarting
+ * along with Redis (nobody remembers an epoch: the buckets start full, as on
+ * a first start).
+ *
  * Every admission happens in one script that sees every earlier admission,
  * so the committed devices never exceed maxDevices (docs/api.md "Quotas"
  * states the assumptions: Redis keeps its data; an assignment commits
@@ -78,6 +92,15 @@ struct ratelimit_tenant {
 void ratelimit_take(struct redisbus *bus, const struct layout_dps *const *cands, int ncand,
                     const struct ratelimit_tenant *tenant, ratelimit_cb cb, void *arg);
 
+/* Give back the token ratelimit_take took from dps (and the tenant's bucket,
+ * when tenant_per_minute > 0) for an assignment that was not performed: the
+ * deadline passed before it was queued or while it waited, the database was
+ * unavailable, or the statement placed nothing (the DPS filled, the
+ * registration id was taken) and placement is tried again. Fire and forget:
+ * a lost refund leaves the token spent (conservative). */
+void ratelimit_refund(struct redisbus *bus, const struct layout_dps *dps, const char *tenant_id,
+                      int64_t tenant_per_minute);
+
 /* Step 1 of the device quota: t0 = Redis's time in ms, or -1 (Redis
  * unavailable). Called exactly once, possibly before this returns. */
 typedef void (*ratelimit_reserve_cb)(int64_t t0, void *arg);
@@ -88,9 +111,5 @@ void ratelimit_quota_reserve(struct redisbus *bus, const char *tenant_id, const 
  * statement added a device) or not. Fire and forget: a lost command leaves
  * the reservation to expire (RATELIMIT_QUOTA_RESERVE_MS). */
 void ratelimit_quota_settle(struct redisbus *bus, const char *tenant_id, const char *reservation, bool committed);
-
-/* Retry-After seconds for a wait: the refill time plus random jitter of up to
- * half of it (at least one second), so throttled devices don't return in step. */
-int64_t ratelimit_retry_after_s(int64_t wait_ms);
 
 #endif

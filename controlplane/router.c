@@ -69,8 +69,20 @@ void router_set_state(struct router_req *d, enum dev_state s)
     d->state = s;
 }
 
+/* Give back the DPS (and tenant) token taken for a placement that did not
+ * happen: the statement rolled back or placed nothing, the request ended
+ * before it was sent. Call before d->chosen's layout may go (router_place). */
+static void router_refund(struct router_req *d)
+{
+    if (!d->token_held)
+        return;
+    d->token_held = false;
+    ratelimit_refund(d->cp->redis, d->chosen, d->tenant_id, d->t ? d->t->max_per_minute : 0);
+}
+
 static void router_free(struct router_req *d)
 {
+    router_refund(d);   /* still held: nothing was placed with it */
     if (d->quota_reserved)   /* nothing was committed under it */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, false);
     if (d->inst_reserved && !d->inst_committed && !d->inst_in_doubt)
@@ -108,11 +120,9 @@ void router_unauthorized(struct router_req *d, const char *code)
     router_error(d, 401, code, NULL, "the credential was not accepted");
 }
 
-void router_retry_after(struct router_req *d, int64_t seconds)
+void router_retry_after(struct router_req *d, int64_t wait_ms)
 {
-    char v[24];
-    snprintf(v, sizeof v, "%lld", (long long)seconds);
-    cpreq_add_header(d->r, "Retry-After", v);
+    cpreq_retry_after(d->r, wait_ms);
 }
 
 static json_t *router_answer(struct router_req *d)
@@ -215,7 +225,7 @@ static void router_release(struct router_req *d)
                              : (d->kind == DEV_RETIRE ? "retired by operator" : "deprovisioned by operator");
     if (!invalidate_can_announce(d->r->cp->inval)) {
         /* Other routers' caches must hear of the change: refuse rather than leave them stale. */
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
         return;
     }
@@ -251,7 +261,9 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
     int geo = d->row.geo;
 
     if (q->status == PGQ_UNAVAILABLE) {
-        router_unavailable(d, q);   /* committed or not: unknown, so a placement count stays taken */
+        /* committed or not: unknown, so a placement count and the token stay taken */
+        d->token_held = false;
+        router_unavailable(d, q);
         return;
     }
     d->inst_in_doubt = false;   /* a definite answer (an error rolled the statement back) */
@@ -265,6 +277,7 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
             router_exclude(d, d->chosen->id);
             d->regid_conflicts++;
         }
+        router_refund(d);   /* rolled back: the next placement takes its own */
         router_place(d);
         return;
     }
@@ -275,6 +288,10 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
         return;
     }
     outcome = PQgetvalue(q->res, row, off);
+    if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
+        d->token_held = false;   /* spent on a registration that happened */
+    else
+        router_refund(d);        /* existing, retired, unchanged, dps_full, regid_taken: nothing placed */
     if (d->quota_reserved && strcmp(outcome, "assigned") == 0) {
         /* a device was added under the reservation: it now counts, held a while longer */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, true);
@@ -315,7 +332,7 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
         d->regid_conflicts++;
         router_place(d);
     } else {
-        router_retry_after(d, 60);
+        router_retry_after(d, 60000);
         router_error(d, 503, "capacity_exhausted", NULL, "no DPS instance could take the device now");
     }
 }
@@ -494,13 +511,13 @@ static void router_assign(struct router_req *d)
 bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms)
 {
     if (st == RL_TENANT_THROTTLED) {
-        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_retry_after(d, wait_ms);
         router_error(d, 429, "tenant_throttled", NULL,
                   "the tenant is at its quotas.maxProvisionsPerMinute; retry later");
         return true;
     }
     if (st == RL_QUOTA_PENDING) {
-        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_retry_after(d, wait_ms);
         router_error(d, 429, "quota_pending", NULL,
                   "the tenant's placements in flight would reach quotas.maxDevices; retry later");
         return true;
@@ -553,7 +570,7 @@ static void router_on_reserved(int64_t t0, void *arg)
     struct cp *cp = d->cp;
 
     if (t0 < 0) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "the device quota cannot be checked; retry later");
         return;
     }
@@ -591,19 +608,20 @@ static void router_on_rate(enum ratelimit_status st, int admitted, int64_t wait_
         d->quota_reserved = false;   /* the script dropped the reservation */
     if (st == RL_QUOTA_STALE) {
         /* the count took too long to rule out a placement committed meanwhile */
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
     } else if (st == RL_UNAVAILABLE) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
     } else if (router_tenant_refused(d, st, wait_ms)) {
         return;
     } else if (st == RL_THROTTLED) {
-        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_retry_after(d, wait_ms);
         router_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
     } else {
         d->chosen = d->pr.cand[admitted];
         d->placed_now = true;
+        d->token_held = true;
         router_assign(d);
     }
 }
@@ -621,12 +639,12 @@ static void router_place(struct router_req *d)
     struct placement_input in = {0};
 
     if (!l) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "database_unavailable", NULL, "the layout is not loaded yet; retry later");
         return;
     }
     if (!redisbus_cmd(cp->redis)) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
         return;
     }
@@ -660,14 +678,14 @@ static void router_place(struct router_req *d)
     if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->regid_conflicts > 0) {
         /* Not a full stamp: DPS instances hold each registration id once,
          * and another tenant's device has this one where there was room. */
-        router_retry_after(d, 60);
+        router_retry_after(d, 60000);
         router_error(d, 503, "capacity_exhausted", "registrationId",
                   "no eligible DPS instance can take this registration id: where there is room, another "
                   "device already uses it (a DPS holds each registration id once); use another id");
         return;
     }
     if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->pr.enrollment_only) {
-        router_retry_after(d, 60);
+        router_retry_after(d, 60000);
         log_write(LOG_WARN, d->r->id, "event=placement_failed tenant=%s outcome=no_enrollment_group", d->tenant_id);
         router_error(d, 503, "capacity_exhausted", "enrollmentGroup",
                   "the tenant's enrollment group cannot be created in any eligible DPS instance (their group "
@@ -677,7 +695,7 @@ static void router_place(struct router_req *d)
     if (d->pr.outcome != PLACE_OK) {
         const char *code = placement_outcome_code(d->pr.outcome);
         if (d->pr.outcome != PLACE_NO_ELIGIBLE)
-            router_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5 : 60);
+            router_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5000 : 60000);
         if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED)
             layouts_refresh_soon(cp->layouts);   /* other routers may have released some */
         log_write(LOG_INFO, d->r->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);

@@ -28,7 +28,7 @@ static void proxy_on_recorded(const struct pgq_result *q, void *arg)
     }
     if (strcmp(PQcmdTuples((PGresult *)q->res), "1") != 0) {
         /* moved or released while the DPS worked: the device must ask again */
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 409, "assignment_changed", NULL, "the device's assignment changed meanwhile; retry");
         return;
     }
@@ -47,7 +47,7 @@ static void proxy_on_dps(const struct dps_outcome *o, void *arg)
     case DPS_ASSIGNED:
         break;
     case DPS_THROTTLED:
-        router_retry_after(d, ratelimit_retry_after_s((int64_t)o->retry_after_s * 1000));
+        router_retry_after(d, (int64_t)o->retry_after_s * 1000);
         router_error(d, 429, "throttled", NULL, "the stamp's DPS is throttling registrations; retry later");
         return;
     case DPS_DISABLED:
@@ -63,7 +63,7 @@ static void proxy_on_dps(const struct dps_outcome *o, void *arg)
         return;
     case DPS_UNREACHABLE:
         log_write(LOG_WARN, d->r->id, "event=dps_unreachable dps=%s error=\"%.200s\"", d->row.dps, o->error);
-        router_retry_after(d, 5);
+        router_retry_after(d, 5000);
         router_error(d, 503, "dps_unavailable", NULL, "the stamp's DPS did not answer; retry later");
         return;
     }
@@ -89,12 +89,12 @@ static void proxy_on_rate(enum ratelimit_status st, int admitted, int64_t wait_m
     struct router_req *d = arg;
     (void)admitted;
     if (st == RL_UNAVAILABLE) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
     } else if (router_tenant_refused(d, st, wait_ms)) {
         return;
     } else if (st == RL_THROTTLED) {
-        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_retry_after(d, wait_ms);
         router_error(d, 429, "throttled", NULL, "the device's DPS instance is at its registration rate; retry later");
     } else {
         proxy_register(d);
@@ -116,7 +116,7 @@ void router_proxy(struct router_req *d)
         return;
     }
     if (!dp) {
-        router_retry_after(d, 1);
+        router_retry_after(d, 1000);
         router_error(d, 503, "no_eligible_stamp", NULL, "the device's DPS instance is not in the layout; reprovision");
         return;
     }

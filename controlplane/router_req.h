@@ -66,6 +66,7 @@ struct router_req {
     const struct layout_dps *chosen;
     bool moving;               /* reprovision of an assigned device */
     bool placed_now;           /* a DPS token was taken for this request's placement */
+    bool token_held;           /* ... and not yet used by a placement that happened (router_refund gives it back) */
     struct cp *cp;             /* outlives the request (router_free settles the quota reservation) */
     bool quota_reserved;       /* a reservation against maxDevices is held under `reservation` */
     char reservation[33];
@@ -98,8 +99,8 @@ void router_unauthorized(struct router_req *d, const char *code);
  * locate; moved_reason: reprovision moved it). Provision goes on to the DPS. */
 void router_reply_assignment(struct router_req *d, bool cache, const char *moved_reason);
 
-/* Add a (jittered) Retry-After of about `seconds`. */
-void router_retry_after(struct router_req *d, int64_t seconds);
+/* Add a jittered Retry-After for a wait of about wait_ms (cpreq_retry_after). */
+void router_retry_after(struct router_req *d, int64_t wait_ms);
 /* The tenant's own limits said no (RL_TENANT_THROTTLED, RL_QUOTA_PENDING):
  * replies and returns true; else false and d is untouched. */
 bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms);

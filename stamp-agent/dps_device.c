@@ -218,10 +218,11 @@ static void dps_new_operation_id(char *out, size_t outlen)
     snprintf(out, outlen, "4.%s.%.8s-%.4s-%.4s-%.4s-%.12s", a, b, b + 8, b + 12, b + 16, b + 20);
 }
 
+/* Jittered (util_retry_after_s) so that refused devices don't return in step. */
 static void dps_set_retry_after(struct dps_req *r, int seconds)
 {
-    char ra[16];
-    snprintf(ra, sizeof ra, "%d", seconds);
+    char ra[24];
+    util_retry_after_text(ra, sizeof ra, (int64_t)seconds * 1000);
     dps_add_header(r, "Retry-After", ra);
 }
 

@@ -53,7 +53,8 @@ struct dps_minute {
 void dps_minute_add(struct dps_minute *m, int64_t now_ms);
 uint64_t dps_minute_sum(const struct dps_minute *m, int64_t now_ms);
 
-/* Retry-After in whole seconds for a wait in ms: rounded up, at least 1. */
+/* A wait in ms as whole seconds: rounded up, at least 1 (the header adds
+ * jitter: util_retry_after_s). */
 int dps_retry_after_s(int64_t wait_ms);
 
 /*

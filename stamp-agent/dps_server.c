@@ -259,8 +259,11 @@ static void dps_refuse(struct dps_req *r, const struct connguard_verdict *v, int
         code = v->reason == CONNGUARD_OVERLOADED ? 503002   /* 503001 is "database unavailable" */
                                                  : (int64_t)status * 1000 + 1;
     dps_add_header(r, "Connection", "close");
-    if (status == 503)
-        dps_add_header(r, "Retry-After", "1");
+    if (status == 503) {
+        char ra[24];
+        util_retry_after_text(ra, sizeof ra, 1000);   /* jittered: the refused don't return in step */
+        dps_add_header(r, "Retry-After", ra);
+    }
     dps_reply_error(r, status, (int)code, "%s", v->message[0] ? v->message : "the request was refused");
 }
 

@@ -254,7 +254,8 @@ static void check_cap(int port, bool tls, const char *what)
         rc_read(extra[i], buf, sizeof buf, 5000, true);
         if (answer_status(buf) != 503)
             ts_fail("%s: connection %d over the cap got '%s', expected 503", what, i, buf);
-        if (!strcasestr(buf, "\r\nRetry-After: 1") || !strcasestr(buf, "\r\nConnection: close"))
+        if (!(strcasestr(buf, "\r\nRetry-After: 1\r\n") || strcasestr(buf, "\r\nRetry-After: 2\r\n")) ||
+            !strcasestr(buf, "\r\nConnection: close"))
             ts_fail("%s: 503 without Retry-After/Connection: close: %s", what, buf);
         if (tls ? !strstr(answer_body(buf), "\"errorCode\":503002") : !strstr(answer_body(buf), "\"overloaded\""))
             ts_fail("%s: 503 without the error body: %s", what, answer_body(buf));

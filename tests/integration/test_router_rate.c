@@ -12,6 +12,11 @@
  *    Retry-After in [1, 3], and the values are not all the same (jitter);
  *  - the devices table holds exactly the devices that got 200;
  * then, after waiting Retry-After, a throttled device is placed.
+ *
+ * test_bucket_after_data_loss: Redis loses every key (FLUSHALL, as a restart
+ * without persistence would), then 120 new devices are fired at once: the
+ * buckets start empty and refill (ratelimit.h "After Redis loses its data"),
+ * so at most (seconds since the loss + 2) are placed, not a fresh 60.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -150,10 +155,49 @@ static void test_shared_bucket(void **state)
     }
 }
 
+#define NLOSS 120
+
+static struct ts_rt_job loss_jobs[NLOSS];
+
+static void test_bucket_after_data_loss(void **state)
+{
+    int n200 = 0, before = ts_pg_count(eu_db, "SELECT count(*) FROM devices");
+    int64_t t0, elapsed;
+    const char *reply;
+
+    (void)state;
+    reply = ts_redis_cmd(rt->redis->addr, "FLUSHALL");
+    if (!reply || strcmp(reply, "OK") != 0)
+        ts_fail("FLUSHALL: %s", reply ? reply : "(no reply)");
+    t0 = ts_now_ms();
+    memset(loss_jobs, 0, sizeof loss_jobs);
+    for (int i = 0; i < NLOSS; i++) {
+        const char *id = ts_str("loss-%03d", i);
+        loss_jobs[i].port = rt->cp[i % 2]->port;
+        loss_jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
+        loss_jobs[i].authz = ts_rt_sas(acme, id, 0);
+    }
+    ts_rt_run_jobs(loss_jobs, NLOSS, NTHREADS);
+    elapsed = ts_now_ms() - t0;
+    for (int i = 0; i < NLOSS; i++) {
+        if (loss_jobs[i].ans.status == 200)
+            n200++;
+        else if (loss_jobs[i].ans.status != 429)
+            ts_fail("request %d: only 200 or 429 expected, got %d %s", i, loss_jobs[i].ans.status,
+                    loss_jobs[i].ans.body);
+    }
+    ts_log("after the data loss: %d of %d placed in %lld ms", n200, NLOSS, (long long)elapsed);
+    if ((double)n200 > (double)elapsed / 1000.0 + 2.0)
+        ts_fail("%d placements within %lld ms of losing the buckets: a burst went through (allowed %.1f)", n200,
+                (long long)elapsed, (double)elapsed / 1000.0 + 2.0);
+    assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM devices"), before + n200);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_bucket),
+        cmocka_unit_test(test_bucket_after_data_loss),
     };
     ts_init("test_router_rate");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));

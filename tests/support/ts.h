@@ -164,6 +164,11 @@ void ts_resp_free(struct ts_resp *r);
 
 /* Header value by name (case-insensitive), NULL when absent. */
 const char *ts_header(const struct ts_resp *r, const char *name);
+/* Whether a Retry-After value is the jittered form of `base` seconds
+ * (util_retry_after_s: an integer in base .. base + max(1, base/2)). */
+bool ts_retry_after_is(const char *value, long base);
+/* Fail unless r carries a Retry-After that is the jittered form of base. */
+void ts_expect_retry_after(const struct ts_resp *r, long base);
 /* error.code / error.target / error.message of an error body, NULL when absent. */
 const char *ts_err_code(const struct ts_resp *r);
 const char *ts_err_target(const struct ts_resp *r);

@@ -931,3 +931,21 @@ int64_t ts_parse_rfc3339(const char *s)
     tm.tm_sec = sec;
     return (int64_t)timegm(&tm) * 1000 + ms;
 }
+
+bool ts_retry_after_is(const char *value, long base)
+{
+    char *end = NULL;
+    long v, spread = base / 2 > 1 ? base / 2 : 1;
+    if (!value || !*value)
+        return false;
+    v = strtol(value, &end, 10);
+    return *end == '\0' && v >= base && v <= base + spread;
+}
+
+void ts_expect_retry_after(const struct ts_resp *r, long base)
+{
+    const char *v = ts_header(r, "Retry-After");
+    if (!ts_retry_after_is(v, base))
+        ts_fail("Retry-After \"%s\" is not %ld jittered (%ld .. %ld): %s", v ? v : "(none)", base, base,
+                base + (base / 2 > 1 ? base / 2 : 1), ts_resp_str(r));
+}
