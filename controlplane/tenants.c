@@ -62,6 +62,7 @@ struct tenants {
     struct pgpool *global;
     struct envelope *env;     /* opens the sealed enrollment keys (borrowed) */
     struct tenants_opts o;
+    bool distrusted;          /* invalidations may be missed: bypass the cache (tenants_set_distrusted) */
     struct strmap *cache;     /* id -> struct tenant* */
     struct strmap *known;     /* ids found in the catalog once (value: non-NULL marker) */
     struct strmap *absent;    /* id -> struct tenant_absent* */
@@ -397,6 +398,13 @@ void tenants_forget(struct tenants *ts, const char *id)
     tenants_detach(ts, id);
 }
 
+/* While invalidations can't reach us, nothing cached is answered: every
+ * lookup reads the database (invalidate.c sets and clears this). */
+void tenants_set_distrusted(struct tenants *ts, bool distrusted)
+{
+    ts->distrusted = distrusted;
+}
+
 void tenants_forget_all(struct tenants *ts)
 {
     struct tenant_fetch *f;
@@ -497,14 +505,14 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && t->expires_mono_ms > now) {
+    if (t && t->expires_mono_ms > now && !ts->distrusted) {
         tenant_ref(t);
         cb(t, TENANT_OK, arg);
         tenant_unref(t);
         return;
     }
     if ((a = strmap_get(ts->absent, id)) != NULL) {
-        if (a->expires_mono_ms > now) {
+        if (a->expires_mono_ms > now && !ts->distrusted) {
             TAILQ_REMOVE(&ts->absent_lru, a, lru);
             TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
             cb(NULL, TENANT_NOT_FOUND, arg);
