@@ -15,12 +15,19 @@ CREATE TABLE invalidation_outbox (
 );
 CREATE INDEX invalidation_outbox_claim_idx ON invalidation_outbox (claimed_until, id);
 
--- tenants (id), installer_tokens and tenant_cas (tenant_id): "tenant <id>".
+-- "tenant <id>": tenants names it by id, installer_tokens and tenant_cas by
+-- tenant_id (two functions: PL/pgSQL can't name a column a table lacks).
 CREATE FUNCTION cp_tenant_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
-    t text := CASE WHEN TG_TABLE_NAME = 'tenants'
-                   THEN CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END
-                   ELSE CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END END;
+    t text := CASE WHEN TG_OP = 'DELETE' THEN OLD.id ELSE NEW.id END;
+BEGIN
+    INSERT INTO invalidation_outbox (kind, tenant_id, subject) VALUES ('tenant', t, t);
+    RETURN NULL;
+END $$;
+
+CREATE FUNCTION cp_tenant_part_outbox() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    t text := CASE WHEN TG_OP = 'DELETE' THEN OLD.tenant_id ELSE NEW.tenant_id END;
 BEGIN
     INSERT INTO invalidation_outbox (kind, tenant_id, subject) VALUES ('tenant', t, t);
     RETURN NULL;
@@ -35,8 +42,8 @@ END $$;
 CREATE TRIGGER tenants_invalidation_outbox AFTER UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION cp_tenant_outbox();
 CREATE TRIGGER installer_tokens_invalidation_outbox AFTER INSERT OR UPDATE OR DELETE ON installer_tokens
-    FOR EACH ROW EXECUTE FUNCTION cp_tenant_outbox();
+    FOR EACH ROW EXECUTE FUNCTION cp_tenant_part_outbox();
 CREATE TRIGGER tenant_cas_invalidation_outbox AFTER INSERT OR UPDATE OR DELETE ON tenant_cas
-    FOR EACH ROW EXECUTE FUNCTION cp_tenant_outbox();
+    FOR EACH ROW EXECUTE FUNCTION cp_tenant_part_outbox();
 CREATE TRIGGER api_keys_invalidation_outbox AFTER UPDATE OR DELETE ON api_keys
     FOR EACH ROW EXECUTE FUNCTION cp_apikey_outbox();
