@@ -5,6 +5,7 @@
 #include "invalidate.h"
 
 #include <hiredis/async.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,20 @@
 #include "util.h"
 
 #define INVALIDATE_WAIT_MS 1000
+#define RELAY_PERIOD_MS 1000    /* how often each outbox is read: the bound on a lost publish */
+#define RELAY_BATCH "200"       /* rows claimed per outbox per round */
+#define RELAY_LEASE "10 seconds"  /* a claim another relay may take over after (its holder died) */
+#define RELAY_MAX_POOLS (CP_MAX_GEOGRAPHIES + 1)
+
+/* One outbox (the global database's or a geography's) and its round in flight. */
+struct inval_relay {
+    struct invalidate *inv;
+    struct pgpool *pool;
+    bool busy;                   /* a round (claim, publish, delete) is in flight */
+    int pending;                 /* PUBLISH replies still awaited */
+    bool failed;                 /* a PUBLISH failed: leave the rows to the lease */
+    char *ids;                   /* the claimed ids, "{1,2,3}" */
+};
 
 struct inval_wait {
     LIST_ENTRY(inval_wait) link;
@@ -31,6 +46,10 @@ struct invalidate {
     struct redisbus *bus;
     bool subscribed;
     LIST_HEAD(, inval_wait) waits;   /* messages waiting to come back */
+    struct inval_relay relay[RELAY_MAX_POOLS];
+    int nrelay;
+    struct event *relay_timer;
+    const char *fault;               /* STAMPCP_FAULT (test-only), or NULL */
 };
 
 /* ---- applying ---- */
@@ -68,6 +87,140 @@ void invalidate_apply(struct cp *cp, const char *payload)
         apikeys_forget(cp->keys, a);
 }
 
+/* ---- the outbox relay ----
+ *
+ * Every change also wrote an outbox row in its own transaction (schema/geo/008,
+ * schema/global/013). Each round claims a batch with a lease (SKIP LOCKED:
+ * every control plane runs a relay), publishes each row, and deletes the
+ * rows once Redis took every PUBLISH. A row whose request already published
+ * is published again: a repeated invalidation only costs a cache miss. A
+ * relay that dies mid-round leaves its rows to the next after the lease. */
+
+static const char relay_claim_sql[] =
+    "UPDATE invalidation_outbox o SET claimed_until = now() + interval '" RELAY_LEASE "'"
+    " FROM (SELECT id FROM invalidation_outbox WHERE claimed_until < now() ORDER BY id"
+    "       LIMIT " RELAY_BATCH " FOR UPDATE SKIP LOCKED) c"
+    " WHERE o.id = c.id RETURNING o.id, o.kind, coalesce(o.tenant_id, ''), o.subject";
+static const char relay_delete_sql[] = "DELETE FROM invalidation_outbox WHERE id = ANY($1::bigint[])";
+
+static void relay_end(struct inval_relay *rl)
+{
+    free(rl->ids);
+    rl->ids = NULL;
+    rl->busy = false;
+}
+
+static void relay_on_deleted(const struct pgq_result *q, void *arg)
+{
+    struct inval_relay *rl = arg;
+    if (q->status != PGQ_OK)   /* published anyway; the rows go out again after the lease */
+        log_warn("event=invalidation_outbox_delete_failed");
+    relay_end(rl);
+}
+
+static void relay_on_published(redisAsyncContext *ac, void *r, void *arg)
+{
+    struct inval_relay *rl = arg;
+    redisReply *reply = r;
+    const char *values[1];
+    (void)ac;
+    if (!reply || reply->type == REDIS_REPLY_ERROR)
+        rl->failed = true;
+    if (--rl->pending > 0)
+        return;
+    if (rl->failed) {   /* not all taken (or shutting down): the lease brings them back */
+        relay_end(rl);
+        return;
+    }
+    values[0] = rl->ids;
+    pgpool_query(rl->pool, relay_delete_sql, 1, values, relay_on_deleted, rl);
+}
+
+/* The message for an outbox row, or NULL for a kind we don't know. */
+static char *relay_payload(struct invalidate *inv, const char *kind, const char *tenant, const char *subject)
+{
+    char ps[PSEUDONYM_LEN], nonce[17];
+    util_random_hex(nonce, 8);
+    if (strcmp(kind, "device") == 0)
+        return xasprintf("device %s %s %s #%s", tenant, pseudonym_device(&inv->cp->pseudo, tenant, subject, ps),
+                         pseudonym_key_id(&inv->cp->pseudo), nonce);
+    if (strcmp(kind, "tenant") == 0 || strcmp(kind, "apikey") == 0)
+        return xasprintf("%s %s #%s", kind, subject, nonce);
+    return NULL;
+}
+
+static void relay_on_claimed(const struct pgq_result *q, void *arg)
+{
+    struct inval_relay *rl = arg;
+    redisAsyncContext *ac = redisbus_cmd(rl->inv->bus);
+    size_t len = 0, cap;
+    int n = q->status == PGQ_OK ? PQntuples(q->res) : 0;
+    if (n == 0 || !ac) {   /* nothing to do, or Redis went away: the lease brings them back */
+        relay_end(rl);
+        return;
+    }
+    cap = (size_t)n * 21 + 3;   /* a bigint is at most 20 digits, plus a separator */
+    rl->ids = xcalloc(1, cap);
+    rl->failed = false;
+    rl->pending = 1;   /* held until every PUBLISH is queued */
+    for (int i = 0; i < n; i++) {
+        char *msg = relay_payload(rl->inv, PQgetvalue(q->res, i, 1), PQgetvalue(q->res, i, 2),
+                                  PQgetvalue(q->res, i, 3));
+        len += (size_t)snprintf(rl->ids + len, cap - len, "%s%s", i ? "," : "{", PQgetvalue(q->res, i, 0));
+        if (!msg)
+            continue;   /* an unknown kind (a newer writer): delete it, nobody here can apply it */
+        if (redisAsyncCommand(ac, relay_on_published, rl, "PUBLISH %s %s", INVALIDATE_CHANNEL, msg) == REDIS_OK)
+            rl->pending++;
+        else
+            rl->failed = true;
+        free(msg);
+    }
+    snprintf(rl->ids + len, cap - len, "}");
+    log_debug("event=invalidation_outbox_relayed rows=%d", n);
+    relay_on_published(NULL, &(redisReply){.type = REDIS_REPLY_STATUS}, rl);   /* release the hold */
+}
+
+static void relay_tick(evutil_socket_t fd, short what, void *arg)
+{
+    struct invalidate *inv = arg;
+    struct timeval tv = {RELAY_PERIOD_MS / 1000, (RELAY_PERIOD_MS % 1000) * 1000};
+    (void)fd; (void)what;
+    for (int i = 0; i < inv->nrelay; i++) {
+        struct inval_relay *rl = &inv->relay[i];
+        if (rl->busy || !pgpool_is_ready(rl->pool) || !redisbus_cmd(inv->bus))
+            continue;
+        rl->busy = true;
+        pgpool_query(rl->pool, relay_claim_sql, 0, NULL, relay_on_claimed, rl);
+    }
+    event_add(inv->relay_timer, &tv);
+}
+
+static void relay_start(struct invalidate *inv)
+{
+    struct timeval now = {0, 0};   /* the first round at start-up: what a crash left behind */
+    inv->relay[inv->nrelay++] = (struct inval_relay){.inv = inv, .pool = inv->cp->global};
+    for (int i = 0; i < inv->cp->cfg.n_geos && inv->nrelay < RELAY_MAX_POOLS; i++)
+        inv->relay[inv->nrelay++] = (struct inval_relay){.inv = inv, .pool = inv->cp->geo[i]};
+    inv->relay_timer = evtimer_new(inv->cp->base, relay_tick, inv);
+    if (!inv->relay_timer) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+    event_add(inv->relay_timer, &now);
+}
+
+/* ---- test-only fault injection ---- */
+
+void invalidate_fault(const struct invalidate *inv, const char *point)
+{
+    /* STAMPCP_FAULT=exit_after_commit:<point>: die like kill -9 between a
+     * committed change and its publish (tests only; see docs/architecture.md). */
+    if (inv->fault && strncmp(inv->fault, "exit_after_commit:", 18) == 0 && strcmp(inv->fault + 18, point) == 0) {
+        log_warn("event=fault_injected fault=%s", inv->fault);
+        raise(SIGKILL);
+    }
+}
+
 /* ---- the subscription ---- */
 
 static void inval_on_message(const char *chan, size_t chan_len, const char *msg, size_t len, void *arg)
@@ -89,19 +242,39 @@ static void inval_on_message(const char *chan, size_t chan_len, const char *msg,
     free(payload);
 }
 
-/* The subscription is back: invalidations may have been missed meanwhile. */
+/* Drop every cached answer: invalidations may have been (or be being) missed. */
+static void inval_forget_all(struct invalidate *inv)
+{
+    assign_cache_clear(inv->cp->cache);   /* also refuses puts of lookups begun before */
+    tenants_forget_all(inv->cp->tenants);
+}
+
+/* The subscription is back: invalidations may have been missed meanwhile, so
+ * drop everything, and only then trust the caches again: from here on every
+ * message is heard. An entry is thus only ever trusted while the
+ * subscription has been up continuously since it was stored. */
 static void inval_on_subscribed(void *arg)
 {
     struct invalidate *inv = arg;
     inv->subscribed = true;
-    assign_cache_clear(inv->cp->cache);
-    tenants_forget_all(inv->cp->tenants);
+    inval_forget_all(inv);
+    tenants_set_distrusted(inv->cp->tenants, false);
 }
 
+/* Lost: a change made now would go unheard, so answer nothing from the caches
+ * (they are emptied and bypassed) until on_subscribed. */
 static void inval_on_unsubscribed(void *arg)
 {
     struct invalidate *inv = arg;
     inv->subscribed = false;
+    inval_forget_all(inv);
+    tenants_set_distrusted(inv->cp->tenants, true);
+    log_warn("event=invalidations_unsubscribed action=caches_bypassed");
+}
+
+bool invalidate_cache_trusted(const struct invalidate *inv)
+{
+    return inv->subscribed;
 }
 
 struct invalidate *invalidate_new(struct cp *cp, struct redisbus *bus)
@@ -113,7 +286,10 @@ struct invalidate *invalidate_new(struct cp *cp, struct redisbus *bus)
     inv->cp = cp;
     inv->bus = bus;
     LIST_INIT(&inv->waits);
+    inv->fault = getenv("STAMPCP_FAULT");
+    tenants_set_distrusted(cp->tenants, true);   /* until the first subscription */
     redisbus_subscribe(bus, &sub);
+    relay_start(inv);
     return inv;
 }
 
@@ -127,6 +303,10 @@ void invalidate_free(struct invalidate *inv)
         event_free(w->ev);
         free(w);
     }
+    if (inv->relay_timer)
+        event_free(inv->relay_timer);
+    for (int i = 0; i < inv->nrelay; i++)
+        free(inv->relay[i].ids);   /* the pools drop their queries, with no callback */
     free(inv);
 }
 

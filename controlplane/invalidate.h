@@ -17,7 +17,15 @@
  * so then it is waiting at every other control plane too, and a cache there
  * drains its socket (invalidate_drain) before answering from its cache.
  * While the subscription is down, or after it came back (messages may have
- * been lost), this instance's caches are cleared.
+ * been lost), this instance's caches are cleared; while it is down they are
+ * also bypassed (invalidate_cache_trusted).
+ *
+ * Delivery is guaranteed by an outbox: every change also writes a row in its
+ * own transaction (triggers, schema/geo/008 and schema/global/013), and a
+ * relay here - in every control plane, at start-up and every second - claims
+ * rows (a lease, SKIP LOCKED), publishes them and deletes them. A request
+ * still publishes at once after its commit (the fast path); the relay covers
+ * a crash between commit and publish, within about a second.
  *
  * Ownership: done(delivered, arg) runs exactly once, never from inside the
  * call that queued it; the caller keeps arg alive until then.
@@ -50,6 +58,17 @@ void invalidate_device(struct invalidate *inv, const char *tenant, const char *r
                        void *arg);
 void invalidate_tenant(struct invalidate *inv, const char *tenant, invalidate_done_cb done, void *arg);
 void invalidate_apikey(struct invalidate *inv, const char *key_id, invalidate_done_cb done, void *arg);
+
+/* Whether cached answers may be used (and stored): only while the
+ * subscription is up. While it is down the caches are empty and bypassed;
+ * when it comes back they are dropped once more and trusted from then on. */
+bool invalidate_cache_trusted(const struct invalidate *inv);
+
+/* Test-only fault injection: with STAMPCP_FAULT=exit_after_commit:<point>
+ * in the environment, the process kills itself (SIGKILL) here. Called by a
+ * change between its commit and its publish ("device_move",
+ * "device_release"); the outbox relay must then deliver the change. */
+void invalidate_fault(const struct invalidate *inv, const char *point);
 
 /* Apply a message's payload to this process's caches (also used by tests). */
 void invalidate_apply(struct cp *cp, const char *payload);

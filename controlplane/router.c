@@ -158,7 +158,7 @@ void router_reply_assignment(struct router_req *d, bool cache, const char *moved
     }
     text = json_dumps(a, JSON_COMPACT);
     json_decref(a);
-    if (cache && d->kind == DEV_LOCATE)
+    if (cache && d->kind == DEV_LOCATE && invalidate_cache_trusted(d->r->cp->inval))
         assign_cache_put(d->r->cp->cache, d->epoch, d->tenant_id, d->regid, text);
     router_set_state(d, DS_DONE);
     cpreq_reply_text(d->r, 200, text, strlen(text));
@@ -184,8 +184,10 @@ static void router_count(struct router_req *d, const char *dps_id, int delta)
 
 /* Announce a change to every router, then continue with then(d) once the
  * announcement is known to be waiting at all of them (invalidate.h). */
-static void router_publish_change(struct router_req *d, void (*then)(struct router_req *))
+static void router_publish_change(struct router_req *d, const char *fault_point,
+                                  void (*then)(struct router_req *))
 {
+    invalidate_fault(d->r->cp->inval, fault_point);   /* test-only: a crash between commit and publish */
     d->then = then;
     invalidate_device(d->r->cp->inval, d->tenant_id, d->regid, router_on_published, d);
 }
@@ -214,7 +216,7 @@ static void router_on_release(const struct pgq_result *q, void *arg)
     if (strcmp(d->row.status, "assigned") == 0)
         router_count(d, d->row.dps, -1);
     snprintf(d->row.status, sizeof d->row.status, "%s", PQgetvalue(q->res, 0, 0));
-    router_publish_change(d, router_reply_released);
+    router_publish_change(d, "device_release", router_reply_released);
 }
 
 static void router_release(struct router_req *d)
@@ -306,7 +308,7 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
         if (strcmp(outcome, "moved") == 0)
             router_count(d, d->old_dps, -1);
         if (strcmp(outcome, "moved") == 0) {
-            router_publish_change(d, router_reply_moved);
+            router_publish_change(d, "device_move", router_reply_moved);
         } else {
             router_reply_assignment(d, true, d->kind == DEV_REPROVISION && d->moving ? d->reason : NULL);
         }
@@ -944,7 +946,8 @@ static void router_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
     d->t = t;
     if (d->kind == DEV_LOCATE)
         invalidate_drain(d->r->cp->inval);
-    if (d->kind == DEV_LOCATE && (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
+    if (d->kind == DEV_LOCATE && invalidate_cache_trusted(d->r->cp->inval) &&
+        (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
         if (log_enabled(LOG_DEBUG)) {
             char ps[PSEUDONYM_LEN];
             log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id,

@@ -62,6 +62,7 @@ struct tenants {
     struct pgpool *global;
     struct envelope *env;     /* opens the sealed enrollment keys (borrowed) */
     struct tenants_opts o;
+    bool distrusted;          /* invalidations may be missed: bypass the cache (tenants_set_distrusted) */
     struct strmap *cache;     /* id -> struct tenant* */
     struct strmap *known;     /* ids found in the catalog once (value: non-NULL marker) */
     struct strmap *absent;    /* id -> struct tenant_absent* */
@@ -397,6 +398,13 @@ void tenants_forget(struct tenants *ts, const char *id)
     tenants_detach(ts, id);
 }
 
+/* While invalidations can't reach us, nothing cached is answered: every
+ * lookup reads the database (invalidate.c sets and clears this). */
+void tenants_set_distrusted(struct tenants *ts, bool distrusted)
+{
+    ts->distrusted = distrusted;
+}
+
 void tenants_forget_all(struct tenants *ts)
 {
     struct tenant_fetch *f;
@@ -461,7 +469,7 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
         if (q->status == PGQ_SQL_ERROR)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
         t = f->detached ? NULL : strmap_get(ts->cache, f->id);
-        if (t && tenants_may_serve_stale(ts, t, util_mono_ms())) {
+        if (t && !ts->distrusted && tenants_may_serve_stale(ts, t, util_mono_ms())) {
             tenants_note_stale(ts, t);
             tenants_answer(f, t, TENANT_OK);
             return;
@@ -519,7 +527,8 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
+    if (t && !ts->distrusted &&
+        (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
         if (t->expires_mono_ms <= now)
             ts->st.stale_served++;
         tenant_ref(t);
@@ -528,7 +537,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
         return;
     }
     if ((a = strmap_get(ts->absent, id)) != NULL) {
-        if (a->expires_mono_ms > now) {
+        if (a->expires_mono_ms > now && !ts->distrusted) {
             TAILQ_REMOVE(&ts->absent_lru, a, lru);
             TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
             cb(NULL, TENANT_NOT_FOUND, arg);

@@ -126,6 +126,9 @@ void tenants_stats(const struct tenants *ts, struct tenants_stats *out);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
 void tenants_forget_all(struct tenants *ts);
+/* Bypass the cache (answer nothing from it) while distrusted is set: the
+ * invalidation subscription is down, so a change could go unheard. */
+void tenants_set_distrusted(struct tenants *ts, bool distrusted);
 
 void tenant_ref(struct tenant *t);
 void tenant_unref(struct tenant *t);
