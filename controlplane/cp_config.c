@@ -9,13 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns.h"
 #include "log.h"
 #include "util.h"
 
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", NULL,
+    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
 };
 static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", NULL,
@@ -222,7 +223,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
     }
     cfg->redis_host = xstrdup(host);
     cfg->redis_port = port;
-    if (!redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e))
+    if (!redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e) ||
+        !dns_config_parse(root, &cfg->dns_resolv_conf, e))
         return false;
     if (db && !cp_config_parse_db(db, cfg, e))
         return false;
@@ -283,6 +285,7 @@ void cp_config_free(struct cp_config *cfg)
     }
     free(cfg->redis_host);
     redis_auth_free(&cfg->redis_auth);
+    free(cfg->dns_resolv_conf);
     free(cfg->dps_ca_file);
     free(cfg->kek_file);
     free(cfg->tls_cert);

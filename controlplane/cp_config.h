@@ -29,6 +29,7 @@ struct cp_config {
     char *redis_host;
     int redis_port;
     struct redis_auth redis_auth; /* "redisAuth": the control plane's Redis user; sensitive: never logged */
+    char *dns_resolv_conf;        /* dns.resolvConf: the resolver's resolv.conf (NULL: the system's) */
     int64_t max_body_bytes;
     int64_t stale_after_intervals;
     int64_t down_after_intervals;

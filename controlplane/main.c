@@ -227,6 +227,7 @@ static void cp_free(struct cp *cp)
         pgpool_free(cp->geo[i]);
     }
     loadtable_free(cp->lt);
+    dns_free(cp->dns);   /* after every module that resolves */
     if (cp->drain_timer) event_free(cp->drain_timer);
     if (cp->sig_term) event_free(cp->sig_term);
     if (cp->sig_int) event_free(cp->sig_int);
@@ -312,6 +313,12 @@ int main(int argc, char **argv)
         log_error("event=event_base_failed");
         cp_config_free(&cp.cfg);
         return 1;
+    }
+    if (!(cp.dns = dns_new(cp.base, cp.cfg.dns_resolv_conf))) {
+        fprintf(stderr, "controlplane: config error: dns.resolvConf: cannot be used (see the log)\n");
+        event_base_free(cp.base);
+        cp_config_free(&cp.cfg);
+        return CP_EXIT_CONFIG;
     }
     cp.sig_term = cp_signal(&cp, SIGTERM);
     cp.sig_int = cp_signal(&cp, SIGINT);

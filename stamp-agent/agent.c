@@ -263,6 +263,10 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=event_base");
         return false;
     }
+    if (!(a->dns = dns_new(a->base, cfg->dns_resolv_conf))) {
+        log_error("event=init_failed what=dns");
+        return false;
+    }
     if (!agent_redis_init(&a->redis, a->base, cfg->redis_host, cfg->redis_port, &cfg->redis_auth,
                           agent_redis_up, agent_redis_down, a)) {
         log_error("event=init_failed what=redis");
@@ -329,6 +333,8 @@ void agent_free(struct agent *a)
     agent_event_free(&a->sigint);
     agent_event_free(&a->sighup);
     agent_event_free(&a->shutdown_timer);
+    dns_free(a->dns);   /* after every module that resolves */
+    a->dns = NULL;
     if (a->base) {
         /* connections freed above finish freeing in deferred callbacks */
         for (int i = 0; i < 4; i++)

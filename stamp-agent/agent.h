@@ -13,6 +13,7 @@
 #include "agent_load.h"
 #include "agent_redis.h"
 #include "agent_report.h"
+#include "dns.h"
 
 struct dps_server;
 
@@ -30,6 +31,7 @@ enum agent_state {
 struct agent {
     const struct agent_config *cfg;   /* borrowed; outlives the agent */
     struct event_base *base;
+    struct dns *dns;                  /* the resolver for Redis and webhooks (dns.h) */
     struct agent_redis redis;
     struct agent_load load;
     char *key;                        /* stamp:<id>:load */

@@ -10,11 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns.h"
 #include "log.h"
 #include "sas.h"
 
 static const char *const agent_config_keys[] = {
-    "stampId", "region", "redis", "redisAuth", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", "kekFile", NULL
+    "stampId", "region", "redis", "redisAuth", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", "kekFile", "dns", NULL
 };
 static const char *const agent_prov_keys[] = {
     "listen", "database", "tls", "serviceHostName", "servicePolicies", "instances", "hubs",
@@ -436,6 +437,7 @@ static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct j
         && agent_config_id(root, "region", true, &cfg->region, err)
         && agent_config_redis(root, cfg, err)
         && redis_auth_parse(root, "redisAuth", &cfg->redis_auth, err)
+        && dns_config_parse(root, &cfg->dns_resolv_conf, err)
         && jv_int(root, "", "reportIntervalMs", false, AGENT_INTERVAL_MIN_MS,
                   AGENT_INTERVAL_MAX_MS, &cfg->report_interval_ms, err)
         && agent_config_id_list(root, "dpsInstances", AGENT_MAX_DPS,
@@ -505,6 +507,7 @@ void agent_config_free(struct agent_config *cfg)
     free(cfg->region);
     free(cfg->redis_addr);
     redis_auth_free(&cfg->redis_auth);
+    free(cfg->dns_resolv_conf);
     free(cfg->kek_file);
     agent_config_free_list(cfg->dps_ids, cfg->n_dps);
     agent_config_free_list(cfg->hub_ids, cfg->n_hubs);

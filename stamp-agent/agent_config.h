@@ -81,6 +81,7 @@ struct agent_config {
     char redis_host[AGENT_HOST_MAX];
     int redis_port;
     struct redis_auth redis_auth;/* "redisAuth": the stamp's own Redis user; sensitive: never logged */
+    char *dns_resolv_conf;       /* dns.resolvConf: the resolver's resolv.conf (NULL: the system's) */
     int64_t report_interval_ms;  /* "reportIntervalMs" */
     char *kek_file;              /* "kekFile": KEK file sealing enrollment keys at rest (common/envelope.h) */
     char **dps_ids;              /* "dpsInstances" */
