@@ -314,6 +314,8 @@ struct ts_cp_opts {
     const char *geo_ids[TS_MAX_GEOS]; /* NULL-terminated; all NULL: {"us","eu"} */
     const char *geo_dbs[TS_MAX_GEOS]; /* conninfo per geography; NULL: a fresh DB */
     const char *redis;                /* host:port; NULL: STAMPCP_TEST_REDIS */
+    const char *redis_sentinel;       /* "redisSentinel" object (JSON text) instead of "redis"; NULL: none */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
     int stale_after;                  /* staleAfterIntervals; 0: omitted */
     int down_after;                   /* downAfterIntervals; 0: omitted */
     const char *extra_json;           /* extra members, e.g. "\"maxBodyBytes\":65536" */
@@ -377,6 +379,8 @@ struct ts_agent_opts {
     const char *stamp_id;
     const char *region;
     const char *redis;                /* NULL: STAMPCP_TEST_REDIS */
+    const char *redis_sentinel;       /* "redisSentinel" object (JSON text) instead of "redis"; NULL: none */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
     int interval_ms;                  /* 0: 200 */
     const char *dps[4];               /* NULL-terminated */
     const char *hubs[4];
