@@ -115,6 +115,7 @@ static int64_t wait_placements_resume(int64_t t0, int64_t bound_ms)
 
 struct tally {
     int n200, n503, n0, nother, nrunning;
+    int64_t first503, last503;   /* when the first and last 503 arrived (ts_now_ms), 0: none */
 };
 
 /* Every 200 is in the database as answered; counts the rest. */
@@ -141,6 +142,10 @@ static struct tally check_answers(const char *prefix, int n)
             if (!a->retry_after[0])
                 ts_fail("%s: 503 without Retry-After: %s", id, a->body);
             t.n503++;
+            if (!t.first503 || a->at_ms < t.first503)
+                t.first503 = a->at_ms;
+            if (a->at_ms > t.last503)
+                t.last503 = a->at_ms;
             continue;
         }
         if (a->status == 0) {
@@ -224,6 +229,9 @@ static void test_kill_leader(void **state)
         ts_fail("only %ld placements before the kill: the stream did not run", before);
 
     t = check_answers("kill", NJOBS);
+    if (t.n503)
+        ts_log("503s from %+lld ms to %+lld ms of the kill", (long long)(t.first503 - t_kill),
+               (long long)(t.last503 - t_kill));
     if (t.nother)
         ts_fail("%d answers were neither 200 nor 503 with Retry-After nor a dropped connection", t.nother);
     /* the stream went on after the failover, and the database is consistent */
@@ -243,7 +251,7 @@ static void test_switchover(void **state)
 {
     struct ts_rt_batch *b;
     const char *to;
-    int64_t t_done, resumed;
+    int64_t t_start, t_done, resumed;
     struct tally t;
 
     /* the old leader is back as the sync standby */
@@ -251,6 +259,7 @@ static void test_switchover(void **state)
     prepare_jobs("swo", NJOBS);
     b = ts_rt_batch_start(jobs, NJOBS, NTHREADS);
     ts_sleep_ms(1500);
+    t_start = ts_now_ms();
     to = ts_patroni_switchover(pg);
     t_done = ts_now_ms();
     resumed = wait_placements_resume(t_done, SWITCHOVER_BOUND_MS);
@@ -258,9 +267,13 @@ static void test_switchover(void **state)
     ts_rt_batch_stop(b);
     ts_rt_batch_wait(b);
     TS_EXPECT_STREQ(ts_patroni_leader(pg, NULL), to);
-    ts_log("switchover to %s: placements resumed %lld ms after patronictl returned", to, (long long)resumed);
+    ts_log("switchover to %s: patronictl took %lld ms; placements resumed %lld ms after it returned", to,
+           (long long)(t_done - t_start), (long long)resumed);
 
     t = check_answers("swo", NJOBS);
+    if (t.n503)
+        ts_log("503s from %+lld ms to %+lld ms of the switchover's start", (long long)(t.first503 - t_start),
+               (long long)(t.last503 - t_start));
     if (t.n0 || t.nother)
         ts_fail("planned switchover: %d requests without an answer and %d answers other than 200 or 503 with"
                 " Retry-After",

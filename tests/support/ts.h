@@ -324,7 +324,7 @@ struct ts_cp_opts {
     const char *tls_ca;               /* the CA clients trust for it; NULL: ts_pki_ca() */
     const char *client_ca;            /* tls.clientCa (mTLS); NULL: omitted */
     const char *kek_file;             /* "kekFile"; NULL: ts_kek_file() */
-    const char *redis_json;           /* the "redis" member as raw JSON (Sentinel); NULL: redis */
+    const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
 };
 
 struct ts_cp {
@@ -337,7 +337,7 @@ struct ts_cp {
     const char *geo_ids[TS_MAX_GEOS];
     const char *geo_dbs[TS_MAX_GEOS];
     const char *redis;
-    const char *redis_json; /* raw JSON "redis" member, or NULL */
+    const char *redis_sentinel; /* raw JSON "redisSentinel" object, or NULL */
     bool tls;               /* HTTPS: ts_http & co. speak TLS to port, trusting ca */
     const char *ca;         /* the CA that signed its certificate (NULL with plain HTTP) */
     const char *tls_cert, *tls_key;
@@ -379,7 +379,7 @@ struct ts_agent_opts {
     const char *stamp_id;
     const char *region;
     const char *redis;                /* NULL: STAMPCP_TEST_REDIS */
-    const char *redis_json;           /* the "redis" member as raw JSON (Sentinel); NULL: redis */
+    const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
     int interval_ms;                  /* 0: 200 */
     const char *dps[4];               /* NULL-terminated */
     const char *hubs[4];
@@ -438,16 +438,16 @@ struct ts_rt_opts {
     /* transport of the control planes, as struct ts_cp_opts (default: HTTPS, test PKI) */
     const char *tls_cert, *tls_key, *tls_ca;
     /* HA tests: databases elsewhere (NULL: fresh ones on STAMPCP_TEST_PG), and
-     * the "redis" member as raw JSON for the control planes and agents (then
-     * no private Redis is started: rt->redis is NULL) */
+     * the "redisSentinel" object as raw JSON for the control planes and agents
+     * (then no private Redis is started: rt->redis is NULL) */
     const char *global_db;
     const char *geo_dbs[TS_MAX_GEOS];       /* in the order of geos */
-    const char *redis_json;
+    const char *redis_sentinel;
 };
 
 struct ts_rt {
-    struct ts_redis *redis;                 /* private to the test: no shared keys or channels; NULL with redis_json */
-    const char *redis_json;                 /* as given in ts_rt_opts */
+    struct ts_redis *redis;                 /* private to the test: no shared keys or channels; NULL with redis_sentinel */
+    const char *redis_sentinel;             /* as given in ts_rt_opts */
     struct ts_cp *cp[TS_RT_MAX_CP];
     int ncp;
     int layout_refresh_ms;
@@ -586,7 +586,7 @@ struct ts_sentinel {
     char dir[512];
     char sentinels[256];   /* "127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3" */
     char master_name[64];
-    char redis_json[512];  /* {"sentinels":[...],"masterName":"..."}: the daemons' "redis" member */
+    char sentinel_json[512]; /* {"masterName":"...","sentinels":[...]}: the daemons' "redisSentinel" */
 };
 
 /* Start (<tmp>/sentinel-NAME), wait until the Sentinels agree; stopped at ts_finish. */

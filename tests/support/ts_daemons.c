@@ -64,17 +64,19 @@ static bool readyz_ok(void *arg)
     return ok;
 }
 
-/* The "redis" member: raw JSON when given (Sentinel), else the address string. */
-static json_t *redis_member(const char *raw, const char *addr)
+/* The daemon's Redis: "redisSentinel" (the raw JSON object) when given, else "redis": "host:port". */
+static void set_redis(json_t *cfg, const char *sentinel_json, const char *addr)
 {
     json_error_t err;
     json_t *v;
-    if (!raw)
-        return json_string(addr);
-    v = json_loads(raw, 0, &err);
+    if (!sentinel_json) {
+        json_object_set_new(cfg, "redis", json_string(addr));
+        return;
+    }
+    v = json_loads(sentinel_json, 0, &err);
     if (!v)
-        ts_fail("redis_json is not JSON (%s): %s", err.text, raw);
-    return v;
+        ts_fail("redis_sentinel is not JSON (%s): %s", err.text, sentinel_json);
+    json_object_set_new(cfg, "redisSentinel", v);
 }
 
 static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const char *name)
@@ -89,7 +91,7 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
     for (int i = 0; cp->geo_ids[i]; i++)
         json_object_set_new(geos, cp->geo_ids[i], json_string(cp->geo_dbs[i]));
     json_object_set_new(cfg, "geographies", geos);
-    json_object_set_new(cfg, "redis", redis_member(cp->redis_json, cp->redis));
+    set_redis(cfg, cp->redis_sentinel, cp->redis);
     json_object_set_new(cfg, "logLevel", json_string(getenv("TS_CP_LOG") ? getenv("TS_CP_LOG") : "info"));
     json_object_set_new(cfg, "kekFile", json_string(o->kek_file ? o->kek_file : ts_kek_file()));
     if (o->stale_after)
@@ -135,7 +137,7 @@ static struct ts_cp *cp_new(const struct ts_cp_opts *o, int n)
                                        : ts_pg_create_db(admin, ts_unique(ts_str("%d_%s", n, ids[i])));
     }
     cp->redis = o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS");
-    cp->redis_json = o->redis_json;
+    cp->redis_sentinel = o->redis_sentinel;
     cp->tls = !o->plain_http;
     if (cp->tls) {
         const char *crt, *key;
@@ -290,7 +292,7 @@ struct ts_proc *ts_agent_start(const struct ts_agent_opts *o)
 
     json_object_set_new(cfg, "stampId", json_string(o->stamp_id));
     json_object_set_new(cfg, "region", json_string(o->region));
-    json_object_set_new(cfg, "redis", redis_member(o->redis_json, o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS")));
+    set_redis(cfg, o->redis_sentinel, o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS"));
     json_object_set_new(cfg, "reportIntervalMs", json_integer(o->interval_ms ? o->interval_ms : 200));
     for (int i = 0; i < 4 && o->dps[i]; i++)
         json_array_append_new(dps, json_string(o->dps[i]));

@@ -155,7 +155,7 @@ struct ts_sentinel *ts_sentinel_start(const char *name)
     out = script("redis-sentinel-ctl", "start", s->dir, NULL, 60000);
     snprintf(s->sentinels, sizeof s->sentinels, "%s", env_value(out, "REDIS_SENTINELS"));
     snprintf(s->master_name, sizeof s->master_name, "%s", env_value(out, "REDIS_MASTER_NAME"));
-    /* "redis": {"sentinels": [...], "masterName": ...} for the daemons' configs */
+    /* "redisSentinel": {"masterName": ..., "sentinels": [...]} for the daemons' configs */
     arr = json_array();
     list = s->sentinels;
     while (*list) {
@@ -166,9 +166,9 @@ struct ts_sentinel *ts_sentinel_start(const char *name)
             list++;
     }
     {
-        json_t *o = json_pack("{s:o, s:s}", "sentinels", arr, "masterName", s->master_name);
+        json_t *o = json_pack("{s:s, s:o}", "masterName", s->master_name, "sentinels", arr);
         char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
-        snprintf(s->redis_json, sizeof s->redis_json, "%s", txt);
+        snprintf(s->sentinel_json, sizeof s->sentinel_json, "%s", txt);
         free(txt);
         json_decref(o);
     }
