@@ -227,6 +227,7 @@ static void cp_free(struct cp *cp)
         pgpool_free(cp->geo[i]);
     }
     loadtable_free(cp->lt);
+    dns_free(cp->dns);   /* after every module that resolves */
     if (cp->drain_timer) event_free(cp->drain_timer);
     if (cp->sig_term) event_free(cp->sig_term);
     if (cp->sig_int) event_free(cp->sig_int);
@@ -313,6 +314,12 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return 1;
     }
+    if (!(cp.dns = dns_new(cp.base, cp.cfg.dns_resolv_conf))) {
+        fprintf(stderr, "controlplane: config error: dns.resolvConf: cannot be used (see the log)\n");
+        event_base_free(cp.base);
+        cp_config_free(&cp.cfg);
+        return CP_EXIT_CONFIG;
+    }
     cp.sig_term = cp_signal(&cp, SIGTERM);
     cp.sig_int = cp_signal(&cp, SIGINT);
     cp.sig_hup = cp_signal(&cp, SIGHUP);
@@ -350,7 +357,7 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
-    cp.redis = redisbus_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, &cp.cfg.redis_auth);
+    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth);
     cp.feed = redisfeed_new(cp.redis, cp.lt);
     cp.inval = invalidate_new(&cp, cp.redis);
     if (!http_server_start(&cp)) {

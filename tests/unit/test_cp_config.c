@@ -40,8 +40,8 @@ static void test_minimal_defaults(void **state)
     assert_string_equal(cfg.geos[0].id, "eu");
     assert_string_equal(cp_config_geo_conninfo(&cfg, "eu"), "dbname=eu");
     assert_null(cp_config_geo_conninfo(&cfg, "us"));
-    assert_string_equal(cfg.redis_host, "127.0.0.1");
-    assert_int_equal(cfg.redis_port, 6379);
+    assert_string_equal(cfg.redis.direct.host, "127.0.0.1");
+    assert_int_equal(cfg.redis.direct.port, 6379);
     assert_int_equal(cfg.max_body_bytes, 65536);
     assert_int_equal(cfg.stale_after_intervals, 3);
     assert_int_equal(cfg.down_after_intervals, 10);
