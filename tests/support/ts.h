@@ -603,4 +603,13 @@ const char *ts_sentinel_restart_empty(struct ts_sentinel *s);
 /* Wait until the Sentinels agree on a master that has its replica (fails after timeout_s). */
 void ts_sentinel_wait(struct ts_sentinel *s, int timeout_s);
 
+/* A SUBSCRIBE to one channel on the Redis at addr (NULL if it cannot
+ * connect); the caller closes it. ts_redis_sub_next: the next message's
+ * payload (library-owned), or NULL after timeout_ms - after which the
+ * subscription is dead (close it, subscribe again). */
+struct ts_redis_sub;
+struct ts_redis_sub *ts_redis_subscribe(const char *addr, const char *channel);
+const char *ts_redis_sub_next(struct ts_redis_sub *s, int timeout_ms);
+void ts_redis_sub_close(struct ts_redis_sub *s);
+
 #endif

@@ -6,6 +6,7 @@
  */
 #include "ts_internal.h"
 
+#include <hiredis/hiredis.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -217,4 +218,73 @@ const char *ts_sentinel_restart_empty(struct ts_sentinel *s)
 void ts_sentinel_wait(struct ts_sentinel *s, int timeout_s)
 {
     (void)script("redis-sentinel-ctl", "wait", s->dir, ts_str("%d", timeout_s), (timeout_s + 10) * 1000);
+}
+
+/* ------------------------------------------------------------ a subscriber */
+
+struct ts_redis_sub {
+    redisContext *c;
+};
+
+void ts_redis_sub_close(struct ts_redis_sub *s)
+{
+    if (!s)
+        return;
+    if (s->c)
+        redisFree(s->c);
+    free(s);
+}
+
+struct ts_redis_sub *ts_redis_subscribe(const char *addr, const char *channel)
+{
+    char host[64];
+    const char *colon = strrchr(addr, ':');
+    struct timeval tv = { 3, 0 };
+    struct ts_redis_sub *s;
+    redisReply *rep;
+
+    if (!colon || (size_t)(colon - addr) >= sizeof host)
+        ts_fail("bad redis address %s", addr);
+    snprintf(host, sizeof host, "%.*s", (int)(colon - addr), addr);
+    s = calloc(1, sizeof *s);
+    if (!s)
+        abort();
+    s->c = redisConnectWithTimeout(host, atoi(colon + 1), tv);
+    if (!s->c || s->c->err) {
+        ts_redis_sub_close(s);
+        return NULL;
+    }
+    redisSetTimeout(s->c, tv);
+    rep = redisCommand(s->c, "SUBSCRIBE %s", channel);
+    if (!rep || rep->type != REDIS_REPLY_ARRAY) {
+        if (rep)
+            freeReplyObject(rep);
+        ts_redis_sub_close(s);
+        return NULL;
+    }
+    freeReplyObject(rep);
+    return s;
+}
+
+const char *ts_redis_sub_next(struct ts_redis_sub *s, int timeout_ms)
+{
+    struct timeval tv = { timeout_ms / 1000, (timeout_ms % 1000) * 1000 };
+    void *r = NULL;
+    redisReply *rep;
+    const char *out = NULL;
+
+    if (!s || !s->c || s->c->err)
+        return NULL;
+    redisSetTimeout(s->c, tv);
+    if (redisGetReply(s->c, &r) != REDIS_OK || !r) {
+        /* a timeout leaves the context unusable */
+        redisFree(s->c);
+        s->c = NULL;
+        return NULL;
+    }
+    rep = r;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements == 3 && rep->element[2]->type == REDIS_REPLY_STRING)
+        out = ts_str("%.*s", (int)rep->element[2]->len, rep->element[2]->str);
+    freeReplyObject(rep);
+    return out;
 }
