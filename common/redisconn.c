@@ -70,6 +70,7 @@ struct redisconn {
     struct event *ping_timer;         /* heartbeat while UP */
     struct event *drop_ev;            /* redisconn_drop()'s work, from the loop */
     bool drop_pending;
+    bool drop_quiet;                  /* a deliberate drop (the finder asked again): no outage */
     char drop_reason[64];
     int backoff_ms;
     bool ping_outstanding;
@@ -177,6 +178,8 @@ static void rc_go_up(struct redisconn *rc)
     else if (rc->outage_logged)
         log_info("event=redis_connected conn=%s target=%s addr=%s outage_ms=%lld attempts=%u", rc->name,
                  rc->target.text, rc->peer, (long long)(util_mono_ms() - rc->down_since_ms), rc->attempts);
+    else if (rc->is_finder)   /* it reconnects each time its owner asks again: not news */
+        log_debug("event=redis_connected conn=%s target=%s addr=%s", rc->name, rc->target.text, rc->peer);
     else
         log_info("event=redis_connected conn=%s target=%s addr=%s", rc->name, rc->target.text, rc->peer);
     rc->backoff_ms = REDISCONN_BACKOFF_MIN_MS;
@@ -330,8 +333,10 @@ static void rc_on_resolved(int err, const char *addr, void *arg)
 static void rc_ask_sentinels(struct redisconn *rc)
 {
     rc_set_state(rc, RC_SENTINEL);
-    if (rc->finder->state == RC_UP)
+    if (rc->finder->state == RC_UP && !rc->finder->drop_pending) {
+        rc->finder->drop_quiet = true;
         redisconn_drop(rc->finder, "master_wanted");
+    }
 }
 
 /* One attempt: find the address, resolve it, connect. */
@@ -425,14 +430,18 @@ static void rc_on_drop(evutil_socket_t fd, short what, void *arg)
     struct redisconn *rc = arg;
     redisAsyncContext *ac = rc->ac;
     enum rc_state st = rc->state;
+    bool quiet = rc->drop_quiet;
     (void)fd; (void)what;
     rc->drop_pending = false;
+    rc->drop_quiet = false;
     if (!ac || (st != RC_CONNECTING && st != RC_HANDSHAKE && st != RC_UP))
         return;   /* gone meanwhile */
     rc->ac = NULL;
     redisAsyncFree(ac);   /* pending callbacks get NULL; rc_on_disconnect sees a stranger */
     rc->state = st;       /* (the callbacks above can't have moved it: they ignore ac now) */
-    rc_lost(rc, "dropped", rc->drop_reason);
+    if (quiet)
+        log_debug("event=redis_drop conn=%s addr=%s reason=%s", rc->name, rc->peer, rc->drop_reason);
+    rc_lost(rc, quiet ? NULL : "dropped", rc->drop_reason);
 }
 
 void redisconn_drop(struct redisconn *rc, const char *reason)
