@@ -96,23 +96,6 @@ static bool report_on(const char *master, int64_t since_wall)
     return v && atoll(v) > since_wall;
 }
 
-/* Clients of the server at addr that are ours: not Sentinel's (named
- * sentinel-...), not replication links (flags M/S), not this query. */
-static int daemon_clients(const char *addr)
-{
-    const char *list = ts_redis_cmd(addr, "CLIENT LIST");
-    int n = 0;
-    for (const char *l = list; l && *l;) {
-        size_t len = strcspn(l, "\n");
-        const char *line = ts_str("%.*s", (int)len, l);
-        const char *flags = strstr(line, " flags=");
-        if (!strstr(line, " name=sentinel-") && !strstr(line, " cmd=client|list") && flags && !strchr("MS", flags[7]))
-            n++;
-        l += len + (l[len] == '\n');
-    }
-    return n;
-}
-
 static bool old_is_replica(void *arg)
 {
     const char *role = ts_redis_cmd(arg, "ROLE");
@@ -132,8 +115,8 @@ static void test_planned_failover(void **state)
         assert_true(inval_on(old, c, n++));
     }
     assert_true(report_on(old, wall_ms() - 2000));
-    if (daemon_clients(old) < 5)   /* cmd + sub per router, the agent's report connection */
-        ts_fail("only %d daemon connections on the master %s before the failover", daemon_clients(old), old);
+    if (ts_redis_daemon_clients(old) < 5)   /* cmd + sub per router, the agent's report connection */
+        ts_fail("only %d daemon connections on the master %s before the failover", ts_redis_daemon_clients(old), old);
 
     sentinel = ts_str("%.*s", (int)strcspn(sen->sentinels, ","), sen->sentinels);
     ts_http_set_timeout(5000);
@@ -156,7 +139,7 @@ static void test_planned_failover(void **state)
             ts_fail("not everything followed the failover within %d ms: placements %lld/%lld ms, invalidations"
                     " %lld/%lld ms, reports %lld ms, old master left %lld ms (%d daemon connections there)",
                     FAILOVER_BOUND_MS, (long long)at_rl[0], (long long)at_rl[1], (long long)at_inval[0],
-                    (long long)at_inval[1], (long long)at_report, (long long)at_left, daemon_clients(old));
+                    (long long)at_inval[1], (long long)at_report, (long long)at_left, ts_redis_daemon_clients(old));
         for (int c = 0; c < 2; c++) {
             if (at_rl[c] < 0 && placed(c))
                 at_rl[c] = ts_now_ms() - t0;
@@ -165,7 +148,7 @@ static void test_planned_failover(void **state)
         }
         if (at_report < 0 && report_on(now, t0_wall))
             at_report = ts_now_ms() - t0;
-        if (at_left < 0 && daemon_clients(old) == 0)
+        if (at_left < 0 && ts_redis_daemon_clients(old) == 0)
             at_left = ts_now_ms() - t0;
         ts_sleep_ms(50);
     }
@@ -176,8 +159,8 @@ static void test_planned_failover(void **state)
     /* Sentinel demotes the old master after the switch: then no daemon may be back on it. */
     if (!ts_wait_until(old_is_replica, (void *)old, FAILOVER_BOUND_MS))
         ts_fail("the old master %s did not become a replica: ROLE %s", old, ts_redis_cmd(old, "ROLE"));
-    if (daemon_clients(old) != 0)
-        ts_fail("%d daemon connections on the demoted master %s", daemon_clients(old), old);
+    if (ts_redis_daemon_clients(old) != 0)
+        ts_fail("%d daemon connections on the demoted master %s", ts_redis_daemon_clients(old), old);
     for (int c = 0; c < 2; c++)
         if (!ts_proc_log_contains(rt->cp[c]->proc, "event=sentinel_switch_master"))
             ts_fail("router %d did not log the +switch-master it followed", c);

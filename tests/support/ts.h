@@ -301,6 +301,9 @@ void ts_redis_stop(struct ts_redis *r);
 void ts_redis_restart(struct ts_redis *r);
 /* Run one Redis command (argv-style); returns the reply as a string (library-owned) or NULL. */
 const char *ts_redis_cmd(const char *addr, const char *fmt, ...);
+/* Clients of the Redis at addr that are the daemons' (CLIENT LIST without
+ * Sentinel's "sentinel-..." connections, replication links and this query). */
+int ts_redis_daemon_clients(const char *addr);
 
 /* ------------------------------------------------------------------ */
 /* The daemons under test (ts_daemons.c)                              */
