@@ -679,6 +679,11 @@ void *redisconn_owner(const redisAsyncContext *ac)
     return rc->arg;
 }
 
+struct redisconn *redisconn_of(const redisAsyncContext *ac)
+{
+    return ac->data;
+}
+
 void redisconn_note_reply(struct redisconn *rc, const redisReply *reply)
 {
     if (!reply || reply->type != REDIS_REPLY_ERROR || !reply->str || strncmp(reply->str, "READONLY", 8) != 0)

@@ -80,6 +80,9 @@ bool redisconn_command(struct redisconn *rc, redisCallbackFn *cb, void *privdata
     MUSTCHECK __attribute__((format(printf, 4, 5)));
 /* The opts' arg, for reply callbacks of commands sent on this connection. */
 void *redisconn_owner(const redisAsyncContext *ac);
+/* The connection a context handed out by redisconn_ctx() belongs to (for
+ * redisconn_note_reply() in reply callbacks). */
+struct redisconn *redisconn_of(const redisAsyncContext *ac);
 
 /*
  * Abandon the connection (reason for the log) and reconnect after the
