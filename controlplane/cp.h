@@ -23,12 +23,14 @@
 #include "pseudonym.h"
 #include "redisbus.h"
 #include "redisfeed.h"
+#include "dns.h"
 #include "invalidate.h"
 #include "tenants.h"
 #include "tls.h"
 
 struct cp {
     struct event_base *base;
+    struct dns *dns;                          /* the resolver for Redis and outbound HTTP (dns.h) */
     struct cp_config cfg;
     struct evhttp *http;
     struct evhttp_bound_socket *listener;

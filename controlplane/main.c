@@ -236,6 +236,11 @@ static void cp_free(struct cp *cp)
          * freeing in deferred callbacks: let those run before the base goes. */
         for (int i = 0; i < 4; i++)
             event_base_loop(cp->base, EVLOOP_NONBLOCK);
+        /* The resolver last: lookups cancelled by the connections freed above
+         * report to its evdns base from those deferred callbacks. */
+        dns_free(cp->dns);
+        for (int i = 0; i < 2; i++)
+            event_base_loop(cp->base, EVLOOP_NONBLOCK);
         event_base_free(cp->base);
     }
     pseudonym_clear(&cp->pseudo);
@@ -313,6 +318,13 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return 1;
     }
+    if (!(cp.dns = dns_new(cp.base, cp.cfg.dns_resolv_conf))) {
+        fprintf(stderr, "controlplane: config error: dns.resolvConf: cannot be used (see the log)\n");
+        event_base_free(cp.base);
+        cp_config_free(&cp.cfg);
+        return CP_EXIT_CONFIG;
+    }
+    http_call_set_dns(dns_evdns(cp.dns));   /* DPS endpoints by name (dps_client, enroll_sync, offboard) */
     cp.sig_term = cp_signal(&cp, SIGTERM);
     cp.sig_int = cp_signal(&cp, SIGINT);
     cp.sig_hup = cp_signal(&cp, SIGHUP);
@@ -351,7 +363,7 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
-    cp.redis = redisbus_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, &cp.cfg.redis_auth);
+    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth);
     cp.feed = redisfeed_new(cp.redis, cp.lt);
     cp.inval = invalidate_new(&cp, cp.redis);
     if (!http_server_start(&cp)) {

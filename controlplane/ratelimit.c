@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "redisconn.h"
 #include "util.h"
 
 /* KEYS: the n DPS buckets in order, then (only for a tenant with limits) the
@@ -164,7 +165,8 @@ static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
     struct rl_call *c = privdata;
     redisReply *reply = r;
     static int64_t errors;
-    (void)ac;
+    /* READONLY: the server became a replica; its connection goes back to the Sentinels. */
+    redisconn_note_reply(redisconn_of(ac), reply);
     /* e.g. NOPERM when the control plane's Redis user lacks a rule: say so (rarely). */
     if (reply && reply->type == REDIS_REPLY_ERROR && errors++ % 1000 == 0)
         log_error("event=ratelimit_refused error=\"%.200s\" count=%lld", reply->str ? reply->str : "",

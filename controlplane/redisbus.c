@@ -108,18 +108,19 @@ static void bus_cmd_down(struct redisconn *rc, void *arg)
         b->cmd_down(b->cmd_arg);
     /* The subscriber can't ping; if the server stopped answering the command
      * connection, the subscription is no better off. */
-    redisconn_drop(b->sub);
+    redisconn_drop(b->sub, "cmd_down");
 }
 
-struct redisbus *redisbus_new(struct event_base *base, const char *host, int port, const struct redis_auth *auth)
+struct redisbus *redisbus_new(struct event_base *base, struct dns *dns, const struct redis_target *target,
+                              const struct redis_auth *auth)
 {
     struct redisbus *b = xcalloc(1, sizeof *b);
     struct redisconn_opts sub = {
-        .name = "sub", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
+        .name = "sub", .target = target, .dns = dns, .connect_timeout_ms = 2000, .auth = auth,
         .on_up = bus_sub_up, .on_down = bus_sub_down, .arg = b,
     };
     struct redisconn_opts cmd = {
-        .name = "cmd", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
+        .name = "cmd", .target = target, .dns = dns, .connect_timeout_ms = 2000, .auth = auth,
         .ping_interval_ms = 1000, .ping_timeout_ms = 3000,
         .on_up = bus_cmd_up, .on_down = bus_cmd_down, .arg = b,
     };

@@ -23,7 +23,9 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "dns.h"
 #include "redisauth.h"
+#include "redistarget.h"
 
 struct redisAsyncContext;
 struct redisbus;
@@ -43,8 +45,10 @@ struct redisbus_sub {
     void *arg;
 };
 
-/* auth: the control plane's Redis user (copied; NULL or empty: no AUTH). */
-struct redisbus *redisbus_new(struct event_base *base, const char *host, int port, const struct redis_auth *auth);
+/* target: the server or the Sentinels (copied); dns: borrowed, outlives the bus;
+ * auth: the control plane's Redis user (copied; NULL or empty: no AUTH). */
+struct redisbus *redisbus_new(struct event_base *base, struct dns *dns, const struct redis_target *target,
+                              const struct redis_auth *auth);
 /* Disconnects; pending command callbacks run with a NULL reply. */
 void redisbus_free(struct redisbus *b);
 

@@ -51,6 +51,7 @@
 #include <unistd.h>
 #include <cmocka.h>
 
+#include "dns.h"
 #include "dps_webhook.h"
 #include "http_call.h"
 #include "ts.h"
@@ -728,11 +729,20 @@ static const char *wh_post(const char *url, bool allow_private)
     struct wh_call w;
     memset(&w, 0, sizeof w);
     w.base = event_base_new();
+    struct dns *dns = dns_new(w.base, NULL);   /* as the agent: hosts resolved on the loop */
     struct dps_webhook *c = dps_webhook_new(w.base);
+    assert_non_null(dns);
+    dps_webhook_set_dns(dns);
+    http_call_set_dns(dns_evdns(dns));
     dps_webhook_set_allow_private(allow_private);
     (void)dps_webhook_post(c, url, "{}", 5000, wh_done, &w);
     event_base_dispatch(w.base);
     dps_webhook_free(c);
+    http_call_set_dns(NULL);
+    dps_webhook_set_dns(NULL);
+    dns_free(dns);
+    for (int i = 0; i < 2; i++)
+        event_base_loop(w.base, EVLOOP_NONBLOCK);
     event_base_free(w.base);
     dps_webhook_set_allow_private(false);
     if (!w.done)

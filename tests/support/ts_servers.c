@@ -185,3 +185,18 @@ const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
     redisFree(c);
     return out;
 }
+
+int ts_redis_daemon_clients(const char *addr)
+{
+    const char *list = ts_redis_cmd(addr, "CLIENT LIST");
+    int n = 0;
+    for (const char *l = list; l && *l;) {
+        size_t len = strcspn(l, "\n");
+        const char *line = ts_str("%.*s", (int)len, l);
+        const char *flags = strstr(line, " flags=");
+        if (!strstr(line, " name=sentinel-") && !strstr(line, " cmd=client|list") && flags && !strchr("MS", flags[7]))
+            n++;
+        l += len + (l[len] == '\n');
+    }
+    return n;
+}
