@@ -227,7 +227,6 @@ static void cp_free(struct cp *cp)
         pgpool_free(cp->geo[i]);
     }
     loadtable_free(cp->lt);
-    dns_free(cp->dns);   /* after every module that resolves */
     if (cp->drain_timer) event_free(cp->drain_timer);
     if (cp->sig_term) event_free(cp->sig_term);
     if (cp->sig_int) event_free(cp->sig_int);
@@ -236,6 +235,11 @@ static void cp_free(struct cp *cp)
         /* Connections freed above (evhttp's, the outbound calls') finish
          * freeing in deferred callbacks: let those run before the base goes. */
         for (int i = 0; i < 4; i++)
+            event_base_loop(cp->base, EVLOOP_NONBLOCK);
+        /* The resolver last: lookups cancelled by the connections freed above
+         * report to its evdns base from those deferred callbacks. */
+        dns_free(cp->dns);
+        for (int i = 0; i < 2; i++)
             event_base_loop(cp->base, EVLOOP_NONBLOCK);
         event_base_free(cp->base);
     }
@@ -320,6 +324,7 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return CP_EXIT_CONFIG;
     }
+    http_call_set_dns(dns_evdns(cp.dns));   /* DPS endpoints by name (dps_client, enroll_sync, offboard) */
     cp.sig_term = cp_signal(&cp, SIGTERM);
     cp.sig_int = cp_signal(&cp, SIGINT);
     cp.sig_hup = cp_signal(&cp, SIGHUP);

@@ -8,6 +8,7 @@
  */
 #include "agent.h"
 #include "dps_server.h"
+#include "dps_webhook.h"
 #include "http_call.h"
 
 #include <signal.h>
@@ -279,6 +280,8 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=dns");
         return false;
     }
+    http_call_set_dns(dns_evdns(a->dns));
+    dps_webhook_set_dns(a->dns);
     a->tick = event_new(a->base, -1, EV_PERSIST, agent_tick_cb, a);
     a->sigterm = evsignal_new(a->base, SIGTERM, agent_signal_cb, a);
     a->sigint = evsignal_new(a->base, SIGINT, agent_signal_cb, a);
@@ -346,11 +349,15 @@ void agent_free(struct agent *a)
     agent_event_free(&a->sigint);
     agent_event_free(&a->sighup);
     agent_event_free(&a->shutdown_timer);
-    dns_free(a->dns);   /* after every module that resolves */
-    a->dns = NULL;
     if (a->base) {
         /* connections freed above finish freeing in deferred callbacks */
         for (int i = 0; i < 4; i++)
+            event_base_loop(a->base, EVLOOP_NONBLOCK);
+        /* The resolver last: lookups cancelled by the connections freed above
+         * report to its evdns base from those deferred callbacks. */
+        dns_free(a->dns);
+        a->dns = NULL;
+        for (int i = 0; i < 2; i++)
             event_base_loop(a->base, EVLOOP_NONBLOCK);
         event_base_free(a->base);
     }

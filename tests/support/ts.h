@@ -325,6 +325,7 @@ struct ts_cp_opts {
     const char *client_ca;            /* tls.clientCa (mTLS); NULL: omitted */
     const char *kek_file;             /* "kekFile"; NULL: ts_kek_file() */
     const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
 };
 
 struct ts_cp {
@@ -380,6 +381,7 @@ struct ts_agent_opts {
     const char *region;
     const char *redis;                /* NULL: STAMPCP_TEST_REDIS */
     const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
     int interval_ms;                  /* 0: 200 */
     const char *dps[4];               /* NULL-terminated */
     const char *hubs[4];

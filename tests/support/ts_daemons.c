@@ -79,6 +79,13 @@ static void set_redis(json_t *cfg, const char *sentinel_json, const char *addr)
     json_object_set_new(cfg, "redisSentinel", v);
 }
 
+/* The daemon's resolver: "dns": {"resolvConf"} when given (NULL: the system's). */
+static void set_dns(json_t *cfg, const char *resolv_conf)
+{
+    if (resolv_conf)
+        json_object_set_new(cfg, "dns", json_pack("{s:s}", "resolvConf", resolv_conf));
+}
+
 static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const char *name)
 {
     json_t *cfg = json_object();
@@ -92,6 +99,7 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
         json_object_set_new(geos, cp->geo_ids[i], json_string(cp->geo_dbs[i]));
     json_object_set_new(cfg, "geographies", geos);
     set_redis(cfg, cp->redis_sentinel, cp->redis);
+    set_dns(cfg, o->resolv_conf);
     json_object_set_new(cfg, "logLevel", json_string(getenv("TS_CP_LOG") ? getenv("TS_CP_LOG") : "info"));
     json_object_set_new(cfg, "kekFile", json_string(o->kek_file ? o->kek_file : ts_kek_file()));
     if (o->stale_after)
@@ -293,6 +301,7 @@ struct ts_proc *ts_agent_start(const struct ts_agent_opts *o)
     json_object_set_new(cfg, "stampId", json_string(o->stamp_id));
     json_object_set_new(cfg, "region", json_string(o->region));
     set_redis(cfg, o->redis_sentinel, o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS"));
+    set_dns(cfg, o->resolv_conf);
     json_object_set_new(cfg, "reportIntervalMs", json_integer(o->interval_ms ? o->interval_ms : 200));
     for (int i = 0; i < 4 && o->dps[i]; i++)
         json_array_append_new(dps, json_string(o->dps[i]));
