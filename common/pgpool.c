@@ -7,12 +7,22 @@
  *   DOWN --timer--> CONNECTING --PQconnectPoll OK--> SETUP (first conn of a
  *   pool that is not migrated yet) or IDLE;  SETUP --done--> IDLE;
  *   IDLE --job--> BUSY --result--> IDLE;  any --error/timeout--> DOWN.
+ *   BUSY --statement deadline--> CANCELLING (the job has failed already, the
+ *   backend is asked to cancel) --statement ended--> IDLE, or --grace--> DOWN.
+ *
+ * A server that can no longer serve this connection - read-only (25006, a
+ * demoted primary), shutting down (57P01-57P03) - drops it: the reconnect
+ * goes through the conninfo's host list again (target_session_attrs picks
+ * the primary), and the statement fails as PGQ_UNAVAILABLE, not as SQL.
  *
  * While connected, the socket's read event stays armed even when IDLE, so a
  * database that goes away is noticed at once rather than by the next request.
  */
 #include "pgpool.h"
 
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/queue.h>
@@ -25,8 +35,16 @@
  * processes starting at once apply each migration exactly once. */
 #define PG_MIGRATION_LOCK 7273620001LL
 
-enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_SETUP, PGC_IDLE, PGC_BUSY };
-static const char *const pgc_state_names[] = {"down", "connecting", "setup", "idle", "busy"};
+/* Connection parameters pgpool adds to the conninfo (see pool_params). */
+#define PG_MAX_PARAMS 12
+/* While a statement runs, the backend polls its client socket this often
+ * (PostgreSQL >= 14): a connection pgpool dropped stops holding locks then. */
+#define PG_CLIENT_CHECK_MS 1000
+/* Cancel threads alive at once, in the whole process (see conn_cancel_start). */
+#define PG_CANCEL_MAX_THREADS 16
+
+enum pgc_state { PGC_DOWN, PGC_CONNECTING, PGC_SETUP, PGC_IDLE, PGC_BUSY, PGC_CANCELLING };
+static const char *const pgc_state_names[] = {"down", "connecting", "setup", "idle", "busy", "cancelling"};
 
 enum pool_setup { SETUP_NONE, SETUP_RUNNING, SETUP_DONE };
 
@@ -80,7 +98,13 @@ struct pgpool {
     bool *applied;             /* per migration: found in the migrations table by the probe */
     char *probe_sql;
     int size;
-    int connect_timeout_ms, query_timeout_ms, queue_timeout_ms, max_queue;
+    int connect_timeout_ms, query_timeout_ms, queue_timeout_ms, max_queue, cancel_grace_ms;
+    /* PQconnectStartParams arguments: pgpool's defaults, the conninfo, then the
+     * server options (NULL-terminated); param_own holds the strings we made. */
+    const char *param_kw[PG_MAX_PARAMS + 1];
+    const char *param_val[PG_MAX_PARAMS + 1];
+    char *param_own[PG_MAX_PARAMS];
+    int n_params;
     const struct migration *migrations;
     int n_migrations;
     char **migration_sql;
@@ -282,7 +306,7 @@ static void conn_connect_poll(struct pgconn *c)
 static void conn_start(struct pgconn *c)
 {
     struct pgpool *p = c->pool;
-    c->pg = PQconnectStart(p->conninfo);
+    c->pg = PQconnectStartParams(p->param_kw, p->param_val, 1);
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
         conn_set_state(c, PGC_CONNECTING);
         conn_broken(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
@@ -332,6 +356,151 @@ static void conn_collect(struct pgconn *c, PGresult *r)
     }
 }
 
+/* What an error result means for the connection and the caller. */
+enum pgerr_kind {
+    PGERR_SQL,        /* the statement's own error: the caller handles it */
+    PGERR_RETRY,      /* the server could not serve it now; the connection is fine */
+    PGERR_RECONNECT,  /* this server cannot serve this connection any more */
+};
+
+static enum pgerr_kind pgerr_classify(const char *sqlstate)
+{
+    static const char *const reconnect[] = {
+        "25006",  /* read_only_sql_transaction: the primary we reached is now a standby */
+        "57P01",  /* admin_shutdown */
+        "57P02",  /* crash_shutdown */
+        "57P03",  /* cannot_connect_now: starting up or in recovery */
+        NULL,
+    };
+    static const char *const retry[] = {
+        "57014",  /* query_canceled: statement_timeout or our own cancel */
+        "55P03",  /* lock_not_available: lock_timeout */
+        NULL,
+    };
+    if (!sqlstate)
+        return PGERR_SQL;
+    for (int i = 0; reconnect[i]; i++)
+        if (strcmp(sqlstate, reconnect[i]) == 0)
+            return PGERR_RECONNECT;
+    for (int i = 0; retry[i]; i++)
+        if (strcmp(sqlstate, retry[i]) == 0)
+            return PGERR_RETRY;
+    return PGERR_SQL;
+}
+
+/*
+ * Cancelling a statement from the loop. PostgreSQL 15's libpq offers only
+ * PQcancel(), which connects, sends the CancelRequest and waits for the
+ * server to close, all blocking (the key it needs is inside the opaque
+ * PGcancel, so we cannot send the request ourselves; pg_cancel_backend()
+ * would need a free pool connection, which a pile-up of stuck statements
+ * does not leave). So a small detached thread runs PQcancel() and touches
+ * nothing but its own PGcancel: no pool, no libevent, no logging. It is
+ * bounded: at most PG_CANCEL_MAX_THREADS alive in the process (a connection
+ * that finds none free is dropped instead), each with a small stack and all
+ * signals blocked. A thread lives as long as the server takes to answer a
+ * cancel: milliseconds, or until a stopped server runs again. Its outcome
+ * needs no reporting: the cancelled statement ends with 57014 on the
+ * connection, and the grace timer drops the connection if it never does.
+ */
+static atomic_int pg_cancel_threads;
+
+static void *cancel_thread(void *arg)
+{
+    PGcancel *k = arg;
+    char err[256];
+    (void)PQcancel(k, err, sizeof err);   /* a failure shows as the grace timer firing */
+    PQfreeCancel(k);
+    atomic_fetch_sub(&pg_cancel_threads, 1);
+    return NULL;
+}
+
+static bool conn_cancel_start(struct pgconn *c)
+{
+    PGcancel *k;
+    pthread_t t;
+    pthread_attr_t attr;
+    sigset_t all, old;
+    int rc;
+
+    if (atomic_fetch_add(&pg_cancel_threads, 1) >= PG_CANCEL_MAX_THREADS) {
+        atomic_fetch_sub(&pg_cancel_threads, 1);
+        return false;
+    }
+    if (!(k = PQgetCancel(c->pg)) || pthread_attr_init(&attr) != 0) {
+        if (k) PQfreeCancel(k);
+        atomic_fetch_sub(&pg_cancel_threads, 1);
+        return false;
+    }
+    /* The thread inherits this mask: signals stay with the loop's thread. */
+    sigfillset(&all);
+    rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    if (rc == 0) rc = pthread_attr_setstacksize(&attr, 256 * 1024);
+    if (rc == 0) rc = pthread_sigmask(SIG_BLOCK, &all, &old);
+    if (rc == 0) {
+        rc = pthread_create(&t, &attr, cancel_thread, k);
+        (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
+    }
+    pthread_attr_destroy(&attr);
+    if (rc != 0) {
+        PQfreeCancel(k);
+        atomic_fetch_sub(&pg_cancel_threads, 1);
+        return false;
+    }
+    return true;
+}
+
+/* The job's statement overran query_timeout_ms: fail it now, and have its
+ * backend stop it rather than leave it running (and holding locks) after we
+ * gave up. The connection is not reused until the statement has ended. */
+static void conn_statement_timeout(struct pgconn *c)
+{
+    struct pgjob *j = c->job;
+    struct pgpool *p = c->pool;
+
+    if (!conn_cancel_start(c)) {
+        conn_broken(c, "statement timed out (no cancel possible: dropping the connection)");
+        return;
+    }
+    log_warn("event=pg_statement_timeout pool=%s conn=%d backend_pid=%d timeout_ms=%d action=cancel grace_ms=%d",
+             p->name, c->idx, PQbackendPID(c->pg), p->query_timeout_ms, p->cancel_grace_ms);
+    c->job = NULL;
+    conn_set_state(c, PGC_CANCELLING);
+    conn_arm_timer(c, p->cancel_grace_ms);
+    job_finish_unavailable(j, "statement timed out");
+}
+
+/* The cancelled statement has ended: the connection is clean again. */
+static void conn_cancel_done(struct pgconn *c)
+{
+    conn_clear_results(c);
+    if (PQstatus(c->pg) != CONNECTION_OK) {
+        conn_broken(c, "connection lost while its statement was cancelled");
+        return;
+    }
+    log_info("event=pg_statement_cancelled pool=%s conn=%d", c->pool->name, c->idx);
+    conn_set_state(c, PGC_IDLE);
+    pool_dispatch(c->pool);
+}
+
+/* This connection's server cannot serve it any more (read-only, shutting
+ * down): drop it and reconnect through the host list. After 25006 the idle
+ * connections of the pool reached the same demoted server: drop them too
+ * rather than let each fail one statement. */
+static void conn_server_gone(struct pgconn *c, const char *sqlstate, const char *message)
+{
+    struct pgpool *p = c->pool;
+    char why[200];
+    bool read_only = sqlstate && strcmp(sqlstate, "25006") == 0;
+
+    snprintf(why, sizeof why, "server cannot serve this connection (%.5s): %.150s", sqlstate ? sqlstate : "-",
+             message ? message : "");
+    conn_broken(c, why);
+    for (int i = 0; read_only && i < p->size; i++)
+        if (p->conns[i].state == PGC_IDLE)
+            conn_broken(&p->conns[i], "recycled: another connection found its server read-only");
+}
+
 static void conn_job_done(struct pgconn *c)
 {
     struct pgjob *j = c->job;
@@ -345,6 +514,8 @@ static void conn_job_done(struct pgconn *c)
         r.column = PQresultErrorField(c->err, PG_DIAG_COLUMN_NAME);
         r.table = PQresultErrorField(c->err, PG_DIAG_TABLE_NAME);
         if (!r.sqlstate) r.sqlstate = "XX000";
+        if (pgerr_classify(r.sqlstate) == PGERR_RETRY)
+            r.status = PGQ_UNAVAILABLE;
     } else {
         r.status = PGQ_OK;
         r.res = c->res;
@@ -358,7 +529,21 @@ static void conn_job_done(struct pgconn *c)
 
 static void conn_op_done(struct pgconn *c)
 {
+    const char *sqlstate = c->err ? PQresultErrorField(c->err, PG_DIAG_SQLSTATE) : NULL;
+
     event_del(c->timer);
+    if (c->state == PGC_CANCELLING) {
+        conn_cancel_done(c);
+        return;
+    }
+    /* Also a setup statement: a migration on a read-only server is not a failed migration. */
+    if ((c->err && pgerr_classify(sqlstate) == PGERR_RECONNECT) || PQstatus(c->pg) != CONNECTION_OK) {
+        char msg[160];
+        snprintf(msg, sizeof msg, "%s", c->err ? PQresultErrorMessage(c->err) : PQerrorMessage(c->pg));
+        msg[strcspn(msg, "\n")] = '\0';
+        conn_server_gone(c, sqlstate, msg);
+        return;
+    }
     if (c->state == PGC_BUSY)
         conn_job_done(c);
     else if (c->state == PGC_SETUP)
@@ -392,6 +577,7 @@ static void conn_on_read(evutil_socket_t fd, short what, void *arg)
         break;
     case PGC_SETUP:
     case PGC_BUSY:
+    case PGC_CANCELLING:
         conn_consume(c);
         break;
     case PGC_IDLE:
@@ -415,7 +601,7 @@ static void conn_on_write(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     if (c->state == PGC_CONNECTING)
         conn_connect_poll(c);
-    else if (c->state == PGC_SETUP || c->state == PGC_BUSY)
+    else if (c->state == PGC_SETUP || c->state == PGC_BUSY || c->state == PGC_CANCELLING)
         conn_flush(c);
 }
 
@@ -431,10 +617,16 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_broken(c, "connect timed out");
         break;
     case PGC_SETUP:
-    case PGC_BUSY:
-        /* A statement that overruns its deadline: drop the connection; the
-         * server aborts the statement when it notices the socket is gone. */
+        /* A setup statement that overruns its deadline: drop the connection;
+         * the server aborts the statement when it notices the socket is gone
+         * (client_connection_check_interval). */
         conn_broken(c, "statement timed out");
+        break;
+    case PGC_BUSY:
+        conn_statement_timeout(c);
+        break;
+    case PGC_CANCELLING:
+        conn_broken(c, "cancelled statement did not end within the grace period");
         break;
     case PGC_IDLE:
         break;
@@ -781,6 +973,75 @@ static void pool_dispatch(struct pgpool *p)
     }
 }
 
+/* ---- connection parameters ---- */
+
+static void pool_param(struct pgpool *p, const char *kw, const char *val, bool own)
+{
+    if (p->n_params >= PG_MAX_PARAMS) {
+        log_error("event=pg_params_overflow pool=%s", p->name);
+        abort();   /* a build error: PG_MAX_PARAMS is too small */
+    }
+    p->param_kw[p->n_params] = kw;
+    p->param_val[p->n_params] = val;
+    if (own)
+        p->param_own[p->n_params] = (char *)val;
+    p->n_params++;
+}
+
+static int opt_or(int v, int def)
+{
+    return v == 0 ? def : v;
+}
+
+/* The "options" startup parameter: our server-side bounds, then the
+ * conninfo's own options (later -c settings win on the server). */
+static char *pool_server_options(const struct pgpool_opts *o)
+{
+    int stmt = opt_or(o->statement_timeout_ms, o->query_timeout_ms);
+    int lock = opt_or(o->lock_timeout_ms, o->query_timeout_ms / 2);
+    int idle = opt_or(o->idle_in_tx_timeout_ms, 2 * o->query_timeout_ms);
+    char *user = NULL, *errmsg = NULL, *out, *bounds;
+    PQconninfoOption *opts = PQconninfoParse(o->conninfo, &errmsg);
+
+    /* An unparsable conninfo fails at connect, with libpq's message. */
+    for (PQconninfoOption *it = opts; it && it->keyword; it++)
+        if (strcmp(it->keyword, "options") == 0 && it->val && *it->val)
+            user = xstrdup(it->val);
+    if (opts) PQconninfoFree(opts);
+    if (errmsg) PQfreemem(errmsg);
+    bounds = xasprintf("-c client_connection_check_interval=%d", PG_CLIENT_CHECK_MS);
+    if (stmt > 0) { out = xasprintf("%s -c statement_timeout=%d", bounds, stmt); free(bounds); bounds = out; }
+    if (lock > 0) { out = xasprintf("%s -c lock_timeout=%d", bounds, lock); free(bounds); bounds = out; }
+    if (idle > 0) {
+        out = xasprintf("%s -c idle_in_transaction_session_timeout=%d", bounds, idle);
+        free(bounds);
+        bounds = out;
+    }
+    out = user ? xasprintf("%s %s", bounds, user) : xstrdup(bounds);
+    free(bounds);
+    free(user);
+    return out;
+}
+
+/*
+ * PQconnectStartParams with expand_dbname: the last value of a keyword wins.
+ * Keepalives and the application name come before the conninfo, so the
+ * operator's conninfo overrides them; "options" comes after it, merged.
+ */
+static void pool_params(struct pgpool *p, const struct pgpool_opts *o)
+{
+    if (o->application_name)
+        pool_param(p, "fallback_application_name", xstrdup(o->application_name), true);
+    pool_param(p, "keepalives", "1", false);
+    pool_param(p, "keepalives_idle", xasprintf("%d", opt_or(o->keepalives_idle_s, 10)), true);
+    pool_param(p, "keepalives_interval", xasprintf("%d", opt_or(o->keepalives_interval_s, 3)), true);
+    pool_param(p, "keepalives_count", xasprintf("%d", opt_or(o->keepalives_count, 3)), true);
+    pool_param(p, "dbname", p->conninfo, false);
+    pool_param(p, "options", pool_server_options(o), true);
+    p->param_kw[p->n_params] = NULL;
+    p->param_val[p->n_params] = NULL;
+}
+
 /* ---- public ---- */
 
 struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
@@ -798,6 +1059,8 @@ struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
     p->query_timeout_ms = o->query_timeout_ms;
     p->queue_timeout_ms = o->queue_timeout_ms;
     p->max_queue = o->max_queue;
+    p->cancel_grace_ms = opt_or(o->cancel_grace_ms, o->query_timeout_ms);
+    pool_params(p, o);
     p->migrations = o->migrations;
     p->n_migrations = o->n_migrations;
     p->migration_sql = xcalloc((size_t)p->n_migrations + 1, sizeof(char *));
@@ -846,6 +1109,8 @@ void pgpool_free(struct pgpool *p)
     free(p->applied);
     free(p->probe_sql);
     free(p->conns);
+    for (int i = 0; i < p->n_params; i++)
+        free(p->param_own[i]);
     free(p->name);
     free(p->conninfo);
     free(p->geography);

@@ -23,7 +23,10 @@
 enum pgq_status {
     PGQ_OK,           /* the statement ran; res holds its result */
     PGQ_SQL_ERROR,    /* the server refused it; sqlstate and message say why */
-    PGQ_UNAVAILABLE,  /* no connection, queue full or timed out, or the connection broke */
+    PGQ_UNAVAILABLE,  /* no connection, queue full or timed out, the connection broke, or the
+                       * server said it cannot serve this now: read-only (25006, a demoted
+                       * primary), shutting down (57P01-57P03), statement cancelled or timed
+                       * out (57014), lock wait timed out (55P03). Callers answer 503. */
 };
 
 struct pgq_result {
@@ -47,6 +50,29 @@ struct pgpool_opts {
     int query_timeout_ms;
     int queue_timeout_ms;        /* how long a query may wait for a free connection */
     int max_queue;
+    /*
+     * Server-side bounds, sent at connect in the startup packet ("options=-c
+     * ..."; an "options" of the conninfo is kept and comes after them, so it
+     * wins). 0 derives the default from query_timeout_ms, -1 leaves the
+     * server's own setting:
+     *   statement_timeout_ms   default query_timeout_ms
+     *   lock_timeout_ms        default query_timeout_ms / 2
+     *   idle_in_tx_timeout_ms  default 2 * query_timeout_ms
+     */
+    int statement_timeout_ms;
+    int lock_timeout_ms;
+    int idle_in_tx_timeout_ms;
+    /* TCP keepalives on every connection (the conninfo may override them):
+     * 0 takes the default 10 s idle, 3 s interval, 3 probes. */
+    int keepalives_idle_s, keepalives_interval_s, keepalives_count;
+    /* A statement that overruns query_timeout_ms fails at once (PGQ_UNAVAILABLE)
+     * and its backend is asked to cancel it; the connection is reused once the
+     * statement has ended, or dropped if that takes longer than this.
+     * 0: query_timeout_ms. */
+    int cancel_grace_ms;
+    /* fallback_application_name (pg_stat_activity), NULL: none; the conninfo's
+     * application_name wins. */
+    const char *application_name;
     const struct migration *migrations;
     int n_migrations;
     /* The table recording applied migrations: one per migration set, so that

@@ -27,7 +27,9 @@ static const char *const cp_config_tenants_keys[] = {
 static const char *const cp_config_tls_keys[] = {"cert", "key", "clientCa", NULL};
 static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
 static const char *const cp_config_db_keys[] = {
-    "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", NULL,
+    "poolSize", "connectTimeoutMs", "queryTimeoutMs", "queueTimeoutMs", "maxQueue", "statementTimeoutMs",
+    "lockTimeoutMs", "idleInTransactionTimeoutMs", "keepalivesIdleS", "keepalivesIntervalS", "keepalivesCount",
+    "cancelGraceMs", NULL,
 };
 
 static void cp_config_defaults(struct cp_config *cfg)
@@ -41,6 +43,14 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->db_query_timeout_ms = 5000;
     cfg->db_queue_timeout_ms = 2000;
     cfg->db_max_queue = 4096;
+    /* -1: absent, derived from queryTimeoutMs after parsing (cp_config_parse_db) */
+    cfg->db_statement_timeout_ms = -1;
+    cfg->db_lock_timeout_ms = -1;
+    cfg->db_idle_in_tx_timeout_ms = -1;
+    cfg->db_cancel_grace_ms = -1;
+    cfg->db_keepalives_idle_s = 10;
+    cfg->db_keepalives_interval_s = 3;
+    cfg->db_keepalives_count = 3;
     cfg->cache_size = 200000;
     cfg->cache_ttl_ms = 60000;
     cfg->tenant_cache_ttl_ms = 5000;
@@ -106,14 +116,36 @@ static bool cp_config_parse_geos(json_t *geos, struct cp_config *cfg, struct jv_
     return true;
 }
 
+/* The server-side bounds default from queryTimeoutMs: the server ends a
+ * statement when we stop waiting for it, a lock wait at half of that, and
+ * a transaction left open (never by pgpool itself) after twice that. */
+static void cp_config_derive_db(struct cp_config *cfg)
+{
+    if (cfg->db_statement_timeout_ms < 0) cfg->db_statement_timeout_ms = cfg->db_query_timeout_ms;
+    if (cfg->db_lock_timeout_ms < 0) cfg->db_lock_timeout_ms = cfg->db_query_timeout_ms / 2;
+    if (cfg->db_idle_in_tx_timeout_ms < 0) cfg->db_idle_in_tx_timeout_ms = 2 * cfg->db_query_timeout_ms;
+    if (cfg->db_cancel_grace_ms < 0) cfg->db_cancel_grace_ms = cfg->db_query_timeout_ms;
+}
+
 static bool cp_config_parse_db(json_t *db, struct cp_config *cfg, struct jv_err *e)
 {
-    return jv_only_keys(db, "db", cp_config_db_keys, e) &&
-           jv_int(db, "db", "poolSize", false, 1, 64, &cfg->db_pool_size, e) &&
-           jv_int(db, "db", "connectTimeoutMs", false, 100, 60000, &cfg->db_connect_timeout_ms, e) &&
-           jv_int(db, "db", "queryTimeoutMs", false, 100, 600000, &cfg->db_query_timeout_ms, e) &&
-           jv_int(db, "db", "queueTimeoutMs", false, 10, 60000, &cfg->db_queue_timeout_ms, e) &&
-           jv_int(db, "db", "maxQueue", false, 1, 1000000, &cfg->db_max_queue, e);
+    bool ok = !db ||
+              (jv_only_keys(db, "db", cp_config_db_keys, e) &&
+               jv_int(db, "db", "poolSize", false, 1, 64, &cfg->db_pool_size, e) &&
+               jv_int(db, "db", "connectTimeoutMs", false, 100, 60000, &cfg->db_connect_timeout_ms, e) &&
+               jv_int(db, "db", "queryTimeoutMs", false, 100, 600000, &cfg->db_query_timeout_ms, e) &&
+               jv_int(db, "db", "queueTimeoutMs", false, 10, 60000, &cfg->db_queue_timeout_ms, e) &&
+               jv_int(db, "db", "maxQueue", false, 1, 1000000, &cfg->db_max_queue, e) &&
+               jv_int(db, "db", "statementTimeoutMs", false, 0, 3600000, &cfg->db_statement_timeout_ms, e) &&
+               jv_int(db, "db", "lockTimeoutMs", false, 0, 3600000, &cfg->db_lock_timeout_ms, e) &&
+               jv_int(db, "db", "idleInTransactionTimeoutMs", false, 0, 3600000, &cfg->db_idle_in_tx_timeout_ms, e) &&
+               jv_int(db, "db", "keepalivesIdleS", false, 1, 7200, &cfg->db_keepalives_idle_s, e) &&
+               jv_int(db, "db", "keepalivesIntervalS", false, 1, 600, &cfg->db_keepalives_interval_s, e) &&
+               jv_int(db, "db", "keepalivesCount", false, 1, 100, &cfg->db_keepalives_count, e) &&
+               jv_int(db, "db", "cancelGraceMs", false, 100, 600000, &cfg->db_cancel_grace_ms, e));
+    if (ok)
+        cp_config_derive_db(cfg);
+    return ok;
 }
 
 /* "tls": {"cert","key","clientCa"} or "plainHttp": true - exactly one of them. */
@@ -224,7 +256,7 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e) ||
         !dns_config_parse(root, &cfg->dns_resolv_conf, e))
         return false;
-    if (db && !cp_config_parse_db(db, cfg, e))
+    if (!cp_config_parse_db(db, cfg, e))
         return false;
     if (ca)
         cfg->dps_ca_file = xstrdup(ca);

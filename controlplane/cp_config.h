@@ -39,6 +39,14 @@ struct cp_config {
     int64_t db_query_timeout_ms;
     int64_t db_queue_timeout_ms;
     int64_t db_max_queue;
+    /* Server-side bounds per connection (ms; 0: not sent, the server's own
+     * setting) and TCP keepalives; absent keys derive from db_query_timeout_ms
+     * (common/pgpool.h). */
+    int64_t db_statement_timeout_ms;
+    int64_t db_lock_timeout_ms;
+    int64_t db_idle_in_tx_timeout_ms;
+    int64_t db_keepalives_idle_s, db_keepalives_interval_s, db_keepalives_count;
+    int64_t db_cancel_grace_ms;   /* how long a timed-out statement may take to end after its cancel */
     int64_t cache_size;           /* device assignments cached for repeat lookups */
     int64_t cache_ttl_ms;
     int64_t tenant_cache_ttl_ms;

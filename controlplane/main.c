@@ -181,6 +181,15 @@ static void cp_start_pools(struct cp *cp)
         .query_timeout_ms = (int)cp->cfg.db_query_timeout_ms,
         .queue_timeout_ms = (int)cp->cfg.db_queue_timeout_ms,
         .max_queue = (int)cp->cfg.db_max_queue,
+        /* config 0: leave the server's setting (pgpool: -1); the config derived absent keys already */
+        .statement_timeout_ms = cp->cfg.db_statement_timeout_ms ? (int)cp->cfg.db_statement_timeout_ms : -1,
+        .lock_timeout_ms = cp->cfg.db_lock_timeout_ms ? (int)cp->cfg.db_lock_timeout_ms : -1,
+        .idle_in_tx_timeout_ms = cp->cfg.db_idle_in_tx_timeout_ms ? (int)cp->cfg.db_idle_in_tx_timeout_ms : -1,
+        .keepalives_idle_s = (int)cp->cfg.db_keepalives_idle_s,
+        .keepalives_interval_s = (int)cp->cfg.db_keepalives_interval_s,
+        .keepalives_count = (int)cp->cfg.db_keepalives_count,
+        .cancel_grace_ms = (int)cp->cfg.db_cancel_grace_ms,
+        .application_name = "stampcp-controlplane",
     };
     o.name = "globalDatabase";
     o.conninfo = cp->cfg.global_conninfo;

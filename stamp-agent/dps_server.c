@@ -378,6 +378,8 @@ void dps_server_pool_opts(const struct agent_config *cfg, const char *conninfo, 
         .migrations = migrations_stamp, .n_migrations = migrations_stamp_count,
         .migrations_table = "stamp_schema_migrations",
         .geography = pc->geography, .geography_check_only = true,
+        /* server-side bounds, keepalives and cancel grace: pgpool's defaults from query_timeout_ms */
+        .application_name = "stampcp-stamp-agent",
     };
 }
 

@@ -282,6 +282,7 @@ struct ts_pgserver {
     int port;
     char conninfo[256];  /* superuser, dbname=postgres */
     bool running;
+    bool paused;         /* SIGSTOPped by ts_pgserver_signal (cleanup continues it first) */
 };
 
 /* infra/pg-server init + start on a free port; waits until it accepts connections. */
@@ -290,6 +291,13 @@ struct ts_pgserver *ts_pgserver_start(const char *name);
 void ts_pgserver_stop(struct ts_pgserver *s, const char *mode);
 /* Start again on the same port and wait until it accepts connections. */
 void ts_pgserver_restart(struct ts_pgserver *s);
+/* A hot standby of primary (pg_basebackup, streaming, standby.signal) on a free port, started. */
+struct ts_pgserver *ts_pgserver_start_standby(const char *name, const struct ts_pgserver *primary);
+/* pg_ctl promote, waiting until it accepts writes. */
+void ts_pgserver_promote(struct ts_pgserver *s);
+/* Send sig to every process of the server (postmaster first for SIGSTOP, last
+ * for SIGCONT); returns how many processes got it. SIGSTOP/SIGCONT set paused. */
+int ts_pgserver_signal(struct ts_pgserver *s, int sig);
 
 struct ts_redis {
     char dir[512];

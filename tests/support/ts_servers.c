@@ -10,6 +10,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <dirent.h>
+#include <signal.h>
 #include <sys/time.h>
 
 static void run_script(const char *what, char *const argv[], int timeout_ms)
@@ -23,6 +25,8 @@ static void run_script(const char *what, char *const argv[], int timeout_ms)
 static void pgserver_cleanup(void *arg)
 {
     struct ts_pgserver *s = arg;
+    if (s->paused)
+        (void)ts_pgserver_signal(s, SIGCONT);
     if (s->running) {
         char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "stop", s->dir, "immediate", NULL };
         (void)ts_run(argv, 60000, NULL);
@@ -72,6 +76,98 @@ void ts_pgserver_restart(struct ts_pgserver *s)
 {
     pgserver_run_start(s);
     ts_log("private PostgreSQL on port %d started again", s->port);
+}
+
+struct ts_pgserver *ts_pgserver_start_standby(const char *name, const struct ts_pgserver *primary)
+{
+    struct ts_pgserver *s = calloc(1, sizeof *s);
+    char port[16], pport[16];
+    int64_t t0 = ts_now_ms();
+    if (!s)
+        abort();
+    snprintf(s->dir, sizeof s->dir, "%s/pg-%s", ts_tmp(), name);
+    s->port = ts_free_port();
+    snprintf(s->conninfo, sizeof s->conninfo, "host=127.0.0.1 port=%d user=postgres dbname=postgres", s->port);
+    snprintf(port, sizeof port, "%d", s->port);
+    snprintf(pport, sizeof pport, "%d", primary->port);
+    ts_on_cleanup(pgserver_cleanup, s);
+    {
+        char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "standby", s->dir, port, pport, NULL };
+        run_script("pg-server standby", argv, 120000);
+    }
+    s->running = true;
+    ts_log("private PostgreSQL standby %s on port %d of %d (%lld ms)", name, s->port, primary->port,
+           (long long)(ts_now_ms() - t0));
+    return s;
+}
+
+void ts_pgserver_promote(struct ts_pgserver *s)
+{
+    char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "promote", s->dir, NULL };
+    run_script("pg-server promote", argv, 60000);
+    ts_log("private PostgreSQL on port %d promoted", s->port);
+}
+
+/* The postmaster's pid (first line of postmaster.pid), or -1. */
+static pid_t pgserver_postmaster(const struct ts_pgserver *s)
+{
+    char *pidfile = ts_read_file(ts_str("%s/postmaster.pid", s->dir), NULL);
+    long pid = pidfile ? strtol(pidfile, NULL, 10) : -1;
+    return pid > 0 ? (pid_t)pid : -1;
+}
+
+/* Children of pid from /proc (the server's backends and auxiliary processes). */
+static int pgserver_children(pid_t parent, pid_t *out, int cap)
+{
+    DIR *d = opendir("/proc");
+    struct dirent *e;
+    int n = 0;
+    if (!d)
+        return 0;
+    while ((e = readdir(d)) != NULL && n < cap) {
+        char path[300], buf[512], *rp;
+        FILE *f;
+        long ppid;
+        if (e->d_name[0] < '1' || e->d_name[0] > '9')
+            continue;
+        snprintf(path, sizeof path, "/proc/%s/stat", e->d_name);
+        if (!(f = fopen(path, "r")))
+            continue;
+        buf[0] = '\0';
+        if (!fgets(buf, sizeof buf, f))
+            buf[0] = '\0';
+        fclose(f);
+        /* "pid (comm) state ppid ...": comm may hold spaces, so parse after the last ')' */
+        if (!(rp = strrchr(buf, ')')) || sscanf(rp + 1, " %*c %ld", &ppid) != 1)
+            continue;
+        if (ppid == parent)
+            out[n++] = (pid_t)strtol(e->d_name, NULL, 10);
+    }
+    closedir(d);
+    return n;
+}
+
+int ts_pgserver_signal(struct ts_pgserver *s, int sig)
+{
+    pid_t pm = pgserver_postmaster(s), kids[512];
+    int n, sent = 0;
+    if (pm < 0)
+        ts_fail("PostgreSQL in %s: no postmaster.pid", s->dir);
+    /* Stop the postmaster first so it forks nothing new; continue it last. */
+    if (sig == SIGSTOP && kill(pm, sig) == 0)
+        sent++;
+    n = pgserver_children(pm, kids, 512);
+    for (int i = 0; i < n; i++)
+        if (kill(kids[i], sig) == 0)
+            sent++;
+    if (sig != SIGSTOP && kill(pm, sig) == 0)
+        sent++;
+    if (sig == SIGSTOP)
+        s->paused = true;
+    else if (sig == SIGCONT)
+        s->paused = false;
+    ts_log("PostgreSQL on port %d: signal %d to %d processes", s->port, sig, sent);
+    return sent;
 }
 
 static void redis_cleanup(void *arg)
