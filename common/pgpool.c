@@ -81,6 +81,7 @@ struct pgconn {
                             * connection's own identity check (the pool is set up already) */
     bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
     bool verified;         /* geography pools: this connection's database passed the identity check */
+    bool recycle;          /* its server was found read-only: drop it once its statement ends */
 };
 
 #define SETUP_PROBE  (-2)
@@ -105,6 +106,10 @@ struct pgpool {
     const char *param_val[PG_MAX_PARAMS + 1];
     char *param_own[PG_MAX_PARAMS];
     int n_params;
+    /* The conninfo asks for a writable server (target_session_attrs
+     * read-write or primary): a connection whose server turns read-only is
+     * replaced (see conn_check_role). */
+    bool want_primary;
     const struct migration *migrations;
     int n_migrations;
     char **migration_sql;
@@ -205,6 +210,7 @@ static void conn_close(struct pgconn *c)
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
     c->fd = -1;
     c->verified = false;
+    c->recycle = false;
     conn_clear_results(c);
 }
 
@@ -224,7 +230,7 @@ static bool pool_has_live_conn(const struct pgpool *p)
 /* A connection queries may use: idle or busy and, for a geography pool, verified. */
 static bool conn_usable(const struct pgconn *c)
 {
-    return (c->state == PGC_IDLE || c->state == PGC_BUSY) && (c->verified || !c->pool->geography);
+    return (c->state == PGC_IDLE || c->state == PGC_BUSY) && (c->verified || !c->pool->geography) && !c->recycle;
 }
 
 static void conn_on_read(evutil_socket_t fd, short what, void *arg);
@@ -479,14 +485,59 @@ static void conn_cancel_done(struct pgconn *c)
         return;
     }
     log_info("event=pg_statement_cancelled pool=%s conn=%d", c->pool->name, c->idx);
+    if (c->recycle) {
+        conn_broken(c, "recycled: another connection found its server read-only");
+        return;
+    }
     conn_set_state(c, PGC_IDLE);
     pool_dispatch(c->pool);
 }
 
+static void pool_recycle_others(struct pgpool *p, const struct pgconn *except);
+
+/*
+ * A server that became a standby or read-only after we connected (a
+ * demotion without a restart): libpq keeps the GUC_REPORT parameters
+ * in_hot_standby and default_transaction_read_only up to date after every
+ * statement. With a conninfo that wants the primary, the connection is
+ * replaced once its statement has ended, and so are the pool's others,
+ * before a write fails on them.
+ */
+static void conn_check_role(struct pgconn *c)
+{
+    const char *hs, *ro;
+    if (!c->pool->want_primary || c->recycle)
+        return;
+    hs = PQparameterStatus(c->pg, "in_hot_standby");
+    ro = PQparameterStatus(c->pg, "default_transaction_read_only");
+    if ((hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0)) {
+        log_warn("event=pg_server_read_only pool=%s conn=%d in_hot_standby=%s default_transaction_read_only=%s "
+                 "action=reconnect", c->pool->name, c->idx, hs ? hs : "-", ro ? ro : "-");
+        c->recycle = true;
+        pool_recycle_others(c->pool, c);
+    }
+}
+
+/* Other connections of the pool are likely on the same demoted server: drop
+ * the idle ones now, the others once their statement ends. */
+static void pool_recycle_others(struct pgpool *p, const struct pgconn *except)
+{
+    for (int i = 0; i < p->size; i++) {
+        struct pgconn *o = &p->conns[i];
+        if (o == except)
+            continue;
+        if (o->state == PGC_IDLE || o->state == PGC_SETUP)
+            conn_broken(o, "recycled: another connection found its server read-only");
+        else if (o->state != PGC_DOWN && o->state != PGC_CONNECTING)
+            o->recycle = true;
+    }
+}
+
 /* This connection's server cannot serve it any more (read-only, shutting
- * down): drop it and reconnect through the host list. After 25006 the idle
- * connections of the pool reached the same demoted server: drop them too
- * rather than let each fail one statement. */
+ * down): drop it and reconnect through the host list. After 25006 the other
+ * connections of the pool are likely on the same demoted server: they are
+ * dropped too (idle ones now, the others once their statement ends) rather
+ * than each failing one write later. */
 static void conn_server_gone(struct pgconn *c, const char *sqlstate, const char *message)
 {
     struct pgpool *p = c->pool;
@@ -496,9 +547,8 @@ static void conn_server_gone(struct pgconn *c, const char *sqlstate, const char 
     snprintf(why, sizeof why, "server cannot serve this connection (%.5s): %.150s", sqlstate ? sqlstate : "-",
              message ? message : "");
     conn_broken(c, why);
-    for (int i = 0; read_only && i < p->size; i++)
-        if (p->conns[i].state == PGC_IDLE)
-            conn_broken(&p->conns[i], "recycled: another connection found its server read-only");
+    if (read_only)
+        pool_recycle_others(p, c);
 }
 
 static void conn_job_done(struct pgconn *c)
@@ -521,9 +571,14 @@ static void conn_job_done(struct pgconn *c)
         r.res = c->res;
     }
     conn_set_state(c, PGC_IDLE);
-    /* The callback may queue more work; the connection is idle already. */
+    /* The callback may queue more work; the connection is idle already
+     * (and not picked when it is to be recycled). */
     job_finish(j, &r);
     conn_clear_results(c);
+    if (c->recycle) {
+        conn_broken(c, "recycled: another connection found its server read-only");
+        return;
+    }
     pool_dispatch(c->pool);
 }
 
@@ -542,6 +597,11 @@ static void conn_op_done(struct pgconn *c)
         snprintf(msg, sizeof msg, "%s", c->err ? PQresultErrorMessage(c->err) : PQerrorMessage(c->pg));
         msg[strcspn(msg, "\n")] = '\0';
         conn_server_gone(c, sqlstate, msg);
+        return;
+    }
+    conn_check_role(c);
+    if (c->recycle && c->state == PGC_SETUP) {   /* set up again on the new primary */
+        conn_broken(c, "recycled: its server is read-only");
         return;
     }
     if (c->state == PGC_BUSY)
@@ -1023,6 +1083,19 @@ static char *pool_server_options(const struct pgpool_opts *o)
     return out;
 }
 
+static bool pool_wants_primary(const char *conninfo)
+{
+    bool want = false;
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &errmsg);
+    for (PQconninfoOption *it = opts; it && it->keyword; it++)
+        if (strcmp(it->keyword, "target_session_attrs") == 0 && it->val)
+            want = strcmp(it->val, "read-write") == 0 || strcmp(it->val, "primary") == 0;
+    if (opts) PQconninfoFree(opts);
+    if (errmsg) PQfreemem(errmsg);
+    return want;
+}
+
 /*
  * PQconnectStartParams with expand_dbname: the last value of a keyword wins.
  * Keepalives and the application name come before the conninfo, so the
@@ -1037,6 +1110,7 @@ static void pool_params(struct pgpool *p, const struct pgpool_opts *o)
     pool_param(p, "keepalives_interval", xasprintf("%d", opt_or(o->keepalives_interval_s, 3)), true);
     pool_param(p, "keepalives_count", xasprintf("%d", opt_or(o->keepalives_count, 3)), true);
     pool_param(p, "dbname", p->conninfo, false);
+    p->want_primary = pool_wants_primary(p->conninfo);
     pool_param(p, "options", pool_server_options(o), true);
     p->param_kw[p->n_params] = NULL;
     p->param_val[p->n_params] = NULL;
