@@ -4,6 +4,8 @@
 #   make build            RelWithDebInfo build into build/ (binaries in build/bin/)
 #   make test             build + ctest against a throwaway PostgreSQL and Redis
 #   make test SANITIZE=1  the same with ASan/UBSan, built into build-asan/
+#   make test-ha          only the HA tests (ctest -L ha: Patroni + etcd, Redis + Sentinel;
+#                         they are part of `make test` too)
 #   make demo             build + bring up the local stack (infra/demo)
 #   make deps             install missing Debian packages (implied by the above)
 #   make fuzz             libFuzzer harnesses (tests/fuzz, clang, build-fuzz/), FUZZ_SECONDS each
@@ -30,7 +32,7 @@ CMAKE_EXTRA :=
 TEST_ENV :=
 endif
 
-.PHONY: all deps build test demo clean fuzz fuzz-smoke fuzz-build
+.PHONY: all deps build test test-ha demo clean fuzz fuzz-smoke fuzz-build
 
 all: build
 
@@ -47,6 +49,10 @@ test: build
 ifeq ($(SANITIZE),0)
 	@$(MAKE) --no-print-directory fuzz-smoke
 endif
+
+test-ha: build
+	STAMPCP_BUILD_DIR=$(BUILD_DIR) $(TEST_ENV) infra/testenv run -- \
+		$(CTEST) --test-dir $(BUILD_DIR) -L ha --output-on-failure -j1 --timeout 300
 
 # Fuzzing: clang with -fsanitize=fuzzer,address,undefined. The libraries are
 # built without -Werror here (clang warns where gcc does not; the gcc builds

@@ -277,9 +277,7 @@ static void edb_next_row(struct envelope_pass *p)
         if (what != EDB_ROW_UPDATE)
             continue;
         n = edb_update_params(s, (const char *const *)row->keys, (const char *const *)row->vals, p->nv, params);
-        if (!pgpool_query(p->pool, s->update_sql, n, params, edb_on_update, p)) {
-            edb_on_update(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, p);
-        }
+        pgpool_query(p->pool, s->update_sql, n, params, edb_on_update, p);
         return;
     }
     /* the page is done */
@@ -329,8 +327,7 @@ static void edb_select(struct envelope_pass *p)
     int n;
     snprintf(limit, sizeof limit, "%d", EDB_BATCH);
     n = edb_select_params(p->env, s, p->prefix, sizeof p->prefix, limit, p->cursor, p->scope, params);
-    if (!pgpool_query(p->pool, s->select_sql, n, params, edb_on_select, p))
-        edb_on_select(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, p);
+    pgpool_query(p->pool, s->select_sql, n, params, edb_on_select, p);
 }
 
 static char *edb_scope_literal(const char *const *scope, int nscope)
@@ -386,11 +383,7 @@ struct envelope_pass *envelope_pass_start(struct pgpool *pool, struct envelope *
     s = p->sets[0];
     snprintf(limit, sizeof limit, "%d", EDB_BATCH);
     n = edb_select_params(env, s, p->prefix, sizeof p->prefix, limit, p->cursor, p->scope, params);
-    if (!pgpool_query(pool, s->select_sql, n, params, edb_on_select, p)) {
-        free(p->scope);
-        free(p);
-        return NULL;
-    }
+    pgpool_query(pool, s->select_sql, n, params, edb_on_select, p);
     return p;
 }
 

@@ -54,13 +54,12 @@ struct envelope_pass;
 /*
  * Run a pass over sets (nsets of them, in order) on pool. scope (may be NULL:
  * every row) limits the stamp set to these DPS instance ids (a stamp agent's
- * own); it is ignored by the catalog sets. Returns NULL (cb not called) if
- * the pool refused the first statement.
+ * own); it is ignored by the catalog sets. cb is always called, once.
  */
 struct envelope_pass *envelope_pass_start(struct pgpool *pool, struct envelope *env,
                                           const struct envelope_set *const *sets, int nsets,
                                           const char *const *scope, int nscope, envelope_pass_cb cb,
-                                          void *arg) MUSTCHECK;
+                                          void *arg);
 /* Free a pass whose callback has not run, without calling it. Only when
  * its pool is freed before the loop runs again (pgpool_free drops queued
  * statements without their callbacks): at shutdown. */

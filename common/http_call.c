@@ -36,6 +36,14 @@ struct http_call {
 
 /* Calls in flight: the daemons are single-threaded, so one list serves. */
 static LIST_HEAD(, http_call) http_live = LIST_HEAD_INITIALIZER(http_live);
+/* The process's resolver (dns.c's evdns base); NULL: libevent resolves with
+ * a blocking getaddrinfo, which only numeric hosts may rely on. */
+static struct evdns_base *http_dns;
+
+void http_call_set_dns(struct evdns_base *dns)
+{
+    http_dns = dns;
+}
 
 static void http_call_free(struct http_call *c)
 {
@@ -177,7 +185,7 @@ struct http_call *http_call_start_at(struct event_base *base, SSL_CTX *tls, cons
     struct evhttp_request *req;
     struct bufferevent *bev;
     bev = tls ? tls_client_bev(base, tls, tls_name) : bufferevent_socket_new(base, -1, BEV_OPT_CLOSE_ON_FREE);
-    c->conn = bev ? evhttp_connection_base_bufferevent_new(base, NULL, bev, host, (ev_uint16_t)port) : NULL;
+    c->conn = bev ? evhttp_connection_base_bufferevent_new(base, http_dns, bev, host, (ev_uint16_t)port) : NULL;
     if (!c->conn) {
         if (bev) bufferevent_free(bev);
         http_call_finish(c, "could not open a connection");

@@ -25,6 +25,12 @@ struct http_result {
 typedef void (*http_cb)(const struct http_result *res, void *arg);
 
 struct http_call;
+struct evdns_base;
+
+/* Resolve host names with this evdns base (dns_evdns(), borrowed: it
+ * outlives every call), never with a blocking getaddrinfo on the loop. Set
+ * once at start by each daemon. */
+void http_call_set_dns(struct evdns_base *dns);
 
 /*
  * Start a request to host:port. tls NULL: plain HTTP. host_header is sent

@@ -1191,7 +1191,7 @@ void pgpool_free(struct pgpool *p)
     free(p);
 }
 
-bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
+void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
                   pgpool_cb cb, void *arg)
 {
     struct pgjob *j = xcalloc(1, sizeof *j);
@@ -1212,22 +1212,21 @@ bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
     }
     if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {
         job_fail_soon(j, p->setup_error);
-        return true;
+        return;
     }
     if (!pool_has_live_conn(p)) {
         job_fail_soon(j, "database unreachable");
-        return true;
+        return;
     }
     if (p->queue_len >= p->max_queue) {
         job_fail_soon(j, "database queue full");
-        return true;
+        return;
     }
     TAILQ_INSERT_TAIL(&p->queue, j, link);
     j->queued = true;
     p->queue_len++;
     event_add(j->timer, &tv);
     pool_dispatch(p);
-    return true;
 }
 
 bool pgpool_is_ready(const struct pgpool *p)

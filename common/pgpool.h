@@ -99,10 +99,11 @@ void pgpool_free(struct pgpool *p);
 
 /*
  * Run one parameterised statement (text parameters, text results). values may
- * hold NULL for SQL NULL; the pool copies sql and values. Returns false only
- * if the pool is being freed; otherwise cb will be called.
+ * hold NULL for SQL NULL; the pool copies sql and values. cb is always called,
+ * exactly once and never from inside this call: a query the pool can't run
+ * (no connection, queue full) fails with PGQ_UNAVAILABLE on the next loop turn.
  */
-bool pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
+void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
                   pgpool_cb cb, void *arg);
 
 /* Whether the pool has a live, migrated connection right now. */

@@ -135,6 +135,13 @@ struct strmap *strmap_new(void)
     return m;
 }
 
+void strmap_foreach(const struct strmap *m, void (*fn)(const char *key, void *value, void *arg), void *arg)
+{
+    for (size_t i = 0; i < m->nbuckets; i++)
+        for (const struct strmap_node *n = m->buckets[i]; n; n = n->next)
+            fn(n->key, n->value, arg);
+}
+
 void strmap_clear(struct strmap *m, void (*free_value)(void *))
 {
     for (size_t i = 0; i < m->nbuckets; i++) {

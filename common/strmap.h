@@ -21,6 +21,8 @@ void *strmap_put(struct strmap *m, const char *key, void *value);
 /* Remove; returns the value (or NULL). */
 void *strmap_del(struct strmap *m, const char *key);
 size_t strmap_count(const struct strmap *m);
+/* Call fn on every entry, in no particular order; fn must not change the map. */
+void strmap_foreach(const struct strmap *m, void (*fn)(const char *key, void *value, void *arg), void *arg);
 /* Remove everything, calling free_value on each value. */
 void strmap_clear(struct strmap *m, void (*free_value)(void *));
 

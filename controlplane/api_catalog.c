@@ -237,10 +237,7 @@ static void cat_on_list(const struct pgq_result *q, void *arg)
 static void cat_run(struct cat_op *op, const char *sql, int n, const char *const *values,
                     pgpool_cb cb)
 {
-    if (!pgpool_query(op->r->cp->global, sql, n, values, cb, op)) {
-        cpreq_reply_error(op->r, 503, "shutting_down", NULL, "the server is shutting down");
-        free(op);
-    }
+    pgpool_query(op->r->cp->global, sql, n, values, cb, op);
 }
 
 static bool cat_check_rules(struct cp_req *r, const struct catalog_resource *res,

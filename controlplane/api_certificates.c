@@ -209,8 +209,7 @@ static void ca_create(struct cp_req *r, const char *tenant)
     values[7] = info.not_after;
     values[8] = code;
     values[9] = max;
-    if (!pgpool_query(r->cp->global, sql, 10, values, ca_on_created, op))
-        ca_on_created(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 10, values, ca_on_created, op);
     json_decref(body);
 }
 
@@ -230,8 +229,7 @@ static void ca_get(struct ca_op *op)
     static const char sql[] = "SELECT " CA_JSON_SQL " FROM tenant_cas c WHERE c.tenant_id = $1 AND c.id = $2 AND "
                               CA_LIVE_TENANT_SQL;
     const char *values[2] = {op->tenant, op->id};
-    if (!pgpool_query(op->r->cp->global, sql, 2, values, ca_on_row, op))
-        ca_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 2, values, ca_on_row, op);
 }
 
 static void ca_on_list(const struct pgq_result *q, void *arg)
@@ -257,8 +255,7 @@ static void ca_list(struct ca_op *op)
         " (SELECT coalesce(json_agg(" CA_JSON_SQL " ORDER BY c.created_at, c.id), '[]') FROM tenant_cas c"
         "  WHERE c.tenant_id = $1)";
     const char *values[1] = {op->tenant};
-    if (!pgpool_query(op->r->cp->global, sql, 1, values, ca_on_list, op))
-        ca_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 1, values, ca_on_list, op);
 }
 
 /* ---- verify (proof of possession) ---- */
@@ -315,8 +312,7 @@ static void ca_on_verify_row(const struct pgq_result *q, void *arg)
     values[0] = op->tenant;
     values[1] = op->id;
     values[2] = code;
-    if (!pgpool_query(op->r->cp->global, sql, 3, values, ca_on_verified, op))
-        ca_on_verified(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 3, values, ca_on_verified, op);
 }
 
 static void ca_verify(struct ca_op *op)
@@ -345,8 +341,7 @@ static void ca_verify(struct ca_op *op)
         ca_op_free(op);
         return;
     }
-    if (!pgpool_query(op->r->cp->global, sql, 2, values, ca_on_verify_row, op))
-        ca_on_verify_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 2, values, ca_on_verify_row, op);
 }
 
 /* ---- enable, disable, PATCH, delete ---- */
@@ -372,8 +367,7 @@ static void ca_update(struct ca_op *op, const char *enabled, const char *name)
         " updated_at = now(), version = c.version + 1"
         " WHERE c.tenant_id = $1 AND c.id = $2 AND " CA_LIVE_TENANT_SQL " RETURNING " CA_JSON_SQL;
     const char *values[4] = {op->tenant, op->id, enabled, name};
-    if (!pgpool_query(op->r->cp->global, sql, 4, values, ca_on_changed, op))
-        ca_on_changed(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 4, values, ca_on_changed, op);
 }
 
 static void ca_patch(struct ca_op *op)
@@ -419,8 +413,7 @@ static void ca_delete(struct ca_op *op)
     static const char sql[] = "DELETE FROM tenant_cas c WHERE c.tenant_id = $1 AND c.id = $2 AND "
                               CA_LIVE_TENANT_SQL " RETURNING c.id";
     const char *values[2] = {op->tenant, op->id};
-    if (!pgpool_query(op->r->cp->global, sql, 2, values, ca_on_deleted, op))
-        ca_on_deleted(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, sql, 2, values, ca_on_deleted, op);
 }
 
 /* enable/disable take no parameters: no body, or {}. Replies on false. */

@@ -165,8 +165,7 @@ static void inst_create(struct cp_req *r, const char *tenant)
     values[5] = in.prefix;
     values[6] = in.max_placements > 0 ? max : NULL;
     q = xasprintf(sql_fmt, inst_public_sql);
-    if (!pgpool_query(r->cp->global, q, 7, values, inst_on_created, op))
-        inst_on_created(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 7, values, inst_on_created, op);
     free(q);
     json_decref(body);
 }
@@ -229,8 +228,7 @@ static void inst_list(struct cp_req *r, const char *tenant)
     values[1] = list_page_after(&pg);
     values[2] = pg.fetch;
     q = xasprintf(sql_fmt, inst_public_sql);
-    if (!pgpool_query(r->cp->global, q, 3, values, inst_on_list, op))
-        inst_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 3, values, inst_on_list, op);
     free(q);
 }
 
@@ -257,8 +255,7 @@ static void inst_get(struct cp_req *r, const char *tenant, const char *id)
     struct inst_op *op = inst_op_new(r, tenant, id);
     const char *values[2] = {op->tenant, op->id};
     char *q = xasprintf(sql_fmt, inst_public_sql);
-    if (!pgpool_query(r->cp->global, q, 2, values, inst_on_get, op))
-        inst_on_get(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 2, values, inst_on_get, op);
     free(q);
 }
 
@@ -289,8 +286,7 @@ static void inst_revoke(struct cp_req *r, const char *tenant, const char *id)
         " RETURNING i.id";
     struct inst_op *op = inst_op_new(r, tenant, id);
     const char *values[2] = {op->tenant, op->id};
-    if (!pgpool_query(r->cp->global, sql, 2, values, inst_on_revoked, op))
-        inst_on_revoked(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 2, values, inst_on_revoked, op);
 }
 
 /* ---- routes ---- */

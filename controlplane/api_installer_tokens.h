@@ -7,7 +7,7 @@
  *   DELETE /v1/tenants/{t}/installer-tokens/{id}   revoke
  *
  * An issue or a revocation is answered once every control plane has been
- * told to drop its cached copy of the tenant (redisfeed_invalidate_wait), so
+ * told to drop its cached copy of the tenant (invalidate.h), so
  * a revoked token is refused everywhere from the answer on.
  */
 #ifndef CP_API_INSTALLER_TOKENS_H

@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_devices.h"
+#include "router.h"
 #include "listpage.h"
 #include "log.h"
 #include "util.h"
@@ -95,7 +95,7 @@ void api_inventory_devices(struct cp_req *r, const char *tenant)
         cpreq_reply_error(r, 404, "not_found", NULL, "no such tenant");
         return;
     }
-    if (!cpreq_check_query(r, allowed) || !list_page_parse(r, "d1", api_devices_valid_regid, &pg))
+    if (!cpreq_check_query(r, allowed) || !list_page_parse(r, "d1", router_valid_regid, &pg))
         return;
     values[1] = list_page_after(&pg);
     if ((s = cpreq_query(r, "stamp"))) {

@@ -21,9 +21,9 @@
 #include <string.h>
 
 #include "apikeys.h"
+#include "invalidate.h"
 #include "listpage.h"
 #include "log.h"
-#include "redisfeed.h"
 #include "util.h"
 
 #define APIKEYS_MAX_OVERLAP_S (7 * 24 * 3600)
@@ -284,8 +284,7 @@ static void key_create(struct cp_req *r)
     values[6] = by;
     values[7] = caller_exp;
     sql = xasprintf(sql_fmt, key_json_sql);
-    if (!pgpool_query(r->cp->global, sql, 8, values, key_on_created, op))
-        key_on_created(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 8, values, key_on_created, op);
     free(sql);
     json_decref(body);
 }
@@ -315,8 +314,7 @@ static void key_get(struct cp_req *r, const char *id)
     op = xcalloc(1, sizeof *op);
     op->r = r;
     sql = xasprintf("SELECT %s FROM api_keys k WHERE k.id = $1 AND ($2 = '' OR k.tenant_id = $2)", key_json_sql);
-    if (!pgpool_query(r->cp->global, sql, 2, values, key_on_row, op))
-        key_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 2, values, key_on_row, op);
     free(sql);
 }
 
@@ -382,8 +380,7 @@ static void key_list(struct cp_req *r)
                     " AND ($3 = '' OR k.tenant_id = $3) AND ($4::text IS NULL OR k.tenant_id = $4)"
                     " ORDER BY k.id LIMIT $2",
                     key_json_sql);
-    if (!pgpool_query(r->cp->global, sql, 4, values, key_on_list, op))
-        key_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 4, values, key_on_list, op);
     free(sql);
 }
 
@@ -403,12 +400,9 @@ static void key_on_announced(bool delivered, void *arg)
 
 static void key_announce(struct key_op *op, int status, json_t *reply)
 {
-    char payload[64];
     op->status = status;
     op->reply = reply;
-    apikeys_forget(op->r->cp->keys, op->id);
-    snprintf(payload, sizeof payload, "apikey %s", op->id);
-    redisfeed_invalidate_wait(op->r->cp->feed, payload, key_on_announced, op);
+    invalidate_apikey(op->r->cp->inval, op->id, key_on_announced, op);
 }
 
 static void key_on_revoked(const struct pgq_result *q, void *arg)
@@ -449,8 +443,7 @@ static void key_revoke(struct cp_req *r, const char *id)
     op = xcalloc(1, sizeof *op);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
-    if (!pgpool_query(r->cp->global, sql, 3, values, key_on_revoked, op))
-        key_on_revoked(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 3, values, key_on_revoked, op);
 }
 
 static void key_on_rotated(const struct pgq_result *q, void *arg)
@@ -542,8 +535,7 @@ static void key_rotate(struct cp_req *r, const char *id)
         snprintf(caller_exp, sizeof caller_exp, "%lld", (long long)r->who.expires_ms);
     values[5] = caller_exp;
     sql = xasprintf(sql_fmt, key_json_sql);
-    if (!pgpool_query(r->cp->global, sql, 6, values, key_on_rotated, op))
-        key_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 6, values, key_on_rotated, op);
     free(sql);
 }
 

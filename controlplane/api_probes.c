@@ -75,18 +75,14 @@ static void readyz_check_pool(struct readyz *z, struct pgpool *pool)
     c->z = z;
     c->pool = pool;
     z->pending++;
-    if (!pgpool_query(pool, "SELECT 1", 0, NULL, readyz_on_pg, c)) {
-        z->pending--;
-        z->ok = false;
-        free(c);
-    }
+    pgpool_query(pool, "SELECT 1", 0, NULL, readyz_on_pg, c);
 }
 
 void api_probes_readyz(struct cp_req *r)
 {
     struct cp *cp = r->cp;
     struct readyz *z = xcalloc(1, sizeof *z);
-    bool redis_ok = redisfeed_is_ready(cp->feed);
+    bool redis_ok = redisbus_is_ready(cp->redis);
 
     z->r = r;
     z->ok = redis_ok && !cp->shutting_down;

@@ -8,11 +8,11 @@
  * until the next one. A removed tenant stays as a keyless tombstone (its id
  * is never reused). Installer tokens are stored only as SHA-256. Every change
  * is answered once every control plane has been told to drop its cached copy
- * of the tenant (redisfeed_invalidate_wait), and wakes the reconciler.
+ * of the tenant (invalidate.h), and wakes the reconciler.
  *
  * Quotas (quotas.maxDevices, quotas.maxProvisionsPerMinute; null or absent:
  * unlimited) are set at creation and by PATCH, and enforced by the device
- * routes (api_devices.c, ratelimit.c). Suspend and resume flip the tenant's
+ * routes (router.c, ratelimit.c). Suspend and resume flip the tenant's
  * status: the device routes refuse a suspended tenant's devices and the
  * reconciler writes its groups disabled at every stamp; nothing is deleted.
  */
@@ -371,10 +371,7 @@ static void tenant_create(struct cp_req *r)
     values[7] = in.quotas.devices_null ? NULL : in.quotas.devices;
     values[8] = in.quotas.per_minute_null ? NULL : in.quotas.per_minute;
     q = xasprintf(sql, tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 9, values, tenant_on_created, op)) {
-        free(op);
-        cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
-    }
+    pgpool_query(r->cp->global, q, 9, values, tenant_on_created, op);
     free(sealed);
     free(q);
     json_decref(body);
@@ -399,8 +396,7 @@ static void tenant_get(struct cp_req *r, const char *id)
     char *q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL", tenant_public_sql);
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
-    if (!pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op))
-        tenant_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op);
     free(q);
 }
 
@@ -443,8 +439,7 @@ static void tenant_list(struct cp_req *r)
     op->limit = pg.limit;
     q = xasprintf("SELECT %s, t.id FROM tenants t WHERE t.deleted_at IS NULL AND ($1::text IS NULL OR t.id > $1) "
                   "AND ($3 = '' OR t.id = $3) ORDER BY t.id LIMIT $2", tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 3, values, tenant_on_list, op))
-        tenant_on_list(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 3, values, tenant_on_list, op);
     free(q);
 }
 
@@ -563,12 +558,10 @@ static void tenant_patch(struct cp_req *r, const char *id)
                       " FROM (SELECT t.id, %s AS before FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL"
                       " AND t.offboarding_at IS NULL FOR UPDATE) o WHERE t.id = o.id RETURNING %s, o.before",
                       tenant_public_sql, tenant_public_sql);
-        if (!pgpool_query(r->cp->global, q, 6, values, tenant_on_patched, op))
-            tenant_on_patched(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+        pgpool_query(r->cp->global, q, 6, values, tenant_on_patched, op);
     } else {   /* {}: nothing changes, the version stays */
         q = xasprintf("SELECT %s FROM tenants t WHERE t.id = $1 AND t.deleted_at IS NULL", tenant_public_sql);
-        if (!pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op))
-            tenant_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+        pgpool_query(r->cp->global, q, 1, values, tenant_on_row, op);
     }
     free(q);
     json_decref(body);
@@ -630,8 +623,7 @@ static void tenant_rotate(struct cp_req *r, const char *id)
     }
     values[1] = sealed;
     q = xasprintf(sql, tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_rotated, op))
-        tenant_on_rotated(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 2, values, tenant_on_rotated, op);
     free(sealed);
     free(q);
 }
@@ -695,8 +687,7 @@ static void tenant_set_status(struct cp_req *r, const char *id, bool suspend)
     values[0] = op->id;
     values[1] = suspend ? "suspended" : "active";
     q = xasprintf(sql, tenant_public_sql, tenant_public_sql);
-    if (!pgpool_query(r->cp->global, q, 2, values, tenant_on_status, op))
-        tenant_on_status(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, q, 2, values, tenant_on_status, op);
     free(q);
 }
 
@@ -742,8 +733,7 @@ static void tenant_delete_decide(struct tenant_op *op)
         tenant_op_free(op);
     } else {
         q = xasprintf(sql, tenant_public_sql);   /* before: the tenant as it was, for the audit entry */
-        if (!pgpool_query(op->r->cp->global, q, 1, values, tenant_on_removed, op))
-            tenant_on_removed(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+        pgpool_query(op->r->cp->global, q, 1, values, tenant_on_removed, op);
         free(q);
     }
 }
@@ -797,10 +787,7 @@ static void tenant_on_delete_lookup(const struct pgq_result *q, void *arg)
             continue;
         }
         op->pending++;
-        if (!pgpool_query(cp->geo[k], sql, 1, values, tenant_on_geo_count, op)) {
-            op->geo_failed = true;
-            op->pending--;
-        }
+        pgpool_query(cp->geo[k], sql, 1, values, tenant_on_geo_count, op);
     }
     json_decref(geos);
     if (--op->pending == 0)
@@ -821,8 +808,7 @@ static void tenant_delete(struct cp_req *r, const char *id)
     op->r = r;
     snprintf(op->id, sizeof op->id, "%s", id);
     values[0] = op->id;
-    if (!pgpool_query(r->cp->global, sql, 1, values, tenant_on_delete_lookup, op))
-        tenant_on_delete_lookup(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(r->cp->global, sql, 1, values, tenant_on_delete_lookup, op);
 }
 
 static void tenant_offboard_query(struct tenant_op *op);
@@ -870,8 +856,7 @@ static void tenant_offboard_query(struct tenant_op *op)
     values[0] = op->id;
     values[1] = op->name;
     values[2] = steps_s;
-    if (!pgpool_query(op->r->cp->global, q, 3, values, tenant_on_offboard, op))
-        tenant_on_offboard(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, q, 3, values, tenant_on_offboard, op);
     free(q);
     free(steps_s);
     json_decref(steps);

@@ -278,10 +278,7 @@ static void ak_fetch(struct apikeys *k, struct ak_entry *e)
     const char *values[1] = {e->id};
     e->fetching = true;
     e->started_mono = util_mono_ms();
-    if (!pgpool_query(k->global, ak_fetch_sql, 1, values, ak_on_fetched, e)) {
-        struct pgq_result q = {.status = PGQ_UNAVAILABLE, .message = "pool closing"};
-        ak_on_fetched(&q, e);
-    }
+    pgpool_query(k->global, ak_fetch_sql, 1, values, ak_on_fetched, e);
 }
 
 static bool ak_take_unknown_token(struct apikeys *k)

@@ -223,8 +223,7 @@ void audit_record(struct cp_req *r, int status, const char *body, size_t len, vo
     values[11] = r->idem_replayed ? "true" : "false";
     values[12] = before;
     values[13] = after;
-    if (!pgpool_query(db, sql, 14, values, audit_on_written, w))
-        audit_on_written(&(struct pgq_result){.status = PGQ_UNAVAILABLE, .message = "shutting down"}, w);
+    pgpool_query(db, sql, 14, values, audit_on_written, w);
     free(before);
     free(after);
 }
@@ -356,11 +355,7 @@ static void audit_query(struct audit_list *l, struct pgpool *db, const char *geo
     p->l = l;
     p->geo = geo;
     l->pending++;
-    if (!pgpool_query(db, audit_list_sql, 7, l->values, audit_on_part, p)) {
-        free(p);
-        l->failed = true;
-        l->pending--;
-    }
+    pgpool_query(db, audit_list_sql, 7, l->values, audit_on_part, p);
 }
 
 /* Query the global catalog and the geographies (geos: JSON array of ids, or NULL for all). */
@@ -545,8 +540,7 @@ void audit_handle(struct cp_req *r)
         /* only the geographies the tenant's devices may live in (a removed tenant's too) */
         static const char sql[] = "SELECT to_json(lookup_geographies) FROM tenants WHERE id = $1";
         const char *v[1] = {l->tenant};
-        if (!pgpool_query(r->cp->global, sql, 1, v, audit_on_tenant, l))
-            audit_on_tenant(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, l);
+        pgpool_query(r->cp->global, sql, 1, v, audit_on_tenant, l);
     } else {
         audit_fan_out(l, NULL);
     }

@@ -21,12 +21,16 @@
 #include "pgbatch.h"
 #include "pgpool.h"
 #include "pseudonym.h"
+#include "redisbus.h"
 #include "redisfeed.h"
+#include "dns.h"
+#include "invalidate.h"
 #include "tenants.h"
 #include "tls.h"
 
 struct cp {
     struct event_base *base;
+    struct dns *dns;                          /* the resolver for Redis and outbound HTTP (dns.h) */
     struct cp_config cfg;
     struct evhttp *http;
     struct evhttp_bound_socket *listener;
@@ -37,7 +41,9 @@ struct cp {
     struct pgbatch *geo_lookup[CP_MAX_GEOGRAPHIES];   /* device lookups on geo[i], batched */
     struct pgbatch *geo_assign[CP_MAX_GEOGRAPHIES];   /* first assignments on geo[i], batched */
     struct loadtable *lt;
-    struct redisfeed *feed;
+    struct redisbus *redis;                   /* the cmd and sub Redis connections (redisbus.h) */
+    struct redisfeed *feed;                   /* stamp load reports (redisfeed.h) */
+    struct invalidate *inval;                 /* cache invalidations between instances (invalidate.h) */
     struct tenants *tenants;
     struct apikeys *keys;                     /* API key verification (apikeys.h) */
     struct layouts *layouts;

@@ -9,13 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns.h"
 #include "log.h"
 #include "util.h"
 
 static const char *const cp_config_keys[] = {
-    "listen", "operatorToken", "globalDatabase", "geographies", "redis", "maxBodyBytes",
+    "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", NULL,
+    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
 };
 static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", NULL,
@@ -197,11 +198,9 @@ static bool cp_config_parse_http(json_t *root, struct cp_config *cfg, struct jv_
 
 bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
-    const char *listen = NULL, *token = NULL, *global = NULL, *redis = NULL, *level = NULL;
+    const char *listen = NULL, *token = NULL, *global = NULL, *level = NULL;
     json_t *geos = NULL, *db = NULL, *dps = NULL, *tenants = NULL;
     const char *ca = NULL, *pseudonym_key = NULL;
-    char host[256];
-    int port;
 
     cp_config_defaults(cfg);
     if (!jv_only_keys(root, "", cp_config_keys, e) ||
@@ -209,7 +208,6 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !jv_string(root, "", "operatorToken", false, 16, 512, &token, e) ||
         !jv_string(root, "", "globalDatabase", true, 1, 4096, &global, e) ||
         !jv_object(root, "", "geographies", true, &geos, e) ||
-        !jv_string(root, "", "redis", true, 3, 300, &redis, e) ||
         !jv_int(root, "", "maxBodyBytes", false, 1024, 16 * 1024 * 1024, &cfg->max_body_bytes, e) ||
         !jv_int(root, "", "staleAfterIntervals", false, 1, 1000, &cfg->stale_after_intervals, e) ||
         !jv_int(root, "", "downAfterIntervals", false, 2, 10000, &cfg->down_after_intervals, e) ||
@@ -248,13 +246,9 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
     cfg->global_conninfo = xstrdup(global);
     if (!cp_config_parse_geos(geos, cfg, e))
         return false;
-    if (!util_parse_hostport(redis, host, sizeof host, &port) || port == 0) {
-        jv_set(e, "invalid_value", "redis", "redis must be HOST:PORT, got '%s'", redis);
-        return false;
-    }
-    cfg->redis_host = xstrdup(host);
-    cfg->redis_port = port;
-    if (!redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e))
+    if (!redis_target_parse(root, &cfg->redis, e) ||
+        !redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e) ||
+        !dns_config_parse(root, &cfg->dns_resolv_conf, e))
         return false;
     if (!cp_config_parse_db(db, cfg, e))
         return false;
@@ -313,8 +307,9 @@ void cp_config_free(struct cp_config *cfg)
         free(cfg->geos[i].id);
         free(cfg->geos[i].conninfo);
     }
-    free(cfg->redis_host);
+    redis_target_free(&cfg->redis);
     redis_auth_free(&cfg->redis_auth);
+    free(cfg->dns_resolv_conf);
     free(cfg->dps_ca_file);
     free(cfg->kek_file);
     free(cfg->tls_cert);

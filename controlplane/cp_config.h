@@ -11,6 +11,7 @@
 
 #include "jsonv.h"
 #include "redisauth.h"
+#include "redistarget.h"
 
 #define CP_MAX_GEOGRAPHIES 32
 
@@ -26,9 +27,9 @@ struct cp_config {
     char *global_conninfo;
     struct cp_geo_config geos[CP_MAX_GEOGRAPHIES];
     int n_geos;
-    char *redis_host;
-    int redis_port;
+    struct redis_target redis;    /* "redis" or "redisSentinel" */
     struct redis_auth redis_auth; /* "redisAuth": the control plane's Redis user; sensitive: never logged */
+    char *dns_resolv_conf;        /* dns.resolvConf: the resolver's resolv.conf (NULL: the system's) */
     int64_t max_body_bytes;
     int64_t stale_after_intervals;
     int64_t down_after_intervals;

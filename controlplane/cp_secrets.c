@@ -70,8 +70,6 @@ static void secrets_start_pass(struct cp_secrets *s)
 {
     s->pass = envelope_pass_start(s->cp->global, s->cp->env, secrets_sets, SECRETS_NSETS, NULL, 0,
                                   secrets_on_start_pass, s);
-    if (!s->pass)
-        log_warn("event=secrets_pass_not_started");
 }
 
 static void secrets_on_retry(evutil_socket_t fd, short what, void *arg)
@@ -181,9 +179,8 @@ static void secrets_on_count(const struct pgq_result *q, void *arg)
         secrets_op_done(op);
         return;
     }
-    if (!pgpool_query(op->r->cp->global, envelope_set_count_sql(secrets_sets[op->pending - 1]), 0, NULL,
-                      secrets_on_count, op))
-        secrets_on_count(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, envelope_set_count_sql(secrets_sets[op->pending - 1]), 0, NULL,
+                      secrets_on_count, op);
 }
 
 /* Add the keyring's ids to op->body, then count the secrets per KEK and reply. */
@@ -197,9 +194,8 @@ static void secrets_count_and_reply(struct secrets_op *op)
     json_object_set_new(op->body, "kekIds", ids);
     op->counts = json_object();
     op->pending = SECRETS_NSETS;
-    if (!pgpool_query(op->r->cp->global, envelope_set_count_sql(secrets_sets[op->pending - 1]), 0, NULL,
-                      secrets_on_count, op))
-        secrets_on_count(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, op);
+    pgpool_query(op->r->cp->global, envelope_set_count_sql(secrets_sets[op->pending - 1]), 0, NULL,
+                      secrets_on_count, op);
 }
 
 static void secrets_on_rotated(const struct envelope_pass_result *res, void *arg)
@@ -251,12 +247,7 @@ static void secrets_rotate(struct cp_req *r)
     op = xcalloc(1, sizeof *op);
     op->r = r;
     op->body = json_object();
-    if (!envelope_pass_start(r->cp->global, r->cp->env, secrets_sets, SECRETS_NSETS, NULL, 0, secrets_on_rotated,
-                             op)) {
-        json_decref(op->body);
-        free(op);
-        cpreq_reply_error(r, 503, "shutting_down", NULL, "the server is shutting down");
-    }
+    envelope_pass_start(r->cp->global, r->cp->env, secrets_sets, SECRETS_NSETS, NULL, 0, secrets_on_rotated, op);
 }
 
 void cp_secrets_handle(struct cp_req *r, char **segs, int nsegs)

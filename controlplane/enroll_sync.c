@@ -536,10 +536,7 @@ static void es_start(struct enroll_sync *es)
         return;
     es->running = true;
     event_del(es->timer);
-    if (!pgpool_query(es->cp->global, es_catalog_sql, 0, NULL, es_on_catalog, es)) {
-        es->running = false;
-        es_arm(es, es->interval_ms);
-    }
+    pgpool_query(es->cp->global, es_catalog_sql, 0, NULL, es_on_catalog, es);
 }
 
 static void es_on_timer(evutil_socket_t fd, short what, void *arg)

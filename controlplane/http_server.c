@@ -201,7 +201,7 @@ static void http_server_guard_setup(struct cp *cp)
  * sockets. The only place the listener's bufferevents are set up.
  */
 /* Any client certificate passes the handshake: the device routes check it
- * against the tenant's CAs (api_devices.c), every other route ignores it. */
+ * against the tenant's CAs (router_auth.c), every other route ignores it. */
 static int http_server_accept_any_cert(int preverify_ok, X509_STORE_CTX *ctx)
 {
     (void)preverify_ok;

@@ -241,8 +241,7 @@ static void idem_on_claim(const struct pgq_result *q, void *arg)
         free(b);
         return;
     }
-    if (!pgpool_query(r->cp->global, sql, 2, values, idem_on_existing, b))
-        idem_on_existing(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, b);
+    pgpool_query(r->cp->global, sql, 2, values, idem_on_existing, b);
 }
 
 void idempotency_begin(struct cp_req *r, void (*next)(struct cp_req *r))
@@ -309,8 +308,7 @@ void idempotency_begin(struct cp_req *r, void (*next)(struct cp_req *r))
     values[3] = c->claim;
     values[4] = ttl;
     values[5] = stale;
-    if (!pgpool_query(r->cp->global, sql, 6, values, idem_on_claim, b))
-        idem_on_claim(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, b);
+    pgpool_query(r->cp->global, sql, 6, values, idem_on_claim, b);
 }
 
 /* ---- completing ---- */
@@ -353,7 +351,6 @@ void idempotency_complete(struct cp_req *r, int status, const char *body, size_t
     const char *loc = evhttp_find_header(evhttp_request_get_output_headers(r->ev), "Location");
     char st[12], *key_sealed = NULL, *ct = NULL, *text = NULL;
     json_t *a;
-    bool ok;
 
     x->r = r;
     x->done = done;
@@ -376,10 +373,10 @@ void idempotency_complete(struct cp_req *r, int status, const char *body, size_t
             free(text);
         }
     }
-    ok = x->stored ? pgpool_query(r->cp->global, store_sql, 6, values, idem_on_completed, x)
-                   : pgpool_query(r->cp->global, release_sql, 3, values, idem_on_completed, x);
-    if (!ok)
-        idem_on_completed(&(struct pgq_result){.status = PGQ_UNAVAILABLE, .message = "shutting down"}, x);
+    if (x->stored)
+        pgpool_query(r->cp->global, store_sql, 6, values, idem_on_completed, x);
+    else
+        pgpool_query(r->cp->global, release_sql, 3, values, idem_on_completed, x);
     free(key_sealed);
     free(ct);
 }
@@ -409,8 +406,7 @@ static void idem_on_purge_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     if (!d->purging && !d->cp->shutting_down) {
         d->purging = true;
-        if (!pgpool_query(d->cp->global, sql, 0, NULL, idem_on_purged, d))
-            d->purging = false;
+        pgpool_query(d->cp->global, sql, 0, NULL, idem_on_purged, d);
     }
     idem_arm(d, IDEM_PURGE_MS);
 }

@@ -236,10 +236,7 @@ void installer_tokens_reserve(struct pgpool *global, const char *tenant, const c
     snprintf(c->id, sizeof c->id, "%s", id);
     values[0] = c->tenant;
     values[1] = c->id;
-    if (!pgpool_query(global, sql, 2, values, inst_on_reserved, c)) {
-        free(c);
-        cb(INSTALLER_UNAVAILABLE, arg);
-    }
+    pgpool_query(global, sql, 2, values, inst_on_reserved, c);
 }
 
 static void inst_on_released(const struct pgq_result *q, void *arg)
@@ -261,6 +258,5 @@ void installer_tokens_release(struct pgpool *global, const char *tenant, const c
     snprintf(c->id, sizeof c->id, "%s", id);
     values[0] = c->tenant;
     values[1] = c->id;
-    if (!pgpool_query(global, sql, 2, values, inst_on_released, c))
-        free(c);
+    pgpool_query(global, sql, 2, values, inst_on_released, c);
 }

@@ -187,8 +187,7 @@ void job_slice_done(struct job_run *run, enum job_outcome o, const char *err)
     values[5] = o == JOB_RETRY ? js->err : NULL;
     values[6] = nsteps;
     values[7] = maxa;
-    if (!pgpool_query(js->cp->global, sql, 8, values, jobs_on_saved, js))
-        jobs_on_saved(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, js);
+    pgpool_query(js->cp->global, sql, 8, values, jobs_on_saved, js);
 }
 
 static void jobs_on_claimed(const struct pgq_result *q, void *arg)
@@ -233,8 +232,7 @@ static void jobs_claim(struct jobs *js)
         " RETURNING j.id, j.kind, j.tenant_id, j.step, j.done, j.total, j.attempts";
     const char *values[1] = {js->owner};
     js->state = JS_CLAIMING;
-    if (!pgpool_query(js->cp->global, sql, 1, values, jobs_on_claimed, js))
-        js->state = JS_IDLE;
+    pgpool_query(js->cp->global, sql, 1, values, jobs_on_claimed, js);
 }
 
 static void jobs_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -325,7 +323,6 @@ void api_jobs_handle(struct cp_req *r, char **segs, int nsegs)
     snprintf(g->id, sizeof g->id, "%s", segs[0]);
     values[0] = g->id;
     q = xasprintf("SELECT %s, j.tenant_id FROM jobs j WHERE j.id = $1", jobs_public_sql);
-    if (!pgpool_query(r->cp->global, q, 1, values, jobs_on_row, g))
-        jobs_on_row(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, g);
+    pgpool_query(r->cp->global, q, 1, values, jobs_on_row, g);
     free(q);
 }

@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "strmap.h"
 #include "util.h"
 
 static const char layout_sql[] =
@@ -56,12 +57,25 @@ const struct layout_stamp *layout_find_stamp(const struct layout *l, const char 
     return NULL;
 }
 
-struct layout_dps *layout_find_dps(const struct layout *l, const char *id)
+static int layout_dps_index(const struct layout *l, const char *id)
 {
     for (int i = 0; i < l->ndps; i++)
         if (strcmp(l->dps[i].id, id) == 0)
-            return &l->dps[i];
-    return NULL;
+            return i;
+    return -1;
+}
+
+const struct layout_dps *layout_find_dps(const struct layout *l, const char *id)
+{
+    int i = layout_dps_index(l, id);
+    return i < 0 ? NULL : &l->dps[i];
+}
+
+/* The building snapshot (not yet published) is the only one written to. */
+static struct layout_dps *layout_dps_mut(struct layout *l, const char *id)
+{
+    int i = layout_dps_index(l, id);
+    return i < 0 ? NULL : &l->dps[i];
 }
 
 static const char *layout_str(json_t *o, const char *k)
@@ -127,6 +141,17 @@ struct layouts {
     bool running;
     bool again;                 /* a refresh was asked for while one ran */
     bool freeing;
+    bool usage_failed;          /* a geography's usage could not be read in this refresh */
+    /* This router's own changes not yet in the snapshot: DPS id -> struct
+     * layout_delta. The snapshot itself is never changed once published. */
+    struct strmap *deltas;
+};
+
+/* acc: counted since the running refresh started; inflight: counted before
+ * it started (so its usage read includes them once it completes). */
+struct layout_delta {
+    int64_t acc;
+    int64_t inflight;
 };
 
 static void layouts_start(struct layouts *ls);
@@ -137,10 +162,40 @@ static void layouts_arm(struct layouts *ls, int ms)
     event_add(ls->timer, &tv);
 }
 
+static void layouts_delta_start(const char *key, void *value, void *arg)
+{
+    struct layout_delta *d = value;
+    (void)key; (void)arg;
+    d->inflight += d->acc;
+    d->acc = 0;
+}
+
+static void layouts_delta_done(const char *key, void *value, void *arg)
+{
+    struct layout_delta *d = value;
+    (void)key; (void)arg;
+    d->inflight = 0;
+}
+
+/* A refresh starts: what was counted so far will be in its usage read. */
+static void layouts_deltas_started(struct layouts *ls)
+{
+    strmap_foreach(ls->deltas, layouts_delta_start, NULL);
+}
+
+/* A refresh completed: the deltas counted before it started are in it now
+ * (unless a geography's usage could not be read: then they stay). */
+static void layouts_deltas_done(struct layouts *ls)
+{
+    if (!ls->usage_failed)
+        strmap_foreach(ls->deltas, layouts_delta_done, NULL);
+}
+
 static void layouts_finish(struct layouts *ls)
 {
     struct layout *l = ls->building;
     ls->building = NULL;
+    layouts_deltas_done(ls);
     for (int i = 0; i < l->nstamps; i++) {
         struct layout_stamp *st = &l->stamps[i];
         st->devices = 0;
@@ -162,9 +217,11 @@ static void layouts_finish(struct layouts *ls)
 static void layouts_on_usage(const struct pgq_result *q, void *arg)
 {
     struct layouts *ls = arg;
+    if (q->status != PGQ_OK)
+        ls->usage_failed = true;
     if (q->status == PGQ_OK) {
         for (int i = 0; i < PQntuples(q->res); i++) {
-            struct layout_dps *d = layout_find_dps(ls->building, PQgetvalue(q->res, i, 0));
+            struct layout_dps *d = layout_dps_mut(ls->building, PQgetvalue(q->res, i, 0));
             int64_t n;
             if (d && util_parse_int64(PQgetvalue(q->res, i, 1), 0, INT64_MAX, &n))
                 d->registrations = n;
@@ -194,15 +251,14 @@ static void layouts_on_catalog(const struct pgq_result *q, void *arg)
     /* Carry the last known counts over in case a geography can't answer now. */
     if (ls->current)
         for (int i = 0; i < l->ndps; i++) {
-            struct layout_dps *old = layout_find_dps(ls->current, l->dps[i].id);
+            const struct layout_dps *old = layout_find_dps(ls->current, l->dps[i].id);
             if (old) l->dps[i].registrations = old->registrations;
         }
     ls->building = l;
     ls->pending_usage = 1;
     for (int i = 0; i < ls->ngeos; i++) {
         ls->pending_usage++;
-        if (!pgpool_query(ls->geo_pools[i], layout_usage_sql, 0, NULL, layouts_on_usage, ls))
-            ls->pending_usage--;
+        pgpool_query(ls->geo_pools[i], layout_usage_sql, 0, NULL, layouts_on_usage, ls);
     }
     if (--ls->pending_usage == 0)
         layouts_finish(ls);
@@ -213,11 +269,10 @@ static void layouts_start(struct layouts *ls)
     if (ls->running || ls->freeing)
         return;
     ls->running = true;
+    ls->usage_failed = false;
+    layouts_deltas_started(ls);
     event_del(ls->timer);
-    if (!pgpool_query(ls->global, layout_sql, 0, NULL, layouts_on_catalog, ls)) {
-        ls->running = false;
-        layouts_arm(ls, ls->refresh_ms);
-    }
+    pgpool_query(ls->global, layout_sql, 0, NULL, layouts_on_catalog, ls);
 }
 
 static void layouts_on_timer(evutil_socket_t fd, short what, void *arg)
@@ -236,6 +291,7 @@ struct layouts *layouts_new(struct event_base *base, struct pgpool *global, stru
     ls->geo_ids = geo_ids;
     ls->ngeos = ngeos;
     ls->refresh_ms = refresh_ms;
+    ls->deltas = strmap_new();
     ls->timer = event_new(base, -1, 0, layouts_on_timer, ls);
     if (!ls->timer) {
         log_error("event=event_new_failed");
@@ -252,6 +308,7 @@ void layouts_free(struct layouts *ls)
     event_free(ls->timer);
     layout_unref(ls->current);
     layout_unref(ls->building);
+    strmap_free(ls->deltas, free);
     free(ls);
 }
 
@@ -266,4 +323,20 @@ void layouts_refresh_soon(struct layouts *ls)
         ls->again = true;
     else
         layouts_start(ls);
+}
+
+void layouts_count(struct layouts *ls, const char *dps_id, int delta)
+{
+    struct layout_delta *d = strmap_get(ls->deltas, dps_id);
+    if (!d) {
+        d = xcalloc(1, sizeof *d);
+        strmap_put(ls->deltas, dps_id, d);
+    }
+    d->acc += delta;
+}
+
+int64_t layouts_delta(const struct layouts *ls, const char *dps_id)
+{
+    const struct layout_delta *d = ls ? strmap_get(ls->deltas, dps_id) : NULL;
+    return d ? d->acc + d->inflight : 0;
 }

@@ -54,7 +54,7 @@ struct layout {
 void layout_ref(struct layout *l);
 void layout_unref(struct layout *l);
 const struct layout_stamp *layout_find_stamp(const struct layout *l, const char *id);
-struct layout_dps *layout_find_dps(const struct layout *l, const char *id);
+const struct layout_dps *layout_find_dps(const struct layout *l, const char *id);
 
 /* Build the catalog part from the JSON the catalog query returns (tests use it directly). */
 struct layout *layout_from_json(json_t *root) MUSTCHECK;
@@ -67,6 +67,15 @@ struct layouts *layouts_new(struct event_base *base, struct pgpool *global, stru
 void layouts_free(struct layouts *ls);
 /* The current snapshot (NULL until the first load); a borrowed reference. */
 struct layout *layouts_current(struct layouts *ls);
+/* This router committed (delta > 0) or released (< 0) registrations on a DPS:
+ * placement counts them at once (layouts_delta) rather than at the next
+ * refresh, so that a released registration can be reused right away. The
+ * snapshots are not changed: the count is kept beside them until a refresh
+ * has read the usage it is part of. */
+void layouts_count(struct layouts *ls, const char *dps_id, int delta);
+/* Registrations this router counted on a DPS that its snapshot doesn't hold
+ * yet (may be negative); ls NULL: 0. */
+int64_t layouts_delta(const struct layouts *ls, const char *dps_id);
 /* Re-read as soon as possible (after a catalog change). */
 void layouts_refresh_soon(struct layouts *ls);
 

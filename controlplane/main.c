@@ -10,7 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "api_devices.h"
+#include "device_store.h"
+#include "router.h"
 #include "cp.h"
 #include "cp_secrets.h"
 #include "idempotency.h"
@@ -204,24 +205,11 @@ static void cp_start_pools(struct cp *cp)
         o.n_migrations = migrations_geo_count;
         o.geography = cp->cfg.geos[i].id;
         cp->geo[i] = pgpool_new(cp->base, &o);
-        cp->geo_lookup[i] = api_devices_lookup_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
+        cp->geo_lookup[i] = device_store_lookup_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
                                                        cp_batch_inflight(cp), CP_BATCH_MAX, o.queue_timeout_ms);
-        cp->geo_assign[i] = api_devices_assign_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
+        cp->geo_assign[i] = device_store_assign_batcher(cp->base, cp->geo[i], cp->cfg.geos[i].id,
                                                        cp_batch_inflight(cp), CP_BATCH_MAX, o.queue_timeout_ms);
     }
-}
-
-static void cp_on_invalidate(const char *payload, void *arg)
-{
-    api_devices_on_invalidate(arg, payload);
-}
-
-/* The subscription was lost and is back: invalidations may have been missed. */
-static void cp_on_resubscribed(void *arg)
-{
-    struct cp *cp = arg;
-    assign_cache_clear(cp->cache);
-    tenants_forget_all(cp->tenants);
 }
 
 static void cp_free(struct cp *cp)
@@ -229,8 +217,10 @@ static void cp_free(struct cp *cp)
     http_server_free(cp);
     stampcheck_free(cp->stampcheck);
     layouts_free(cp->layouts);
+    redisbus_free(cp->redis);   /* pending Redis commands are answered (NULL) first */
+    invalidate_free(cp->inval);
     redisfeed_free(cp->feed);
-    jobs_free(cp->jobs);   /* after the feed (its waits are dropped), before the pools */
+    jobs_free(cp->jobs);   /* after the invalidations (their waits are dropped), before the pools */
     tenants_free(cp->tenants);
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
@@ -254,6 +244,11 @@ static void cp_free(struct cp *cp)
         /* Connections freed above (evhttp's, the outbound calls') finish
          * freeing in deferred callbacks: let those run before the base goes. */
         for (int i = 0; i < 4; i++)
+            event_base_loop(cp->base, EVLOOP_NONBLOCK);
+        /* The resolver last: lookups cancelled by the connections freed above
+         * report to its evdns base from those deferred callbacks. */
+        dns_free(cp->dns);
+        for (int i = 0; i < 2; i++)
             event_base_loop(cp->base, EVLOOP_NONBLOCK);
         event_base_free(cp->base);
     }
@@ -332,6 +327,13 @@ int main(int argc, char **argv)
         cp_config_free(&cp.cfg);
         return 1;
     }
+    if (!(cp.dns = dns_new(cp.base, cp.cfg.dns_resolv_conf))) {
+        fprintf(stderr, "controlplane: config error: dns.resolvConf: cannot be used (see the log)\n");
+        event_base_free(cp.base);
+        cp_config_free(&cp.cfg);
+        return CP_EXIT_CONFIG;
+    }
+    http_call_set_dns(dns_evdns(cp.dns));   /* DPS endpoints by name (dps_client, enroll_sync, offboard) */
     cp.sig_term = cp_signal(&cp, SIGTERM);
     cp.sig_int = cp_signal(&cp, SIGINT);
     cp.sig_hup = cp_signal(&cp, SIGHUP);
@@ -369,10 +371,9 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
-    {
-        struct redisfeed_hooks hooks = {cp_on_invalidate, cp_on_resubscribed, &cp};
-        cp.feed = redisfeed_new(cp.base, cp.cfg.redis_host, cp.cfg.redis_port, &cp.cfg.redis_auth, cp.lt, &hooks);
-    }
+    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth);
+    cp.feed = redisfeed_new(cp.redis, cp.lt);
+    cp.inval = invalidate_new(&cp, cp.redis);
     if (!http_server_start(&cp)) {
         rc = 1;
     } else {

@@ -443,8 +443,7 @@ static void ob_release(struct ob_item *it)
     static const char sql[] = "SELECT status FROM cp_release_device($1, $2, false, 'tenant offboarded')";
     struct ob_state *st = it->st;
     const char *values[2] = {st->run->tenant, it->regid};
-    if (!pgpool_query(st->run->cp->geo[it->geo], sql, 2, values, ob_on_released, it))
-        ob_on_released(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, it);
+    pgpool_query(st->run->cp->geo[it->geo], sql, 2, values, ob_on_released, it);
 }
 
 static void ob_regs_settle(struct ob_state *st);
@@ -552,8 +551,7 @@ static void ob_devices_on_catalog(const struct pgq_result *q, void *arg)
         gq->st = st;
         gq->geo = st->geos[i];
         st->pending++;
-        if (!pgpool_query(st->run->cp->geo[gq->geo], sql, 1, values, ob_on_batch, gq))
-            ob_on_batch(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, gq);
+        pgpool_query(st->run->cp->geo[gq->geo], sql, 1, values, ob_on_batch, gq);
     }
     if (--st->pending == 0) {
         if (st->failures > 0)
@@ -689,8 +687,7 @@ static void ob_keys(struct ob_state *st)
         " i AS (DELETE FROM installer_tokens WHERE tenant_id = $1 RETURNING 1)"
         " SELECT (SELECT count(*) FROM t), (SELECT count(*) FROM k), (SELECT count(*) FROM i)";
     const char *values[1] = {st->run->tenant};
-    if (!pgpool_query(st->run->cp->global, sql, 1, values, ob_on_keys, st))
-        ob_on_keys(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, st);
+    pgpool_query(st->run->cp->global, sql, 1, values, ob_on_keys, st);
 }
 
 void offboard_slice(struct job_run *run)
@@ -722,6 +719,5 @@ void offboard_slice(struct job_run *run)
         job_slice_done(run, JOB_DONE, NULL);
         return;
     }
-    if (!pgpool_query(run->cp->global, ob_catalog_sql, 1, values, cb, st))
-        cb(&(struct pgq_result){.status = PGQ_UNAVAILABLE}, st);
+    pgpool_query(run->cp->global, ob_catalog_sql, 1, values, cb, st);
 }

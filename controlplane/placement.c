@@ -66,11 +66,27 @@ bool placement_stamp_valid(const struct tenant *t, const struct layout_stamp *st
     return true;
 }
 
-static double placement_headroom(const struct layout_dps *d)
+/* Registrations held on a DPS: the snapshot's, plus what this router
+ * counted since (layouts_count). */
+static int64_t placement_regs(const struct placement_input *in, const struct layout_dps *d)
+{
+    int64_t n = d->registrations + layouts_delta(in->local, d->id);
+    return n < 0 ? 0 : n;
+}
+
+static int64_t placement_stamp_devices(const struct placement_input *in, const struct layout_stamp *st)
+{
+    int64_t n = st->devices;
+    for (int k = 0; in->local && k < st->ndps; k++)
+        n += layouts_delta(in->local, in->layout->dps[st->first_dps + k].id);
+    return n < 0 ? 0 : n;
+}
+
+static double placement_headroom(const struct placement_input *in, const struct layout_dps *d, int64_t devices)
 {
     const struct layout_stamp *st = d->stamp;
-    double cap = 1.0 - (double)d->registrations / (double)d->max_registrations;
-    double hub = st->hub_capacity > 0 ? 1.0 - (double)st->devices / (double)st->hub_capacity : 0.0;
+    double cap = 1.0 - (double)placement_regs(in, d) / (double)d->max_registrations;
+    double hub = st->hub_capacity > 0 ? 1.0 - (double)devices / (double)st->hub_capacity : 0.0;
     return cap < hub ? cap : hub;
 }
 
@@ -125,8 +141,9 @@ static int placement_stamp_dps(const struct placement_input *in, const struct la
 {
     int admitted = 0, refused = 0;
     bool any_room = false;
+    int64_t devices = placement_stamp_devices(in, st);
     *rule = "capacity";
-    if (st->nhubs == 0 || st->devices >= st->hub_capacity) {
+    if (st->nhubs == 0 || devices >= st->hub_capacity) {
         *why = st->nhubs == 0 ? "no hubs" : "hubs full";
         return 0;
     }
@@ -139,13 +156,13 @@ static int placement_stamp_dps(const struct placement_input *in, const struct la
                 snprintf(buf, buflen, "enrollment group %s on %s", no_group, d->id);
             continue;
         }
-        if (d->registrations >= d->max_registrations)
+        if (placement_regs(in, d) >= d->max_registrations)
             continue;
         any_room = true;
         if (placement_excluded(in, d->id) || *ncand >= PLACEMENT_MAX_CANDIDATES)
             continue;
         cands[*ncand].dps = d;
-        cands[*ncand].band = placement_band(placement_headroom(d));
+        cands[*ncand].band = placement_band(placement_headroom(in, d, devices));
         cands[*ncand].tie = placement_hash(in->registration_id, d->id);
         (*ncand)++;
         admitted++;

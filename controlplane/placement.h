@@ -51,6 +51,9 @@ struct placement_input {
      * NULL (eligible); NULL function: every instance eligible. */
     const char *(*group_refused)(void *arg, const char *dps_id, const char *tenant_id);
     void *group_refused_arg;
+    /* This router's own registrations not in the snapshot yet (layouts_delta);
+     * NULL: none. */
+    const struct layouts *local;
 };
 
 struct placement_result {

@@ -132,10 +132,10 @@ static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
     free(c);
 }
 
-void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cands, int ncand,
+void ratelimit_take(struct redisbus *bus, const struct layout_dps *const *cands, int ncand,
                     const struct ratelimit_tenant *tenant, ratelimit_cb cb, void *arg)
 {
-    redisAsyncContext *ac = redisfeed_cmd(feed);
+    redisAsyncContext *ac = redisbus_cmd(bus);
     const char *argv[3 + 3 + 9 + 3 * RATELIMIT_MAX];
     size_t argl[3 + 3 + 9 + 3 * RATELIMIT_MAX];
     char keys[RATELIMIT_MAX][96], caps[RATELIMIT_MAX][24], rates[RATELIMIT_MAX][40], nkeys[16], n[16];
@@ -217,10 +217,10 @@ static void ratelimit_on_reserved(redisAsyncContext *ac, void *r, void *privdata
     free(c);
 }
 
-void ratelimit_quota_reserve(struct redisfeed *feed, const char *tenant_id, const char *reservation,
+void ratelimit_quota_reserve(struct redisbus *bus, const char *tenant_id, const char *reservation,
                              ratelimit_reserve_cb cb, void *arg)
 {
-    redisAsyncContext *ac = redisfeed_cmd(feed);
+    redisAsyncContext *ac = redisbus_cmd(bus);
     char pkey[96], hold[24];
     const char *argv[6];
     size_t argl[6];
@@ -249,9 +249,9 @@ void ratelimit_quota_reserve(struct redisfeed *feed, const char *tenant_id, cons
     }
 }
 
-void ratelimit_quota_settle(struct redisfeed *feed, const char *tenant_id, const char *reservation, bool committed)
+void ratelimit_quota_settle(struct redisbus *bus, const char *tenant_id, const char *reservation, bool committed)
 {
-    redisAsyncContext *ac = redisfeed_cmd(feed);
+    redisAsyncContext *ac = redisbus_cmd(bus);
     char pkey[96], dkey[96];
     const char *argv[7];
     size_t argl[7];

@@ -41,7 +41,7 @@
 #include <stdint.h>
 
 #include "layout.h"
-#include "redisfeed.h"
+#include "redisbus.h"
 
 /* RL_TENANT_THROTTLED: the tenant's own bucket is empty (no DPS token was
  * taken); RL_QUOTA_PENDING: committed devices are below maxDevices but with
@@ -75,19 +75,19 @@ struct ratelimit_tenant {
 };
 
 /* tenant may be NULL (no tenant limits). */
-void ratelimit_take(struct redisfeed *feed, const struct layout_dps *const *cands, int ncand,
+void ratelimit_take(struct redisbus *bus, const struct layout_dps *const *cands, int ncand,
                     const struct ratelimit_tenant *tenant, ratelimit_cb cb, void *arg);
 
 /* Step 1 of the device quota: t0 = Redis's time in ms, or -1 (Redis
  * unavailable). Called exactly once, possibly before this returns. */
 typedef void (*ratelimit_reserve_cb)(int64_t t0, void *arg);
-void ratelimit_quota_reserve(struct redisfeed *feed, const char *tenant_id, const char *reservation,
+void ratelimit_quota_reserve(struct redisbus *bus, const char *tenant_id, const char *reservation,
                              ratelimit_reserve_cb cb, void *arg);
 
 /* Step 4: the placement reserved under `reservation` is over: committed (its
  * statement added a device) or not. Fire and forget: a lost command leaves
  * the reservation to expire (RATELIMIT_QUOTA_RESERVE_MS). */
-void ratelimit_quota_settle(struct redisfeed *feed, const char *tenant_id, const char *reservation, bool committed);
+void ratelimit_quota_settle(struct redisbus *bus, const char *tenant_id, const char *reservation, bool committed);
 
 /* Retry-After seconds for a wait: the refill time plus random jitter of up to
  * half of it (at least one second), so throttled devices don't return in step. */

@@ -1,11 +1,9 @@
 /*
- * redisfeed.c - subscribe + snapshot of stamp load reports.
- *
- * Two connections: "sub" holds the SUBSCRIBE (a subscribed connection can't
- * run other commands), "cmd" runs the snapshot SCAN/HGETALLs and the PING
- * heartbeat. A subscription alone would miss reports sent while we were
- * disconnected, so every (re)subscribe is followed by a snapshot. Both
- * connections AUTH as the control plane's Redis user (redisconn.c).
+ * redisfeed.c - the stamp load feed: the stamps:load:* subscription and the
+ * snapshot of every stamp's load hash (redisfeed.h), on the control plane's
+ * Redis connections (redisbus.c). A subscription alone would miss reports
+ * sent while we were disconnected, so every (re)subscribe is followed by a
+ * snapshot on the command connection.
  *
  * A report counts only for the stamp its channel or key names: the Redis
  * ACLs let each agent write only its own, and this check makes that the
@@ -15,36 +13,20 @@
 
 #include <stdlib.h>
 #include <string.h>
-#include <sys/queue.h>
 
 #include "log.h"
-#include "redisconn.h"
+#include "redisbus.h"
 #include "util.h"
-
-#define REDISFEED_WAIT_MS 1000
-
-struct feed_wait {
-    LIST_ENTRY(feed_wait) link;
-    struct redisfeed *f;
-    char nonce[17];
-    bool delivered;
-    struct event *ev;            /* deadline, or activated to report */
-    redisfeed_done_cb done;
-    void *arg;
-};
 
 struct redisfeed {
     struct event_base *base;
     struct loadtable *lt;
-    struct redisconn *sub;
-    struct redisconn *cmd;
+    struct redisbus *bus;
     bool subscribed;
     int64_t subscribed_mono_ms;  /* when the current load subscription was confirmed */
     bool want_snapshot;      /* a subscribe happened; snapshot once cmd is up */
     bool snapshot_running;
     int64_t bad_reports;
-    struct redisfeed_hooks hooks;
-    LIST_HEAD(, feed_wait) waits;   /* invalidations waiting to come back */
 };
 
 /* The report must be about the stamp its channel or key names (expect). */
@@ -168,7 +150,7 @@ static void feed_on_scan(redisAsyncContext *ac, void *r, void *privdata)
 
 static void feed_snapshot_scan(struct redisfeed *f, const char *cursor)
 {
-    redisAsyncContext *ac = redisconn_ctx(f->cmd);
+    redisAsyncContext *ac = redisbus_cmd(f->bus);
     if (!ac || redisAsyncCommand(ac, feed_on_scan, f, "SCAN %s MATCH %s COUNT 1000", cursor,
                                  REDISFEED_KEY_PATTERN) != REDIS_OK) {
         f->snapshot_running = false;
@@ -178,7 +160,7 @@ static void feed_snapshot_scan(struct redisfeed *f, const char *cursor)
 
 static void feed_maybe_snapshot(struct redisfeed *f)
 {
-    if (!f->want_snapshot || f->snapshot_running || !redisconn_ctx(f->cmd))
+    if (!f->want_snapshot || f->snapshot_running || !redisbus_cmd(f->bus))
         return;
     f->want_snapshot = false;
     f->snapshot_running = true;
@@ -187,180 +169,62 @@ static void feed_maybe_snapshot(struct redisfeed *f)
 
 /* ---- subscription ---- */
 
-static void feed_on_message(redisAsyncContext *ac, void *r, void *privdata)
-{
-    struct redisfeed *f = privdata;
-    redisReply *reply = r;
-    const redisReply *kind;
-    (void)ac;
-    if (!reply || reply->type != REDIS_REPLY_ARRAY || reply->elements < 3)
-        return;
-    kind = reply->element[0];
-    if (kind->type != REDIS_REPLY_STRING)
-        return;
-    if (strcmp(kind->str, "subscribe") == 0) {
-        /* cp:invalidate; confirmed before the load pattern (sent first). */
-        if (f->hooks.on_resubscribed)
-            f->hooks.on_resubscribed(f->hooks.arg);
-    } else if (strcmp(kind->str, "psubscribe") == 0) {
-        f->subscribed = true;
-        f->subscribed_mono_ms = util_mono_ms();
-        f->want_snapshot = true;
-        log_info("event=subscribed pattern=%s", REDISFEED_CHANNEL_PATTERN);
-        feed_maybe_snapshot(f);
-    } else if (strcmp(kind->str, "pmessage") == 0 && reply->elements == 4 &&
-               reply->element[2]->type == REDIS_REPLY_STRING && reply->element[3]->type == REDIS_REPLY_STRING &&
-               reply->element[2]->len > sizeof REDISFEED_CHANNEL_PREFIX - 1 &&
-               memcmp(reply->element[2]->str, REDISFEED_CHANNEL_PREFIX, sizeof REDISFEED_CHANNEL_PREFIX - 1) == 0) {
-        const redisReply *chan = reply->element[2];
-        json_t *report = json_loadb(reply->element[3]->str, reply->element[3]->len, 0, NULL);
-        feed_apply(f, report, "publish", LOAD_LIVE, chan->str + sizeof REDISFEED_CHANNEL_PREFIX - 1,
-                   chan->len - (sizeof REDISFEED_CHANNEL_PREFIX - 1));
-        json_decref(report);
-    } else if (strcmp(kind->str, "message") == 0 && reply->element[1]->type == REDIS_REPLY_STRING &&
-               strcmp(reply->element[1]->str, REDISFEED_INVALIDATE_CHANNEL) == 0 &&
-               reply->element[2]->type == REDIS_REPLY_STRING) {
-        const char *payload = reply->element[2]->str, *hash = strrchr(payload, '#');
-        if (f->hooks.on_invalidate)
-            f->hooks.on_invalidate(payload, f->hooks.arg);
-        if (hash) {
-            struct feed_wait *w;
-            LIST_FOREACH(w, &f->waits, link)
-                if (!w->delivered && strcmp(w->nonce, hash + 1) == 0) {
-                    w->delivered = true;
-                    event_active(w->ev, EV_TIMEOUT, 1);
-                    break;
-                }
-        }
-    }
-}
-
-static void feed_sub_up(struct redisconn *rc, void *arg)
+static void feed_on_subscribed(void *arg)
 {
     struct redisfeed *f = arg;
-    redisAsyncContext *ac = redisconn_ctx(rc);
-    if (redisAsyncCommand(ac, feed_on_message, f, "SUBSCRIBE %s", REDISFEED_INVALIDATE_CHANNEL) != REDIS_OK ||
-        redisAsyncCommand(ac, feed_on_message, f, "PSUBSCRIBE %s", REDISFEED_CHANNEL_PATTERN) != REDIS_OK)
-        log_warn("event=subscribe_failed");
+    f->subscribed = true;
+    f->subscribed_mono_ms = util_mono_ms();
+    f->want_snapshot = true;
+    feed_maybe_snapshot(f);
 }
 
-static void feed_sub_down(struct redisconn *rc, void *arg)
+static void feed_on_unsubscribed(void *arg)
 {
     struct redisfeed *f = arg;
-    (void)rc;
     f->subscribed = false;
 }
 
-static void feed_cmd_up(struct redisconn *rc, void *arg)
+static void feed_on_message(const char *chan, size_t chan_len, const char *msg, size_t len, void *arg)
 {
-    (void)rc;
+    struct redisfeed *f = arg;
+    json_t *report;
+    if (chan_len <= sizeof REDISFEED_CHANNEL_PREFIX - 1 ||
+        memcmp(chan, REDISFEED_CHANNEL_PREFIX, sizeof REDISFEED_CHANNEL_PREFIX - 1) != 0)
+        return;
+    report = json_loadb(msg, len, 0, NULL);
+    feed_apply(f, report, "publish", LOAD_LIVE, chan + sizeof REDISFEED_CHANNEL_PREFIX - 1,
+               chan_len - (sizeof REDISFEED_CHANNEL_PREFIX - 1));
+    json_decref(report);
+}
+
+static void feed_cmd_up(void *arg)
+{
     feed_maybe_snapshot(arg);
 }
 
-static void feed_cmd_down(struct redisconn *rc, void *arg)
+static void feed_cmd_down(void *arg)
 {
     struct redisfeed *f = arg;
-    (void)rc;
     if (f->snapshot_running) {
         f->snapshot_running = false;
         f->want_snapshot = true;
     }
-    /* The subscriber can't ping; if the server stopped answering the command
-     * connection, the subscription is no better off. */
-    redisconn_drop(f->sub);
 }
 
-struct redisfeed *redisfeed_new(struct event_base *base, const char *host, int port, const struct redis_auth *auth,
-                                struct loadtable *lt, const struct redisfeed_hooks *hooks)
+struct redisfeed *redisfeed_new(struct redisbus *bus, struct loadtable *lt)
 {
     struct redisfeed *f = xcalloc(1, sizeof *f);
-    struct redisconn_opts sub = {
-        .name = "sub", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
-        .on_up = feed_sub_up, .on_down = feed_sub_down, .arg = f,
-    };
-    struct redisconn_opts cmd = {
-        .name = "cmd", .host = host, .port = port, .connect_timeout_ms = 2000, .auth = auth,
-        .ping_interval_ms = 1000, .ping_timeout_ms = 3000,
-        .on_up = feed_cmd_up, .on_down = feed_cmd_down, .arg = f,
-    };
-    f->base = base;
+    struct redisbus_sub sub = {.pattern = true, .channel = REDISFEED_CHANNEL_PATTERN,
+                               .on_subscribed = feed_on_subscribed, .on_unsubscribed = feed_on_unsubscribed,
+                               .on_message = feed_on_message, .arg = f};
+    f->bus = bus;
     f->lt = lt;
-    LIST_INIT(&f->waits);
-    if (hooks)
-        f->hooks = *hooks;
-    f->sub = redisconn_new(base, &sub);
-    f->cmd = redisconn_new(base, &cmd);
+    redisbus_subscribe(bus, &sub);
+    redisbus_on_cmd(bus, feed_cmd_up, feed_cmd_down, f);
     return f;
 }
 
 void redisfeed_free(struct redisfeed *f)
 {
-    if (!f) return;
-    while (!LIST_EMPTY(&f->waits)) {
-        struct feed_wait *w = LIST_FIRST(&f->waits);
-        LIST_REMOVE(w, link);
-        event_free(w->ev);
-        free(w);
-    }
-    redisconn_free(f->sub);
-    redisconn_free(f->cmd);
     free(f);
-}
-
-bool redisfeed_is_ready(const struct redisfeed *f)
-{
-    return f->subscribed && redisconn_is_up(f->sub) && redisconn_is_up(f->cmd);
-}
-
-struct redisAsyncContext *redisfeed_cmd(struct redisfeed *f)
-{
-    return redisconn_is_up(f->cmd) ? redisconn_ctx(f->cmd) : NULL;
-}
-
-static void feed_on_wait(evutil_socket_t fd, short what, void *arg)
-{
-    struct feed_wait *w = arg;
-    (void)fd; (void)what;
-    LIST_REMOVE(w, link);
-    if (!w->delivered)
-        log_warn("event=invalidation_not_confirmed waited_ms=%d", REDISFEED_WAIT_MS);
-    w->done(w->delivered, w->arg);
-    event_free(w->ev);
-    free(w);
-}
-
-void redisfeed_invalidate_wait(struct redisfeed *f, const char *payload, redisfeed_done_cb done, void *arg)
-{
-    struct feed_wait *w = xcalloc(1, sizeof *w);
-    struct timeval tv = {REDISFEED_WAIT_MS / 1000, (REDISFEED_WAIT_MS % 1000) * 1000};
-    redisAsyncContext *ac = redisconn_ctx(f->cmd);
-    char *message;
-    w->f = f;
-    w->done = done;
-    w->arg = arg;
-    util_random_hex(w->nonce, 8);
-    w->ev = event_new(f->base, -1, 0, feed_on_wait, w);
-    if (!w->ev) {
-        log_error("event=event_new_failed");
-        abort();
-    }
-    LIST_INSERT_HEAD(&f->waits, w, link);
-    /* One argument: hiredis splits its format string on spaces, not %s values. */
-    message = xasprintf("%s #%s", payload, w->nonce);
-    if (!ac || !f->subscribed ||
-        redisAsyncCommand(ac, NULL, NULL, "PUBLISH %s %s", REDISFEED_INVALIDATE_CHANNEL, message) != REDIS_OK) {
-        free(message);
-        event_active(w->ev, EV_TIMEOUT, 1);
-        return;
-    }
-    free(message);
-    event_add(w->ev, &tv);
-}
-
-void redisfeed_drain(struct redisfeed *f)
-{
-    redisAsyncContext *ac = redisconn_ctx(f->sub);
-    /* A read with nothing pending returns EAGAIN, which hiredis ignores. */
-    if (ac && f->subscribed)
-        redisAsyncHandleRead(ac);
 }

@@ -10,7 +10,7 @@
 
 #include "api_catalog.h"
 #include "api_certificates.h"
-#include "api_devices.h"
+#include "router.h"
 #include "api_installer_tokens.h"
 #include "api_inventory.h"
 #include "api_keys.h"
@@ -27,10 +27,10 @@
 
 static void rt_healthz(struct cp_req *r) { api_probes_healthz(r); }
 static void rt_readyz(struct cp_req *r) { api_probes_readyz(r); }
-static void rt_device(struct cp_req *r) { api_devices_registration(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
+static void rt_device(struct cp_req *r) { router_registration(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
 static void rt_tenants(struct cp_req *r) { api_tenants_handle(r, r->segs + 2, r->nsegs - 2); }
 static void rt_inventory_devices(struct cp_req *r) { api_inventory_devices(r, r->segs[2]); }
-static void rt_device_admin(struct cp_req *r) { api_devices_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
+static void rt_device_admin(struct cp_req *r) { router_device_admin(r, r->segs[2], r->segs + 3, r->nsegs - 3); }
 static void rt_inventory(struct cp_req *r) { api_inventory_counts(r); }
 static void rt_kek(struct cp_req *r) { cp_secrets_handle(r, r->segs + 2, r->nsegs - 2); }
 static void rt_certificates(struct cp_req *r) { api_certificates_handle(r, r->segs[2], r->segs + 4, r->nsegs - 4); }

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "cp.h"
+#include "invalidate.h"
 #include "log.h"
 #include "util.h"
 
@@ -31,12 +32,9 @@ static void tenant_change_delivered(bool delivered, void *arg)
 void tenant_change_announce(struct cp *cp, const char *tenant, void (*done)(void *arg), void *arg)
 {
     struct tenant_change *c = xcalloc(1, sizeof *c);
-    char payload[80];
     c->cp = cp;
     snprintf(c->tenant, sizeof c->tenant, "%s", tenant);
     c->done = done;
     c->arg = arg;
-    snprintf(payload, sizeof payload, "tenant %s", c->tenant);
-    tenants_forget(cp->tenants, c->tenant);
-    redisfeed_invalidate_wait(cp->feed, payload, tenant_change_delivered, c);
+    invalidate_tenant(cp->inval, c->tenant, tenant_change_delivered, c);
 }

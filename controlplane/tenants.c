@@ -536,11 +536,5 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     ts->st.queries++;
     strmap_put(ts->inflight, f->id, f);
     LIST_INSERT_HEAD(&ts->fetches, f, link);
-    if (!pgpool_query(ts->global, tenants_select_sql, 1, values, tenants_on_row, f)) {
-        strmap_del(ts->inflight, f->id);
-        LIST_REMOVE(f, link);
-        free(w);
-        free(f);
-        cb(NULL, TENANT_UNAVAILABLE, arg);
-    }
+    pgpool_query(ts->global, tenants_select_sql, 1, values, tenants_on_row, f);
 }

@@ -8,6 +8,7 @@
  */
 #include "agent.h"
 #include "dps_server.h"
+#include "dps_webhook.h"
 #include "http_call.h"
 
 #include <signal.h>
@@ -56,7 +57,7 @@ static bool agent_exec_ok(const redisReply *rep, const char **why)
 /* Reply to a report's EXEC; reply is NULL when the connection went away first. */
 static void agent_report_reply(redisAsyncContext *ac, void *reply, void *privdata)
 {
-    struct agent *a = agent_redis_owner(ac);
+    struct agent *a = redisconn_owner(ac);
     uint64_t seq = (uint64_t)(uintptr_t)privdata;
     const char *why = NULL;
     char q[256];
@@ -76,29 +77,39 @@ static void agent_report_reply(redisAsyncContext *ac, void *reply, void *privdat
     a->report_logged = true;
     if (a->state == AGENT_DRAINING && seq == a->final_seq) {
         log_info("event=final_report_acknowledged seq=%llu", (unsigned long long)seq);
-        if (!agent_redis_disconnect(&a->redis))
+        if (!redisconn_disconnect(a->redis))
             agent_stop(a);
     }
 }
 
-/* Queue one report as a transaction; only EXEC carries a callback. */
+/* A queued command's answer ("QUEUED" or an error): a READONLY error means
+ * the server became a replica (the transaction then fails EXECABORT). */
+static void agent_queued_reply(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct agent *a = redisconn_owner(ac);
+    (void)privdata;
+    if (a->redis)
+        redisconn_note_reply(a->redis, reply);
+}
+
+/* Queue one report as a transaction; EXEC carries the report's callback. */
 static bool agent_queue_report(struct agent *a, const struct agent_report *rep)
 {
-    struct agent_redis *r = &a->redis;
+    struct redisconn *r = a->redis;
     void *tag = (void *)(uintptr_t)rep->seq;
 
     /* geography only when configured: the control plane then checks it too */
-    return agent_redis_command(r, NULL, NULL, "MULTI")
-        && agent_redis_command(r, NULL, NULL,
+    return redisconn_command(r, NULL, NULL, "MULTI")
+        && redisconn_command(r, agent_queued_reply, NULL,
                                "HSET %s stampId %s region %s health %s ts %lld intervalMs %lld"
                                " seq %llu runId %s load %s", a->key, rep->stamp_id, rep->region,
                                rep->health, (long long)rep->ts_ms, (long long)rep->interval_ms,
                                (unsigned long long)rep->seq, a->run_id, rep->load_text)
-        && (!rep->geography || agent_redis_command(r, NULL, NULL, "HSET %s geography %s", a->key, rep->geography))
-        && agent_redis_command(r, NULL, NULL, "PEXPIRE %s %lld", a->key,
+        && (!rep->geography || redisconn_command(r, agent_queued_reply, NULL, "HSET %s geography %s", a->key, rep->geography))
+        && redisconn_command(r, NULL, NULL, "PEXPIRE %s %lld", a->key,
                                (long long)(5 * rep->interval_ms))
-        && agent_redis_command(r, NULL, NULL, "PUBLISH %s %s", a->channel, rep->message)
-        && agent_redis_command(r, agent_report_reply, tag, "EXEC");
+        && redisconn_command(r, NULL, NULL, "PUBLISH %s %s", a->channel, rep->message)
+        && redisconn_command(r, agent_report_reply, tag, "EXEC");
 }
 
 /* Render and send the next report. Not from inside a hiredis callback (may drop). */
@@ -118,7 +129,7 @@ static bool agent_send_report(struct agent *a, const char *health)
     agent_report_clear(&rep);
     if (!ok) {
         /* A half-queued MULTI must not stay on the connection. */
-        agent_redis_drop(&a->redis, "queue_failed");
+        redisconn_drop(a->redis, "queue_failed");
         return false;
     }
     a->seq = rep.seq;
@@ -143,7 +154,7 @@ static void agent_tick_cb(evutil_socket_t fd, short what, void *arg)
 
     if (a->state != AGENT_RUNNING)
         return;
-    if (!agent_redis_connected(&a->redis)) {
+    if (!redisconn_is_up(a->redis)) {
         a->skipped++;
         log_debug("event=report_skipped reason=redis_down skipped=%llu",
                   (unsigned long long)a->skipped);
@@ -152,7 +163,7 @@ static void agent_tick_cb(evutil_socket_t fd, short what, void *arg)
     if (a->inflight && agent_stalled(a)) {
         log_warn("event=redis_stalled seq=%llu waited_ms=%lld", (unsigned long long)a->inflight_seq,
                  (long long)(util_mono_ms() - a->inflight_since_ms));
-        agent_redis_drop(&a->redis, "stalled");
+        redisconn_drop(a->redis, "stalled");
         return;
     }
     if (a->inflight) {
@@ -163,9 +174,10 @@ static void agent_tick_cb(evutil_socket_t fd, short what, void *arg)
     agent_send_report(a, AGENT_HEALTH_HEALTHY);   /* failures are logged and drop the link */
 }
 
-static void agent_redis_up(void *owner)
+static void agent_redis_up(struct redisconn *rc, void *owner)
 {
     struct agent *a = owner;
+    (void)rc;
 
     a->inflight = false;
     a->report_logged = false;
@@ -175,9 +187,10 @@ static void agent_redis_up(void *owner)
 }
 
 /* May run inside a hiredis callback: only bookkeeping and loopexit here. */
-static void agent_redis_down(void *owner)
+static void agent_redis_down(struct redisconn *rc, void *owner)
 {
     struct agent *a = owner;
+    (void)rc;
 
     a->inflight = false;
     if (a->state == AGENT_DRAINING)
@@ -190,7 +203,7 @@ static void agent_shutdown_timeout_cb(evutil_socket_t fd, short what, void *arg)
 
     log_warn("event=final_report_timeout seq=%llu wait_ms=%d",
              (unsigned long long)a->final_seq, AGENT_SHUTDOWN_WAIT_MS);
-    agent_redis_close(&a->redis);
+    redisconn_close(a->redis);
     agent_stop(a);
 }
 
@@ -204,7 +217,7 @@ static void agent_signal_cb(evutil_socket_t sig, short what, void *arg)
     if (a->state != AGENT_RUNNING) {
         log_warn("event=shutdown_forced signal=%s", name);
         a->exit_code = 1;
-        agent_redis_close(&a->redis);
+        redisconn_close(a->redis);
         a->state = AGENT_STOPPED;
         event_base_loopbreak(a->base);
         return;
@@ -213,21 +226,21 @@ static void agent_signal_cb(evutil_socket_t sig, short what, void *arg)
     a->state = AGENT_DRAINING;
     dps_server_stop_accepting(a->dps);
     evtimer_del(a->tick);
-    if (!agent_redis_connected(&a->redis)) {
+    if (!redisconn_is_up(a->redis)) {
         log_warn("event=final_report_skipped reason=redis_down");
-        agent_redis_close(&a->redis);
+        redisconn_close(a->redis);
         agent_stop(a);
         return;
     }
     if (!agent_send_report(a, AGENT_HEALTH_DOWN)) {
-        agent_redis_close(&a->redis);
+        redisconn_close(a->redis);
         agent_stop(a);
         return;
     }
     a->final_seq = a->seq;
     if (evtimer_add(a->shutdown_timer, &tv) != 0) {
         log_error("event=timer_failed timer=shutdown");
-        agent_redis_close(&a->redis);
+        redisconn_close(a->redis);
         agent_stop(a);
     }
 }
@@ -263,11 +276,12 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=event_base");
         return false;
     }
-    if (!agent_redis_init(&a->redis, a->base, cfg->redis_host, cfg->redis_port, &cfg->redis_auth,
-                          agent_redis_up, agent_redis_down, a)) {
-        log_error("event=init_failed what=redis");
+    if (!(a->dns = dns_new(a->base, cfg->dns_resolv_conf))) {
+        log_error("event=init_failed what=dns");
         return false;
     }
+    http_call_set_dns(dns_evdns(a->dns));
+    dps_webhook_set_dns(a->dns);
     a->tick = event_new(a->base, -1, EV_PERSIST, agent_tick_cb, a);
     a->sigterm = evsignal_new(a->base, SIGTERM, agent_signal_cb, a);
     a->sigint = evsignal_new(a->base, SIGINT, agent_signal_cb, a);
@@ -291,14 +305,20 @@ int agent_run(struct agent *a)
     struct timeval tv = agent_tv(a->cfg->report_interval_ms);
 
     log_info("event=started stamp=%s region=%s redis=%s redis_user=%s interval_ms=%lld dps=%zu hubs=%zu",
-             a->cfg->stamp_id, a->cfg->region, a->cfg->redis_addr,
+             a->cfg->stamp_id, a->cfg->region, a->cfg->redis.text,
              redis_auth_enabled(&a->cfg->redis_auth) ? redis_auth_user(&a->cfg->redis_auth) : "(none)",
              (long long)a->cfg->report_interval_ms, a->cfg->n_dps, a->cfg->n_hubs);
     if (evtimer_add(a->tick, &tv) != 0) {
         log_error("event=timer_failed timer=report");
         return 1;
     }
-    agent_redis_start(&a->redis);
+    {
+        struct redisconn_opts o = {
+            .name = "report", .target = &a->cfg->redis, .dns = a->dns, .connect_timeout_ms = AGENT_REDIS_CONNECT_TIMEOUT_MS,
+            .auth = &a->cfg->redis_auth, .on_up = agent_redis_up, .on_down = agent_redis_down, .arg = a,
+        };
+        a->redis = redisconn_new(a->base, &o);
+    }
     if (event_base_dispatch(a->base) < 0) {
         log_error("event=loop_failed");
         return 1;
@@ -322,8 +342,8 @@ void agent_free(struct agent *a)
     dps_server_free(a->dps);
     a->dps = NULL;
     http_call_abort_all();   /* webhook calls still in flight at shutdown */
-    if (a->redis.host)
-        agent_redis_free(&a->redis);
+    redisconn_free(a->redis);
+    a->redis = NULL;
     agent_event_free(&a->tick);
     agent_event_free(&a->sigterm);
     agent_event_free(&a->sigint);
@@ -332,6 +352,12 @@ void agent_free(struct agent *a)
     if (a->base) {
         /* connections freed above finish freeing in deferred callbacks */
         for (int i = 0; i < 4; i++)
+            event_base_loop(a->base, EVLOOP_NONBLOCK);
+        /* The resolver last: lookups cancelled by the connections freed above
+         * report to its evdns base from those deferred callbacks. */
+        dns_free(a->dns);
+        a->dns = NULL;
+        for (int i = 0; i < 2; i++)
             event_base_loop(a->base, EVLOOP_NONBLOCK);
         event_base_free(a->base);
     }

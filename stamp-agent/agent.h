@@ -11,13 +11,16 @@
 
 #include "agent_config.h"
 #include "agent_load.h"
-#include "agent_redis.h"
 #include "agent_report.h"
+#include "dns.h"
+#include "redisconn.h"
 
 struct dps_server;
 
 /* How long shutdown waits for the final "down" report to be acknowledged. */
 #define AGENT_SHUTDOWN_WAIT_MS 1000
+/* Deadline for TCP connect, AUTH and the handshake with Redis. */
+#define AGENT_REDIS_CONNECT_TIMEOUT_MS 2000
 /* A report unanswered for this many intervals means Redis stopped answering. */
 #define AGENT_STALL_INTERVALS  3
 
@@ -30,7 +33,8 @@ enum agent_state {
 struct agent {
     const struct agent_config *cfg;   /* borrowed; outlives the agent */
     struct event_base *base;
-    struct agent_redis redis;
+    struct dns *dns;                  /* the resolver for Redis and webhooks (dns.h) */
+    struct redisconn *redis;          /* the report connection (common/redisconn.h); NULL until agent_run */
     struct agent_load load;
     char *key;                        /* stamp:<id>:load */
     char *channel;                    /* stamps:load:<id> */

@@ -10,11 +10,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dns.h"
 #include "log.h"
 #include "sas.h"
 
 static const char *const agent_config_keys[] = {
-    "stampId", "region", "redis", "redisAuth", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", "kekFile", NULL
+    "stampId", "region", "redis", "redisSentinel", "redisAuth", "reportIntervalMs", "dpsInstances", "hubs", "logLevel", "provisioning", "kekFile", "dns", NULL
 };
 static const char *const agent_prov_keys[] = {
     "listen", "database", "tls", "serviceHostName", "servicePolicies", "instances", "hubs",
@@ -99,22 +100,6 @@ static bool agent_config_id_list(json_t *root, const char *key, size_t max,
             return false;
         (*n_out)++;
     }
-    return true;
-}
-
-static bool agent_config_redis(json_t *root, struct agent_config *cfg, struct jv_err *err)
-{
-    const char *s = NULL;
-
-    if (!jv_string(root, "", "redis", true, 1, AGENT_HOST_MAX + 6, &s, err))
-        return false;
-    if (!util_parse_hostport(s, cfg->redis_host, sizeof cfg->redis_host, &cfg->redis_port)
-        || cfg->redis_port == 0) {
-        jv_set(err, "invalid_value", "redis",
-               "field 'redis' must be host:port with a port from 1 to 65535, got '%.64s'", s);
-        return false;
-    }
-    cfg->redis_addr = xstrdup(s);
     return true;
 }
 
@@ -434,8 +419,9 @@ static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct j
     return jv_only_keys(root, "", agent_config_keys, err)
         && agent_config_id(root, "stampId", true, &cfg->stamp_id, err)
         && agent_config_id(root, "region", true, &cfg->region, err)
-        && agent_config_redis(root, cfg, err)
+        && redis_target_parse(root, &cfg->redis, err)
         && redis_auth_parse(root, "redisAuth", &cfg->redis_auth, err)
+        && dns_config_parse(root, &cfg->dns_resolv_conf, err)
         && jv_int(root, "", "reportIntervalMs", false, AGENT_INTERVAL_MIN_MS,
                   AGENT_INTERVAL_MAX_MS, &cfg->report_interval_ms, err)
         && agent_config_id_list(root, "dpsInstances", AGENT_MAX_DPS,
@@ -503,8 +489,9 @@ void agent_config_free(struct agent_config *cfg)
     agent_config_free_prov(&cfg->prov);
     free(cfg->stamp_id);
     free(cfg->region);
-    free(cfg->redis_addr);
+    redis_target_free(&cfg->redis);
     redis_auth_free(&cfg->redis_auth);
+    free(cfg->dns_resolv_conf);
     free(cfg->kek_file);
     agent_config_free_list(cfg->dps_ids, cfg->n_dps);
     agent_config_free_list(cfg->hub_ids, cfg->n_hubs);

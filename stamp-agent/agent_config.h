@@ -10,6 +10,7 @@
 
 #include "jsonv.h"
 #include "redisauth.h"
+#include "redistarget.h"
 #include "util.h"
 
 #define AGENT_INTERVAL_DEFAULT_MS 1000
@@ -77,10 +78,9 @@ struct agent_provisioning_config {
 struct agent_config {
     char *stamp_id;              /* "stampId", id syntax */
     char *region;                /* "region", id syntax */
-    char *redis_addr;            /* "redis" as written, for log lines */
-    char redis_host[AGENT_HOST_MAX];
-    int redis_port;
+    struct redis_target redis;   /* "redis" or "redisSentinel" */
     struct redis_auth redis_auth;/* "redisAuth": the stamp's own Redis user; sensitive: never logged */
+    char *dns_resolv_conf;       /* dns.resolvConf: the resolver's resolv.conf (NULL: the system's) */
     int64_t report_interval_ms;  /* "reportIntervalMs" */
     char *kek_file;              /* "kekFile": KEK file sealing enrollment keys at rest (common/envelope.h) */
     char **dps_ids;              /* "dpsInstances" */

@@ -265,8 +265,7 @@ static bool dps_ctx_db_ok(struct dps_ctx *c, const struct pgq_result *q, const c
  * would never run: reply 503 here so the request is still answered once. */
 static void dps_ctx_query(struct dps_ctx *c, const char *sql, int n, const char *const *v, pgpool_cb cb)
 {
-    if (!pgpool_query(c->r->srv->pool, sql, n, v, cb, c))
-        dps_ctx_unavailable(c);
+    pgpool_query(c->r->srv->pool, sql, n, v, cb, c);
 }
 
 /* ---- registration state ---- */
@@ -880,13 +879,12 @@ static void dps_job_settle(struct dps_job *j)
     params[7] = assigned ? payload : NULL;
     params[8] = assigned || strcmp(j->status, "failed") != 0 ? NULL : code;
     params[9] = assigned ? NULL : j->err_msg;
-    if (!pgpool_query(j->d->srv->pool,
+    pgpool_query(j->d->srv->pool,
                  "UPDATE dps_registrations SET status = $4, substatus = $5, assigned_hub = $6, device_id = $7,"
                  " payload = $8::jsonb, error_code = $9::integer, error_message = $10,"
                  " etag = etag + 1, updated_at = now()"
                  " WHERE dps_id = $1 AND registration_id = $2 AND operation_id = $3 AND status = 'assigning'",
-                 10, params, dps_job_on_update, j))
-        dps_job_free(j);    /* shutting down: the row stays 'assigning' */
+                 10, params, dps_job_on_update, j);    /* shutting down: the row stays 'assigning' */
     free(payload);
 }
 
@@ -1137,14 +1135,13 @@ static void dps_job_start(struct dps_device *d, int idx, const char *regid, cons
     TAILQ_INSERT_TAIL(&d->job_list, j, link);
     params[0] = d->srv->cfg->prov.dps[idx].id;
     params[1] = regid;
-    if (!pgpool_query(d->srv->pool,
+    pgpool_query(d->srv->pool,
                  "SELECT r.status, r.operation_id, r.enrollment_kind, r.enrollment_id, r.assigned_hub, r.device_id,"
                  " r.substatus, r.device_payload::text, r.attestation_info::text, e.doc::text"
                  " FROM dps_registrations r LEFT JOIN dps_enrollments e ON e.dps_id = r.dps_id"
                  " AND e.kind = r.enrollment_kind AND e.enrollment_id = r.enrollment_id"
                  " WHERE r.dps_id = $1 AND r.registration_id = $2",
-                 2, params, dps_job_on_row, j))
-        dps_job_free(j);
+                 2, params, dps_job_on_row, j);
 }
 
 /* ---- periodic: load counters and their refresh ---- */
@@ -1226,25 +1223,28 @@ static void dps_refresh_counts(struct dps_device *d)
     if (!pgpool_is_ready(d->srv->pool))
         return;
     if (!d->refresh_held) {
-        d->refresh_held = pgpool_query(d->srv->pool,
-                                       "SELECT dps_id, count(*) FROM dps_registrations"
-                                       " WHERE status = 'assigned' AND dps_id = ANY($1::text[]) GROUP BY dps_id",
-                                       1, (const char *const *)&d->dps_ids, dps_on_held, d);
+        d->refresh_held = true;   /* until its callback */
+        pgpool_query(d->srv->pool,
+                     "SELECT dps_id, count(*) FROM dps_registrations"
+                     " WHERE status = 'assigned' AND dps_id = ANY($1::text[]) GROUP BY dps_id",
+                     1, (const char *const *)&d->dps_ids, dps_on_held, d);
     }
     if (!d->refresh_hubs && pc->n_hubs > 0) {
-        d->refresh_hubs = pgpool_query(d->srv->pool,
-                                       "SELECT assigned_hub, count(*) FROM dps_registrations"
-                                       " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[])"
-                                       " GROUP BY assigned_hub",
-                                       1, (const char *const *)&d->hub_hosts, dps_on_hub_counts, d);
+        d->refresh_hubs = true;   /* until its callback */
+        pgpool_query(d->srv->pool,
+                     "SELECT assigned_hub, count(*) FROM dps_registrations"
+                     " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[])"
+                     " GROUP BY assigned_hub",
+                     1, (const char *const *)&d->hub_hosts, dps_on_hub_counts, d);
     }
     if (!d->refresh_groups) {
-        d->refresh_groups = pgpool_query(d->srv->pool,
-                                         "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
-                                         " WHERE status = 'assigned' AND enrollment_kind = 'group'"
-                                         " AND dps_id = ANY($1::text[])"
-                                         " GROUP BY 1, 2 ORDER BY 1, 2",
-                                         1, (const char *const *)&d->dps_ids, dps_on_group_counts, d);
+        d->refresh_groups = true;   /* until its callback */
+        pgpool_query(d->srv->pool,
+                     "SELECT dps_id, enrollment_id, count(*) FROM dps_registrations"
+                     " WHERE status = 'assigned' AND enrollment_kind = 'group'"
+                     " AND dps_id = ANY($1::text[])"
+                     " GROUP BY 1, 2 ORDER BY 1, 2",
+                     1, (const char *const *)&d->dps_ids, dps_on_group_counts, d);
     }
 }
 

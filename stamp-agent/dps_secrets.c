@@ -138,8 +138,6 @@ static void dsec_start_pass(struct dps_secrets *ds)
     for (size_t i = 0; i < pc->n_dps && n < AGENT_MAX_DPS; i++)
         scope[n++] = pc->dps[i].id;
     ds->pass = envelope_pass_start(ds->srv->pool, ds->srv->env, dsec_sets, 1, scope, n, dsec_on_pass, ds);
-    if (!ds->pass)
-        log_warn("event=secrets_pass_not_started");
 }
 
 static void dsec_on_retry(evutil_socket_t fd, short what, void *arg)

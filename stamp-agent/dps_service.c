@@ -165,10 +165,7 @@ static void svc_fail(struct svc_op *op, const struct dsv_err *e)
 
 static void svc_query(struct svc_op *op, const char *sql, int n, const char *const *v, pgpool_cb cb)
 {
-    if (!pgpool_query(op->r->srv->pool, sql, n, v, cb, op)) {
-        dps_reply_error(op->r, 503, DSV_E_UNAVAILABLE, "the service is shutting down");
-        svc_op_free(op);
-    }
+    pgpool_query(op->r->srv->pool, sql, n, v, cb, op);
 }
 
 static void svc_log_db_error(const struct svc_op *op, const struct pgq_result *res)

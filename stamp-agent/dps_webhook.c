@@ -14,6 +14,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dns.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -25,12 +26,18 @@ struct dps_webhook {
     SSL_CTX *tls;                          /* created on the first https call */
 };
 
-/* The process's allowance: set once from the config before any call. */
+/* The process's allowance and resolver: set once at start, before any call. */
 static bool dps_webhook_private_ok;
+static struct dns *dps_webhook_dns;
 
 void dps_webhook_set_allow_private(bool allow)
 {
     dps_webhook_private_ok = allow;
+}
+
+void dps_webhook_set_dns(struct dns *d)
+{
+    dps_webhook_dns = d;
 }
 
 struct dps_webhook *dps_webhook_new(struct event_base *base)
@@ -45,11 +52,6 @@ void dps_webhook_free(struct dps_webhook *w)
     if (!w) return;
     if (w->tls) SSL_CTX_free(w->tls);
     free(w);
-}
-
-void dps_webhook_cancel(struct dps_webhook_call *c)
-{
-    http_call_cancel((struct http_call *)c);
 }
 
 static bool dps_webhook_v4_private(uint32_t a)
@@ -173,70 +175,129 @@ bool dps_webhook_url_check(const char *url, bool allow_private, char *why, size_
     return true;
 }
 
-/* Resolve u->host (blocking, as libevent's own resolution without a DNS
- * base is) and check every address; the numeric address to connect to in
- * addr, or false with why filled. */
-static bool dps_webhook_resolve(const struct dps_webhook_url *u, bool allow_private, char *addr, size_t addrlen,
-                                char *why, size_t whylen)
+/* The resolved address's turn: the target rules on the address the call
+ * will connect to; false with why filled. */
+static bool dps_webhook_check_addr(const struct dps_webhook_url *u, const char *addr, char *why, size_t whylen)
 {
-    struct addrinfo hints, *res = NULL, *ai;
-    bool priv = false;
-    int rc;
-    memset(&hints, 0, sizeof hints);
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_family = AF_UNSPEC;
-    if ((rc = getaddrinfo(u->host, NULL, &hints, &res)) != 0 || !res) {
-        snprintf(why, whylen, "the webhook host does not resolve (%s)", gai_strerror(rc));
-        return false;
-    }
-    for (ai = res; ai; ai = ai->ai_next)
-        priv = priv || dps_webhook_addr_is_private(ai->ai_addr);
-    if (getnameinfo(res->ai_addr, res->ai_addrlen, addr, (socklen_t)addrlen, NULL, 0, NI_NUMERICHOST) != 0) {
-        freeaddrinfo(res);
+    struct sockaddr_storage ss;
+    bool priv;
+    memset(&ss, 0, sizeof ss);
+    if (evutil_inet_pton(AF_INET, addr, &((struct sockaddr_in *)&ss)->sin_addr) == 1) {
+        ss.ss_family = AF_INET;
+    } else if (evutil_inet_pton(AF_INET6, addr, &((struct sockaddr_in6 *)&ss)->sin6_addr) == 1) {
+        ss.ss_family = AF_INET6;
+    } else {
         snprintf(why, whylen, "the webhook host's address is not usable");
         return false;
     }
-    freeaddrinfo(res);
-    if (priv && !allow_private) {
+    priv = dps_webhook_addr_is_private((const struct sockaddr *)&ss);
+    if (priv && !dps_webhook_private_ok) {
         snprintf(why, whylen, "the webhook host resolves to a loopback, private or link-local address, which this "
                               "stamp does not call");
         return false;
     }
-    if (!u->https && !(allow_private && priv)) {
+    if (!u->https && !(dps_webhook_private_ok && priv)) {
         snprintf(why, whylen, "the webhook URL must use https");
         return false;
     }
     return true;
 }
 
-struct dps_webhook_call *dps_webhook_post(struct dps_webhook *w, const char *url, const char *body,
-                                          int timeout_ms, dps_webhook_cb cb, void *arg)
+/* One POST: its host resolving (dreq), then its HTTP call (call). */
+struct dps_webhook_call {
+    struct dps_webhook *w;
+    struct dps_webhook_url u;
+    struct dns_req *dreq;
+    struct http_call *call;
+    char *body;
+    int timeout_ms;
+    dps_webhook_cb cb;
+    void *arg;
+};
+
+static void dps_webhook_call_free(struct dps_webhook_call *c)
+{
+    free(c->u.target);
+    free(c->body);
+    free(c);
+}
+
+/* The HTTP call's answer: the handle goes, then the caller hears. */
+static void dps_webhook_on_result(const struct http_result *res, void *arg)
+{
+    struct dps_webhook_call *c = arg;
+    dps_webhook_cb cb = c->cb;
+    void *cb_arg = c->arg;
+    dps_webhook_call_free(c);
+    cb(res, cb_arg);
+}
+
+static void dps_webhook_fail(struct dps_webhook_call *c, const char *why)
+{
+    log_warn("event=webhook_refused host=\"%.200s\" reason=\"%s\"", c->u.host, why);
+    c->call = http_call_failed(c->w->base, why, dps_webhook_on_result, c);
+}
+
+static void dps_webhook_on_resolved(int err, const char *addr, void *arg)
 {
     static const char *const headers[] = {"Content-Type", "application/json; charset=utf-8",
                                           "Accept", "application/json", "Connection", "close", NULL};
-    struct dps_webhook_url u;
-    struct http_call *c;
-    char hostport[300], addr[64], why[200], err[200];
+    struct dps_webhook_call *c = arg;
+    struct dps_webhook *w = c->w;
+    char hostport[300], why[200], errbuf[200];
     const char *bracket;
-
-    if (!dps_webhook_parse(url, &u, why, sizeof why) ||
-        !dps_webhook_resolve(&u, dps_webhook_private_ok, addr, sizeof addr, why, sizeof why)) {
-        log_warn("event=webhook_refused host=\"%.200s\" reason=\"%s\"", u.host, why);
-        free(u.target);
-        return (struct dps_webhook_call *)http_call_failed(w->base, why, cb, arg);
+    c->dreq = NULL;
+    if (err) {
+        snprintf(why, sizeof why, "the webhook host does not resolve (%s)", dns_strerror(err));
+        dps_webhook_fail(c, why);
+        return;
     }
-    if (u.https && !w->tls && !(w->tls = tls_client_ctx_new(NULL, err, sizeof err))) {
-        log_error("event=webhook_tls_setup_failed error=\"%s\"", err);
-        free(u.target);
-        return (struct dps_webhook_call *)http_call_failed(w->base, "TLS could not be set up", cb, arg);
+    if (!dps_webhook_check_addr(&c->u, addr, why, sizeof why)) {
+        dps_webhook_fail(c, why);
+        return;
     }
-    bracket = strchr(u.host, ':') ? "[" : "";
-    if ((u.https && u.port == 443) || (!u.https && u.port == 80))
-        snprintf(hostport, sizeof hostport, "%s%s%s", bracket, u.host, *bracket ? "]" : "");
+    if (c->u.https && !w->tls && !(w->tls = tls_client_ctx_new(NULL, errbuf, sizeof errbuf))) {
+        log_error("event=webhook_tls_setup_failed error=\"%s\"", errbuf);
+        c->call = http_call_failed(w->base, "TLS could not be set up", dps_webhook_on_result, c);
+        return;
+    }
+    bracket = strchr(c->u.host, ':') ? "[" : "";
+    if ((c->u.https && c->u.port == 443) || (!c->u.https && c->u.port == 80))
+        snprintf(hostport, sizeof hostport, "%s%s%s", bracket, c->u.host, *bracket ? "]" : "");
     else
-        snprintf(hostport, sizeof hostport, "%s%s%s:%d", bracket, u.host, *bracket ? "]" : "", u.port);
-    c = http_call_start_at(w->base, u.https ? w->tls : NULL, u.host, addr, u.port, hostport, EVHTTP_REQ_POST,
-                           u.target, headers, body, timeout_ms, DPS_WEBHOOK_MAX_ANSWER, cb, arg);
-    free(u.target);
-    return (struct dps_webhook_call *)c;
+        snprintf(hostport, sizeof hostport, "%s%s%s:%d", bracket, c->u.host, *bracket ? "]" : "", c->u.port);
+    /* Connect to the address checked above, so that DNS can't swap in another. */
+    c->call = http_call_start_at(w->base, c->u.https ? w->tls : NULL, c->u.host, addr, c->u.port, hostport,
+                                 EVHTTP_REQ_POST, c->u.target, headers, c->body, c->timeout_ms,
+                                 DPS_WEBHOOK_MAX_ANSWER, dps_webhook_on_result, c);
+}
+
+struct dps_webhook_call *dps_webhook_post(struct dps_webhook *w, const char *url, const char *body,
+                                          int timeout_ms, dps_webhook_cb cb, void *arg)
+{
+    struct dps_webhook_call *c = xcalloc(1, sizeof *c);
+    char why[200];
+    c->w = w;
+    c->cb = cb;
+    c->arg = arg;
+    c->timeout_ms = timeout_ms;
+    c->body = xstrdup(body ? body : "");
+    if (!dps_webhook_parse(url, &c->u, why, sizeof why)) {
+        dps_webhook_fail(c, why);
+    } else if (!dps_webhook_dns) {
+        dps_webhook_fail(c, "no resolver");
+    } else {
+        /* Resolved on the loop (dns.c): the call starts when the answer comes. */
+        c->dreq = dns_resolve(dps_webhook_dns, c->u.host, dps_webhook_on_resolved, c);
+    }
+    return c;
+}
+
+void dps_webhook_cancel(struct dps_webhook_call *c)
+{
+    if (!c)
+        return;
+    dns_cancel(c->dreq);
+    http_call_cancel(c->call);
+    dps_webhook_call_free(c);
 }

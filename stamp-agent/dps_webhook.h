@@ -9,8 +9,9 @@
  * must be https, and its host must not be a loopback, private, link-local,
  * shared (100.64/10), multicast, reserved or unspecified address. They are
  * checked when an enrollment is written (literal addresses and "localhost")
- * and again at each call on every address the host resolves to (the call
- * connects to the address it checked, so DNS rebinding can't slip one in).
+ * and again at each call on the address the host resolves to (dns.c, on the
+ * loop, IPv4 preferred); the call connects to the address it checked, so
+ * DNS rebinding can't slip one in.
  * With the allowance, such targets are accepted, and may also use http://
  * (local stacks and tests); a public target always needs https.
  */
@@ -37,6 +38,9 @@ struct dps_webhook *dps_webhook_new(struct event_base *base);
 /* The stamp's allowance (provisioning.webhookAllowPrivate) for every client
  * of the process; set once at start (dps_server_new) before any call. */
 void dps_webhook_set_allow_private(bool allow);
+/* The process's resolver (borrowed; outlives every call); set once at start. */
+struct dns;
+void dps_webhook_set_dns(struct dns *d);
 
 /* Whether url may be stored as a webhook URL: false with a sentence in why. */
 bool dps_webhook_url_check(const char *url, bool allow_private, char *why, size_t whylen);

@@ -23,7 +23,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     if (agent_config_load(path, &cfg, &e)) {
         if (cfg.n_dps > AGENT_MAX_DPS || cfg.n_hubs > AGENT_MAX_HUBS || cfg.prov.n_policies > AGENT_MAX_POLICIES ||
-            cfg.redis_port < 0 || cfg.redis_port > 65535 || !cfg.stamp_id || !cfg.region)
+            cfg.redis.direct.port < 0 || cfg.redis.direct.port > 65535 || !cfg.stamp_id || !cfg.region)
             abort();
         for (size_t i = 0; i < cfg.prov.n_policies; i++)
             if (cfg.prov.policies[i].keylen < 0 || cfg.prov.policies[i].keylen > 64)

@@ -5,13 +5,13 @@
  *   catalog: catalog_validate for each resource, create and update (and the
  *            SQL builders over the validated values);
  *   tenants: api_tenants_validate for create, patch, installer token, rotate;
- *   devices: api_devices_check_body with reason / payload / nothing allowed.
+ *   devices: router_check_body with reason / payload / nothing allowed.
  *
  * Input: one selector byte (which route), then the body.
  */
 #include <string.h>
 
-#include "api_devices.h"
+#include "router.h"
 #include "api_tenants.h"
 #include "catalog.h"
 #include "fuzz_util.h"
@@ -71,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             check_err(&e);
     } else {
         int k = route - ncat - 5;
-        if (!api_devices_check_body(body, k == 0, k == 1, &reason, &e))
+        if (!router_check_body(body, k == 0, k == 1, &reason, &e))
             check_err(&e);
         else if (reason && (strlen(reason) < 1 || strlen(reason) > 128))
             abort();

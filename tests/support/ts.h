@@ -332,6 +332,8 @@ struct ts_cp_opts {
     const char *tls_ca;               /* the CA clients trust for it; NULL: ts_pki_ca() */
     const char *client_ca;            /* tls.clientCa (mTLS); NULL: omitted */
     const char *kek_file;             /* "kekFile"; NULL: ts_kek_file() */
+    const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
 };
 
 struct ts_cp {
@@ -344,6 +346,7 @@ struct ts_cp {
     const char *geo_ids[TS_MAX_GEOS];
     const char *geo_dbs[TS_MAX_GEOS];
     const char *redis;
+    const char *redis_sentinel; /* raw JSON "redisSentinel" object, or NULL */
     bool tls;               /* HTTPS: ts_http & co. speak TLS to port, trusting ca */
     const char *ca;         /* the CA that signed its certificate (NULL with plain HTTP) */
     const char *tls_cert, *tls_key;
@@ -385,6 +388,8 @@ struct ts_agent_opts {
     const char *stamp_id;
     const char *region;
     const char *redis;                /* NULL: STAMPCP_TEST_REDIS */
+    const char *redis_sentinel;       /* "redisSentinel" object as raw JSON (instead of "redis"), or NULL */
+    const char *resolv_conf;          /* "dns": {"resolvConf"}; NULL: the system's */
     int interval_ms;                  /* 0: 200 */
     const char *dps[4];               /* NULL-terminated */
     const char *hubs[4];
@@ -442,10 +447,17 @@ struct ts_rt_opts {
     int layout_refresh_ms;                  /* 0: 200 */
     /* transport of the control planes, as struct ts_cp_opts (default: HTTPS, test PKI) */
     const char *tls_cert, *tls_key, *tls_ca;
+    /* HA tests: databases elsewhere (NULL: fresh ones on STAMPCP_TEST_PG), and
+     * the "redisSentinel" object as raw JSON for the control planes and agents
+     * (then no private Redis is started: rt->redis is NULL) */
+    const char *global_db;
+    const char *geo_dbs[TS_MAX_GEOS];       /* in the order of geos */
+    const char *redis_sentinel;
 };
 
 struct ts_rt {
-    struct ts_redis *redis;                 /* private to the test: no shared keys or channels */
+    struct ts_redis *redis;                 /* private to the test: no shared keys or channels; NULL with redis_sentinel */
+    const char *redis_sentinel;             /* as given in ts_rt_opts */
     struct ts_cp *cp[TS_RT_MAX_CP];
     int ncp;
     int layout_refresh_ms;
@@ -551,5 +563,63 @@ void ts_rt_run_jobs(struct ts_rt_job *jobs, int n, int nthreads);
 json_t *ts_rt_answer_json(const struct ts_rt_answer *a);
 /* error.code of an answer (library-owned), NULL when absent. */
 const char *ts_rt_answer_code(const struct ts_rt_answer *a);
+
+/* ------------------------------------------------------------------ */
+/* HA engines (ts_ha.c): Patroni + etcd, Redis + Sentinel             */
+/* ------------------------------------------------------------------ */
+
+/* Two PostgreSQL 15 servers managed by Patroni over one etcd
+ * (infra/patroni-cluster): a leader and a synchronous standby. */
+struct ts_patroni {
+    char dir[512];
+    char conninfo[512];   /* superuser, dbname=postgres, both hosts, target_session_attrs=read-write */
+    char pg_ports[64];    /* "P0,P1" */
+};
+
+/* Start (<tmp>/patroni-NAME) and wait for a leader with a streaming sync standby; stopped at ts_finish. */
+struct ts_patroni *ts_patroni_start(const char *name);
+/* CREATE DATABASE on the leader; its multi-host conninfo (library-owned). Gone with the cluster. */
+const char *ts_patroni_create_db(struct ts_patroni *p, const char *name);
+/* The leader's member name (library-owned), and its PostgreSQL port when pg_port != NULL. */
+const char *ts_patroni_leader(struct ts_patroni *p, int *pg_port);
+/* kill -9 the leader's postmaster; returns the member that was leader. */
+const char *ts_patroni_kill_leader(struct ts_patroni *p);
+/* patronictl switchover to the sync standby (returns when done); returns the new leader. */
+const char *ts_patroni_switchover(struct ts_patroni *p);
+/* Wait until there is again a leader with a streaming sync standby (fails the test after timeout_s). */
+void ts_patroni_wait(struct ts_patroni *p, int timeout_s);
+/* patronictl list (library-owned), for logs. */
+const char *ts_patroni_status(struct ts_patroni *p);
+
+/* A Redis master + replica under three Sentinels (infra/redis-sentinel-ctl). */
+struct ts_sentinel {
+    char dir[512];
+    char sentinels[256];   /* "127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3" */
+    char master_name[64];
+    char sentinel_json[512]; /* {"masterName":"...","sentinels":[...]}: the daemons' "redisSentinel" */
+};
+
+/* Start (<tmp>/sentinel-NAME), wait until the Sentinels agree; stopped at ts_finish. */
+struct ts_sentinel *ts_sentinel_start(const char *name);
+/* The master's HOST:PORT as the Sentinels name it (library-owned). */
+const char *ts_sentinel_master(struct ts_sentinel *s);
+/* kill -9 the master; returns its HOST:PORT. */
+const char *ts_sentinel_kill_master(struct ts_sentinel *s);
+/* Start the stopped server at addr again, empty, as a replica of the current master. */
+void ts_sentinel_start_node(struct ts_sentinel *s, const char *addr);
+/* kill -9 the master and start it again at once without data, before the
+ * Sentinels notice (its replica resyncs from it): returns its HOST:PORT. */
+const char *ts_sentinel_restart_empty(struct ts_sentinel *s);
+/* Wait until the Sentinels agree on a master that has its replica (fails after timeout_s). */
+void ts_sentinel_wait(struct ts_sentinel *s, int timeout_s);
+
+/* A SUBSCRIBE to one channel on the Redis at addr (NULL if it cannot
+ * connect); the caller closes it. ts_redis_sub_next: the next message's
+ * payload (library-owned), or NULL after timeout_ms - after which the
+ * subscription is dead (close it, subscribe again). */
+struct ts_redis_sub;
+struct ts_redis_sub *ts_redis_subscribe(const char *addr, const char *channel);
+const char *ts_redis_sub_next(struct ts_redis_sub *s, int timeout_ms);
+void ts_redis_sub_close(struct ts_redis_sub *s);
 
 #endif

@@ -64,6 +64,28 @@ static bool readyz_ok(void *arg)
     return ok;
 }
 
+/* The daemon's Redis: "redisSentinel" (the raw JSON object) when given, else "redis": "host:port". */
+static void set_redis(json_t *cfg, const char *sentinel_json, const char *addr)
+{
+    json_error_t err;
+    json_t *v;
+    if (!sentinel_json) {
+        json_object_set_new(cfg, "redis", json_string(addr));
+        return;
+    }
+    v = json_loads(sentinel_json, 0, &err);
+    if (!v)
+        ts_fail("redis_sentinel is not JSON (%s): %s", err.text, sentinel_json);
+    json_object_set_new(cfg, "redisSentinel", v);
+}
+
+/* The daemon's resolver: "dns": {"resolvConf"} when given (NULL: the system's). */
+static void set_dns(json_t *cfg, const char *resolv_conf)
+{
+    if (resolv_conf)
+        json_object_set_new(cfg, "dns", json_pack("{s:s}", "resolvConf", resolv_conf));
+}
+
 static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const char *name)
 {
     json_t *cfg = json_object();
@@ -76,7 +98,8 @@ static void write_cp_config(struct ts_cp *cp, const struct ts_cp_opts *o, const 
     for (int i = 0; cp->geo_ids[i]; i++)
         json_object_set_new(geos, cp->geo_ids[i], json_string(cp->geo_dbs[i]));
     json_object_set_new(cfg, "geographies", geos);
-    json_object_set_new(cfg, "redis", json_string(cp->redis));
+    set_redis(cfg, cp->redis_sentinel, cp->redis);
+    set_dns(cfg, o->resolv_conf);
     json_object_set_new(cfg, "logLevel", json_string(getenv("TS_CP_LOG") ? getenv("TS_CP_LOG") : "info"));
     json_object_set_new(cfg, "kekFile", json_string(o->kek_file ? o->kek_file : ts_kek_file()));
     if (o->stale_after)
@@ -122,6 +145,7 @@ static struct ts_cp *cp_new(const struct ts_cp_opts *o, int n)
                                        : ts_pg_create_db(admin, ts_unique(ts_str("%d_%s", n, ids[i])));
     }
     cp->redis = o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS");
+    cp->redis_sentinel = o->redis_sentinel;
     cp->tls = !o->plain_http;
     if (cp->tls) {
         const char *crt, *key;
@@ -276,7 +300,8 @@ struct ts_proc *ts_agent_start(const struct ts_agent_opts *o)
 
     json_object_set_new(cfg, "stampId", json_string(o->stamp_id));
     json_object_set_new(cfg, "region", json_string(o->region));
-    json_object_set_new(cfg, "redis", json_string(o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS")));
+    set_redis(cfg, o->redis_sentinel, o->redis ? o->redis : ts_env("STAMPCP_TEST_REDIS"));
+    set_dns(cfg, o->resolv_conf);
     json_object_set_new(cfg, "reportIntervalMs", json_integer(o->interval_ms ? o->interval_ms : 200));
     for (int i = 0; i < 4 && o->dps[i]; i++)
         json_array_append_new(dps, json_string(o->dps[i]));

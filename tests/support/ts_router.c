@@ -77,12 +77,18 @@ struct ts_rt *ts_rt_start(const struct ts_rt_opts *o)
     if (ncp > TS_RT_MAX_CP)
         ts_fail("ts_rt_start: at most %d control planes", TS_RT_MAX_CP);
     rt->layout_refresh_ms = o->layout_refresh_ms > 0 ? o->layout_refresh_ms : 200;
-    rt->redis = ts_redis_start("rt");
+    rt->redis_sentinel = o->redis_sentinel;
+    if (!o->redis_sentinel)
+        rt->redis = ts_redis_start("rt");
 
     memset(&co, 0, sizeof co);
     for (int i = 0; geos[i] && i < TS_MAX_GEOS - 1; i++)
         co.geo_ids[i] = geos[i];
-    co.redis = rt->redis->addr;
+    co.redis = rt->redis ? rt->redis->addr : NULL;
+    co.redis_sentinel = o->redis_sentinel;
+    co.global_db = o->global_db;
+    for (int i = 0; geos[i] && i < TS_MAX_GEOS - 1; i++)
+        co.geo_dbs[i] = o->geo_dbs[i];
     co.stale_after = 3;
     co.tls_cert = o->tls_cert;
     co.tls_key = o->tls_key;
@@ -178,7 +184,8 @@ struct ts_proc *ts_rt_agent_start(struct ts_rt *rt, struct ts_rt_stamp *s)
     memset(&a, 0, sizeof a);
     a.stamp_id = s->id;
     a.region = s->region;
-    a.redis = rt->redis->addr;
+    a.redis = rt->redis ? rt->redis->addr : NULL;
+    a.redis_sentinel = rt->redis_sentinel;
     a.interval_ms = 200;
     for (int i = 0; i < 4 && s->dps[i].id; i++)
         a.dps[i] = s->dps[i].id;

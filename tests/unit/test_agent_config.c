@@ -66,8 +66,8 @@ static void test_minimal_defaults(void **state)
     assert_true(agent_config_load(path, &cfg, &err));
     assert_string_equal(cfg.stamp_id, "eu-west-1");
     assert_string_equal(cfg.region, "eu-west");
-    assert_string_equal(cfg.redis_host, "127.0.0.1");
-    assert_int_equal(cfg.redis_port, 6379);
+    assert_string_equal(cfg.redis.direct.host, "127.0.0.1");
+    assert_int_equal(cfg.redis.direct.port, 6379);
     assert_int_equal(cfg.report_interval_ms, 1000);
     assert_int_equal(cfg.n_dps, 0);
     assert_int_equal(cfg.n_hubs, 0);

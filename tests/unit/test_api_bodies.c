@@ -1,7 +1,7 @@
 /*
  * test_api_bodies.c - the database-free body checks the control plane's
  * tenant and device routes share with the fuzz harnesses
- * (api_tenants_validate, api_devices_check_body, api_certificates_validate,
+ * (api_tenants_validate, router_check_body, api_certificates_validate,
  * installer_tokens_validate): good bodies pass, and every bad one fails with
  * the code and field the 400 answer carries.
  */
@@ -13,7 +13,7 @@
 #include <string.h>
 
 #include "api_certificates.h"
-#include "api_devices.h"
+#include "router.h"
 #include "api_tenants.h"
 #include "installer_tokens.h"
 
@@ -158,33 +158,33 @@ static void test_device_bodies(void **state)
     (void)state;
 
     b = body_of("{\"reason\":\"factory reset\"}");
-    assert_true(api_devices_check_body(b, true, false, &reason, &e));
+    assert_true(router_check_body(b, true, false, &reason, &e));
     assert_string_equal(reason, "factory reset");
     memset(&e, 0, sizeof e);
-    assert_false(api_devices_check_body(b, false, true, &reason, &e));   /* provision: no reason */
+    assert_false(router_check_body(b, false, true, &reason, &e));   /* provision: no reason */
     assert_string_equal(e.code, "unknown_field");
     assert_string_equal(e.field, "reason");
     json_decref(b);
 
     b = body_of("{\"payload\":{\"modelId\":\"dtmi:x;1\"}}");
     reason = NULL;
-    assert_true(api_devices_check_body(b, false, true, &reason, &e));
+    assert_true(router_check_body(b, false, true, &reason, &e));
     assert_null(reason);
-    assert_false(api_devices_check_body(b, true, false, &reason, &e));
-    assert_false(api_devices_check_body(b, false, false, &reason, &e));
+    assert_false(router_check_body(b, true, false, &reason, &e));
+    assert_false(router_check_body(b, false, false, &reason, &e));
     assert_string_equal(e.field, "payload");
     json_decref(b);
 
     b = body_of("{\"reason\":\"\"}");
-    assert_false(api_devices_check_body(b, true, false, &reason, &e));
+    assert_false(router_check_body(b, true, false, &reason, &e));
     assert_string_equal(e.code, "invalid_value");
     json_decref(b);
     b = body_of("{\"reason\":[1]}");
-    assert_false(api_devices_check_body(b, true, false, &reason, &e));
+    assert_false(router_check_body(b, true, false, &reason, &e));
     assert_string_equal(e.code, "invalid_type");
     json_decref(b);
     b = body_of("{}");
-    assert_true(api_devices_check_body(b, false, false, &reason, &e));
+    assert_true(router_check_body(b, false, false, &reason, &e));
     json_decref(b);
 }
 

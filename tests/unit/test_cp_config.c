@@ -40,8 +40,8 @@ static void test_minimal_defaults(void **state)
     assert_string_equal(cfg.geos[0].id, "eu");
     assert_string_equal(cp_config_geo_conninfo(&cfg, "eu"), "dbname=eu");
     assert_null(cp_config_geo_conninfo(&cfg, "us"));
-    assert_string_equal(cfg.redis_host, "127.0.0.1");
-    assert_int_equal(cfg.redis_port, 6379);
+    assert_string_equal(cfg.redis.direct.host, "127.0.0.1");
+    assert_int_equal(cfg.redis.direct.port, 6379);
     assert_int_equal(cfg.max_body_bytes, 65536);
     assert_int_equal(cfg.stale_after_intervals, 3);
     assert_int_equal(cfg.down_after_intervals, 10);
@@ -261,6 +261,55 @@ static void test_set_listen(void **state)
     cp_config_free(&cfg);
 }
 
+/* "redis" or "redisSentinel" (common/redistarget.c), and "dns" (common/dns.c) */
+#define NO_REDIS "\"globalDatabase\":\"dbname=g\",\"geographies\":{\"eu\":\"dbname=eu\"},\"plainHttp\":true"
+static void test_redis_sentinel_and_dns(void **state)
+{
+    static const struct { const char *json, *code, *field; } bad[] = {
+        {"{" NO_REDIS "}", "missing_field", "redis"},
+        {"{" GOOD_BASE ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"]}}", "invalid_value", "redis"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"sentinels\":[\"h:1\"]}}", "missing_field", "redisSentinel.masterName"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\"}}", "missing_field", "redisSentinel.sentinels"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[]}}", "invalid_value", "redisSentinel.sentinels"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"a b\",\"sentinels\":[\"h:1\"]}}", "invalid_value", "redisSentinel.masterName"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h\"]}}", "invalid_value", "redisSentinel.sentinels[1]"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[5]}}", "invalid_type", "redisSentinel.sentinels[0]"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":1}}", "unknown_field", "redisSentinel.auth"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h:2\",\"h:3\",\"h:4\",\"h:5\",\"h:6\",\"h:7\",\"h:8\",\"h:9\"]}}", "invalid_value", "redisSentinel.sentinels"},
+        {"{" GOOD_BASE ",\"dns\":{\"resolv\":\"/x\"}}", "unknown_field", "dns.resolv"},
+        {"{" GOOD_BASE ",\"dns\":{\"resolvConf\":\"\"}}", "invalid_value", "dns.resolvConf"},
+        {"{" GOOD_BASE ",\"dns\":\"/etc/resolv.conf\"}", "invalid_type", "dns"},
+    };
+    struct cp_config cfg;
+    struct jv_err e;
+    (void)state;
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        memset(&e, 0, sizeof e);
+        if (parse(bad[i].json, &cfg, &e))
+            fail_msg("case %zu accepted: %s", i, bad[i].json);
+        if (strcmp(e.code, bad[i].code) != 0 || strcmp(e.field, bad[i].field) != 0)
+            fail_msg("case %zu: got %s/%s, want %s/%s (%s)", i, e.code, e.field, bad[i].code, bad[i].field, e.message);
+        cp_config_free(&cfg);
+    }
+    assert_true(parse("{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"stampcp\",\"sentinels\":"
+                      "[\"s1.example:26379\",\"[::1]:26380\"]},\"dns\":{\"resolvConf\":\"/tmp/r.conf\"}}", &cfg, &e));
+    assert_true(redis_target_sentinel(&cfg.redis));
+    assert_null(cfg.redis.direct.host);
+    assert_string_equal(cfg.redis.master_name, "stampcp");
+    assert_int_equal(cfg.redis.n_sentinels, 2);
+    assert_string_equal(cfg.redis.sentinels[0].host, "s1.example");
+    assert_int_equal(cfg.redis.sentinels[0].port, 26379);
+    assert_string_equal(cfg.redis.sentinels[1].host, "::1");
+    assert_int_equal(cfg.redis.sentinels[1].port, 26380);
+    assert_string_equal(cfg.redis.text, "sentinel:stampcp");
+    assert_string_equal(cfg.dns_resolv_conf, "/tmp/r.conf");
+    cp_config_free(&cfg);
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_false(redis_target_sentinel(&cfg.redis));
+    assert_null(cfg.dns_resolv_conf);
+    cp_config_free(&cfg);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -272,6 +321,7 @@ int main(void)
         cmocka_unit_test(test_tenants_and_pseudonym),
         cmocka_unit_test(test_set_listen),
         cmocka_unit_test(test_http_limits),
+        cmocka_unit_test(test_redis_sentinel_and_dns),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

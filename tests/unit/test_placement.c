@@ -13,6 +13,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "placement.h"
 
 #define NOW 1000000
@@ -68,8 +70,10 @@ static struct layout *make_layout(const char *spec)
         long long used;
         assert_int_equal(sscanf(tok, "%63[^:]:%*[^:]:%*[^:]:%*[^:]:%*[^:]:%*d:%*d:%lld", id, &used), 2);
         snprintf(dpsid, sizeof dpsid, "%s-dps", id);
-        layout_find_dps(l, dpsid)->registrations = used;
-        layout_find_dps(l, dpsid)->stamp->devices = used;
+        /* a snapshot not yet published: the test may fill in its usage */
+        struct layout_dps *dp = (struct layout_dps *)layout_find_dps(l, dpsid);
+        dp->registrations = used;
+        dp->stamp->devices = used;
     }
     return l;
 }
@@ -109,6 +113,42 @@ static void run(struct tenant *t, struct layout *l, struct loadtable *lt, const 
     in.now_mono_ms = NOW;
     in.registration_id = regid;
     placement_run(&in, out);
+}
+
+/* The router's own registrations count at once, beside the snapshot, which
+ * stays as it was read (layouts_count / layouts_delta). */
+static void test_local_counts(void **state)
+{
+    struct event_base *base = event_base_new();
+    struct layouts *ls = layouts_new(base, NULL, NULL, NULL, 0, 1000);   /* the loop never runs: no query */
+    struct loadtable *lt = loadtable_new(3, 10);
+    struct placement_result res;
+    struct tenant *t = make_tenant("[\"eu\"]", "[]", "pooled", "[]");
+    struct layout *l = make_layout("eu-1:eu-west:eu:active:pooled:100:10:9");
+    struct placement_input in = {.tenant = t, .layout = l, .loads = lt, .now_mono_ms = NOW,
+                                 .registration_id = "d", .local = ls};
+    (void)state;
+    report(lt, "eu-1", "healthy");
+    placement_run(&in, &res);
+    assert_int_equal(res.outcome, PLACE_OK);
+    placement_result_clear(&res);
+    layouts_count(ls, "eu-1-dps", +1);   /* the 10th, committed by this router */
+    assert_int_equal(layouts_delta(ls, "eu-1-dps"), 1);
+    placement_run(&in, &res);
+    assert_int_equal(res.outcome, PLACE_CAPACITY_EXHAUSTED);
+    placement_result_clear(&res);
+    assert_int_equal(layout_find_dps(l, "eu-1-dps")->registrations, 9);   /* the snapshot is untouched */
+    layouts_count(ls, "eu-1-dps", -2);   /* two released */
+    assert_int_equal(layouts_delta(ls, "eu-1-dps"), -1);
+    assert_int_equal(layouts_delta(ls, "other"), 0);
+    placement_run(&in, &res);
+    assert_int_equal(res.outcome, PLACE_OK);
+    placement_result_clear(&res);
+    layouts_free(ls);
+    event_base_free(base);
+    layout_unref(l);
+    loadtable_free(lt);
+    tenant_unref(t);
 }
 
 static void test_filters_in_order(void **state)
@@ -440,6 +480,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_filters_in_order),
+        cmocka_unit_test(test_local_counts),
         cmocka_unit_test(test_outcomes),
         cmocka_unit_test(test_regions_dedicated_exclude),
         cmocka_unit_test(test_ordering),

@@ -1,0 +1,944 @@
+/*
+ * router.c - the router's device requests, one state machine per request:
+ *
+ *   AUTH --tenant loaded, credential verified--> CACHE (locate only)
+ *   --miss--> LOOKUP (every geography the tenant's devices may live in, in
+ *   parallel) --found--> reply | --new--> [an installer token's placement
+ *   counted, installer_tokens.h] --> PLACE --> [COUNT (tenant with
+ *   maxDevices: reserve, count its devices)] --> RATE (shared token
+ *   buckets) --> ASSIGN (geography database, atomic) --> reply
+ *
+ * A device that got 200 is in its geography's database: the answer is sent
+ * only after the assignment statement committed.
+ *
+ * Tenant rules (docs/api.md "Quotas", "Suspend and resume"): a suspended
+ * tenant's devices are refused once their credential is verified; a first
+ * placement of a tenant with maxDevices counts its assigned devices first
+ * (COUNT, every lookup geography in parallel) and the RATE step reserves the
+ * placement against the quota; maxProvisionsPerMinute is a bucket taken in
+ * the RATE step with the DPS's. A device already placed costs none of this.
+ *
+ * The other rooms: the credential (router_auth.c), the SQL (device_store.c),
+ * registration at the DPS (router_proxy.c), telling the other instances of
+ * a change (invalidate.c).
+ */
+#include "router.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#include "installer_tokens.h"
+#include "invalidate.h"
+#include "log.h"
+#include "pseudonym.h"
+#include "router_req.h"
+#include "util.h"
+
+static const char *const router_state_names[] = {"auth", "lookup", "count", "rate", "assign", "dps", "record", "done"};
+
+static void router_lookup(struct router_req *d);
+static void router_place(struct router_req *d);
+static void router_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg);
+
+bool router_valid_regid(const char *s)
+{
+    size_t n = strlen(s);
+    char last;
+    if (n == 0 || n > 128)
+        return false;
+    for (size_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '.' || c == '_' || c == ':'))
+            return false;
+    }
+    last = s[n - 1];
+    return (last >= 'a' && last <= 'z') || (last >= '0' && last <= '9') || last == '-';
+}
+
+void router_set_state(struct router_req *d, enum dev_state s)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_write(LOG_DEBUG, d->r->id, "event=device_state from=%s to=%s tenant=%s", router_state_names[d->state],
+                  router_state_names[s], d->tenant_id);
+    d->state = s;
+}
+
+static void router_free(struct router_req *d)
+{
+    if (d->quota_reserved)   /* nothing was committed under it */
+        ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, false);
+    if (d->inst_reserved && !d->inst_committed && !d->inst_in_doubt)
+        installer_tokens_release(d->global, d->tenant_id, d->inst_id);
+    if (d->t) tenant_unref(d->t);
+    if (d->l) layout_unref(d->l);
+    placement_result_clear(&d->pr);
+    free(d->row.detail);
+    json_decref(d->payload);
+    json_decref(d->dps_state);
+    X509_free(d->cert);
+    if (d->chain)
+        sk_X509_pop_free(d->chain, X509_free);
+    free(d);
+}
+
+/* Every reply goes through these: they end the request. */
+void router_error(struct router_req *d, int status, const char *code, const char *target, const char *msg)
+{
+    router_set_state(d, DS_DONE);
+    cpreq_reply_error(d->r, status, code, target, "%s", msg);
+    router_free(d);
+}
+
+void router_unavailable(struct router_req *d, const struct pgq_result *q)
+{
+    router_set_state(d, DS_DONE);
+    cpreq_reply_db_unavailable(d->r, q);
+    router_free(d);
+}
+
+void router_unauthorized(struct router_req *d, const char *code)
+{
+    cpreq_add_header(d->r, "WWW-Authenticate", "SharedAccessSignature");
+    router_error(d, 401, code, NULL, "the credential was not accepted");
+}
+
+void router_retry_after(struct router_req *d, int64_t seconds)
+{
+    char v[24];
+    snprintf(v, sizeof v, "%lld", (long long)seconds);
+    cpreq_add_header(d->r, "Retry-After", v);
+}
+
+static json_t *router_answer(struct router_req *d)
+{
+    const struct device_row *w = &d->row;
+    return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
+                     d->tenant_id, "geography", d->r->cp->cfg.geos[w->geo].id, "region", w->region, "stamp",
+                     w->stamp, "idScope", w->scope, "dpsEndpoint", w->endpoint, "assignedAt", w->assigned_at,
+                     "etag", w->etag);
+}
+
+void router_reply_assignment(struct router_req *d, bool cache, const char *moved_reason)
+{
+    json_t *a;
+    char *text;
+    if (d->kind == DEV_PROVISION && d->state != DS_RECORD) {
+        router_proxy(d);   /* the assignment stands; now register at its DPS */
+        return;
+    }
+    a = router_answer(d);
+    if (d->kind == DEV_REPROVISION) {
+        json_object_set_new(a, "moved", json_boolean(moved_reason != NULL));
+        if (moved_reason)
+            json_object_set_new(a, "reason", json_string(moved_reason));
+    }
+    if (d->kind == DEV_PROVISION) {
+        json_object_set_new(a, "assignedHub", json_string(d->dps.assigned_hub));
+        json_object_set_new(a, "deviceId", json_string(d->dps.device_id));
+        json_object_set_new(a, "status", json_string("assigned"));
+        json_object_set_new(a, "substatus", json_string(d->dps.substatus));
+        if (json_object_get(d->dps_state, "payload"))
+            json_object_set(a, "payload", json_object_get(d->dps_state, "payload"));
+    }
+    text = json_dumps(a, JSON_COMPACT);
+    json_decref(a);
+    if (cache && d->kind == DEV_LOCATE)
+        assign_cache_put(d->r->cp->cache, d->epoch, d->tenant_id, d->regid, text);
+    router_set_state(d, DS_DONE);
+    cpreq_reply_text(d->r, 200, text, strlen(text));
+    free(text);
+    router_free(d);
+}
+
+static void router_on_published(bool delivered, void *arg)
+{
+    struct router_req *d = arg;
+    (void)delivered;   /* not confirmed: the cache TTL and resubscribe flush are the backstop */
+    assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
+    d->then(d);
+}
+
+/* Our own changes count in this router's placements at once, not at the
+ * next refresh: a released registration can be reused right away. */
+static void router_count(struct router_req *d, const char *dps_id, int delta)
+{
+    if (dps_id[0])
+        layouts_count(d->r->cp->layouts, dps_id, delta);
+}
+
+/* Announce a change to every router, then continue with then(d) once the
+ * announcement is known to be waiting at all of them (invalidate.h). */
+static void router_publish_change(struct router_req *d, void (*then)(struct router_req *))
+{
+    d->then = then;
+    invalidate_device(d->r->cp->inval, d->tenant_id, d->regid, router_on_published, d);
+}
+
+/* ---- release (deprovision / retire) ---- */
+
+static void router_reply_released(struct router_req *d)
+{
+    router_set_state(d, DS_DONE);
+    cpreq_reply_json(d->r, 200, json_pack("{s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
+                                          d->tenant_id, "status", d->row.status));
+    router_free(d);
+}
+
+static void router_on_release(const struct pgq_result *q, void *arg)
+{
+    struct router_req *d = arg;
+    if (q->status == PGQ_UNAVAILABLE) {
+        router_unavailable(d, q);
+        return;
+    }
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        router_error(d, 500, "internal", NULL, "the device could not be released");
+        return;
+    }
+    if (strcmp(d->row.status, "assigned") == 0)
+        router_count(d, d->row.dps, -1);
+    snprintf(d->row.status, sizeof d->row.status, "%s", PQgetvalue(q->res, 0, 0));
+    router_publish_change(d, router_reply_released);
+}
+
+static void router_release(struct router_req *d)
+{
+    const char *reason = d->reason[0] ? d->reason
+                         : d->r->who.kind == PRINCIPAL_KEY
+                             ? (d->kind == DEV_RETIRE ? "retired by API key" : "deprovisioned by API key")
+                             : (d->kind == DEV_RETIRE ? "retired by operator" : "deprovisioned by operator");
+    if (!invalidate_can_announce(d->r->cp->inval)) {
+        /* Other routers' caches must hear of the change: refuse rather than leave them stale. */
+        router_retry_after(d, 1);
+        router_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
+        return;
+    }
+    json_decref(d->r->audit_before);   /* the device as it was, for the audit entry */
+    d->r->audit_before = json_pack("{s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "status", d->row.status,
+                                   "region", d->row.region, "stamp", d->row.stamp, "dpsInstance", d->row.dps);
+    device_store_release(d->r->cp, d->row.geo, d->tenant_id, d->regid, d->kind == DEV_RETIRE, reason,
+                         router_on_release, d);
+}
+
+
+/* ---- assign / move ---- */
+
+static void router_exclude(struct router_req *d, const char *dps)
+{
+    if (d->nexclude < ROUTER_MAX_EXCLUDE) {
+        snprintf(d->exclude[d->nexclude], sizeof d->exclude[0], "%s", dps);
+        d->exclude_ptr[d->nexclude] = d->exclude[d->nexclude];
+        d->nexclude++;
+    }
+}
+
+static void router_reply_moved(struct router_req *d)
+{
+    router_reply_assignment(d, false, d->reason);
+}
+
+/* The answer of cp_assign_device (row `row` of q, its columns after `off`
+ * leading ones: the outcome first) or of cp_move_device. */
+static void router_on_assign_row(struct router_req *d, const struct pgq_result *q, int row, int off)
+{
+    const char *outcome;
+    int geo = d->row.geo;
+
+    if (q->status == PGQ_UNAVAILABLE) {
+        router_unavailable(d, q);   /* committed or not: unknown, so a placement count stays taken */
+        return;
+    }
+    d->inst_in_doubt = false;   /* a definite answer (an error rolled the statement back) */
+    if (q->status == PGQ_SQL_ERROR && ++d->attempts < ROUTER_MAX_ATTEMPTS &&
+        ((strcmp(q->sqlstate, "23505") == 0 && q->constraint &&
+          strcmp(q->constraint, "devices_dps_registration_uidx") == 0) ||
+         strcmp(q->sqlstate, "40P01") == 0 || strcmp(q->sqlstate, "40001") == 0)) {
+        /* Another tenant's device holds this registration id on that DPS
+         * (the statement rolled back), or two moves crossed: place again. */
+        if (q->sqlstate[0] == '2') {
+            router_exclude(d, d->chosen->id);
+            d->regid_conflicts++;
+        }
+        router_place(d);
+        return;
+    }
+    if (q->status != PGQ_OK || row < 0) {
+        log_write(LOG_ERROR, d->r->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
+                  q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
+        router_error(d, 500, "internal", NULL, "the assignment could not be written");
+        return;
+    }
+    outcome = PQgetvalue(q->res, row, off);
+    if (d->quota_reserved && strcmp(outcome, "assigned") == 0) {
+        /* a device was added under the reservation: it now counts, held a while longer */
+        ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, true);
+        d->quota_reserved = false;
+    }
+    if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "existing") == 0 || strcmp(outcome, "moved") == 0) {
+        device_store_row_read(&d->row, q->res, row, off + 1, geo);
+        if (strcmp(outcome, "assigned") == 0)
+            d->inst_committed = true;
+        if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
+            router_count(d, d->row.dps, +1);
+        if (strcmp(outcome, "moved") == 0)
+            router_count(d, d->old_dps, -1);
+        if (strcmp(outcome, "moved") == 0) {
+            router_publish_change(d, router_reply_moved);
+        } else {
+            router_reply_assignment(d, true, d->kind == DEV_REPROVISION && d->moving ? d->reason : NULL);
+        }
+    } else if (strcmp(outcome, "retired") == 0) {
+        router_error(d, 410, "device_retired", NULL, "this device is retired");
+    } else if (strcmp(outcome, "unchanged") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        router_lookup(d);   /* someone else changed it meanwhile: look again */
+    } else if (strcmp(outcome, "dps_full") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        router_exclude(d, d->chosen->id);
+        router_place(d);
+    } else if (strcmp(outcome, "regid_taken") == 0 && ++d->attempts < ROUTER_MAX_ATTEMPTS) {
+        /* the batch's check found what the unique index would refuse */
+        router_exclude(d, d->chosen->id);
+        d->regid_conflicts++;
+        router_place(d);
+    } else {
+        router_retry_after(d, 60);
+        router_error(d, 503, "capacity_exhausted", NULL, "no DPS instance could take the device now");
+    }
+}
+
+static void router_on_move(const struct pgq_result *q, void *arg)
+{
+    router_on_assign_row(arg, q, q->status == PGQ_OK && PQntuples(q->res) == 1 ? 0 : -1, 0);
+}
+
+static void router_on_assign(const struct pgq_result *q, int row, void *arg)
+{
+    router_on_assign_row(arg, q, row, 1);
+}
+
+static char *router_decision_text(struct router_req *d)
+{
+    json_t *dec = json_deep_copy(d->pr.decision);
+    char at[40], *text;
+    util_format_time(util_wall_ms(), at, sizeof at);
+    json_object_set_new(dec, "at", json_string(at));
+    json_object_set_new(dec, "reason", json_string(d->reason));
+    json_object_set_new(dec, "chosen", json_pack("{s:s, s:s}", "stamp", d->chosen->stamp->id, "dps", d->chosen->id));
+    if (d->auth == AUTH_INSTALLER)   /* also copied into the history row (schema/geo/005) */
+        json_object_set_new(dec, "installerToken", json_string(d->inst_id));
+    text = json_dumps(dec, JSON_COMPACT);
+    json_decref(dec);
+    return text;
+}
+
+static void router_assign(struct router_req *d)
+{
+    const struct layout_dps *c = d->chosen;
+    char max[24], *decision = router_decision_text(d);
+    int geo = device_store_geo_index(d->r->cp, c->stamp->geo);
+
+    router_set_state(d, DS_ASSIGN);
+    snprintf(max, sizeof max, "%lld", (long long)c->max_registrations);
+    if (geo < 0) {
+        free(decision);
+        router_error(d, 500, "internal", NULL, "the chosen stamp's geography has no database here");
+        return;
+    }
+    if (d->admin_route || d->auth == AUTH_OPERATOR)
+        d->r->audit_geo = geo;   /* where the device lands: its audit entry goes there (audit.h) */
+    d->inst_in_doubt = true;
+    if (d->moving) {
+        const char *v[11] = {d->tenant_id, d->regid, d->row.etag, c->stamp->region, c->stamp->id, c->id,
+                             c->id_scope, c->endpoint, max, decision, d->reason};
+        snprintf(d->old_dps, sizeof d->old_dps, "%s", d->row.dps);
+        d->row.geo = geo;
+        device_store_move(d->r->cp, geo, v, router_on_move, d);
+    } else {
+        const char *v[10] = {d->tenant_id, d->regid, c->stamp->region, c->stamp->id, c->id,
+                             c->id_scope, c->endpoint, max, decision, d->reason};
+        d->row.geo = geo;
+        device_store_assign(d->r->cp, geo, v, router_on_assign, d);
+    }
+    free(decision);
+}
+
+
+
+bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms)
+{
+    if (st == RL_TENANT_THROTTLED) {
+        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_error(d, 429, "tenant_throttled", NULL,
+                  "the tenant is at its quotas.maxProvisionsPerMinute; retry later");
+        return true;
+    }
+    if (st == RL_QUOTA_PENDING) {
+        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_error(d, 429, "quota_pending", NULL,
+                  "the tenant's placements in flight would reach quotas.maxDevices; retry later");
+        return true;
+    }
+    return false;
+}
+
+/* ---- rate ---- */
+
+/* RATE: the DPS candidates' buckets, the tenant's bucket and (first
+ * placements of a tenant with maxDevices) the quota reservation, in one step. */
+static void router_take_tokens(struct router_req *d)
+{
+    bool quota = !d->moving && d->t->max_devices >= 0;
+    struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute,
+                                  .max_devices = quota ? d->t->max_devices : -1, .devices = d->devices_counted,
+                                  .reservation = quota ? d->reservation : NULL, .reserved_at = d->reserved_at};
+    router_set_state(d, DS_RATE);
+    ratelimit_take(d->cp->redis, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX, &rt,
+                   router_on_rate, d);
+}
+
+/* One COUNT answered, or (q NULL) every COUNT is sent. */
+static void router_on_count(const struct pgq_result *q, void *arg)
+{
+    struct router_req *d = arg;
+    if (q && (q->status != PGQ_OK || PQntuples(q->res) != 1))
+        d->count_failed = true;
+    else if (q)
+        d->devices_counted += strtoll(PQgetvalue(q->res, 0, 0), NULL, 10);
+    if (--d->pending > 0)
+        return;
+    if (d->count_failed) {
+        /* a geography we can't count may hold devices: don't guess under the quota */
+        router_unavailable(d, NULL);
+    } else if (d->devices_counted >= d->t->max_devices) {
+        log_write(LOG_INFO, d->r->id, "event=quota_exceeded tenant=%s devices=%lld max=%lld", d->tenant_id,
+                  (long long)d->devices_counted, (long long)d->t->max_devices);
+        router_error(d, 403, "quota_exceeded", NULL, "the tenant has quotas.maxDevices assigned devices");
+    } else {
+        router_take_tokens(d);
+    }
+}
+
+/* The reservation is in (t0: Redis's time then): count the tenant's
+ * assigned devices in every geography its devices may be in. */
+static void router_on_reserved(int64_t t0, void *arg)
+{
+    struct router_req *d = arg;
+    struct cp *cp = d->cp;
+
+    if (t0 < 0) {
+        router_retry_after(d, 1);
+        router_error(d, 503, "redis_unavailable", NULL, "the device quota cannot be checked; retry later");
+        return;
+    }
+    d->quota_reserved = true;
+    d->reserved_at = t0;
+    d->devices_counted = 0;
+    d->count_failed = false;
+    d->pending = 1;
+    for (int i = 0; i < d->t->nlookup; i++) {
+        int g = device_store_geo_index(cp, d->t->lookup_geos[i]);
+        if (g < 0) {
+            d->count_failed = true;
+            continue;
+        }
+        d->pending++;
+        device_store_count(cp, g, d->tenant_id, router_on_count, d);
+    }
+    router_on_count(NULL, d);
+}
+
+/* COUNT (first placements of a tenant with maxDevices only): reserve, then
+ * count (ratelimit.h: the count must start after the reservation). */
+static void router_count_devices(struct router_req *d)
+{
+    router_set_state(d, DS_COUNT);
+    if (!d->reservation[0])
+        util_random_hex(d->reservation, 16);
+    ratelimit_quota_reserve(d->cp->redis, d->tenant_id, d->reservation, router_on_reserved, d);
+}
+
+static void router_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
+{
+    struct router_req *d = arg;
+    if (st != RL_ADMITTED && st != RL_UNAVAILABLE)
+        d->quota_reserved = false;   /* the script dropped the reservation */
+    if (st == RL_QUOTA_STALE) {
+        /* the count took too long to rule out a placement committed meanwhile */
+        router_retry_after(d, 1);
+        router_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
+    } else if (st == RL_UNAVAILABLE) {
+        router_retry_after(d, 1);
+        router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+    } else if (router_tenant_refused(d, st, wait_ms)) {
+        return;
+    } else if (st == RL_THROTTLED) {
+        router_retry_after(d, ratelimit_retry_after_s(wait_ms));
+        router_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
+    } else {
+        d->chosen = d->pr.cand[admitted];
+        d->placed_now = true;
+        router_assign(d);
+    }
+}
+
+/* placement's enrollment rule: what this control plane's reconciler found. */
+static const char *router_group_refused(void *arg, const char *dps_id, const char *tenant_id)
+{
+    return enroll_sync_refused(arg, dps_id, tenant_id);
+}
+
+static void router_place(struct router_req *d)
+{
+    struct cp *cp = d->r->cp;
+    struct layout *l = layouts_current(cp->layouts);
+    struct placement_input in = {0};
+
+    if (!l) {
+        router_retry_after(d, 1);
+        router_error(d, 503, "database_unavailable", NULL, "the layout is not loaded yet; retry later");
+        return;
+    }
+    if (!redisbus_cmd(cp->redis)) {
+        router_retry_after(d, 1);
+        router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+        return;
+    }
+    if (d->l != l) {
+        if (d->l) layout_unref(d->l);
+        layout_ref(l);
+        d->l = l;
+    }
+    placement_result_clear(&d->pr);
+    in.tenant = d->t;
+    in.layout = l;
+    in.loads = cp->lt;
+    in.now_mono_ms = util_mono_ms();
+    in.registration_id = d->regid;
+    in.exclude_dps = d->exclude_ptr;
+    in.nexclude = d->nexclude;
+    in.group_refused = router_group_refused;
+    in.group_refused_arg = cp->sync;
+    in.local = cp->layouts;
+    if (d->moving) {
+        in.avoid_stamp = d->row.stamp;
+        in.only_geo = cp->cfg.geos[d->row.geo].id;
+    }
+    placement_run(&in, &d->pr);
+    if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->regid_conflicts > 0) {
+        /* Not a full stamp: DPS instances hold each registration id once,
+         * and another tenant's device has this one where there was room. */
+        router_retry_after(d, 60);
+        router_error(d, 503, "capacity_exhausted", "registrationId",
+                  "no eligible DPS instance can take this registration id: where there is room, another "
+                  "device already uses it (a DPS holds each registration id once); use another id");
+        return;
+    }
+    if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->pr.enrollment_only) {
+        router_retry_after(d, 60);
+        log_write(LOG_WARN, d->r->id, "event=placement_failed tenant=%s outcome=no_enrollment_group", d->tenant_id);
+        router_error(d, 503, "capacity_exhausted", "enrollmentGroup",
+                  "the tenant's enrollment group cannot be created in any eligible DPS instance (their group "
+                  "quota is used by earlier tenants, or the instance refused it); see enrollment-sync");
+        return;
+    }
+    if (d->pr.outcome != PLACE_OK) {
+        const char *code = placement_outcome_code(d->pr.outcome);
+        if (d->pr.outcome != PLACE_NO_ELIGIBLE)
+            router_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5 : 60);
+        if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED)
+            layouts_refresh_soon(cp->layouts);   /* other routers may have released some */
+        log_write(LOG_INFO, d->r->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);
+        router_error(d, 503, code, NULL,
+                  d->pr.outcome == PLACE_NO_ELIGIBLE ? "no stamp satisfies the tenant's residency and tenancy"
+                  : d->pr.outcome == PLACE_NO_HEALTHY ? "no eligible stamp is healthy right now"
+                                                      : "every eligible stamp is full");
+        return;
+    }
+    if (!d->moving && d->t->max_devices >= 0) {
+        router_count_devices(d);
+        return;
+    }
+    router_take_tokens(d);
+}
+
+
+/* ---- lookup ---- */
+
+/* Reprovision: does the current assignment still hold? */
+static const char *router_invalid_reason(struct router_req *d)
+{
+    struct layout *l = layouts_current(d->r->cp->layouts);
+    const struct layout_stamp *st = l ? layout_find_stamp(l, d->row.stamp) : NULL;
+    const char *rule = NULL;
+    if (!l)
+        return NULL;   /* can't judge: keep it */
+    if (!st || !layout_find_dps(l, d->row.dps))
+        return "stamp or DPS instance removed from the layout";
+    if (!placement_stamp_valid(d->t, st, d->r->cp->lt, util_mono_ms(), &rule)) {
+        if (strcmp(rule, "health") == 0)
+            return loadtable_health(d->r->cp->lt, st->id, util_mono_ms()) == STAMP_DOWN ? "stamp down" : "stamp stale";
+        if (strcmp(rule, "status") == 0) return "stamp draining";
+        if (strcmp(rule, "identity") == 0) return "stamp misreports its region or geography";
+        if (strcmp(rule, "residency") == 0) return "residency changed";
+        return "tenancy changed";
+    }
+    return NULL;
+}
+
+static void router_on_installer_reserved(enum installer_reserve st, void *arg)
+{
+    struct router_req *d = arg;
+    switch (st) {
+    case INSTALLER_RESERVED:
+        d->inst_reserved = true;
+        router_place(d);
+        return;
+    case INSTALLER_QUOTA_EXCEEDED:
+        router_error(d, 403, "installer_quota_exceeded", NULL,
+                  "this installer token has made all the placements it may make (maxPlacements)");
+        return;
+    case INSTALLER_NOT_VALID:
+        router_unauthorized(d, "unauthorized");   /* revoked or expired since the tenant was read */
+        return;
+    case INSTALLER_UNAVAILABLE:
+        router_unavailable(d, NULL);
+        return;
+    }
+}
+
+static void router_after_lookup(struct router_req *d)
+{
+    struct device_row *w = &d->row;
+    const char *why;
+
+    if (d->geo_unknown[0]) {
+        /* Fail closed: answering, placing or releasing it would act on a guess. */
+        char ps[PSEUDONYM_LEN], q[80];
+        log_write(LOG_ERROR, d->r->id, "event=device_geography_unknown tenant=%s device=%s answered=%s",
+                  d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps),
+                  log_quote(d->geo_unknown, q, sizeof q));
+        router_error(d, 503, "geography_unknown", NULL,
+                  "the device's geography cannot be told (its database does not identify as a configured "
+                  "geography); nothing was changed");
+        return;
+    }
+    if (!w->found && d->lookup_failed) {
+        /* It may exist where we couldn't look: placing it again could duplicate it. */
+        router_unavailable(d, NULL);
+        return;
+    }
+    if (w->found && (d->admin_route || d->auth == AUTH_OPERATOR))
+        d->r->audit_geo = w->geo;   /* its audit entry stays in its geography (audit.h) */
+    if (d->kind == DEV_ADMIN_GET) {
+        json_t *detail;
+        char ps[PSEUDONYM_LEN];
+        if (!w->found || !(detail = json_loads(w->detail, 0, NULL))) {
+            router_error(d, 404, "not_found", NULL, "no such device");
+            return;
+        }
+        json_object_set_new(detail, "geography", json_string(d->r->cp->cfg.geos[w->geo].id));
+        json_object_set_new(detail, "pseudonym",
+                            json_string(pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps)));
+        router_set_state(d, DS_DONE);
+        cpreq_reply_json(d->r, 200, detail);
+        router_free(d);
+        return;
+    }
+    if (d->kind == DEV_DEPROVISION || d->kind == DEV_RETIRE) {
+        if (!w->found)
+            router_error(d, 404, "not_found", NULL, "no such device");
+        else
+            router_release(d);
+        return;
+    }
+    if (w->found && strcmp(w->status, "retired") == 0) {
+        router_error(d, 410, "device_retired", NULL, "this device is retired");
+        return;
+    }
+    if (w->found && strcmp(w->status, "assigned") == 0) {
+        if (d->kind == DEV_PROVISION && w->hub[0] && w->device_id[0]) {
+            /* Registered at its DPS already (the hub is recorded): answer
+             * from the record, no DPS token, no DPS call. */
+            snprintf(d->dps.assigned_hub, sizeof d->dps.assigned_hub, "%s", w->hub);
+            snprintf(d->dps.device_id, sizeof d->dps.device_id, "%s", w->device_id);
+            snprintf(d->dps.substatus, sizeof d->dps.substatus, "%s", "initialAssignment");
+            router_set_state(d, DS_RECORD);
+            router_reply_assignment(d, false, NULL);
+            return;
+        }
+        if (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION) {
+            router_reply_assignment(d, true, NULL);
+            return;
+        }
+        if (!(why = router_invalid_reason(d))) {
+            router_reply_assignment(d, false, NULL);
+            return;
+        }
+        snprintf(d->reason, sizeof d->reason, "%s", why);
+        d->moving = true;
+        router_place(d);
+        return;
+    }
+    if (d->admin_route) {
+        /* An operator's reprovision names a device that exists: a typo must not create one. */
+        router_error(d, 404, "not_found", NULL, "no assigned device with this registration id");
+        return;
+    }
+    snprintf(d->reason, sizeof d->reason, "%s", w->found ? "provisioned again after deprovisioning"
+                                                          : "first provisioning");
+    d->moving = false;
+    if (d->auth == AUTH_INSTALLER && !d->inst_reserved) {
+        /* count the token's placement first: maxPlacements holds across control planes */
+        installer_tokens_reserve(d->global, d->tenant_id, d->inst_id, router_on_installer_reserved, d);
+        return;
+    }
+    router_place(d);
+}
+
+/* One geography's answer: row `row` of q (-1: not there), its columns after
+ * `off` leading ones (the batch's ordinal). */
+static void router_on_lookup_row(struct router_req *d, const struct pgq_result *q, int row, int off)
+{
+    int geo = -1;
+    /* the last column names the geography whose database answered */
+    if (q->status != PGQ_OK) {
+        d->lookup_failed = true;
+    } else if (row >= 0 &&
+               (geo = device_store_geo_index(d->r->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1))) < 0) {
+        /* Found, in a database whose geography we can't tell: never guess one. */
+        snprintf(d->geo_unknown, sizeof d->geo_unknown, "%s", PQgetvalue(q->res, row, PQnfields(q->res) - 1));
+        if (!d->geo_unknown[0])
+            snprintf(d->geo_unknown, sizeof d->geo_unknown, "?");
+    } else if (row >= 0) {
+        if (!d->row.found || strcmp(PQgetvalue(q->res, row, off), "assigned") == 0) {
+            free(d->row.detail);
+            d->row.detail = NULL;
+            device_store_row_read(&d->row, q->res, row, off, geo);
+            if (d->kind == DEV_ADMIN_GET) {
+                d->row.detail = xstrdup(PQgetvalue(q->res, row, off + 8));
+            } else {
+                snprintf(d->row.hub, sizeof d->row.hub, "%s", PQgetvalue(q->res, row, off + 8));
+                snprintf(d->row.device_id, sizeof d->row.device_id, "%s", PQgetvalue(q->res, row, off + 9));
+            }
+        }
+    }
+    if (--d->pending == 0)
+        router_after_lookup(d);
+}
+
+static void router_on_lookup(const struct pgq_result *q, int row, void *arg)
+{
+    router_on_lookup_row(arg, q, row, 1);
+}
+
+static void router_on_detail(const struct pgq_result *q, void *arg)
+{
+    router_on_lookup_row(arg, q, q->status == PGQ_OK && PQntuples(q->res) == 1 ? 0 : -1, 0);
+}
+
+static void router_lookup(struct router_req *d)
+{
+    struct cp *cp = d->r->cp;
+
+    router_set_state(d, DS_LOOKUP);
+    memset(&d->row, 0, sizeof d->row);
+    d->lookup_failed = false;
+    d->geo_unknown[0] = '\0';
+    d->epoch = assign_cache_epoch(cp->cache);
+    d->pending = 1;
+    for (int i = 0; i < d->t->nlookup; i++) {
+        int g = device_store_geo_index(cp, d->t->lookup_geos[i]);
+        if (g < 0) {
+            d->lookup_failed = true;   /* a geography we can't reach from here */
+            continue;
+        }
+        d->pending++;
+        if (d->kind == DEV_ADMIN_GET)
+            device_store_detail(cp, g, d->tenant_id, d->regid, router_on_detail, d);
+        else
+            device_store_lookup(cp, g, d->tenant_id, d->regid, router_on_lookup, d);
+    }
+    if (--d->pending == 0)
+        router_after_lookup(d);
+}
+
+
+static void router_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
+{
+    struct router_req *d = arg;
+    const char *hit;
+
+    if (st == TENANT_UNAVAILABLE) {
+        router_unavailable(d, NULL);
+        return;
+    }
+    if (st == TENANT_NOT_FOUND || st == TENANT_REFUSED) {
+        /* REFUSED: an unknown id beyond the fetch budget, answered like a bad credential. */
+        if (d->auth == AUTH_OPERATOR)
+            router_error(d, 404, "not_found", NULL, "no such tenant");
+        else
+            router_unauthorized(d, d->auth == AUTH_SAS    ? "invalid_signature"
+                                : d->auth == AUTH_X509 ? "invalid_certificate"
+                                                       : "unauthorized");
+        return;
+    }
+    if (!router_auth_verify(d, t))
+        return;
+    if (t->suspended && (d->kind == DEV_LOCATE || d->kind == DEV_PROVISION || d->kind == DEV_REPROVISION)) {
+        /* after the credential check: a stranger learns nothing of the tenant */
+        router_error(d, 403, "tenant_suspended", NULL, "the tenant is suspended; its devices are refused");
+        return;
+    }
+    tenant_ref(t);
+    d->t = t;
+    if (d->kind == DEV_LOCATE)
+        invalidate_drain(d->r->cp->inval);
+    if (d->kind == DEV_LOCATE && (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
+        if (log_enabled(LOG_DEBUG)) {
+            char ps[PSEUDONYM_LEN];
+            log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id,
+                      pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps));
+        }
+        router_set_state(d, DS_DONE);
+        cpreq_reply_text(d->r, 200, hit, strlen(hit));
+        router_free(d);
+        return;
+    }
+    router_lookup(d);
+}
+
+
+
+/* An optional body: nothing, or a JSON object with at most a "reason"
+ * (reprovision) or a "payload" for the DPS (provision). */
+bool router_check_body(json_t *body, bool reason_allowed, bool payload_allowed, const char **reason,
+                            struct jv_err *e)
+{
+    static const char *const with_reason[] = {"reason", NULL};
+    static const char *const with_payload[] = {"payload", NULL};
+    static const char *const none[] = {NULL};
+    return jv_only_keys(body, "", reason_allowed ? with_reason : payload_allowed ? with_payload : none, e) &&
+           jv_string(body, "", "reason", false, 1, 128, reason, e);
+}
+
+static bool router_read_body(struct router_req *d, bool reason_allowed)
+{
+    struct jv_err e;
+    const char *reason = NULL;
+    json_t *body;
+    if (d->r->body_len == 0)
+        return true;
+    if (!(body = cpreq_json_body(d->r, false))) {
+        router_free(d);
+        return false;
+    }
+    if (!router_check_body(body, reason_allowed, d->kind == DEV_PROVISION, &reason, &e)) {
+        json_decref(body);
+        cpreq_reply_jv(d->r, &e);
+        router_free(d);
+        return false;
+    }
+    if (reason)
+        snprintf(d->reason, sizeof d->reason, "%s", reason);
+    if (json_object_get(body, "payload") && !json_is_null(json_object_get(body, "payload")))
+        d->payload = json_incref(json_object_get(body, "payload"));
+    json_decref(body);
+    return true;
+}
+
+static struct router_req *router_new(struct cp_req *r, enum dev_kind kind, const char *tenant, const char *regid)
+{
+    struct router_req *d;
+    if (!jv_valid_id(tenant)) {
+        cpreq_reply_error(r, 404, "not_found", NULL, "no such tenant");
+        return NULL;
+    }
+    if (!router_valid_regid(regid)) {
+        cpreq_reply_error(r, 400, "invalid_value", "registrationId",
+                          "a registration id is 1-128 of [a-z0-9-._:], ending in a letter, digit or '-'");
+        return NULL;
+    }
+    if (!cpreq_check_query(r, NULL))
+        return NULL;
+    d = xcalloc(1, sizeof *d);
+    d->r = r;
+    d->cp = r->cp;
+    d->global = r->cp->global;
+    d->kind = kind;
+    snprintf(d->tenant_id, sizeof d->tenant_id, "%s", tenant);
+    snprintf(d->regid, sizeof d->regid, "%s", regid);
+    return d;
+}
+
+void router_registration(struct cp_req *r, const char *tenant, char **segs, int nsegs)
+{
+    struct router_req *d;
+    enum dev_kind kind;
+
+    /* segs: registrations/{regid}/{verb} */
+    if (nsegs != 3) {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (strcmp(segs[2], "locate") == 0) {
+        kind = DEV_LOCATE;
+    } else if (strcmp(segs[2], "reprovision") == 0) {
+        kind = DEV_REPROVISION;
+    } else if (strcmp(segs[2], "provision") == 0) {
+        kind = DEV_PROVISION;
+    } else {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (r->method != EVHTTP_REQ_POST) {
+        cpreq_add_header(r, "Allow", "POST");
+        cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST");
+        return;
+    }
+    if (!(d = router_new(r, kind, tenant, segs[1])))
+        return;
+    if (!router_auth_read(d, false) || !router_read_body(d, kind == DEV_REPROVISION))
+        return;
+    if (kind == DEV_REPROVISION && !d->reason[0])
+        snprintf(d->reason, sizeof d->reason, "%s", "reprovision requested");
+    if (d->auth == AUTH_INSTALLER)   /* a revocation waiting on the subscription applies first */
+        invalidate_drain(r->cp->inval);
+    tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, router_on_tenant, d);
+}
+
+void router_device_admin(struct cp_req *r, const char *tenant, char **segs, int nsegs)
+{
+    struct router_req *d;
+    enum dev_kind kind;
+
+    /* segs: devices/{regid}[/{verb}] */
+    if (nsegs == 2) {
+        if (r->method != EVHTTP_REQ_GET) {
+            cpreq_add_header(r, "Allow", "GET");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use GET on a device");
+            return;
+        }
+        kind = DEV_ADMIN_GET;
+    } else if (nsegs == 3 && (strcmp(segs[2], "deprovision") == 0 || strcmp(segs[2], "retire") == 0 ||
+                              strcmp(segs[2], "reprovision") == 0)) {
+        if (r->method != EVHTTP_REQ_POST) {
+            cpreq_add_header(r, "Allow", "POST");
+            cpreq_reply_error(r, 405, "method_not_allowed", NULL, "use POST");
+            return;
+        }
+        kind = segs[2][0] == 'd' ? DEV_DEPROVISION : segs[2][2] == 't' ? DEV_RETIRE : DEV_REPROVISION;
+    } else {
+        cpreq_reply_error(r, 404, "route_not_found", NULL, "no such route");
+        return;
+    }
+    if (!(d = router_new(r, kind, tenant, segs[1])))
+        return;
+    d->auth = AUTH_OPERATOR;   /* the /v1 gate checked the operator token */
+    d->admin_route = true;
+    if (kind != DEV_ADMIN_GET && !router_read_body(d, true))
+        return;
+    if (kind == DEV_REPROVISION && !d->reason[0])
+        snprintf(d->reason, sizeof d->reason, "reprovision requested by %s",
+                 r->who.kind == PRINCIPAL_KEY ? "API key" : "operator");
+    tenants_get(r->cp->tenants, d->tenant_id, d->auth == AUTH_OPERATOR, router_on_tenant, d);
+}
+

@@ -1,0 +1,108 @@
+/*
+ * router_req.h - one device request inside the router (router.c and the files
+ * it is split into: router_auth.c, router_proxy.c). Not for other modules:
+ * they use router.h.
+ *
+ * Ownership: a router_req is allocated by router.c for one cp_req and freed
+ * by exactly one reply (router_error, router_unavailable,
+ * router_reply_assignment, ...). Every function below that replies frees d:
+ * the caller must not touch d afterwards.
+ */
+#ifndef CP_ROUTER_REQ_H
+#define CP_ROUTER_REQ_H
+
+#include <openssl/x509.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "cp.h"
+#include "device_store.h"
+#include "dps_client.h"
+#include "http_req.h"
+#include "installer_tokens.h"
+#include "placement.h"
+#include "ratelimit.h"
+#include "sas.h"
+
+#define ROUTER_MAX_ATTEMPTS 4
+#define ROUTER_MAX_EXCLUDE 16
+
+enum dev_kind { DEV_LOCATE, DEV_PROVISION, DEV_REPROVISION, DEV_ADMIN_GET, DEV_DEPROVISION, DEV_RETIRE };
+enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_ASSIGN, DS_DPS, DS_RECORD, DS_DONE };
+enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER, AUTH_X509 };
+
+struct router_req {
+    struct cp_req *r;
+    enum dev_kind kind;
+    enum dev_state state;
+    enum dev_auth auth;
+    char tenant_id[64];
+    char regid[132];
+    struct sas_token sas;
+    char bearer_sha[INSTALLER_SHA_HEX];
+    X509 *cert;                /* AUTH_X509: the client certificate (a reference of ours) */
+    STACK_OF(X509) *chain;     /* ... and the intermediates it sent (ours), or NULL */
+    /* installer token (AUTH_INSTALLER): its public id, and its placement
+     * count (installer_tokens.h): taken before a first placement, kept once
+     * the assignment committed or when its outcome is unknown, else given back */
+    char inst_id[INSTALLER_ID_LEN + 1];
+    bool inst_reserved;
+    bool inst_committed;
+    bool inst_in_doubt;        /* an assignment statement is out without a definite answer */
+    struct pgpool *global;     /* for the give-back, which can outlive d->r */
+    char reason[160];
+    struct tenant *t;
+    struct layout *l;
+    int pending;
+    bool lookup_failed;
+    char geo_unknown[72];      /* a row came from a database of no configured geography: what it said */
+    struct device_row row;
+    uint64_t epoch;
+    struct placement_result pr;
+    char exclude[ROUTER_MAX_EXCLUDE][64];
+    const char *exclude_ptr[ROUTER_MAX_EXCLUDE];
+    int nexclude;
+    int attempts;
+    const struct layout_dps *chosen;
+    bool moving;               /* reprovision of an assigned device */
+    bool placed_now;           /* a DPS token was taken for this request's placement */
+    struct cp *cp;             /* outlives the request (router_free settles the quota reservation) */
+    bool quota_reserved;       /* a reservation against maxDevices is held under `reservation` */
+    char reservation[33];
+    int64_t devices_counted;   /* COUNT: the tenant's assigned devices */
+    int64_t reserved_at;       /* Redis's time when the reservation was made */
+    bool count_failed;
+    char old_dps[64];          /* reprovision: the DPS the device is leaving */
+    int regid_conflicts;       /* DPS instances ruled out because another tenant's device has this id */
+    bool admin_route;          /* /v1/tenants/{t}/devices/...: acts on existing devices only */
+    json_t *payload;           /* provision: the device's payload for the DPS */
+    struct dps_outcome dps;    /* provision: what the DPS answered */
+    json_t *dps_state;         /* provision: its registrationState (owned) */
+    void (*then)(struct router_req *);   /* what follows a confirmed invalidation */
+};
+
+void router_set_state(struct router_req *d, enum dev_state s);
+
+/* Replies (each ends the request and frees d). */
+void router_error(struct router_req *d, int status, const char *code, const char *target, const char *msg);
+void router_unavailable(struct router_req *d, const struct pgq_result *q);
+void router_unauthorized(struct router_req *d, const char *code);
+/* The device's assignment in d->row: the answer (cache: may be cached for
+ * locate; moved_reason: reprovision moved it). Provision goes on to the DPS. */
+void router_reply_assignment(struct router_req *d, bool cache, const char *moved_reason);
+
+/* Add a (jittered) Retry-After of about `seconds`. */
+void router_retry_after(struct router_req *d, int64_t seconds);
+/* The tenant's own limits said no (RL_TENANT_THROTTLED, RL_QUOTA_PENDING):
+ * replies and returns true; else false and d is untouched. */
+bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms);
+
+/* router_auth.c: read the request's credential (false: replied, d freed) ... */
+bool router_auth_read(struct router_req *d, bool operator_only);
+/* ... and verify it against the tenant (false: replied, d freed). */
+bool router_auth_verify(struct router_req *d, const struct tenant *t);
+
+/* router_proxy.c: register the assigned device at its DPS (approach 2), then reply. */
+void router_proxy(struct router_req *d);
+
+#endif
