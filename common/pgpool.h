@@ -17,6 +17,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
+#include "dns.h"
 #include "migrate.h"
 #include "util.h"
 
@@ -73,6 +74,12 @@ struct pgpool_opts {
     /* fallback_application_name (pg_stat_activity), NULL: none; the conninfo's
      * application_name wins. */
     const char *application_name;
+    /* Resolves the conninfo's host names on the loop before each connect;
+     * libpq then gets "hostaddr" (and keeps "host" for TLS verification and
+     * the password file). Numeric hosts, unix sockets and a conninfo with its
+     * own hostaddr need none. NULL: libpq resolves by itself (it blocks: only
+     * for one-shot tools such as --migrate). Borrowed: outlives the pool. */
+    struct dns *dns;
     const struct migration *migrations;
     int n_migrations;
     /* The table recording applied migrations: one per migration set, so that
