@@ -699,8 +699,12 @@ static void conn_op_done(struct pgconn *c)
         conn_cancel_done(c);
         return;
     }
-    /* Also a setup statement: a migration on a read-only server is not a failed migration. */
-    if ((c->err && pgerr_classify(sqlstate) == PGERR_RECONNECT) || PQstatus(c->pg) != CONNECTION_OK) {
+    /* Also a setup statement: a migration on a read-only server is not a failed migration.
+     * A statement whose result arrived complete keeps it even if the
+     * connection died just after: it may have committed; the dead connection
+     * is noticed at its next use. */
+    bool dead = PQstatus(c->pg) != CONNECTION_OK;
+    if ((c->err && (dead || pgerr_classify(sqlstate) == PGERR_RECONNECT)) || (dead && !c->res)) {
         char msg[160];
         snprintf(msg, sizeof msg, "%s", c->err ? PQresultErrorMessage(c->err) : PQerrorMessage(c->pg));
         msg[strcspn(msg, "\n")] = '\0';
