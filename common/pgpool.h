@@ -9,6 +9,14 @@
  * any query runs; for a geography database every connection, also after a
  * reconnect, checks which geography it reached before its first query, and a
  * connection to another geography's database is dropped, never used.
+ *
+ * Bounds and failover (see pgpool_opts): every connection carries server-side
+ * timeouts and TCP keepalives; a statement past its deadline fails at once
+ * and its backend is cancelled (on a small detached thread: libpq 15's
+ * PQcancel blocks), the connection reused once the statement ended; a
+ * read-only or shutting-down server drops the connection, which reconnects
+ * through the conninfo's host list (target_session_attrs=read-write finds the
+ * primary). Host names are resolved on the loop (dns.h), libpq gets hostaddr.
  */
 #ifndef CP_PGPOOL_H
 #define CP_PGPOOL_H
