@@ -123,7 +123,7 @@ static void test_promote_and_demote(void **state)
     assert_int_equal(cp_backends(b), 0);
 
     ts_pgserver_promote(b);
-    ts_pg_query(a->conninfo, "ALTER SYSTEM SET default_transaction_read_only = on");
+    PQclear(ts_pg_query(a->conninfo, "ALTER SYSTEM SET default_transaction_read_only = on"));
     PQclear(ts_pg_query(a->conninfo, "SELECT pg_reload_conf()"));
     ts_sleep_ms(300);   /* the reload reaches A's backends */
 
@@ -162,7 +162,7 @@ static void test_admin_shutdown(void **state)
     TS_EXPECT_STATUS(ts_get(cp, "/healthz"), 200);
 
     /* A becomes the primary again */
-    ts_pg_query(a->conninfo, "ALTER SYSTEM RESET default_transaction_read_only");
+    PQclear(ts_pg_query(a->conninfo, "ALTER SYSTEM RESET default_transaction_read_only"));
     PQclear(ts_pg_query(a->conninfo, "SELECT pg_reload_conf()"));
     took = write_until_201("back", 15000, &n503);
     ts_log("writes resumed on A %lld ms after it became writable (%d answers 503 meanwhile)", (long long)took, n503);
