@@ -22,7 +22,7 @@ static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", NULL,
 };
 static const char *const cp_config_tenants_keys[] = {
-    "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", NULL,
+    "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", "staleOnErrorMs", NULL,
 };
 static const char *const cp_config_tls_keys[] = {"cert", "key", "clientCa", NULL};
 static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
@@ -62,6 +62,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->tenants_negative_ttl_ms = 2000;
     cfg->tenants_unknown_per_s = 100;
     cfg->tenants_unknown_burst = 200;
+    cfg->tenants_stale_on_error_ms = 600000;
     cfg->log_level = LOG_INFO;
     cfg->http_max_connections = 4096;
     cfg->http_header_timeout_ms = 10000;
@@ -229,7 +230,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
                      !jv_int(tenants, "tenants", "negativeCacheSize", false, 1, 10000000, &cfg->tenants_negative_size, e) ||
                      !jv_int(tenants, "tenants", "negativeTtlMs", false, 100, 3600000, &cfg->tenants_negative_ttl_ms, e) ||
                      !jv_int(tenants, "tenants", "unknownFetchesPerSecond", false, 1, 1000000, &cfg->tenants_unknown_per_s, e) ||
-                     !jv_int(tenants, "tenants", "unknownFetchBurst", false, 1, 1000000, &cfg->tenants_unknown_burst, e))) ||
+                     !jv_int(tenants, "tenants", "unknownFetchBurst", false, 1, 1000000, &cfg->tenants_unknown_burst, e) ||
+                     !jv_int(tenants, "tenants", "staleOnErrorMs", false, 0, 86400000, &cfg->tenants_stale_on_error_ms, e))) ||
         !jv_string(root, "", "pseudonymKey", false, 16, 512, &pseudonym_key, e))
         return false;
     if (pseudonym_key)

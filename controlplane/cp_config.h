@@ -60,6 +60,7 @@ struct cp_config {
     int64_t tenants_negative_ttl_ms;     /* tenants.negativeTtlMs */
     int64_t tenants_unknown_per_s;       /* tenants.unknownFetchesPerSecond */
     int64_t tenants_unknown_burst;       /* tenants.unknownFetchBurst */
+    int64_t tenants_stale_on_error_ms;   /* tenants.staleOnErrorMs */
     char *pseudonym_key;         /* pseudonymKey: keys the device pseudonyms in logs (sensitive; NULL: derived) */
     char *tls_cert;               /* tls.cert: HTTPS certificate chain (PEM); NULL only with plain_http */
     char *tls_key;                /* tls.key: its private key */

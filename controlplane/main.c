@@ -360,7 +360,8 @@ int main(int argc, char **argv)
                                   .negative_cache_size = (int)cp.cfg.tenants_negative_size,
                                   .negative_ttl_ms = (int)cp.cfg.tenants_negative_ttl_ms,
                                   .unknown_rate = (double)cp.cfg.tenants_unknown_per_s,
-                                  .unknown_burst = (int)cp.cfg.tenants_unknown_burst};
+                                  .unknown_burst = (int)cp.cfg.tenants_unknown_burst,
+                                  .stale_on_error_ms = cp.cfg.tenants_stale_on_error_ms};
         cp.tenants = tenants_new(cp.global, &to);
     }
     tenants_set_envelope(cp.tenants, cp.env);

@@ -431,6 +431,22 @@ static void tenants_answer(struct tenant_fetch *f, struct tenant *t, enum tenant
     free(f);
 }
 
+/* The catalog failed: may the expired entry t still be served? */
+static bool tenants_may_serve_stale(const struct tenants *ts, const struct tenant *t, int64_t now)
+{
+    return ts->o.stale_on_error_ms > 0 && now < t->expires_mono_ms + ts->o.stale_on_error_ms;
+}
+
+static void tenants_note_stale(struct tenants *ts, struct tenant *t)
+{
+    int64_t now = util_mono_ms();
+    /* one query a second per tenant while the catalog is down, not one per request */
+    t->retry_mono_ms = now + 1000;
+    if (ts->st.stale_served++ % 10000 == 0)
+        log_warn("event=tenant_served_stale tenant=%s expired_ms_ago=%lld count=%lld", t->id,
+                 (long long)(now - t->expires_mono_ms), (long long)ts->st.stale_served);
+}
+
 static void tenants_on_row(const struct pgq_result *q, void *arg)
 {
     struct tenant_fetch *f = arg;
@@ -444,6 +460,12 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
     if (q->status != PGQ_OK) {
         if (q->status == PGQ_SQL_ERROR)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
+        t = f->detached ? NULL : strmap_get(ts->cache, f->id);
+        if (t && tenants_may_serve_stale(ts, t, util_mono_ms())) {
+            tenants_note_stale(ts, t);
+            tenants_answer(f, t, TENANT_OK);
+            return;
+        }
         tenants_answer(f, NULL, TENANT_UNAVAILABLE);
         return;
     }
@@ -497,7 +519,9 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && t->expires_mono_ms > now) {
+    if (t && (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
+        if (t->expires_mono_ms <= now)
+            ts->st.stale_served++;
         tenant_ref(t);
         cb(t, TENANT_OK, arg);
         tenant_unref(t);

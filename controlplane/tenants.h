@@ -5,8 +5,11 @@
  * and enabled X.509 CA certificates).
  *
  * Entries live for a few seconds and are dropped at once when any control
- * plane changes the tenant (Redis channel cp:tenants), so a key rotation or
- * residency change takes effect everywhere promptly.
+ * plane changes the tenant (invalidate.h), so a key rotation or residency
+ * change takes effect everywhere promptly. While the global catalog can't be
+ * read, an expired entry is still served for stale_on_error_ms, so devices of
+ * known tenants are not refused because of a catalog outage; during that
+ * time a failed re-read is retried at most once a second per tenant.
  *
  * Under a flood of made-up tenant ids (docs/security.md, "Control plane
  * under flood"):
@@ -72,6 +75,7 @@ struct tenant {
     X509 **cas;                 /* verified, enabled X.509 CAs (tenant_cas), owned */
     int ncas;
     int64_t expires_mono_ms;
+    int64_t retry_mono_ms;      /* served stale: no new catalog query before this */
 };
 
 /* TENANT_REFUSED: an id not known to exist, and the unknown-id fetch budget
@@ -89,6 +93,9 @@ struct tenants_opts {
     int negative_ttl_ms;         /* ... each for this long (0: the default) */
     double unknown_rate;         /* fetches of unknown ids per second (0: the default) */
     int unknown_burst;           /* ... and the bucket's depth (0: the default) */
+    /* While the catalog can't be read, a tenant read at time T is still served
+     * until T + ttl_ms + stale_on_error_ms (0: never past its TTL). */
+    int64_t stale_on_error_ms;
 };
 #define TENANTS_DEFAULT_NEGATIVE_SIZE 10000
 #define TENANTS_DEFAULT_NEGATIVE_TTL_MS 2000
@@ -104,6 +111,7 @@ struct tenants_stats {
     int64_t coalesced;           /* lookups that joined a query already running */
     int64_t refused;             /* unknown ids refused without a query */
     int64_t inflight;            /* queries running now */
+    int64_t stale_served;        /* answers from an expired entry while the catalog failed */
 };
 
 struct tenants *tenants_new(struct pgpool *global, const struct tenants_opts *o);

@@ -56,130 +56,20 @@ static struct ts_rt_layout layout = {
     },
 };
 
-static int dps_port;
-static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
-static char service_key[64];
+static struct ts_stamp stamp; /* the agent serving the DPS instance */
+static const char *dps_endpoint, *ca_crt;
 static struct ts_tenant *tenant;
-static int64_t tenant_created_ms;
 
-/* What a run of the example gave. */
-struct run {
-    int rc;          /* exit code; -1: killed or timed out */
-    json_t *json;    /* its JSON line (library-owned), NULL if none */
-    const char *out; /* stdout + stderr */
-};
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-/* A server certificate for IP 127.0.0.1 signed by a throwaway CA. */
-static void make_certs(void)
-{
-    const char *ca_key, *csr = ts_str("%s/srv.csr", ts_tmp()), *ext = ts_str("%s/srv.ext", ts_tmp());
-    const char *srl = ts_str("%s/ca.srl", ts_tmp());
-
-    ts_pki_make_ca("device-ca", "stampcp device test CA", &ca_crt, &ca_key);
-    srv_crt = ts_str("%s/srv.crt", ts_tmp());
-    srv_key = ts_str("%s/srv.key", ts_tmp());
-    {
-        char *argv[] = { "/usr/bin/env", "openssl", "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)srv_key,
-                         "-out", (char *)csr, "-subj", "/CN=127.0.0.1", NULL };
-        ts_openssl("server CSR", argv);
-    }
-    ts_write_file(ext, "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n");
-    {
-        char *argv[] = { "/usr/bin/env", "openssl", "x509", "-req", "-in", (char *)csr, "-CA", (char *)ca_crt, "-CAkey",
-                         (char *)ca_key, "-CAserial", (char *)srl, "-CAcreateserial", "-out", (char *)srv_crt,
-                         "-days", "2", "-sha256", "-extfile", (char *)ext, NULL };
-        ts_openssl("server certificate", argv);
-    }
-}
-
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
-
-static void register_layout(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    rt->layout = &layout;
-    post201("/v1/geographies", ts_json("{'id':'eu'}"));
-    post201("/v1/regions", ts_json("{'id':'eu-west','geography':'eu'}"));
-    post201("/v1/stamps", ts_json("{'id':'%s','region':'eu-west'}", STAMP));
-    post201("/v1/dps-instances",
-            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
-                    DPS, STAMP, ts_rt_id_scope(DPS), dps_endpoint, KEY_NAME, service_key));
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, STAMP,
-                                    s->hubs[h].id));
-}
-
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
-static void start_agent(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    json_t *hubs = json_array(), *cfg;
-    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), STAMP);
-    char *txt;
-
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
-                                              ts_str("%s.hub.test", s->hubs[h].id)));
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], s:o}}",
-                    "stampId", STAMP, "region", "eu-west", "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", dps_endpoint, "database", ts_rt_geo_db(rt, "eu"),
-                    "tls", "cert", srv_crt, "key", srv_key, "servicePolicies", "name", KEY_NAME, "key", service_key,
-                    "instances", "id", DPS, "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
-    if (!cfg)
-        ts_fail("agent config did not pack");
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
-    txt = json_dumps(cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-    {
-        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-        s->agent = ts_proc_spawn("agent", argv, NULL, NULL);
-    }
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent did not start its provisioning endpoint on %s", dps_endpoint);
-    }
-}
-
-/* The enrollment reconciler put the tenant's group on the instance, in a pass after the tenant existed. */
-static bool group_synced(void *arg)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", DPS), NULL);
-    const char *st = r->status == 200 ? ts_jstr(r->json, "state") : NULL;
-    (void)arg;
-    return st && strcmp(st, "in_sync") == 0 && ts_parse_rfc3339(ts_jstr(r->json, "lastRunAt")) > tenant_created_ms &&
-           ts_pg_count(ts_rt_geo_db(rt, "eu"),
-                       ts_str("SELECT count(*) FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
-                              "AND enrollment_id = '%s'", DPS, TENANT)) == 1;
-}
-
-static const char *state_path(const char *regid)
-{
-    return ts_str("%s/%s.state", ts_tmp(), regid);
-}
 
 /* Run sd-provision-one for regid with the given extra options (NULL-terminated). */
-static struct run example(const char *regid, const char *cp, const char *const *extra)
+static struct ts_sd_run example(const char *regid, const char *cp, const char *const *extra)
 {
     char *argv[40];
-    char *out = NULL;
-    struct run r;
     int n = 0;
 
     argv[n++] = (char *)ts_bin("sd-provision-one");
@@ -194,18 +84,12 @@ static struct run example(const char *regid, const char *cp, const char *const *
     argv[n++] = "--ca";
     argv[n++] = (char *)ca_crt;
     argv[n++] = "--state";
-    argv[n++] = (char *)state_path(regid);
+    argv[n++] = (char *)ts_sd_state_path(regid);
     argv[n++] = "-v";
     for (int i = 0; extra && extra[i] && n < 38; i++)
         argv[n++] = (char *)extra[i];
     argv[n] = NULL;
-    r.rc = ts_run(argv, 90000, &out);
-    r.out = out ? out : "";
-    r.json = ts_last_json(r.out);
-    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
-    if (!r.json)
-        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
-    return r;
+    return ts_sd_run(argv, regid, false);
 }
 
 static const char *cp_addr(void)
@@ -213,18 +97,9 @@ static const char *cp_addr(void)
     return ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
 }
 
-static json_int_t requests(const struct run *r, const char *kind)
-{
-    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
-}
-
 static bool is_hub(const char *host)
 {
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
-        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
-            return true;
-    return false;
+    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
 }
 
 /* The stamp's registration row: status, hub, operation id, etag and last update, as one string. */
@@ -242,14 +117,14 @@ static struct sd_state load_state(const char *regid, enum sd_store_result want)
     char err[256] = "";
     enum sd_store_result r;
     memset(&st, 0, sizeof st);
-    r = sd_store_load(state_path(regid), &st, err, sizeof err);
+    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
     if (r != want)
         ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
                 sd_store_result_name(want));
     return st;
 }
 
-static void expect_ready(const struct run *r, const char *regid)
+static void expect_ready(const struct ts_sd_run *r, const char *regid)
 {
     if (r->rc != 0)
         ts_fail("%s: expected exit 0 (ready), got %d: %s", regid, r->rc, ts_jdump(r->json));
@@ -268,31 +143,18 @@ static void expect_ready(const struct run *r, const char *regid)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
+    static const char *const served[] = { DPS };
     (void)state;
 
-    make_certs();
-    dps_port = ts_free_port();
-    dps_endpoint = ts_str("127.0.0.1:%d", dps_port);
-    snprintf(service_key, sizeof service_key, "%s", ts_random_key(32));
-    memset(&o, 0, sizeof o);
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
-    /* the control plane serves HTTPS with the DPS's certificate: one --ca for both hops */
-    o.tls_cert = srv_crt;
-    o.tls_key = srv_key;
-    o.tls_ca = ca_crt;
-    rt = ts_rt_start(&o);
-    register_layout();
-    start_agent();
-    if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
-    ts_rt_wait_layout(rt);
-    tenant_created_ms = ts_now_ms() - 1;
-    tenant = ts_rt_tenant(rt->cp[0], ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
-    if (!ts_wait_until(group_synced, NULL, 15000))
-        ts_fail("group %s not on %s 15 s after the tenant was created", TENANT, DPS);
+    /* the control plane serves HTTPS with the DPS's certificate (the test PKI's): one --ca for both hops */
+    ca_crt = ts_pki_ca();
+    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
+    dps_endpoint = stamp.hostport;
+    ts_rt_served_agents_start(rt, served, &stamp, 1);
+    ts_rt_served_ready(rt, served, 1);
+    tenant = ts_rt_tenant_synced(rt, DPS, stamp.db,
+                                 ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
     return 0;
 }
 
@@ -302,7 +164,7 @@ static int setup(void **state)
 
 static void test_approach1(void **state)
 {
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -311,9 +173,9 @@ static void test_approach1(void **state)
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "absent");
     TS_EXPECT_STREQ(ts_jstr(r.json, "dpsEndpoint"), dps_endpoint);
     TS_EXPECT_STREQ(ts_jstr(r.json, "idScope"), ts_rt_id_scope(DPS));
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a1'", DPS)),
@@ -332,36 +194,36 @@ static void test_warm_boot_lookup_only(void **state)
 {
     const char *before = dps_row("dev-a1");
     const char *file_before;
-    struct run r;
+    struct ts_sd_run r;
     (void)state;
 
     assert_non_null(before);
-    file_before = ts_read_file(state_path("dev-a1"), NULL);
+    file_before = ts_read_file(ts_sd_state_path("dev-a1"), NULL);
     assert_non_null(file_before);
     ts_sleep_ms(20); /* a write now would show in updated_at */
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "ok");
-    assert_int_equal(requests(&r, "lookup"), 1);
-    assert_int_equal(requests(&r, "locate"), 0);
-    assert_int_equal(requests(&r, "dps_register"), 0);
-    assert_int_equal(requests(&r, "dps_poll"), 0);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_poll"), 0);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     TS_EXPECT_STREQ(dps_row("dev-a1"), before);
-    TS_EXPECT_STREQ(ts_read_file(state_path("dev-a1"), NULL), file_before);
+    TS_EXPECT_STREQ(ts_read_file(ts_sd_state_path("dev-a1"), NULL), file_before);
 }
 
 static void test_approach2(void **state)
 {
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     const char *const extra[] = { "--approach", "2", NULL };
     (void)state;
 
     r = example("dev-a2", cp_addr(), extra);
     expect_ready(&r, "dev-a2");
-    assert_int_equal(requests(&r, "provision"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
     TS_EXPECT_STREQ(ts_pg_scalar(ts_rt_geo_db(rt, "eu"),
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a2'", DPS)),
@@ -373,10 +235,10 @@ static void test_approach2(void **state)
 /* A damaged state file is reported and ignored; the device provisions afresh and the file is whole again. */
 static void test_corrupt_state_reprovisions(void **state)
 {
-    const char *path = state_path("dev-a1");
+    const char *path = ts_sd_state_path("dev-a1");
     size_t len = 0;
     char *text = ts_read_file(path, &len);
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -389,9 +251,9 @@ static void test_corrupt_state_reprovisions(void **state)
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
-    assert_int_equal(requests(&r, "lookup"), 0);
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
     if (!strstr(r.out, "ignoring the state file"))
         ts_fail("the corrupt state file was not reported: %s", r.out);
     st = load_state("dev-a1", SD_STORE_OK);
@@ -413,7 +275,7 @@ static void test_corrupt_state_reprovisions(void **state)
 static void test_retired(void **state)
 {
     struct ts_resp *resp;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -429,8 +291,8 @@ static void test_retired(void **state)
     /* the next boot stops at once: no request at all */
     r = example("dev-a2", cp_addr(), NULL);
     assert_int_equal(r.rc, 3);
-    assert_int_equal(requests(&r, "lookup") + requests(&r, "locate") + requests(&r, "provision") +
-                         requests(&r, "reprovision") + requests(&r, "dps_register") + requests(&r, "dps_lookup"),
+    assert_int_equal(ts_sd_requests(&r, "lookup") + ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "provision") +
+                         ts_sd_requests(&r, "reprovision") + ts_sd_requests(&r, "dps_register") + ts_sd_requests(&r, "dps_lookup"),
                      0);
 }
 
@@ -440,7 +302,7 @@ static void test_cp_down_backoff(void **state)
     const char *log = ts_str("%s/example-down.log", ts_tmp());
     char *argv[] = { (char *)ts_bin("sd-provision-one"), "--cp", (char *)cp_addr(), "--tenant", TENANT,
                      "--registration-id", "dev-down", "--group-key", tenant->key_b64, "--ca", (char *)ca_crt,
-                     "--state", (char *)state_path("dev-down"), "-v", NULL };
+                     "--state", (char *)ts_sd_state_path("dev-down"), "-v", NULL };
     struct ts_proc *p;
     const char *out;
     json_t *j;

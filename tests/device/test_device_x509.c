@@ -68,97 +68,20 @@ static struct ts_rt_layout layout = {
 };
 
 static struct ts_stamp stamp; /* the agent below, as ts_stamp_service wants it */
-static const char *dps_endpoint, *ca_crt, *srv_crt, *srv_key;
+static const char *dps_endpoint, *ca_crt;
 static const char *dev_ca_crt, *dev_ca_key;
-static int64_t tenant_created_ms;
 
-struct run {
-    int rc;          /* exit code; -1: killed or timed out */
-    json_t *json;    /* its JSON line (library-owned), NULL if none */
-    const char *out; /* stdout + stderr */
-};
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static void post201(const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(rt->cp[0], "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
-
-static void register_layout(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    rt->layout = &layout;
-    post201("/v1/geographies", ts_json("{'id':'eu'}"));
-    post201("/v1/regions", ts_json("{'id':'eu-west','geography':'eu'}"));
-    post201("/v1/stamps", ts_json("{'id':'%s','region':'eu-west'}", STAMP));
-    post201("/v1/dps-instances",
-            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
-                    DPS, STAMP, ts_rt_id_scope(DPS), dps_endpoint, KEY_NAME, stamp.policy_key));
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, STAMP,
-                                    s->hubs[h].id));
-}
-
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
-static void start_agent(void)
-{
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    json_t *hubs = json_array(), *cfg;
-    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), STAMP);
-    char *txt;
-
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
-                                              ts_str("%s.hub.test", s->hubs[h].id)));
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:[{s:s, s:s}], s:o}}",
-                    "stampId", STAMP, "region", "eu-west", "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", dps_endpoint, "database", stamp.db, "tls", "cert", srv_crt, "key",
-                    srv_key, "servicePolicies", "name", KEY_NAME, "key", stamp.policy_key, "instances", "id", DPS,
-                    "idScope", ts_rt_id_scope(DPS), "hubs", hubs);
-    if (!cfg)
-        ts_fail("agent config did not pack");
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
-    txt = json_dumps(cfg, JSON_INDENT(2));
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-    stamp.config_path = path;
-    {
-        char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-        s->agent = ts_proc_spawn("agent", argv, NULL, NULL);
-    }
-    stamp.proc = s->agent;
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent did not start its provisioning endpoint on %s", dps_endpoint);
-    }
-}
-
 /* A reconciler pass that started after the tenant existed finished in sync, with the tenant's group there. */
 static bool group_synced(void *arg)
 {
-    int64_t after = *(const int64_t *)arg;
-    struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", DPS), NULL);
-    const char *st = r->status == 200 ? ts_jstr(r->json, "state") : NULL;
-    return st && strcmp(st, "in_sync") == 0 && ts_parse_rfc3339(ts_jstr(r->json, "lastRunAt")) > after &&
-           ts_pg_count(stamp.db, ts_str("SELECT count(*) FROM dps_enrollments WHERE dps_id = '%s' AND kind = 'group' "
-                                        "AND enrollment_id = '%s'", DPS, TENANT)) == 1;
+    return ts_rt_group_synced(rt, DPS, stamp.db, TENANT, *(const int64_t *)arg);
 }
 
-static const char *state_path(const char *regid)
-{
-    return ts_str("%s/%s.state", ts_tmp(), regid);
-}
 
 /* argv of sd-provision-one with a certificate: DPS only (cp NULL) or the control plane (with bearer unless NULL). */
 static char **x509_argv(const char *regid, const char *crt, const char *key, const char *cp, const char *bearer)
@@ -191,39 +114,20 @@ static char **x509_argv(const char *regid, const char *crt, const char *key, con
     argv[n++] = "--ca";
     argv[n++] = (char *)ca_crt;
     argv[n++] = "--state";
-    argv[n++] = (char *)state_path(regid);
+    argv[n++] = (char *)ts_sd_state_path(regid);
     argv[n++] = "-v";
     argv[n] = NULL;
     return argv;
 }
 
-static struct run example(char **argv, const char *regid)
+static struct ts_sd_run example(char **argv, const char *regid)
 {
-    char *out = NULL;
-    struct run r;
-
-    r.rc = ts_run(argv, 90000, &out);
-    r.out = out ? out : "";
-    r.json = ts_last_json(r.out);
-    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
-    ts_expect_no_sanitizer_report(regid, r.out);
-    if (!r.json)
-        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
-    return r;
-}
-
-static json_int_t requests(const struct run *r, const char *kind)
-{
-    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
+    return ts_sd_run(argv, regid, true);
 }
 
 static bool is_hub(const char *host)
 {
-    struct ts_rt_stamp *s = &layout.stamps[0];
-    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
-        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
-            return true;
-    return false;
+    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
 }
 
 /* The stamp's registration row: status, hub, enrollment, operation id, etag and last update, as one string. */
@@ -256,14 +160,14 @@ static struct sd_state load_state(const char *regid, enum sd_store_result want)
     char err[256] = "";
     enum sd_store_result r;
     memset(&st, 0, sizeof st);
-    r = sd_store_load(state_path(regid), &st, err, sizeof err);
+    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
     if (r != want)
         ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
                 sd_store_result_name(want));
     return st;
 }
 
-static void expect_ready(const struct run *r, const char *regid)
+static void expect_ready(const struct ts_sd_run *r, const char *regid)
 {
     if (r->rc != 0)
         ts_fail("%s: expected exit 0 (ready), got %d: %s", regid, r->rc, ts_jdump(r->json));
@@ -291,7 +195,8 @@ static json_t *x509_group(void)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
+    static const char *const served[] = { DPS };
     struct ts_resp *r;
     const char *pem;
     json_t *body;
@@ -299,29 +204,12 @@ static int setup(void **state)
 
     /* the stamp's server certificate from the test PKI: ts_https (the service API) trusts it too */
     ca_crt = ts_pki_ca();
-    ts_pki_server(&srv_crt, &srv_key);
-    stamp.port = ts_free_port();
-    stamp.hostport = ts_str("127.0.0.1:%d", stamp.port);
-    stamp.policy = KEY_NAME;
-    stamp.policy_key = ts_random_key(32);
-    dps_endpoint = stamp.hostport;
-
-    memset(&o, 0, sizeof o);
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
-    rt = ts_rt_start(&o);
-    stamp.db = ts_rt_geo_db(rt, "eu");
+    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
     stamp.redis = rt->redis;
-    register_layout();
-    start_agent();
-    if (!ts_rt_wait_health(rt, STAMP, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started (%s)", STAMP, ts_rt_health(rt->cp[0], STAMP));
-    ts_rt_wait_layout(rt);
-    tenant_created_ms = ts_now_ms() - 1;
-    ts_rt_tenant(rt->cp[0], ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
-    if (!ts_wait_until(group_synced, &tenant_created_ms, 15000))
-        ts_fail("group %s not on %s 15 s after the tenant was created", TENANT, DPS);
+    dps_endpoint = stamp.hostport;
+    ts_rt_served_agents_start(rt, served, &stamp, 1);
+    ts_rt_served_ready(rt, served, 1);
+    ts_rt_tenant_synced(rt, DPS, stamp.db, ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
 
     /* the device CA as an X.509 enrollment group, through the stamp's service API */
     ts_pki_make_ca("x509-dev-ca", "stampcp x509 device CA", &dev_ca_crt, &dev_ca_key);
@@ -347,7 +235,7 @@ static int setup(void **state)
 static void test_dps_only(void **state)
 {
     const char *crt, *key, *before, *file_before;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     (void)state;
 
@@ -355,10 +243,10 @@ static void test_dps_only(void **state)
     r = example(x509_argv("dev-x1", crt, key, NULL, NULL), "dev-x1");
     expect_ready(&r, "dev-x1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "absent");
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_true(requests(&r, "dps_poll") >= 1);
-    assert_int_equal(requests(&r, "dps_lookup"), 0);
-    assert_int_equal(requests(&r, "locate") + requests(&r, "lookup") + requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_true(ts_sd_requests(&r, "dps_poll") >= 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "lookup") + ts_sd_requests(&r, "provision"), 0);
     assert_int_equal(ts_jint(r.json, "ioErrors", -1), 0);
     expect_x509_row("dev-x1", ts_jstr(r.json, "assignedHub"));
     st = load_state("dev-x1", SD_STORE_OK);
@@ -370,20 +258,20 @@ static void test_dps_only(void **state)
 
     /* warm boot: one DPS status lookup, no registration, no write */
     before = dps_row("dev-x1");
-    file_before = ts_read_file(state_path("dev-x1"), NULL);
+    file_before = ts_read_file(ts_sd_state_path("dev-x1"), NULL);
     assert_non_null(before);
     assert_non_null(file_before);
     ts_sleep_ms(20); /* a write now would show in updated_at */
     r = example(x509_argv("dev-x1", crt, key, NULL, NULL), "dev-x1");
     expect_ready(&r, "dev-x1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "ok");
-    assert_int_equal(requests(&r, "dps_lookup"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 0);
-    assert_int_equal(requests(&r, "dps_poll"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 0);
+    assert_int_equal(ts_sd_requests(&r, "dps_poll"), 0);
     if (!strstr(r.out, " send dps_lookup: POST https://") || !strstr(r.out, "-> 200"))
         ts_fail("the warm boot's lookup is not in the verbose log: %s", r.out);
     TS_EXPECT_STREQ(dps_row("dev-x1"), before);
-    TS_EXPECT_STREQ(ts_read_file(state_path("dev-x1"), NULL), file_before);
+    TS_EXPECT_STREQ(ts_read_file(ts_sd_state_path("dev-x1"), NULL), file_before);
 }
 
 /* A certificate the group does not accept: 401, registered again after a backoff, never ready. */
@@ -429,7 +317,7 @@ static void test_intermediate_chain(void **state)
     const char *ica_csr = ts_str("%s/x509-ica.csr", ts_tmp()), *ica_key = ts_str("%s/x509-ica.key", ts_tmp());
     const char *ica_crt = ts_str("%s/x509-ica.crt", ts_tmp()), *ica_ext = ts_str("%s/x509-ica.ext", ts_tmp());
     const char *crt, *key, *chain = ts_str("%s/dev-x5-chain.pem", ts_tmp()), *out;
-    struct run r;
+    struct ts_sd_run r;
     (void)state;
 
     {
@@ -506,7 +394,7 @@ static void test_cp_bearer(void **state)
     const char *token = ts_rt_installer_token(rt->cp[0], TENANT);
     const char *cp = ts_str("https://127.0.0.1:%d", rt->cp[0]->port);
     const char *crt, *key, *before;
-    struct run r;
+    struct ts_sd_run r;
     struct sd_state st;
     struct ts_resp *dev;
     int64_t t0;
@@ -518,9 +406,9 @@ static void test_cp_bearer(void **state)
     TS_EXPECT_STREQ(ts_jstr(r.json, "tenantId"), TENANT);
     TS_EXPECT_STREQ(ts_jstr(r.json, "stamp"), STAMP);
     TS_EXPECT_STREQ(ts_jstr(r.json, "geography"), "eu");
-    assert_int_equal(requests(&r, "locate"), 1);
-    assert_int_equal(requests(&r, "dps_register"), 1);
-    assert_int_equal(requests(&r, "provision"), 0);
+    assert_int_equal(ts_sd_requests(&r, "locate"), 1);
+    assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
+    assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     expect_x509_row("dev-x3", ts_jstr(r.json, "assignedHub"));
     st = load_state("dev-x3", SD_STORE_OK);
     TS_EXPECT_STREQ(st.stamp, STAMP);
@@ -536,8 +424,8 @@ static void test_cp_bearer(void **state)
     ts_sleep_ms(20);
     r = example(x509_argv("dev-x3", crt, key, cp, token), "dev-x3");
     expect_ready(&r, "dev-x3");
-    assert_int_equal(requests(&r, "lookup"), 1);
-    assert_int_equal(requests(&r, "locate") + requests(&r, "dps_register") + requests(&r, "dps_lookup"), 0);
+    assert_int_equal(ts_sd_requests(&r, "lookup"), 1);
+    assert_int_equal(ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "dps_register") + ts_sd_requests(&r, "dps_lookup"), 0);
     TS_EXPECT_STREQ(dps_row("dev-x3"), before);
 
     /* without the bearer the control plane cannot be used by an X.509 device: a usage error */

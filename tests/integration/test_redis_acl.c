@@ -384,12 +384,15 @@ static bool readyz_redis_failing(void *arg)
     struct ts_cp *c = arg;
     struct ts_resp *r = ts_get(c, "/readyz");
     const char *s = ts_jstr(json_object_get(r->json, "checks"), "redis");
-    return r->status == 503 && s && strcmp(s, "ok") != 0;
+    const char *st = ts_jstr(r->json, "status");   /* degraded, not unready: lookups are served */
+    return r->status == 200 && st && strcmp(st, "degraded") == 0 && s && strcmp(s, "ok") != 0;
 }
 
 static bool readyz_ok(void *arg)
 {
-    return ts_get(arg, "/readyz")->status == 200;
+    struct ts_resp *r = ts_get(arg, "/readyz");
+    const char *st = ts_jstr(r->json, "status");
+    return r->status == 200 && st && strcmp(st, "ready") == 0;
 }
 
 static bool log_has_auth_failure(void *arg)

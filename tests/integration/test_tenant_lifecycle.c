@@ -72,7 +72,6 @@ static const char *installer;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
 #define expect_err ts_expect_err
 
@@ -205,56 +204,20 @@ static bool beta_fits_d1(void *arg)
 /* setup                                                              */
 /* ------------------------------------------------------------------ */
 
-static void start_agent(int i)
-{
-    ts_rt_dps_agent_start(rt, agent_stamp[i], agent_dps[i], ts_rt_geo_db(rt, "eu"), KEY_NAME, &agent[i]);
-}
-
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .ncp = 2, .dps_extra = "\"maxEnrollmentGroups\": 2", .policy = KEY_NAME };
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.ncp = 2;
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300, \"maxEnrollmentGroups\": 2}",
-                          ts_pki_ca());
-    rt = ts_rt_start(&o);
-    for (int i = 0; i < 2; i++) {
-        agent[i].port = ts_free_port();
-        agent[i].hostport = ts_str("127.0.0.1:%d", agent[i].port);
-        agent[i].policy = KEY_NAME;
-        agent[i].policy_key = ts_random_key(32);
-        agent[i].db = ts_rt_geo_db(rt, "eu");
-    }
-    rt->layout = &layout;
-    post201("/v1/geographies", "{\"id\":\"eu\"}");
-    post201("/v1/regions", "{\"id\":\"eu-west\",\"geography\":\"eu\"}");
-    for (int i = 0; i < 2; i++) {
-        struct ts_rt_stamp *s = ts_rt_find_stamp(rt, agent_stamp[i]);
-        post201("/v1/stamps", ts_json("{'id':'%s','region':'%s'}", s->id, s->region));
-        post201("/v1/dps-instances",
-                ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s',"
-                        "'serviceKey':'%s'}",
-                        agent_dps[i], s->id, ts_rt_id_scope(agent_dps[i]), agent[i].hostport, KEY_NAME,
-                        agent[i].policy_key));
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[0].id, s->id,
-                                    s->hubs[0].id));
-    }
-    for (int i = 0; i < 2; i++)
-        start_agent(i);
+    rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
+    ts_rt_served_agents_start(rt, agent_dps, agent, 2);
     /* a group the control plane does not manage takes one of eu-west-1's two places */
     TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollmentGroups/foreign?api-version=2021-10-01",
                                       ts_json("{'enrollmentGroupId':'foreign','attestation':{'type':'symmetricKey',"
                                               "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
                                               ts_random_key(32), ts_random_key(32))),
                      200);
-    for (int i = 0; i < 2; i++)
-        if (!ts_rt_wait_health(rt, agent_stamp[i], "healthy", 10000))
-            ts_fail("stamp %s not healthy 10 s after its agent started", agent_stamp[i]);
-    ts_rt_wait_layout(rt);
+    ts_rt_served_ready(rt, agent_dps, 2);
     return 0;
 }
 

@@ -60,8 +60,10 @@ static struct ts_rt_layout layout = {
     .geographies = { "eu", NULL },
     .regions = { { "eu-west", "eu" }, { NULL, NULL } },
     .stamps = {
-        { .id = S1, .region = "eu-west", .dps = { { D1, 0, 0 } }, .hubs = { { "eu-west-1-hub", 0 } } },
-        { .id = S2, .region = "eu-west", .dps = { { D2, 0, 0 } }, .hubs = { { "eu-west-2-hub", 0 } } },
+        { .id = S1, .region = "eu-west", .tenancy = "pooled", .dps = { { D1, 0, 0 } },
+          .hubs = { { "eu-west-1-hub", 0 } } },
+        { .id = S2, .region = "eu-west", .tenancy = "dedicated", .dps = { { D2, 0, 0 } },
+          .hubs = { { "eu-west-2-hub", 0 } } },
         { .id = NULL },
     },
 };
@@ -69,14 +71,12 @@ static struct ts_rt_layout layout = {
 static struct ts_stamp agent[2];
 static const char *const agent_dps[2] = { D1, D2 };
 static const char *const agent_stamp[2] = { S1, S2 };
-static const char *const agent_tenancy[2] = { "pooled", "dedicated" };
 static struct ts_tenant *pool;          /* the pooled tenant of test_dedicated, offboarded last */
 
 /* ------------------------------------------------------------------ */
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
 #define expect_err ts_expect_err
 
@@ -165,42 +165,12 @@ static void start_agent(int i)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.ncp = 2;
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300}", ts_pki_ca());
-    rt = ts_rt_start(&o);
-    for (int i = 0; i < 2; i++) {
-        agent[i].port = ts_free_port();
-        agent[i].hostport = ts_str("127.0.0.1:%d", agent[i].port);
-        agent[i].policy = KEY_NAME;
-        agent[i].policy_key = ts_random_key(32);
-        agent[i].db = eu();
-    }
-    rt->layout = &layout;
-    post201("/v1/geographies", "{\"id\":\"eu\"}");
-    post201("/v1/regions", "{\"id\":\"eu-west\",\"geography\":\"eu\"}");
-    for (int i = 0; i < 2; i++) {
-        struct ts_rt_stamp *s = ts_rt_find_stamp(rt, agent_stamp[i]);
-        post201("/v1/stamps", ts_json("{'id':'%s','region':'%s','tenancy':'%s'}", s->id, s->region, agent_tenancy[i]));
-        post201("/v1/dps-instances",
-                ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s',"
-                        "'serviceKey':'%s'}",
-                        agent_dps[i], s->id, ts_rt_id_scope(agent_dps[i]), agent[i].hostport, KEY_NAME,
-                        agent[i].policy_key));
-        post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[0].id, s->id,
-                                    s->hubs[0].id));
-    }
-    for (int i = 0; i < 2; i++)
-        start_agent(i);
-    for (int i = 0; i < 2; i++)
-        if (!ts_rt_wait_health(rt, agent_stamp[i], "healthy", 10000))
-            ts_fail("stamp %s not healthy 10 s after its agent started", agent_stamp[i]);
-    ts_rt_wait_layout(rt);
+    rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
+    ts_rt_served_agents_start(rt, agent_dps, agent, 2);
+    ts_rt_served_ready(rt, agent_dps, 2);
     return 0;
 }
 

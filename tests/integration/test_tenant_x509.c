@@ -66,7 +66,6 @@ static const char *ca1, *ca1_key, *ca2, *ca2_key, *ca3, *ca3_key;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
 
 #define expect_err ts_expect_err
 
@@ -227,35 +226,13 @@ static void start_agent(void)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
-    struct ts_rt_stamp *s;
+    struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
+    static const char *const served[] = { D1 };
     (void)state;
 
-    memset(&o, 0, sizeof o);
-    o.ncp = 2;
-    o.geos[0] = "eu";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 300}", ts_pki_ca());
-    rt = ts_rt_start(&o);
-    agent.port = ts_free_port();
-    agent.hostport = ts_str("127.0.0.1:%d", agent.port);
-    agent.policy = KEY_NAME;
-    agent.policy_key = ts_random_key(32);
-    agent.db = ts_rt_geo_db(rt, "eu");
-    rt->layout = &layout;
-    s = ts_rt_find_stamp(rt, S1);
-    post201("/v1/geographies", "{\"id\":\"eu\"}");
-    post201("/v1/regions", "{\"id\":\"eu-west\",\"geography\":\"eu\"}");
-    post201("/v1/stamps", ts_json("{'id':'%s','region':'%s'}", s->id, s->region));
-    post201("/v1/dps-instances",
-            ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s','serviceKey':'%s'}",
-                    D1, s->id, ts_rt_id_scope(D1), agent.hostport, KEY_NAME, agent.policy_key));
-    post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[0].id, s->id,
-                                s->hubs[0].id));
+    rt = ts_rt_start_served(&so, &layout, served, &agent, 1);
     start_agent();
-    if (!ts_rt_wait_health(rt, S1, "healthy", 10000))
-        ts_fail("stamp %s not healthy 10 s after its agent started", S1);
-    ts_rt_wait_layout(rt);
+    ts_rt_served_ready(rt, served, 1);
     ts_pki_make_ca("ca1", "Acme Devices CA 1", &ca1, &ca1_key);
     ts_pki_make_ca("ca2", "Acme Devices CA 2", &ca2, &ca2_key);
     ts_pki_make_ca("ca3", "Beta Devices CA", &ca3, &ca3_key);

@@ -491,6 +491,9 @@ const char *ts_rt_endpoint(const char *dps_id);
 struct ts_proc *ts_rt_agent_start(struct ts_rt *rt, struct ts_rt_stamp *s);
 /* Start every stamp's agent, wait until every control plane sees all healthy and the layout. */
 void ts_rt_start_agents(struct ts_rt *rt);
+/* The standard fleet: ts_rt_start with ncp control planes for l's geographies (the rest defaults),
+ * ts_rt_register_layout(l), ts_rt_start_agents. */
+struct ts_rt *ts_rt_start_fleet(struct ts_rt_layout *l, int ncp);
 /* The stamp's health as cp sees it (GET /v1/stamps/{id}). */
 const char *ts_rt_health(struct ts_cp *cp, const char *stamp);
 /* Wait until every control plane reports the health word for stamp. */

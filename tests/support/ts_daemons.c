@@ -59,7 +59,9 @@ static bool readyz_ok(void *arg)
 {
     struct ts_cp *cp = arg;
     struct ts_resp *r = ts_http(cp->port, "GET", "/readyz", NULL, NULL, 0);
-    bool ok = r->status == 200;
+    /* every part up, not merely serving (200 "degraded"): tests start from a whole instance */
+    const char *st = r->json ? json_string_value(json_object_get(r->json, "status")) : NULL;
+    bool ok = r->status == 200 && st && strcmp(st, "ready") == 0;
     ts_resp_free(r);
     return ok;
 }

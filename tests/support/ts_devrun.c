@@ -72,3 +72,37 @@ json_t *ts_sd_run_until_stopped(const char *name, char **argv, int min_ms, int m
     TS_EXPECT_STREQ(ts_jstr(j, "status"), "failed");
     return j;
 }
+
+const char *ts_sd_state_path(const char *regid)
+{
+    return ts_str("%s/%s.state", ts_tmp(), regid);
+}
+
+struct ts_sd_run ts_sd_run(char **argv, const char *regid, bool check_sanitizer)
+{
+    char *out = NULL;
+    struct ts_sd_run r;
+
+    r.rc = ts_run(argv, 90000, &out);
+    r.out = out ? out : "";
+    r.json = ts_last_json(r.out);
+    ts_log("sd-provision-one %s: exit %d\n%s", regid, r.rc, r.out);
+    if (check_sanitizer)
+        ts_expect_no_sanitizer_report(regid, r.out);
+    if (!r.json)
+        ts_fail("sd-provision-one %s printed no JSON line (exit %d)", regid, r.rc);
+    return r;
+}
+
+json_int_t ts_sd_requests(const struct ts_sd_run *r, const char *kind)
+{
+    return ts_jint(json_object_get(r->json, "requests"), kind, -1);
+}
+
+bool ts_rt_stamp_has_hub(const struct ts_rt_stamp *s, const char *host)
+{
+    for (int h = 0; host && h < 4 && s->hubs[h].id; h++)
+        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
+            return true;
+    return false;
+}

@@ -9,6 +9,9 @@
 #define STAMPCP_TS_DEVRUN_H
 
 #include <jansson.h>
+#include <stdbool.h>
+
+struct ts_rt_stamp;
 
 /* How many times needle occurs in text. */
 int ts_count_lines(const char *text, const char *needle);
@@ -25,5 +28,24 @@ void ts_expect_no_sanitizer_report(const char *what, const char *out);
  * returns its last JSON line.
  */
 json_t *ts_sd_run_until_stopped(const char *name, char **argv, int min_ms, int min_count, const char **log_text);
+
+/* What a run of sd-provision-one gave. */
+struct ts_sd_run {
+    int rc;          /* exit code; -1: killed or timed out */
+    json_t *json;    /* its JSON line (library-owned), never NULL */
+    const char *out; /* stdout + stderr */
+};
+/* The state file a test gives the device regid: <ts_tmp()>/<regid>.state. */
+const char *ts_sd_state_path(const char *regid);
+/*
+ * Run argv (sd-provision-one ...) to completion (90 s), log its output, with
+ * check_sanitizer fail on a sanitizer report in it, and fail when it printed
+ * no JSON line.
+ */
+struct ts_sd_run ts_sd_run(char **argv, const char *regid, bool check_sanitizer);
+/* requests.<kind> of the run's JSON line, -1 when absent. */
+json_int_t ts_sd_requests(const struct ts_sd_run *r, const char *kind);
+/* Whether host is "<hub id>.hub.test" of one of the stamp's hubs. */
+bool ts_rt_stamp_has_hub(const struct ts_rt_stamp *s, const char *host);
 
 #endif

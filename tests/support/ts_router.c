@@ -6,6 +6,7 @@
  */
 #define _GNU_SOURCE 1 /* strcasestr */
 #include "ts_internal.h"
+#include "ts_stamp.h"
 
 #include "sas.h"
 
@@ -139,43 +140,9 @@ const char *ts_rt_endpoint(const char *dps_id)
     return ts_str("%s.dps.test:8443", dps_id);
 }
 
-static void post201(struct ts_cp *cp, const char *path, const char *body)
-{
-    struct ts_resp *r = ts_admin(cp, "POST", path, body);
-    if (r->status != 201)
-        ts_fail("POST %s %s: expected 201, got %s", path, body, ts_resp_str(r));
-}
-
 void ts_rt_register_layout(struct ts_rt *rt, struct ts_rt_layout *l)
 {
-    struct ts_cp *cp = rt->cp[0];
-    rt->layout = l;
-    for (int i = 0; l->geographies[i]; i++)
-        post201(cp, "/v1/geographies", ts_json("{'id':'%s'}", l->geographies[i]));
-    for (int i = 0; i < TS_RT_MAX && l->regions[i].id; i++)
-        post201(cp, "/v1/regions", ts_json("{'id':'%s','geography':'%s'}", l->regions[i].id, l->regions[i].geography));
-    for (int i = 0; i < TS_RT_MAX && l->stamps[i].id; i++) {
-        struct ts_rt_stamp *s = &l->stamps[i];
-        post201(cp, "/v1/stamps", ts_json("{'id':'%s','region':'%s','tenancy':'%s'}", s->id, s->region,
-                                          s->tenancy ? s->tenancy : "pooled"));
-        for (int d = 0; d < 4 && s->dps[d].id; d++) {
-            const struct ts_rt_dps *p = &s->dps[d];
-            char *extra = ts_str("%s", "");
-            if (p->max_registrations)
-                extra = ts_str("%s,'maxRegistrations':%ld", extra, p->max_registrations);
-            if (p->per_minute)
-                extra = ts_str("%s,'registrationsPerMinute':%ld", extra, p->per_minute);
-            post201(cp, "/v1/dps-instances",
-                    ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s'%s}", p->id, s->id,
-                            ts_rt_id_scope(p->id), ts_rt_endpoint(p->id), extra));
-        }
-        for (int h = 0; h < 4 && s->hubs[h].id; h++) {
-            const struct ts_rt_hub *hb = &s->hubs[h];
-            char *extra = hb->max_devices ? ts_str(",'maxDevices':%ld", hb->max_devices) : "";
-            post201(cp, "/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'%s}", hb->id, s->id,
-                                            hb->id, extra));
-        }
-    }
+    ts_rt_register_layout_served(rt, l, NULL, NULL, 0);   /* no instance served by a real agent */
 }
 
 struct ts_proc *ts_rt_agent_start(struct ts_rt *rt, struct ts_rt_stamp *s)
@@ -462,4 +429,19 @@ const char *ts_rt_answer_code(const struct ts_rt_answer *a)
 {
     json_t *j = ts_rt_answer_json(a);
     return ts_jstr(json_object_get(j, "error"), "code");
+}
+
+struct ts_rt *ts_rt_start_fleet(struct ts_rt_layout *l, int ncp)
+{
+    struct ts_rt_opts o;
+    struct ts_rt *rt;
+
+    memset(&o, 0, sizeof o);
+    o.ncp = ncp;
+    for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
+        o.geos[i] = l->geographies[i];
+    rt = ts_rt_start(&o);
+    ts_rt_register_layout(rt, l);
+    ts_rt_start_agents(rt);
+    return rt;
 }

@@ -12,6 +12,7 @@
 
 #include <jansson.h>
 #include <stdbool.h>
+#include <stdint.h>
 
 #include "ts.h"
 
@@ -69,17 +70,65 @@ const char *ts_pki_ca(void);
 /* The server certificate and key ts_pki_ca() made (for agents a test configures itself). */
 void ts_pki_server(const char **crt, const char **key);
 
+/* ---- DPS instances served by a real agent (ts_dps.c) ---- */
+
 struct ts_rt;
+/*
+ * The handle of an agent a test will start with ts_rt_dps_agent_start: a
+ * free port, hostport "127.0.0.1:PORT", service policy policy_name with a
+ * fresh 32-byte key, its stamp tables in db. Nothing is started.
+ */
+void ts_dps_agent_prepare(struct ts_stamp *a, const char *policy_name, const char *db);
+/*
+ * ts_rt_register_layout, except that each DPS instance dps_ids[i] (i < n) is
+ * registered as served by agents[i]: endpoint agents[i].hostport,
+ * serviceKeyName / serviceKey its policy and key. Stamps are posted with
+ * their tenancy (NULL: pooled).
+ */
+void ts_rt_register_layout_served(struct ts_rt *rt, struct ts_rt_layout *l, const char *const *dps_ids,
+                                  const struct ts_stamp *agents, int n);
 /*
  * Start the agent of rt's stamp stamp_id serving the DPS device and service
  * API of DPS instance dps_id (TLS with ts_pki_server(), listening on
- * a->hostport, service policy policy_name with key a->policy_key, its
- * stamp tables in the database db, 200 ms reports on rt's Redis, the test
- * KEK file), and wait (20 s) until its provisioning endpoint listens. Sets
- * the layout stamp's agent and a->proc; fails the test otherwise.
+ * a->hostport, service policy policy_name with key a->policy_key, every hub
+ * of the stamp, its stamp tables in the database db, 200 ms reports on rt's
+ * Redis, the test KEK file), and wait (20 s) until its provisioning endpoint
+ * listens. Sets the layout stamp's agent, a->proc and a->config_path; fails
+ * the test otherwise.
  */
 void ts_rt_dps_agent_start(struct ts_rt *rt, const char *stamp_id, const char *dps_id, const char *db,
                            const char *policy_name, struct ts_stamp *a);
+/*
+ * Whether a pass of dps_id's enrollment reconciler that ran after after_ms
+ * (ms since the epoch) finished in_sync with the group group_id on the
+ * instance (its dps_enrollments row in db, the stamp's database).
+ */
+bool ts_rt_group_synced(struct ts_rt *rt, const char *dps_id, const char *db, const char *group_id, int64_t after_ms);
+/*
+ * The standard tenant of a served instance: POST /v1/tenants with json_body
+ * through cp[0], then wait (15 s) until the reconciler has put its group on
+ * dps_id (ts_rt_group_synced after the creation); fails the test otherwise.
+ */
+struct ts_tenant *ts_rt_tenant_synced(struct ts_rt *rt, const char *dps_id, const char *db, const char *json_body);
+/* The standard served set-up: the layout's geographies, one agent a DPS instance. */
+struct ts_rt_served_opts {
+    int ncp;                     /* control planes; 0: 1 */
+    int enrollment_sync_ms;      /* the control planes' dps.enrollmentSyncMs; 0: 300 */
+    const char *dps_extra;       /* more members of their "dps" section (e.g. "\"maxEnrollmentGroups\": 2"), or NULL */
+    const char *policy;          /* the agents' service policy; NULL: "provisioningserviceowner" */
+};
+/*
+ * ts_rt_start for the geographies of l (layout refresh 200 ms, the "dps"
+ * section trusting ts_pki_ca()), then ts_dps_agent_prepare agents[i] for
+ * dps_ids[i] (its stamp's geography database) and
+ * ts_rt_register_layout_served. No agent is started.
+ */
+struct ts_rt *ts_rt_start_served(const struct ts_rt_served_opts *o, struct ts_rt_layout *l,
+                                 const char *const *dps_ids, struct ts_stamp *agents, int n);
+/* ts_rt_dps_agent_start for each dps_ids[i] with agents[i] (its db and policy). */
+void ts_rt_served_agents_start(struct ts_rt *rt, const char *const *dps_ids, struct ts_stamp *agents, int n);
+/* Wait (10 s each) until the stamps of dps_ids are healthy, then ts_rt_wait_layout; fails the test otherwise. */
+void ts_rt_served_ready(struct ts_rt *rt, const char *const *dps_ids, int n);
 /* Another server certificate (IP 127.0.0.1, DNS localhost) from the same CA, in ts_tmp()/name.{crt,key}. */
 void ts_pki_make_server(const char *name, const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
