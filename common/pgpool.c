@@ -20,6 +20,7 @@
  */
 #include "pgpool.h"
 
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -40,6 +41,8 @@
 /* While a statement runs, the backend polls its client socket this often
  * (PostgreSQL >= 14): a connection pgpool dropped stops holding locks then. */
 #define PG_CLIENT_CHECK_MS 1000
+/* Hosts of a multi-host conninfo pgpool resolves itself (more: libpq resolves them). */
+#define PG_MAX_HOSTS 8
 /* Cancel threads alive at once, in the whole process (see conn_cancel_start). */
 #define PG_CANCEL_MAX_THREADS 16
 
@@ -62,8 +65,18 @@ struct pgjob {
 };
 TAILQ_HEAD(pgjob_list, pgjob);
 
+/* One host name of the conninfo being resolved for one connection attempt. */
+struct pgresolve {
+    struct pgconn *conn;
+    int host;                  /* index into pool->hosts */
+    struct dns_req *req;       /* pending, or NULL */
+    char addr[DNS_ADDR_MAX];   /* the answer; "" while pending or when it failed */
+};
+
 struct pgconn {
     struct pgpool *pool;
+    struct pgresolve resolve[PG_MAX_HOSTS];
+    int resolving;             /* CONNECTING: host names still being resolved */
     int idx;
     PGconn *pg;
     enum pgc_state state;
@@ -81,6 +94,7 @@ struct pgconn {
                             * connection's own identity check (the pool is set up already) */
     bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
     bool verified;         /* geography pools: this connection's database passed the identity check */
+    bool recycle;          /* its server was found read-only: drop it once its statement ends */
 };
 
 #define SETUP_PROBE  (-2)
@@ -105,6 +119,18 @@ struct pgpool {
     const char *param_val[PG_MAX_PARAMS + 1];
     char *param_own[PG_MAX_PARAMS];
     int n_params;
+    /* The conninfo asks for a writable server (target_session_attrs
+     * read-write or primary): a connection whose server turns read-only is
+     * replaced (see conn_check_role). */
+    bool want_primary;
+    /* Host list of the conninfo when pgpool resolves it (n_hosts > 0): each
+     * entry, its port ("" : the conninfo's single port) and whether it is a
+     * name to resolve (not numeric, not a unix socket directory). */
+    struct dns *dns;
+    int n_hosts;
+    char *hosts[PG_MAX_HOSTS];
+    char *ports[PG_MAX_HOSTS];
+    bool by_name[PG_MAX_HOSTS];
     const struct migration *migrations;
     int n_migrations;
     char **migration_sql;
@@ -205,6 +231,12 @@ static void conn_close(struct pgconn *c)
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
     c->fd = -1;
     c->verified = false;
+    c->recycle = false;
+    for (int i = 0; i < PG_MAX_HOSTS; i++) {
+        dns_cancel(c->resolve[i].req);
+        c->resolve[i].req = NULL;
+    }
+    c->resolving = 0;
     conn_clear_results(c);
 }
 
@@ -224,7 +256,7 @@ static bool pool_has_live_conn(const struct pgpool *p)
 /* A connection queries may use: idle or busy and, for a geography pool, verified. */
 static bool conn_usable(const struct pgconn *c)
 {
-    return (c->state == PGC_IDLE || c->state == PGC_BUSY) && (c->verified || !c->pool->geography);
+    return (c->state == PGC_IDLE || c->state == PGC_BUSY) && (c->verified || !c->pool->geography) && !c->recycle;
 }
 
 static void conn_on_read(evutil_socket_t fd, short what, void *arg);
@@ -303,24 +335,106 @@ static void conn_connect_poll(struct pgconn *c)
     }
 }
 
-static void conn_start(struct pgconn *c)
+/* Start libpq's connect; extra_kw/extra_val (NULL-terminated, may be NULL)
+ * come after the pool's parameters and win over the conninfo. The connect
+ * timer is armed already. */
+static void conn_connect(struct pgconn *c, const char *const *extra_kw, const char *const *extra_val)
 {
     struct pgpool *p = c->pool;
-    c->pg = PQconnectStartParams(p->param_kw, p->param_val, 1);
+    const char *kw[PG_MAX_PARAMS + 4], *val[PG_MAX_PARAMS + 4];
+    int n = 0;
+
+    for (int i = 0; i < p->n_params; i++, n++) {
+        kw[n] = p->param_kw[i];
+        val[n] = p->param_val[i];
+    }
+    for (int i = 0; extra_kw && extra_kw[i] && n < PG_MAX_PARAMS + 3; i++, n++) {
+        kw[n] = extra_kw[i];
+        val[n] = extra_val[i];
+    }
+    kw[n] = val[n] = NULL;
+    c->pg = PQconnectStartParams(kw, val, 1);
     if (!c->pg || PQstatus(c->pg) == CONNECTION_BAD) {
-        conn_set_state(c, PGC_CONNECTING);
         conn_broken(c, c->pg ? PQerrorMessage(c->pg) : "out of memory");
         return;
     }
-    conn_set_state(c, PGC_CONNECTING);
     c->fd = -1;
-    conn_arm_timer(c, p->connect_timeout_ms);
     /* libpq's first step after PQconnectStart is to wait for writability. */
     if (!conn_track_socket(c)) {
         conn_broken(c, PQerrorMessage(c->pg));
         return;
     }
     event_add(c->wr, NULL);
+}
+
+/* Every name resolved (or failed): connect to the hosts that have an
+ * address, in the conninfo's order, libpq getting hostaddr for each. */
+static void conn_connect_resolved(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+    char host[1024] = "", addr[PG_MAX_HOSTS * DNS_ADDR_MAX + PG_MAX_HOSTS] = "", port[256] = "";
+    bool per_host_port = false;
+    int used = 0;
+
+    for (int i = 0; i < p->n_hosts; i++) {
+        const char *a = p->by_name[i] ? c->resolve[i].addr : (p->hosts[i][0] == '/' ? "" : p->hosts[i]);
+        size_t hl = strlen(host), al = strlen(addr), pl = strlen(port);
+        if (p->by_name[i] && !*a)
+            continue;   /* this name did not resolve: try the others */
+        snprintf(host + hl, sizeof host - hl, "%s%s", used ? "," : "", p->hosts[i]);
+        snprintf(addr + al, sizeof addr - al, "%s%s", used ? "," : "", a);
+        snprintf(port + pl, sizeof port - pl, "%s%s", used ? "," : "", p->ports[i]);
+        per_host_port = per_host_port || *p->ports[i];
+        used++;
+    }
+    if (used == 0) {
+        conn_broken(c, "no host name of the conninfo resolves");
+        return;
+    }
+    {
+        const char *kw[] = {"host", "hostaddr", per_host_port ? "port" : NULL, NULL};
+        const char *val[] = {host, addr, port, NULL};
+        conn_connect(c, kw, val);
+    }
+}
+
+static void conn_on_resolved(int err, const char *addr, void *arg)
+{
+    struct pgresolve *r = arg;
+    struct pgconn *c = r->conn;
+
+    r->req = NULL;
+    if (err == 0 && addr)
+        snprintf(r->addr, sizeof r->addr, "%s", addr);
+    else
+        log_warn("event=pg_dns_failed pool=%s conn=%d host=%s error=\"%s\"", c->pool->name, c->idx,
+                 c->pool->hosts[r->host], dns_strerror(err));
+    if (--c->resolving == 0)
+        conn_connect_resolved(c);
+}
+
+/* A connection attempt: resolve the conninfo's host names on the loop
+ * first (never inside libpq, which would block), then connect. */
+static void conn_start(struct pgconn *c)
+{
+    struct pgpool *p = c->pool;
+
+    conn_set_state(c, PGC_CONNECTING);
+    conn_arm_timer(c, p->connect_timeout_ms);   /* bounds resolving and connecting together */
+    if (p->n_hosts == 0) {
+        conn_connect(c, NULL, NULL);
+        return;
+    }
+    c->resolving = 0;
+    for (int i = 0; i < p->n_hosts; i++) {
+        c->resolve[i].addr[0] = '\0';
+        if (p->by_name[i])
+            c->resolving++;
+    }
+    /* dns_resolve never calls back inside itself: the count is complete first */
+    for (int i = 0; i < p->n_hosts; i++)
+        if (p->by_name[i])
+            c->resolve[i].req = dns_resolve(p->dns, p->hosts[i], conn_on_resolved, &c->resolve[i]);
 }
 
 /* ---- a statement in flight (job or setup) ---- */
@@ -479,14 +593,59 @@ static void conn_cancel_done(struct pgconn *c)
         return;
     }
     log_info("event=pg_statement_cancelled pool=%s conn=%d", c->pool->name, c->idx);
+    if (c->recycle) {
+        conn_broken(c, "recycled: another connection found its server read-only");
+        return;
+    }
     conn_set_state(c, PGC_IDLE);
     pool_dispatch(c->pool);
 }
 
+static void pool_recycle_others(struct pgpool *p, const struct pgconn *except);
+
+/*
+ * A server that became a standby or read-only after we connected (a
+ * demotion without a restart): libpq keeps the GUC_REPORT parameters
+ * in_hot_standby and default_transaction_read_only up to date after every
+ * statement. With a conninfo that wants the primary, the connection is
+ * replaced once its statement has ended, and so are the pool's others,
+ * before a write fails on them.
+ */
+static void conn_check_role(struct pgconn *c)
+{
+    const char *hs, *ro;
+    if (!c->pool->want_primary || c->recycle)
+        return;
+    hs = PQparameterStatus(c->pg, "in_hot_standby");
+    ro = PQparameterStatus(c->pg, "default_transaction_read_only");
+    if ((hs && strcmp(hs, "on") == 0) || (ro && strcmp(ro, "on") == 0)) {
+        log_warn("event=pg_server_read_only pool=%s conn=%d in_hot_standby=%s default_transaction_read_only=%s "
+                 "action=reconnect", c->pool->name, c->idx, hs ? hs : "-", ro ? ro : "-");
+        c->recycle = true;
+        pool_recycle_others(c->pool, c);
+    }
+}
+
+/* Other connections of the pool are likely on the same demoted server: drop
+ * the idle ones now, the others once their statement ends. */
+static void pool_recycle_others(struct pgpool *p, const struct pgconn *except)
+{
+    for (int i = 0; i < p->size; i++) {
+        struct pgconn *o = &p->conns[i];
+        if (o == except)
+            continue;
+        if (o->state == PGC_IDLE || o->state == PGC_SETUP)
+            conn_broken(o, "recycled: another connection found its server read-only");
+        else if (o->state != PGC_DOWN && o->state != PGC_CONNECTING)
+            o->recycle = true;
+    }
+}
+
 /* This connection's server cannot serve it any more (read-only, shutting
- * down): drop it and reconnect through the host list. After 25006 the idle
- * connections of the pool reached the same demoted server: drop them too
- * rather than let each fail one statement. */
+ * down): drop it and reconnect through the host list. After 25006 the other
+ * connections of the pool are likely on the same demoted server: they are
+ * dropped too (idle ones now, the others once their statement ends) rather
+ * than each failing one write later. */
 static void conn_server_gone(struct pgconn *c, const char *sqlstate, const char *message)
 {
     struct pgpool *p = c->pool;
@@ -496,9 +655,8 @@ static void conn_server_gone(struct pgconn *c, const char *sqlstate, const char 
     snprintf(why, sizeof why, "server cannot serve this connection (%.5s): %.150s", sqlstate ? sqlstate : "-",
              message ? message : "");
     conn_broken(c, why);
-    for (int i = 0; read_only && i < p->size; i++)
-        if (p->conns[i].state == PGC_IDLE)
-            conn_broken(&p->conns[i], "recycled: another connection found its server read-only");
+    if (read_only)
+        pool_recycle_others(p, c);
 }
 
 static void conn_job_done(struct pgconn *c)
@@ -521,9 +679,14 @@ static void conn_job_done(struct pgconn *c)
         r.res = c->res;
     }
     conn_set_state(c, PGC_IDLE);
-    /* The callback may queue more work; the connection is idle already. */
+    /* The callback may queue more work; the connection is idle already
+     * (and not picked when it is to be recycled). */
     job_finish(j, &r);
     conn_clear_results(c);
+    if (c->recycle) {
+        conn_broken(c, "recycled: another connection found its server read-only");
+        return;
+    }
     pool_dispatch(c->pool);
 }
 
@@ -536,12 +699,21 @@ static void conn_op_done(struct pgconn *c)
         conn_cancel_done(c);
         return;
     }
-    /* Also a setup statement: a migration on a read-only server is not a failed migration. */
-    if ((c->err && pgerr_classify(sqlstate) == PGERR_RECONNECT) || PQstatus(c->pg) != CONNECTION_OK) {
+    /* Also a setup statement: a migration on a read-only server is not a failed migration.
+     * A statement whose result arrived complete keeps it even if the
+     * connection died just after: it may have committed; the dead connection
+     * is noticed at its next use. */
+    bool dead = PQstatus(c->pg) != CONNECTION_OK;
+    if ((c->err && (dead || pgerr_classify(sqlstate) == PGERR_RECONNECT)) || (dead && !c->res)) {
         char msg[160];
         snprintf(msg, sizeof msg, "%s", c->err ? PQresultErrorMessage(c->err) : PQerrorMessage(c->pg));
         msg[strcspn(msg, "\n")] = '\0';
         conn_server_gone(c, sqlstate, msg);
+        return;
+    }
+    conn_check_role(c);
+    if (c->recycle && c->state == PGC_SETUP) {   /* set up again on the new primary */
+        conn_broken(c, "recycled: its server is read-only");
         return;
     }
     if (c->state == PGC_BUSY)
@@ -975,6 +1147,15 @@ static void pool_dispatch(struct pgpool *p)
 
 /* ---- connection parameters ---- */
 
+static void pool_free_hosts(struct pgpool *p)
+{
+    for (int i = 0; i < p->n_hosts; i++) {
+        free(p->hosts[i]);
+        free(p->ports[i]);
+    }
+    p->n_hosts = 0;
+}
+
 static void pool_param(struct pgpool *p, const char *kw, const char *val, bool own)
 {
     if (p->n_params >= PG_MAX_PARAMS) {
@@ -1023,6 +1204,88 @@ static char *pool_server_options(const struct pgpool_opts *o)
     return out;
 }
 
+/* A conninfo value by keyword (fresh copy, NULL when absent or empty). */
+static char *conninfo_value(const char *conninfo, const char *keyword)
+{
+    char *out = NULL, *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &errmsg);
+    for (PQconninfoOption *it = opts; it && it->keyword; it++)
+        if (strcmp(it->keyword, keyword) == 0 && it->val && *it->val)
+            out = xstrdup(it->val);
+    if (opts) PQconninfoFree(opts);
+    if (errmsg) PQfreemem(errmsg);
+    return out;
+}
+
+/* Split a comma list into at most cap fresh strings; returns the count (cap + 1: too many). */
+static int split_list(const char *list, char **out, int cap)
+{
+    int n = 0;
+    const char *s = list;
+    for (;;) {
+        size_t len = strcspn(s, ",");
+        if (n == cap) {
+            for (int i = 0; i < n; i++) free(out[i]);
+            return cap + 1;
+        }
+        out[n++] = xasprintf("%.*s", (int)len, s);
+        if (!s[len])
+            return n;
+        s += len + 1;
+    }
+}
+
+static bool host_is_numeric(const char *h)
+{
+    unsigned char buf[sizeof(struct in6_addr)];
+    return inet_pton(AF_INET, h, buf) == 1 || inet_pton(AF_INET6, h, buf) == 1;
+}
+
+/* Which hosts of the conninfo pgpool resolves (see struct pgpool). Leaves
+ * n_hosts 0 - libpq on its own - when there is nothing to resolve (numeric
+ * hosts, sockets, a hostaddr given) or a list it cannot pair up. */
+static void pool_parse_hosts(struct pgpool *p, struct dns *dns)
+{
+    char *host = conninfo_value(p->conninfo, "host"), *hostaddr = conninfo_value(p->conninfo, "hostaddr");
+    char *port = conninfo_value(p->conninfo, "port"), *ports[PG_MAX_HOSTS];
+    int n = 0, np = 0, names = 0;
+
+    if (host && !hostaddr && (n = split_list(host, p->hosts, PG_MAX_HOSTS)) <= PG_MAX_HOSTS) {
+        np = port ? split_list(port, ports, PG_MAX_HOSTS) : 0;
+        for (int i = 0; i < n; i++) {
+            p->ports[i] = xstrdup(np == n && np > 1 ? ports[i] : "");
+            p->by_name[i] = p->hosts[i][0] && p->hosts[i][0] != '/' && p->hosts[i][0] != '@' &&
+                            !host_is_numeric(p->hosts[i]);
+            names += p->by_name[i];
+        }
+        for (int i = 0; np <= PG_MAX_HOSTS && i < np; i++)
+            free(ports[i]);
+        p->n_hosts = n;
+        if (names == 0 || (np > 1 && np != n))   /* nothing to resolve, or libpq's error to give */
+            pool_free_hosts(p);
+    } else if (n > PG_MAX_HOSTS) {
+        log_warn("event=pg_dns_skipped pool=%s reason=\"more than %d hosts: libpq resolves them (blocking)\"", p->name,
+                 PG_MAX_HOSTS);
+    }
+    p->dns = p->n_hosts ? dns : NULL;
+    free(host);
+    free(hostaddr);
+    free(port);
+}
+
+static bool pool_wants_primary(const char *conninfo)
+{
+    bool want = false;
+    char *errmsg = NULL;
+    PQconninfoOption *opts = PQconninfoParse(conninfo, &errmsg);
+    for (PQconninfoOption *it = opts; it && it->keyword; it++)
+        if (strcmp(it->keyword, "target_session_attrs") == 0 && it->val)
+            want = strcmp(it->val, "read-write") == 0 || strcmp(it->val, "primary") == 0;
+    if (opts) PQconninfoFree(opts);
+    if (errmsg) PQfreemem(errmsg);
+    return want;
+}
+
 /*
  * PQconnectStartParams with expand_dbname: the last value of a keyword wins.
  * Keepalives and the application name come before the conninfo, so the
@@ -1037,6 +1300,9 @@ static void pool_params(struct pgpool *p, const struct pgpool_opts *o)
     pool_param(p, "keepalives_interval", xasprintf("%d", opt_or(o->keepalives_interval_s, 3)), true);
     pool_param(p, "keepalives_count", xasprintf("%d", opt_or(o->keepalives_count, 3)), true);
     pool_param(p, "dbname", p->conninfo, false);
+    p->want_primary = pool_wants_primary(p->conninfo);
+    if (o->dns)
+        pool_parse_hosts(p, o->dns);
     pool_param(p, "options", pool_server_options(o), true);
     p->param_kw[p->n_params] = NULL;
     p->param_val[p->n_params] = NULL;
@@ -1077,6 +1343,10 @@ struct pgpool *pgpool_new(struct event_base *base, const struct pgpool_opts *o)
         struct pgconn *c = &p->conns[i];
         c->pool = p;
         c->idx = i;
+        for (int h = 0; h < PG_MAX_HOSTS; h++) {
+            c->resolve[h].conn = c;
+            c->resolve[h].host = h;
+        }
         c->fd = -1;
         c->backoff_ms = PG_BACKOFF_MIN_MS;
         c->timer = event_new(base, -1, 0, conn_on_timer, c);
@@ -1111,6 +1381,7 @@ void pgpool_free(struct pgpool *p)
     free(p->conns);
     for (int i = 0; i < p->n_params; i++)
         free(p->param_own[i]);
+    pool_free_hosts(p);
     free(p->name);
     free(p->conninfo);
     free(p->geography);

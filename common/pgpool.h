@@ -9,6 +9,14 @@
  * any query runs; for a geography database every connection, also after a
  * reconnect, checks which geography it reached before its first query, and a
  * connection to another geography's database is dropped, never used.
+ *
+ * Bounds and failover (see pgpool_opts): every connection carries server-side
+ * timeouts and TCP keepalives; a statement past its deadline fails at once
+ * and its backend is cancelled (on a small detached thread: libpq 15's
+ * PQcancel blocks), the connection reused once the statement ended; a
+ * read-only or shutting-down server drops the connection, which reconnects
+ * through the conninfo's host list (target_session_attrs=read-write finds the
+ * primary). Host names are resolved on the loop (dns.h), libpq gets hostaddr.
  */
 #ifndef CP_PGPOOL_H
 #define CP_PGPOOL_H
@@ -17,6 +25,7 @@
 #include <libpq-fe.h>
 #include <stdbool.h>
 
+#include "dns.h"
 #include "migrate.h"
 #include "util.h"
 
@@ -73,6 +82,12 @@ struct pgpool_opts {
     /* fallback_application_name (pg_stat_activity), NULL: none; the conninfo's
      * application_name wins. */
     const char *application_name;
+    /* Resolves the conninfo's host names on the loop before each connect;
+     * libpq then gets "hostaddr" (and keeps "host" for TLS verification and
+     * the password file). Numeric hosts, unix sockets and a conninfo with its
+     * own hostaddr need none. NULL: libpq resolves by itself (it blocks: only
+     * for one-shot tools such as --migrate). Borrowed: outlives the pool. */
+    struct dns *dns;
     const struct migration *migrations;
     int n_migrations;
     /* The table recording applied migrations: one per migration set, so that

@@ -190,6 +190,7 @@ static void cp_start_pools(struct cp *cp)
         .keepalives_count = (int)cp->cfg.db_keepalives_count,
         .cancel_grace_ms = (int)cp->cfg.db_cancel_grace_ms,
         .application_name = "stampcp-controlplane",
+        .dns = cp->dns,   /* database host names resolved on the loop, libpq gets hostaddr */
     };
     o.name = "globalDatabase";
     o.conninfo = cp->cfg.global_conninfo;

@@ -293,7 +293,7 @@ bool agent_init(struct agent *a, const struct agent_config *cfg)
         log_error("event=init_failed what=events");
         return false;
     }
-    if (cfg->prov.enabled && !(a->dps = dps_server_new(a->base, cfg, &a->load))) {
+    if (cfg->prov.enabled && !(a->dps = dps_server_new(a->base, cfg, &a->load, a->dns))) {
         log_error("event=init_failed what=provisioning");
         return false;
     }

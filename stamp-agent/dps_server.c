@@ -405,7 +405,7 @@ static void dps_on_wrong_geography(void *arg, bool ever_ready)
 }
 
 struct dps_server *dps_server_new(struct event_base *base, const struct agent_config *cfg,
-                                  struct agent_load *load)
+                                  struct agent_load *load, struct dns *dns)
 {
     const struct agent_provisioning_config *pc = &cfg->prov;
     struct dps_server *s = xcalloc(1, sizeof *s);
@@ -414,6 +414,7 @@ struct dps_server *dps_server_new(struct event_base *base, const struct agent_co
 
     dps_server_pool_opts(cfg, pc->database, &o);
     o.on_wrong_geography = dps_on_wrong_geography;
+    o.dns = dns;
     o.cb_arg = s;
     if (!pc->geography)
         log_warn("event=geography_unchecked message=\"provisioning.geography is not set: the database's geo_identity "

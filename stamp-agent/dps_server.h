@@ -73,9 +73,10 @@ struct dps_req {
     int64_t start_ms;
 };
 
-/* NULL (logged) if the listener, TLS or database pool can't be set up. */
+/* NULL (logged) if the listener, TLS or database pool can't be set up.
+ * dns (borrowed, outlives the server) resolves the database's host names. */
 struct dps_server *dps_server_new(struct event_base *base, const struct agent_config *cfg,
-                                  struct agent_load *load);
+                                  struct agent_load *load, struct dns *dns);
 void dps_server_stop_accepting(struct dps_server *s);
 /* SIGHUP: re-read provisioning.tls.cert/key; new handshakes use them, open
  * connections keep theirs. False (logged; the old certificate stays) on failure. */

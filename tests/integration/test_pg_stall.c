@@ -167,7 +167,7 @@ static void test_sigstop(void **state)
     struct ts_cp *cp;
     struct ts_resp *r;
     long most = 0;
-    int64_t t0, stopped_at;
+    int64_t t0, stopped_at, resumed = -1;
     (void)state;
 
     cp = start_cp("cpstop", "{'poolSize':4,'queryTimeoutMs':1000,'queueTimeoutMs':1000,'cancelGraceMs':30000}");
@@ -177,7 +177,7 @@ static void test_sigstop(void **state)
     stopped_at = ts_now_ms();
     ts_pgserver_signal(pg, SIGSTOP);
     /* more requests than connections: some time out in flight, the rest in the queue */
-    for (int i = 0; i < 6; i++) {
+    for (int i = 0; i < 5; i++) {
         r = ts_admin(cp, "GET", i % 2 ? "/v1/api-keys" : "/v1/geographies/us", NULL);
         if (r->status == 0)
             ts_fail("request %d during the stall: no answer (%s)", i, r->err);
@@ -193,7 +193,8 @@ static void test_sigstop(void **state)
     ts_pgserver_signal(pg, SIGCONT);
     ts_log("server stopped for %lld ms", (long long)(ts_now_ms() - stopped_at));
 
-    /* the backends of the timed-out statements and any reconnects: never more than the pool */
+    /* the backends of the timed-out statements and any reconnects: never more
+     * than the pool, while service comes back */
     t0 = ts_now_ms();
     while (ts_now_ms() - t0 < 4000) {
         long n = max_backends_per_db();
@@ -201,17 +202,18 @@ static void test_sigstop(void **state)
             most = n;
         if (n > POOL)
             ts_fail("%ld backends of the control plane in one database after SIGCONT (pool size %d)", n, POOL);
+        if (resumed < 0 && ts_admin(cp, "GET", "/v1/api-keys", NULL)->status == 200)
+            resumed = ts_now_ms() - t0;
         ts_sleep_ms(20);
     }
-    ts_log("at most %ld backends per database after SIGCONT (pool %d)", most, POOL);
-    t0 = ts_now_ms();
-    while (ts_admin(cp, "GET", "/v1/api-keys", NULL)->status != 200 && ts_now_ms() - t0 < 10000)
-        ts_sleep_ms(100);
+    ts_log("at most %ld backends per database after SIGCONT (pool %d); first 200 after %lld ms", most, POOL,
+           (long long)resumed);
+    if (resumed < 0)
+        ts_fail("no 200 within 4 s after SIGCONT");
     TS_EXPECT_STATUS(ts_admin(cp, "GET", "/v1/api-keys", NULL), 200);
     TS_EXPECT_STATUS(ts_admin(cp, "GET", "/v1/geographies/us", NULL), 404);
     if (!ts_controlplane_wait_ready(cp, 10000))
         ts_fail("not ready again after SIGCONT");
-    ts_log("service back %lld ms after SIGCONT", (long long)(ts_now_ms() - t0));
     if (max_backends_per_db() > POOL)
         ts_fail("more backends than the pool after recovery");
     ts_http_set_timeout(10000);

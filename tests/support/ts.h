@@ -293,6 +293,16 @@ void ts_pgserver_stop(struct ts_pgserver *s, const char *mode);
 void ts_pgserver_restart(struct ts_pgserver *s);
 /* A hot standby of primary (pg_basebackup, streaming, standby.signal) on a free port, started. */
 struct ts_pgserver *ts_pgserver_start_standby(const char *name, const struct ts_pgserver *primary);
+/*
+ * The slow DNS server (tests/support/slowdns.py) on a free loopback port,
+ * answering A queries for name with 127.0.0.1 after delay_ms. Returns the
+ * path of a resolv.conf naming only it (one attempt, timeout 10 s: slow, not
+ * lost), for "dns.resolvConf"; *log_path (may be NULL) gets its log, where
+ * each query is a line "<ms> query 1 <name>".
+ */
+const char *ts_slowdns_start(const char *name, int delay_ms, const char **log_path);
+/* Queries for name's A record in a slowdns log so far. */
+int ts_slowdns_queries(const char *log_path, const char *name);
 /* pg_ctl promote, waiting until it accepts writes. */
 void ts_pgserver_promote(struct ts_pgserver *s);
 /* Send sig to every process of the server (postmaster first for SIGSTOP, last

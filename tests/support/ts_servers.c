@@ -101,6 +101,37 @@ struct ts_pgserver *ts_pgserver_start_standby(const char *name, const struct ts_
     return s;
 }
 
+const char *ts_slowdns_start(const char *name, int delay_ms, const char **log_path)
+{
+    int port = ts_free_port();
+    const char *conf = ts_str("%s/resolv-slow-%d.conf", ts_tmp(), port);
+    const char *log = ts_str("%s/slowdns-%d.log", ts_tmp(), port);
+    const char *script = ts_str("%s/tests/support/slowdns.py", ts_env("STAMPCP_SOURCE_DIR"));
+    char *argv[] = {"/usr/bin/python3", (char *)script, "--port", (char *)ts_str("%d", port), "--delay-ms",
+                    (char *)ts_str("%d", delay_ms), (char *)ts_str("%s=127.0.0.1", name), NULL};
+    (void)ts_proc_spawn("slowdns", argv, log, NULL);
+    for (int i = 0; i < 50; i++) {
+        char *text = ts_read_file(log, NULL);
+        if (text && strstr(text, "listening"))
+            break;
+        ts_sleep_ms(100);
+    }
+    ts_write_file(conf, ts_str("nameserver 127.0.0.1:%d\noptions timeout:10 attempts:1\n", port));
+    if (log_path)
+        *log_path = log;
+    return conf;
+}
+
+int ts_slowdns_queries(const char *log_path, const char *name)
+{
+    const char *needle = ts_str(" query 1 %s", name);
+    char *log = ts_read_file(log_path, NULL);
+    int n = 0;
+    for (char *p = log; p && (p = strstr(p, needle)); p++)
+        n++;
+    return n;
+}
+
 void ts_pgserver_promote(struct ts_pgserver *s)
 {
     char *argv[] = { (char *)ts_str("%s/pg-server", ts_infra_dir()), "promote", s->dir, NULL };

@@ -72,6 +72,34 @@ static void test_tls(void **state)
     cp_config_free(&cfg);
 }
 
+/* db.* server-side bounds: explicit values (0 = not sent) and keepalives. */
+static void test_db_bounds(void **state)
+{
+    struct cp_config cfg;
+    struct jv_err e;
+    (void)state;
+    assert_true(parse("{" GOOD_BASE ",\"db\":{\"statementTimeoutMs\":0,\"lockTimeoutMs\":250,"
+                      "\"idleInTransactionTimeoutMs\":9000,\"keepalivesIdleS\":30,\"keepalivesIntervalS\":5,"
+                      "\"keepalivesCount\":4,\"cancelGraceMs\":700}}",
+                      &cfg, &e));
+    assert_int_equal(cfg.db_statement_timeout_ms, 0);
+    assert_int_equal(cfg.db_lock_timeout_ms, 250);
+    assert_int_equal(cfg.db_idle_in_tx_timeout_ms, 9000);
+    assert_int_equal(cfg.db_keepalives_idle_s, 30);
+    assert_int_equal(cfg.db_keepalives_interval_s, 5);
+    assert_int_equal(cfg.db_keepalives_count, 4);
+    assert_int_equal(cfg.db_cancel_grace_ms, 700);
+    cp_config_free(&cfg);
+    /* absent db object: derived from the default queryTimeoutMs (5000) */
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_int_equal(cfg.db_statement_timeout_ms, 5000);
+    assert_int_equal(cfg.db_lock_timeout_ms, 2500);
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"db\":{\"keepalivesCount\":0}}", &cfg, &e));
+    assert_string_equal(e.field, "db.keepalivesCount");
+    cp_config_free(&cfg);
+}
+
 static void test_full(void **state)
 {
     struct cp_config cfg;
@@ -88,6 +116,12 @@ static void test_full(void **state)
     assert_int_equal(cfg.max_body_bytes, 2048);
     assert_int_equal(cfg.db_pool_size, 8);
     assert_int_equal(cfg.db_query_timeout_ms, 1000);
+    /* server-side bounds derived from queryTimeoutMs */
+    assert_int_equal(cfg.db_statement_timeout_ms, 1000);
+    assert_int_equal(cfg.db_lock_timeout_ms, 500);
+    assert_int_equal(cfg.db_idle_in_tx_timeout_ms, 2000);
+    assert_int_equal(cfg.db_cancel_grace_ms, 1000);
+    assert_int_equal(cfg.db_keepalives_idle_s, 10);
     assert_int_equal(cfg.max_enrollment_groups, 2);
     assert_int_equal(cfg.log_level, 0);
     cp_config_free(&cfg);
@@ -315,6 +349,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_defaults),
         cmocka_unit_test(test_full),
+        cmocka_unit_test(test_db_bounds),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_bad_configs),
         cmocka_unit_test(test_load_file_errors),
