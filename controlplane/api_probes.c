@@ -9,6 +9,7 @@
 #include "api_probes.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 #include "util.h"
 
@@ -21,6 +22,7 @@ struct readyz {
     bool global_ok;
     bool geo_ok[CP_MAX_GEOGRAPHIES];
     int geos_ok;
+    bool misconfigured;          /* a database is not the one configured (or can't be migrated) */
 };
 
 void api_probes_healthz(struct cp_req *r)
@@ -45,9 +47,11 @@ static json_t *readyz_tenant_stats(struct cp *cp)
  * What the instance can still serve decides readiness (docs/api.md, Probes):
  * a load balancer must not eject every router because one geography's
  * database or Redis is down, when each of them still serves everything else.
- * Unready (503) only while shutting down, when no geography database answers
- * (no device can be looked up), or when the global catalog doesn't answer
- * and no tenant is cached (nothing can be authenticated). Anything else that
+ * Unready (503) only while shutting down, when a database is not the one
+ * configured (another geography's, or migrations fail: a configuration
+ * error), when no geography database answers (no device can be looked up),
+ * or when the global catalog doesn't answer and no tenant is cached (nothing
+ * can be authenticated). Anything else that
  * fails makes the instance "degraded" (200), with what it costs in `degraded`.
  */
 static void readyz_finish(struct readyz *z)
@@ -73,7 +77,7 @@ static void readyz_finish(struct readyz *z)
     if (!z->redis_ok)
         json_array_append_new(degraded, json_string("redis: lookups are served; new placements, moves and releases "
                                                     "answer 503; stamp load is not updated"));
-    ready = !cp->shutting_down && z->geos_ok > 0 && (z->global_ok || st.cached > 0);
+    ready = !cp->shutting_down && !z->misconfigured && z->geos_ok > 0 && (z->global_ok || st.cached > 0);
     status = !ready ? "unavailable" : json_array_size(degraded) > 0 ? "degraded" : "ready";
     body = json_pack("{s:s, s:o, s:o, s:o, s:o}", "status", status, "checks", z->checks, "degraded", degraded,
                      "durability", z->durability, "tenantCache", readyz_tenant_stats(cp));
@@ -107,6 +111,11 @@ static void readyz_on_pg(const struct pgq_result *q, void *arg)
     const char *word = ok ? "ok" : pgpool_state_word(c->pool);
     if (!ok && word[0] == 'o')   /* "ok" but the query failed */
         word = "unreachable";
+    /* A database of another geography, or one the migrations fail on, is a
+     * configuration error, not an outage: an instance with it must not serve. */
+    if (strcmp(word, "wrong_geography") == 0 || strcmp(word, "identity_check_failed") == 0 ||
+        strcmp(word, "migration_failed") == 0)
+        c->z->misconfigured = true;
     if (ok && c->geo >= 0 && PQntuples(q->res) == 1 && PQnfields(q->res) == 2)
         readyz_durability(c, q->res);
     if (c->geo < 0) {
