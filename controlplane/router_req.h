@@ -110,6 +110,17 @@ bool router_auth_read(struct router_req *d, bool operator_only);
 /* ... and verify it against the tenant (false: replied, d freed). */
 bool router_auth_verify(struct router_req *d, const struct tenant *t);
 
+/* router.c, for router_place.c: look the device up (again); count a committed
+ * (+1) or released (-1) registration at once (layouts_count); announce a
+ * change, then continue with then(d); give back an unused DPS token. */
+void router_lookup(struct router_req *d);
+void router_count(struct router_req *d, const char *dps_id, int delta);
+void router_publish_change(struct router_req *d, const char *fault_point, void (*then)(struct router_req *));
+void router_refund(struct router_req *d);
+
+/* router_place.c: place (or move, d->moving) the device, then reply. */
+void router_place(struct router_req *d);
+
 /* router_proxy.c: register the assigned device at its DPS (approach 2), then reply. */
 void router_proxy(struct router_req *d);
 
