@@ -72,8 +72,8 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
     outcome = PQgetvalue(q->res, row, off);
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
         d->token_held = false;   /* spent on a registration that happened */
-    else
-        router_refund(d);        /* existing, retired, unchanged, dps_full, regid_taken: nothing placed */
+    else if (strcmp(outcome, "busy") != 0)   /* busy: the token is for the solo attempt that follows */
+        router_refund(d);        /* existing, retired, unchanged, dps_full, regid_taken, claim_moved: nothing placed */
     if (d->quota_reserved && strcmp(outcome, "assigned") == 0) {
         /* a device was added under the reservation: it now counts, held a while longer */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, true);
@@ -175,7 +175,8 @@ static void router_on_claim(const struct pgq_result *q, void *arg)
     if (d->claimed) {
         router_assign(d);
     } else if (++d->attempts < ROUTER_MAX_ATTEMPTS) {
-        router_place(d);   /* 'elsewhere': place it in the claimed geography */
+        router_refund(d);   /* taken for a DPS of another geography: the next placement takes its own */
+        router_place(d);    /* 'elsewhere': place it in the claimed geography */
     } else {
         router_unavailable(d, NULL);
     }
@@ -216,6 +217,7 @@ static void router_on_fence(const struct pgq_result *q, void *arg)
     snprintf(d->fenced_token, sizeof d->fenced_token, "%s", d->claim_token);
     d->claim_geo[0] = '\0';
     d->claimed = false;
+    router_refund(d);   /* before router_place may let go of d->chosen's layout */
     router_place(d);
 }
 

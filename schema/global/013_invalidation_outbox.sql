@@ -41,8 +41,14 @@ END $$;
 
 CREATE TRIGGER tenants_invalidation_outbox AFTER UPDATE OR DELETE ON tenants
     FOR EACH ROW EXECUTE FUNCTION cp_tenant_outbox();
-CREATE TRIGGER installer_tokens_invalidation_outbox AFTER INSERT OR UPDATE OR DELETE ON installer_tokens
+CREATE TRIGGER installer_tokens_invalidation_outbox AFTER INSERT OR DELETE ON installer_tokens
     FOR EACH ROW EXECUTE FUNCTION cp_tenant_part_outbox();
+-- A placement counted or given back (placements +/- 1, every installer
+-- placement) changes nothing a control plane caches: no invalidation, or a
+-- busy installer would keep its tenant's cache empty everywhere.
+CREATE TRIGGER installer_tokens_update_invalidation_outbox AFTER UPDATE ON installer_tokens
+    FOR EACH ROW WHEN ((to_jsonb(OLD) - 'placements') IS DISTINCT FROM (to_jsonb(NEW) - 'placements'))
+    EXECUTE FUNCTION cp_tenant_part_outbox();
 CREATE TRIGGER tenant_cas_invalidation_outbox AFTER INSERT OR UPDATE OR DELETE ON tenant_cas
     FOR EACH ROW EXECUTE FUNCTION cp_tenant_part_outbox();
 CREATE TRIGGER api_keys_invalidation_outbox AFTER UPDATE OR DELETE ON api_keys
