@@ -292,8 +292,18 @@ static void router_assign(struct router_req *d)
 
 
 
-bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms)
+bool router_rate_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms, const char *throttled)
 {
+    if (st == RL_UNAVAILABLE) {
+        router_retry_after(d, 1000);
+        router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
+        return true;
+    }
+    if (st == RL_THROTTLED) {
+        router_retry_after(d, wait_ms);
+        router_error(d, 429, "throttled", NULL, throttled);
+        return true;
+    }
     if (st == RL_TENANT_THROTTLED) {
         router_retry_after(d, wait_ms);
         router_error(d, 429, "tenant_throttled", NULL,
@@ -394,14 +404,9 @@ static void router_on_rate(enum ratelimit_status st, int admitted, int64_t wait_
         /* the count took too long to rule out a placement committed meanwhile */
         router_retry_after(d, 1000);
         router_error(d, 503, "database_unavailable", NULL, "the device quota could not be checked in time; retry");
-    } else if (st == RL_UNAVAILABLE) {
-        router_retry_after(d, 1000);
-        router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
-    } else if (router_tenant_refused(d, st, wait_ms)) {
+    } else if (router_rate_refused(d, st, wait_ms,
+                                   "every eligible DPS instance is at its registration rate; retry later")) {
         return;
-    } else if (st == RL_THROTTLED) {
-        router_retry_after(d, wait_ms);
-        router_error(d, 429, "throttled", NULL, "every eligible DPS instance is at its registration rate; retry later");
     } else {
         d->chosen = d->pr.cand[admitted];
         d->placed_now = true;

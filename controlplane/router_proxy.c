@@ -88,17 +88,8 @@ static void proxy_on_rate(enum ratelimit_status st, int admitted, int64_t wait_m
 {
     struct router_req *d = arg;
     (void)admitted;
-    if (st == RL_UNAVAILABLE) {
-        router_retry_after(d, 1000);
-        router_error(d, 503, "redis_unavailable", NULL, "rate limits cannot be checked; retry later");
-    } else if (router_tenant_refused(d, st, wait_ms)) {
-        return;
-    } else if (st == RL_THROTTLED) {
-        router_retry_after(d, wait_ms);
-        router_error(d, 429, "throttled", NULL, "the device's DPS instance is at its registration rate; retry later");
-    } else {
+    if (!router_rate_refused(d, st, wait_ms, "the device's DPS instance is at its registration rate; retry later"))
         proxy_register(d);
-    }
 }
 
 /* The device has an assignment: register it at that DPS. A registration the

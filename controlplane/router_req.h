@@ -101,9 +101,10 @@ void router_reply_assignment(struct router_req *d, bool cache, const char *moved
 
 /* Add a jittered Retry-After for a wait of about wait_ms (cpreq_retry_after). */
 void router_retry_after(struct router_req *d, int64_t wait_ms);
-/* The tenant's own limits said no (RL_TENANT_THROTTLED, RL_QUOTA_PENDING):
- * replies and returns true; else false and d is untouched. */
-bool router_tenant_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms);
+/* The rate step said no (Redis unavailable: 503; the DPS bucket empty: 429
+ * throttled with that message; the tenant's own limits: 429): replies and
+ * returns true; else false and d is untouched. */
+bool router_rate_refused(struct router_req *d, enum ratelimit_status st, int64_t wait_ms, const char *throttled);
 
 /* router_auth.c: read the request's credential (false: replied, d freed) ... */
 bool router_auth_read(struct router_req *d, bool operator_only);
