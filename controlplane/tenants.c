@@ -468,7 +468,8 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
     if (q->status != PGQ_OK) {
         if (q->status == PGQ_SQL_ERROR)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
-        t = f->detached ? NULL : strmap_get(ts->cache, f->id);
+        /* only an outage: an SQL error (grants, schema) must show, not hide behind stale copies */
+        t = f->detached || q->status != PGQ_UNAVAILABLE ? NULL : strmap_get(ts->cache, f->id);
         if (t && !ts->distrusted && tenants_may_serve_stale(ts, t, util_mono_ms())) {
             tenants_note_stale(ts, t);
             tenants_answer(f, t, TENANT_OK);
