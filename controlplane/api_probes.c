@@ -57,16 +57,13 @@ static json_t *readyz_tenant_stats(struct cp *cp)
 static void readyz_finish(struct readyz *z)
 {
     struct cp *cp = z->r->cp;
-    json_t *body, *degraded = json_array();
-    struct tenants_stats st;
+    json_t *body, *degraded;
     const char *status;
     bool ready;
 
-    if (--z->pending > 0) {
-        json_decref(degraded);
+    if (--z->pending > 0)
         return;
-    }
-    tenants_stats(cp->tenants, &st);
+    degraded = json_array();
     if (!z->global_ok)
         json_array_append_new(degraded, json_string("globalDatabase: the admin API answers 503; device requests are "
                                                     "served for cached tenants (tenants.staleOnErrorMs)"));
@@ -77,7 +74,7 @@ static void readyz_finish(struct readyz *z)
     if (!z->redis_ok)
         json_array_append_new(degraded, json_string("redis: lookups are served; new placements, moves and releases "
                                                     "answer 503; stamp load is not updated"));
-    ready = !cp->shutting_down && !z->misconfigured && z->geos_ok > 0 && (z->global_ok || st.cached > 0);
+    ready = !cp->shutting_down && !z->misconfigured && z->geos_ok > 0 && (z->global_ok || tenants_any_servable(cp->tenants));
     status = !ready ? "unavailable" : json_array_size(degraded) > 0 ? "degraded" : "ready";
     body = json_pack("{s:s, s:o, s:o, s:o, s:o}", "status", status, "checks", z->checks, "degraded", degraded,
                      "durability", z->durability, "tenantCache", readyz_tenant_stats(cp));

@@ -455,6 +455,30 @@ static void tenants_note_stale(struct tenants *ts, struct tenant *t)
                  (long long)(now - t->expires_mono_ms), (long long)ts->st.stale_served);
 }
 
+struct tenants_servable {
+    const struct tenants *ts;
+    int64_t now;
+    bool any;
+};
+
+static void tenants_servable_one(const char *key, void *value, void *arg)
+{
+    struct tenants_servable *v = arg;
+    const struct tenant *t = value;
+    (void)key;
+    if (t->expires_mono_ms > v->now || tenants_may_serve_stale(v->ts, t, v->now))
+        v->any = true;
+}
+
+bool tenants_any_servable(const struct tenants *ts)
+{
+    struct tenants_servable v = {ts, util_mono_ms(), false};
+    if (ts->distrusted)
+        return false;
+    strmap_foreach(ts->cache, tenants_servable_one, &v);
+    return v.any;
+}
+
 static void tenants_on_row(const struct pgq_result *q, void *arg)
 {
     struct tenant_fetch *f = arg;
