@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "audit.h"
 #include "cp.h"
 #include "http_call.h"
 #include "log.h"
@@ -84,6 +85,7 @@ struct enroll_sync {
     SSL_CTX *tls;
     struct event *timer;
     bool running, again;
+    int64_t catalog_wall_ms;     /* when this pass read the catalog (its view of the tenants) */
     struct es_dps *dps;
     int ndps, pending;
     json_t *status;         /* dps id -> status object */
@@ -323,6 +325,20 @@ static void es_add_change(struct es_dps *d, enum es_op op, const char *group, js
 }
 
 /* Compare desired and actual; queue the changes. */
+/* Another instance's reconciler may have written a group for a tenant that
+ * this pass's catalog read came too early to see: a group written less than
+ * ES_CATALOG_MARGIN_MS (clock skew between the hosts) before that read is not
+ * this pass's to delete. */
+#define ES_CATALOG_MARGIN_MS 5000
+static bool es_newer_than_catalog(const struct enroll_sync *es, const json_t *doc)
+{
+    const char *at = json_string_value(json_object_get(doc, "lastUpdatedDateTimeUtc"));
+    long long us;
+    if (!at || !audit_parse_time(at, &us))
+        return false;   /* no time to judge by: as before */
+    return us / 1000 >= es->catalog_wall_ms - ES_CATALOG_MARGIN_MS;
+}
+
 static void es_plan(struct es_dps *d)
 {
     const char *gid;
@@ -372,8 +388,11 @@ static void es_plan(struct es_dps *d)
     json_object_foreach(d->actual, gid, doc) {
         const char *tenant = es_tenant_of(doc);
         if (es_is_managed(doc) && !json_object_get(d->desired, gid) &&
-            (!tenant || strcmp(tenant, gid) == 0 || es_is_x509_group(gid, doc)))
+            (!tenant || strcmp(tenant, gid) == 0 || es_is_x509_group(gid, doc))) {
+            if (es_newer_than_catalog(d->es, doc))
+                continue;   /* judged by a later pass, whose catalog is newer */
             es_add_change(d, ES_DELETE, gid, doc, NULL);
+        }
     }
 }
 
@@ -536,6 +555,7 @@ static void es_start(struct enroll_sync *es)
         return;
     es->running = true;
     event_del(es->timer);
+    es->catalog_wall_ms = util_wall_ms();
     pgpool_query(es->cp->global, es_catalog_sql, 0, NULL, es_on_catalog, es);
 }
 
