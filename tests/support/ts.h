@@ -465,6 +465,7 @@ struct ts_rt_opts {
     int layout_refresh_ms;                  /* 0: 200 */
     /* transport of the control planes, as struct ts_cp_opts (default: HTTPS, test PKI) */
     const char *tls_cert, *tls_key, *tls_ca;
+    bool plain_http;                        /* "plainHttp": true (for load generators without TLS) */
     /* HA tests: databases elsewhere (NULL: fresh ones on STAMPCP_TEST_PG), and
      * the "redisSentinel" object as raw JSON for the control planes and agents
      * (then no private Redis is started: rt->redis is NULL) */

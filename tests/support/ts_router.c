@@ -94,6 +94,7 @@ struct ts_rt *ts_rt_start(const struct ts_rt_opts *o)
     co.tls_cert = o->tls_cert;
     co.tls_key = o->tls_key;
     co.tls_ca = o->tls_ca;
+    co.plain_http = o->plain_http;
     co.down_after = 10;
     co.extra_json = ts_str("\"layoutRefreshMs\": %d%s%s", rt->layout_refresh_ms,
                            o->extra_json && *o->extra_json ? ",\n  " : "",
