@@ -39,8 +39,9 @@
  *    not under ASan, whose quarantine keeps freed memory);
  *  - every device answered 200 is assigned in the geography's database;
  *  - every other answer is 429 throttled or 503 (overloaded,
- *    database_unavailable), with the JSON error contract and an integer
- *    Retry-After >= 1; no other status and no transport failure.
+ *    database_unavailable, deadline_exceeded), with the JSON error contract
+ *    and an integer Retry-After >= 1, not all the same (jitter); no other
+ *    status and no transport failure.
  * Logged: the phase numbers, devices placed whose answer came too late (a
  * token spent for nothing), latency, the generator's lag behind its schedule.
  */
@@ -209,7 +210,8 @@ static const char *answer_problem(const struct phase *p, int i, const struct ts_
     } else if (!code || !ts_jstr(err, "message")) {
         problem = "no JSON error contract";
     } else if (!(r->status == 429 && strcmp(code, "throttled") == 0) &&
-               !(r->status == 503 && (strcmp(code, "overloaded") == 0 || strcmp(code, "database_unavailable") == 0))) {
+               !(r->status == 503 && (strcmp(code, "overloaded") == 0 || strcmp(code, "database_unavailable") == 0 ||
+                                      strcmp(code, "deadline_exceeded") == 0))) {
         problem = "an unexpected answer";
     } else if (ra = strtol(r->retry_after, &end, 10), !r->retry_after[0] || *end || ra < 1) {
         problem = "no integer Retry-After >= 1";
