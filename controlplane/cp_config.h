@@ -72,6 +72,7 @@ struct cp_config {
     int64_t http_request_timeout_ms;   /* first byte of a request -> end of its body */
     int64_t http_idle_timeout_ms;      /* an idle keep-alive connection is closed after this */
     int64_t http_max_inflight;         /* requests being served at once (more: 503 overloaded; probes exempt) */
+    int64_t http_request_deadline_ms;  /* device requests: accepted -> answered, end to end (router.c) */
 };
 
 /*

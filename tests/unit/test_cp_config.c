@@ -261,9 +261,11 @@ static void test_http_limits(void **state)
     assert_int_equal(cfg.http_header_timeout_ms, 10000);
     assert_int_equal(cfg.http_request_timeout_ms, 30000);
     assert_int_equal(cfg.http_idle_timeout_ms, 60000);
+    assert_int_equal(cfg.http_request_deadline_ms, 10000);
     cp_config_free(&cfg);
     assert_true(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":8,\"headerTimeoutMs\":1500,"
-                      "\"requestTimeoutMs\":3000,\"idleTimeoutMs\":2500}}", &cfg, &e));
+                      "\"requestTimeoutMs\":3000,\"idleTimeoutMs\":2500,\"requestDeadlineMs\":700}}", &cfg, &e));
+    assert_int_equal(cfg.http_request_deadline_ms, 700);
     assert_int_equal(cfg.http_max_connections, 8);
     assert_int_equal(cfg.http_header_timeout_ms, 1500);
     assert_int_equal(cfg.http_request_timeout_ms, 3000);
@@ -274,6 +276,9 @@ static void test_http_limits(void **state)
     cp_config_free(&cfg);
     assert_false(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":0}}", &cfg, &e));
     assert_string_equal(e.field, "http.maxConnections");
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":99}}", &cfg, &e));
+    assert_string_equal(e.field, "http.requestDeadlineMs");
     cp_config_free(&cfg);
     assert_false(parse("{" GOOD_BASE ",\"http\":{\"headerTimeoutMs\":5000,\"requestTimeoutMs\":1000}}", &cfg, &e));
     assert_string_equal(e.field, "http.requestTimeoutMs");
