@@ -62,6 +62,7 @@ struct pgjob {
     struct event *timer;   /* queue deadline, or an immediate failure */
     bool queued;
     const char *fail_msg;  /* set before the timer is activated to fail it */
+    int64_t deadline_ms;   /* the caller's deadline (pgpool_query_until), 0: none */
 };
 TAILQ_HEAD(pgjob_list, pgjob);
 
@@ -167,10 +168,17 @@ static void job_finish(struct pgjob *j, const struct pgq_result *r)
     job_free(j);
 }
 
-static void job_finish_unavailable(struct pgjob *j, const char *why)
+/* unsent: the statement never reached the server. */
+static void job_finish_unavailable(struct pgjob *j, const char *why, bool unsent)
 {
-    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why};
+    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why, .unsent = unsent};
+    r.expired = unsent && j->deadline_ms && util_mono_ms() >= j->deadline_ms;
     job_finish(j, &r);
+}
+
+bool pgq_in_doubt(const struct pgq_result *q)
+{
+    return q->status == PGQ_UNAVAILABLE && !q->unsent && !q->sqlstate;
 }
 
 static void job_dequeue(struct pgjob *j)
@@ -189,7 +197,7 @@ static void job_on_timer(evutil_socket_t fd, short what, void *arg)
     struct pgjob *j = arg;
     (void)fd; (void)what;
     job_dequeue(j);
-    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection");
+    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection", true);
 }
 
 static void job_fail_soon(struct pgjob *j, const char *why)
@@ -581,7 +589,7 @@ static void conn_statement_timeout(struct pgconn *c)
     c->job = NULL;
     conn_set_state(c, PGC_CANCELLING);
     conn_arm_timer(c, p->cancel_grace_ms);
-    job_finish_unavailable(j, "statement timed out");
+    job_finish_unavailable(j, "statement timed out", false);
 }
 
 /* The cancelled statement has ended: the connection is clean again. */
@@ -826,7 +834,7 @@ static void conn_broken(struct pgconn *c, const char *why)
     if (was_setup && p->setup == SETUP_RUNNING)
         p->setup = SETUP_NONE;
     if (j)
-        job_finish_unavailable(j, "database connection lost");
+        job_finish_unavailable(j, "database connection lost", false);
     if (!pool_has_live_conn(p))
         pool_fail_queue(p, "database unreachable");
     else
@@ -1130,6 +1138,17 @@ static void conn_send_job(struct pgconn *c, struct pgjob *j)
     conn_sent(c);
 }
 
+/* The first queued job whose caller still waits: one whose deadline passed
+ * (its timer may not have run yet) is failed, never sent. */
+static struct pgjob *pool_next_job(struct pgpool *p)
+{
+    struct pgjob *j;
+    int64_t now = util_mono_ms();
+    while ((j = TAILQ_FIRST(&p->queue)) != NULL && j->deadline_ms && now >= j->deadline_ms)
+        job_fail_soon(j, "the caller's deadline passed while it waited");
+    return j;
+}
+
 static void pool_dispatch(struct pgpool *p)
 {
     if (p->setup != SETUP_DONE)
@@ -1137,7 +1156,9 @@ static void pool_dispatch(struct pgpool *p)
     for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
         struct pgconn *c = &p->conns[i];
         if (c->state == PGC_IDLE && conn_usable(c)) {
-            struct pgjob *j = TAILQ_FIRST(&p->queue);
+            struct pgjob *j = pool_next_job(p);
+            if (!j)
+                break;
             job_dequeue(j);
             event_del(j->timer);
             conn_send_job(c, j);
@@ -1391,8 +1412,15 @@ void pgpool_free(struct pgpool *p)
 void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
                   pgpool_cb cb, void *arg)
 {
+    pgpool_query_until(p, 0, sql, nparams, values, cb, arg);
+}
+
+void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, int nparams,
+                        const char *const *values, pgpool_cb cb, void *arg)
+{
     struct pgjob *j = xcalloc(1, sizeof *j);
-    struct timeval tv = {p->queue_timeout_ms / 1000, (p->queue_timeout_ms % 1000) * 1000};
+    int64_t wait_ms = p->queue_timeout_ms, now = util_mono_ms();
+    struct timeval tv;
 
     j->pool = p;
     j->sql = xstrdup(sql);
@@ -1402,11 +1430,20 @@ void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
         j->values[i] = values[i] ? xstrdup(values[i]) : NULL;
     j->cb = cb;
     j->arg = arg;
+    j->deadline_ms = deadline_ms;
     j->timer = event_new(p->base, -1, 0, job_on_timer, j);
     if (!j->timer) {
         log_error("event=event_new_failed");
         abort();
     }
+    if (deadline_ms && deadline_ms <= now) {
+        job_fail_soon(j, "the caller's deadline had passed");
+        return;
+    }
+    if (deadline_ms && deadline_ms - now < wait_ms)
+        wait_ms = deadline_ms - now;   /* it waits in the queue until the first of the two */
+    tv.tv_sec = (time_t)(wait_ms / 1000);
+    tv.tv_usec = (suseconds_t)(wait_ms % 1000) * 1000;
     if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {
         job_fail_soon(j, p->setup_error);
         return;

@@ -40,9 +40,10 @@ static void cp_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct cp *cp = arg;
     (void)fd; (void)what;
-    if (cp->inflight == 0 || util_mono_ms() >= cp->shutdown_deadline_ms) {
-        if (cp->inflight > 0)
-            log_warn("event=shutdown_deadline abandoned_requests=%d", cp->inflight);
+    /* lingering: requests the deadline answered still wait for a callback of a pool or Redis closed below */
+    if (cp->inflight + cp->lingering == 0 || util_mono_ms() >= cp->shutdown_deadline_ms) {
+        if (cp->inflight + cp->lingering > 0)
+            log_warn("event=shutdown_deadline abandoned_requests=%d", cp->inflight + cp->lingering);
         event_base_loopbreak(cp->base);
     }
 }
