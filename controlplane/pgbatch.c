@@ -108,6 +108,8 @@ static void item_drop(struct pgb_item *it, int64_t now)
     struct pgq_result q = {.status = PGQ_UNAVAILABLE, .unsent = true};
     q.expired = it->caller_deadline_ms && now >= it->caller_deadline_ms;
     q.message = q.expired ? "the caller's deadline passed while it waited" : "timed out waiting for a database connection";
+    if (q.expired)
+        it->b->stats.expired++;
     item_answer(it, &q, -1);
 }
 
@@ -131,6 +133,7 @@ static void pgb_requeue_expired(struct pgb_batch *bt, const struct pgq_result *q
     for (int i = bt->n - 1; i >= 0; i--) {
         struct pgb_item *it = bt->items[i];
         if (it->caller_deadline_ms && now >= it->caller_deadline_ms) {
+            b->stats.expired++;
             item_answer(it, q, -1);
             continue;
         }
@@ -338,9 +341,9 @@ void pgbatch_free(struct pgbatch *b)
     struct pgb_item *it;
     if (!b)
         return;
-    if (b->stats.batches)
-        log_info("event=pg_batch_stats batcher=%s batches=%ld items=%ld fallbacks=%ld", b->name, b->stats.batches,
-                 b->stats.items, b->stats.fallbacks);
+    if (b->stats.batches || b->stats.expired)
+        log_info("event=pg_batch_stats batcher=%s batches=%ld items=%ld fallbacks=%ld expired=%ld", b->name,
+                 b->stats.batches, b->stats.items, b->stats.fallbacks, b->stats.expired);
     while ((it = TAILQ_FIRST(&b->queue)) != NULL) {
         TAILQ_REMOVE(&b->queue, it, link);
         item_free(it);

@@ -75,6 +75,7 @@ struct pgbatch_stats {
     long batches;     /* statements sent (batches of one included, fallbacks not) */
     long items;       /* items sent in them */
     long fallbacks;   /* batches run again item by item after an SQL error */
+    long expired;     /* items dropped unsent because their caller's deadline passed */
 };
 void pgbatch_get_stats(const struct pgbatch *b, struct pgbatch_stats *s);
 
