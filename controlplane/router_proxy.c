@@ -64,6 +64,8 @@ static void proxy_on_dps(const struct dps_outcome *o, void *arg)
         router_error(d, 502, "dps_rejected", NULL, "the stamp's DPS does not accept this device (its enrollment is missing)");
         return;
     case DPS_UNREACHABLE:
+        if (!router_in_time(d))   /* the call ended at the request's deadline: that is the answer */
+            return;
         log_write(LOG_WARN, d->id, "event=dps_unreachable dps=%s error=\"%.200s\"", d->row.dps, o->error);
         router_retry_after(d, 5000);
         router_error(d, 503, "dps_unavailable", NULL, "the stamp's DPS did not answer; retry later");
