@@ -308,6 +308,8 @@ void ts_pgserver_promote(struct ts_pgserver *s);
 /* Send sig to every process of the server (postmaster first for SIGSTOP, last
  * for SIGCONT); returns how many processes got it. SIGSTOP/SIGCONT set paused. */
 int ts_pgserver_signal(struct ts_pgserver *s, int sig);
+/* The postmaster's pid (postmaster.pid), or -1. */
+pid_t ts_pgserver_postmaster(const struct ts_pgserver *s);
 
 struct ts_redis {
     char dir[512];

@@ -140,7 +140,7 @@ void ts_pgserver_promote(struct ts_pgserver *s)
 }
 
 /* The postmaster's pid (first line of postmaster.pid), or -1. */
-static pid_t pgserver_postmaster(const struct ts_pgserver *s)
+pid_t ts_pgserver_postmaster(const struct ts_pgserver *s)
 {
     char *pidfile = ts_read_file(ts_str("%s/postmaster.pid", s->dir), NULL);
     long pid = pidfile ? strtol(pidfile, NULL, 10) : -1;
@@ -180,7 +180,7 @@ static int pgserver_children(pid_t parent, pid_t *out, int cap)
 
 int ts_pgserver_signal(struct ts_pgserver *s, int sig)
 {
-    pid_t pm = pgserver_postmaster(s), kids[512];
+    pid_t pm = ts_pgserver_postmaster(s), kids[512];
     int n, sent = 0;
     if (pm < 0)
         ts_fail("PostgreSQL in %s: no postmaster.pid", s->dir);
