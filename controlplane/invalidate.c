@@ -247,6 +247,7 @@ static void inval_forget_all(struct invalidate *inv)
 {
     assign_cache_clear(inv->cp->cache);   /* also refuses puts of lookups begun before */
     tenants_forget_all(inv->cp->tenants);
+    apikeys_forget_all(inv->cp->keys);   /* then fresh for APIKEYS_FRESH_MS at most, subscribed or not */
 }
 
 /* The subscription is back: invalidations may have been missed meanwhile, so
