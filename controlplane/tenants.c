@@ -398,8 +398,9 @@ void tenants_forget(struct tenants *ts, const char *id)
     tenants_detach(ts, id);
 }
 
-/* While invalidations can't reach us, nothing cached is answered: every
- * lookup reads the database (invalidate.c sets and clears this). */
+/* While invalidations can't reach us, a cached tenant answers only for
+ * TENANTS_DISTRUSTED_TTL_MS after it was read (invalidate.c sets and clears
+ * this, emptying the cache each time). */
 void tenants_set_distrusted(struct tenants *ts, bool distrusted)
 {
     ts->distrusted = distrusted;
@@ -543,6 +544,22 @@ static bool tenants_take_token(struct tenants *ts, int64_t now)
     return true;
 }
 
+/*
+ * Whether a cached tenant may answer. Trusted (invalidations heard): within
+ * its TTL, or stale while the catalog can't be read. Distrusted (the
+ * subscription is down): the cache was emptied when trust was lost, so what
+ * it holds was read since; such a copy answers for TENANTS_DISTRUSTED_TTL_MS
+ * only. A Redis outage thus costs about one catalog read per tenant per
+ * second and router, not one per request, and a change made meanwhile is
+ * seen within that second.
+ */
+static bool tenants_cached_ok(const struct tenants *ts, const struct tenant *t, int64_t now)
+{
+    if (ts->distrusted)
+        return t->expires_mono_ms > now && t->expires_mono_ms - ts->o.ttl_ms + TENANTS_DISTRUSTED_TTL_MS > now;
+    return t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now));
+}
+
 void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg)
 {
     struct tenant *t = strmap_get(ts->cache, id);
@@ -552,8 +569,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && !ts->distrusted &&
-        (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
+    if (t && tenants_cached_ok(ts, t, now)) {
         if (t->expires_mono_ms <= now)
             ts->st.stale_served++;
         tenant_ref(t);

@@ -130,8 +130,11 @@ bool tenants_any_servable(const struct tenants *ts);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
 void tenants_forget_all(struct tenants *ts);
-/* Bypass the cache (answer nothing from it) while distrusted is set: the
- * invalidation subscription is down, so a change could go unheard. */
+/* While distrusted is set (the invalidation subscription is down, so a change
+ * could go unheard), a cached tenant answers only for
+ * TENANTS_DISTRUSTED_TTL_MS after it was read, and never stale; the caller
+ * empties the cache (tenants_forget_all) when trust is lost. */
+#define TENANTS_DISTRUSTED_TTL_MS 1000
 void tenants_set_distrusted(struct tenants *ts, bool distrusted);
 
 void tenant_ref(struct tenant *t);
