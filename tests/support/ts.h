@@ -326,6 +326,8 @@ void ts_redis_stop(struct ts_redis *r);
 void ts_redis_restart(struct ts_redis *r);
 /* Run one Redis command (argv-style); returns the reply as a string (library-owned) or NULL. */
 const char *ts_redis_cmd(const char *addr, const char *fmt, ...);
+/* ts_redis_cmd after "AUTH password" (a refused AUTH answers its error). */
+const char *ts_redis_cmd_auth(const char *addr, const char *password, const char *fmt, ...);
 /* Clients of the Redis at addr that are the daemons' (CLIENT LIST without
  * Sentinel's "sentinel-..." connections, replication links and this query). */
 int ts_redis_daemon_clients(const char *addr);
@@ -620,11 +622,14 @@ struct ts_sentinel {
     char dir[512];
     char sentinels[256];   /* "127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3" */
     char master_name[64];
-    char sentinel_json[512]; /* {"masterName":"...","sentinels":[...]}: the daemons' "redisSentinel" */
+    char pass_file[512];     /* the Sentinels' own password (requirepass), one line */
+    char sentinel_json[1024]; /* {"masterName","sentinels":[...],"auth":{"passwordFile"}}: "redisSentinel" */
 };
 
 /* Start (<tmp>/sentinel-NAME), wait until the Sentinels agree; stopped at ts_finish. */
 struct ts_sentinel *ts_sentinel_start(const char *name);
+/* The Sentinels' password (from pass_file; library-owned). */
+const char *ts_sentinel_password(struct ts_sentinel *s);
 /* The master's HOST:PORT as the Sentinels name it (library-owned). */
 const char *ts_sentinel_master(struct ts_sentinel *s);
 /* kill -9 the master; returns its HOST:PORT. */

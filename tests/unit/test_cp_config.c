@@ -308,7 +308,10 @@ static void test_redis_sentinel_and_dns(void **state)
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"a b\",\"sentinels\":[\"h:1\"]}}", "invalid_value", "redisSentinel.masterName"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h\"]}}", "invalid_value", "redisSentinel.sentinels[1]"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[5]}}", "invalid_type", "redisSentinel.sentinels[0]"},
-        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":1}}", "unknown_field", "redisSentinel.auth"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":1}}", "invalid_type", "redisSentinel.auth"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":{\"pass\":\"x\"}}}", "unknown_field", "redisSentinel.auth.pass"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":{\"passwordFile\":\"/nonexistent/p\"}}}", "invalid_value", "redisSentinel.auth.passwordFile"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"extra\":1}}", "unknown_field", "redisSentinel.extra"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h:2\",\"h:3\",\"h:4\",\"h:5\",\"h:6\",\"h:7\",\"h:8\",\"h:9\"]}}", "invalid_value", "redisSentinel.sentinels"},
         {"{" GOOD_BASE ",\"dns\":{\"resolv\":\"/x\"}}", "unknown_field", "dns.resolv"},
         {"{" GOOD_BASE ",\"dns\":{\"resolvConf\":\"\"}}", "invalid_value", "dns.resolvConf"},
@@ -337,6 +340,13 @@ static void test_redis_sentinel_and_dns(void **state)
     assert_int_equal(cfg.redis.sentinels[1].port, 26380);
     assert_string_equal(cfg.redis.text, "sentinel:stampcp");
     assert_string_equal(cfg.dns_resolv_conf, "/tmp/r.conf");
+    assert_false(redis_auth_enabled(&cfg.redis.sentinel_auth));   /* none given: no AUTH to Sentinels */
+    cp_config_free(&cfg);
+    assert_true(parse("{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],"
+                      "\"auth\":{\"password\":\"s3cret\"}}}", &cfg, &e));
+    assert_true(redis_auth_enabled(&cfg.redis.sentinel_auth));
+    assert_string_equal(cfg.redis.sentinel_auth.password, "s3cret");
+    assert_null(cfg.redis.sentinel_auth.user);
     cp_config_free(&cfg);
     assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
     assert_false(redis_target_sentinel(&cfg.redis));
