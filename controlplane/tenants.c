@@ -62,7 +62,9 @@ struct tenants {
     struct pgpool *global;
     struct envelope *env;     /* opens the sealed enrollment keys (borrowed) */
     struct tenants_opts o;
-    bool distrusted;          /* invalidations may be missed: bypass the cache (tenants_set_distrusted) */
+    /* whether invalidations are surely reaching us (tenants_set_trust); NULL: always */
+    bool (*trusted)(void *arg);
+    void *trusted_arg;
     struct strmap *cache;     /* id -> struct tenant* */
     struct strmap *known;     /* ids found in the catalog once (value: non-NULL marker) */
     struct strmap *absent;    /* id -> struct tenant_absent* */
@@ -398,11 +400,17 @@ void tenants_forget(struct tenants *ts, const char *id)
     tenants_detach(ts, id);
 }
 
-/* While invalidations can't reach us, nothing cached is answered: every
- * lookup reads the database (invalidate.c sets and clears this). */
-void tenants_set_distrusted(struct tenants *ts, bool distrusted)
+/* While invalidations may not be reaching us, nothing cached is answered:
+ * every lookup reads the database (invalidate.c says when). */
+void tenants_set_trust(struct tenants *ts, bool (*trusted)(void *arg), void *arg)
 {
-    ts->distrusted = distrusted;
+    ts->trusted = trusted;
+    ts->trusted_arg = arg;
+}
+
+static bool tenants_distrusted(const struct tenants *ts)
+{
+    return ts->trusted && !ts->trusted(ts->trusted_arg);
 }
 
 void tenants_forget_all(struct tenants *ts)
@@ -473,7 +481,7 @@ static void tenants_servable_one(const char *key, void *value, void *arg)
 bool tenants_any_servable(const struct tenants *ts)
 {
     struct tenants_servable v = {ts, util_mono_ms(), false};
-    if (ts->distrusted)
+    if (tenants_distrusted(ts))
         return false;
     strmap_foreach(ts->cache, tenants_servable_one, &v);
     return v.any;
@@ -494,7 +502,7 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
         /* only an outage: an SQL error (grants, schema) must show, not hide behind stale copies */
         t = f->detached || q->status != PGQ_UNAVAILABLE ? NULL : strmap_get(ts->cache, f->id);
-        if (t && !ts->distrusted && tenants_may_serve_stale(ts, t, util_mono_ms())) {
+        if (t && !tenants_distrusted(ts) && tenants_may_serve_stale(ts, t, util_mono_ms())) {
             tenants_note_stale(ts, t);
             tenants_answer(f, t, TENANT_OK);
             return;
@@ -552,7 +560,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && !ts->distrusted &&
+    if (t && !tenants_distrusted(ts) &&
         (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
         if (t->expires_mono_ms <= now)
             ts->st.stale_served++;
@@ -562,7 +570,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
         return;
     }
     if ((a = strmap_get(ts->absent, id)) != NULL) {
-        if (a->expires_mono_ms > now && !ts->distrusted) {
+        if (a->expires_mono_ms > now && !tenants_distrusted(ts)) {
             TAILQ_REMOVE(&ts->absent_lru, a, lru);
             TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
             cb(NULL, TENANT_NOT_FOUND, arg);

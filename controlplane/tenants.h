@@ -130,9 +130,11 @@ bool tenants_any_servable(const struct tenants *ts);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
 void tenants_forget_all(struct tenants *ts);
-/* Bypass the cache (answer nothing from it) while distrusted is set: the
- * invalidation subscription is down, so a change could go unheard. */
-void tenants_set_distrusted(struct tenants *ts, bool distrusted);
+/* Bypass the cache (answer nothing from it) whenever trusted(arg) says
+ * false: the invalidation subscription is down or not proven alive lately,
+ * so a change could go unheard. trusted NULL: always trusted. arg is
+ * borrowed and outlives the tenants (or the hook is reset first). */
+void tenants_set_trust(struct tenants *ts, bool (*trusted)(void *arg), void *arg);
 
 void tenant_ref(struct tenant *t);
 void tenant_unref(struct tenant *t);
