@@ -3,7 +3,7 @@
  * stamp after a move (issue 14, finding 8). Two control planes share the
  * databases; router A (cp[0]) reaches Redis directly, router B (cp[1]) only
  * through a TCP proxy (ts_tcpproxy). B has dev-1's stamp in its cache
- * (asserted: its second locate is a cache hit), then:
+ * (asserted: a repeated locate is a cache hit), then:
  *
  *  - CUT (every connection closed, new ones refused): the device is moved
  *    through A; B, polled during the cut and after the restore, answers the
@@ -84,16 +84,21 @@ static int cache_hits(void)
     return ts_proc_log_count(B->proc, "event=cache_hit");
 }
 
-/* B answers dev-1 with `stamp`, the second time from its cache. */
+/* B answers dev-1 with `stamp`, and then from its cache (a few tries: a
+ * heartbeat answered late on a loaded machine bypasses the cache a moment). */
 static void expect_cached_on_b(const char *stamp)
 {
     int hits;
     TS_EXPECT_STREQ(stamp_on(B), stamp);
     hits = cache_hits();
-    TS_EXPECT_STREQ(stamp_on(B), stamp);
-    if (cache_hits() <= hits)
-        ts_fail("router B did not answer dev-1 from its cache (%d cache hits before, %d after)", hits,
-                cache_hits());
+    for (int i = 0; i < 20; i++) {
+        TS_EXPECT_STREQ(stamp_on(B), stamp);
+        if (cache_hits() > hits)
+            return;
+        ts_sleep_ms(100);
+    }
+    ts_fail("router B did not answer dev-1 from its cache in 20 tries (%d cache hits before, %d after)", hits,
+            cache_hits());
 }
 
 static void set_status(const char *stamp, const char *status)
