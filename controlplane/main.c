@@ -375,7 +375,8 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
-    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth);
+    /* four heartbeats per trust window: one slow answer doesn't lapse the caches */
+    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth, (int)(cp.cfg.cache_trust_ms / 4));
     ratelimit_epoch_start(cp.base, cp.global);
     cp.feed = redisfeed_new(cp.redis, cp.lt);
     cp.inval = invalidate_new(&cp, cp.redis);

@@ -235,6 +235,8 @@ int ts_proc_term_signal(const struct ts_proc *p);
 void ts_proc_dump_log(const struct ts_proc *p, size_t max_bytes);
 /* Whether the log (or separate stderr file) contains needle. */
 bool ts_proc_log_contains(const struct ts_proc *p, const char *needle);
+/* How many times the log (plus the separate stderr file) contains needle. */
+int ts_proc_log_count(const struct ts_proc *p, const char *needle);
 
 /*
  * Run a command to completion (stdout+stderr captured into *output,
@@ -331,6 +333,40 @@ const char *ts_redis_cmd_auth(const char *addr, const char *password, const char
 /* Clients of the Redis at addr that are the daemons' (CLIENT LIST without
  * Sentinel's "sentinel-..." connections, replication links and this query). */
 int ts_redis_daemon_clients(const char *addr);
+
+/* ------------------------------------------------------------------ */
+/* TCP proxy (ts_tcpproxy.c): network failures between a daemon and   */
+/* a server                                                           */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A relay on a free 127.0.0.1 port to one IPv4:PORT target, run by a thread
+ * of the test process (poll). Give a daemon its address instead of the
+ * server's, then switch modes at any time:
+ *
+ *   PASS   relay both ways (the start);
+ *   CUT    close every relayed connection, and close new ones at once
+ *          (what a daemon sees when the server or its host goes away);
+ *   STALL  keep every connection open and accept new ones (connected to the
+ *          target), but relay no byte either way: a silent partition, no FIN,
+ *          no RST; the daemon can only notice by its own deadlines.
+ *
+ * Back to PASS relays again: what was held in a stall is delivered then.
+ * ts_tcpproxy_set_mode returns once the thread has applied the mode. At most
+ * 64 connections at once (more are closed). Stopped and freed by ts_finish
+ * (ts_tcpproxy_stop earlier is optional). Test thread only.
+ */
+enum ts_proxy_mode { TS_PROXY_PASS, TS_PROXY_CUT, TS_PROXY_STALL };
+struct ts_tcpproxy;
+struct ts_tcpproxy *ts_tcpproxy_start(const char *target_ipv4_port);
+/* "127.0.0.1:PORT" (owned by the proxy). */
+const char *ts_tcpproxy_addr(const struct ts_tcpproxy *p);
+void ts_tcpproxy_set_mode(struct ts_tcpproxy *p, enum ts_proxy_mode mode);
+/* Relayed connections open now; connections accepted since the start. */
+int ts_tcpproxy_live(struct ts_tcpproxy *p);
+long ts_tcpproxy_accepted(struct ts_tcpproxy *p);
+/* Close everything and stop the thread. */
+void ts_tcpproxy_stop(struct ts_tcpproxy *p);
 
 /* ------------------------------------------------------------------ */
 /* The daemons under test (ts_daemons.c)                              */
@@ -475,6 +511,9 @@ struct ts_rt_opts {
     const char *global_db;
     const char *geo_dbs[TS_MAX_GEOS];       /* in the order of geos */
     const char *redis_sentinel;
+    /* control plane i reaches the private Redis only through a TCP proxy
+     * (rt->redis_proxy[i], ts_tcpproxy_start), so a test can cut or stall it */
+    bool redis_proxied[TS_RT_MAX_CP];
 };
 
 struct ts_rt {
@@ -484,6 +523,7 @@ struct ts_rt {
     int ncp;
     int layout_refresh_ms;
     struct ts_rt_layout *layout;            /* the last one registered */
+    struct ts_tcpproxy *redis_proxy[TS_RT_MAX_CP];   /* per ts_rt_opts.redis_proxied, else NULL */
 };
 
 /*

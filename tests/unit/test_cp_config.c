@@ -47,6 +47,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg.down_after_intervals, 10);
     assert_int_equal(cfg.db_pool_size, 4);
     assert_int_equal(cfg.max_enrollment_groups, 100);
+    assert_int_equal(cfg.cache_trust_ms, 1000);
     assert_null(cfg.operator_token);
     cp_config_free(&cfg);
 }
@@ -155,6 +156,8 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"db\":{\"size\":2}}", "unknown_field", "db.size"},
         {"{" GOOD_BASE ",\"db\":[]}", "invalid_type", "db"},
         {"{" GOOD_BASE ",\"logLevel\":\"loud\"}", "invalid_value", "logLevel"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":199}", "out_of_range", "cacheTrustMs"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":60001}", "out_of_range", "cacheTrustMs"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
         /* transport: TLS unless plain HTTP is asked for, never both */
