@@ -96,6 +96,9 @@ struct pgconn {
     bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
     bool verified;         /* geography pools: this connection's database passed the identity check */
     bool recycle;          /* its server was found read-only: drop it once its statement ends */
+    struct pgcancel *cancel;   /* CANCELLING: the cancel request in flight (shared with its thread) */
+    bool cancel_ended;     /* CANCELLING: the statement has ended, the cancel request not yet */
+    int64_t cancel_deadline;   /* CANCELLING: mono ms when the grace period ends */
 };
 
 #define SETUP_PROBE  (-2)
@@ -232,8 +235,12 @@ static void conn_clear_results(struct pgconn *c)
     c->res = c->err = NULL;
 }
 
+static void pgcancel_unref(struct pgcancel *q);
+
 static void conn_close(struct pgconn *c)
 {
+    if (c->cancel) { pgcancel_unref(c->cancel); c->cancel = NULL; }
+    c->cancel_ended = false;
     if (c->rd) { event_free(c->rd); c->rd = NULL; }
     if (c->wr) { event_free(c->wr); c->wr = NULL; }
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
@@ -527,19 +534,37 @@ static enum pgerr_kind pgerr_classify(const char *sqlstate)
  */
 static atomic_int pg_cancel_threads;
 
+/* One cancel request, shared by the connection and its thread (two
+ * references; the last one frees it). done: PQcancel() has returned, so no
+ * CancelRequest of ours can reach the backend any more. */
+struct pgcancel {
+    PGcancel *k;
+    atomic_int refs;
+    atomic_bool done;
+};
+
+static void pgcancel_unref(struct pgcancel *q)
+{
+    if (atomic_fetch_sub(&q->refs, 1) == 1) {
+        PQfreeCancel(q->k);
+        free(q);
+    }
+}
+
 static void *cancel_thread(void *arg)
 {
-    PGcancel *k = arg;
+    struct pgcancel *q = arg;
     char err[256];
-    (void)PQcancel(k, err, sizeof err);   /* a failure shows as the grace timer firing */
-    PQfreeCancel(k);
+    (void)PQcancel(q->k, err, sizeof err);   /* a failure shows as the grace timer firing */
+    atomic_store(&q->done, true);
+    pgcancel_unref(q);
     atomic_fetch_sub(&pg_cancel_threads, 1);
     return NULL;
 }
 
 static bool conn_cancel_start(struct pgconn *c)
 {
-    PGcancel *k;
+    struct pgcancel *q;
     pthread_t t;
     pthread_attr_t attr;
     sigset_t all, old;
@@ -549,26 +574,32 @@ static bool conn_cancel_start(struct pgconn *c)
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
-    if (!(k = PQgetCancel(c->pg)) || pthread_attr_init(&attr) != 0) {
-        if (k) PQfreeCancel(k);
+    q = xcalloc(1, sizeof *q);
+    if (!(q->k = PQgetCancel(c->pg)) || pthread_attr_init(&attr) != 0) {
+        if (q->k) PQfreeCancel(q->k);
+        free(q);
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
+    atomic_init(&q->refs, 2);
+    atomic_init(&q->done, false);
     /* The thread inherits this mask: signals stay with the loop's thread. */
     sigfillset(&all);
     rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (rc == 0) rc = pthread_attr_setstacksize(&attr, 256 * 1024);
     if (rc == 0) rc = pthread_sigmask(SIG_BLOCK, &all, &old);
     if (rc == 0) {
-        rc = pthread_create(&t, &attr, cancel_thread, k);
+        rc = pthread_create(&t, &attr, cancel_thread, q);
         (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     pthread_attr_destroy(&attr);
     if (rc != 0) {
-        PQfreeCancel(k);
+        PQfreeCancel(q->k);
+        free(q);
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
+    c->cancel = q;
     return true;
 }
 
@@ -588,11 +619,21 @@ static void conn_statement_timeout(struct pgconn *c)
              p->name, c->idx, PQbackendPID(c->pg), p->query_timeout_ms, p->cancel_grace_ms);
     c->job = NULL;
     conn_set_state(c, PGC_CANCELLING);
+    c->cancel_ended = false;
+    c->cancel_deadline = util_mono_ms() + p->cancel_grace_ms;
     conn_arm_timer(c, p->cancel_grace_ms);
     job_finish_unavailable(j, "statement timed out", false);
 }
 
-/* The cancelled statement has ended: the connection is clean again. */
+/* How often a connection whose statement has ended looks whether its cancel
+ * request has been delivered (a rare wait: milliseconds). */
+#define PG_CANCEL_POLL_MS 2
+
+/* The cancelled statement has ended. The connection is clean again once our
+ * CancelRequest can no longer arrive: the statement may have ended by itself
+ * just before the request reached the server, which would then cancel the
+ * NEXT statement sent on this connection. So it waits for the cancel thread
+ * (within the grace period) before taking work. */
 static void conn_cancel_done(struct pgconn *c)
 {
     conn_clear_results(c);
@@ -600,6 +641,14 @@ static void conn_cancel_done(struct pgconn *c)
         conn_broken(c, "connection lost while its statement was cancelled");
         return;
     }
+    c->cancel_ended = true;
+    if (c->cancel && !atomic_load(&c->cancel->done)) {
+        int64_t left = c->cancel_deadline - util_mono_ms();
+        conn_arm_timer(c, (int)(left < PG_CANCEL_POLL_MS ? (left > 0 ? left : 0) : PG_CANCEL_POLL_MS));
+        return;
+    }
+    if (c->cancel) { pgcancel_unref(c->cancel); c->cancel = NULL; }
+    c->cancel_ended = false;
     log_info("event=pg_statement_cancelled pool=%s conn=%d", c->pool->name, c->idx);
     if (c->recycle) {
         conn_broken(c, "recycled: another connection found its server read-only");
@@ -806,7 +855,12 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_statement_timeout(c);
         break;
     case PGC_CANCELLING:
-        conn_broken(c, "cancelled statement did not end within the grace period");
+        if (c->cancel_ended && util_mono_ms() < c->cancel_deadline)
+            conn_cancel_done(c);   /* look again whether the cancel request is delivered */
+        else if (c->cancel_ended)
+            conn_broken(c, "cancel request not delivered within the grace period");
+        else
+            conn_broken(c, "cancelled statement did not end within the grace period");
         break;
     case PGC_IDLE:
         break;

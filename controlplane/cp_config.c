@@ -16,7 +16,7 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
+    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
 };
 static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", "maxInFlight", "requestDeadlineMs", NULL,
@@ -53,6 +53,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->db_keepalives_count = 3;
     cfg->cache_size = 200000;
     cfg->cache_ttl_ms = 60000;
+    cfg->cache_trust_ms = 1000;
     cfg->tenant_cache_ttl_ms = 5000;
     cfg->layout_refresh_ms = 1000;
     cfg->dps_timeout_ms = 30000;
@@ -220,6 +221,7 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !jv_object(root, "", "db", false, &db, e) ||
         !jv_int(root, "", "cacheSize", false, 1, 100000000, &cfg->cache_size, e) ||
         !jv_int(root, "", "cacheTtlMs", false, 100, 3600000, &cfg->cache_ttl_ms, e) ||
+        !jv_int(root, "", "cacheTrustMs", false, 200, 60000, &cfg->cache_trust_ms, e) ||
         !jv_int(root, "", "tenantCacheTtlMs", false, 100, 3600000, &cfg->tenant_cache_ttl_ms, e) ||
         !jv_int(root, "", "layoutRefreshMs", false, 50, 60000, &cfg->layout_refresh_ms, e) ||
         !jv_object(root, "", "dps", false, &dps, e) ||

@@ -49,6 +49,7 @@ struct cp_config {
     int64_t db_cancel_grace_ms;   /* how long a timed-out statement may take to end after its cancel */
     int64_t cache_size;           /* device assignments cached for repeat lookups */
     int64_t cache_ttl_ms;
+    int64_t cache_trust_ms;       /* cacheTrustMs: caches used only while invalidations are proven flowing this recently */
     int64_t tenant_cache_ttl_ms;
     int64_t layout_refresh_ms;
     char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
