@@ -62,6 +62,7 @@ struct pgjob {
     struct event *timer;   /* queue deadline, or an immediate failure */
     bool queued;
     const char *fail_msg;  /* set before the timer is activated to fail it */
+    int64_t deadline_ms;   /* the caller's deadline (pgpool_query_until), 0: none */
 };
 TAILQ_HEAD(pgjob_list, pgjob);
 
@@ -95,6 +96,9 @@ struct pgconn {
     bool setup_rollback;   /* SETUP: a ROLLBACK after an already-applied migration is in flight */
     bool verified;         /* geography pools: this connection's database passed the identity check */
     bool recycle;          /* its server was found read-only: drop it once its statement ends */
+    struct pgcancel *cancel;   /* CANCELLING: the cancel request in flight (shared with its thread) */
+    bool cancel_ended;     /* CANCELLING: the statement has ended, the cancel request not yet */
+    int64_t cancel_deadline;   /* CANCELLING: mono ms when the grace period ends */
 };
 
 #define SETUP_PROBE  (-2)
@@ -167,10 +171,17 @@ static void job_finish(struct pgjob *j, const struct pgq_result *r)
     job_free(j);
 }
 
-static void job_finish_unavailable(struct pgjob *j, const char *why)
+/* unsent: the statement never reached the server. */
+static void job_finish_unavailable(struct pgjob *j, const char *why, bool unsent)
 {
-    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why};
+    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why, .unsent = unsent};
+    r.expired = unsent && j->deadline_ms && util_mono_ms() >= j->deadline_ms;
     job_finish(j, &r);
+}
+
+bool pgq_in_doubt(const struct pgq_result *q)
+{
+    return q->status == PGQ_UNAVAILABLE && !q->unsent && !q->sqlstate;
 }
 
 static void job_dequeue(struct pgjob *j)
@@ -189,7 +200,7 @@ static void job_on_timer(evutil_socket_t fd, short what, void *arg)
     struct pgjob *j = arg;
     (void)fd; (void)what;
     job_dequeue(j);
-    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection");
+    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection", true);
 }
 
 static void job_fail_soon(struct pgjob *j, const char *why)
@@ -224,8 +235,12 @@ static void conn_clear_results(struct pgconn *c)
     c->res = c->err = NULL;
 }
 
+static void pgcancel_unref(struct pgcancel *q);
+
 static void conn_close(struct pgconn *c)
 {
+    if (c->cancel) { pgcancel_unref(c->cancel); c->cancel = NULL; }
+    c->cancel_ended = false;
     if (c->rd) { event_free(c->rd); c->rd = NULL; }
     if (c->wr) { event_free(c->wr); c->wr = NULL; }
     if (c->pg) { PQfinish(c->pg); c->pg = NULL; }
@@ -519,19 +534,37 @@ static enum pgerr_kind pgerr_classify(const char *sqlstate)
  */
 static atomic_int pg_cancel_threads;
 
+/* One cancel request, shared by the connection and its thread (two
+ * references; the last one frees it). done: PQcancel() has returned, so no
+ * CancelRequest of ours can reach the backend any more. */
+struct pgcancel {
+    PGcancel *k;
+    atomic_int refs;
+    atomic_bool done;
+};
+
+static void pgcancel_unref(struct pgcancel *q)
+{
+    if (atomic_fetch_sub(&q->refs, 1) == 1) {
+        PQfreeCancel(q->k);
+        free(q);
+    }
+}
+
 static void *cancel_thread(void *arg)
 {
-    PGcancel *k = arg;
+    struct pgcancel *q = arg;
     char err[256];
-    (void)PQcancel(k, err, sizeof err);   /* a failure shows as the grace timer firing */
-    PQfreeCancel(k);
+    (void)PQcancel(q->k, err, sizeof err);   /* a failure shows as the grace timer firing */
+    atomic_store(&q->done, true);
+    pgcancel_unref(q);
     atomic_fetch_sub(&pg_cancel_threads, 1);
     return NULL;
 }
 
 static bool conn_cancel_start(struct pgconn *c)
 {
-    PGcancel *k;
+    struct pgcancel *q;
     pthread_t t;
     pthread_attr_t attr;
     sigset_t all, old;
@@ -541,26 +574,32 @@ static bool conn_cancel_start(struct pgconn *c)
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
-    if (!(k = PQgetCancel(c->pg)) || pthread_attr_init(&attr) != 0) {
-        if (k) PQfreeCancel(k);
+    q = xcalloc(1, sizeof *q);
+    if (!(q->k = PQgetCancel(c->pg)) || pthread_attr_init(&attr) != 0) {
+        if (q->k) PQfreeCancel(q->k);
+        free(q);
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
+    atomic_init(&q->refs, 2);
+    atomic_init(&q->done, false);
     /* The thread inherits this mask: signals stay with the loop's thread. */
     sigfillset(&all);
     rc = pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
     if (rc == 0) rc = pthread_attr_setstacksize(&attr, 256 * 1024);
     if (rc == 0) rc = pthread_sigmask(SIG_BLOCK, &all, &old);
     if (rc == 0) {
-        rc = pthread_create(&t, &attr, cancel_thread, k);
+        rc = pthread_create(&t, &attr, cancel_thread, q);
         (void)pthread_sigmask(SIG_SETMASK, &old, NULL);
     }
     pthread_attr_destroy(&attr);
     if (rc != 0) {
-        PQfreeCancel(k);
+        PQfreeCancel(q->k);
+        free(q);
         atomic_fetch_sub(&pg_cancel_threads, 1);
         return false;
     }
+    c->cancel = q;
     return true;
 }
 
@@ -580,11 +619,21 @@ static void conn_statement_timeout(struct pgconn *c)
              p->name, c->idx, PQbackendPID(c->pg), p->query_timeout_ms, p->cancel_grace_ms);
     c->job = NULL;
     conn_set_state(c, PGC_CANCELLING);
+    c->cancel_ended = false;
+    c->cancel_deadline = util_mono_ms() + p->cancel_grace_ms;
     conn_arm_timer(c, p->cancel_grace_ms);
-    job_finish_unavailable(j, "statement timed out");
+    job_finish_unavailable(j, "statement timed out", false);
 }
 
-/* The cancelled statement has ended: the connection is clean again. */
+/* How often a connection whose statement has ended looks whether its cancel
+ * request has been delivered (a rare wait: milliseconds). */
+#define PG_CANCEL_POLL_MS 2
+
+/* The cancelled statement has ended. The connection is clean again once our
+ * CancelRequest can no longer arrive: the statement may have ended by itself
+ * just before the request reached the server, which would then cancel the
+ * NEXT statement sent on this connection. So it waits for the cancel thread
+ * (within the grace period) before taking work. */
 static void conn_cancel_done(struct pgconn *c)
 {
     conn_clear_results(c);
@@ -592,6 +641,14 @@ static void conn_cancel_done(struct pgconn *c)
         conn_broken(c, "connection lost while its statement was cancelled");
         return;
     }
+    c->cancel_ended = true;
+    if (c->cancel && !atomic_load(&c->cancel->done)) {
+        int64_t left = c->cancel_deadline - util_mono_ms();
+        conn_arm_timer(c, (int)(left < PG_CANCEL_POLL_MS ? (left > 0 ? left : 0) : PG_CANCEL_POLL_MS));
+        return;
+    }
+    if (c->cancel) { pgcancel_unref(c->cancel); c->cancel = NULL; }
+    c->cancel_ended = false;
     log_info("event=pg_statement_cancelled pool=%s conn=%d", c->pool->name, c->idx);
     if (c->recycle) {
         conn_broken(c, "recycled: another connection found its server read-only");
@@ -798,7 +855,12 @@ static void conn_on_timer(evutil_socket_t fd, short what, void *arg)
         conn_statement_timeout(c);
         break;
     case PGC_CANCELLING:
-        conn_broken(c, "cancelled statement did not end within the grace period");
+        if (c->cancel_ended && util_mono_ms() < c->cancel_deadline)
+            conn_cancel_done(c);   /* look again whether the cancel request is delivered */
+        else if (c->cancel_ended)
+            conn_broken(c, "cancel request not delivered within the grace period");
+        else
+            conn_broken(c, "cancelled statement did not end within the grace period");
         break;
     case PGC_IDLE:
         break;
@@ -826,7 +888,7 @@ static void conn_broken(struct pgconn *c, const char *why)
     if (was_setup && p->setup == SETUP_RUNNING)
         p->setup = SETUP_NONE;
     if (j)
-        job_finish_unavailable(j, "database connection lost");
+        job_finish_unavailable(j, "database connection lost", false);
     if (!pool_has_live_conn(p))
         pool_fail_queue(p, "database unreachable");
     else
@@ -1130,6 +1192,17 @@ static void conn_send_job(struct pgconn *c, struct pgjob *j)
     conn_sent(c);
 }
 
+/* The first queued job whose caller still waits: one whose deadline passed
+ * (its timer may not have run yet) is failed, never sent. */
+static struct pgjob *pool_next_job(struct pgpool *p)
+{
+    struct pgjob *j;
+    int64_t now = util_mono_ms();
+    while ((j = TAILQ_FIRST(&p->queue)) != NULL && j->deadline_ms && now >= j->deadline_ms)
+        job_fail_soon(j, "the caller's deadline passed while it waited");
+    return j;
+}
+
 static void pool_dispatch(struct pgpool *p)
 {
     if (p->setup != SETUP_DONE)
@@ -1137,7 +1210,9 @@ static void pool_dispatch(struct pgpool *p)
     for (int i = 0; i < p->size && !TAILQ_EMPTY(&p->queue); i++) {
         struct pgconn *c = &p->conns[i];
         if (c->state == PGC_IDLE && conn_usable(c)) {
-            struct pgjob *j = TAILQ_FIRST(&p->queue);
+            struct pgjob *j = pool_next_job(p);
+            if (!j)
+                break;
             job_dequeue(j);
             event_del(j->timer);
             conn_send_job(c, j);
@@ -1391,8 +1466,15 @@ void pgpool_free(struct pgpool *p)
 void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
                   pgpool_cb cb, void *arg)
 {
+    pgpool_query_until(p, 0, sql, nparams, values, cb, arg);
+}
+
+void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, int nparams,
+                        const char *const *values, pgpool_cb cb, void *arg)
+{
     struct pgjob *j = xcalloc(1, sizeof *j);
-    struct timeval tv = {p->queue_timeout_ms / 1000, (p->queue_timeout_ms % 1000) * 1000};
+    int64_t wait_ms = p->queue_timeout_ms, now = util_mono_ms();
+    struct timeval tv;
 
     j->pool = p;
     j->sql = xstrdup(sql);
@@ -1402,11 +1484,20 @@ void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *co
         j->values[i] = values[i] ? xstrdup(values[i]) : NULL;
     j->cb = cb;
     j->arg = arg;
+    j->deadline_ms = deadline_ms;
     j->timer = event_new(p->base, -1, 0, job_on_timer, j);
     if (!j->timer) {
         log_error("event=event_new_failed");
         abort();
     }
+    if (deadline_ms && deadline_ms <= now) {
+        job_fail_soon(j, "the caller's deadline had passed");
+        return;
+    }
+    if (deadline_ms && deadline_ms - now < wait_ms)
+        wait_ms = deadline_ms - now;   /* it waits in the queue until the first of the two */
+    tv.tv_sec = (time_t)(wait_ms / 1000);
+    tv.tv_usec = (suseconds_t)(wait_ms % 1000) * 1000;
     if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {
         job_fail_soon(j, p->setup_error);
         return;

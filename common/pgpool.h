@@ -46,7 +46,19 @@ struct pgq_result {
     const char *constraint;   /* PGQ_SQL_ERROR: violated constraint, or NULL */
     const char *column;       /* PGQ_SQL_ERROR: column named by the error, or NULL */
     const char *table;        /* PGQ_SQL_ERROR: table named by the error, or NULL */
+    /* PGQ_UNAVAILABLE: the statement never reached the server (no connection,
+     * queue full, it waited past the queue timeout or the caller's deadline):
+     * nothing of it ran. With sqlstate set (a 57014, 55P03, ... answer) it
+     * ran and the server ended it without effect. Otherwise it was sent and
+     * its fate is unknown (pgq_in_doubt). */
+    bool unsent;
+    bool expired;             /* unsent because the caller's deadline passed while it waited */
 };
+
+/* Whether a statement that did not answer OK may still have committed: it
+ * was sent, and neither an answer nor an error came back (the connection
+ * broke, or query_timeout_ms passed while it ran). */
+bool pgq_in_doubt(const struct pgq_result *q);
 
 /* Called exactly once per query, never from inside pgpool_query() itself. */
 typedef void (*pgpool_cb)(const struct pgq_result *r, void *arg);
@@ -120,6 +132,13 @@ void pgpool_free(struct pgpool *p);
  */
 void pgpool_query(struct pgpool *p, const char *sql, int nparams, const char *const *values,
                   pgpool_cb cb, void *arg);
+/* The same for a caller with a deadline (deadline_ms on util_mono_ms()'s
+ * clock; 0: none): a statement still queued when it passes is dropped, never
+ * sent, and fails PGQ_UNAVAILABLE with unsent and expired set (also when the
+ * deadline has passed already). A statement sent in time runs to its end or
+ * to query_timeout_ms, as any other. */
+void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, int nparams,
+                        const char *const *values, pgpool_cb cb, void *arg);
 
 /* Whether the pool has a live, migrated connection right now. */
 bool pgpool_is_ready(const struct pgpool *p);

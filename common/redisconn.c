@@ -585,7 +585,8 @@ static struct redisconn *rc_new(struct event_base *base, const struct redisconn_
         char fname[96];
         struct redisconn_opts fo = {
             .name = fname, .target = &rc->target, .dns = rc->dns, .connect_timeout_ms = rc->connect_timeout_ms,
-            .on_up = rc_finder_up, .arg = rc,   /* Sentinels get no AUTH: theirs is another password */
+            .on_up = rc_finder_up, .arg = rc,
+            .auth = &rc->target.sentinel_auth,   /* theirs, not the data user's (redistarget.h) */
         };
         snprintf(fname, sizeof fname, "%s.sentinel", rc->name);
         rc->finder = rc_new(base, &fo, true);

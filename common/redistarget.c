@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *const redis_target_sentinel_keys[] = {"masterName", "sentinels", NULL};
+static const char *const redis_target_sentinel_keys[] = {"masterName", "sentinels", "auth", NULL};
 
 static bool redis_target_addr(const char *s, const char *field, struct redis_addr *out, struct jv_err *e)
 {
@@ -62,6 +62,14 @@ static bool redis_target_parse_sentinel(json_t *obj, struct redis_target *out, s
             return false;
         out->n_sentinels = (int)i + 1;
     }
+    if (!redis_auth_parse(obj, "auth", &out->sentinel_auth, e)) {
+        char sub[sizeof e->field - sizeof "redisSentinel."];
+        size_t n = strnlen(e->field, sizeof sub - 1);
+        memcpy(sub, e->field, n);
+        sub[n] = '\0';
+        snprintf(e->field, sizeof e->field, "redisSentinel.%s", sub);   /* name it from the root */
+        return false;
+    }
     out->master_name = xstrdup(name);
     out->text = xasprintf("sentinel:%s", name);
     return true;
@@ -102,6 +110,7 @@ void redis_target_copy(struct redis_target *dst, const struct redis_target *src)
     for (int i = 0; i < src->n_sentinels; i++)
         redis_target_addr_copy(&dst->sentinels[i], &src->sentinels[i]);
     dst->n_sentinels = src->n_sentinels;
+    redis_auth_copy(&dst->sentinel_auth, &src->sentinel_auth);
     dst->text = src->text ? xstrdup(src->text) : NULL;
 }
 
@@ -114,5 +123,6 @@ void redis_target_free(struct redis_target *t)
     for (int i = 0; i < t->n_sentinels; i++)
         free(t->sentinels[i].host);
     free(t->text);
+    redis_auth_free(&t->sentinel_auth);
     memset(t, 0, sizeof *t);
 }

@@ -4,7 +4,12 @@
  *
  *   "redis": "host:port"                         one server, by name or address
  *   "redisSentinel": {"masterName": "stampcp",   the master that these Sentinels
- *                     "sentinels": ["host:port", ...]}   name (tried in turn)
+ *                     "sentinels": ["host:port", ...],   name (tried in turn)
+ *                     "auth": {"passwordFile": ...}}     optional: the Sentinels'
+ *                                                        own password (their
+ *                                                        requirepass; the shape of
+ *                                                        redisauth.h), sent as AUTH
+ *                                                        on every Sentinel connection
  *
  * Ownership: a struct redis_target owns its strings; redis_target_free()
  * releases them (safe on a zeroed struct).
@@ -15,6 +20,7 @@
 #include <stdbool.h>
 
 #include "jsonv.h"
+#include "redisauth.h"
 #include "util.h"
 
 #define REDIS_TARGET_MAX_SENTINELS 8
@@ -30,11 +36,13 @@ struct redis_target {
     char *master_name;                         /* "redisSentinel.masterName"; NULL: direct */
     struct redis_addr sentinels[REDIS_TARGET_MAX_SENTINELS];
     int n_sentinels;
+    struct redis_auth sentinel_auth;           /* "redisSentinel.auth"; empty: no AUTH to Sentinels */
     char *text;                                /* for log lines: "host:port" or "sentinel:NAME" */
 };
 
 /* Parse root["redis"] / root["redisSentinel"]; exactly one is required.
- * On failure e names the field; *out is safe to free. */
+ * On failure e names the field; *out is safe to free (redis_target_free also
+ * wipes the Sentinel password). */
 bool redis_target_parse(json_t *root, struct redis_target *out, struct jv_err *e) MUSTCHECK;
 void redis_target_copy(struct redis_target *dst, const struct redis_target *src);
 void redis_target_free(struct redis_target *t);

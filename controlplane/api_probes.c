@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ratelimit_epoch.h"
 #include "util.h"
 
 struct readyz {
@@ -74,6 +75,10 @@ static void readyz_finish(struct readyz *z)
     if (!z->redis_ok)
         json_array_append_new(degraded, json_string("redis: lookups are served; new placements, moves and releases "
                                                     "answer 503; stamp load is not updated"));
+    if (!ratelimit_epoch_loaded())
+        json_array_append_new(degraded, json_string("rateLimitEpoch: not read from the catalog yet; should Redis "
+                                                    "have lost its data with every router restarted, this "
+                                                    "instance would start the DPS buckets full"));
     ready = !cp->shutting_down && !z->misconfigured && z->geos_ok > 0 && (z->global_ok || tenants_any_servable(cp->tenants));
     status = !ready ? "unavailable" : json_array_size(degraded) > 0 ? "degraded" : "ready";
     body = json_pack("{s:s, s:o, s:o, s:o, s:o}", "status", status, "checks", z->checks, "degraded", degraded,

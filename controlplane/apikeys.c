@@ -367,3 +367,16 @@ void apikeys_forget(struct apikeys *k, const char *id)
         e->refetch = true;
 }
 
+static void ak_forget_one(const char *key, void *value, void *arg)
+{
+    struct ak_entry *e = value;
+    (void)key; (void)arg;
+    e->fetched_mono = 0;
+    if (e->fetching)
+        e->refetch = true;
+}
+
+void apikeys_forget_all(struct apikeys *k)
+{
+    strmap_foreach(k->entries, ak_forget_one, NULL);
+}

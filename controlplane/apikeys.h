@@ -55,6 +55,9 @@ bool apikeys_maybe_valid(struct apikeys *k, const char *token);
 
 /* Drop the cached copy of key id (after a change here or an announcement). */
 void apikeys_forget(struct apikeys *k, const char *id);
+/* Every key is re-read at its next use: the invalidation subscription was
+ * lost or came back, so announcements may have been missed. */
+void apikeys_forget_all(struct apikeys *k);
 
 /* SHA-256 of a secret as 64 hex characters (out: 65 bytes). */
 void apikeys_hash_hex(const char *secret, char out[65]);

@@ -58,6 +58,7 @@ struct cp {
     struct stampcheck *stampcheck;            /* stamps whose reports contradict the catalog (stampcheck.h) */
     char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */
+    int lingering;               /* device requests answered by their deadline, still waiting for a callback (router_req.h) */
     bool shutting_down;
     int64_t shutdown_deadline_ms;
     struct event *sig_term, *sig_int, *sig_hup, *drain_timer;

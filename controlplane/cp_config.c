@@ -16,10 +16,10 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
+    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
 };
 static const char *const cp_config_http_keys[] = {
-    "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", "maxInFlight", NULL,
+    "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", "maxInFlight", "requestDeadlineMs", NULL,
 };
 static const char *const cp_config_tenants_keys[] = {
     "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", "staleOnErrorMs", NULL,
@@ -53,6 +53,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->db_keepalives_count = 3;
     cfg->cache_size = 200000;
     cfg->cache_ttl_ms = 60000;
+    cfg->cache_trust_ms = 1000;
     cfg->tenant_cache_ttl_ms = 5000;
     cfg->layout_refresh_ms = 1000;
     cfg->dps_timeout_ms = 30000;
@@ -69,6 +70,7 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->http_request_timeout_ms = 30000;
     cfg->http_idle_timeout_ms = 60000;
     cfg->http_max_inflight = 1024;
+    cfg->http_request_deadline_ms = 10000;
 }
 
 bool cp_config_set_listen(struct cp_config *cfg, const char *hostport, struct jv_err *e)
@@ -190,7 +192,8 @@ static bool cp_config_parse_http(json_t *root, struct cp_config *cfg, struct jv_
         !jv_int(http, "http", "headerTimeoutMs", false, 100, 600000, &cfg->http_header_timeout_ms, e) ||
         !jv_int(http, "http", "requestTimeoutMs", false, 100, 3600000, &cfg->http_request_timeout_ms, e) ||
         !jv_int(http, "http", "idleTimeoutMs", false, 100, 60000, &cfg->http_idle_timeout_ms, e) ||
-        !jv_int(http, "http", "maxInFlight", false, 1, 1000000, &cfg->http_max_inflight, e))
+        !jv_int(http, "http", "maxInFlight", false, 1, 1000000, &cfg->http_max_inflight, e) ||
+        !jv_int(http, "http", "requestDeadlineMs", false, 100, 600000, &cfg->http_request_deadline_ms, e))
         return false;
     if (cfg->http_request_timeout_ms < cfg->http_header_timeout_ms) {
         jv_set(e, "invalid_value", "http.requestTimeoutMs", "http.requestTimeoutMs must be at least http.headerTimeoutMs");
@@ -218,6 +221,7 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         !jv_object(root, "", "db", false, &db, e) ||
         !jv_int(root, "", "cacheSize", false, 1, 100000000, &cfg->cache_size, e) ||
         !jv_int(root, "", "cacheTtlMs", false, 100, 3600000, &cfg->cache_ttl_ms, e) ||
+        !jv_int(root, "", "cacheTrustMs", false, 200, 60000, &cfg->cache_trust_ms, e) ||
         !jv_int(root, "", "tenantCacheTtlMs", false, 100, 3600000, &cfg->tenant_cache_ttl_ms, e) ||
         !jv_int(root, "", "layoutRefreshMs", false, 50, 60000, &cfg->layout_refresh_ms, e) ||
         !jv_object(root, "", "dps", false, &dps, e) ||

@@ -49,6 +49,7 @@ struct cp_config {
     int64_t db_cancel_grace_ms;   /* how long a timed-out statement may take to end after its cancel */
     int64_t cache_size;           /* device assignments cached for repeat lookups */
     int64_t cache_ttl_ms;
+    int64_t cache_trust_ms;       /* cacheTrustMs: caches used only while invalidations are proven flowing this recently */
     int64_t tenant_cache_ttl_ms;
     int64_t layout_refresh_ms;
     char *dps_ca_file;            /* CA that signs the stamps' DPS endpoints (NULL: system store) */
@@ -72,6 +73,7 @@ struct cp_config {
     int64_t http_request_timeout_ms;   /* first byte of a request -> end of its body */
     int64_t http_idle_timeout_ms;      /* an idle keep-alive connection is closed after this */
     int64_t http_max_inflight;         /* requests being served at once (more: 503 overloaded; probes exempt) */
+    int64_t http_request_deadline_ms;  /* device requests: accepted -> answered, end to end (router.c) */
 };
 
 /*

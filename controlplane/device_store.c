@@ -113,24 +113,24 @@ int device_store_geo_index(const struct cp *cp, const char *geo)
     return -1;
 }
 
-void device_store_lookup(struct cp *cp, int g, const char *tenant, const char *regid, pgbatch_cb cb, void *arg)
+void device_store_lookup(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, const char *regid, pgbatch_cb cb, void *arg)
 {
     const char *values[3] = {tenant, regid, cp->cfg.geos[g].id};
-    pgbatch_submit(cp->geo_lookup[g], values, cb, arg);
+    pgbatch_submit_until(cp->geo_lookup[g], deadline_ms, values, cb, arg);
 }
 
-void device_store_detail(struct cp *cp, int g, const char *tenant, const char *regid, pgpool_cb cb, void *arg)
+void device_store_detail(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, const char *regid, pgpool_cb cb, void *arg)
 {
     const char *values[3] = {tenant, regid, cp->cfg.geos[g].id};
-    pgpool_query(cp->geo[g], store_detail_sql, 3, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, store_detail_sql, 3, values, cb, arg);
 }
 
-void device_store_assign(struct cp *cp, int g, const char *const v[10], pgbatch_cb cb, void *arg)
+void device_store_assign(struct cp *cp, int g, int64_t deadline_ms, const char *const v[10], pgbatch_cb cb, void *arg)
 {
-    pgbatch_submit(cp->geo_assign[g], v, cb, arg);
+    pgbatch_submit_until(cp->geo_assign[g], deadline_ms, v, cb, arg);
 }
 
-void device_store_assign_one(struct cp *cp, int g, const char *const v[10], const char *claim_token, pgpool_cb cb,
+void device_store_assign_one(struct cp *cp, int g, int64_t deadline_ms, const char *const v[10], const char *claim_token, pgpool_cb cb,
                              void *arg)
 {
     static const char claimed_sql[] =
@@ -140,46 +140,46 @@ void device_store_assign_one(struct cp *cp, int g, const char *const v[10], cons
         " FROM cp_assign_claimed_device($11::bigint, $1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb, $10) a";
     const char *values[11];
     if (!claim_token) {
-        pgpool_query(cp->geo[g], store_assign_sql, 10, v, cb, arg);
+        pgpool_query_until(cp->geo[g], deadline_ms, store_assign_sql, 10, v, cb, arg);
         return;
     }
     memcpy(values, v, 10 * sizeof *values);
     values[10] = claim_token;
-    pgpool_query(cp->geo[g], claimed_sql, 11, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, claimed_sql, 11, values, cb, arg);
 }
 
-void device_store_claim(struct cp *cp, int g, const char *tenant, const char *regid, const char *geo,
+void device_store_claim(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, const char *regid, const char *geo,
                         const char *from_token, pgpool_cb cb, void *arg)
 {
     static const char sql[] = "SELECT outcome, geography, token::text FROM cp_claim_device($1, $2, $3, $4::bigint)";
     const char *values[4] = {tenant, regid, geo, from_token};
-    pgpool_query(cp->geo[g], sql, 4, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, sql, 4, values, cb, arg);
 }
 
-void device_store_fence(struct cp *cp, int g, const char *tenant, const char *regid, const char *token,
+void device_store_fence(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, const char *regid, const char *token,
                         pgpool_cb cb, void *arg)
 {
     static const char sql[] = "SELECT cp_fence_claim($1, $2, $3::bigint)";
     const char *values[3] = {tenant, regid, token};
-    pgpool_query(cp->geo[g], sql, 3, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, sql, 3, values, cb, arg);
 }
 
-void device_store_move(struct cp *cp, int g, const char *const v[11], pgpool_cb cb, void *arg)
+void device_store_move(struct cp *cp, int g, int64_t deadline_ms, const char *const v[11], pgpool_cb cb, void *arg)
 {
     static const char sql[] =
         "SELECT a.outcome, coalesce((a.dev).status,''), coalesce((a.dev).region_id,''), coalesce((a.dev).stamp_id,''),"
         " coalesce((a.dev).dps_id,''), coalesce((a.dev).id_scope,''), coalesce((a.dev).dps_endpoint,''),"
         " coalesce(cp_ts((a.dev).assigned_at),''), coalesce((a.dev).etag::text,'')"
         " FROM cp_move_device($1, $2, $3::bigint, $4, $5, $6, $7, $8, $9, $10::jsonb, $11) a";
-    pgpool_query(cp->geo[g], sql, 11, v, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, sql, 11, v, cb, arg);
 }
 
-void device_store_release(struct cp *cp, int g, const char *tenant, const char *regid, bool retire,
+void device_store_release(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, const char *regid, bool retire,
                           const char *reason, pgpool_cb cb, void *arg)
 {
     static const char sql[] = "SELECT status FROM cp_release_device($1, $2, $3::boolean, $4)";
     const char *values[4] = {tenant, regid, retire ? "true" : "false", reason};
-    pgpool_query(cp->geo[g], sql, 4, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, sql, 4, values, cb, arg);
 }
 
 void device_store_record_hub(struct cp *cp, int g, const char *tenant, const char *regid, const char *etag,
@@ -194,9 +194,9 @@ void device_store_record_hub(struct cp *cp, int g, const char *tenant, const cha
     pgpool_query(cp->geo[g], sql, 5, values, cb, arg);
 }
 
-void device_store_count(struct cp *cp, int g, const char *tenant, pgpool_cb cb, void *arg)
+void device_store_count(struct cp *cp, int g, int64_t deadline_ms, const char *tenant, pgpool_cb cb, void *arg)
 {
     static const char sql[] = "SELECT count(*) FROM devices WHERE tenant_id = $1 AND status = 'assigned'";
     const char *values[1] = {tenant};
-    pgpool_query(cp->geo[g], sql, 1, values, cb, arg);
+    pgpool_query_until(cp->geo[g], deadline_ms, sql, 1, values, cb, arg);
 }

@@ -218,8 +218,8 @@ void dps_client_free(struct dps_client *c)
     free(c);
 }
 
-void dps_register(struct dps_client *c, const char *endpoint, const char *id_scope, const char *regid,
-                  const char *sas, json_t *payload, dps_cb cb, void *arg)
+void dps_register(struct dps_client *c, int64_t deadline_ms, const char *endpoint, const char *id_scope,
+                  const char *regid, const char *sas, json_t *payload, dps_cb cb, void *arg)
 {
     struct dps_op *op = xcalloc(1, sizeof *op);
     json_t *body;
@@ -230,6 +230,8 @@ void dps_register(struct dps_client *c, const char *endpoint, const char *id_sco
     op->arg = arg;
     op->state = OP_PUT;
     op->deadline_ms = util_mono_ms() + c->timeout_ms;
+    if (deadline_ms && deadline_ms < op->deadline_ms)
+        op->deadline_ms = deadline_ms;   /* the caller's request ends first */
     op->poll_timer = event_new(c->base, -1, 0, op_on_poll_timer, op);
     op->reap = event_new(c->base, -1, 0, op_on_reap, op);
     if (!op->poll_timer || !op->reap) {

@@ -47,9 +47,11 @@ void dps_client_free(struct dps_client *c);
 /*
  * Register: endpoint "host:port"; sas the device's SharedAccessSignature for
  * sr = idScope/registrations/regid; payload (may be NULL) is sent as is.
+ * The call ends (DPS_UNREACHABLE) at the client's timeout_ms or at
+ * deadline_ms (util_mono_ms() clock; 0: none), the first of them.
  * cb is called exactly once, never from inside dps_register().
  */
-void dps_register(struct dps_client *c, const char *endpoint, const char *id_scope, const char *regid,
-                  const char *sas, json_t *payload, dps_cb cb, void *arg);
+void dps_register(struct dps_client *c, int64_t deadline_ms, const char *endpoint, const char *id_scope,
+                  const char *regid, const char *sas, json_t *payload, dps_cb cb, void *arg);
 
 #endif

@@ -45,6 +45,9 @@ struct invalidate {
     struct cp *cp;
     struct redisbus *bus;
     bool subscribed;
+    int64_t trust_ms;                /* cacheTrustMs */
+    bool lapsed;                     /* subscribed, but not proven within trust_ms (logged once) */
+    int64_t lapsed_at_ms;
     LIST_HEAD(, inval_wait) waits;   /* messages waiting to come back */
     struct inval_relay relay[RELAY_MAX_POOLS];
     int nrelay;
@@ -247,6 +250,7 @@ static void inval_forget_all(struct invalidate *inv)
 {
     assign_cache_clear(inv->cp->cache);   /* also refuses puts of lookups begun before */
     tenants_forget_all(inv->cp->tenants);
+    apikeys_forget_all(inv->cp->keys);   /* then fresh for APIKEYS_FRESH_MS at most, subscribed or not */
 }
 
 /* The subscription is back: invalidations may have been missed meanwhile, so
@@ -258,7 +262,6 @@ static void inval_on_subscribed(void *arg)
     struct invalidate *inv = arg;
     inv->subscribed = true;
     inval_forget_all(inv);
-    tenants_set_distrusted(inv->cp->tenants, false);
 }
 
 /* Lost: a change made now would go unheard, so answer nothing from the caches
@@ -268,13 +271,37 @@ static void inval_on_unsubscribed(void *arg)
     struct invalidate *inv = arg;
     inv->subscribed = false;
     inval_forget_all(inv);
-    tenants_set_distrusted(inv->cp->tenants, true);
     log_warn("event=invalidations_unsubscribed action=caches_bypassed");
 }
 
-bool invalidate_cache_trusted(const struct invalidate *inv)
+/*
+ * Subscribed is not enough: a connection that silently stopped delivering
+ * (no FIN, no RST: a partition, a stalled proxy) still looks up until a
+ * heartbeat times out. So the caches are trusted only while the bus has
+ * proven, within cacheTrustMs, that every message published until then
+ * has reached us. A lapse loses nothing (it is the same connection, so what
+ * was delayed arrives before the next proof): the entries stay, unused.
+ */
+bool invalidate_cache_trusted(struct invalidate *inv)
 {
-    return inv->subscribed;
+    int64_t proven = inv->subscribed ? redisbus_sub_proven_ms(inv->bus) : 0;
+    int64_t now = util_mono_ms();
+    bool fresh = proven > 0 && now - proven <= inv->trust_ms;
+    if (inv->subscribed && !fresh && !inv->lapsed) {
+        inv->lapsed = true;
+        inv->lapsed_at_ms = now;
+        log_warn("event=invalidations_unproven proven_ms_ago=%lld bound_ms=%lld action=caches_bypassed",
+                 proven > 0 ? (long long)(now - proven) : -1LL, (long long)inv->trust_ms);
+    } else if (fresh && inv->lapsed) {
+        inv->lapsed = false;
+        log_info("event=invalidations_proven lapse_ms=%lld", (long long)(now - inv->lapsed_at_ms));
+    }
+    return fresh;
+}
+
+static bool inval_trusted_hook(void *arg)
+{
+    return invalidate_cache_trusted(arg);
 }
 
 struct invalidate *invalidate_new(struct cp *cp, struct redisbus *bus)
@@ -287,7 +314,8 @@ struct invalidate *invalidate_new(struct cp *cp, struct redisbus *bus)
     inv->bus = bus;
     LIST_INIT(&inv->waits);
     inv->fault = getenv("STAMPCP_FAULT");
-    tenants_set_distrusted(cp->tenants, true);   /* until the first subscription */
+    inv->trust_ms = cp->cfg.cache_trust_ms;
+    tenants_set_trust(cp->tenants, inval_trusted_hook, inv);   /* distrusted until the first subscription */
     redisbus_subscribe(bus, &sub);
     relay_start(inv);
     return inv;
@@ -297,6 +325,7 @@ void invalidate_free(struct invalidate *inv)
 {
     if (!inv)
         return;
+    tenants_set_trust(inv->cp->tenants, NULL, NULL);
     while (!LIST_EMPTY(&inv->waits)) {
         struct inval_wait *w = LIST_FIRST(&inv->waits);
         LIST_REMOVE(w, link);

@@ -17,8 +17,9 @@
  * so then it is waiting at every other control plane too, and a cache there
  * drains its socket (invalidate_drain) before answering from its cache.
  * While the subscription is down, or after it came back (messages may have
- * been lost), this instance's caches are cleared; while it is down they are
- * also bypassed (invalidate_cache_trusted).
+ * been lost), this instance's caches are cleared; while it is down, or not
+ * proven alive within cacheTrustMs, they are also bypassed
+ * (invalidate_cache_trusted).
  *
  * Delivery is guaranteed by an outbox: every change also writes a row in its
  * own transaction (triggers, schema/geo/008 and schema/global/013), and a
@@ -60,9 +61,12 @@ void invalidate_tenant(struct invalidate *inv, const char *tenant, invalidate_do
 void invalidate_apikey(struct invalidate *inv, const char *key_id, invalidate_done_cb done, void *arg);
 
 /* Whether cached answers may be used (and stored): only while the
- * subscription is up. While it is down the caches are empty and bypassed;
- * when it comes back they are dropped once more and trusted from then on. */
-bool invalidate_cache_trusted(const struct invalidate *inv);
+ * subscription is up AND proven alive within cacheTrustMs (redisbus.h: every
+ * message Redis published before the proof has been applied). While it is
+ * down the caches are empty and bypassed; when it comes back they are dropped
+ * once more and trusted from then on. While it is up but unproven they are
+ * bypassed, not dropped. Also decides for the tenant cache (tenants_set_trust). */
+bool invalidate_cache_trusted(struct invalidate *inv);
 
 /* Test-only fault injection: with STAMPCP_FAULT=exit_after_commit:<point>
  * in the environment, the process kills itself (SIGKILL) here. Called by a

@@ -18,6 +18,7 @@
 #include "http_call.h"
 #include "http_server.h"
 #include "log.h"
+#include "ratelimit_epoch.h"
 #include "routes.h"
 #include "stampcheck.h"
 #include "util.h"
@@ -40,9 +41,10 @@ static void cp_drain_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct cp *cp = arg;
     (void)fd; (void)what;
-    if (cp->inflight == 0 || util_mono_ms() >= cp->shutdown_deadline_ms) {
-        if (cp->inflight > 0)
-            log_warn("event=shutdown_deadline abandoned_requests=%d", cp->inflight);
+    /* lingering: requests the deadline answered still wait for a callback of a pool or Redis closed below */
+    if (cp->inflight + cp->lingering == 0 || util_mono_ms() >= cp->shutdown_deadline_ms) {
+        if (cp->inflight + cp->lingering > 0)
+            log_warn("event=shutdown_deadline abandoned_requests=%d", cp->inflight + cp->lingering);
         event_base_loopbreak(cp->base);
     }
 }
@@ -229,6 +231,7 @@ static void cp_free(struct cp *cp)
     cp_secrets_free(cp->secrets);
     idempotency_free(cp->idem);
     http_call_abort_all();
+    ratelimit_epoch_stop();
     pgpool_free(cp->global);
     apikeys_free(cp->keys);   /* after its pool, which drops the queries in flight */
     for (int i = 0; i < cp->cfg.n_geos; i++) {
@@ -373,7 +376,9 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
-    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth);
+    /* four heartbeats per trust window: one slow answer doesn't lapse the caches */
+    cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth, (int)(cp.cfg.cache_trust_ms / 4));
+    ratelimit_epoch_start(cp.base, cp.global);
     cp.feed = redisfeed_new(cp.redis, cp.lt);
     cp.inval = invalidate_new(&cp, cp.redis);
     if (!http_server_start(&cp)) {

@@ -2,7 +2,10 @@
  * pgbatch.c - natural batching in front of a pgpool (see pgbatch.h).
  *
  * An item is QUEUED, then SENT in a batch, then ANSWERED (its callback ran,
- * it is freed). Flushing runs from a libevent event activated by submit and
+ * it is freed). An item whose deadline passes while QUEUED is answered
+ * unsent (and expired, when it was its caller's deadline): it is never part
+ * of a batch sent after its deadline, and a batch carries the earliest
+ * caller deadline of its items to the pool's queue. Flushing runs from a libevent event activated by submit and
  * by each completed batch, so everything queued during one pass of the loop
  * (a burst of requests, the callbacks of a finished batch) can go out
  * together, and no callback ever runs inside pgbatch_submit().
@@ -22,7 +25,8 @@ struct pgb_item {
     char *values[PGBATCH_MAX_COLS];
     pgbatch_cb cb;
     void *arg;
-    int64_t deadline_ms;     /* while queued */
+    int64_t deadline_ms;     /* while queued: the queue timeout or the caller's deadline, the first of them */
+    int64_t caller_deadline_ms;   /* pgbatch_submit_until's, 0: none */
 };
 TAILQ_HEAD(pgb_item_list, pgb_item);
 
@@ -42,7 +46,8 @@ struct pgbatch {
     int queue_len;
     int inflight;            /* batches sent and not answered (fallback singles not counted) */
     struct event *flush_ev;  /* activated to send what is queued */
-    struct event *timer;     /* the queue head's deadline */
+    struct event *timer;     /* the earliest deadline of what is queued */
+    int64_t timer_at;        /* ... when it is armed */
     bool flush_pending;
     struct pgbatch_stats stats;
 };
@@ -97,10 +102,45 @@ static void item_answer(struct pgb_item *it, const struct pgq_result *q, int row
     item_free(it);
 }
 
+/* Answer an item that was never sent: it waited past its queue deadline. */
+static void item_drop(struct pgb_item *it, int64_t now)
+{
+    struct pgq_result q = {.status = PGQ_UNAVAILABLE, .unsent = true};
+    q.expired = it->caller_deadline_ms && now >= it->caller_deadline_ms;
+    q.message = q.expired ? "the caller's deadline passed while it waited" : "timed out waiting for a database connection";
+    if (q.expired)
+        it->b->stats.expired++;
+    item_answer(it, &q, -1);
+}
+
 static void batch_free(struct pgb_batch *bt)
 {
     free(bt->items);
     free(bt);
+}
+
+static void pgb_arm_timer(struct pgbatch *b);
+static void pgb_schedule_flush(struct pgbatch *b);
+
+/* The batch was dropped from the pool's queue because its earliest caller
+ * deadline passed: items whose own deadline has not passed go back to the
+ * head of the queue (in their order) for the next batch; the others are
+ * answered. */
+static void pgb_requeue_expired(struct pgb_batch *bt, const struct pgq_result *q)
+{
+    struct pgbatch *b = bt->b;
+    int64_t now = util_mono_ms();
+    for (int i = bt->n - 1; i >= 0; i--) {
+        struct pgb_item *it = bt->items[i];
+        if (it->caller_deadline_ms && now >= it->caller_deadline_ms) {
+            b->stats.expired++;
+            item_answer(it, q, -1);
+            continue;
+        }
+        TAILQ_INSERT_HEAD(&b->queue, it, link);
+        b->queue_len++;
+    }
+    pgb_arm_timer(b);
 }
 
 static void pgb_schedule_flush(struct pgbatch *b)
@@ -132,8 +172,14 @@ static void pgb_on_batch(const struct pgq_result *q, void *arg)
         if (log_enabled(LOG_DEBUG))
             log_debug("event=pg_batch_fallback batcher=%s items=%d sqlstate=%s", b->name, bt->n, q->sqlstate);
         for (int i = 0; i < bt->n; i++)
-            pgpool_query(b->pool, b->sql_one, b->ncols, (const char *const *)bt->items[i]->values, pgb_on_single,
-                         bt->items[i]);
+            pgpool_query_until(b->pool, bt->items[i]->caller_deadline_ms, b->sql_one, b->ncols,
+                               (const char *const *)bt->items[i]->values, pgb_on_single, bt->items[i]);
+        batch_free(bt);
+        pgb_schedule_flush(b);
+        return;
+    }
+    if (q->status == PGQ_UNAVAILABLE && q->expired) {
+        pgb_requeue_expired(bt, q);
         batch_free(bt);
         pgb_schedule_flush(b);
         return;
@@ -156,23 +202,37 @@ static void pgb_on_batch(const struct pgq_result *q, void *arg)
     pgb_schedule_flush(b);
 }
 
+/* Send up to n queued items as one batch; items whose deadline has passed
+ * (their timer may not have run yet) are answered instead, never sent. */
 static void pgb_send(struct pgbatch *b, int n)
 {
     struct pgb_batch *bt = xcalloc(1, sizeof *bt);
+    int64_t now = util_mono_ms(), deadline = 0;
     bt->b = b;
-    bt->n = n;
     bt->items = xmalloc((size_t)n * sizeof *bt->items);
-    for (int i = 0; i < n; i++) {
+    while (bt->n < n && !TAILQ_EMPTY(&b->queue)) {
         struct pgb_item *it = TAILQ_FIRST(&b->queue);
         TAILQ_REMOVE(&b->queue, it, link);
         b->queue_len--;
-        bt->items[i] = it;
+        if (it->deadline_ms <= now) {
+            item_drop(it, now);
+            continue;
+        }
+        if (it->caller_deadline_ms && (!deadline || it->caller_deadline_ms < deadline))
+            deadline = it->caller_deadline_ms;
+        bt->items[bt->n++] = it;
+    }
+    n = bt->n;
+    if (n == 0) {
+        batch_free(bt);
+        return;
     }
     b->inflight++;
     b->stats.batches++;
     b->stats.items += n;
     if (n == 1) {
-        pgpool_query(b->pool, b->sql_one, b->ncols, (const char *const *)bt->items[0]->values, pgb_on_batch, bt);
+        pgpool_query_until(b->pool, deadline, b->sql_one, b->ncols, (const char *const *)bt->items[0]->values,
+                           pgb_on_batch, bt);
         return;
     }
     {
@@ -184,7 +244,7 @@ static void pgb_send(struct pgbatch *b, int n)
             cols[c] = pgbatch_array_literal(vals, n);
         }
         free(vals);
-        pgpool_query(b->pool, b->sql_many, b->ncols, (const char *const *)cols, pgb_on_batch, bt);
+        pgpool_query_until(b->pool, deadline, b->sql_many, b->ncols, (const char *const *)cols, pgb_on_batch, bt);
         for (int c = 0; c < b->ncols; c++)
             free(cols[c]);
     }
@@ -201,14 +261,13 @@ static void pgb_on_flush(evutil_socket_t fd, short what, void *arg)
         event_del(b->timer);
 }
 
-static void pgb_arm_timer(struct pgbatch *b)
+/* The timer runs to the earliest deadline of what is queued (items carry
+ * their callers' deadlines, so the head is not always the first due). */
+static void pgb_arm_at(struct pgbatch *b, int64_t when)
 {
-    struct pgb_item *it = TAILQ_FIRST(&b->queue);
-    int64_t ms;
+    int64_t ms = when - util_mono_ms();
     struct timeval tv;
-    if (!it)
-        return;
-    ms = it->deadline_ms - util_mono_ms();
+    b->timer_at = when;
     if (ms < 0)
         ms = 0;
     tv.tv_sec = (time_t)(ms / 1000);
@@ -216,20 +275,41 @@ static void pgb_arm_timer(struct pgbatch *b)
     event_add(b->timer, &tv);
 }
 
-/* The oldest items waited too long for a free batch slot. */
+static void pgb_arm_timer(struct pgbatch *b)
+{
+    struct pgb_item *it;
+    int64_t first = 0;
+    TAILQ_FOREACH(it, &b->queue, link)
+        if (!first || it->deadline_ms < first)
+            first = it->deadline_ms;
+    if (first)
+        pgb_arm_at(b, first);
+    else
+        event_del(b->timer);
+}
+
+/* Items waited too long for a free batch slot, or past their caller's deadline. */
 static void pgb_on_timer(evutil_socket_t fd, short what, void *arg)
 {
     struct pgbatch *b = arg;
-    struct pgq_result q = {.status = PGQ_UNAVAILABLE, .message = "timed out waiting for a database connection"};
     int64_t now = util_mono_ms();
-    struct pgb_item *it;
+    struct pgb_item_list due = TAILQ_HEAD_INITIALIZER(due);
+    struct pgb_item *it, *next;
     (void)fd; (void)what;
-    while ((it = TAILQ_FIRST(&b->queue)) != NULL && it->deadline_ms <= now) {
-        TAILQ_REMOVE(&b->queue, it, link);
-        b->queue_len--;
-        item_answer(it, &q, -1);
+    /* take them all out first: a callback may submit to this batcher */
+    for (it = TAILQ_FIRST(&b->queue); it; it = next) {
+        next = TAILQ_NEXT(it, link);
+        if (it->deadline_ms <= now) {
+            TAILQ_REMOVE(&b->queue, it, link);
+            b->queue_len--;
+            TAILQ_INSERT_TAIL(&due, it, link);
+        }
     }
     pgb_arm_timer(b);
+    while ((it = TAILQ_FIRST(&due)) != NULL) {
+        TAILQ_REMOVE(&due, it, link);
+        item_drop(it, now);
+    }
 }
 
 /* ---- public ---- */
@@ -261,9 +341,9 @@ void pgbatch_free(struct pgbatch *b)
     struct pgb_item *it;
     if (!b)
         return;
-    if (b->stats.batches)
-        log_info("event=pg_batch_stats batcher=%s batches=%ld items=%ld fallbacks=%ld", b->name, b->stats.batches,
-                 b->stats.items, b->stats.fallbacks);
+    if (b->stats.batches || b->stats.expired)
+        log_info("event=pg_batch_stats batcher=%s batches=%ld items=%ld fallbacks=%ld expired=%ld", b->name,
+                 b->stats.batches, b->stats.items, b->stats.fallbacks, b->stats.expired);
     while ((it = TAILQ_FIRST(&b->queue)) != NULL) {
         TAILQ_REMOVE(&b->queue, it, link);
         item_free(it);
@@ -276,18 +356,26 @@ void pgbatch_free(struct pgbatch *b)
 
 void pgbatch_submit(struct pgbatch *b, const char *const *values, pgbatch_cb cb, void *arg)
 {
+    pgbatch_submit_until(b, 0, values, cb, arg);
+}
+
+void pgbatch_submit_until(struct pgbatch *b, int64_t deadline_ms, const char *const *values, pgbatch_cb cb,
+                          void *arg)
+{
     struct pgb_item *it = xcalloc(1, sizeof *it);
-    bool was_empty = TAILQ_EMPTY(&b->queue);
     it->b = b;
     for (int i = 0; i < b->ncols; i++)
         it->values[i] = values[i] ? xstrdup(values[i]) : NULL;
     it->cb = cb;
     it->arg = arg;
     it->deadline_ms = util_mono_ms() + b->queue_timeout_ms;
+    it->caller_deadline_ms = deadline_ms;
+    if (deadline_ms && deadline_ms < it->deadline_ms)
+        it->deadline_ms = deadline_ms;
     TAILQ_INSERT_TAIL(&b->queue, it, link);
     b->queue_len++;
-    if (was_empty)
-        pgb_arm_timer(b);
+    if (!evtimer_pending(b->timer, NULL) || it->deadline_ms < b->timer_at)
+        pgb_arm_at(b, it->deadline_ms);
     pgb_schedule_flush(b);
 }
 

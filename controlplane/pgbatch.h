@@ -63,11 +63,19 @@ void pgbatch_free(struct pgbatch *b);
 /* Queue one item: values[0..ncols-1] (NULL: SQL NULL) are copied. cb is called
  * exactly once. */
 void pgbatch_submit(struct pgbatch *b, const char *const *values, pgbatch_cb cb, void *arg);
+/* The same for a caller with a deadline (util_mono_ms() clock; 0: none). An
+ * item still queued (here or, in its batch, in the pool's queue) when its
+ * deadline passes is dropped, never sent: it is answered PGQ_UNAVAILABLE
+ * with unsent and expired set (pgpool.h). A batch dropped from the pool's
+ * queue for the deadline of one of its items puts the others back. */
+void pgbatch_submit_until(struct pgbatch *b, int64_t deadline_ms, const char *const *values, pgbatch_cb cb,
+                          void *arg);
 
 struct pgbatch_stats {
     long batches;     /* statements sent (batches of one included, fallbacks not) */
     long items;       /* items sent in them */
     long fallbacks;   /* batches run again item by item after an SQL error */
+    long expired;     /* items dropped unsent because their caller's deadline passed */
 };
 void pgbatch_get_stats(const struct pgbatch *b, struct pgbatch_stats *s);
 

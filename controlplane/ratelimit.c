@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "log.h"
+#include "ratelimit_epoch.h"
 #include "redisconn.h"
 #include "util.h"
 
@@ -121,11 +122,9 @@ static const char ratelimit_settle_lua[] =
  * Redis ACL already grants ('@' is never in a DPS id). */
 #define RATELIMIT_EPOCH_KEY "dps:@epoch:bucket"
 
-/* The bucket epoch this process saw last ("" before its first answer): the
- * process's memory that Redis had bucket state, which a Redis that lost its
- * data cannot give back (ratelimit.h). One per process, like the Redis
- * connection it describes. */
-static char ratelimit_epoch[40];
+/* The bucket epoch this process knows (ratelimit_epoch.c: the last one Redis
+ * named, else the global catalog's) is the memory that Redis had bucket
+ * state, which a Redis that lost its data cannot give back (ratelimit.h). */
 
 /* KEYS: the DPS bucket that gave the token, then (optional) the tenant's
  * bucket; ARGV: capacity, capacity of the tenant's bucket. Gives the token
@@ -151,13 +150,11 @@ struct rl_call {
 static void ratelimit_note_epoch(const redisReply *reply)
 {
     const redisReply *e = reply->elements >= 3 ? reply->element[2] : NULL;
-    if (e && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) && e->len < sizeof ratelimit_epoch &&
-        strcmp(ratelimit_epoch, e->str) != 0) {
-        if (ratelimit_epoch[0])
-            log_warn("event=ratelimit_epoch_changed previous=%s now=%s note=\"Redis lost the bucket state: "
-                     "missing buckets start empty and refill\"", ratelimit_epoch, e->str);
-        memcpy(ratelimit_epoch, e->str, e->len + 1);
-    }
+    const char *previous;
+    if (e && (e->type == REDIS_REPLY_STRING || e->type == REDIS_REPLY_STATUS) &&
+        (previous = ratelimit_epoch_note(e->str, e->len)) != NULL)
+        log_warn("event=ratelimit_epoch_changed previous=%s now=%.*s note=\"Redis lost the bucket state: "
+                 "missing buckets start empty and refill\"", previous, (int)e->len, e->str);
 }
 
 static void ratelimit_on_reply(redisAsyncContext *ac, void *r, void *privdata)
@@ -255,7 +252,7 @@ void ratelimit_take(struct redisbus *bus, const struct layout_dps *const *cands,
         argv[argc++] = rates[i];
     }
     util_random_hex(newepoch, 16);
-    argv[argc++] = ratelimit_epoch;
+    argv[argc++] = ratelimit_epoch_known();
     argv[argc++] = newepoch;
     for (int i = 0; i < argc; i++)
         argl[i] = strlen(argv[i]);

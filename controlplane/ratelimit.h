@@ -39,9 +39,9 @@
  * the epoch began (empty, refilling at limit/60 s), not full, so the minute
  * after the loss admits at most one minute's allowance. A Redis that keeps
  * its data (appendonly yes, or a replica promoted by Sentinel that had the
- * writes) keeps the buckets themselves. Not covered: every router restarting
- * along with Redis (nobody remembers an epoch: the buckets start full, as on
- * a first start).
+ * writes) keeps the buckets themselves. Every router restarting along with Redis
+ * is covered too: the epoch is also kept in the global catalog
+ * (ratelimit_epoch.c), which a router reads at start.
  *
  * Every admission happens in one script that sees every earlier admission,
  * so the committed devices never exceed maxDevices (docs/api.md "Quotas"

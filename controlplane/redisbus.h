@@ -3,7 +3,10 @@
  * modules that use Redis (the load feed, invalidations, rate limits):
  *
  *   cmd  every command, plus a 1 s PING heartbeat (3 s timeout);
- *   sub  the subscriptions (a subscribed connection can't run commands).
+ *   sub  the subscriptions (a subscribed connection can't run commands), and
+ *        its own heartbeat: SUBSCRIBE again to the first registered channel
+ *        every sub_heartbeat_ms (a 3 s silence drops it), whose answers prove
+ *        the subscription alive (redisbus_sub_proven_ms).
  *
  * Modules register their subscriptions once, before the first connect; the
  * bus (re)sends them after every connect of `sub` and tells each module when
@@ -22,6 +25,7 @@
 #include <event2/event.h>
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "dns.h"
 #include "redisauth.h"
@@ -46,9 +50,10 @@ struct redisbus_sub {
 };
 
 /* target: the server or the Sentinels (copied); dns: borrowed, outlives the bus;
- * auth: the control plane's Redis user (copied; NULL or empty: no AUTH). */
+ * auth: the control plane's Redis user (copied; NULL or empty: no AUTH);
+ * sub_heartbeat_ms: how often `sub` is proven alive (<= 0: 250). */
 struct redisbus *redisbus_new(struct event_base *base, struct dns *dns, const struct redis_target *target,
-                              const struct redis_auth *auth);
+                              const struct redis_auth *auth, int sub_heartbeat_ms);
 /* Disconnects; pending command callbacks run with a NULL reply. */
 void redisbus_free(struct redisbus *b);
 
@@ -61,6 +66,13 @@ void redisbus_on_cmd(struct redisbus *b, void (*up)(void *arg), void (*down)(voi
 struct redisAsyncContext *redisbus_cmd(struct redisbus *b);
 /* Both connections up, the heartbeat answered, every subscription confirmed. */
 bool redisbus_is_ready(const struct redisbus *b);
+/*
+ * The subscription's proof of life, on util_mono_ms()'s clock: every message
+ * Redis published before this time has been read (and handed to on_message).
+ * It is the send time of the newest heartbeat answered (or of the
+ * subscription itself). 0 while not every subscription is confirmed.
+ */
+int64_t redisbus_sub_proven_ms(const struct redisbus *b);
 /* Apply any messages already waiting on the subscription socket (one
  * non-blocking read). Call before answering from a cache. */
 void redisbus_drain(struct redisbus *b);

@@ -22,6 +22,13 @@
  * placement against the quota; maxProvisionsPerMinute is a bucket taken in
  * the RATE step with the DPS's. A device already placed costs none of this.
  *
+ * Deadline (router_req.h): every request has http.requestDeadlineMs from
+ * when it was read. Each stage starts with router_in_time; the statements it
+ * queues carry the deadline (dropped unsent when it passes); when it passes
+ * while the request waits, the client gets 503 deadline_exceeded at once and
+ * the request winds down when its callback arrives (tokens given back for
+ * what was not placed, docs/architecture.md "Deadline and tokens").
+ *
  * This file owns the request (AUTH, CACHE, LOOKUP, release, replies); the
  * other rooms: placing a new or moved device (router_place.c: PLACE, COUNT,
  * RATE, CLAIM, ASSIGN), the credential (router_auth.c), the SQL
@@ -61,7 +68,7 @@ bool router_valid_regid(const char *s)
 void router_set_state(struct router_req *d, enum dev_state s)
 {
     if (log_enabled(LOG_DEBUG))
-        log_write(LOG_DEBUG, d->r->id, "event=device_state from=%s to=%s tenant=%s", router_state_names[d->state],
+        log_write(LOG_DEBUG, d->id, "event=device_state from=%s to=%s tenant=%s", router_state_names[d->state],
                   router_state_names[s], d->tenant_id);
     d->state = s;
 }
@@ -79,6 +86,9 @@ void router_refund(struct router_req *d)
 
 static void router_free(struct router_req *d)
 {
+    if (!d->r)
+        d->cp->lingering--;   /* answered by its deadline, and now done */
+    event_free(d->deadline_ev);
     router_refund(d);   /* still held: nothing was placed with it */
     if (d->quota_reserved)   /* nothing was committed under it */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, false);
@@ -96,16 +106,65 @@ static void router_free(struct router_req *d)
     free(d);
 }
 
+/* The deadline passed: answer the client now; d lives on until the callback
+ * it waits for arrives (router_req.h). */
+static void router_answer_deadline(struct router_req *d)
+{
+    if (log_enabled(LOG_DEBUG))
+        log_write(LOG_DEBUG, d->id, "event=deadline_exceeded state=%s tenant=%s", router_state_names[d->state],
+                  d->tenant_id);
+    event_del(d->deadline_ev);
+    cpreq_retry_after(d->r, 1000);
+    cpreq_reply_error(d->r, 503, "deadline_exceeded", NULL,
+                      "the request could not be answered within its deadline; retry later");
+    d->r = NULL;
+    d->cp->lingering++;
+}
+
+static void router_on_deadline(evutil_socket_t fd, short what, void *arg)
+{
+    (void)fd; (void)what;
+    router_answer_deadline(arg);
+}
+
+bool router_in_time(struct router_req *d)
+{
+    if (d->r && util_mono_ms() < d->deadline_ms)
+        return true;
+    if (d->r)
+        router_answer_deadline(d);
+    router_set_state(d, DS_DONE);
+    router_free(d);
+    return false;
+}
+
+/* The client was answered by the deadline: a reply only ends d. */
+static bool router_answered(struct router_req *d)
+{
+    if (d->r)
+        return false;
+    router_set_state(d, DS_DONE);
+    router_free(d);
+    return true;
+}
+
 /* Every reply goes through these: they end the request. */
 void router_error(struct router_req *d, int status, const char *code, const char *target, const char *msg)
 {
+    if (router_answered(d))
+        return;
     router_set_state(d, DS_DONE);
     cpreq_reply_error(d->r, status, code, target, "%s", msg);
     router_free(d);
 }
 
+/* q (may be NULL) dropped unsent because our deadline passed: that is the answer. */
 void router_unavailable(struct router_req *d, const struct pgq_result *q)
 {
+    if (q && q->expired && d->r)
+        router_answer_deadline(d);
+    if (router_answered(d))
+        return;
     router_set_state(d, DS_DONE);
     cpreq_reply_db_unavailable(d->r, q);
     router_free(d);
@@ -113,20 +172,22 @@ void router_unavailable(struct router_req *d, const struct pgq_result *q)
 
 void router_unauthorized(struct router_req *d, const char *code)
 {
-    cpreq_add_header(d->r, "WWW-Authenticate", "SharedAccessSignature");
+    if (d->r)
+        cpreq_add_header(d->r, "WWW-Authenticate", "SharedAccessSignature");
     router_error(d, 401, code, NULL, "the credential was not accepted");
 }
 
 void router_retry_after(struct router_req *d, int64_t wait_ms)
 {
-    cpreq_retry_after(d->r, wait_ms);
+    if (d->r)
+        cpreq_retry_after(d->r, wait_ms);
 }
 
 static json_t *router_answer(struct router_req *d)
 {
     const struct device_row *w = &d->row;
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
-                     d->tenant_id, "geography", d->r->cp->cfg.geos[w->geo].id, "region", w->region, "stamp",
+                     d->tenant_id, "geography", d->cp->cfg.geos[w->geo].id, "region", w->region, "stamp",
                      w->stamp, "idScope", w->scope, "dpsEndpoint", w->endpoint, "assignedAt", w->assigned_at,
                      "etag", w->etag);
 }
@@ -155,19 +216,21 @@ void router_reply_assignment(struct router_req *d, bool cache, const char *moved
     }
     text = json_dumps(a, JSON_COMPACT);
     json_decref(a);
-    if (cache && d->kind == DEV_LOCATE && invalidate_cache_trusted(d->r->cp->inval))
-        assign_cache_put(d->r->cp->cache, d->epoch, d->tenant_id, d->regid, text);
-    router_set_state(d, DS_DONE);
-    cpreq_reply_text(d->r, 200, text, strlen(text));
+    if (cache && d->kind == DEV_LOCATE && invalidate_cache_trusted(d->cp->inval))
+        assign_cache_put(d->cp->cache, d->epoch, d->tenant_id, d->regid, text);
+    if (!router_answered(d)) {
+        router_set_state(d, DS_DONE);
+        cpreq_reply_text(d->r, 200, text, strlen(text));
+        router_free(d);
+    }
     free(text);
-    router_free(d);
 }
 
 static void router_on_published(bool delivered, void *arg)
 {
     struct router_req *d = arg;
     (void)delivered;   /* not confirmed: the cache TTL and resubscribe flush are the backstop */
-    assign_cache_forget(d->r->cp->cache, d->tenant_id, d->regid);
+    assign_cache_forget(d->cp->cache, d->tenant_id, d->regid);
     d->then(d);
 }
 
@@ -176,7 +239,7 @@ static void router_on_published(bool delivered, void *arg)
 void router_count(struct router_req *d, const char *dps_id, int delta)
 {
     if (dps_id[0])
-        layouts_count(d->r->cp->layouts, dps_id, delta);
+        layouts_count(d->cp->layouts, dps_id, delta);
 }
 
 /* Announce a change to every router, then continue with then(d) once the
@@ -184,15 +247,17 @@ void router_count(struct router_req *d, const char *dps_id, int delta)
 void router_publish_change(struct router_req *d, const char *fault_point,
                                   void (*then)(struct router_req *))
 {
-    invalidate_fault(d->r->cp->inval, fault_point);   /* test-only: a crash between commit and publish */
+    invalidate_fault(d->cp->inval, fault_point);   /* test-only: a crash between commit and publish */
     d->then = then;
-    invalidate_device(d->r->cp->inval, d->tenant_id, d->regid, router_on_published, d);
+    invalidate_device(d->cp->inval, d->tenant_id, d->regid, router_on_published, d);
 }
 
 /* ---- release (deprovision / retire) ---- */
 
 static void router_reply_released(struct router_req *d)
 {
+    if (router_answered(d))
+        return;
     router_set_state(d, DS_DONE);
     cpreq_reply_json(d->r, 200, json_pack("{s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
                                           d->tenant_id, "status", d->row.status));
@@ -222,7 +287,9 @@ static void router_release(struct router_req *d)
                          : d->r->who.kind == PRINCIPAL_KEY
                              ? (d->kind == DEV_RETIRE ? "retired by API key" : "deprovisioned by API key")
                              : (d->kind == DEV_RETIRE ? "retired by operator" : "deprovisioned by operator");
-    if (!invalidate_can_announce(d->r->cp->inval)) {
+    if (!router_in_time(d))
+        return;
+    if (!invalidate_can_announce(d->cp->inval)) {
         /* Other routers' caches must hear of the change: refuse rather than leave them stale. */
         router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "cannot announce the change; retry later");
@@ -231,7 +298,7 @@ static void router_release(struct router_req *d)
     json_decref(d->r->audit_before);   /* the device as it was, for the audit entry */
     d->r->audit_before = json_pack("{s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "status", d->row.status,
                                    "region", d->row.region, "stamp", d->row.stamp, "dpsInstance", d->row.dps);
-    device_store_release(d->r->cp, d->row.geo, d->tenant_id, d->regid, d->kind == DEV_RETIRE, reason,
+    device_store_release(d->cp, d->row.geo, d->deadline_ms, d->tenant_id, d->regid, d->kind == DEV_RETIRE, reason,
                          router_on_release, d);
 }
 
@@ -241,16 +308,16 @@ static void router_release(struct router_req *d)
 /* Reprovision: does the current assignment still hold? */
 static const char *router_invalid_reason(struct router_req *d)
 {
-    struct layout *l = layouts_current(d->r->cp->layouts);
+    struct layout *l = layouts_current(d->cp->layouts);
     const struct layout_stamp *st = l ? layout_find_stamp(l, d->row.stamp) : NULL;
     const char *rule = NULL;
     if (!l)
         return NULL;   /* can't judge: keep it */
     if (!st || !layout_find_dps(l, d->row.dps))
         return "stamp or DPS instance removed from the layout";
-    if (!placement_stamp_valid(d->t, st, d->r->cp->lt, util_mono_ms(), &rule)) {
+    if (!placement_stamp_valid(d->t, st, d->cp->lt, util_mono_ms(), &rule)) {
         if (strcmp(rule, "health") == 0)
-            return loadtable_health(d->r->cp->lt, st->id, util_mono_ms()) == STAMP_DOWN ? "stamp down" : "stamp stale";
+            return loadtable_health(d->cp->lt, st->id, util_mono_ms()) == STAMP_DOWN ? "stamp down" : "stamp stale";
         if (strcmp(rule, "status") == 0) return "stamp draining";
         if (strcmp(rule, "identity") == 0) return "stamp misreports its region or geography";
         if (strcmp(rule, "residency") == 0) return "residency changed";
@@ -285,11 +352,13 @@ static void router_after_lookup(struct router_req *d)
     struct device_row *w = &d->row;
     const char *why;
 
+    if (router_answered(d))   /* the deadline answered meanwhile */
+        return;
     if (d->geo_unknown[0]) {
         /* Fail closed: answering, placing or releasing it would act on a guess. */
         char ps[PSEUDONYM_LEN], q[80];
-        log_write(LOG_ERROR, d->r->id, "event=device_geography_unknown tenant=%s device=%s answered=%s",
-                  d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps),
+        log_write(LOG_ERROR, d->id, "event=device_geography_unknown tenant=%s device=%s answered=%s",
+                  d->tenant_id, pseudonym_device(&d->cp->pseudo, d->tenant_id, d->regid, ps),
                   log_quote(d->geo_unknown, q, sizeof q));
         router_error(d, 503, "geography_unknown", NULL,
                   "the device's geography cannot be told (its database does not identify as a configured "
@@ -297,8 +366,10 @@ static void router_after_lookup(struct router_req *d)
         return;
     }
     if (!w->found && d->lookup_failed) {
-        /* It may exist where we couldn't look: placing it again could duplicate it. */
-        router_unavailable(d, NULL);
+        /* It may exist where we couldn't look: placing it again could duplicate it.
+         * (A lookup dropped for the deadline: that is the answer.) */
+        if (router_in_time(d))
+            router_unavailable(d, NULL);
         return;
     }
     if (w->found && (d->admin_route || d->auth == AUTH_OPERATOR))
@@ -310,9 +381,9 @@ static void router_after_lookup(struct router_req *d)
             router_error(d, 404, "not_found", NULL, "no such device");
             return;
         }
-        json_object_set_new(detail, "geography", json_string(d->r->cp->cfg.geos[w->geo].id));
+        json_object_set_new(detail, "geography", json_string(d->cp->cfg.geos[w->geo].id));
         json_object_set_new(detail, "pseudonym",
-                            json_string(pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps)));
+                            json_string(pseudonym_device(&d->cp->pseudo, d->tenant_id, d->regid, ps)));
         router_set_state(d, DS_DONE);
         cpreq_reply_json(d->r, 200, detail);
         router_free(d);
@@ -363,6 +434,8 @@ static void router_after_lookup(struct router_req *d)
     d->moving = false;
     if (d->auth == AUTH_INSTALLER && !d->inst_reserved) {
         /* count the token's placement first: maxPlacements holds across control planes */
+        if (!router_in_time(d))
+            return;
         installer_tokens_reserve(d->global, d->tenant_id, d->inst_id, router_on_installer_reserved, d);
         return;
     }
@@ -378,7 +451,7 @@ static void router_on_lookup_row(struct router_req *d, const struct pgq_result *
     if (q->status != PGQ_OK) {
         d->lookup_failed = true;
     } else if (row >= 0 &&
-               (geo = device_store_geo_index(d->r->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1))) < 0) {
+               (geo = device_store_geo_index(d->cp, PQgetvalue(q->res, row, PQnfields(q->res) - 1))) < 0) {
         /* Found, in a database whose geography we can't tell: never guess one. */
         snprintf(d->geo_unknown, sizeof d->geo_unknown, "%s", PQgetvalue(q->res, row, PQnfields(q->res) - 1));
         if (!d->geo_unknown[0])
@@ -412,8 +485,10 @@ static void router_on_detail(const struct pgq_result *q, void *arg)
 
 void router_lookup(struct router_req *d)
 {
-    struct cp *cp = d->r->cp;
+    struct cp *cp = d->cp;
 
+    if (!router_in_time(d))
+        return;
     router_set_state(d, DS_LOOKUP);
     memset(&d->row, 0, sizeof d->row);
     d->lookup_failed = false;
@@ -428,9 +503,9 @@ void router_lookup(struct router_req *d)
         }
         d->pending++;
         if (d->kind == DEV_ADMIN_GET)
-            device_store_detail(cp, g, d->tenant_id, d->regid, router_on_detail, d);
+            device_store_detail(cp, g, d->deadline_ms, d->tenant_id, d->regid, router_on_detail, d);
         else
-            device_store_lookup(cp, g, d->tenant_id, d->regid, router_on_lookup, d);
+            device_store_lookup(cp, g, d->deadline_ms, d->tenant_id, d->regid, router_on_lookup, d);
     }
     if (--d->pending == 0)
         router_after_lookup(d);
@@ -442,6 +517,8 @@ static void router_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
     struct router_req *d = arg;
     const char *hit;
 
+    if (!router_in_time(d))
+        return;
     if (st == TENANT_UNAVAILABLE) {
         router_unavailable(d, NULL);
         return;
@@ -466,13 +543,13 @@ static void router_on_tenant(struct tenant *t, enum tenant_status st, void *arg)
     tenant_ref(t);
     d->t = t;
     if (d->kind == DEV_LOCATE)
-        invalidate_drain(d->r->cp->inval);
-    if (d->kind == DEV_LOCATE && invalidate_cache_trusted(d->r->cp->inval) &&
-        (hit = assign_cache_get(d->r->cp->cache, d->tenant_id, d->regid))) {
+        invalidate_drain(d->cp->inval);
+    if (d->kind == DEV_LOCATE && invalidate_cache_trusted(d->cp->inval) &&
+        (hit = assign_cache_get(d->cp->cache, d->tenant_id, d->regid))) {
         if (log_enabled(LOG_DEBUG)) {
             char ps[PSEUDONYM_LEN];
-            log_write(LOG_DEBUG, d->r->id, "event=cache_hit tenant=%s device=%s", d->tenant_id,
-                      pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps));
+            log_write(LOG_DEBUG, d->id, "event=cache_hit tenant=%s device=%s", d->tenant_id,
+                      pseudonym_device(&d->cp->pseudo, d->tenant_id, d->regid, ps));
         }
         router_set_state(d, DS_DONE);
         cpreq_reply_text(d->r, 200, hit, strlen(hit));
@@ -521,6 +598,22 @@ static bool router_read_body(struct router_req *d, bool reason_allowed)
     return true;
 }
 
+/* The request's deadline, counted from when it was read (cp_req start_ms). */
+static void router_arm_deadline(struct router_req *d, int64_t deadline_ms)
+{
+    int64_t ms = deadline_ms - util_mono_ms();
+    struct timeval tv;
+    d->deadline_ms = deadline_ms;
+    if (ms < 0)
+        ms = 0;
+    tv.tv_sec = (time_t)(ms / 1000);
+    tv.tv_usec = (suseconds_t)(ms % 1000) * 1000;
+    if (!(d->deadline_ev = evtimer_new(d->cp->base, router_on_deadline, d)) || evtimer_add(d->deadline_ev, &tv) != 0) {
+        log_error("event=event_new_failed");
+        abort();
+    }
+}
+
 static struct router_req *router_new(struct cp_req *r, enum dev_kind kind, const char *tenant, const char *regid)
 {
     struct router_req *d;
@@ -540,6 +633,8 @@ static struct router_req *router_new(struct cp_req *r, enum dev_kind kind, const
     d->cp = r->cp;
     d->global = r->cp->global;
     d->kind = kind;
+    snprintf(d->id, sizeof d->id, "%s", r->id);
+    router_arm_deadline(d, r->start_ms + r->cp->cfg.http_request_deadline_ms);
     snprintf(d->tenant_id, sizeof d->tenant_id, "%s", tenant);
     snprintf(d->regid, sizeof d->regid, "%s", regid);
     return d;

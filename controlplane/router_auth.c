@@ -36,8 +36,8 @@ static bool auth_x509_accepted(struct router_req *d, const struct tenant *t)
     }
     free(cn);
     if (!ok && log_enabled(LOG_DEBUG))   /* debug only: a flood of bad certificates must not flood the log */
-        log_write(LOG_DEBUG, d->r->id, "event=device_certificate_refused tenant=%s device=%s reason=\"%s\"",
-                  d->tenant_id, pseudonym_device(&d->r->cp->pseudo, d->tenant_id, d->regid, ps), err);
+        log_write(LOG_DEBUG, d->id, "event=device_certificate_refused tenant=%s device=%s reason=\"%s\"",
+                  d->tenant_id, pseudonym_device(&d->cp->pseudo, d->tenant_id, d->regid, ps), err);
     return ok;
 }
 

@@ -43,8 +43,15 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
     int geo = d->row.geo;
 
     if (q->status == PGQ_UNAVAILABLE) {
-        /* committed or not: unknown, so a placement count and the token stay taken */
-        d->token_held = false;
+        if (pgq_in_doubt(q)) {
+            /* committed or not: unknown, so a placement count and the token stay taken */
+            d->token_held = false;
+        } else {
+            /* never sent (its deadline or the queue's passed, no connection), or the
+             * server ended it without effect: nothing was placed with the token */
+            d->inst_in_doubt = false;
+            router_refund(d);
+        }
         router_unavailable(d, q);
         return;
     }
@@ -64,7 +71,8 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
         return;
     }
     if (q->status != PGQ_OK || row < 0) {
-        log_write(LOG_ERROR, d->r->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
+        router_refund(d);   /* an SQL error: rolled back */
+        log_write(LOG_ERROR, d->id, "event=assign_failed sqlstate=%s error=\"%.200s\"",
                   q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
         router_error(d, 500, "internal", NULL, "the assignment could not be written");
         return;
@@ -72,8 +80,10 @@ static void router_on_assign_row(struct router_req *d, const struct pgq_result *
     outcome = PQgetvalue(q->res, row, off);
     if (strcmp(outcome, "assigned") == 0 || strcmp(outcome, "moved") == 0)
         d->token_held = false;   /* spent on a registration that happened */
-    else if (strcmp(outcome, "busy") != 0)   /* busy: the token is for the solo attempt that follows */
+    else if (strcmp(outcome, "busy") != 0) {   /* busy: the token is for the solo attempt that follows */
         router_refund(d);        /* existing, retired, unchanged, dps_full, regid_taken, claim_moved: nothing placed */
+        d->placed_now = false;   /* a DPS registration that follows takes its own (router_proxy) */
+    }
     if (d->quota_reserved && strcmp(outcome, "assigned") == 0) {
         /* a device was added under the reservation: it now counts, held a while longer */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, true);
@@ -151,7 +161,7 @@ static int router_arbiter(const struct router_req *d)
     for (int i = 0; i < d->t->ngeos; i++)
         if (!a || strcmp(d->t->geos[i], a) < 0)
             a = d->t->geos[i];
-    g = device_store_geo_index(d->r->cp, a);
+    g = device_store_geo_index(d->cp, a);
     return g < 0 ? -2 : g;
 }
 
@@ -163,7 +173,7 @@ static void router_on_claim(const struct pgq_result *q, void *arg)
         return;
     }
     if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
-        log_write(LOG_ERROR, d->r->id, "event=claim_failed sqlstate=%s error=\"%.200s\"",
+        log_write(LOG_ERROR, d->id, "event=claim_failed sqlstate=%s error=\"%.200s\"",
                   q->sqlstate ? q->sqlstate : "", q->message ? q->message : "");
         router_error(d, 500, "internal", NULL, "the device's geography could not be claimed");
         return;
@@ -186,12 +196,14 @@ static void router_on_claim(const struct pgq_result *q, void *arg)
 static void router_claim(struct router_req *d)
 {
     int a = router_arbiter(d);
+    if (!router_in_time(d))
+        return;
     router_set_state(d, DS_CLAIM);
     if (a < 0) {
         router_unavailable(d, NULL);   /* the arbiter has no database here: no safe placement */
         return;
     }
-    device_store_claim(d->r->cp, a, d->tenant_id, d->regid, d->chosen->stamp->geo,
+    device_store_claim(d->cp, a, d->deadline_ms, d->tenant_id, d->regid, d->chosen->stamp->geo,
                        d->fenced_token[0] ? d->fenced_token : NULL, router_on_claim, d);
 }
 
@@ -226,14 +238,16 @@ static void router_on_fence(const struct pgq_result *q, void *arg)
  * the claim moves on from the fenced token. */
 static void router_fence(struct router_req *d)
 {
-    int g = device_store_geo_index(d->r->cp, d->claim_geo);
+    int g = device_store_geo_index(d->cp, d->claim_geo);
+    if (!router_in_time(d))
+        return;
     router_set_state(d, DS_CLAIM);
     placement_result_clear(&d->pr);
     if (g < 0) {
         router_unavailable(d, NULL);
         return;
     }
-    device_store_fence(d->r->cp, g, d->tenant_id, d->regid, d->claim_token, router_on_fence, d);
+    device_store_fence(d->cp, g, d->deadline_ms, d->tenant_id, d->regid, d->claim_token, router_on_fence, d);
 }
 
 static char *router_decision_text(struct router_req *d)
@@ -255,8 +269,10 @@ static void router_assign(struct router_req *d)
 {
     const struct layout_dps *c = d->chosen;
     char max[24], *decision;
-    int geo = device_store_geo_index(d->r->cp, c->stamp->geo);
+    int geo = device_store_geo_index(d->cp, c->stamp->geo);
 
+    if (!router_in_time(d))   /* before the statement is queued: the token goes back */
+        return;
     if (!d->moving && router_arbiter(d) != -1 && !(d->claimed && strcmp(d->claim_geo, c->stamp->geo) == 0)) {
         router_claim(d);
         return;
@@ -277,15 +293,15 @@ static void router_assign(struct router_req *d)
                              c->id_scope, c->endpoint, max, decision, d->reason};
         snprintf(d->old_dps, sizeof d->old_dps, "%s", d->row.dps);
         d->row.geo = geo;
-        device_store_move(d->r->cp, geo, v, router_on_move, d);
+        device_store_move(d->cp, geo, d->deadline_ms, v, router_on_move, d);
     } else {
         const char *v[10] = {d->tenant_id, d->regid, c->stamp->region, c->stamp->id, c->id,
                              c->id_scope, c->endpoint, max, decision, d->reason};
         d->row.geo = geo;
         if (d->claimed || d->assign_alone)
-            device_store_assign_one(d->r->cp, geo, v, d->claimed ? d->claim_token : NULL, router_on_assign_one, d);
+            device_store_assign_one(d->cp, geo, d->deadline_ms, v, d->claimed ? d->claim_token : NULL, router_on_assign_one, d);
         else
-            device_store_assign(d->r->cp, geo, v, router_on_assign, d);
+            device_store_assign(d->cp, geo, d->deadline_ms, v, router_on_assign, d);
     }
     free(decision);
 }
@@ -329,6 +345,8 @@ static void router_take_tokens(struct router_req *d)
     struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute,
                                   .max_devices = quota ? d->t->max_devices : -1, .devices = d->devices_counted,
                                   .reservation = quota ? d->reservation : NULL, .reserved_at = d->reserved_at};
+    if (!router_in_time(d))   /* no token for a request whose time is up */
+        return;
     router_set_state(d, DS_RATE);
     ratelimit_take(d->cp->redis, d->pr.cand, d->pr.ncand < RATELIMIT_MAX ? d->pr.ncand : RATELIMIT_MAX, &rt,
                    router_on_rate, d);
@@ -345,10 +363,12 @@ static void router_on_count(const struct pgq_result *q, void *arg)
     if (--d->pending > 0)
         return;
     if (d->count_failed) {
-        /* a geography we can't count may hold devices: don't guess under the quota */
-        router_unavailable(d, NULL);
+        /* a geography we can't count may hold devices: don't guess under the quota
+         * (a count dropped for the deadline: that is the answer) */
+        if (router_in_time(d))
+            router_unavailable(d, NULL);
     } else if (d->devices_counted >= d->t->max_devices) {
-        log_write(LOG_INFO, d->r->id, "event=quota_exceeded tenant=%s devices=%lld max=%lld", d->tenant_id,
+        log_write(LOG_INFO, d->id, "event=quota_exceeded tenant=%s devices=%lld max=%lld", d->tenant_id,
                   (long long)d->devices_counted, (long long)d->t->max_devices);
         router_error(d, 403, "quota_exceeded", NULL, "the tenant has quotas.maxDevices assigned devices");
     } else {
@@ -363,12 +383,15 @@ static void router_on_reserved(int64_t t0, void *arg)
     struct router_req *d = arg;
     struct cp *cp = d->cp;
 
+    if (t0 >= 0)
+        d->quota_reserved = true;   /* router_free settles it if nothing is placed */
+    if (!router_in_time(d))
+        return;
     if (t0 < 0) {
         router_retry_after(d, 1000);
         router_error(d, 503, "redis_unavailable", NULL, "the device quota cannot be checked; retry later");
         return;
     }
-    d->quota_reserved = true;
     d->reserved_at = t0;
     d->devices_counted = 0;
     d->count_failed = false;
@@ -380,7 +403,7 @@ static void router_on_reserved(int64_t t0, void *arg)
             continue;
         }
         d->pending++;
-        device_store_count(cp, g, d->tenant_id, router_on_count, d);
+        device_store_count(cp, g, d->deadline_ms, d->tenant_id, router_on_count, d);
     }
     router_on_count(NULL, d);
 }
@@ -389,6 +412,8 @@ static void router_on_reserved(int64_t t0, void *arg)
  * count (ratelimit.h: the count must start after the reservation). */
 static void router_count_devices(struct router_req *d)
 {
+    if (!router_in_time(d))
+        return;
     router_set_state(d, DS_COUNT);
     if (!d->reservation[0])
         util_random_hex(d->reservation, 16);
@@ -423,10 +448,12 @@ static const char *router_group_refused(void *arg, const char *dps_id, const cha
 
 void router_place(struct router_req *d)
 {
-    struct cp *cp = d->r->cp;
+    struct cp *cp = d->cp;
     struct layout *l = layouts_current(cp->layouts);
     struct placement_input in = {0};
 
+    if (!router_in_time(d))
+        return;
     if (!l) {
         router_retry_after(d, 1000);
         router_error(d, 503, "database_unavailable", NULL, "the layout is not loaded yet; retry later");
@@ -475,7 +502,7 @@ void router_place(struct router_req *d)
     }
     if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED && d->pr.enrollment_only) {
         router_retry_after(d, 60000);
-        log_write(LOG_WARN, d->r->id, "event=placement_failed tenant=%s outcome=no_enrollment_group", d->tenant_id);
+        log_write(LOG_WARN, d->id, "event=placement_failed tenant=%s outcome=no_enrollment_group", d->tenant_id);
         router_error(d, 503, "capacity_exhausted", "enrollmentGroup",
                   "the tenant's enrollment group cannot be created in any eligible DPS instance (their group "
                   "quota is used by earlier tenants, or the instance refused it); see enrollment-sync");
@@ -487,7 +514,7 @@ void router_place(struct router_req *d)
             router_retry_after(d, d->pr.outcome == PLACE_NO_HEALTHY ? 5000 : 60000);
         if (d->pr.outcome == PLACE_CAPACITY_EXHAUSTED)
             layouts_refresh_soon(cp->layouts);   /* other routers may have released some */
-        log_write(LOG_INFO, d->r->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);
+        log_write(LOG_INFO, d->id, "event=placement_failed tenant=%s outcome=%s", d->tenant_id, code);
         router_error(d, 503, code, NULL,
                   d->pr.outcome == PLACE_NO_ELIGIBLE ? "no stamp satisfies the tenant's residency and tenancy"
                   : d->pr.outcome == PLACE_NO_HEALTHY ? "no eligible stamp is healthy right now"

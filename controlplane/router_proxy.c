@@ -4,7 +4,9 @@
  * derived from the tenant's enrollment key, records the hub the DPS chose
  * (only if the assignment is still the one registered) and answers with it.
  * A registration the placement did not already pay for takes a token from
- * that DPS's bucket first.
+ * that DPS's bucket first; the token is given back if the request's deadline
+ * passes before the DPS is called, and kept once it is called (the DPS may
+ * have seen the registration). The call's own deadline is the request's.
  */
 #include "router_req.h"
 
@@ -57,18 +59,20 @@ static void proxy_on_dps(const struct dps_outcome *o, void *arg)
         router_error(d, 502, "dps_assignment_failed", NULL, o->error);
         return;
     case DPS_REJECTED:
-        log_write(LOG_WARN, d->r->id, "event=dps_rejected tenant=%s dps=%s http=%d", d->tenant_id, d->row.dps,
+        log_write(LOG_WARN, d->id, "event=dps_rejected tenant=%s dps=%s http=%d", d->tenant_id, d->row.dps,
                   o->http_status);
         router_error(d, 502, "dps_rejected", NULL, "the stamp's DPS does not accept this device (its enrollment is missing)");
         return;
     case DPS_UNREACHABLE:
-        log_write(LOG_WARN, d->r->id, "event=dps_unreachable dps=%s error=\"%.200s\"", d->row.dps, o->error);
+        if (!router_in_time(d))   /* the call ended at the request's deadline: that is the answer */
+            return;
+        log_write(LOG_WARN, d->id, "event=dps_unreachable dps=%s error=\"%.200s\"", d->row.dps, o->error);
         router_retry_after(d, 5000);
         router_error(d, 503, "dps_unavailable", NULL, "the stamp's DPS did not answer; retry later");
         return;
     }
     router_set_state(d, DS_RECORD);
-    device_store_record_hub(d->r->cp, d->row.geo, d->tenant_id, d->regid, d->row.etag, o->assigned_hub, o->device_id,
+    device_store_record_hub(d->cp, d->row.geo, d->tenant_id, d->regid, d->row.etag, o->assigned_hub, o->device_id,
                             proxy_on_recorded, d);
 }
 
@@ -76,18 +80,23 @@ static void proxy_register(struct router_req *d)
 {
     unsigned char dk[SAS_KEY_LEN];
     char sr[300], sas[700];
+    if (!router_in_time(d))   /* a token taken for it goes back (router_free) */
+        return;
+    d->token_held = false;    /* from here the DPS may see it: the token is spent */
     snprintf(sr, sizeof sr, "%s/registrations/%s", d->row.scope, d->regid);
     sas_derive_key(d->t->key, (size_t)d->t->keylen, d->regid, dk);
     sas_build(sr, dk, sizeof dk, util_wall_ms() / 1000 + 3600, "registration", sas, sizeof sas);
     OPENSSL_cleanse(dk, sizeof dk);
     router_set_state(d, DS_DPS);
-    dps_register(d->r->cp->dps, d->row.endpoint, d->row.scope, d->regid, sas, d->payload, proxy_on_dps, d);
+    dps_register(d->cp->dps, d->deadline_ms, d->row.endpoint, d->row.scope, d->regid, sas, d->payload, proxy_on_dps, d);
 }
 
 static void proxy_on_rate(enum ratelimit_status st, int admitted, int64_t wait_ms, void *arg)
 {
     struct router_req *d = arg;
     (void)admitted;
+    if (st == RL_ADMITTED && (d->chosen = layout_find_dps(d->l, d->row.dps)) != NULL)
+        d->token_held = true;   /* given back unless the DPS is called (proxy_register) */
     if (!router_rate_refused(d, st, wait_ms, "the device's DPS instance is at its registration rate; retry later"))
         proxy_register(d);
 }
@@ -96,9 +105,11 @@ static void proxy_on_rate(enum ratelimit_status st, int admitted, int64_t wait_m
  * placement didn't already pay for takes a token from that DPS's bucket. */
 void router_proxy(struct router_req *d)
 {
-    struct layout *l = layouts_current(d->r->cp->layouts);
+    struct layout *l = layouts_current(d->cp->layouts);
     const struct layout_dps *dp = l ? layout_find_dps(l, d->row.dps) : NULL;
-    if (!d->r->cp->dps) {
+    if (!router_in_time(d))
+        return;
+    if (!d->cp->dps) {
         router_error(d, 503, "dps_unavailable", NULL, "proxy provisioning is not configured (dps.caFile)");
         return;
     }
@@ -119,6 +130,6 @@ void router_proxy(struct router_req *d)
     router_set_state(d, DS_RATE);
     {
         struct ratelimit_tenant rt = {.id = d->tenant_id, .per_minute = d->t->max_per_minute, .max_devices = -1};
-        ratelimit_take(d->r->cp->redis, &dp, 1, &rt, proxy_on_rate, d);
+        ratelimit_take(d->cp->redis, &dp, 1, &rt, proxy_on_rate, d);
     }
 }

@@ -7,6 +7,16 @@
  * by exactly one reply (router_error, router_unavailable,
  * router_reply_assignment, ...). Every function below that replies frees d:
  * the caller must not touch d afterwards.
+ *
+ * The deadline (http.requestDeadlineMs from when the request was read): when
+ * it passes while d waits for a callback, the client is answered 503
+ * deadline_exceeded at once and d->r is set to NULL (the cp_req is gone), but
+ * d itself lives on: the callback it waits for (every database, Redis and
+ * DPS call calls back exactly once) still arrives, does its bookkeeping (a
+ * token spent or given back, a placement counted, a change announced), and
+ * the next stage check (router_in_time) or reply frees d without answering.
+ * So a callback must not touch d->r, only d->cp and d->id, until it has
+ * passed router_in_time or replied.
  */
 #ifndef CP_ROUTER_REQ_H
 #define CP_ROUTER_REQ_H
@@ -32,7 +42,10 @@ enum dev_state { DS_AUTH, DS_LOOKUP, DS_COUNT, DS_RATE, DS_CLAIM, DS_ASSIGN, DS_
 enum dev_auth { AUTH_NONE, AUTH_SAS, AUTH_OPERATOR, AUTH_INSTALLER, AUTH_X509 };
 
 struct router_req {
-    struct cp_req *r;
+    struct cp_req *r;          /* NULL once the deadline answered the client (see above) */
+    char id[65];               /* the request id, for logs also after that */
+    int64_t deadline_ms;       /* util_mono_ms(): when the request's time is up */
+    struct event *deadline_ev; /* answers 503 deadline_exceeded then */
     enum dev_kind kind;
     enum dev_state state;
     enum dev_auth auth;
@@ -91,6 +104,12 @@ struct router_req {
 
 void router_set_state(struct router_req *d, enum dev_state s);
 
+/* Every stage starts with this (before a statement is queued, before the
+ * rate step, before the DPS call): false when the request is over - its
+ * deadline passed (503 deadline_exceeded is answered now unless it was
+ * already) - and d is freed. */
+bool router_in_time(struct router_req *d) MUSTCHECK;
+
 /* Replies (each ends the request and frees d). */
 void router_error(struct router_req *d, int status, const char *code, const char *target, const char *msg);
 void router_unavailable(struct router_req *d, const struct pgq_result *q);
@@ -99,7 +118,8 @@ void router_unauthorized(struct router_req *d, const char *code);
  * locate; moved_reason: reprovision moved it). Provision goes on to the DPS. */
 void router_reply_assignment(struct router_req *d, bool cache, const char *moved_reason);
 
-/* Add a jittered Retry-After for a wait of about wait_ms (cpreq_retry_after). */
+/* Add a jittered Retry-After for a wait of about wait_ms (cpreq_retry_after;
+ * nothing once the client was answered). */
 void router_retry_after(struct router_req *d, int64_t wait_ms);
 /* The rate step said no (Redis unavailable: 503; the DPS bucket empty: 429
  * throttled with that message; the tenant's own limits: 429): replies and

@@ -62,7 +62,9 @@ struct tenants {
     struct pgpool *global;
     struct envelope *env;     /* opens the sealed enrollment keys (borrowed) */
     struct tenants_opts o;
-    bool distrusted;          /* invalidations may be missed: bypass the cache (tenants_set_distrusted) */
+    /* whether invalidations are surely reaching us (tenants_set_trust); NULL: always */
+    bool (*trusted)(void *arg);
+    void *trusted_arg;
     struct strmap *cache;     /* id -> struct tenant* */
     struct strmap *known;     /* ids found in the catalog once (value: non-NULL marker) */
     struct strmap *absent;    /* id -> struct tenant_absent* */
@@ -398,11 +400,18 @@ void tenants_forget(struct tenants *ts, const char *id)
     tenants_detach(ts, id);
 }
 
-/* While invalidations can't reach us, nothing cached is answered: every
- * lookup reads the database (invalidate.c sets and clears this). */
-void tenants_set_distrusted(struct tenants *ts, bool distrusted)
+/* While invalidations may not be reaching us (invalidate.c says when), a
+ * cached tenant answers only for TENANTS_DISTRUSTED_TTL_MS after it was read
+ * (tenants_cached_ok). */
+void tenants_set_trust(struct tenants *ts, bool (*trusted)(void *arg), void *arg)
 {
-    ts->distrusted = distrusted;
+    ts->trusted = trusted;
+    ts->trusted_arg = arg;
+}
+
+static bool tenants_distrusted(const struct tenants *ts)
+{
+    return ts->trusted && !ts->trusted(ts->trusted_arg);
 }
 
 void tenants_forget_all(struct tenants *ts)
@@ -473,7 +482,7 @@ static void tenants_servable_one(const char *key, void *value, void *arg)
 bool tenants_any_servable(const struct tenants *ts)
 {
     struct tenants_servable v = {ts, util_mono_ms(), false};
-    if (ts->distrusted)
+    if (tenants_distrusted(ts))
         return false;
     strmap_foreach(ts->cache, tenants_servable_one, &v);
     return v.any;
@@ -494,7 +503,7 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
         /* only an outage: an SQL error (grants, schema) must show, not hide behind stale copies */
         t = f->detached || q->status != PGQ_UNAVAILABLE ? NULL : strmap_get(ts->cache, f->id);
-        if (t && !ts->distrusted && tenants_may_serve_stale(ts, t, util_mono_ms())) {
+        if (t && !tenants_distrusted(ts) && tenants_may_serve_stale(ts, t, util_mono_ms())) {
             tenants_note_stale(ts, t);
             tenants_answer(f, t, TENANT_OK);
             return;
@@ -543,6 +552,22 @@ static bool tenants_take_token(struct tenants *ts, int64_t now)
     return true;
 }
 
+/*
+ * Whether a cached tenant may answer. Trusted (invalidations heard): within
+ * its TTL, or stale while the catalog can't be read. Distrusted (the
+ * subscription is down or not proven lately): a copy answers only within
+ * TENANTS_DISTRUSTED_TTL_MS of its read, whenever that was - a change after
+ * the read may be unheard, so it is seen within that time. A Redis outage
+ * thus costs about one catalog read per tenant per second and router, not
+ * one per request.
+ */
+static bool tenants_cached_ok(const struct tenants *ts, const struct tenant *t, int64_t now)
+{
+    if (tenants_distrusted(ts))
+        return t->expires_mono_ms > now && t->expires_mono_ms - ts->o.ttl_ms + TENANTS_DISTRUSTED_TTL_MS > now;
+    return t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now));
+}
+
 void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg)
 {
     struct tenant *t = strmap_get(ts->cache, id);
@@ -552,8 +577,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
     int64_t now = util_mono_ms();
     const char *values[1] = {id};
 
-    if (t && !ts->distrusted &&
-        (t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now)))) {
+    if (t && tenants_cached_ok(ts, t, now)) {
         if (t->expires_mono_ms <= now)
             ts->st.stale_served++;
         tenant_ref(t);
@@ -562,7 +586,7 @@ void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb
         return;
     }
     if ((a = strmap_get(ts->absent, id)) != NULL) {
-        if (a->expires_mono_ms > now && !ts->distrusted) {
+        if (a->expires_mono_ms > now && !tenants_distrusted(ts)) {
             TAILQ_REMOVE(&ts->absent_lru, a, lru);
             TAILQ_INSERT_HEAD(&ts->absent_lru, a, lru);
             cb(NULL, TENANT_NOT_FOUND, arg);

@@ -130,9 +130,15 @@ bool tenants_any_servable(const struct tenants *ts);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
 void tenants_forget_all(struct tenants *ts);
-/* Bypass the cache (answer nothing from it) while distrusted is set: the
- * invalidation subscription is down, so a change could go unheard. */
-void tenants_set_distrusted(struct tenants *ts, bool distrusted);
+/* Whenever trusted(arg) says false (the invalidation subscription is down or
+ * not proven alive lately, so a change could go unheard), a cached tenant
+ * answers only for TENANTS_DISTRUSTED_TTL_MS after it was read, and never
+ * stale: a change made meanwhile is seen within that time, and a Redis
+ * outage costs about one catalog read per tenant and second, not one per
+ * request. trusted NULL: always trusted. arg is borrowed and outlives the
+ * tenants (or the hook is reset first). */
+#define TENANTS_DISTRUSTED_TTL_MS 1000
+void tenants_set_trust(struct tenants *ts, bool (*trusted)(void *arg), void *arg);
 
 void tenant_ref(struct tenant *t);
 void tenant_unref(struct tenant *t);

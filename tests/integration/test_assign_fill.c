@@ -1,6 +1,6 @@
 /*
  * test_assign_fill - a DPS instance fills under load from two routers without
- * a deadlock and without one registration too many (schema/geo/006,
+ * a deadlock and without one registration too many (schema/geo/006, 009,
  * docs/architecture.md "Batching"):
  *
  * Two control planes (db.poolSize 32 each) share the databases; eu has one

@@ -11,7 +11,11 @@
  *    per tenant and second (coalesced), while an instance configured with
  *    staleOnErrorMs 1000 answers 503 once TTL + 1 s have passed; /readyz is
  *    200 "degraded" naming globalDatabase; the admin API answers 503;
- *  - after the outage a tenant change (suspend) is seen at once.
+ *  - after the outage a tenant change (suspend) is seen at once;
+ *  - a Redis outage (invalidations unheard): status lookups stay 200, the
+ *    tenant is read from the catalog about once a second per router (not
+ *    once per lookup), and a suspend made through the other router meanwhile
+ *    is seen within that second.
  *
  * Every database is on a server of the test's own (the shared one stays up).
  */
@@ -202,11 +206,77 @@ static void test_global_outage(void **state)
     ts_http_set_timeout(10000);
 }
 
+static bool readyz_redis_degraded(void *arg)
+{
+    (void)arg;
+    for (int i = 0; i < rt->ncp; i++) {
+        struct ts_resp *r = readyz(rt->cp[i]);
+        const char *c = ts_jstr(json_object_get(r->json, "checks"), "redis");
+        if (r->status != 200 || !c || strcmp(c, "ok") == 0)
+            return false;
+    }
+    return true;
+}
+
+#define REDIS_OUTAGE_MS 3000
+
+static void test_redis_outage_lookups(void **state)
+{
+    int64_t t0, q0, q1, n = 0, t_suspend, seen_ms = -1;
+    (void)state;
+    ts_redis_stop(rt->redis);
+    ts_http_set_timeout(5000);
+    if (!ts_wait_until(readyz_redis_degraded, NULL, 8000))
+        ts_fail("readyz does not name redis: %s", ts_resp_str(readyz(rt->cp[0])));
+    q0 = tenant_queries(rt->cp[0]);
+    t0 = ts_now_ms();
+    while (ts_now_ms() - t0 < REDIS_OUTAGE_MS) {
+        struct ts_resp *a = ts_rt_locate(rt->cp[0], acme, "e1");
+        if (a->status != 200)
+            ts_fail("status lookup refused %lld ms into the Redis outage: %s", (long long)(ts_now_ms() - t0),
+                    ts_resp_str(a));
+        n++;
+    }
+    q1 = tenant_queries(rt->cp[0]);
+    ts_log("Redis outage: %lld lookups in %d ms, %lld tenant queries", (long long)n, REDIS_OUTAGE_MS,
+           (long long)(q1 - q0));
+    if (n < 20)
+        ts_fail("only %lld lookups in %d ms: the test proves nothing", (long long)n, REDIS_OUTAGE_MS);
+    /* one read per second of the outage (+1 for the edges), not one per lookup */
+    if (q1 - q0 > REDIS_OUTAGE_MS / 1000 + 2)
+        ts_fail("%lld tenant queries for %lld lookups while unsubscribed", (long long)(q1 - q0), (long long)n);
+
+    /* a suspend through cp[1] reaches cp[0] within the 1 s, unannounced */
+    TS_EXPECT_STATUS(ts_rt_locate(rt->cp[0], acme, "e1"), 200);
+    TS_EXPECT_STATUS(ts_admin(rt->cp[1], "POST", "/v1/tenants/acme/suspend", NULL), 200);
+    t_suspend = ts_now_ms();
+    while (ts_now_ms() - t_suspend < 3000) {
+        struct ts_resp *a = ts_rt_locate(rt->cp[0], acme, "e1");
+        if (a->status == 403) {
+            seen_ms = ts_now_ms() - t_suspend;
+            break;
+        }
+        TS_EXPECT_STATUS(a, 200);
+        ts_sleep_ms(20);
+    }
+    ts_log("the suspend was seen by the other router after %lld ms", (long long)seen_ms);
+    if (seen_ms < 0 || seen_ms > 1000 + 500)
+        ts_fail("the suspend was not seen within the 1 s bound while unsubscribed (%lld ms)", (long long)seen_ms);
+    TS_EXPECT_STATUS(ts_admin(rt->cp[1], "POST", "/v1/tenants/acme/resume", NULL), 200);
+
+    ts_redis_restart(rt->redis);
+    if (!ts_wait_until(all_ready, NULL, 15000))
+        ts_fail("not ready again after Redis came back: %s", ts_resp_str(readyz(rt->cp[0])));
+    TS_EXPECT_STATUS(ts_rt_locate(rt->cp[0], acme, "e1"), 200);
+    ts_http_set_timeout(10000);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_geography_outage),
         cmocka_unit_test(test_global_outage),
+        cmocka_unit_test(test_redis_outage_lookups),
     };
     ts_init("test_cp_degraded");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));

@@ -6,7 +6,7 @@
  * control plane lists both.
  *   1. Promote B, then demote A (default_transaction_read_only, reloaded): a
  *      write that reaches A fails with 25006, which the control plane answers
- *      503 database_unavailable (never a 500); the pool drops its connections
+ *      503 database_unavailable with Retry-After (never a 500); the pool drops its connections
  *      to A (also those that only read: in_hot_standby/default_transaction_
  *      read_only reported by the server) and reconnects to B, where the
  *      following writes land, and no backend of the global pool is left on A.
@@ -55,9 +55,9 @@ static int group_setup(void **state)
     o.global_db = both(db_global);
     o.geo_dbs[0] = both(gus);
     o.geo_dbs[1] = both(geu);
-    /* no periodic statements (layout refresh, enrollment sync) on the global
-     * database: the test's write is the first statement A sees after its
-     * demotion, so it meets 25006 rather than the reported read-only state */
+    /* few periodic statements (layout refresh, enrollment sync) on the global
+     * database, so the test's write is most often the first statement A sees
+     * after its demotion and meets 25006 (the outbox relay may meet it first) */
     o.extra_json = ts_json("'db':{'poolSize':4,'connectTimeoutMs':3000},'layoutRefreshMs':60000,"
                            "'dps':{'enrollmentSyncMs':3600000}");
     cp = ts_controlplane_start(&o);
@@ -131,8 +131,11 @@ static void test_promote_and_demote(void **state)
     ts_log("writes moved to B after %lld ms, %d answers 503", (long long)took, n503);
     if (!ts_proc_log_contains(cp->proc, "(25006)"))
         ts_fail("the control plane never saw 25006 (read-only) from A");
-    if (n503 < 1 || n503 > 4)
-        ts_fail("%d answers 503: the write that met 25006 must be one (and at most the pool size)", n503);
+    /* The write that met 25006 answers 503, unless another statement met it
+     * first and the pool had already moved (the invalidation relay polls the
+     * global outbox): so 0 to at most the pool size. */
+    if (n503 > 4)
+        ts_fail("%d answers 503: at most the pool size may meet A", n503);
     TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"after\",\"geography\":\"us\"}"), 201);
     assert_int_equal(ts_pg_count(on(b, db_global), "SELECT count(*) FROM regions WHERE id = 'after'"), 1);
     assert_int_equal(ts_pg_count(on(a, db_global), "SELECT count(*) FROM regions WHERE id = 'after'"), 0);

@@ -12,6 +12,9 @@
  *     subscriber there sees its invalidation);
  *   - the agent's load report lands on the new master;
  *   - none of the daemons' connections is left on the old master.
+ * The Sentinels require their own password (infra/redis-sentinel-ctl): a
+ * command without it is refused (NOAUTH), so daemons that find the master at
+ * all sent "redisSentinel.auth".
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -122,7 +125,12 @@ static void test_planned_failover(void **state)
     ts_http_set_timeout(5000);
     t0 = ts_now_ms();
     t0_wall = wall_ms();
+    /* the Sentinels require their password (so the daemons, who find the
+     * master at all, sent it): without it nobody may reconfigure them */
     ok = ts_redis_cmd(sentinel, "SENTINEL FAILOVER %s", sen->master_name);
+    if (!ok || strncmp(ok, "NOAUTH", 6) != 0)
+        ts_fail("a Sentinel took a command without its password: %s", ok ? ok : "(no answer)");
+    ok = ts_redis_cmd_auth(sentinel, ts_sentinel_password(sen), "SENTINEL FAILOVER %s", sen->master_name);
     if (!ok || strcmp(ok, "OK") != 0)
         ts_fail("SENTINEL FAILOVER answered %s", ok ? ok : "nothing");
     do {

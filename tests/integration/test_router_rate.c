@@ -17,6 +17,12 @@
  * without persistence would), then 120 new devices are fired at once: the
  * buckets start empty and refill (ratelimit.h "After Redis loses its data"),
  * so at most (seconds since the loss + 2) are placed, not a fresh 60.
+ *
+ * test_data_loss_with_every_router_restarted: both routers stop, Redis loses
+ * every key, both start again: no router remembers the epoch in memory, but
+ * the global catalog does (schema/global/014, ratelimit_epoch.c), so the
+ * buckets again start empty: at most (seconds since the first request + 2)
+ * of 120 are placed.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -159,20 +165,16 @@ static void test_shared_bucket(void **state)
 
 static struct ts_rt_job loss_jobs[NLOSS];
 
-static void test_bucket_after_data_loss(void **state)
+/* NLOSS first locates (ids PREFIX-NNN) right after a loss: at most one
+ * token per second since t0, +2, may be placed. */
+static void burst_after_loss(const char *prefix, int64_t t0)
 {
     int n200 = 0, before = ts_pg_count(eu_db, "SELECT count(*) FROM devices");
-    int64_t t0, elapsed;
-    const char *reply;
+    int64_t elapsed;
 
-    (void)state;
-    reply = ts_redis_cmd(rt->redis->addr, "FLUSHALL");
-    if (!reply || strcmp(reply, "OK") != 0)
-        ts_fail("FLUSHALL: %s", reply ? reply : "(no reply)");
-    t0 = ts_now_ms();
     memset(loss_jobs, 0, sizeof loss_jobs);
     for (int i = 0; i < NLOSS; i++) {
-        const char *id = ts_str("loss-%03d", i);
+        const char *id = ts_str("%s-%03d", prefix, i);
         loss_jobs[i].port = rt->cp[i % 2]->port;
         loss_jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
         loss_jobs[i].authz = ts_rt_sas(acme, id, 0);
@@ -193,11 +195,44 @@ static void test_bucket_after_data_loss(void **state)
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM devices"), before + n200);
 }
 
+static void flushall(void)
+{
+    const char *reply = ts_redis_cmd(rt->redis->addr, "FLUSHALL");
+    if (!reply || strcmp(reply, "OK") != 0)
+        ts_fail("FLUSHALL: %s", reply ? reply : "(no reply)");
+}
+
+static void test_bucket_after_data_loss(void **state)
+{
+    (void)state;
+    flushall();
+    burst_after_loss("loss", ts_now_ms());
+}
+
+static void test_data_loss_with_every_router_restarted(void **state)
+{
+    (void)state;
+    /* the epoch the routers saw is in the catalog */
+    assert_int_equal(ts_pg_count(rt->cp[0]->global_db, "SELECT count(*) FROM ratelimit_epoch"), 1);
+    for (int i = 0; i < rt->ncp; i++)
+        if (ts_controlplane_stop(rt->cp[i], 10000) != 0)
+            ts_fail("control plane %d did not stop cleanly", i);
+    flushall();
+    for (int i = 0; i < rt->ncp; i++)
+        ts_controlplane_spawn(rt->cp[i]);
+    for (int i = 0; i < rt->ncp; i++)
+        if (!ts_controlplane_wait_ready(rt->cp[i], 20000))
+            ts_fail("control plane %d not ready after the restart: %s", i,
+                    ts_resp_str(ts_get(rt->cp[i], "/readyz")));
+    burst_after_loss("restart", ts_now_ms());
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_shared_bucket),
         cmocka_unit_test(test_bucket_after_data_loss),
+        cmocka_unit_test(test_data_loss_with_every_router_restarted),
     };
     ts_init("test_router_rate");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));

@@ -235,6 +235,8 @@ int ts_proc_term_signal(const struct ts_proc *p);
 void ts_proc_dump_log(const struct ts_proc *p, size_t max_bytes);
 /* Whether the log (or separate stderr file) contains needle. */
 bool ts_proc_log_contains(const struct ts_proc *p, const char *needle);
+/* How many times the log (plus the separate stderr file) contains needle. */
+int ts_proc_log_count(const struct ts_proc *p, const char *needle);
 
 /*
  * Run a command to completion (stdout+stderr captured into *output,
@@ -308,6 +310,8 @@ void ts_pgserver_promote(struct ts_pgserver *s);
 /* Send sig to every process of the server (postmaster first for SIGSTOP, last
  * for SIGCONT); returns how many processes got it. SIGSTOP/SIGCONT set paused. */
 int ts_pgserver_signal(struct ts_pgserver *s, int sig);
+/* The postmaster's pid (postmaster.pid), or -1. */
+pid_t ts_pgserver_postmaster(const struct ts_pgserver *s);
 
 struct ts_redis {
     char dir[512];
@@ -324,9 +328,45 @@ void ts_redis_stop(struct ts_redis *r);
 void ts_redis_restart(struct ts_redis *r);
 /* Run one Redis command (argv-style); returns the reply as a string (library-owned) or NULL. */
 const char *ts_redis_cmd(const char *addr, const char *fmt, ...);
+/* ts_redis_cmd after "AUTH password" (a refused AUTH answers its error). */
+const char *ts_redis_cmd_auth(const char *addr, const char *password, const char *fmt, ...);
 /* Clients of the Redis at addr that are the daemons' (CLIENT LIST without
  * Sentinel's "sentinel-..." connections, replication links and this query). */
 int ts_redis_daemon_clients(const char *addr);
+
+/* ------------------------------------------------------------------ */
+/* TCP proxy (ts_tcpproxy.c): network failures between a daemon and   */
+/* a server                                                           */
+/* ------------------------------------------------------------------ */
+
+/*
+ * A relay on a free 127.0.0.1 port to one IPv4:PORT target, run by a thread
+ * of the test process (poll). Give a daemon its address instead of the
+ * server's, then switch modes at any time:
+ *
+ *   PASS   relay both ways (the start);
+ *   CUT    close every relayed connection, and close new ones at once
+ *          (what a daemon sees when the server or its host goes away);
+ *   STALL  keep every connection open and accept new ones (connected to the
+ *          target), but relay no byte either way: a silent partition, no FIN,
+ *          no RST; the daemon can only notice by its own deadlines.
+ *
+ * Back to PASS relays again: what was held in a stall is delivered then.
+ * ts_tcpproxy_set_mode returns once the thread has applied the mode. At most
+ * 64 connections at once (more are closed). Stopped and freed by ts_finish
+ * (ts_tcpproxy_stop earlier is optional). Test thread only.
+ */
+enum ts_proxy_mode { TS_PROXY_PASS, TS_PROXY_CUT, TS_PROXY_STALL };
+struct ts_tcpproxy;
+struct ts_tcpproxy *ts_tcpproxy_start(const char *target_ipv4_port);
+/* "127.0.0.1:PORT" (owned by the proxy). */
+const char *ts_tcpproxy_addr(const struct ts_tcpproxy *p);
+void ts_tcpproxy_set_mode(struct ts_tcpproxy *p, enum ts_proxy_mode mode);
+/* Relayed connections open now; connections accepted since the start. */
+int ts_tcpproxy_live(struct ts_tcpproxy *p);
+long ts_tcpproxy_accepted(struct ts_tcpproxy *p);
+/* Close everything and stop the thread. */
+void ts_tcpproxy_stop(struct ts_tcpproxy *p);
 
 /* ------------------------------------------------------------------ */
 /* The daemons under test (ts_daemons.c)                              */
@@ -472,6 +512,9 @@ struct ts_rt_opts {
     const char *global_db;
     const char *geo_dbs[TS_MAX_GEOS];       /* in the order of geos */
     const char *redis_sentinel;
+    /* control plane i reaches the private Redis only through a TCP proxy
+     * (rt->redis_proxy[i], ts_tcpproxy_start), so a test can cut or stall it */
+    bool redis_proxied[TS_RT_MAX_CP];
 };
 
 struct ts_rt {
@@ -481,6 +524,7 @@ struct ts_rt {
     int ncp;
     int layout_refresh_ms;
     struct ts_rt_layout *layout;            /* the last one registered */
+    struct ts_tcpproxy *redis_proxy[TS_RT_MAX_CP];   /* per ts_rt_opts.redis_proxied, else NULL */
 };
 
 /*
@@ -619,11 +663,14 @@ struct ts_sentinel {
     char dir[512];
     char sentinels[256];   /* "127.0.0.1:S1,127.0.0.1:S2,127.0.0.1:S3" */
     char master_name[64];
-    char sentinel_json[512]; /* {"masterName":"...","sentinels":[...]}: the daemons' "redisSentinel" */
+    char pass_file[512];     /* the Sentinels' own password (requirepass), one line */
+    char sentinel_json[1024]; /* {"masterName","sentinels":[...],"auth":{"passwordFile"}}: "redisSentinel" */
 };
 
 /* Start (<tmp>/sentinel-NAME), wait until the Sentinels agree; stopped at ts_finish. */
 struct ts_sentinel *ts_sentinel_start(const char *name);
+/* The Sentinels' password (from pass_file; library-owned). */
+const char *ts_sentinel_password(struct ts_sentinel *s);
 /* The master's HOST:PORT as the Sentinels name it (library-owned). */
 const char *ts_sentinel_master(struct ts_sentinel *s);
 /* kill -9 the master; returns its HOST:PORT. */

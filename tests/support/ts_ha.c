@@ -156,7 +156,9 @@ struct ts_sentinel *ts_sentinel_start(const char *name)
     out = script("redis-sentinel-ctl", "start", s->dir, NULL, 60000);
     snprintf(s->sentinels, sizeof s->sentinels, "%s", env_value(out, "REDIS_SENTINELS"));
     snprintf(s->master_name, sizeof s->master_name, "%s", env_value(out, "REDIS_MASTER_NAME"));
-    /* "redisSentinel": {"masterName": ..., "sentinels": [...]} for the daemons' configs */
+    snprintf(s->pass_file, sizeof s->pass_file, "%s", env_value(out, "REDIS_SENTINEL_PASS_FILE"));
+    /* "redisSentinel": {"masterName": ..., "sentinels": [...], "auth": {"passwordFile": ...}}
+     * for the daemons' configs */
     arr = json_array();
     list = s->sentinels;
     while (*list) {
@@ -167,7 +169,8 @@ struct ts_sentinel *ts_sentinel_start(const char *name)
             list++;
     }
     {
-        json_t *o = json_pack("{s:s, s:o}", "masterName", s->master_name, "sentinels", arr);
+        json_t *o = json_pack("{s:s, s:o, s:{s:s}}", "masterName", s->master_name, "sentinels", arr, "auth",
+                              "passwordFile", s->pass_file);
         char *txt = json_dumps(o, JSON_COMPACT | JSON_PRESERVE_ORDER);
         snprintf(s->sentinel_json, sizeof s->sentinel_json, "%s", txt);
         free(txt);
@@ -176,6 +179,15 @@ struct ts_sentinel *ts_sentinel_start(const char *name)
     ts_log("Redis + Sentinel %s: Sentinels %s, master %s (%lld ms)", name, s->sentinels, ts_sentinel_master(s),
            (long long)(ts_now_ms() - t0));
     return s;
+}
+
+const char *ts_sentinel_password(struct ts_sentinel *s)
+{
+    char *pw = ts_read_file(s->pass_file, NULL);
+    if (!pw)
+        ts_fail("no Sentinel password file %s", s->pass_file);
+    pw[strcspn(pw, "\r\n")] = '\0';
+    return pw;
 }
 
 const char *ts_sentinel_master(struct ts_sentinel *s)

@@ -268,3 +268,24 @@ void ts_procs_free_all(void)
         free(g_procs[i]);
     g_nprocs = 0;
 }
+
+/* Occurrences in one file (0 if unreadable). The text is freed at once: a
+ * test may count in a growing log many times. */
+static int count_in_file(const char *path, const char *needle)
+{
+    size_t len = 0, nlen = strlen(needle);
+    char *text = ts_read_file(path, &len);
+    int n = 0;
+    if (!text)
+        return 0;
+    for (const char *s = text; nlen && (s = strstr(s, needle)) != NULL; s += nlen)
+        n++;
+    ts_forget(text);
+    free(text);
+    return n;
+}
+
+int ts_proc_log_count(const struct ts_proc *p, const char *needle)
+{
+    return count_in_file(p->log_path, needle) + (p->err_path[0] ? count_in_file(p->err_path, needle) : 0);
+}

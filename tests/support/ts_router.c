@@ -106,6 +106,11 @@ struct ts_rt *ts_rt_start(const struct ts_rt_opts *o)
             for (int g = 0; rt->cp[0]->geo_ids[g]; g++)
                 co.geo_dbs[g] = rt->cp[0]->geo_dbs[g];
         }
+        co.redis = rt->redis ? rt->redis->addr : NULL;
+        if (o->redis_proxied[i] && rt->redis) {
+            rt->redis_proxy[i] = ts_tcpproxy_start(rt->redis->addr);
+            co.redis = ts_tcpproxy_addr(rt->redis_proxy[i]);
+        }
         cp = ts_controlplane_start(&co);
         if (!ts_controlplane_wait_ready(cp, 20000))
             ts_fail("control plane %s not ready after 20 s: %s", cp->name, ts_resp_str(ts_get(cp, "/readyz")));

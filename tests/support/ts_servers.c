@@ -140,7 +140,7 @@ void ts_pgserver_promote(struct ts_pgserver *s)
 }
 
 /* The postmaster's pid (first line of postmaster.pid), or -1. */
-static pid_t pgserver_postmaster(const struct ts_pgserver *s)
+pid_t ts_pgserver_postmaster(const struct ts_pgserver *s)
 {
     char *pidfile = ts_read_file(ts_str("%s/postmaster.pid", s->dir), NULL);
     long pid = pidfile ? strtol(pidfile, NULL, 10) : -1;
@@ -180,7 +180,7 @@ static int pgserver_children(pid_t parent, pid_t *out, int cap)
 
 int ts_pgserver_signal(struct ts_pgserver *s, int sig)
 {
-    pid_t pm = pgserver_postmaster(s), kids[512];
+    pid_t pm = ts_pgserver_postmaster(s), kids[512];
     int n, sent = 0;
     if (pm < 0)
         ts_fail("PostgreSQL in %s: no postmaster.pid", s->dir);
@@ -282,7 +282,9 @@ static char *reply_str(const redisReply *rep)
     }
 }
 
-const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
+/* One command on a new connection to addr, after "AUTH password" when
+ * password is not NULL (a refused AUTH: "ERR ..." as the answer). */
+static const char *redis_vcmd(const char *addr, const char *password, const char *fmt, va_list ap)
 {
     char host[64];
     const char *colon = strrchr(addr, ':');
@@ -290,7 +292,6 @@ const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
     redisContext *c;
     redisReply *rep;
     char *out = NULL;
-    va_list ap;
 
     if (!colon || (size_t)(colon - addr) >= sizeof host)
         ts_fail("bad redis address %s", addr);
@@ -302,14 +303,43 @@ const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
         return NULL;
     }
     redisSetTimeout(c, tv);
-    va_start(ap, fmt);
+    if (password) {
+        rep = redisCommand(c, "AUTH %s", password);
+        if (!rep || rep->type == REDIS_REPLY_ERROR) {
+            out = rep ? reply_str(rep) : NULL;
+            if (rep)
+                freeReplyObject(rep);
+            redisFree(c);
+            return out;
+        }
+        freeReplyObject(rep);
+    }
     rep = redisvCommand(c, fmt, ap);
-    va_end(ap);
     if (rep) {
         out = reply_str(rep);
         freeReplyObject(rep);
     }
     redisFree(c);
+    return out;
+}
+
+const char *ts_redis_cmd(const char *addr, const char *fmt, ...)
+{
+    const char *out;
+    va_list ap;
+    va_start(ap, fmt);
+    out = redis_vcmd(addr, NULL, fmt, ap);
+    va_end(ap);
+    return out;
+}
+
+const char *ts_redis_cmd_auth(const char *addr, const char *password, const char *fmt, ...)
+{
+    const char *out;
+    va_list ap;
+    va_start(ap, fmt);
+    out = redis_vcmd(addr, password, fmt, ap);
+    va_end(ap);
     return out;
 }
 

@@ -47,6 +47,7 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg.down_after_intervals, 10);
     assert_int_equal(cfg.db_pool_size, 4);
     assert_int_equal(cfg.max_enrollment_groups, 100);
+    assert_int_equal(cfg.cache_trust_ms, 1000);
     assert_null(cfg.operator_token);
     cp_config_free(&cfg);
 }
@@ -155,6 +156,8 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"db\":{\"size\":2}}", "unknown_field", "db.size"},
         {"{" GOOD_BASE ",\"db\":[]}", "invalid_type", "db"},
         {"{" GOOD_BASE ",\"logLevel\":\"loud\"}", "invalid_value", "logLevel"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":199}", "out_of_range", "cacheTrustMs"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":60001}", "out_of_range", "cacheTrustMs"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
         /* transport: TLS unless plain HTTP is asked for, never both */
@@ -261,9 +264,11 @@ static void test_http_limits(void **state)
     assert_int_equal(cfg.http_header_timeout_ms, 10000);
     assert_int_equal(cfg.http_request_timeout_ms, 30000);
     assert_int_equal(cfg.http_idle_timeout_ms, 60000);
+    assert_int_equal(cfg.http_request_deadline_ms, 10000);
     cp_config_free(&cfg);
     assert_true(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":8,\"headerTimeoutMs\":1500,"
-                      "\"requestTimeoutMs\":3000,\"idleTimeoutMs\":2500}}", &cfg, &e));
+                      "\"requestTimeoutMs\":3000,\"idleTimeoutMs\":2500,\"requestDeadlineMs\":700}}", &cfg, &e));
+    assert_int_equal(cfg.http_request_deadline_ms, 700);
     assert_int_equal(cfg.http_max_connections, 8);
     assert_int_equal(cfg.http_header_timeout_ms, 1500);
     assert_int_equal(cfg.http_request_timeout_ms, 3000);
@@ -274,6 +279,9 @@ static void test_http_limits(void **state)
     cp_config_free(&cfg);
     assert_false(parse("{" GOOD_BASE ",\"http\":{\"maxConnections\":0}}", &cfg, &e));
     assert_string_equal(e.field, "http.maxConnections");
+    cp_config_free(&cfg);
+    assert_false(parse("{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":99}}", &cfg, &e));
+    assert_string_equal(e.field, "http.requestDeadlineMs");
     cp_config_free(&cfg);
     assert_false(parse("{" GOOD_BASE ",\"http\":{\"headerTimeoutMs\":5000,\"requestTimeoutMs\":1000}}", &cfg, &e));
     assert_string_equal(e.field, "http.requestTimeoutMs");
@@ -308,7 +316,10 @@ static void test_redis_sentinel_and_dns(void **state)
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"a b\",\"sentinels\":[\"h:1\"]}}", "invalid_value", "redisSentinel.masterName"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h\"]}}", "invalid_value", "redisSentinel.sentinels[1]"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[5]}}", "invalid_type", "redisSentinel.sentinels[0]"},
-        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":1}}", "unknown_field", "redisSentinel.auth"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":1}}", "invalid_type", "redisSentinel.auth"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":{\"pass\":\"x\"}}}", "unknown_field", "redisSentinel.auth.pass"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"auth\":{\"passwordFile\":\"/nonexistent/p\"}}}", "invalid_value", "redisSentinel.auth.passwordFile"},
+        {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],\"extra\":1}}", "unknown_field", "redisSentinel.extra"},
         {"{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\",\"h:2\",\"h:3\",\"h:4\",\"h:5\",\"h:6\",\"h:7\",\"h:8\",\"h:9\"]}}", "invalid_value", "redisSentinel.sentinels"},
         {"{" GOOD_BASE ",\"dns\":{\"resolv\":\"/x\"}}", "unknown_field", "dns.resolv"},
         {"{" GOOD_BASE ",\"dns\":{\"resolvConf\":\"\"}}", "invalid_value", "dns.resolvConf"},
@@ -337,6 +348,13 @@ static void test_redis_sentinel_and_dns(void **state)
     assert_int_equal(cfg.redis.sentinels[1].port, 26380);
     assert_string_equal(cfg.redis.text, "sentinel:stampcp");
     assert_string_equal(cfg.dns_resolv_conf, "/tmp/r.conf");
+    assert_false(redis_auth_enabled(&cfg.redis.sentinel_auth));   /* none given: no AUTH to Sentinels */
+    cp_config_free(&cfg);
+    assert_true(parse("{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],"
+                      "\"auth\":{\"password\":\"s3cret\"}}}", &cfg, &e));
+    assert_true(redis_auth_enabled(&cfg.redis.sentinel_auth));
+    assert_string_equal(cfg.redis.sentinel_auth.password, "s3cret");
+    assert_null(cfg.redis.sentinel_auth.user);
     cp_config_free(&cfg);
     assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
     assert_false(redis_target_sentinel(&cfg.redis));
