@@ -11,17 +11,17 @@
 #define _GNU_SOURCE 1 /* strcasestr */
 #include "ts_load.h"
 
-#include "ts_internal.h"
+#include "ts.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
-#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
