@@ -47,9 +47,8 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    rt = ts_rt_start_fleet(&layout, 2);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 
@@ -64,10 +63,7 @@ static void test_shared_bucket(void **state)
 
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < NREQ; i++) {
-        const char *id = ts_str("rate-%03d", i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(acme, id, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, acme, ts_str("rate-%03d", i));
     }
     t0 = ts_now_ms();
     ts_rt_run_jobs(jobs, NREQ, NTHREADS);
@@ -172,10 +168,7 @@ static void test_bucket_after_data_loss(void **state)
     t0 = ts_now_ms();
     memset(loss_jobs, 0, sizeof loss_jobs);
     for (int i = 0; i < NLOSS; i++) {
-        const char *id = ts_str("loss-%03d", i);
-        loss_jobs[i].port = rt->cp[i % 2]->port;
-        loss_jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
-        loss_jobs[i].authz = ts_rt_sas(acme, id, 0);
+        ts_rt_job_locate(&loss_jobs[i], rt->cp[i % 2]->port, acme, ts_str("loss-%03d", i));
     }
     ts_rt_run_jobs(loss_jobs, NLOSS, NTHREADS);
     elapsed = ts_now_ms() - t0;
