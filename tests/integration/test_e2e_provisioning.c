@@ -135,9 +135,7 @@ static int setup(void **state)
     (void)state;
 
     ts_log("device SDK from %s", ts_sdk_modules());
-    rt = ts_rt_start_served(&o, &layout, dps_ids, agents, 2);
-    ts_rt_served_agents_start(rt, dps_ids, agents, 2);
-    ts_rt_served_ready(rt, dps_ids, 2);
+    rt = ts_rt_start_served_ready(&o, &layout, dps_ids, agents, 2);
     return 0;
 }
 

@@ -168,9 +168,7 @@ static int setup(void **state)
     struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
     (void)state;
 
-    rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
-    ts_rt_served_agents_start(rt, agent_dps, agent, 2);
-    ts_rt_served_ready(rt, agent_dps, 2);
+    rt = ts_rt_start_served_ready(&so, &layout, agent_dps, agent, 2);
     return 0;
 }
 
