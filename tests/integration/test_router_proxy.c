@@ -276,7 +276,8 @@ static int group_setup(void **state)
     mock_port = ts_free_port();
     redis = ts_redis_start("redis");
     o.redis = redis->addr;
-    o.extra_json = ts_str("\"layoutRefreshMs\": 200,\n  \"dps\": {\"caFile\": \"%s\", \"timeoutMs\": 5000}", ts_pki_ca());
+    o.extra_json = ts_str("\"layoutRefreshMs\": 200,\n  \"dps\": {\"caFile\": \"%s\", \"timeoutMs\": 5000}",
+                          ts_pki_ca());
     cp = ts_controlplane_start(&o);
     if (!ts_controlplane_wait_ready(cp, 20000))
         ts_fail("controlplane not ready: %s", ts_resp_str(ts_get(cp, "/readyz")));

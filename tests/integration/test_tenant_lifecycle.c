@@ -227,7 +227,7 @@ static void test_rotation(void **state)
     json_int_t version;
     (void)state;
 
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     with_key(&k0, acme->key_b64);
     version = ts_jint(acme->json, "version", 0);
     installer = ts_rt_installer_token(rt->cp[0], "acme");

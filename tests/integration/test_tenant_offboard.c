@@ -291,7 +291,7 @@ static void test_offboard_crash_resume(void **state)
     size_t i;
     (void)state;
 
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     installer = ts_rt_installer_token(rt->cp[0], "acme");
     if (!ts_wait_until(group_count_is, &g1, 15000))
         ts_fail("acme's group not at %s 15 s after its creation", D1);
