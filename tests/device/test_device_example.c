@@ -35,27 +35,16 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "sd_store.h"
 #include "ts.h"
-#include "ts_stamp.h"
+#include "ts_device.h"
 #include "ts_devrun.h"
+#include "ts_stamp.h"
 
-#define TENANT "acme"
-#define KEY_NAME "provisioningserviceowner"
-#define STAMP "eu-west-1"
-#define DPS "eu-west-1-dps"
+#define TENANT "acme"      /* the standard tenant (ts_rt_tenant_acme) */
+#define STAMP TS_SD_STAMP
+#define DPS TS_SD_DPS
 
 static struct ts_rt *rt;
-static struct ts_rt_layout layout = {
-    .geographies = { "eu", NULL },
-    .regions = { { "eu-west", "eu" }, { NULL, NULL } },
-    .stamps = {
-        { .id = STAMP, .region = "eu-west", .dps = { { DPS, 0, 0 } },
-          .hubs = { { "eu-west-1-hub-1", 0 }, { "eu-west-1-hub-2", 0 } } },
-        { .id = NULL },
-    },
-};
-
 static struct ts_stamp stamp; /* the agent serving the DPS instance */
 static const char *dps_endpoint, *ca_crt;
 static struct ts_tenant *tenant;
@@ -99,7 +88,7 @@ static const char *cp_addr(void)
 
 static bool is_hub(const char *host)
 {
-    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
+    return ts_sd_stack_hub(rt, host);
 }
 
 /* The stamp's registration row: status, hub, operation id, etag and last update, as one string. */
@@ -109,19 +98,6 @@ static const char *dps_row(const char *regid)
                         ts_str("SELECT status || ' ' || coalesce(assigned_hub, '-') || ' ' || operation_id || ' ' || "
                                "etag || ' ' || updated_at FROM dps_registrations WHERE dps_id = '%s' AND "
                                "registration_id = '%s'", DPS, regid));
-}
-
-static struct sd_state load_state(const char *regid, enum sd_store_result want)
-{
-    struct sd_state st;
-    char err[256] = "";
-    enum sd_store_result r;
-    memset(&st, 0, sizeof st);
-    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
-    if (r != want)
-        ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
-                sd_store_result_name(want));
-    return st;
 }
 
 static void expect_ready(const struct ts_sd_run *r, const char *regid)
@@ -143,18 +119,12 @@ static void expect_ready(const struct ts_sd_run *r, const char *regid)
 
 static int setup(void **state)
 {
-    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
-    static const char *const served[] = { DPS };
     (void)state;
 
     /* the control plane serves HTTPS with the DPS's certificate (the test PKI's): one --ca for both hops */
     ca_crt = ts_pki_ca();
-    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
+    rt = ts_sd_stack_start(&stamp, &tenant);
     dps_endpoint = stamp.hostport;
-    ts_rt_served_agents_start(rt, served, &stamp, 1);
-    ts_rt_served_ready(rt, served, 1);
-    tenant = ts_rt_tenant_synced(rt, DPS, stamp.db,
-                                 ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
     return 0;
 }
 
@@ -180,7 +150,7 @@ static void test_approach1(void **state)
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a1'", DPS)),
                     ts_str("assigned %s", ts_jstr(r.json, "assignedHub")));
-    st = load_state("dev-a1", SD_STORE_OK);
+    st = ts_sd_load_state("dev-a1", SD_STORE_OK);
     assert_true(st.flags & SD_STATE_ASSIGNED);
     assert_true(st.flags & SD_STATE_HUB);
     assert_false(st.flags & SD_STATE_RETIRED);
@@ -228,7 +198,7 @@ static void test_approach2(void **state)
                                  ts_str("SELECT status || ' ' || assigned_hub FROM dps_registrations "
                                         "WHERE dps_id = '%s' AND registration_id = 'dev-a2'", DPS)),
                     ts_str("assigned %s", ts_jstr(r.json, "assignedHub")));
-    st = load_state("dev-a2", SD_STORE_OK);
+    st = ts_sd_load_state("dev-a2", SD_STORE_OK);
     TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
 }
 
@@ -246,7 +216,7 @@ static void test_corrupt_state_reprovisions(void **state)
     assert_true(len > 40);
     text[len / 2] ^= 0x01; /* one bit in the middle */
     ts_write_file(path, text);
-    load_state("dev-a1", SD_STORE_CORRUPT);
+    ts_sd_load_state("dev-a1", SD_STORE_CORRUPT);
 
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
@@ -256,7 +226,7 @@ static void test_corrupt_state_reprovisions(void **state)
     assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
     if (!strstr(r.out, "ignoring the state file"))
         ts_fail("the corrupt state file was not reported: %s", r.out);
-    st = load_state("dev-a1", SD_STORE_OK);
+    st = ts_sd_load_state("dev-a1", SD_STORE_OK);
     TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
 
     /* garbage and an empty file: the same */
@@ -268,7 +238,7 @@ static void test_corrupt_state_reprovisions(void **state)
     r = example("dev-a1", cp_addr(), NULL);
     expect_ready(&r, "dev-a1");
     TS_EXPECT_STREQ(ts_jstr(r.json, "stateFile"), "corrupt");
-    load_state("dev-a1", SD_STORE_OK);
+    ts_sd_load_state("dev-a1", SD_STORE_OK);
 }
 
 /* Retired through the admin API: 410 at the next lookup -> exit 3, and the state remembers. */
@@ -285,7 +255,7 @@ static void test_retired(void **state)
     if (r.rc != 3)
         ts_fail("retired dev-a2: expected exit 3, got %d: %s", r.rc, ts_jdump(r.json));
     TS_EXPECT_STREQ(ts_jstr(r.json, "status"), "retired");
-    st = load_state("dev-a2", SD_STORE_OK);
+    st = ts_sd_load_state("dev-a2", SD_STORE_OK);
     assert_true(st.flags & SD_STATE_RETIRED);
 
     /* the next boot stops at once: no request at all */
@@ -334,7 +304,7 @@ static void test_cp_down_backoff(void **state)
                 (long long)ts_jint(j, "ioErrors", -1));
     assert_true(ts_jint(j, "sleptMs", 0) > 1000);
     assert_int_equal(ts_jint(json_object_get(j, "requests"), "dps_register", -1), 0);
-    load_state("dev-down", SD_STORE_ABSENT);
+    ts_sd_load_state("dev-down", SD_STORE_ABSENT);
 }
 
 int main(void)

@@ -44,29 +44,18 @@
 #include <unistd.h>
 #include <cmocka.h>
 
-#include "sd_store.h"
 #include "ts.h"
-#include "ts_stamp.h"
+#include "ts_device.h"
 #include "ts_devrun.h"
+#include "ts_stamp.h"
 
-#define TENANT "acme"
+#define TENANT "acme"      /* the standard tenant (ts_rt_tenant_acme) */
 #define X509_GROUP "acme-devices-x509" /* not the tenant id: that one is the reconciler's */
-#define KEY_NAME "provisioningserviceowner"
-#define STAMP "eu-west-1"
-#define DPS "eu-west-1-dps"
+#define STAMP TS_SD_STAMP
+#define DPS TS_SD_DPS
 #define API "?api-version=2021-10-01"
 
 static struct ts_rt *rt;
-static struct ts_rt_layout layout = {
-    .geographies = { "eu", NULL },
-    .regions = { { "eu-west", "eu" }, { NULL, NULL } },
-    .stamps = {
-        { .id = STAMP, .region = "eu-west", .dps = { { DPS, 0, 0 } },
-          .hubs = { { "eu-west-1-hub-1", 0 }, { "eu-west-1-hub-2", 0 } } },
-        { .id = NULL },
-    },
-};
-
 static struct ts_stamp stamp; /* the agent below, as ts_stamp_service wants it */
 static const char *dps_endpoint, *ca_crt;
 static const char *dev_ca_crt, *dev_ca_key;
@@ -127,7 +116,7 @@ static struct ts_sd_run example(char **argv, const char *regid)
 
 static bool is_hub(const char *host)
 {
-    return ts_rt_stamp_has_hub(&layout.stamps[0], host);
+    return ts_sd_stack_hub(rt, host);
 }
 
 /* The stamp's registration row: status, hub, enrollment, operation id, etag and last update, as one string. */
@@ -152,19 +141,6 @@ static void expect_x509_row(const char *regid, const char *hub)
                                                   "FROM dps_registrations WHERE dps_id = '%s' AND registration_id = '%s'",
                                                   DPS, regid)),
                     ts_str("CN=%s | CN=stampcp x509 device CA", regid));
-}
-
-static struct sd_state load_state(const char *regid, enum sd_store_result want)
-{
-    struct sd_state st;
-    char err[256] = "";
-    enum sd_store_result r;
-    memset(&st, 0, sizeof st);
-    r = sd_store_load(ts_sd_state_path(regid), &st, err, sizeof err);
-    if (r != want)
-        ts_fail("state file of %s: %s (%s), expected %s", regid, sd_store_result_name(r), err,
-                sd_store_result_name(want));
-    return st;
 }
 
 static void expect_ready(const struct ts_sd_run *r, const char *regid)
@@ -195,8 +171,6 @@ static json_t *x509_group(void)
 
 static int setup(void **state)
 {
-    struct ts_rt_served_opts so = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
-    static const char *const served[] = { DPS };
     struct ts_resp *r;
     const char *pem;
     json_t *body;
@@ -204,12 +178,8 @@ static int setup(void **state)
 
     /* the stamp's server certificate from the test PKI: ts_https (the service API) trusts it too */
     ca_crt = ts_pki_ca();
-    rt = ts_rt_start_served(&so, &layout, served, &stamp, 1);
-    stamp.redis = rt->redis;
+    rt = ts_sd_stack_start(&stamp, NULL);
     dps_endpoint = stamp.hostport;
-    ts_rt_served_agents_start(rt, served, &stamp, 1);
-    ts_rt_served_ready(rt, served, 1);
-    ts_rt_tenant_synced(rt, DPS, stamp.db, ts_json("{'id':'%s','name':'Acme','residency':{'geographies':['eu']}}", TENANT));
 
     /* the device CA as an X.509 enrollment group, through the stamp's service API */
     ts_pki_make_ca("x509-dev-ca", "stampcp x509 device CA", &dev_ca_crt, &dev_ca_key);
@@ -249,7 +219,7 @@ static void test_dps_only(void **state)
     assert_int_equal(ts_sd_requests(&r, "locate") + ts_sd_requests(&r, "lookup") + ts_sd_requests(&r, "provision"), 0);
     assert_int_equal(ts_jint(r.json, "ioErrors", -1), 0);
     expect_x509_row("dev-x1", ts_jstr(r.json, "assignedHub"));
-    st = load_state("dev-x1", SD_STORE_OK);
+    st = ts_sd_load_state("dev-x1", SD_STORE_OK);
     assert_true(st.flags & SD_STATE_ASSIGNED);
     assert_true(st.flags & SD_STATE_HUB);
     TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));
@@ -295,7 +265,7 @@ static void test_wrong_ca_401(void **state)
     assert_int_equal(ts_jint(json_object_get(j, "requests"), "dps_register", -1), sends);
     assert_int_equal(ts_pg_count(stamp.db, ts_str("SELECT count(*) FROM dps_registrations WHERE registration_id = "
                                                   "'dev-x2'")), 0);
-    load_state("dev-x2", SD_STORE_ABSENT);
+    ts_sd_load_state("dev-x2", SD_STORE_ABSENT);
 
     /* a good certificate, but not this registration id (CN dev-x1 for dev-x9): 401 too */
     ts_pki_make_leaf("dev-x9-wrong-cn", "dev-x1", dev_ca_crt, dev_ca_key, &good_crt, &good_key);
@@ -385,7 +355,7 @@ static void test_unusable_key(void **state)
     if (strstr(out, "Enter PEM pass phrase"))
         ts_fail("an encrypted key: the example prompted for a pass phrase: %s", out);
     assert_int_equal(ts_jint(json_object_get(j, "requests"), "dps_register", -1), 0);
-    load_state("dev-x6", SD_STORE_ABSENT);
+    ts_sd_load_state("dev-x6", SD_STORE_ABSENT);
 }
 
 /* Control plane with an installer token, then the certificate at the stamp's DPS. */
@@ -410,7 +380,7 @@ static void test_cp_bearer(void **state)
     assert_int_equal(ts_sd_requests(&r, "dps_register"), 1);
     assert_int_equal(ts_sd_requests(&r, "provision"), 0);
     expect_x509_row("dev-x3", ts_jstr(r.json, "assignedHub"));
-    st = load_state("dev-x3", SD_STORE_OK);
+    st = ts_sd_load_state("dev-x3", SD_STORE_OK);
     TS_EXPECT_STREQ(st.stamp, STAMP);
     TS_EXPECT_STREQ(st.tenant_id, TENANT);
     TS_EXPECT_STREQ(st.assigned_hub, ts_jstr(r.json, "assignedHub"));

@@ -56,7 +56,7 @@ static int group_setup(void **state)
     gdb = rt->cp[0]->global_db;
     eu_db = ts_rt_geo_db(rt, "eu");
     us_db = ts_rt_geo_db(rt, "us");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     return 0;
 }
 

@@ -38,10 +38,7 @@ static int group_setup(void **state)
 /* POST/PATCH with raw bytes and chosen headers. */
 static struct ts_resp *send_body(const char *method, const char *path, const char *ctype, const void *b, size_t n)
 {
-    const char *auth = ts_str("Authorization: Bearer %s", cp->token);
-    const char *ct = ctype ? ts_str("Content-Type: %s", ctype) : NULL;
-    const char *h[] = { auth, ct, NULL };
-    return ts_http(cp->port, method, path, h, b, n);
+    return ts_admin_raw(cp, method, path, ctype, b, n);
 }
 
 #define EXPECT_TARGET(r, t) TS_EXPECT_STREQ(ts_err_target(r), (t))

@@ -82,12 +82,10 @@ static int group_setup(void **state)
 {
     struct ts_rt_opts o = { .ncp = 1, .geos = { "eu", "us", NULL } };
     (void)state;
-    rt = ts_rt_start(&o);
+    rt = ts_rt_start_fleet_with(&o, &layout);
     cp = rt->cp[0];
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(cp, "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(cp);
     beta = ts_rt_tenant(cp, "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"eu\"]}}");
     (void)ts_rt_installer_token(cp, "acme");
     static const char *const a_devs[] = { "a-1", "a-2", "a-3", NULL };
@@ -103,10 +101,7 @@ static int group_setup(void **state)
 /* Request with the operator token and chosen Content-Type (NULL: none). */
 static struct ts_resp *send_body(const char *method, const char *path, const char *ctype, const void *b, size_t n)
 {
-    const char *auth = ts_str("Authorization: Bearer %s", cp->token);
-    const char *ct = ctype ? ts_str("Content-Type: %s", ctype) : NULL;
-    const char *h[] = { auth, ct, NULL };
-    return ts_http(cp->port, method, path, h, b, n);
+    return ts_admin_raw(cp, method, path, ctype, b, n);
 }
 
 static void expect_err(struct ts_resp *r, int status, const char *code, const char *target, const char *what)

@@ -51,7 +51,7 @@ static int group_setup(void **state)
     cp2 = rt->cp[1];
     ts_rt_register_layout(rt, &layout);
     ts_rt_start_agents(rt);
-    ts_rt_tenant(cp, "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    ts_rt_tenant_acme(cp);
     ts_rt_tenant(cp, "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"us\"]}}");
     return 0;
 }

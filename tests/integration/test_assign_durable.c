@@ -62,9 +62,8 @@ static int group_setup(void **state)
 {
     const char *db;
     (void)state;
-    rt = ts_rt_start_fleet(&layout, 1);
+    rt = ts_rt_start_fleet_acme(&layout, 1, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
 
     db = ts_pg_scalar(eu_db, "SELECT current_database()");
     (void)ts_pg_scalar(eu_db, ts_str("ALTER DATABASE \"%s\" SET synchronous_commit = off", db));

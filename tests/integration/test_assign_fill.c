@@ -51,13 +51,11 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 2, .geos = { "eu", NULL }, .extra_json = "\"db\": {\"poolSize\": 32}" };
+    struct ts_rt_opts o = { .ncp = 2, .extra_json = "\"db\": {\"poolSize\": 32}" };
     (void)state;
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet_with(&o, &layout);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     return 0;
 }
 
@@ -86,10 +84,7 @@ static void test_fill_without_deadlock(void **state)
 
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < NJOBS; i++) {
-        const char *regid = ts_str("fill-%d", i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", regid);
-        jobs[i].authz = ts_rt_sas(acme, regid, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, acme, ts_str("fill-%d", i));
     }
     t0 = ts_now_ms();
     ts_rt_run_jobs(jobs, NJOBS, NCLIENTS);

@@ -84,7 +84,7 @@ static int group_setup(void **state)
     rt->cp[rt->ncp++] = start_cp("cp-short", global_db, eu_db, us_db, "{\"staleOnErrorMs\": 1000}");
     ts_rt_register_layout(rt, &layout);
     ts_rt_start_agents(rt);
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     bolt = ts_rt_tenant(rt->cp[0], "{\"id\":\"bolt\",\"name\":\"Bolt\",\"residency\":{\"geographies\":[\"us\"]}}");
     for (int i = 0; i < rt->ncp; i++) {
         TS_EXPECT_STATUS(ts_rt_locate(rt->cp[i], acme, "e1"), 200);

@@ -64,11 +64,9 @@ static int group_setup(void **state)
                              NEG_CAP, RATE, BURST),
     };
     (void)state;
-    rt = ts_rt_start(&o);
+    rt = ts_rt_start_fleet_with(&o, &layout);
     cp = rt->cp[0];
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
-    acme = ts_rt_tenant(cp, "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(cp);
     for (int i = 0; i < REAL_DEVICES; i++)
         TS_EXPECT_STATUS(ts_rt_locate(cp, acme, ts_str("real-%d", i)), 200);
     return 0;

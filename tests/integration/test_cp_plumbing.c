@@ -78,7 +78,7 @@ static int group_setup(void **state)
     }
     ts_sleep_ms(300);
     ts_rt_register_layout(rt, &layout);
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     return 0;
 }
 

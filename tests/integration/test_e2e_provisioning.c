@@ -6,7 +6,7 @@
  * Layout: geographies eu and us; stamp eu-west-1 (region eu-west) and
  * us-east-1 (region us-east), each with one DPS instance and two hubs. Every
  * stamp agent runs its `provisioning` section: a TLS endpoint on 127.0.0.1
- * (certificate from a throwaway CA made here with the openssl CLI), the
+ * (the test PKI's server certificate, ts_pki_server()), the
  * geography's database (the one the control plane uses), one service policy
  * "provisioningserviceowner" with a random key. The DPS instances are
  * registered with that endpoint and service credentials, so the control
@@ -24,9 +24,10 @@
  *    stamp's dps_registrations and in the admin view;
  *  - every device that got a 200 is in the eu geography database only.
  *
+ * The set-up is the standard served one (ts_rt_start_served, ts_stamp.h).
  * The SDK: tests/sdk/provision-symkey.js (with its port shim) on the
- * packages ts_sdk_modules() installs once per build directory (ts_stamp.h);
- * it is run with NODE_EXTRA_CA_CERTS = this test's CA, so the stamps' TLS is
+ * packages ts_sdk_modules() installs once per build directory, run by
+ * ts_sdk_symkey with NODE_EXTRA_CA_CERTS = ts_pki_ca(), so the stamps' TLS is
  * verified by the SDK as by the router (dps.caFile).
  */
 #include <setjmp.h>
@@ -34,14 +35,12 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <unistd.h>
 #include <cmocka.h>
 
 #include "envelope.h"
-#include "sas.h"
 #include "ts.h"
+#include "ts_devrun.h"
 #include "ts_stamp.h"
 
 #define TENANT "acme"
@@ -64,20 +63,10 @@ static struct ts_rt_layout layout = {
     },
 };
 
-/* Per stamp: its provisioning endpoint and service key. */
-struct stamp_prov {
-    const char *stamp, *geo, *dps;
-    int port;
-    const char *endpoint;       /* 127.0.0.1:port */
-    char service_key[64];       /* base64 of 32 random bytes */
-};
-static struct stamp_prov prov[2] = {
-    { EU_STAMP, "eu", EU_DPS, 0, NULL, "" },
-    { US_STAMP, "us", US_DPS, 0, NULL, "" },
-};
+/* The agents serving the two DPS instances (ts_rt_start_served). */
+static const char *const dps_ids[2] = { EU_DPS, US_DPS };
+static struct ts_stamp agents[2];
 
-static const char *ca_crt, *srv_crt, *srv_key;
-static const char *node_bin, *node_path, *sdk_script;
 static struct ts_tenant *tenant;
 static int64_t tenant_created_ms;
 
@@ -89,190 +78,20 @@ static int nanswered;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static const char *find_in_path(const char *prog)
+/* The official SDK registers regid with its derived device key (individual
+ * mode: the key is derived here, as a device's installer would) at endpoint. */
+static json_t *sdk_register(const char *endpoint, const char *scope, const char *regid, int *rc)
 {
-    const char *path = getenv("PATH");
-    char *copy = ts_str("%s", path ? path : "/usr/bin:/bin");
-    for (char *save = NULL, *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-        const char *p = ts_str("%s/%s", dir, prog);
-        if (access(p, X_OK) == 0)
-            return p;
-    }
-    ts_fail("%s not found in PATH", prog);
-}
-
-static void run_checked(const char *what, char *const argv[], int timeout_ms)
-{
-    char *out = NULL;
-    int rc = ts_run(argv, timeout_ms, &out);
-    if (rc != 0)
-        ts_fail("%s failed with %d: %s", what, rc, out ? out : "");
-}
-
-/* A throwaway CA and a server certificate for IP 127.0.0.1 signed by it. */
-static void make_certs(void)
-{
-    const char *ossl = find_in_path("openssl");
-    const char *dir = ts_tmp();
-    const char *ca_key = ts_str("%s/ca.key", dir);
-    const char *csr = ts_str("%s/srv.csr", dir);
-    const char *ext = ts_str("%s/srv.ext", dir);
-    const char *srl = ts_str("%s/ca.srl", dir);
-
-    ca_crt = ts_str("%s/ca.crt", dir);
-    srv_crt = ts_str("%s/srv.crt", dir);
-    srv_key = ts_str("%s/srv.key", dir);
-    {
-        char *argv[] = { (char *)ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)ca_key,
-                         "-out", (char *)ca_crt, "-days", "2", "-subj", "/CN=stampcp e2e test CA", "-addext",
-                         "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                         NULL };
-        run_checked("openssl (CA)", argv, 60000);
-    }
-    {
-        char *argv[] = { (char *)ossl, "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)srv_key,
-                         "-out", (char *)csr, "-subj", "/CN=127.0.0.1", NULL };
-        run_checked("openssl (server CSR)", argv, 60000);
-    }
-    ts_write_file(ext, "subjectAltName=IP:127.0.0.1\n"
-                       "basicConstraints=CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                       "extendedKeyUsage=serverAuth\n");
-    {
-        char *argv[] = { (char *)ossl, "x509", "-req", "-in", (char *)csr, "-CA", (char *)ca_crt, "-CAkey",
-                         (char *)ca_key, "-CAserial", (char *)srl, "-CAcreateserial", "-out", (char *)srv_crt,
-                         "-days", "2", "-sha256", "-extfile", (char *)ext, NULL };
-        run_checked("openssl (server certificate)", argv, 60000);
-    }
-}
-
-static void random_key_b64(char *out, size_t outlen)
-{
-    unsigned char raw[32];
-    FILE *f = fopen("/dev/urandom", "rb");
-    if (!f || fread(raw, 1, sizeof raw, f) != sizeof raw)
-        ts_fail("cannot read /dev/urandom");
-    fclose(f);
-    sas_b64_encode(raw, sizeof raw, out, outlen);
-}
-
-/* The SDK packages (tests/sdk, installed once per build dir) and the device script. */
-static void sdk_setup(void)
-{
-    node_bin = find_in_path("node");
-    node_path = ts_sdk_modules();
-    sdk_script = ts_str("%s/tests/sdk/provision-symkey.js", ts_env("STAMPCP_SOURCE_DIR"));
-    if (access(sdk_script, R_OK) != 0)
-        ts_fail("%s is missing", sdk_script);
-    ts_log("device SDK from %s", node_path);
-}
-
-/* Run the SDK device script; returns its JSON line (library-owned) and the exit code. */
-static json_t *sdk_register(const char *endpoint, const char *scope, const char *regid, const char *device_key,
-                            int *rc)
-{
-    char *out = NULL;
-    char *argv[] = { "/usr/bin/env", (char *)ts_str("NODE_PATH=%s", node_path),
-                     (char *)ts_str("NODE_EXTRA_CA_CERTS=%s", ca_crt), (char *)node_bin, (char *)sdk_script,
-                     (char *)endpoint, (char *)scope, (char *)regid, (char *)device_key, "individual", NULL };
-    json_t *last = NULL;
-    *rc = ts_run(argv, 60000, &out);
-    if (out) {
-        char *copy = ts_str("%s", out);
-        for (char *save = NULL, *l = strtok_r(copy, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
-            json_t *j;
-            if (*l != '{' || !(j = json_loads(l, 0, NULL)))
-                continue;
-            last = ts_jkeep(j);
-        }
-    }
-    if (!last)
-        ts_fail("SDK script printed no JSON line (exit %d): %s", *rc, out ? out : "");
-    ts_log("SDK %s at %s (%s): %s", regid, endpoint, scope, out);
-    return last;
-}
-
-static const char *derived_key(const char *regid)
-{
-    unsigned char dk[SAS_KEY_LEN];
-    char b64[100];
-    sas_derive_key(tenant->key, (size_t)tenant->keylen, regid, dk);
-    sas_b64_encode(dk, sizeof dk, b64, sizeof b64);
-    return ts_str("%s", b64);
+    struct ts_stamp at = { .hostport = endpoint };
+    json_t *out = ts_sdk_symkey(&at, scope, regid, ts_derive_key(tenant->key_b64, regid), false, NULL, rc);
+    ts_log("SDK %s at %s (%s): exit %d %s", regid, endpoint, scope, *rc, ts_jdump(out));
+    return out;
 }
 
 static bool is_hub_of(const char *stamp_id, const char *host)
 {
     struct ts_rt_stamp *s = ts_rt_find_stamp(rt, stamp_id);
-    for (int h = 0; host && s && h < 4 && s->hubs[h].id; h++)
-        if (strcmp(host, ts_str("%s.hub.test", s->hubs[h].id)) == 0)
-            return true;
-    return false;
-}
-
-#define post201(path, body) ts_admin_post201(rt->cp[0], (path), (body))
-
-/* Catalog: geographies, regions, stamps, hubs (as ts_rt_register_layout), DPS instances with service credentials. */
-static void register_layout(void)
-{
-    rt->layout = &layout;
-    for (int i = 0; layout.geographies[i]; i++)
-        post201("/v1/geographies", ts_json("{'id':'%s'}", layout.geographies[i]));
-    for (int i = 0; layout.regions[i].id; i++)
-        post201("/v1/regions", ts_json("{'id':'%s','geography':'%s'}", layout.regions[i].id,
-                                       layout.regions[i].geography));
-    for (int i = 0; i < 2; i++) {
-        struct ts_rt_stamp *s = ts_rt_find_stamp(rt, prov[i].stamp);
-        post201("/v1/stamps", ts_json("{'id':'%s','region':'%s'}", s->id, s->region));
-        post201("/v1/dps-instances",
-                ts_json("{'id':'%s','stamp':'%s','idScope':'%s','endpoint':'%s','serviceKeyName':'%s',"
-                        "'serviceKey':'%s'}",
-                        prov[i].dps, s->id, ts_rt_id_scope(prov[i].dps), prov[i].endpoint, KEY_NAME,
-                        prov[i].service_key));
-        for (int h = 0; h < 4 && s->hubs[h].id; h++)
-            post201("/v1/hubs", ts_json("{'id':'%s','stamp':'%s','hostName':'%s.hub.test'}", s->hubs[h].id, s->id,
-                                        s->hubs[h].id));
-    }
-}
-
-static bool agent_listening(void *arg)
-{
-    struct ts_proc *p = arg;
-    return !ts_proc_alive(p) || ts_proc_log_contains(p, "event=dps_listening");
-}
-
-/* The stamp's agent with its provisioning section, on the private Redis. */
-static void start_agent(struct stamp_prov *sp)
-{
-    struct ts_rt_stamp *s = ts_rt_find_stamp(rt, sp->stamp);
-    json_t *inst = json_array(), *hubs = json_array(), *cfg;
-    const char *path = ts_str("%s/agent-%s.json", ts_tmp(), s->id);
-    char *txt;
-
-    json_array_append_new(inst, json_pack("{s:s, s:s}", "id", sp->dps, "idScope", ts_rt_id_scope(sp->dps)));
-    for (int h = 0; h < 4 && s->hubs[h].id; h++)
-        json_array_append_new(hubs, json_pack("{s:s, s:s}", "id", s->hubs[h].id, "hostName",
-                                              ts_str("%s.hub.test", s->hubs[h].id)));
-    cfg = json_pack("{s:s, s:s, s:s, s:i, s:{s:s, s:s, s:{s:s, s:s}, s:[{s:s, s:s}], s:o, s:o}}",
-                    "stampId", s->id, "region", s->region, "redis", rt->redis->addr, "reportIntervalMs", 200,
-                    "provisioning", "listen", sp->endpoint, "database", ts_rt_geo_db(rt, sp->geo),
-                    "tls", "cert", srv_crt, "key", srv_key,
-                    "servicePolicies", "name", KEY_NAME, "key", sp->service_key,
-                    "instances", inst, "hubs", hubs);
-    if (!cfg)
-        ts_fail("agent config for %s did not pack", s->id);
-    json_object_set_new(cfg, "kekFile", json_string(ts_kek_file()));   /* the enrollment keys at rest */
-    txt = json_dumps(cfg, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
-    json_decref(cfg);
-    ts_write_file(path, txt);
-    free(txt);
-
-    char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)path, NULL };
-    s->agent = ts_proc_spawn(ts_str("agent-%s", s->id), argv, NULL, NULL);
-    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
-        ts_proc_dump_log(s->agent, 6000);
-        ts_fail("stamp-agent %s did not start its provisioning endpoint on %s", s->id, sp->endpoint);
-    }
+    return s && ts_rt_stamp_has_hub(s, host);
 }
 
 static json_t *sync_status(const char *dps)
@@ -312,30 +131,11 @@ static void remember(const char *regid)
 
 static int setup(void **state)
 {
-    struct ts_rt_opts o;
+    struct ts_rt_served_opts o = { .enrollment_sync_ms = 500, .policy = KEY_NAME };
     (void)state;
 
-    make_certs();
-    sdk_setup();
-    for (int i = 0; i < 2; i++) {
-        prov[i].port = ts_free_port();
-        prov[i].endpoint = ts_str("127.0.0.1:%d", prov[i].port);
-        random_key_b64(prov[i].service_key, sizeof prov[i].service_key);
-    }
-    memset(&o, 0, sizeof o);
-    o.geos[0] = "eu";
-    o.geos[1] = "us";
-    o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": 500}", ca_crt);
-    rt = ts_rt_start(&o);
-    register_layout();
-    for (int i = 0; i < 2; i++)
-        start_agent(&prov[i]);
-    for (int i = 0; i < 2; i++)
-        if (!ts_rt_wait_health(rt, prov[i].stamp, "healthy", 10000))
-            ts_fail("stamp %s not healthy 10 s after its agent started (%s)", prov[i].stamp,
-                    ts_rt_health(rt->cp[0], prov[i].stamp));
-    ts_rt_wait_layout(rt);
+    ts_log("device SDK from %s", ts_sdk_modules());
+    rt = ts_rt_start_served_ready(&o, &layout, dps_ids, agents, 2);
     return 0;
 }
 
@@ -351,13 +151,13 @@ static void test_sync_before_tenant(void **state)
         json_t *st = NULL;
         int64_t deadline = ts_now_ms() + 10000;
         const char *s;
-        while (!((st = sync_status(prov[i].dps)) && (s = ts_jstr(st, "state")) && strcmp(s, "in_sync") == 0) &&
+        while (!((st = sync_status(dps_ids[i])) && (s = ts_jstr(st, "state")) && strcmp(s, "in_sync") == 0) &&
                ts_now_ms() < deadline)
             ts_sleep_ms(100);
         if (!st || strcmp(ts_jstr(st, "state") ? ts_jstr(st, "state") : "", "in_sync") != 0)
-            ts_fail("enrollment-sync of %s not in_sync 10 s after its agent started: %s", prov[i].dps,
+            ts_fail("enrollment-sync of %s not in_sync 10 s after its agent started: %s", dps_ids[i],
                     ts_resp_str(ts_admin(rt->cp[0], "GET",
-                                         ts_str("/v1/dps-instances/%s/enrollment-sync", prov[i].dps), NULL)));
+                                         ts_str("/v1/dps-instances/%s/enrollment-sync", dps_ids[i]), NULL)));
         assert_int_equal(ts_jint(st, "desiredGroups", -1), 0);
     }
 }
@@ -440,14 +240,13 @@ static void test_locate_then_sdk(void **state)
     remember("dev-1");
     TS_EXPECT_STREQ(ts_jstr(r->json, "geography"), "eu");
     TS_EXPECT_STREQ(ts_jstr(r->json, "stamp"), EU_STAMP);
-    TS_EXPECT_STREQ(ts_jstr(r->json, "dpsEndpoint"), prov[0].endpoint);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "dpsEndpoint"), agents[0].hostport);
     TS_EXPECT_STREQ(ts_jstr(r->json, "idScope"), ts_rt_id_scope(EU_DPS));
 
-    out = sdk_register(ts_jstr(r->json, "dpsEndpoint"), ts_jstr(r->json, "idScope"), "dev-1", derived_key("dev-1"),
-                       &rc);
+    out = sdk_register(ts_jstr(r->json, "dpsEndpoint"), ts_jstr(r->json, "idScope"), "dev-1", &rc);
     rs = rc == 0 ? out : NULL;
     if (!rs || !ts_jstr(rs, "status"))
-        ts_fail("SDK registration of dev-1 at %s failed (exit %d): %s", prov[0].endpoint, rc,
+        ts_fail("SDK registration of dev-1 at %s failed (exit %d): %s", agents[0].hostport, rc,
                 ts_jdump(out));
     TS_EXPECT_STREQ(ts_jstr(rs, "status"), "assigned");
     TS_EXPECT_STREQ(ts_jstr(rs, "registrationId"), "dev-1");
@@ -473,7 +272,7 @@ static void test_sdk_outside_residency_unauthorized(void **state)
     (void)state;
     assert_non_null(tenant);
 
-    out = sdk_register(prov[1].endpoint, ts_rt_id_scope(US_DPS), "dev-1", derived_key("dev-1"), &rc);
+    out = sdk_register(agents[1].hostport, ts_rt_id_scope(US_DPS), "dev-1", &rc);
     if (rc == 0)
         ts_fail("dev-1 registered at the us stamp (outside its residency): %s",
                 ts_jdump(out));

@@ -72,7 +72,7 @@ static int group_setup(void **state)
     rt = ts_rt_start(&o);
     ts_rt_register_layout(rt, &layout);
     ts_rt_start_agents(rt);
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     burst = ts_rt_tenant(rt->cp[0], "{\"id\":\"burst\",\"name\":\"Burst\",\"residency\":{\"geographies\":[\"us\"]}}");
     return 0;
 }
@@ -184,10 +184,7 @@ static void burst_jobs(const char *prefix, int n)
 {
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < n; i++) {
-        const char *id = ts_str("%s-%03d", prefix, i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/burst/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(burst, id, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, burst, ts_str("%s-%03d", prefix, i));
     }
 }
 

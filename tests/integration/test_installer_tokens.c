@@ -61,7 +61,7 @@ static int group_setup(void **state)
     ts_rt_start_agents(rt);
     eu_db = ts_rt_geo_db(rt, "eu");
     global_db = rt->cp[0]->global_db;
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     beta = ts_rt_tenant(rt->cp[0], "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"eu\"]}}");
     /* a tenant whose residency has no stamp: its placements fail */
     (void)ts_rt_tenant(rt->cp[0], "{\"id\":\"nostamp\",\"name\":\"No stamp\",\"residency\":{\"geographies\":[\"us\"]}}");

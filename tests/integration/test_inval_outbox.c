@@ -44,15 +44,11 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 2, .geos = { "eu", NULL } };
     (void)state;
     /* inherited by the daemons; only router 0's move in the last test hits it */
     setenv("STAMPCP_FAULT", "exit_after_commit:device_move", 1);
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 

@@ -323,7 +323,7 @@ static void test_controlplane_user_works(void **state)
     const char *dps, *stamp;
     (void)state;
 
-    t = ts_rt_tenant(cp, "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    t = ts_rt_tenant_acme(cp);
     ts_rt_wait_layout(&rt);
     r = ts_rt_locate(cp, t, "dev-1");
     TS_EXPECT_STATUS(r, 200);

@@ -64,9 +64,7 @@ static int group_setup(void **state)
     cp = ts_controlplane_start(&o);
     if (!ts_controlplane_wait_ready(cp, 20000))
         return -1;
-    TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/geographies", "{\"id\":\"eu\"}"), 201);
-    TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/regions", "{\"id\":\"eu-west\",\"geography\":\"eu\"}"), 201);
-    TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/stamps", "{\"id\":\"eu-west-1\",\"region\":\"eu-west\"}"), 201);
+    ts_admin_post_stamp(cp, "eu", "eu-west", "eu-west-1");
     {
         struct ts_agent_opts a = {
             .stamp_id = "eu-west-1", .region = "eu-west", .redis_sentinel = o.redis_sentinel, .interval_ms = 200,

@@ -59,7 +59,7 @@ static int group_setup(void **state)
     rt = ts_rt_start(&o);
     ts_rt_register_layout(rt, &layout);
     ts_rt_start_agents(rt);
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     return 0;
 }
 

@@ -46,12 +46,10 @@ static struct ts_rt_layout layout = {
 static int group_setup(void **state)
 {
     struct ts_rt_opts o = { .ncp = 1, .geos = { "eu", "us", NULL } };
-    rt = ts_rt_start(&o);
+    rt = ts_rt_start_fleet_with(&o, &layout);
     cp = rt->cp[0];
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(cp, "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(cp);
     beta = ts_rt_tenant(cp, "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }

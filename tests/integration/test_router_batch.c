@@ -46,13 +46,9 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 1, .geos = { "eu", NULL } };
     (void)state;
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet_acme(&layout, 1, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     other = ts_rt_tenant(rt->cp[0], "{\"id\":\"other\",\"name\":\"Other\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
@@ -147,14 +143,7 @@ static void test_concurrent_first_locates(void **state)
                      0);
     assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM device_history WHERE event = 'assigned'"),
                      NNEW + NRACE + NHELD);
-    {
-        const char *bad = ts_pg_scalar(eu_db, "SELECT string_agg(u.dps_id || '=' || u.registrations || '/' || coalesce(c.n, 0),"
-                                              " ',') FROM dps_usage u LEFT JOIN (SELECT dps_id, count(*) n FROM devices"
-                                              " WHERE status = 'assigned' GROUP BY 1) c ON c.dps_id = u.dps_id"
-                                              " WHERE u.registrations <> coalesce(c.n, 0)");
-        if (bad)
-            ts_fail("dps_usage disagrees with the assigned rows (usage/rows): %s", bad);
-    }
+    ts_rt_expect_usage_matches(eu_db, "after the batches");
     assert_int_equal(ts_pg_count(eu_db, "SELECT coalesce(sum(registrations), 0) FROM dps_usage"), NNEW + NRACE + NHELD);
 }
 

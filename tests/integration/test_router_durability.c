@@ -42,9 +42,8 @@ static struct ts_rt_job jobs[NJOBS];
 
 static int group_setup(void **state)
 {
-    rt = ts_rt_start_fleet(&layout, 2);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 
@@ -56,10 +55,7 @@ static void test_kill_during_stream(void **state)
     PGresult *res;
 
     for (int i = 0; i < NJOBS; i++) {
-        const char *id = ts_str("dur-%05d", i);
-        jobs[i].port = victim->port;
-        jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(acme, id, 0);
+        ts_rt_job_locate(&jobs[i], victim->port, acme, ts_str("dur-%05d", i));
     }
     b = ts_rt_batch_start(jobs, NJOBS, NTHREADS);
     ts_sleep_ms(1000);
@@ -126,12 +122,7 @@ static void test_kill_during_stream(void **state)
 
     /* the database is consistent: usage = rows, one 'assigned' history row per device */
     {
-        const char *bad = ts_pg_scalar(eu_db, "SELECT string_agg(u.dps_id || '=' || u.registrations || '/' ||"
-                                              " coalesce(c.n, 0), ',') FROM dps_usage u LEFT JOIN (SELECT dps_id,"
-                                              " count(*) n FROM devices WHERE status = 'assigned' GROUP BY 1) c"
-                                              " ON c.dps_id = u.dps_id WHERE u.registrations <> coalesce(c.n, 0)");
-        if (bad)
-            ts_fail("dps_usage disagrees with the rows after the kill: %s", bad);
+        ts_rt_expect_usage_matches(eu_db, "after the kill");
         assert_int_equal(ts_pg_count(eu_db, "SELECT count(*) FROM devices d WHERE (SELECT count(*) FROM device_history h"
                                             " WHERE h.registration_id = d.registration_id AND h.event = 'assigned') <> 1"),
                          0);

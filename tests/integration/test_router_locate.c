@@ -45,13 +45,9 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 2, .geos = { "eu", "us", NULL } };
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
     us_db = ts_rt_geo_db(rt, "us");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     other = ts_rt_tenant(rt->cp[0], "{\"id\":\"other\",\"name\":\"Other\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }

@@ -4,8 +4,8 @@
  * its stamp's DPS itself, over TLS verified against dps.caFile, and answers
  * with the hub.
  *
- * The stamp's DPS is tests/mockdps (mock-dps) with a certificate for
- * 127.0.0.1 signed by a throwaway CA made here with the openssl CLI; the
+ * The stamp's DPS is tests/mockdps (mock-dps) with the test PKI's server
+ * certificate for 127.0.0.1 (ts_pki_server(), ts_stamp.h); the
  * mock verifies every SAS token like DPS does for a group enrollment, so a
  * 200 proves the router derived the device key from the tenant's enrollment
  * key and signed sr "{idScope}/registrations/{regid}". Its log (one line per
@@ -26,12 +26,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
-#include <unistd.h>
 #include <cmocka.h>
 
-#include "sas.h"
 #include "ts.h"
+#include "ts_stamp.h"
 
 #define SCOPE "0neMOCK1"
 #define HUB_HOST "hub-1.example.net"
@@ -48,10 +46,8 @@ static struct ts_proc *agent;
 static struct ts_proc *mock;          /* the running mock-dps, NULL when none */
 static const char *mock_log;          /* its --log file */
 static int mock_port;
-static const char *ca_crt, *srv_crt, *srv_key, *bad_crt, *bad_key;
-static char enroll_b64[128];
-static unsigned char enroll_key[64];
-static int enroll_keylen;
+static const char *srv_crt, *srv_key, *bad_crt, *bad_key;
+static struct ts_tenant *tenant;      /* its enrollment key is the mock's group key */
 
 /* Devices that got a 200 from provision (checked in the geography DB at the end). */
 static const char *provisioned[16];
@@ -61,70 +57,11 @@ static int nprovisioned;
 /* helpers                                                            */
 /* ------------------------------------------------------------------ */
 
-static const char *find_in_path(const char *prog)
-{
-    const char *path = getenv("PATH");
-    char *copy = ts_str("%s", path ? path : "/usr/bin:/bin");
-    for (char *save = NULL, *dir = strtok_r(copy, ":", &save); dir; dir = strtok_r(NULL, ":", &save)) {
-        const char *p = ts_str("%s/%s", dir, prog);
-        if (access(p, X_OK) == 0)
-            return p;
-    }
-    ts_fail("%s not found in PATH", prog);
-}
-
-static void run_openssl(const char *what, char *const argv[])
-{
-    char *out = NULL;
-    int rc = ts_run(argv, 60000, &out);
-    if (rc != 0)
-        ts_fail("openssl (%s) failed with %d: %s", what, rc, out ? out : "");
-}
-
-/* A CA, a server certificate for IP 127.0.0.1 signed by it, and an untrusted self-signed one. */
+/* The test PKI's server certificate, and a self-signed one the router must not trust. */
 static void make_certs(void)
 {
-    const char *ossl = find_in_path("openssl");
-    const char *dir = ts_tmp();
-    const char *ca_key = ts_str("%s/ca.key", dir);
-    const char *csr = ts_str("%s/srv.csr", dir);
-    const char *ext = ts_str("%s/srv.ext", dir);
-    const char *srl = ts_str("%s/ca.srl", dir);
-
-    ca_crt = ts_str("%s/ca.crt", dir);
-    srv_crt = ts_str("%s/srv.crt", dir);
-    srv_key = ts_str("%s/srv.key", dir);
-    bad_crt = ts_str("%s/untrusted.crt", dir);
-    bad_key = ts_str("%s/untrusted.key", dir);
-
-    {
-        char *argv[] = { (char *)ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)ca_key,
-                         "-out", (char *)ca_crt, "-days", "2", "-subj", "/CN=stampcp test CA", "-addext",
-                         "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-                         NULL };
-        run_openssl("CA", argv);
-    }
-    {
-        char *argv[] = { (char *)ossl, "req", "-new", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)srv_key,
-                         "-out", (char *)csr, "-subj", "/CN=127.0.0.1", NULL };
-        run_openssl("server CSR", argv);
-    }
-    ts_write_file(ext, "subjectAltName=IP:127.0.0.1\n"
-                       "basicConstraints=CA:FALSE\n"
-                       "keyUsage=critical,digitalSignature,keyEncipherment\n"
-                       "extendedKeyUsage=serverAuth\n");
-    {
-        char *argv[] = { (char *)ossl, "x509", "-req", "-in", (char *)csr, "-CA", (char *)ca_crt, "-CAkey",
-                         (char *)ca_key, "-CAserial", (char *)srl, "-CAcreateserial", "-out", (char *)srv_crt,
-                         "-days", "2", "-sha256", "-extfile", (char *)ext, NULL };
-        run_openssl("server certificate", argv);
-    }
-    {
-        char *argv[] = { (char *)ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)bad_key,
-                         "-out", (char *)bad_crt, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
-                         "subjectAltName=IP:127.0.0.1", NULL };
-        run_openssl("untrusted certificate", argv);
-    }
+    ts_pki_server(&srv_crt, &srv_key);
+    ts_pki_make_untrusted_server("untrusted", &bad_crt, &bad_key);
 }
 
 static bool mock_listening(void *arg)
@@ -142,7 +79,7 @@ static void mock_start(const char *mode, bool untrusted)
     mock_log = ts_str("%s/%s.requests", ts_tmp(), name);
     char *argv[] = { (char *)ts_bin("mock-dps"), "--listen", (char *)ts_str("127.0.0.1:%d", mock_port),
                      "--cert", (char *)(untrusted ? bad_crt : srv_crt), "--key", (char *)(untrusted ? bad_key : srv_key),
-                     "--scope", SCOPE, "--group-key", enroll_b64, "--hub", HUB_HOST, "--mode", (char *)mode,
+                     "--scope", SCOPE, "--group-key", tenant->key_b64, "--hub", HUB_HOST, "--mode", (char *)mode,
                      "--polls", (char *)polls, "--log", (char *)mock_log, NULL };
     mock = ts_proc_spawn(name, argv, NULL, NULL);
     if (!ts_wait_until(mock_listening, mock, 10000) || !ts_proc_alive(mock)) {
@@ -240,14 +177,8 @@ static const char *get_path(const char *regid)
 /* Device SAS token: key = HMAC(enrollment key, key_regid), sr = "{tenant}/registrations/{sr_regid}". */
 static const char *device_sas(const char *key_regid, const char *sr_regid)
 {
-    unsigned char dk[SAS_KEY_LEN];
-    char out[700];
-    const char *sr = ts_str(TENANT "/registrations/%s", sr_regid);
-    struct timeval tv;
-    gettimeofday(&tv, NULL);
-    sas_derive_key(enroll_key, (size_t)enroll_keylen, key_regid, dk);
-    sas_build(sr, dk, sizeof dk, (int64_t)tv.tv_sec + 3600, "registration", out, sizeof out);
-    return ts_str("%s", out);
+    return ts_rt_sas_custom(tenant->key, (size_t)tenant->keylen, key_regid,
+                            ts_str(TENANT "/registrations/%s", sr_regid), 0, "registration");
 }
 
 static struct ts_resp *provision_raw(const char *regid, const char *sas, const char *body)
@@ -339,14 +270,14 @@ static bool stamp_healthy(void *arg)
 static int group_setup(void **state)
 {
     struct ts_cp_opts o = { .geo_ids = { GEO, NULL }, .stale_after = 3, .down_after = 10 };
-    struct ts_resp *r;
     (void)state;
 
     make_certs();
     mock_port = ts_free_port();
     redis = ts_redis_start("redis");
     o.redis = redis->addr;
-    o.extra_json = ts_str("\"layoutRefreshMs\": 200,\n  \"dps\": {\"caFile\": \"%s\", \"timeoutMs\": 5000}", ca_crt);
+    o.extra_json = ts_str("\"layoutRefreshMs\": 200,\n  \"dps\": {\"caFile\": \"%s\", \"timeoutMs\": 5000}",
+                          ts_pki_ca());
     cp = ts_controlplane_start(&o);
     if (!ts_controlplane_wait_ready(cp, 20000))
         ts_fail("controlplane not ready: %s", ts_resp_str(ts_get(cp, "/readyz")));
@@ -372,15 +303,8 @@ static int group_setup(void **state)
     /* let the layout snapshot (layoutRefreshMs 200) pick up the stamp, its DPS and hub */
     ts_sleep_ms(800);
 
-    r = ts_admin(cp, "POST", "/v1/tenants",
-                 ts_json("{'id':'" TENANT "','name':'Acme','residency':{'geographies':['" GEO "']}}"));
-    TS_EXPECT_STATUS(r, 201);
-    if (!ts_jstr(r->json, "enrollmentKey"))
-        ts_fail("tenant answer has no enrollmentKey: %s", ts_resp_str(r));
-    snprintf(enroll_b64, sizeof enroll_b64, "%s", ts_jstr(r->json, "enrollmentKey"));
-    enroll_keylen = sas_b64_decode(enroll_b64, enroll_key, sizeof enroll_key);
-    if (enroll_keylen <= 0)
-        ts_fail("enrollmentKey is not base64: %s", enroll_b64);
+    /* 201 with an enrollment key of 32 bytes (ts_rt_tenant fails the test otherwise) */
+    tenant = ts_rt_tenant(cp, ts_json("{'id':'" TENANT "','name':'Acme','residency':{'geographies':['" GEO "']}}"));
 
     mock_start("ok", false);
     return 0;

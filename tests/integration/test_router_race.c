@@ -38,9 +38,8 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    rt = ts_rt_start_fleet(&layout, 2);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 
@@ -121,12 +120,7 @@ static void race_one(const char *regid, const char *alt_authz)
 
 static void check_usage(long expected_total)
 {
-    const char *bad = ts_pg_scalar(eu_db, "SELECT string_agg(u.dps_id || '=' || u.registrations || '/' || coalesce(c.n, 0),"
-                                          " ',') FROM dps_usage u LEFT JOIN (SELECT dps_id, count(*) n FROM devices"
-                                          " WHERE status = 'assigned' GROUP BY 1) c ON c.dps_id = u.dps_id"
-                                          " WHERE u.registrations <> coalesce(c.n, 0)");
-    if (bad)
-        ts_fail("dps_usage disagrees with the assigned rows (usage/rows): %s", bad);
+    ts_rt_expect_usage_matches(eu_db, "after the race");
     assert_int_equal(ts_pg_count(eu_db, "SELECT coalesce(sum(registrations), 0) FROM dps_usage"), expected_total);
 }
 

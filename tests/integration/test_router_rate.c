@@ -53,9 +53,8 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    rt = ts_rt_start_fleet(&layout, 2);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 
@@ -70,10 +69,7 @@ static void test_shared_bucket(void **state)
 
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < NREQ; i++) {
-        const char *id = ts_str("rate-%03d", i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(acme, id, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, acme, ts_str("rate-%03d", i));
     }
     t0 = ts_now_ms();
     ts_rt_run_jobs(jobs, NREQ, NTHREADS);
@@ -174,10 +170,7 @@ static void burst_after_loss(const char *prefix, int64_t t0)
 
     memset(loss_jobs, 0, sizeof loss_jobs);
     for (int i = 0; i < NLOSS; i++) {
-        const char *id = ts_str("%s-%03d", prefix, i);
-        loss_jobs[i].port = rt->cp[i % 2]->port;
-        loss_jobs[i].path = ts_str("/v1/tenants/acme/registrations/%s/locate", id);
-        loss_jobs[i].authz = ts_rt_sas(acme, id, 0);
+        ts_rt_job_locate(&loss_jobs[i], rt->cp[i % 2]->port, acme, ts_str("%s-%03d", prefix, i));
     }
     ts_rt_run_jobs(loss_jobs, NLOSS, NTHREADS);
     elapsed = ts_now_ms() - t0;

@@ -47,13 +47,9 @@ static struct ts_rt_layout layout = {
 
 static int group_setup(void **state)
 {
-    struct ts_rt_opts o = { .ncp = 2, .geos = { "eu", "us", NULL } };
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, &layout);
-    ts_rt_start_agents(rt);
+    rt = ts_rt_start_fleet_acme(&layout, 2, &acme);
     eu_db = ts_rt_geo_db(rt, "eu");
     us_db = ts_rt_geo_db(rt, "us");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
     return 0;
 }
 
@@ -69,12 +65,7 @@ static const char *other_eu_stamp(const char *s)
 
 static void check_usage(void)
 {
-    const char *bad = ts_pg_scalar(eu_db, "SELECT string_agg(u.dps_id || '=' || u.registrations || '/' || coalesce(c.n, 0),"
-                                          " ',') FROM dps_usage u LEFT JOIN (SELECT dps_id, count(*) n FROM devices"
-                                          " WHERE status = 'assigned' GROUP BY 1) c ON c.dps_id = u.dps_id"
-                                          " WHERE u.registrations <> coalesce(c.n, 0)");
-    if (bad)
-        ts_fail("dps_usage disagrees with the assigned rows (usage/rows): %s", bad);
+    ts_rt_expect_usage_matches(eu_db, "after the moves");
     assert_int_equal(ts_pg_count(us_db, "SELECT count(*) FROM devices"), 0);
 }
 

@@ -72,7 +72,7 @@ static int group_setup(void **state)
     ts_rt_start_agents(rt);
     global_db = rt->cp[0]->global_db;
     eu_db = ts_rt_geo_db(rt, "eu");
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     beta = ts_rt_tenant(rt->cp[0], "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"eu\"]}}");
     remember(acme->key_b64);
     remember(beta->key_b64);

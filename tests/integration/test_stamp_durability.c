@@ -43,11 +43,7 @@ static int group_setup(void **state)
     };
     st = ts_stamp_start(&o);
     gkey = ts_random_key(64);
-    TS_EXPECT_STATUS(ts_stamp_service(st, NULL, "PUT", "/enrollmentGroups/grp-dur?api-version=2021-10-01",
-                                      ts_json("{'enrollmentGroupId':'grp-dur','attestation':{'type':'symmetricKey',"
-                                              "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
-                                              gkey, ts_random_key(64))),
-                     200);
+    ts_stamp_put_symkey_group(st, "grp-dur", gkey, ts_random_key(64));
     return 0;
 }
 

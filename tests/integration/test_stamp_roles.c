@@ -75,11 +75,7 @@ static void apply_schema(const char *db, const char *kind)
 
 static void put_group(struct ts_stamp *s, const char *group, const char *key)
 {
-    TS_EXPECT_STATUS(ts_stamp_service(s, NULL, "PUT", ts_str("/enrollmentGroups/%s" API, group),
-                                      ts_json("{'enrollmentGroupId':'%s','attestation':{'type':'symmetricKey',"
-                                              "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
-                                              group, key, ts_random_key(32))),
-                     200);
+    ts_stamp_put_symkey_group(s, group, key, ts_random_key(32));
 }
 
 static void put_x509_group(struct ts_stamp *s, const char *group, const char *ca)

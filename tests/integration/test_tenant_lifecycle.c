@@ -212,11 +212,7 @@ static int setup(void **state)
     rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
     ts_rt_served_agents_start(rt, agent_dps, agent, 2);
     /* a group the control plane does not manage takes one of eu-west-1's two places */
-    TS_EXPECT_STATUS(ts_stamp_service(&agent[0], NULL, "PUT", "/enrollmentGroups/foreign?api-version=2021-10-01",
-                                      ts_json("{'enrollmentGroupId':'foreign','attestation':{'type':'symmetricKey',"
-                                              "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
-                                              ts_random_key(32), ts_random_key(32))),
-                     200);
+    ts_stamp_put_symkey_group(&agent[0], "foreign", ts_random_key(32), ts_random_key(32));
     ts_rt_served_ready(rt, agent_dps, 2);
     return 0;
 }
@@ -231,7 +227,7 @@ static void test_rotation(void **state)
     json_int_t version;
     (void)state;
 
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     with_key(&k0, acme->key_b64);
     version = ts_jint(acme->json, "version", 0);
     installer = ts_rt_installer_token(rt->cp[0], "acme");

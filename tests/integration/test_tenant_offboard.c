@@ -168,9 +168,7 @@ static int setup(void **state)
     struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
     (void)state;
 
-    rt = ts_rt_start_served(&so, &layout, agent_dps, agent, 2);
-    ts_rt_served_agents_start(rt, agent_dps, agent, 2);
-    ts_rt_served_ready(rt, agent_dps, 2);
+    rt = ts_rt_start_served_ready(&so, &layout, agent_dps, agent, 2);
     return 0;
 }
 
@@ -293,7 +291,7 @@ static void test_offboard_crash_resume(void **state)
     size_t i;
     (void)state;
 
-    acme = ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    acme = ts_rt_tenant_acme(rt->cp[0]);
     installer = ts_rt_installer_token(rt->cp[0], "acme");
     if (!ts_wait_until(group_count_is, &g1, 15000))
         ts_fail("acme's group not at %s 15 s after its creation", D1);

@@ -171,20 +171,13 @@ static const char *dps_tokens(void)
 /* setup                                                              */
 /* ------------------------------------------------------------------ */
 
-static void start_agent(void)
-{
-    ts_rt_dps_agent_start(rt, S1, D1, ts_rt_geo_db(rt, "eu"), KEY_NAME, &agent);
-}
-
 static int setup(void **state)
 {
     struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
     static const char *const served[] = { D1 };
     (void)state;
 
-    rt = ts_rt_start_served(&so, &layout, served, &agent, 1);
-    start_agent();
-    ts_rt_served_ready(rt, served, 1);
+    rt = ts_rt_start_served_ready(&so, &layout, served, &agent, 1);
     return 0;
 }
 
@@ -295,10 +288,7 @@ static void test_tenant_bucket(void **state)
 
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < n; i++) {
-        const char *id = ts_str("g-%02d", i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/greedy/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(greedy, id, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, greedy, ts_str("g-%02d", i));
     }
     t0 = ts_now_ms();
     ts_rt_run_jobs(jobs, n, 8);
@@ -399,10 +389,7 @@ static void test_max_devices_race(void **state)
 
     memset(jobs, 0, sizeof jobs);
     for (int i = 0; i < n; i++) {
-        const char *id = ts_str("r-%02d", i);
-        jobs[i].port = rt->cp[i % 2]->port;
-        jobs[i].path = ts_str("/v1/tenants/racy/registrations/%s/locate", id);
-        jobs[i].authz = ts_rt_sas(q, id, 0);
+        ts_rt_job_locate(&jobs[i], rt->cp[i % 2]->port, q, ts_str("r-%02d", i));
     }
     ts_rt_run_jobs(jobs, n, 16);
     for (int i = 0; i < n; i++) {

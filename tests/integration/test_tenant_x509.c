@@ -219,24 +219,17 @@ static const char *x509_group(const char *tenant, const char *ca_id)
 /* setup                                                              */
 /* ------------------------------------------------------------------ */
 
-static void start_agent(void)
-{
-    ts_rt_dps_agent_start(rt, S1, D1, ts_rt_geo_db(rt, "eu"), KEY_NAME, &agent);
-}
-
 static int setup(void **state)
 {
     struct ts_rt_served_opts so = { .ncp = 2, .policy = KEY_NAME };
     static const char *const served[] = { D1 };
     (void)state;
 
-    rt = ts_rt_start_served(&so, &layout, served, &agent, 1);
-    start_agent();
-    ts_rt_served_ready(rt, served, 1);
+    rt = ts_rt_start_served_ready(&so, &layout, served, &agent, 1);
     ts_pki_make_ca("ca1", "Acme Devices CA 1", &ca1, &ca1_key);
     ts_pki_make_ca("ca2", "Acme Devices CA 2", &ca2, &ca2_key);
     ts_pki_make_ca("ca3", "Beta Devices CA", &ca3, &ca3_key);
-    (void)ts_rt_tenant(rt->cp[0], "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}");
+    (void)ts_rt_tenant_acme(rt->cp[0]);
     (void)ts_rt_tenant(rt->cp[0], "{\"id\":\"beta\",\"name\":\"Beta\",\"residency\":{\"geographies\":[\"eu\"]}}");
     wait_group("acme", true);
     return 0;

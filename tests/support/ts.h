@@ -427,8 +427,13 @@ int ts_controlplane_stop(struct ts_cp *cp, int timeout_ms);
 
 /* Admin call with the bearer token; json_body may be NULL (then no Content-Type). */
 struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path, const char *json_body);
+/* Admin call with raw body bytes (n of them) and Content-Type ctype (NULL: none). */
+struct ts_resp *ts_admin_raw(struct ts_cp *cp, const char *method, const char *path, const char *ctype,
+                             const void *body, size_t n);
 /* POST as the operator; fails the test unless the answer is 201. */
 void ts_admin_post201(struct ts_cp *cp, const char *path, const char *json_body);
+/* POST a geography, a region in it and a stamp in that (each must be 201). */
+void ts_admin_post_stamp(struct ts_cp *cp, const char *geography, const char *region, const char *stamp);
 /* Fails the test (naming what) unless r is status with a JSON error body of that code. */
 void ts_expect_err(struct ts_resp *r, int status, const char *code, const char *what);
 /* A call with Authorization: Bearer <bearer> (NULL: no Authorization). */
@@ -568,6 +573,22 @@ struct ts_tenant {
 
 /* POST /v1/tenants with body (must answer 201 with an enrollmentKey). */
 struct ts_tenant *ts_rt_tenant(struct ts_cp *cp, const char *json_body);
+/* The standard tenant of the router tests: ts_rt_tenant with TS_RT_ACME_JSON
+ * (id "acme", name "Acme", resident in geography "eu"). */
+#define TS_RT_ACME_JSON "{\"id\":\"acme\",\"name\":\"Acme\",\"residency\":{\"geographies\":[\"eu\"]}}"
+struct ts_tenant *ts_rt_tenant_acme(struct ts_cp *cp);
+/* Fail (naming when, e.g. "after the kill") unless every dps_usage row of the
+ * geography database counts exactly the 'assigned' devices of its DPS. */
+void ts_rt_expect_usage_matches(const char *geo_db, const char *when);
+/* The standard fleet with the standard tenant: ts_rt_start_fleet(l, ncp), then
+ * ts_rt_tenant_acme through cp[0] into *acme. */
+struct ts_rt *ts_rt_start_fleet_acme(struct ts_rt_layout *l, int ncp, struct ts_tenant **acme);
+/* ts_rt_start_fleet with the options o (its geos, when all NULL, are l's
+ * geographies): ts_rt_start, ts_rt_register_layout(l), ts_rt_start_agents. */
+struct ts_rt *ts_rt_start_fleet_with(const struct ts_rt_opts *o, struct ts_rt_layout *l);
+/* Make j the first locate of regid by tenant t (its own SAS token) at port. */
+struct ts_rt_job;
+void ts_rt_job_locate(struct ts_rt_job *j, int port, const struct ts_tenant *t, const char *regid);
 /* An installer token of the tenant (POST .../installer-tokens), the bare token. */
 const char *ts_rt_installer_token(struct ts_cp *cp, const char *tenant_id);
 

@@ -246,11 +246,27 @@ struct ts_resp *ts_admin(struct ts_cp *cp, const char *method, const char *path,
     return ts_http(cp->port, method, path, h_nobody, NULL, 0);
 }
 
+struct ts_resp *ts_admin_raw(struct ts_cp *cp, const char *method, const char *path, const char *ctype,
+                             const void *body, size_t n)
+{
+    const char *auth = ts_str("Authorization: Bearer %s", cp->token);
+    const char *ct = ctype ? ts_str("Content-Type: %s", ctype) : NULL;
+    const char *h[] = { auth, ct, NULL };
+    return ts_http(cp->port, method, path, h, body, n);
+}
+
 void ts_admin_post201(struct ts_cp *cp, const char *path, const char *json_body)
 {
     struct ts_resp *r = ts_admin(cp, "POST", path, json_body);
     if (r->status != 201)
         ts_fail("POST %s %s: expected 201, got %s", path, json_body, ts_resp_str(r));
+}
+
+void ts_admin_post_stamp(struct ts_cp *cp, const char *geography, const char *region, const char *stamp)
+{
+    ts_admin_post201(cp, "/v1/geographies", ts_json("{'id':'%s'}", geography));
+    ts_admin_post201(cp, "/v1/regions", ts_json("{'id':'%s','geography':'%s'}", region, geography));
+    ts_admin_post201(cp, "/v1/stamps", ts_json("{'id':'%s','region':'%s'}", stamp, region));
 }
 
 void ts_expect_err(struct ts_resp *r, int status, const char *code, const char *what)

@@ -215,3 +215,13 @@ void ts_rt_served_ready(struct ts_rt *rt, const char *const *dps_ids, int n)
     }
     ts_rt_wait_layout(rt);
 }
+
+struct ts_rt *ts_rt_start_served_ready(const struct ts_rt_served_opts *o, struct ts_rt_layout *l,
+                                       const char *const *dps_ids, struct ts_stamp *agents, int n)
+{
+    struct ts_rt *rt = ts_rt_start_served(o, l, dps_ids, agents, n);
+
+    ts_rt_served_agents_start(rt, dps_ids, agents, n);
+    ts_rt_served_ready(rt, dps_ids, n);
+    return rt;
+}

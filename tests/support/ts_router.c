@@ -253,6 +253,28 @@ struct ts_tenant *ts_rt_tenant(struct ts_cp *cp, const char *json_body)
     return t;
 }
 
+struct ts_tenant *ts_rt_tenant_acme(struct ts_cp *cp)
+{
+    return ts_rt_tenant(cp, TS_RT_ACME_JSON);
+}
+
+void ts_rt_job_locate(struct ts_rt_job *j, int port, const struct ts_tenant *t, const char *regid)
+{
+    j->port = port;
+    j->path = ts_str("/v1/tenants/%s/registrations/%s/locate", t->id, regid);
+    j->authz = ts_rt_sas(t, regid, 0);
+}
+
+void ts_rt_expect_usage_matches(const char *geo_db, const char *when)
+{
+    const char *bad = ts_pg_scalar(geo_db, "SELECT string_agg(u.dps_id || '=' || u.registrations || '/' ||"
+                                           " coalesce(c.n, 0), ',') FROM dps_usage u LEFT JOIN (SELECT dps_id,"
+                                           " count(*) n FROM devices WHERE status = 'assigned' GROUP BY 1) c"
+                                           " ON c.dps_id = u.dps_id WHERE u.registrations <> coalesce(c.n, 0)");
+    if (bad)
+        ts_fail("dps_usage disagrees with the assigned rows %s (usage/rows): %s", when, bad);
+}
+
 const char *ts_rt_installer_token(struct ts_cp *cp, const char *tenant_id)
 {
     struct ts_resp *r = ts_admin(cp, "POST", ts_str("/v1/tenants/%s/installer-tokens", tenant_id),
@@ -438,17 +460,33 @@ const char *ts_rt_answer_code(const struct ts_rt_answer *a)
     return ts_jstr(json_object_get(j, "error"), "code");
 }
 
+struct ts_rt *ts_rt_start_fleet_with(const struct ts_rt_opts *o, struct ts_rt_layout *l)
+{
+    struct ts_rt_opts with = *o;
+    struct ts_rt *rt;
+
+    if (!with.geos[0])
+        for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
+            with.geos[i] = l->geographies[i];
+    rt = ts_rt_start(&with);
+    ts_rt_register_layout(rt, l);
+    ts_rt_start_agents(rt);
+    return rt;
+}
+
 struct ts_rt *ts_rt_start_fleet(struct ts_rt_layout *l, int ncp)
 {
     struct ts_rt_opts o;
-    struct ts_rt *rt;
 
     memset(&o, 0, sizeof o);
     o.ncp = ncp;
-    for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
-        o.geos[i] = l->geographies[i];
-    rt = ts_rt_start(&o);
-    ts_rt_register_layout(rt, l);
-    ts_rt_start_agents(rt);
+    return ts_rt_start_fleet_with(&o, l);
+}
+
+struct ts_rt *ts_rt_start_fleet_acme(struct ts_rt_layout *l, int ncp, struct ts_tenant **acme)
+{
+    struct ts_rt *rt = ts_rt_start_fleet(l, ncp);
+
+    *acme = ts_rt_tenant_acme(rt->cp[0]);
     return rt;
 }

@@ -163,6 +163,17 @@ void ts_pki_make_server(const char *name, const char **crt, const char **key)
               g_ca_crt, g_ca_key, crt, key);
 }
 
+void ts_pki_make_untrusted_server(const char *name, const char **crt, const char **key)
+{
+    const char *ossl = find_prog("openssl", true);
+    *crt = ts_str("%s/%s.crt", ts_tmp(), name);
+    *key = ts_str("%s/%s.key", ts_tmp(), name);
+    char *argv[] = { (char *)ossl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", (char *)*key,
+                     "-out", (char *)*crt, "-days", "2", "-subj", "/CN=127.0.0.1", "-addext",
+                     "subjectAltName=IP:127.0.0.1", NULL };
+    ts_openssl(name, argv);
+}
+
 void ts_pki_server(const char **crt, const char **key)
 {
     ts_pki_ca();
@@ -762,6 +773,16 @@ struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, cons
     const char *h[] = { ts_str("Authorization: %s", ts_stamp_service_sas(s, key)), "Accept: application/json",
                         "Content-Type: application/json; charset=utf-8", NULL };
     return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
+}
+
+void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,
+                               const char *secondary_key)
+{
+    TS_EXPECT_STATUS(ts_stamp_service(s, NULL, "PUT", ts_str("/enrollmentGroups/%s?api-version=2021-10-01", group_id),
+                                      ts_json("{'enrollmentGroupId':'%s','attestation':{'type':'symmetricKey',"
+                                              "'symmetricKey':{'primaryKey':'%s','secondaryKey':'%s'}}}",
+                                              group_id, primary_key, secondary_key)),
+                     200);
 }
 
 struct ts_resp *ts_stamp_register(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,

@@ -129,8 +129,14 @@ struct ts_rt *ts_rt_start_served(const struct ts_rt_served_opts *o, struct ts_rt
 void ts_rt_served_agents_start(struct ts_rt *rt, const char *const *dps_ids, struct ts_stamp *agents, int n);
 /* Wait (10 s each) until the stamps of dps_ids are healthy, then ts_rt_wait_layout; fails the test otherwise. */
 void ts_rt_served_ready(struct ts_rt *rt, const char *const *dps_ids, int n);
+/* The served stack up: ts_rt_start_served, ts_rt_served_agents_start, ts_rt_served_ready. */
+struct ts_rt *ts_rt_start_served_ready(const struct ts_rt_served_opts *o, struct ts_rt_layout *l,
+                                       const char *const *dps_ids, struct ts_stamp *agents, int n);
 /* Another server certificate (IP 127.0.0.1, DNS localhost) from the same CA, in ts_tmp()/name.{crt,key}. */
 void ts_pki_make_server(const char *name, const char **crt, const char **key);
+/* A self-signed server certificate for IP 127.0.0.1 (right name, no test CA
+ * signed it: a server a client must refuse), in ts_tmp()/name.{crt,key}. */
+void ts_pki_make_untrusted_server(const char *name, const char **crt, const char **key);
 /* openssl CLI, failing the test on error. */
 void ts_openssl(const char *what, char *const argv[]);
 /* A CA (self-signed, CA:TRUE) named name in ts_tmp(): *crt / *key paths. */
@@ -172,6 +178,10 @@ struct ts_resp *ts_https(int port, const char *method, const char *path, const c
  * path includes the query (api-version is the caller's); body NULL: none. */
 struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, const char *method, const char *path,
                                  const char *json_body);
+/* PUT the symmetric-key enrollment group group_id with these keys (base64) through the
+ * service API (api-version 2021-10-01); fails the test unless the answer is 200. */
+void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,
+                               const char *secondary_key);
 /* Device API: PUT /{scope}/registrations/{regid}/register (body NULL: {"registrationId":regid}),
  * GET .../operations/{op} with the body {} the Node SDK sends. authz: the Authorization value (NULL: none). */
 struct ts_resp *ts_stamp_register(const struct ts_stamp *s, const char *scope, const char *regid, const char *authz,
