@@ -63,6 +63,9 @@ struct pgjob {
     bool queued;
     const char *fail_msg;  /* set before the timer is activated to fail it */
     int64_t deadline_ms;   /* the caller's deadline (pgpool_query_until), 0: none */
+    bool timer_is_deadline;   /* the queue timer was cut to the deadline: its firing is the deadline
+                               * (libevent's cached clock may fire it a little early) */
+    bool deadline_fired;
 };
 TAILQ_HEAD(pgjob_list, pgjob);
 
@@ -175,7 +178,7 @@ static void job_finish(struct pgjob *j, const struct pgq_result *r)
 static void job_finish_unavailable(struct pgjob *j, const char *why, bool unsent)
 {
     struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why, .unsent = unsent};
-    r.expired = unsent && j->deadline_ms && util_mono_ms() >= j->deadline_ms;
+    r.expired = unsent && j->deadline_ms && (j->deadline_fired || util_mono_ms() >= j->deadline_ms);
     job_finish(j, &r);
 }
 
@@ -200,6 +203,7 @@ static void job_on_timer(evutil_socket_t fd, short what, void *arg)
     struct pgjob *j = arg;
     (void)fd; (void)what;
     job_dequeue(j);
+    j->deadline_fired = !j->fail_msg && j->timer_is_deadline;
     job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection", true);
 }
 
@@ -1494,8 +1498,10 @@ void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, 
         job_fail_soon(j, "the caller's deadline had passed");
         return;
     }
-    if (deadline_ms && deadline_ms - now < wait_ms)
+    if (deadline_ms && deadline_ms - now <= wait_ms) {
         wait_ms = deadline_ms - now;   /* it waits in the queue until the first of the two */
+        j->timer_is_deadline = true;
+    }
     tv.tv_sec = (time_t)(wait_ms / 1000);
     tv.tv_usec = (suseconds_t)(wait_ms % 1000) * 1000;
     if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {

@@ -29,6 +29,7 @@ static struct {
 } rle;
 
 static void epoch_read(void);
+static void epoch_write(void);
 
 static void epoch_on_read(const struct pgq_result *q, void *arg)
 {
@@ -40,11 +41,14 @@ static void epoch_on_read(const struct pgq_result *q, void *arg)
             evtimer_add(rle.retry, &tv);
         return;
     }
-    /* Redis's own answer, if one came meanwhile, is newer: keep it. */
-    if (PQntuples(q->res) == 1 && !rle.known[0]) {
-        const char *e = PQgetvalue(q->res, 0, 0);
+    /* Redis's own answer, if one came meanwhile, is newer: keep it, and
+     * write it now (epoch_write was held back until this read). */
+    if (!rle.known[0]) {
+        const char *e = PQntuples(q->res) == 1 ? PQgetvalue(q->res, 0, 0) : "";
         if (strlen(e) <= RATELIMIT_EPOCH_MAX)
             memcpy(rle.known, e, strlen(e) + 1);
+    } else if (PQntuples(q->res) != 1 || strcmp(PQgetvalue(q->res, 0, 0), rle.known) != 0) {
+        epoch_write();
     }
     rle.loaded = true;
     log_info("event=ratelimit_epoch_loaded epoch=%s", rle.known[0] ? rle.known : "none");
@@ -83,9 +87,16 @@ void ratelimit_epoch_stop(void)
     rle.global = NULL;
 }
 
+/* Before the catalog has answered, an unknown epoch is not "none": a
+ * placeholder that matches no real epoch makes the script start a missing
+ * epoch cold (buckets empty, refilling) rather than full - a router racing
+ * its first read must not undo the protection for every router. Marking an
+ * existing epoch cold changes nothing for its buckets. */
+#define RATELIMIT_EPOCH_UNREAD "unread"
+
 const char *ratelimit_epoch_known(void)
 {
-    return rle.known;
+    return rle.known[0] || rle.loaded ? rle.known : RATELIMIT_EPOCH_UNREAD;
 }
 
 bool ratelimit_epoch_loaded(void)
@@ -100,17 +111,22 @@ static void epoch_on_written(const struct pgq_result *q, void *arg)
         log_warn("event=ratelimit_epoch_write_failed");
 }
 
+static void epoch_write(void)
+{
+    const char *values[1] = {rle.known};
+    if (rle.global)
+        pgpool_query(rle.global, epoch_upsert_sql, 1, values, epoch_on_written, NULL);
+}
+
 const char *ratelimit_epoch_note(const char *e, size_t len)
 {
-    const char *values[1];
     if (len > RATELIMIT_EPOCH_MAX || (strlen(rle.known) == len && memcmp(rle.known, e, len) == 0))
         return NULL;
     memcpy(rle.previous, rle.known, sizeof rle.previous);
     memcpy(rle.known, e, len);
     rle.known[len] = '\0';
-    if (rle.global) {
-        values[0] = rle.known;
-        pgpool_query(rle.global, epoch_upsert_sql, 1, values, epoch_on_written, NULL);
-    }
+    /* before the catalog's epoch is read, don't overwrite it (epoch_on_read writes) */
+    if (rle.loaded)
+        epoch_write();
     return rle.previous[0] ? rle.previous : NULL;
 }

@@ -26,7 +26,8 @@
 /* Start reading the catalog's epoch on global (borrowed: outlives us). */
 void ratelimit_epoch_start(struct event_base *base, struct pgpool *global);
 void ratelimit_epoch_stop(void);
-/* The epoch known ("" when none): Redis's last answer, else the catalog's. */
+/* The epoch known: Redis's last answer, else the catalog's; "" when neither
+ * has one; a placeholder matching no epoch while the catalog is unread. */
 const char *ratelimit_epoch_known(void);
 /* Whether the catalog's epoch has been read (readiness: until then a Redis
  * that lost its data together with every router would not be noticed). */

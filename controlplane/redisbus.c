@@ -88,8 +88,17 @@ static void bus_on_hb_timer(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     if (event_add(b->hb_timer, &tv) != 0)
         log_error("event=timer_failed timer=redis_sub_heartbeat");
-    if (!redisconn_is_up(b->sub) || !bus_all_confirmed(b))
+    if (!redisconn_is_up(b->sub))
         return;
+    if (!bus_all_confirmed(b)) {
+        /* the subscription itself unanswered: the same bound as a heartbeat */
+        if (b->subscribe_sent_ms && now - b->subscribe_sent_ms >= b->hb_timeout_ms) {
+            log_warn("event=redis_unresponsive conn=sub waited_ms=%lld note=\"subscription not confirmed\"",
+                     (long long)(now - b->subscribe_sent_ms));
+            redisconn_drop(b->sub, "unresponsive");
+        }
+        return;
+    }
     if (b->hb_outstanding) {
         if (now - b->hb_sent_ms >= b->hb_timeout_ms) {
             log_warn("event=redis_unresponsive conn=sub waited_ms=%lld note=\"subscription heartbeat\"",

@@ -88,7 +88,8 @@ static void router_free(struct router_req *d)
 {
     if (!d->r)
         d->cp->lingering--;   /* answered by its deadline, and now done */
-    event_free(d->deadline_ev);
+    if (d->deadline_ev)
+        event_free(d->deadline_ev);
     router_refund(d);   /* still held: nothing was placed with it */
     if (d->quota_reserved)   /* nothing was committed under it */
         ratelimit_quota_settle(d->cp->redis, d->tenant_id, d->reservation, false);
@@ -113,7 +114,8 @@ static void router_answer_deadline(struct router_req *d)
     if (log_enabled(LOG_DEBUG))
         log_write(LOG_DEBUG, d->id, "event=deadline_exceeded state=%s tenant=%s", router_state_names[d->state],
                   d->tenant_id);
-    event_del(d->deadline_ev);
+    if (d->deadline_ev)
+        event_del(d->deadline_ev);
     cpreq_retry_after(d->r, 1000);
     cpreq_reply_error(d->r, 503, "deadline_exceeded", NULL,
                       "the request could not be answered within its deadline; retry later");
@@ -598,12 +600,19 @@ static bool router_read_body(struct router_req *d, bool reason_allowed)
     return true;
 }
 
-/* The request's deadline, counted from when it was read (cp_req start_ms). */
+/* The request's deadline, counted from when it was read (cp_req start_ms).
+ * A change made through the admin routes (deprovision, retire, reprovision)
+ * is not answered by the timer: a statement already sent may still commit,
+ * and the answer (and the audit record, written for what the answer says)
+ * must tell what happened. The stage checks and the queues still keep it
+ * from starting late. */
 static void router_arm_deadline(struct router_req *d, int64_t deadline_ms)
 {
     int64_t ms = deadline_ms - util_mono_ms();
     struct timeval tv;
     d->deadline_ms = deadline_ms;
+    if (d->kind == DEV_DEPROVISION || d->kind == DEV_RETIRE || d->kind == DEV_REPROVISION)
+        return;
     if (ms < 0)
         ms = 0;
     tv.tv_sec = (time_t)(ms / 1000);

@@ -20,8 +20,14 @@
 -- back a shard it took - holds no shard a taker waits for (takers wait for
 -- nobody), so no cycle can form.
 --
--- A taker that needs more than the shard it took holds only full shards
--- (it takes all the room a shard has), so naps never starve one another.
+-- Only a taker that holds no shard of the DPS naps: a single assignment
+-- (cp_take_usage) before it took one, a batch before its first. A batch that
+-- holds one and needs more answers the rest 'busy' (the router assigns each
+-- alone) instead: two batches that each filled a shard (uncommitted) and
+-- need more would otherwise nap on each other's until statement_timeout. So
+-- whoever a napper waits for is not napping, and commits. Batches take the
+-- DPS instances in order, so one that holds an earlier DPS's shard and naps
+-- on a later one waits for nobody who waits for it.
 --
 -- And the common case is one index probe: the device's own shard first,
 -- before the scan of all 16 (006 scanned them for every assignment, which
@@ -70,8 +76,8 @@ BEGIN
     RETURN s;
 END $$;
 
--- cp_assign_devices (006) with step 2 taking usage as above. The outcome
--- 'busy' is no longer returned (the router still accepts it).
+-- cp_assign_devices (006) with step 2 taking usage as above: 'busy' now
+-- means "this batch held a shard and would have had to nap".
 CREATE OR REPLACE FUNCTION cp_assign_devices(p_tenant text[], p_reg text[], p_region text[], p_stamp text[],
                                              p_dps text[], p_scope text[], p_endpoint text[], p_max text[],
                                              p_decision text[], p_reason text[])
@@ -93,6 +99,7 @@ DECLARE
     take bigint;
     held int[];
     naps int;
+    leftover text;
 BEGIN
     PERFORM set_config('synchronous_commit', 'on', true);
     -- Repeats of one device within the batch follow its first item.
@@ -121,8 +128,9 @@ BEGIN
 
     -- 2. Usage, per DPS in DPS order: shards with room that nobody holds
     -- (SKIP LOCKED, from the first item's own shard on); while every shard
-    -- with room is held by others, nap and look again (never wait on a
-    -- lock: see the top of this file); what is left is 'dps_full'.
+    -- with room is held by others, nap and look again if holding none of
+    -- this DPS (never wait on a lock: see the top of this file), else what
+    -- is left is 'busy'; what is left when no shard has room is 'dps_full'.
     FOR r IN SELECT p_dps[g.i] AS dps, min(p_stamp[g.i]) AS stamp, min(p_max[g.i]::bigint) AS mx,
                     array_agg(g.i ORDER BY g.i) AS items,
                     (array_agg(abs(hashtext(p_tenant[g.i] || '/' || p_reg[g.i])) % 16 ORDER BY g.i))[1] AS start
@@ -134,6 +142,7 @@ BEGIN
         k := 1;
         held := '{}';
         naps := 0;
+        leftover := 'dps_full';
         WHILE need > 0 LOOP
             SELECT u.shard, u.registrations INTO s, have FROM dps_usage_shards u
              WHERE u.dps_id = r.dps AND u.registrations < cp_shard_quota(r.mx, u.shard)
@@ -141,6 +150,14 @@ BEGIN
              ORDER BY (u.shard - r.start + 16) % 16 LIMIT 1 FOR UPDATE SKIP LOCKED;
             IF NOT FOUND THEN
                 EXIT WHEN NOT cp_usage_room(r.dps, r.mx, held);
+                -- Holding a shard of this DPS, never nap: another batch may
+                -- nap on ours while we nap on its (both full only in their
+                -- uncommitted updates). The rest go 'busy' (the router
+                -- assigns each alone, holding nothing while it naps).
+                IF cardinality(held) > 0 THEN
+                    leftover := 'busy';
+                    EXIT;
+                END IF;
                 naps := naps + 1;
                 PERFORM cp_usage_nap(naps);
                 CONTINUE;
@@ -156,7 +173,7 @@ BEGIN
             need := need - take;
         END LOOP;
         WHILE k <= array_length(r.items, 1) LOOP
-            res[r.items[k]] := 'dps_full';
+            res[r.items[k]] := leftover;
             k := k + 1;
         END LOOP;
     END LOOP;

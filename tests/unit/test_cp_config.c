@@ -350,6 +350,13 @@ static void test_redis_sentinel_and_dns(void **state)
     assert_string_equal(cfg.dns_resolv_conf, "/tmp/r.conf");
     assert_false(redis_auth_enabled(&cfg.redis.sentinel_auth));   /* none given: no AUTH to Sentinels */
     cp_config_free(&cfg);
+    /* the message names the field from the root too */
+    memset(&e, 0, sizeof e);
+    assert_false(parse("{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],"
+                       "\"auth\":{\"pass\":\"x\"}}}", &cfg, &e));
+    if (!strstr(e.message, "'redisSentinel.auth.pass'"))
+        fail_msg("message does not name redisSentinel.auth.pass: %s", e.message);
+    cp_config_free(&cfg);
     assert_true(parse("{" NO_REDIS ",\"redisSentinel\":{\"masterName\":\"m\",\"sentinels\":[\"h:1\"],"
                       "\"auth\":{\"password\":\"s3cret\"}}}", &cfg, &e));
     assert_true(redis_auth_enabled(&cfg.redis.sentinel_auth));
