@@ -147,11 +147,20 @@ struct layouts {
     struct strmap *deltas;
 };
 
-/* acc: counted since the running refresh started; inflight: counted before
- * it started (so its usage read includes them once it completes). */
+/*
+ * acc: counted since the running refresh started; inflight: counted before
+ * it started (so its usage read includes them once it completes). Kept by
+ * sign, because a count made after a refresh started may or may not be in
+ * its usage read (the commit may precede the read, the count follow it), and
+ * the two errors are not alike: counting a registration twice refuses a
+ * device a DPS still has room for, while missing one only costs an attempt
+ * (the assignment SQL is exact: dps_full, next candidate). So when a refresh
+ * completes, a registration counted meanwhile is dropped (it may be in the
+ * read) and a release counted meanwhile is kept (it may not be).
+ */
 struct layout_delta {
-    int64_t acc;
-    int64_t inflight;
+    int64_t acc_pos, acc_neg;
+    int64_t inflight_pos, inflight_neg;
 };
 
 static void layouts_start(struct layouts *ls);
@@ -166,15 +175,17 @@ static void layouts_delta_start(const char *key, void *value, void *arg)
 {
     struct layout_delta *d = value;
     (void)key; (void)arg;
-    d->inflight += d->acc;
-    d->acc = 0;
+    d->inflight_pos += d->acc_pos;
+    d->inflight_neg += d->acc_neg;
+    d->acc_pos = d->acc_neg = 0;
 }
 
 static void layouts_delta_done(const char *key, void *value, void *arg)
 {
     struct layout_delta *d = value;
     (void)key; (void)arg;
-    d->inflight = 0;
+    d->inflight_pos = d->inflight_neg = 0;
+    d->acc_pos = 0;   /* may be in the read: under- rather than over-count (above) */
 }
 
 /* A refresh starts: what was counted so far will be in its usage read. */
@@ -332,11 +343,14 @@ void layouts_count(struct layouts *ls, const char *dps_id, int delta)
         d = xcalloc(1, sizeof *d);
         strmap_put(ls->deltas, dps_id, d);
     }
-    d->acc += delta;
+    if (delta > 0)
+        d->acc_pos += delta;
+    else
+        d->acc_neg += delta;
 }
 
 int64_t layouts_delta(const struct layouts *ls, const char *dps_id)
 {
     const struct layout_delta *d = ls ? strmap_get(ls->deltas, dps_id) : NULL;
-    return d ? d->acc + d->inflight : 0;
+    return d ? d->acc_pos + d->acc_neg + d->inflight_pos + d->inflight_neg : 0;
 }
