@@ -1185,11 +1185,22 @@ static void conn_send_job(struct pgconn *c, struct pgjob *j)
     conn_set_state(c, PGC_BUSY);
     if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, (const char *const *)j->values, NULL,
                            NULL, 0)) {
-        /* Nothing reached the server: the job may run on another connection. */
+        /* Nothing reached the server: the job may run on another connection,
+         * waiting again under its timer (a new queue wait, never past its deadline). */
+        int64_t wait = c->pool->queue_timeout_ms, now = util_mono_ms();
+        struct timeval tv;
         c->job = NULL;
         TAILQ_INSERT_HEAD(&c->pool->queue, j, link);
         j->queued = true;
         c->pool->queue_len++;
+        j->timer_is_deadline = false;
+        if (j->deadline_ms && j->deadline_ms - now <= wait) {
+            wait = j->deadline_ms > now ? j->deadline_ms - now : 0;
+            j->timer_is_deadline = true;
+        }
+        tv.tv_sec = (time_t)(wait / 1000);
+        tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+        event_add(j->timer, &tv);
         conn_broken(c, PQerrorMessage(c->pg));
         return;
     }
