@@ -82,6 +82,8 @@ static void test_kill_during_stream(void **state)
         }
         n200++;
         j = ts_rt_answer_json(a);
+        if (!j || !ts_jstr(j, "stamp") || !ts_jstr(j, "idScope") || !ts_jstr(j, "dpsEndpoint") || !ts_jstr(j, "etag"))
+            ts_fail("%s answered 200 without a complete body: %s", id, a->body);
         for (int k = 0; k < PQntuples(res); k++)
             if (strcmp(PQgetvalue(res, k, 0), id) == 0) {
                 row = k;

@@ -367,6 +367,15 @@ void ts_rt_post_mt(int port, const char *path, const char *authz, const char *bo
         snprintf(out->body, sizeof out->body, "no answer (%zu bytes)", len);
         return;
     }
+    {
+        /* A body shorter than its Content-Length (the server died while
+         * writing it) is no answer: a dropped connection, as the client saw. */
+        const char *cl = strcasestr(buf, "\r\nContent-Length:");
+        if (cl && cl < hend && strlen(hend + 4) < strtoul(cl + 17, NULL, 10)) {
+            snprintf(out->body, sizeof out->body, "truncated answer (%zu bytes)", len);
+            return;
+        }
+    }
     out->status = atoi(buf + 9);
     {
         const char *h = buf;
