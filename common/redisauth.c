@@ -67,47 +67,48 @@ static bool redis_auth_read_file(const char *path, const char *field, char **out
     return true;
 }
 
-bool redis_auth_parse(json_t *root, const char *key, struct redis_auth *out, struct jv_err *e)
+bool redis_auth_parse(json_t *root, const char *prefix, const char *key, struct redis_auth *out, struct jv_err *e)
 {
     json_t *obj = NULL;
     const char *user = NULL, *pass = NULL, *file = NULL;
-    char path[128];
+    char path[128], name[96];
 
     memset(out, 0, sizeof *out);
-    if (!jv_object(root, "", key, false, &obj, e))
+    jv_path(name, sizeof name, prefix, key);   /* the object's own path, for every field named below */
+    if (!jv_object(root, prefix, key, false, &obj, e))
         return false;
     if (!obj)
         return true;
     if (!json_is_object(obj)) {
-        jv_set(e, "invalid_type", key, "field '%s' must be an object", key);
+        jv_set(e, "invalid_type", name, "field '%s' must be an object", name);
         return false;
     }
-    if (!jv_only_keys(obj, key, redis_auth_keys, e) ||
-        !jv_string(obj, key, "user", false, 1, 128, &user, e) ||
-        !jv_string(obj, key, "password", false, 1, REDIS_AUTH_PASSWORD_MAX, &pass, e) ||
-        !jv_string(obj, key, "passwordFile", false, 1, 4096, &file, e))
+    if (!jv_only_keys(obj, name, redis_auth_keys, e) ||
+        !jv_string(obj, name, "user", false, 1, 128, &user, e) ||
+        !jv_string(obj, name, "password", false, 1, REDIS_AUTH_PASSWORD_MAX, &pass, e) ||
+        !jv_string(obj, name, "passwordFile", false, 1, 4096, &file, e))
         return false;
     if (user) {
         for (const char *p = user; *p; p++)
             if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
-                jv_path(path, sizeof path, key, "user");
+                jv_path(path, sizeof path, name, "user");
                 jv_set(e, "invalid_value", path, "field '%s' must not contain spaces or control characters", path);
                 return false;
             }
     }
     if (!pass == !file) {
-        jv_path(path, sizeof path, key, "password");
+        jv_path(path, sizeof path, name, "password");
         jv_set(e, pass ? "invalid_value" : "missing_field", path,
-               "field '%s' needs exactly one of 'password' and 'passwordFile'", key);
+               "field '%s' needs exactly one of 'password' and 'passwordFile'", name);
         return false;
     }
     if (pass && !redis_auth_valid_password(pass, strlen(pass))) {
-        jv_path(path, sizeof path, key, "password");
+        jv_path(path, sizeof path, name, "password");
         jv_set(e, "invalid_value", path, "field '%s' must not contain control characters", path);
         return false;
     }
     if (file) {
-        jv_path(path, sizeof path, key, "passwordFile");
+        jv_path(path, sizeof path, name, "passwordFile");
         if (!redis_auth_read_file(file, path, &out->password, e))
             return false;
     } else {

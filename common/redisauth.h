@@ -24,14 +24,16 @@ struct redis_auth {
 };
 
 /*
- * Parse the optional object root[key]:
+ * Parse the optional object root[key] (prefix: root's own path, "" at the top;
+ * error fields and messages name prefix.key.*):
  *   {"user": "cp", "passwordFile": "/etc/stampcp/redis-cp.pass"}   or
  *   {"user": "cp", "password": "..."}
  * Exactly one of password / passwordFile; the file holds the password on its
  * first line (a trailing newline is ignored). An absent key leaves *out
  * empty (no AUTH). On failure e names the field; *out is safe to free.
  */
-bool redis_auth_parse(json_t *root, const char *key, struct redis_auth *out, struct jv_err *e) MUSTCHECK;
+bool redis_auth_parse(json_t *root, const char *prefix, const char *key, struct redis_auth *out,
+                      struct jv_err *e) MUSTCHECK;
 
 /* Whether AUTH is configured. */
 static inline bool redis_auth_enabled(const struct redis_auth *a)

@@ -33,18 +33,6 @@ static bool redis_target_name_ok(const char *s)
     return true;
 }
 
-/* redis_auth_parse names fields from its own object ("field 'auth.x'"): the
- * message should name them from the root, as e->field does. */
-static void redis_target_reroot_message(struct jv_err *e)
-{
-    char msg[sizeof e->message];
-    const char *at = strstr(e->message, "'auth");
-    if (!at)
-        return;
-    snprintf(msg, sizeof msg, "%.*s'redisSentinel.%s", (int)(at - e->message), e->message, at + 1);
-    memcpy(e->message, msg, sizeof msg);
-}
-
 static bool redis_target_parse_sentinel(json_t *obj, struct redis_target *out, struct jv_err *e)
 {
     const char *name = NULL;
@@ -74,15 +62,8 @@ static bool redis_target_parse_sentinel(json_t *obj, struct redis_target *out, s
             return false;
         out->n_sentinels = (int)i + 1;
     }
-    if (!redis_auth_parse(obj, "auth", &out->sentinel_auth, e)) {
-        char sub[sizeof e->field - sizeof "redisSentinel."];
-        size_t n = strnlen(e->field, sizeof sub - 1);
-        memcpy(sub, e->field, n);
-        sub[n] = '\0';
-        snprintf(e->field, sizeof e->field, "redisSentinel.%s", sub);   /* name it from the root */
-        redis_target_reroot_message(e);
+    if (!redis_auth_parse(obj, "redisSentinel", "auth", &out->sentinel_auth, e))
         return false;
-    }
     out->master_name = xstrdup(name);
     out->text = xasprintf("sentinel:%s", name);
     return true;

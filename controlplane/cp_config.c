@@ -255,7 +255,7 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
     if (!cp_config_parse_geos(geos, cfg, e))
         return false;
     if (!redis_target_parse(root, &cfg->redis, e) ||
-        !redis_auth_parse(root, "redisAuth", &cfg->redis_auth, e) ||
+        !redis_auth_parse(root, "", "redisAuth", &cfg->redis_auth, e) ||
         !dns_config_parse(root, &cfg->dns_resolv_conf, e))
         return false;
     if (!cp_config_parse_db(db, cfg, e))

@@ -420,7 +420,7 @@ static bool agent_config_fields(json_t *root, struct agent_config *cfg, struct j
         && agent_config_id(root, "stampId", true, &cfg->stamp_id, err)
         && agent_config_id(root, "region", true, &cfg->region, err)
         && redis_target_parse(root, &cfg->redis, err)
-        && redis_auth_parse(root, "redisAuth", &cfg->redis_auth, err)
+        && redis_auth_parse(root, "", "redisAuth", &cfg->redis_auth, err)
         && dns_config_parse(root, &cfg->dns_resolv_conf, err)
         && jv_int(root, "", "reportIntervalMs", false, AGENT_INTERVAL_MIN_MS,
                   AGENT_INTERVAL_MAX_MS, &cfg->report_interval_ms, err)

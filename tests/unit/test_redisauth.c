@@ -24,7 +24,7 @@ static bool parse(const char *text, struct redis_auth *a, struct jv_err *e)
     bool ok;
     assert_non_null(root);
     memset(e, 0, sizeof *e);
-    ok = redis_auth_parse(root, "redisAuth", a, e);
+    ok = redis_auth_parse(root, "", "redisAuth", a, e);
     json_decref(root);
     return ok;
 }
