@@ -65,7 +65,6 @@ struct pgjob {
     int64_t deadline_ms;   /* the caller's deadline (pgpool_query_until), 0: none */
     bool timer_is_deadline;   /* the queue timer was cut to the deadline: its firing is the deadline
                                * (libevent's cached clock may fire it a little early) */
-    bool deadline_fired;
 };
 TAILQ_HEAD(pgjob_list, pgjob);
 
@@ -174,11 +173,11 @@ static void job_finish(struct pgjob *j, const struct pgq_result *r)
     job_free(j);
 }
 
-/* unsent: the statement never reached the server. */
-static void job_finish_unavailable(struct pgjob *j, const char *why, bool unsent)
+/* unsent: the statement never reached the server; expired: because the
+ * caller's deadline passed (implies unsent). */
+static void job_finish_unavailable(struct pgjob *j, const char *why, bool unsent, bool expired)
 {
-    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why, .unsent = unsent};
-    r.expired = unsent && j->deadline_ms && (j->deadline_fired || util_mono_ms() >= j->deadline_ms);
+    struct pgq_result r = {.status = PGQ_UNAVAILABLE, .message = why, .unsent = unsent, .expired = expired};
     job_finish(j, &r);
 }
 
@@ -203,8 +202,9 @@ static void job_on_timer(evutil_socket_t fd, short what, void *arg)
     struct pgjob *j = arg;
     (void)fd; (void)what;
     job_dequeue(j);
-    j->deadline_fired = !j->fail_msg && j->timer_is_deadline;
-    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection", true);
+    bool expired = j->deadline_ms && ((!j->fail_msg && j->timer_is_deadline) || util_mono_ms() >= j->deadline_ms);
+    job_finish_unavailable(j, j->fail_msg ? j->fail_msg : "timed out waiting for a database connection", true,
+                           expired);
 }
 
 static void job_fail_soon(struct pgjob *j, const char *why)
@@ -213,6 +213,27 @@ static void job_fail_soon(struct pgjob *j, const char *why)
     j->fail_msg = why;
     event_del(j->timer);
     event_active(j->timer, EV_TIMEOUT, 1);
+}
+
+/* Queue j (at the head: a job whose send failed) under its timer: it waits
+ * db.queueTimeoutMs for a connection, or until its caller's deadline if
+ * that comes first. */
+static void job_enqueue(struct pgpool *p, struct pgjob *j, bool head)
+{
+    int64_t wait = p->queue_timeout_ms, now = util_mono_ms();
+    struct timeval tv;
+    j->timer_is_deadline = j->deadline_ms && j->deadline_ms - now <= wait;
+    if (j->timer_is_deadline)
+        wait = j->deadline_ms > now ? j->deadline_ms - now : 0;
+    tv.tv_sec = (time_t)(wait / 1000);
+    tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
+    if (head)
+        TAILQ_INSERT_HEAD(&p->queue, j, link);
+    else
+        TAILQ_INSERT_TAIL(&p->queue, j, link);
+    j->queued = true;
+    p->queue_len++;
+    event_add(j->timer, &tv);
 }
 
 static void pool_fail_queue(struct pgpool *p, const char *why)
@@ -626,7 +647,7 @@ static void conn_statement_timeout(struct pgconn *c)
     c->cancel_ended = false;
     c->cancel_deadline = util_mono_ms() + p->cancel_grace_ms;
     conn_arm_timer(c, p->cancel_grace_ms);
-    job_finish_unavailable(j, "statement timed out", false);
+    job_finish_unavailable(j, "statement timed out", false, false);
 }
 
 /* How often a connection whose statement has ended looks whether its cancel
@@ -892,7 +913,7 @@ static void conn_broken(struct pgconn *c, const char *why)
     if (was_setup && p->setup == SETUP_RUNNING)
         p->setup = SETUP_NONE;
     if (j)
-        job_finish_unavailable(j, "database connection lost", false);
+        job_finish_unavailable(j, "database connection lost", false, false);
     if (!pool_has_live_conn(p))
         pool_fail_queue(p, "database unreachable");
     else
@@ -1186,21 +1207,9 @@ static void conn_send_job(struct pgconn *c, struct pgjob *j)
     if (!PQsendQueryParams(c->pg, j->sql, j->nparams, NULL, (const char *const *)j->values, NULL,
                            NULL, 0)) {
         /* Nothing reached the server: the job may run on another connection,
-         * waiting again under its timer (a new queue wait, never past its deadline). */
-        int64_t wait = c->pool->queue_timeout_ms, now = util_mono_ms();
-        struct timeval tv;
+         * first in line, waiting again under its timer. */
         c->job = NULL;
-        TAILQ_INSERT_HEAD(&c->pool->queue, j, link);
-        j->queued = true;
-        c->pool->queue_len++;
-        j->timer_is_deadline = false;
-        if (j->deadline_ms && j->deadline_ms - now <= wait) {
-            wait = j->deadline_ms > now ? j->deadline_ms - now : 0;
-            j->timer_is_deadline = true;
-        }
-        tv.tv_sec = (time_t)(wait / 1000);
-        tv.tv_usec = (suseconds_t)(wait % 1000) * 1000;
-        event_add(j->timer, &tv);
+        job_enqueue(c->pool, j, true);
         conn_broken(c, PQerrorMessage(c->pg));
         return;
     }
@@ -1488,8 +1497,7 @@ void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, 
                         const char *const *values, pgpool_cb cb, void *arg)
 {
     struct pgjob *j = xcalloc(1, sizeof *j);
-    int64_t wait_ms = p->queue_timeout_ms, now = util_mono_ms();
-    struct timeval tv;
+    int64_t now = util_mono_ms();
 
     j->pool = p;
     j->sql = xstrdup(sql);
@@ -1509,12 +1517,6 @@ void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, 
         job_fail_soon(j, "the caller's deadline had passed");
         return;
     }
-    if (deadline_ms && deadline_ms - now <= wait_ms) {
-        wait_ms = deadline_ms - now;   /* it waits in the queue until the first of the two */
-        j->timer_is_deadline = true;
-    }
-    tv.tv_sec = (time_t)(wait_ms / 1000);
-    tv.tv_usec = (suseconds_t)(wait_ms % 1000) * 1000;
     if (p->setup_error && (p->setup != SETUP_DONE || !pool_has_usable_conn(p))) {
         job_fail_soon(j, p->setup_error);
         return;
@@ -1527,10 +1529,7 @@ void pgpool_query_until(struct pgpool *p, int64_t deadline_ms, const char *sql, 
         job_fail_soon(j, "database queue full");
         return;
     }
-    TAILQ_INSERT_TAIL(&p->queue, j, link);
-    j->queued = true;
-    p->queue_len++;
-    event_add(j->timer, &tv);
+    job_enqueue(p, j, false);
     pool_dispatch(p);
 }
 
