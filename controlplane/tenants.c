@@ -448,11 +448,29 @@ static void tenants_answer(struct tenant_fetch *f, struct tenant *t, enum tenant
     free(f);
 }
 
-/* The catalog failed: may the expired entry t still be served? */
+/* The catalog failed: may the expired entry t still be served? Never while
+ * invalidations may be unheard. */
 static bool tenants_may_serve_stale(const struct tenants *ts, const struct tenant *t, int64_t now)
 {
-    return ts->o.stale_on_error_ms > 0 && now < t->expires_mono_ms + ts->o.stale_on_error_ms;
+    return !tenants_distrusted(ts) && ts->o.stale_on_error_ms > 0 && now < t->expires_mono_ms + ts->o.stale_on_error_ms;
 }
+
+/*
+ * Whether a cached tenant may answer. Trusted (invalidations heard): within
+ * its TTL, or stale while the catalog can't be read. Distrusted (the
+ * subscription is down or not proven lately): a copy answers only within
+ * TENANTS_DISTRUSTED_TTL_MS of its read, whenever that was - a change after
+ * the read may be unheard, so it is seen within that time. A Redis outage
+ * thus costs about one catalog read per tenant per second and router, not
+ * one per request.
+ */
+static bool tenants_cached_ok(const struct tenants *ts, const struct tenant *t, int64_t now)
+{
+    if (tenants_distrusted(ts))
+        return t->expires_mono_ms > now && t->expires_mono_ms - ts->o.ttl_ms + TENANTS_DISTRUSTED_TTL_MS > now;
+    return t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now));
+}
+
 
 static void tenants_note_stale(struct tenants *ts, struct tenant *t)
 {
@@ -475,15 +493,14 @@ static void tenants_servable_one(const char *key, void *value, void *arg)
     struct tenants_servable *v = arg;
     const struct tenant *t = value;
     (void)key;
-    if (t->expires_mono_ms > v->now || tenants_may_serve_stale(v->ts, t, v->now))
+    /* answered from the cache, or after a failed re-read */
+    if (tenants_cached_ok(v->ts, t, v->now) || tenants_may_serve_stale(v->ts, t, v->now))
         v->any = true;
 }
 
 bool tenants_any_servable(const struct tenants *ts)
 {
     struct tenants_servable v = {ts, util_mono_ms(), false};
-    if (tenants_distrusted(ts))
-        return false;
     strmap_foreach(ts->cache, tenants_servable_one, &v);
     return v.any;
 }
@@ -503,7 +520,7 @@ static void tenants_on_row(const struct pgq_result *q, void *arg)
             log_error("event=tenant_query_failed sqlstate=%s", q->sqlstate);
         /* only an outage: an SQL error (grants, schema) must show, not hide behind stale copies */
         t = f->detached || q->status != PGQ_UNAVAILABLE ? NULL : strmap_get(ts->cache, f->id);
-        if (t && !tenants_distrusted(ts) && tenants_may_serve_stale(ts, t, util_mono_ms())) {
+        if (t && tenants_may_serve_stale(ts, t, util_mono_ms())) {
             tenants_note_stale(ts, t);
             tenants_answer(f, t, TENANT_OK);
             return;
@@ -550,22 +567,6 @@ static bool tenants_take_token(struct tenants *ts, int64_t now)
         return false;
     ts->tokens -= 1.0;
     return true;
-}
-
-/*
- * Whether a cached tenant may answer. Trusted (invalidations heard): within
- * its TTL, or stale while the catalog can't be read. Distrusted (the
- * subscription is down or not proven lately): a copy answers only within
- * TENANTS_DISTRUSTED_TTL_MS of its read, whenever that was - a change after
- * the read may be unheard, so it is seen within that time. A Redis outage
- * thus costs about one catalog read per tenant per second and router, not
- * one per request.
- */
-static bool tenants_cached_ok(const struct tenants *ts, const struct tenant *t, int64_t now)
-{
-    if (tenants_distrusted(ts))
-        return t->expires_mono_ms > now && t->expires_mono_ms - ts->o.ttl_ms + TENANTS_DISTRUSTED_TTL_MS > now;
-    return t->expires_mono_ms > now || (t->retry_mono_ms > now && tenants_may_serve_stale(ts, t, now));
 }
 
 void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg)

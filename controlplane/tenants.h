@@ -123,9 +123,9 @@ void tenants_set_envelope(struct tenants *ts, struct envelope *env);
  * trusted: the caller is authenticated (operator): never TENANT_REFUSED. */
 void tenants_get(struct tenants *ts, const char *id, bool trusted, tenants_cb cb, void *arg);
 void tenants_stats(const struct tenants *ts, struct tenants_stats *out);
-/* Whether any tenant could be answered now without the catalog (fresh, or
- * within its stale-on-error window, and the cache trusted): what readiness
- * needs while the catalog is down. O(cached tenants). */
+/* Whether any tenant could be answered now without the catalog (by the same
+ * rules as a lookup: from the cache, or stale after a failed re-read): what
+ * readiness needs while the catalog is down. O(cached tenants). */
 bool tenants_any_servable(const struct tenants *ts);
 /* Drop a cached tenant (after a change, or on an invalidation message). */
 void tenants_forget(struct tenants *ts, const char *id);
