@@ -158,6 +158,11 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"logLevel\":\"loud\"}", "invalid_value", "logLevel"},
         {"{" GOOD_BASE ",\"cacheTrustMs\":199}", "out_of_range", "cacheTrustMs"},
         {"{" GOOD_BASE ",\"cacheTrustMs\":60001}", "out_of_range", "cacheTrustMs"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":\"1000\"}", "invalid_type", "cacheTrustMs"},
+        {"{" GOOD_BASE ",\"cacheTrustMs\":1000.5}", "invalid_type", "cacheTrustMs"},
+        {"{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":600001}}", "out_of_range", "http.requestDeadlineMs"},
+        {"{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":\"10s\"}}", "invalid_type", "http.requestDeadlineMs"},
+        {"{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":null}}", "invalid_type", "http.requestDeadlineMs"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
         /* transport: TLS unless plain HTTP is asked for, never both */
