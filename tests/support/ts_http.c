@@ -527,6 +527,24 @@ static int parse_answer(struct ts_resp *r, const char *method, const char *buf, 
     return 1;
 }
 
+struct ts_resp *ts_http_parse_raw(const char *buf, size_t len)
+{
+    struct ts_resp *r = calloc(1, sizeof *r);
+    if (!r)
+        abort();
+    if (parse_answer(r, "POST", buf, len, true) != 1) {
+        resp_destroy(r);
+        return NULL;
+    }
+    return r;
+}
+
+void ts_http_answer_free(struct ts_resp *r)
+{
+    if (r)
+        resp_destroy(r);
+}
+
 /*
  * Send req on io and read one answer into r: 1 when complete, -1 malformed or
  * failed, -2 timeout (r->err says why).

@@ -21,5 +21,11 @@ void ts_procs_free_all(void);
 
 /* ts_http.c */
 void ts_http_free_all(void);
+/* An answer read to EOF (ts_http_exchange_mt), framed as ts_http frames one:
+ * NULL unless complete (a body shorter than its Content-Length - the server
+ * died writing it - is no answer). Thread-safe; tracked by nobody: free it
+ * with ts_http_answer_free. */
+struct ts_resp *ts_http_parse_raw(const char *buf, size_t len);
+void ts_http_answer_free(struct ts_resp *r);
 
 #endif

@@ -340,7 +340,8 @@ void ts_rt_post_mt(int port, const char *path, const char *authz, const char *bo
     char req[4096], buf[8192];
     size_t len = 0, reqlen;
     int n;
-    const char *hend;
+    struct ts_resp *a;
+    const char *ra;
 
     memset(out, 0, sizeof *out);
     out->sent_ms = ts_now_ms();
@@ -363,33 +364,15 @@ void ts_rt_post_mt(int port, const char *path, const char *authz, const char *bo
     }
     buf[len] = '\0';
     out->at_ms = ts_now_ms();
-    if (len < 12 || strncmp(buf, "HTTP/1.", 7) != 0 || !(hend = strstr(buf, "\r\n\r\n"))) {
-        snprintf(out->body, sizeof out->body, "no answer (%zu bytes)", len);
+    if (!(a = ts_http_parse_raw(buf, len))) {   /* incomplete: a dropped connection, as the client saw */
+        snprintf(out->body, sizeof out->body, "no complete answer (%zu bytes)", len);
         return;
     }
-    {
-        /* A body shorter than its Content-Length (the server died while
-         * writing it) is no answer: a dropped connection, as the client saw. */
-        const char *cl = strcasestr(buf, "\r\nContent-Length:");
-        if (cl && cl < hend && strlen(hend + 4) < strtoul(cl + 17, NULL, 10)) {
-            snprintf(out->body, sizeof out->body, "truncated answer (%zu bytes)", len);
-            return;
-        }
-    }
-    out->status = atoi(buf + 9);
-    {
-        const char *h = buf;
-        while ((h = strcasestr(h, "\r\nRetry-After:")) && h < hend) {
-            const char *v = h + 14;
-            size_t vl;
-            while (*v == ' ')
-                v++;
-            vl = strcspn(v, "\r\n");
-            snprintf(out->retry_after, sizeof out->retry_after, "%.*s", (int)vl, v);
-            break;
-        }
-    }
-    snprintf(out->body, sizeof out->body, "%s", hend + 4);
+    out->status = a->status;
+    if ((ra = ts_header(a, "Retry-After")) != NULL)
+        snprintf(out->retry_after, sizeof out->retry_after, "%s", ra);
+    snprintf(out->body, sizeof out->body, "%s", a->body);
+    ts_http_answer_free(a);
 }
 
 struct ts_rt_batch {
