@@ -142,6 +142,8 @@ struct layouts {
     bool again;                 /* a refresh was asked for while one ran */
     bool freeing;
     bool usage_failed;          /* a geography's usage could not be read in this refresh */
+    layouts_address_cb on_address;   /* a DPS instance's idScope or endpoint changed */
+    void *on_address_arg;
     /* This router's own changes not yet in the snapshot: DPS id -> struct
      * layout_delta. The snapshot itself is never changed once published. */
     struct strmap *deltas;
@@ -202,9 +204,24 @@ static void layouts_deltas_done(struct layouts *ls)
         strmap_foreach(ls->deltas, layouts_delta_done, NULL);
 }
 
+/* Did an instance both snapshots hold change its idScope or endpoint? Answers
+ * cached from the old snapshot name the old address (layouts_on_address). */
+static bool layouts_address_changed(const struct layout *old, const struct layout *l)
+{
+    if (!old)
+        return false;
+    for (int i = 0; i < l->ndps; i++) {
+        const struct layout_dps *o = layout_find_dps(old, l->dps[i].id);
+        if (o && (strcmp(o->id_scope, l->dps[i].id_scope) != 0 || strcmp(o->endpoint, l->dps[i].endpoint) != 0))
+            return true;
+    }
+    return false;
+}
+
 static void layouts_finish(struct layouts *ls)
 {
     struct layout *l = ls->building;
+    bool moved_address;
     ls->building = NULL;
     layouts_deltas_done(ls);
     for (int i = 0; i < l->nstamps; i++) {
@@ -214,8 +231,11 @@ static void layouts_finish(struct layouts *ls)
             st->devices += l->dps[st->first_dps + k].registrations;
     }
     l->built_mono_ms = util_mono_ms();
+    moved_address = layouts_address_changed(ls->current, l);
     layout_unref(ls->current);
     ls->current = l;
+    if (moved_address && ls->on_address)
+        ls->on_address(ls->on_address_arg);
     ls->running = false;
     if (ls->again) {
         ls->again = false;
@@ -321,6 +341,12 @@ void layouts_free(struct layouts *ls)
     layout_unref(ls->building);
     strmap_free(ls->deltas, free);
     free(ls);
+}
+
+void layouts_on_address(struct layouts *ls, layouts_address_cb cb, void *arg)
+{
+    ls->on_address = cb;
+    ls->on_address_arg = arg;
 }
 
 struct layout *layouts_current(struct layouts *ls)

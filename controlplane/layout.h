@@ -76,6 +76,12 @@ void layouts_count(struct layouts *ls, const char *dps_id, int delta);
 /* Registrations this router counted on a DPS that its snapshot doesn't hold
  * yet (may be negative); ls NULL: 0. */
 int64_t layouts_delta(const struct layouts *ls, const char *dps_id);
+/* cb(arg) runs (from the loop) right after a new snapshot is published in
+ * which a DPS instance of the previous one has another idScope or endpoint:
+ * devices are told the catalog's address as it is now, so answers cached
+ * before must go. */
+typedef void (*layouts_address_cb)(void *arg);
+void layouts_on_address(struct layouts *ls, layouts_address_cb cb, void *arg);
 /* Re-read as soon as possible (after a catalog change). */
 void layouts_refresh_soon(struct layouts *ls);
 

@@ -261,6 +261,16 @@ static void cp_free(struct cp *cp)
     cp_config_free(&cp->cfg);
 }
 
+/* A DPS instance's idScope or endpoint changed in the catalog: cached
+ * answers name the old one, and every device must learn the new one on its
+ * next status lookup. */
+static void cp_on_dps_address(void *arg)
+{
+    struct cp *cp = arg;
+    log_info("event=dps_address_changed cached_answers_dropped=%zu", assign_cache_count(cp->cache));
+    assign_cache_clear(cp->cache);
+}
+
 int main(int argc, char **argv)
 {
     struct cp cp;
@@ -376,6 +386,7 @@ int main(int argc, char **argv)
     cp.jobs = jobs_new(&cp, 1000);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
+    layouts_on_address(cp.layouts, cp_on_dps_address, &cp);
     /* four heartbeats per trust window: one slow answer doesn't lapse the caches */
     cp.redis = redisbus_new(cp.base, cp.dns, &cp.cfg.redis, &cp.cfg.redis_auth, (int)(cp.cfg.cache_trust_ms / 4));
     ratelimit_epoch_start(cp.base, cp.global);

@@ -185,9 +185,25 @@ void router_retry_after(struct router_req *d, int64_t wait_ms)
         cpreq_retry_after(d->r, wait_ms);
 }
 
+/* A device's DPS address is the catalog's as it is now, not the copies its
+ * row took at assignment: an instance's moved endpoint (or new idScope)
+ * reaches every device on its next answer. The copies serve only while the
+ * layout does not hold the instance (not loaded yet, or removed). */
+void router_row_address(struct router_req *d)
+{
+    struct device_row *w = &d->row;
+    struct layout *l = layouts_current(d->cp->layouts);
+    const struct layout_dps *dp = l && w->dps[0] ? layout_find_dps(l, w->dps) : NULL;
+    if (!dp)
+        return;
+    snprintf(w->scope, sizeof w->scope, "%s", dp->id_scope);
+    snprintf(w->endpoint, sizeof w->endpoint, "%s", dp->endpoint);
+}
+
 static json_t *router_answer(struct router_req *d)
 {
     const struct device_row *w = &d->row;
+    router_row_address(d);
     return json_pack("{s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s, s:s}", "registrationId", d->regid, "tenantId",
                      d->tenant_id, "geography", d->cp->cfg.geos[w->geo].id, "region", w->region, "stamp",
                      w->stamp, "idScope", w->scope, "dpsEndpoint", w->endpoint, "assignedAt", w->assigned_at,
@@ -384,6 +400,12 @@ static void router_after_lookup(struct router_req *d)
             return;
         }
         json_object_set_new(detail, "geography", json_string(d->cp->cfg.geos[w->geo].id));
+        if (strcmp(w->status, "assigned") == 0)
+            router_row_address(d);
+        if (json_is_string(json_object_get(detail, "idScope")))
+            json_object_set_new(detail, "idScope", json_string(w->scope));
+        if (json_is_string(json_object_get(detail, "dpsEndpoint")))
+            json_object_set_new(detail, "dpsEndpoint", json_string(w->endpoint));
         json_object_set_new(detail, "pseudonym",
                             json_string(pseudonym_device(&d->cp->pseudo, d->tenant_id, d->regid, ps)));
         router_set_state(d, DS_DONE);

@@ -83,6 +83,7 @@ static void proxy_register(struct router_req *d)
     if (!router_in_time(d))   /* a token taken for it goes back (router_free) */
         return;
     d->token_held = false;    /* from here the DPS may see it: the token is spent */
+    router_row_address(d);
     snprintf(sr, sizeof sr, "%s/registrations/%s", d->row.scope, d->regid);
     sas_derive_key(d->t->key, (size_t)d->t->keylen, d->regid, dk);
     sas_build(sr, dk, sizeof dk, util_wall_ms() / 1000 + 3600, "registration", sas, sizeof sas);

@@ -136,6 +136,9 @@ bool router_auth_verify(struct router_req *d, const struct tenant *t);
  * change, then continue with then(d); give back an unused DPS token. */
 void router_lookup(struct router_req *d);
 void router_count(struct router_req *d, const char *dps_id, int delta);
+/* Take the row's idScope and dpsEndpoint from the catalog's current layout
+ * (kept as stored when the layout lacks the instance). */
+void router_row_address(struct router_req *d);
 void router_publish_change(struct router_req *d, const char *fault_point, void (*then)(struct router_req *));
 void router_refund(struct router_req *d);
 

@@ -15,7 +15,10 @@
  *    token acts for any device;
  *  - admin GET shows status, decision record and history; deprovision
  *    releases (a later locate places again: history assigned, deprovisioned,
- *    assigned); retire makes locate answer 410 device_retired.
+ *    assigned); retire makes locate answer 410 device_retired;
+ *  - a DPS instance's endpoint or idScope changed in the catalog (PATCH)
+ *    reaches devices on their next lookup through every router, cached
+ *    answers included, while the device row keeps the copy it took.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -263,12 +266,60 @@ static void test_admin_get_and_lifecycle(void **state)
                      1);
 }
 
+/* Poll a router until a lookup names endpoint and scope (a layout refresh, 1 s). */
+static void expect_address(struct ts_cp *cp, const char *regid, const char *endpoint, const char *scope)
+{
+    struct ts_resp *r = NULL;
+    for (int i = 0; i < 50; i++) {
+        r = ts_rt_locate(cp, acme, regid);
+        TS_EXPECT_STATUS(r, 200);
+        if (strcmp(ts_jstr(r->json, "dpsEndpoint"), endpoint) == 0 && strcmp(ts_jstr(r->json, "idScope"), scope) == 0)
+            return;
+        ts_sleep_ms(100);
+    }
+    ts_fail("router %s still answers %s after 5 s, wanted %s %s", cp->name, ts_resp_str(r), endpoint, scope);
+}
+
+static void test_catalog_address_reaches_devices(void **state)
+{
+    const char *old_ep = ts_rt_endpoint("eu-west-1-dps"), *old_scope = ts_rt_id_scope("eu-west-1-dps");
+    const char *new_ep = "moved-eu-west-1.example:8443", *new_scope = "0ne0MOVED01";
+    struct ts_resp *r;
+    (void)state;
+
+    /* both routers have answered (and router 0 cached) the old address */
+    expect_address(rt->cp[0], "dev-addr", old_ep, old_scope);
+    expect_address(rt->cp[1], "dev-addr", old_ep, old_scope);
+    expect_address(rt->cp[0], "dev-addr", old_ep, old_scope);
+
+    r = ts_admin(rt->cp[1], "PATCH", "/v1/dps-instances/eu-west-1-dps",
+                 ts_str("{\"endpoint\":\"%s\",\"idScope\":\"%s\"}", new_ep, new_scope));
+    TS_EXPECT_STATUS(r, 200);
+    expect_address(rt->cp[0], "dev-addr", new_ep, new_scope);
+    expect_address(rt->cp[1], "dev-addr", new_ep, new_scope);
+    /* answered from the catalog: the row still holds what it took at assignment */
+    TS_EXPECT_STREQ(ts_pg_scalar(eu_db, "SELECT dps_endpoint || ' ' || id_scope FROM devices"
+                                        " WHERE tenant_id = 'acme' AND registration_id = 'dev-addr'"),
+                    ts_str("%s %s", old_ep, old_scope));
+    r = ts_admin(rt->cp[0], "GET", "/v1/tenants/acme/devices/dev-addr", NULL);
+    TS_EXPECT_STATUS(r, 200);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "dpsEndpoint"), new_ep);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "idScope"), new_scope);
+
+    r = ts_admin(rt->cp[0], "PATCH", "/v1/dps-instances/eu-west-1-dps",
+                 ts_str("{\"endpoint\":\"%s\",\"idScope\":\"%s\"}", old_ep, old_scope));
+    TS_EXPECT_STATUS(r, 200);
+    expect_address(rt->cp[1], "dev-addr", old_ep, old_scope);
+    expect_address(rt->cp[0], "dev-addr", old_ep, old_scope);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_locate_then_status_lookups),
         cmocka_unit_test(test_installer_and_operator_tokens),
         cmocka_unit_test(test_admin_get_and_lifecycle),
+        cmocka_unit_test(test_catalog_address_reaches_devices),
     };
     ts_init("test_router_locate");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
