@@ -55,6 +55,11 @@ BEGIN
     PERFORM pg_advisory_xact_lock(hashtext('stamp_ops'), hashtext(p_tenant || '/' || p_reg));
     IF EXISTS (SELECT 1 FROM stamp_ops WHERE tenant_id = p_tenant AND registration_id = p_reg
                   AND op = p_op AND dps_id = p_dps) THEN
+        -- a move away again before the first was delivered: wait for the
+        -- device where it is headed now
+        UPDATE stamp_ops SET new_dps_id = p_new_dps
+         WHERE tenant_id = p_tenant AND registration_id = p_reg AND op = 'remove_moved' AND p_op = 'remove_moved'
+           AND dps_id = p_dps AND new_dps_id IS DISTINCT FROM p_new_dps;
         RETURN NULL;
     END IF;
     INSERT INTO stamp_ops (tenant_id, registration_id, op, dps_id, stamp_id, new_dps_id, reason)
