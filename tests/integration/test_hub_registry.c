@@ -345,7 +345,8 @@ static void wait_reported(const char *hub_id, long long n)
 {
     struct want w = {hub_id, n};
     if (!ts_wait_until(reports, &w, 12000))
-        ts_fail("the load report says %lld devices on %s, not %lld", hub_devices_reported(hub_id), hub_id, n);
+        ts_fail("the load report says %lld devices on %s, not %lld (%s)", hub_devices_reported(hub_id), hub_id, n,
+                ts_redis_cmd(st->redis->addr, "HGET stamp:hubreg-%ld:load load", (long)getpid()));
 }
 
 static void test_counts_follow_registry(void **state)
@@ -495,5 +496,6 @@ int main(void)
         cmocka_unit_test(test_max_devices_from_registry),
         cmocka_unit_test(test_drift_routes),
     };
+    ts_init("test_hub_registry");
     return ts_finish(cmocka_run_group_tests(tests, group_setup, NULL));
 }
