@@ -28,11 +28,12 @@ static const char sql_summary[] =
     "SELECT owner, count(*) FILTER (WHERE status = 'assigned'), count(*) FILTER (WHERE status = 'assigning'),"
     " count(*) FILTER (WHERE status = 'failed'), count(*) FILTER (WHERE status = 'disabled')"
     " FROM dps_registrations WHERE dps_id = $1 GROUP BY owner ORDER BY owner";
-/* one more row than the page: whether there is a next page */
+/* one more row than the page: whether there is a next page. The primary
+ * key's order (the database's collation) so that the index walks the page. */
 static const char sql_ids[] =
     "SELECT registration_id, owner, status, assigned_hub, device_id, " DPS_SQL_TS("updated_at")
     " FROM dps_registrations WHERE dps_id = $1 AND registration_id > $2"
-    " ORDER BY registration_id COLLATE \"C\" LIMIT $3::int + 1";
+    " ORDER BY registration_id LIMIT $3::int + 1";
 
 bool dps_drift_is_route(const char *seg)
 {

@@ -26,6 +26,7 @@ CREATE TABLE hub_devices (
     created_at        timestamptz NOT NULL DEFAULT now(),
     updated_at        timestamptz NOT NULL DEFAULT now(),
     status_updated_at timestamptz NOT NULL DEFAULT now(),
+    created_by        name NOT NULL DEFAULT current_user,   -- the agent role that wrote it first
     PRIMARY KEY (hub_host, device_id),
     CHECK ((dps_id IS NULL) = (registration_id IS NULL))
 );
@@ -33,9 +34,8 @@ CREATE TABLE hub_devices (
 CREATE INDEX hub_devices_registration_idx ON hub_devices (dps_id, registration_id) WHERE dps_id IS NOT NULL;
 
 -- Row-level security as the other stamp tables (003): an agent sees the
--- identities of the hubs its DPS instances made them on, and the ones made
--- through the registry API (dps_id NULL) on any hub. Hub host names are the
--- stamp's own (provisioning.hubs[]), so agents of one stamp share them.
+-- identities its DPS instances made, and the ones it made itself through the
+-- registry API (dps_id NULL, created_by its role): never another stamp's.
 ALTER TABLE hub_devices ENABLE ROW LEVEL SECURITY;
 ALTER TABLE hub_devices FORCE ROW LEVEL SECURITY;
 DO $$
@@ -45,8 +45,10 @@ BEGIN
 END
 $$;
 CREATE POLICY hub_devices_agent ON hub_devices
-    USING (dps_id IS NULL OR dps_id = ANY (ARRAY(SELECT m.dps_id FROM stamp_agent_dps m WHERE m.role_name = current_user)))
-    WITH CHECK (dps_id IS NULL OR dps_id = ANY (ARRAY(SELECT m.dps_id FROM stamp_agent_dps m WHERE m.role_name = current_user)));
+    USING ((dps_id IS NULL AND created_by = current_user)
+           OR dps_id = ANY (ARRAY(SELECT m.dps_id FROM stamp_agent_dps m WHERE m.role_name = current_user)))
+    WITH CHECK ((dps_id IS NULL AND created_by = current_user)
+           OR dps_id = ANY (ARRAY(SELECT m.dps_id FROM stamp_agent_dps m WHERE m.role_name = current_user)));
 
 -- stamp_agent_grant/revoke (003) learn the new table.
 CREATE OR REPLACE FUNCTION stamp_agent_grant(agent name, dps_ids text[]) RETURNS void

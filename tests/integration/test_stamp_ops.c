@@ -13,7 +13,8 @@
  *    and the hub identity (registry GET: 404 DeviceNotFound) are gone; the
  *    device history says stamp_removed; the outbox is empty;
  *  - retire: a disabled individual enrollment for the id exists (tagged
- *    managedBy stampcp, tenantId), the hub identity is status "disabled", the
+ *    managedBy stampcp, tenantId), the hub identity is status "disabled" (also
+ *    as the official azure-iothub Registry client reads it), the
  *    official SDK device with its group-derived key is refused (401) at the
  *    DPS, the control plane answers 410 device_retired;
  *  - move: after a reprovision to the other stamp the old registration stays
@@ -112,7 +113,9 @@ static struct ts_resp *reg_get(const char *dps, const char *regid)
 
 static struct ts_resp *hub_get(const char *dps, const char *hub, const char *devid)
 {
-    return ts_stamp_hub(agent_of(dps), hub, "GET", ts_str("/devices/%s?api-version=2021-04-12", devid), NULL, NULL);
+    struct ts_stamp *a = agent_of(dps);
+    return ts_hub_registry(a, hub, ts_hub_sas(a, hub, NULL), "GET", ts_str("/devices/%s?api-version=2021-04-12", devid),
+                           NULL, NULL);
 }
 
 static bool reg_gone(const char *dps, const char *regid)
@@ -262,6 +265,11 @@ static void test_retire(void **state)
     TS_EXPECT_STREQ(ts_jstr(tags, "managedBy"), "stampcp");
     TS_EXPECT_STREQ(ts_jstr(tags, "tenantId"), "acme");
     TS_EXPECT_STREQ(ts_jstr(hub_get(dps, args[2], args[3])->json, "statusReason"), "retired by stampcp");
+    /* as the official IoT Hub service SDK (azure-iothub Registry) sees it */
+    st = ts_sdk_registry(agent_of(dps), args[2], "get", ts_json("{'id':'%s'}", args[3]), &rc);
+    ts_log("azure-iothub Registry.get after retire: exit %d %s", rc, ts_jdump(st));
+    assert_int_equal(rc, 0);
+    TS_EXPECT_STREQ(ts_jstr(json_object_get(st, "body"), "status"), "disabled");
 
     /* the SDK device with the same key is refused at the DPS now */
     st = ts_sdk_symkey(&at, scope, "ops-ret-1", ts_derive_key(acme->key_b64, "ops-ret-1"), false, NULL, &rc);

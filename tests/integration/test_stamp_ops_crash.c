@@ -150,7 +150,8 @@ static void test_down_stamp(void **state)
                          NULL);
     TS_EXPECT_STATUS(r, 200);
     TS_EXPECT_STREQ(ts_jstr(r->json, "provisioningStatus"), "disabled");
-    r = ts_stamp_hub(&agents[0], hub, "GET", ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
+    r = ts_hub_registry(&agents[0], hub, ts_hub_sas(&agents[0], hub, NULL), "GET",
+                        ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
     TS_EXPECT_STATUS(r, 200);
     TS_EXPECT_STREQ(ts_jstr(r->json, "status"), "disabled");
     assert_int_equal(events("crash-down-1", "stamp_disabled"), 1);
@@ -182,7 +183,8 @@ static void test_kill_between_commit_and_delivery(void **state)
                          NULL);
     assert_int_equal(r->status, 404);
     assert_int_equal(ts_jint(r->json, "errorCode", 0), 404202);
-    r = ts_stamp_hub(&agents[0], hub, "GET", ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
+    r = ts_hub_registry(&agents[0], hub, ts_hub_sas(&agents[0], hub, NULL), "GET",
+                        ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
     assert_int_equal(r->status, 404);
     if (!strstr(ts_resp_str(r), "DeviceNotFound"))
         ts_fail("hub registry: %s", ts_resp_str(r));
