@@ -777,8 +777,6 @@ struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, cons
     return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
 }
 
-<<<<<<< HEAD
-=======
 const char *ts_hub_sas(const struct ts_stamp *s, const char *sr, const char *key)
 {
     return sas_with(sr, key ? key : s->policy_key, 0, s->policy);
@@ -808,7 +806,6 @@ json_t *ts_sdk_registry(const struct ts_stamp *s, const char *hub, const char *c
     return ts_node("registry.js", args, 40000, exit_code);
 }
 
->>>>>>> h-registry
 void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,
                                const char *secondary_key)
 {
