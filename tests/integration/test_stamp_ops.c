@@ -7,7 +7,7 @@
  *
  * Layout: geography eu with stamps eu-west-1 and eu-north-1, one DPS
  * instance and one hub each, both served by real agents with service
- * credentials. Control plane: stampOps.pollMs 200, maxBackoffMs 1000.
+ * credentials. Two control planes: stampOps.pollMs 200, maxBackoffMs 1000.
  *
  *  - deprovision: the registration (GET /registrations/{id}: 404 404202)
  *    and the hub identity (registry GET: 404 DeviceNotFound) are gone; the
@@ -27,7 +27,9 @@
  *    stamp_disabled) and the stamp ends in the last op's state (refused);
  *  - a stamp answering 500 (the instance's endpoint pointed at a fake HTTPS
  *    server): the op is retried with attempts and "HTTP 500" recorded, never
- *    taken as done; the endpoint back, it is delivered.
+ *    taken as done; the endpoint back, it is delivered;
+ *  - two routers (both run the worker on the same outbox): 6 deprovisions,
+ *    each delivered exactly once (one stamp_removed per device).
  */
 #include <setjmp.h>
 #include <signal.h>
@@ -180,7 +182,7 @@ static bool backlog_empty(void *arg)
 
 static int setup(void **state)
 {
-    struct ts_rt_served_opts o = { .enrollment_sync_ms = 500, .policy = KEY_NAME,
+    struct ts_rt_served_opts o = { .ncp = 2, .enrollment_sync_ms = 500, .policy = KEY_NAME,
                                    .cp_extra = "\"stampOps\": {\"pollMs\": 200, \"maxBackoffMs\": 1000}" };
     (void)state;
     rt = ts_rt_start_served_ready(&o, &layout, dps_ids, agents, 2);
@@ -461,6 +463,45 @@ static void test_stamp_answers_500(void **state)
     ts_proc_wait(fake, 5000);
 }
 
+#define NMANY 6
+
+static bool many_delivered(void *arg)
+{
+    (void)arg;
+    return ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops WHERE registration_id LIKE 'ops-many-%'") == 0;
+}
+
+/* Two routers run the worker on the same outbox: every op is delivered, once. */
+static void test_two_routers_once_each(void **state)
+{
+    const char *dps[NMANY];
+    (void)state;
+    for (int i = 0; i < NMANY; i++) {
+        const char *id = ts_str("ops-many-%02d", i);
+        json_t *loc = locate(id);
+        dps[i] = dps_of(loc);
+        register_at(dps[i], ts_jstr(loc, "idScope"), id);
+    }
+    for (int i = 0; i < NMANY; i++)
+        TS_EXPECT_STATUS(ts_admin(rt->cp[i % 2], "POST", ts_str("/v1/tenants/acme/devices/ops-many-%02d/deprovision", i),
+                                  NULL), 200);
+    if (!ts_wait_until(many_delivered, NULL, 15000))
+        ts_fail("not all delivered 15 s after the deprovisions");
+    ts_sleep_ms(1000);
+    for (int i = 0; i < NMANY; i++) {
+        const char *id = ts_str("ops-many-%02d", i);
+        if (!reg_gone(dps[i], id))
+            ts_fail("%s still registered at %s", id, dps[i]);
+    }
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM device_history WHERE registration_id LIKE 'ops-many-%'"
+                                       " AND event = 'stamp_removed'"), NMANY);
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(DISTINCT registration_id) FROM device_history"
+                                       " WHERE registration_id LIKE 'ops-many-%' AND event = 'stamp_removed'"), NMANY);
+    ts_log("delivered by router 0: %d, by router 1: %d",
+           ts_proc_log_count(rt->cp[0]->proc, "event=stamp_op_delivered"),
+           ts_proc_log_count(rt->cp[1]->proc, "event=stamp_op_delivered"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -469,6 +510,7 @@ int main(void)
         cmocka_unit_test(test_move),
         cmocka_unit_test(test_no_credentials_and_order),
         cmocka_unit_test(test_stamp_answers_500),
+        cmocka_unit_test(test_two_routers_once_each),
     };
     ts_init("test_stamp_ops");
     return ts_finish(cmocka_run_group_tests(tests, setup, NULL));
