@@ -228,6 +228,7 @@ static void cp_free(struct cp *cp)
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
+    stamp_ops_free(cp->stamp_ops);   /* before the pools: they drop its queries without callbacks */
     cp_secrets_free(cp->secrets);
     idempotency_free(cp->idem);
     http_call_abort_all();
@@ -384,6 +385,7 @@ int main(int argc, char **argv)
     cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);
     cp.jobs = jobs_new(&cp, 1000);
+    cp.stamp_ops = stamp_ops_new(&cp);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
     layouts_on_address(cp.layouts, cp_on_dps_address, &cp);

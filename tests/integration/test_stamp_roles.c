@@ -322,11 +322,11 @@ static void test_control_plane_tables_denied(void **state)
     (void)state;
     assert_true(ts_pg_table_exists(geo_db, "devices"));
     expect_tables_denied(geo_db, sa->role_db,
-                         "'dps_enrollments','dps_registrations','stamp_agent_dps','stamp_schema_migrations',"
-                         "'geo_identity'");
+                         "'dps_enrollments','dps_registrations','hub_devices','stamp_agent_dps',"
+                         "'stamp_schema_migrations','geo_identity'");
     expect_tables_denied(geo_db, sb->role_db,
-                         "'dps_enrollments','dps_registrations','stamp_agent_dps','stamp_schema_migrations',"
-                         "'geo_identity'");
+                         "'dps_enrollments','dps_registrations','hub_devices','stamp_agent_dps',"
+                         "'stamp_schema_migrations','geo_identity'");
     /* geo_identity: the geography column only */
     TS_EXPECT_STREQ(ts_pg_scalar(sa->role_db, "SELECT geography FROM geo_identity"), "eu");
     expect_state("geo_identity.*", ts_pg_try(sa->role_db, "SELECT * FROM geo_identity", NULL), "42501");

@@ -39,6 +39,33 @@ function portAwareHttp(pkg, hostport) {
   return new PortAwareHttp();
 }
 
+// The same for a service whose host name does not resolve (an IoT hub of the
+// stamp): connect to connectHostport ("127.0.0.1:PORT"), verify the server's
+// certificate for "localhost" (the test certificate's DNS name; verification
+// stays on) and send Host: <hubHost>, as a client of a hub behind a DNS name
+// would.
+function hubAwareHttp(pkg, connectHostport, hubHost) {
+  const { Http: HttpBase } = httpBaseOf(pkg);
+  const { host, port } = splitHostPort(connectHostport);
+  class HubAwareHttp extends HttpBase {
+    buildRequest(method, reqPath, headers, _host, options, done) {
+      if (!done && typeof options === 'function') { done = options; options = undefined; }
+      return super.buildRequest(method, reqPath, headers, hubHost, {
+        port,
+        request: (o, cb) => {
+          o.host = host;
+          o.hostname = host;
+          o.port = port;
+          o.servername = 'localhost';
+          o.headers = Object.assign({}, o.headers, { Host: hubHost });
+          return https.request(o, cb);
+        },
+      }, done);
+    }
+  }
+  return new HubAwareHttp();
+}
+
 // What a script prints for an SDK error: {error, name, message, statusCode, responseBody, result}.
 function describeError(err) {
   const out = {
@@ -62,4 +89,4 @@ function finish(obj, ok) {
   process.stdout.write(JSON.stringify(obj) + '\n', () => process.exit(ok ? 0 : 1));
 }
 
-module.exports = { portAwareHttp, splitHostPort, describeError, finish };
+module.exports = { portAwareHttp, hubAwareHttp, splitHostPort, describeError, finish };

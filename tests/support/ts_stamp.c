@@ -718,6 +718,8 @@ struct ts_stamp *ts_stamp_start(const struct ts_stamp_opts *o)
         json_t *j = json_pack("{s:s, s:s}", "id", h->id, "hostName", h->host);
         if (h->weight)
             json_object_set_new(j, "allocationWeight", json_integer(h->weight));
+        if (h->max_devices)
+            json_object_set_new(j, "maxDevices", json_integer(h->max_devices));
         json_array_append_new(hubs, j);
     }
     json_object_set_new(prov, "instances", insts);
@@ -773,6 +775,35 @@ struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, cons
     const char *h[] = { ts_str("Authorization: %s", ts_stamp_service_sas(s, key)), "Accept: application/json",
                         "Content-Type: application/json; charset=utf-8", NULL };
     return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
+}
+
+const char *ts_hub_sas(const struct ts_stamp *s, const char *sr, const char *key)
+{
+    return sas_with(sr, key ? key : s->policy_key, 0, s->policy);
+}
+
+struct ts_resp *ts_hub_registry(const struct ts_stamp *s, const char *hub, const char *authz, const char *method,
+                                const char *path, const char *if_match, const char *json_body)
+{
+    const char *h[6];
+    int n = 0;
+    h[n++] = ts_str("Host: %s", hub);
+    if (authz)
+        h[n++] = ts_str("Authorization: %s", authz);
+    if (if_match)
+        h[n++] = ts_str("If-Match: %s", if_match);
+    h[n++] = "Content-Type: application/json; charset=utf-8";
+    h[n] = NULL;
+    return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
+}
+
+json_t *ts_sdk_registry(const struct ts_stamp *s, const char *hub, const char *command, const char *json_args,
+                        int *exit_code)
+{
+    const char *conn = ts_str("HostName=%s;SharedAccessKeyName=%s;SharedAccessKey=%s", hub, s->policy,
+                              s->policy_key);
+    const char *args[] = { s->hostport, conn, command, json_args, NULL };
+    return ts_node("registry.js", args, 40000, exit_code);
 }
 
 void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,

@@ -31,6 +31,7 @@ struct ts_stamp_hub {
     const char *id;              /* NULL ends the list */
     const char *host;            /* hostName */
     int weight;                  /* allocationWeight; 0: omitted */
+    long max_devices;            /* maxDevices; 0: omitted */
 };
 
 struct ts_stamp_opts {
@@ -115,6 +116,7 @@ struct ts_rt_served_opts {
     int ncp;                     /* control planes; 0: 1 */
     int enrollment_sync_ms;      /* the control planes' dps.enrollmentSyncMs; 0: 300 */
     const char *dps_extra;       /* more members of their "dps" section (e.g. "\"maxEnrollmentGroups\": 2"), or NULL */
+    const char *cp_extra;        /* more top-level members of their config (e.g. "\"stampOps\": {...}"), or NULL */
     const char *policy;          /* the agents' service policy; NULL: "provisioningserviceowner" */
 };
 /*
@@ -178,6 +180,17 @@ struct ts_resp *ts_https(int port, const char *method, const char *path, const c
  * path includes the query (api-version is the caller's); body NULL: none. */
 struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, const char *method, const char *path,
                                  const char *json_body);
+/* The hub registry (stamp-agent/hub_registry.h): an IoT Hub service SAS over sr signed
+ * with the stamp's policy (key NULL: the real one); one request to the stamp's port with
+ * "Host: <hub>", the Authorization value authz (NULL: none), If-Match (NULL: none) and a
+ * JSON body (NULL: none); path includes the query. */
+const char *ts_hub_sas(const struct ts_stamp *s, const char *sr, const char *key);
+struct ts_resp *ts_hub_registry(const struct ts_stamp *s, const char *hub, const char *authz, const char *method,
+                                const char *path, const char *if_match, const char *json_body);
+/* One call of the azure-iothub SDK's Registry (tests/sdk/registry.js) on hub of the stamp,
+ * with the stamp's service policy: {"statusCode","body"} or the SDK error (exit 1). */
+json_t *ts_sdk_registry(const struct ts_stamp *s, const char *hub, const char *command, const char *json_args,
+                        int *exit_code);
 /* PUT the symmetric-key enrollment group group_id with these keys (base64) through the
  * service API (api-version 2021-10-01); fails the test unless the answer is 200. */
 void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,
