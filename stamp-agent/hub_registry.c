@@ -451,7 +451,12 @@ static bool hub_parse_put(struct hub_op *op, json_t *body, struct hub_put *p, ch
         p->keep_auth = true;   /* an update that only changes the status keeps the credentials */
         return true;
     }
-    return hub_parse_auth(op, auth ? auth : json_object(), p, err, errlen);
+    {
+        json_t *none = auth && !json_is_null(auth) ? NULL : json_object();   /* no authentication: sas, keys generated */
+        bool ok = hub_parse_auth(op, none ? none : auth, p, err, errlen);
+        json_decref(none);
+        return ok;
+    }
 }
 
 /* ---- database callbacks ---- */
