@@ -483,6 +483,7 @@ static void hub_on_create(const struct pgq_result *q, void *arg)
         return;
     }
     log_write(LOG_INFO, op->r->id, "event=hub_device_created hub=%s device=%s", op->hub, op->id);
+    dps_device_counts_changed(op->r->srv->device);
     hub_reply_device(op, q->res);
 }
 
@@ -532,6 +533,7 @@ static void hub_on_delete(const struct pgq_result *q, void *arg)
         return;
     }
     log_write(LOG_INFO, op->r->id, "event=hub_device_deleted hub=%s device=%s", op->hub, op->id);
+    dps_device_counts_changed(op->r->srv->device);
     dps_reply_empty(op->r, 204);
     free(op);
 }
