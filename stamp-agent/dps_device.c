@@ -1338,6 +1338,12 @@ static void dps_refresh_counts(struct dps_device *d)
     }
 }
 
+void dps_device_counts_changed(struct dps_device *d)
+{
+    if (d)
+        dps_refresh_counts(d);   /* a refresh already in flight is not doubled */
+}
+
 static void dps_tick(evutil_socket_t fd, short what, void *arg)
 {
     struct dps_device *d = arg;

@@ -110,6 +110,9 @@ X509 *dps_req_peer_cert(struct dps_req *r);
 struct dps_device *dps_device_new(struct dps_server *s);
 void dps_device_free(struct dps_device *d);
 void dps_device_handle(struct dps_req *r);
+/* The hub registry changed outside an assignment (hub_registry.c): re-read
+ * the counts now rather than at the next 5 s refresh. */
+void dps_device_counts_changed(struct dps_device *d);
 struct dps_service *dps_service_new(struct dps_server *s);
 void dps_service_free(struct dps_service *sv);
 void dps_service_handle(struct dps_req *r);

@@ -451,7 +451,12 @@ static bool hub_parse_put(struct hub_op *op, json_t *body, struct hub_put *p, ch
         p->keep_auth = true;   /* an update that only changes the status keeps the credentials */
         return true;
     }
-    return hub_parse_auth(op, auth ? auth : json_object(), p, err, errlen);
+    {
+        json_t *none = auth && !json_is_null(auth) ? NULL : json_object();   /* no authentication: sas, keys generated */
+        bool ok = hub_parse_auth(op, none ? none : auth, p, err, errlen);
+        json_decref(none);
+        return ok;
+    }
 }
 
 /* ---- database callbacks ---- */
@@ -478,6 +483,7 @@ static void hub_on_create(const struct pgq_result *q, void *arg)
         return;
     }
     log_write(LOG_INFO, op->r->id, "event=hub_device_created hub=%s device=%s", op->hub, op->id);
+    dps_device_counts_changed(op->r->srv->device);
     hub_reply_device(op, q->res);
 }
 
@@ -527,6 +533,7 @@ static void hub_on_delete(const struct pgq_result *q, void *arg)
         return;
     }
     log_write(LOG_INFO, op->r->id, "event=hub_device_deleted hub=%s device=%s", op->hub, op->id);
+    dps_device_counts_changed(op->r->srv->device);
     dps_reply_empty(op->r, 204);
     free(op);
 }

@@ -19,6 +19,7 @@
  *     also after the enrollment's iotHubs moved to the other hub, keeps the
  *     hub; the default policy under the same change moves the device
  */
+#include <ctype.h>
 #include <setjmp.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -240,6 +241,10 @@ static void test_x509_group(void **state)
             ts_fail("x509.certificateInfo incomplete: %s", ts_jdump(rs));
     }
     assert_int_equal(reg_rows("dev-x-1", " AND status = 'assigned' AND enrollment_id = 'grp-x509'"), 1);
+    /* its hub identity (docs/stamp-dps.md "Hub registry"): a CA-signed device */
+    TS_EXPECT_STREQ(ts_pg_scalar(st->db, "SELECT auth_type || '/' || coalesce(primary_thumbprint, '-') FROM hub_devices"
+                                         " WHERE device_id = 'dev-x-1'"),
+                    "certificateAuthority/-");
 
     /* a leaf of another CA */
     ts_pki_make_ca("x509-other-ca", "stampcp other CA", &o_ca, &o_ca_key);
@@ -356,6 +361,23 @@ static void test_x509_individual(void **state)
             ts_fail("x509.certificateInfo.subjectName does not name dev-xi-1: %s", ts_jdump(rs));
     }
     assert_int_equal(reg_rows("dev-xi-1", " AND status = 'assigned' AND enrollment_kind = 'individual'"), 1);
+    /* its hub identity: selfSigned with the SHA-1 thumbprint of its certificate (openssl's, colons dropped) */
+    {
+        char line[256], want[64] = "";
+        size_t n = 0;
+        FILE *f = popen(ts_str("openssl x509 -in '%s' -noout -fingerprint -sha1", leaf), "r");
+        if (!f || !fgets(line, sizeof line, f))
+            ts_fail("openssl x509 -fingerprint failed for %s", leaf);
+        pclose(f);
+        for (const char *p = strchr(line, '=') ? strchr(line, '=') + 1 : ""; *p && n + 1 < sizeof want; p++)
+            if (isxdigit((unsigned char)*p))
+                want[n++] = (char)toupper((unsigned char)*p);
+        want[n] = '\0';
+        assert_int_equal(n, 40);
+        TS_EXPECT_STREQ(ts_pg_scalar(st->db, "SELECT auth_type || '/' || upper(primary_thumbprint) FROM hub_devices"
+                                             " WHERE device_id = 'dev-xi-1'"),
+                        ts_str("selfSigned/%s", want));
+    }
 
     /* same CA, same CN, but not the enrolled certificate */
     json_t *bad = ts_sdk_x509(st, SCOPE, "dev-xi-1", other, other_key, NULL, &rc);
