@@ -16,7 +16,7 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", NULL,
+    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", "stampDrift", NULL,
 };
 static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", "maxInFlight", "requestDeadlineMs", NULL,
@@ -24,6 +24,7 @@ static const char *const cp_config_http_keys[] = {
 static const char *const cp_config_tenants_keys[] = {
     "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", "staleOnErrorMs", NULL,
 };
+static const char *const cp_config_drift_keys[] = {"enabled", "intervalMs", "graceSeconds", "samplePage", NULL};
 static const char *const cp_config_tls_keys[] = {"cert", "key", "clientCa", NULL};
 static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
 static const char *const cp_config_db_keys[] = {
@@ -59,6 +60,10 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->dps_timeout_ms = 30000;
     cfg->enrollment_sync_ms = 10000;
     cfg->max_enrollment_groups = 100;
+    cfg->stamp_drift_enabled = true;
+    cfg->stamp_drift_interval_ms = 60000;
+    cfg->stamp_drift_grace_s = 600;
+    cfg->stamp_drift_sample_page = 1000;
     cfg->tenants_negative_size = 10000;
     cfg->tenants_negative_ttl_ms = 2000;
     cfg->tenants_unknown_per_s = 100;
@@ -202,6 +207,19 @@ static bool cp_config_parse_http(json_t *root, struct cp_config *cfg, struct jv_
     return true;
 }
 
+/* "stampDrift": the registration drift pass (stamp_drift.c). */
+static bool cp_config_parse_drift(json_t *root, struct cp_config *cfg, struct jv_err *e)
+{
+    json_t *sd = NULL;
+    if (!jv_object(root, "", "stampDrift", false, &sd, e))
+        return false;
+    return !sd || (jv_only_keys(sd, "stampDrift", cp_config_drift_keys, e) &&
+                   jv_bool(sd, "stampDrift", "enabled", false, &cfg->stamp_drift_enabled, e) &&
+                   jv_int(sd, "stampDrift", "intervalMs", false, 200, 86400000, &cfg->stamp_drift_interval_ms, e) &&
+                   jv_int(sd, "stampDrift", "graceSeconds", false, 0, 30 * 86400, &cfg->stamp_drift_grace_s, e) &&
+                   jv_int(sd, "stampDrift", "samplePage", false, 1, 1000, &cfg->stamp_drift_sample_page, e));
+}
+
 bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
     const char *listen = NULL, *token = NULL, *global = NULL, *level = NULL;
@@ -277,7 +295,7 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         if (kek)
             cfg->kek_file = xstrdup(kek);
     }
-    if (!cp_config_parse_http(root, cfg, e))
+    if (!cp_config_parse_http(root, cfg, e) || !cp_config_parse_drift(root, cfg, e))
         return false;
     /* last, so that the other keys' errors come first */
     return cp_config_parse_tls(root, cfg, e);

@@ -56,6 +56,10 @@ struct cp_config {
     char *kek_file;               /* "kekFile": the KEK file sealing secrets at rest (common/envelope.h) */
     int64_t dps_timeout_ms;       /* a proxied registration's deadline */
     int64_t enrollment_sync_ms;   /* how often enrollment groups are reconciled */
+    bool stamp_drift_enabled;             /* stampDrift.enabled: run the registration drift pass */
+    int64_t stamp_drift_interval_ms;      /* stampDrift.intervalMs: a pass per DPS instance this often */
+    int64_t stamp_drift_grace_s;          /* stampDrift.graceSeconds: an orphan's age before its repair */
+    int64_t stamp_drift_sample_page;      /* stampDrift.samplePage: registration ids sampled per pass (<= 1000) */
     int64_t max_enrollment_groups;/* symmetric-key groups a DPS instance holds (DPS: 100; lower for tests) */
     int64_t tenants_negative_size;       /* tenants.negativeCacheSize: ids remembered as absent */
     int64_t tenants_negative_ttl_ms;     /* tenants.negativeTtlMs */
