@@ -11,7 +11,7 @@ CREATE TABLE stamp_drift_state (
     lease_owner     text,              -- the router running a pass now
     lease_until     timestamptz,
     checked_at      timestamptz,       -- when the last pass ended, whatever its outcome
-    repaired_total  bigint NOT NULL DEFAULT 0,   -- orphan repairs enqueued, ever
+    repaired_total  bigint NOT NULL DEFAULT 0,   -- orphan repairs enqueued (stamp_ops rows written), ever
     report          jsonb              -- the last pass's report (GET .../registration-drift)
 );
 
@@ -157,9 +157,12 @@ BEGIN
                 v_repair_error := 'no stamp operation outbox in this geography database (cp_stamp_op_enqueue)';
                 EXIT;
             END;
-            UPDATE stamp_drift_orphans SET repaired_at = now(), op_id = v_op
+            -- NULL: an undelivered 'deprovision' of it is already queued
+            UPDATE stamp_drift_orphans SET repaired_at = now(), op_id = coalesce(v_op, op_id)
              WHERE dps_id = p_dps AND registration_id = o.registration_id;
-            v_repaired := v_repaired + 1;
+            IF v_op IS NOT NULL THEN
+                v_repaired := v_repaired + 1;
+            END IF;
         END LOOP;
         v_drift := jsonb_array_length(v_tenants) > 0 OR EXISTS (SELECT 1 FROM stamp_drift_orphans WHERE dps_id = p_dps);
         v_report := jsonb_build_object('status', CASE WHEN v_drift THEN 'drift' ELSE 'ok' END,
