@@ -22,6 +22,7 @@
 #include "pgbatch.h"
 #include "pgpool.h"
 #include "pseudonym.h"
+#include "stamp_ops.h"
 #include "redisbus.h"
 #include "redisfeed.h"
 #include "dns.h"
@@ -58,6 +59,7 @@ struct cp {
     struct pseudonym pseudo;                  /* device ids in logs and Redis messages (pseudonym.h) */
     struct jobs *jobs;                        /* jobs.c: the job runner (offboarding), leases shared by instances */
     struct stampcheck *stampcheck;            /* stamps whose reports contradict the catalog (stampcheck.h) */
+    struct stamp_ops *stamp_ops;              /* stamp_ops.c: the stamp-operation outbox's delivery; NULL if off */
     char *geo_ids[CP_MAX_GEOGRAPHIES];        /* borrowed from cfg.geos, for modules that take arrays */
     int inflight;                /* requests accepted and not yet answered */
     int lingering;               /* device requests answered by their deadline, still waiting for a callback (router_req.h) */

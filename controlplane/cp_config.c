@@ -16,8 +16,9 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", "stampDrift", NULL,
+    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", "stampOps", "stampDrift", NULL,
 };
+static const char *const cp_config_stamp_ops_keys[] = {"enabled", "pollMs", "maxBackoffMs", "moveGraceSeconds", NULL};
 static const char *const cp_config_http_keys[] = {
     "maxConnections", "headerTimeoutMs", "requestTimeoutMs", "idleTimeoutMs", "maxInFlight", "requestDeadlineMs", NULL,
 };
@@ -64,6 +65,10 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->stamp_drift_interval_ms = 60000;
     cfg->stamp_drift_grace_s = 600;
     cfg->stamp_drift_sample_page = 1000;
+    cfg->stamp_ops_enabled = true;
+    cfg->stamp_ops_poll_ms = 1000;
+    cfg->stamp_ops_max_backoff_ms = 300000;
+    cfg->stamp_ops_move_grace_s = 86400;
     cfg->tenants_negative_size = 10000;
     cfg->tenants_negative_ttl_ms = 2000;
     cfg->tenants_unknown_per_s = 100;
@@ -220,6 +225,19 @@ static bool cp_config_parse_drift(json_t *root, struct cp_config *cfg, struct jv
                    jv_int(sd, "stampDrift", "samplePage", false, 1, 1000, &cfg->stamp_drift_sample_page, e));
 }
 
+/* stampOps: the stamp-operation outbox's delivery worker (stamp_ops.h). */
+static bool cp_config_parse_stamp_ops(json_t *root, struct cp_config *cfg, struct jv_err *e)
+{
+    json_t *so = NULL;
+    if (!jv_object(root, "", "stampOps", false, &so, e))
+        return false;
+    return !so || (jv_only_keys(so, "stampOps", cp_config_stamp_ops_keys, e) &&
+                   jv_bool(so, "stampOps", "enabled", false, &cfg->stamp_ops_enabled, e) &&
+                   jv_int(so, "stampOps", "pollMs", false, 50, 600000, &cfg->stamp_ops_poll_ms, e) &&
+                   jv_int(so, "stampOps", "maxBackoffMs", false, 100, 86400000, &cfg->stamp_ops_max_backoff_ms, e) &&
+                   jv_int(so, "stampOps", "moveGraceSeconds", false, 0, 31536000, &cfg->stamp_ops_move_grace_s, e));
+}
+
 bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
     const char *listen = NULL, *token = NULL, *global = NULL, *level = NULL;
@@ -295,7 +313,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         if (kek)
             cfg->kek_file = xstrdup(kek);
     }
-    if (!cp_config_parse_http(root, cfg, e) || !cp_config_parse_drift(root, cfg, e))
+    if (!cp_config_parse_http(root, cfg, e) || !cp_config_parse_stamp_ops(root, cfg, e) ||
+        !cp_config_parse_drift(root, cfg, e))
         return false;
     /* last, so that the other keys' errors come first */
     return cp_config_parse_tls(root, cfg, e);

@@ -60,6 +60,10 @@ struct cp_config {
     int64_t stamp_drift_interval_ms;      /* stampDrift.intervalMs: a pass per DPS instance this often */
     int64_t stamp_drift_grace_s;          /* stampDrift.graceSeconds: an orphan's age before its repair */
     int64_t stamp_drift_sample_page;      /* stampDrift.samplePage: registration ids sampled per pass (<= 1000) */
+    bool stamp_ops_enabled;           /* stampOps.enabled: the stamp-operation outbox worker (stamp_ops.h) */
+    int64_t stamp_ops_poll_ms;        /* stampOps.pollMs: how often each geography's outbox is read */
+    int64_t stamp_ops_max_backoff_ms; /* stampOps.maxBackoffMs: the cap of an op's retry delay */
+    int64_t stamp_ops_move_grace_s;   /* stampOps.moveGraceSeconds: a move's old registration goes after this anyway */
     int64_t max_enrollment_groups;/* symmetric-key groups a DPS instance holds (DPS: 100; lower for tests) */
     int64_t tenants_negative_size;       /* tenants.negativeCacheSize: ids remembered as absent */
     int64_t tenants_negative_ttl_ms;     /* tenants.negativeTtlMs */

@@ -229,6 +229,7 @@ static void cp_free(struct cp *cp)
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
     stamp_drift_free(cp->drift);
+    stamp_ops_free(cp->stamp_ops);   /* before the pools: they drop its queries without callbacks */
     cp_secrets_free(cp->secrets);
     idempotency_free(cp->idem);
     http_call_abort_all();
@@ -376,6 +377,7 @@ int main(int argc, char **argv)
     cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);
     cp.jobs = jobs_new(&cp, 1000);
+    cp.stamp_ops = stamp_ops_new(&cp);
     cp.layouts = layouts_new(cp.base, cp.global, cp.geo, cp.geo_ids, cp.cfg.n_geos,
                              (int)cp.cfg.layout_refresh_ms);
     /* four heartbeats per trust window: one slow answer doesn't lapse the caches */

@@ -63,6 +63,18 @@ static void rt_sync_status(struct cp_req *r)
 
 /* GET /v1/dps-instances/{id}/registration-drift: the last drift pass's report. */
 static void rt_drift(struct cp_req *r) { api_drift_report(r, r->segs[2]); }
+/* GET /v1/dps-instances/{id}/stamp-ops: what waits in the stamp-operation outbox for it. */
+static void rt_stamp_ops(struct cp_req *r)
+{
+    json_t *b = stamp_ops_backlog(r->cp->stamp_ops, r->segs[2]);
+    if (!b) {
+        cpreq_reply_error(r, 404, "not_found", NULL,
+                          "no stamp-operation state (stampOps.enabled is false, or the outbox was not read yet)");
+        return;
+    }
+    json_object_set_new(b, "dpsInstance", json_string(r->segs[2]));
+    cpreq_reply_json(r, 200, b);
+}
 
 /* ---- the table ---- */
 
@@ -135,6 +147,7 @@ const struct route routes_table[] = {
     {GET, "/v1/jobs/{id}", SCOPE_TENANTS_READ, ROUTE_PLATFORM, -1, rt_jobs},
     {GET, "/v1/dps-instances/{id}/enrollment-sync", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_sync_status},
     {GET, "/v1/dps-instances/{id}/registration-drift", SCOPE_TENANTS_READ, ROUTE_PLATFORM, -1, rt_drift},
+    {GET, "/v1/dps-instances/{id}/stamp-ops", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_stamp_ops},
     {GET, "/v1/admin/kek", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},
     {POST, "/v1/admin/kek/rotate", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},
 

@@ -56,6 +56,7 @@
 #include "dps_server.h"
 #include "dps_webhook.h"
 #include "dps_x509.h"
+#include "hub_registry.h"
 #include "envelope.h"
 #include "log.h"
 #include "sas.h"
@@ -870,7 +871,7 @@ static void dps_job_on_update(const struct pgq_result *q, void *arg)
         /* the row stays 'assigning': the next poll starts a new job */
         log_warn("event=dps_db_error what=settle registration=%s error=\"%s\"", j->regid,
                  q->message ? q->message : "");
-    } else if (strcmp(PQcmdTuples((PGresult *)q->res), "1") == 0) {
+    } else if (PQntuples(q->res) == 1) {
         dps_job_count(j);
         if (strcmp(j->status, "assigned") == 0)
             log_info("event=dps_assigned dps=%s registration=%s operation=%s hub=%s device=%s substatus=%s",
@@ -884,15 +885,51 @@ static void dps_job_on_update(const struct pgq_result *q, void *arg)
     dps_job_free(j);
 }
 
-/* Write the outcome in one UPDATE ... WHERE status = 'assigning' AND operation_id = $op. */
+/*
+ * Write the outcome in one UPDATE ... WHERE status = 'assigning' AND
+ * operation_id = $op. An assignment creates the device's identity on its hub
+ * in the same statement (hub_registry.h): upserted enabled, and the identity
+ * this registration had on another hub (or under another deviceId) deleted.
+ */
+static const char DPS_SETTLE_SQL[] =
+    "WITH s AS (UPDATE dps_registrations SET status = $4, substatus = $5, assigned_hub = $6, device_id = $7,"
+    " payload = $8::jsonb, error_code = $9::integer, error_message = $10,"
+    " etag = etag + 1, updated_at = now()"
+    " WHERE dps_id = $1 AND registration_id = $2 AND operation_id = $3 AND status = 'assigning'"
+    " RETURNING dps_id, registration_id, owner, status, assigned_hub, device_id),"
+    " gone AS (DELETE FROM hub_devices h USING s WHERE s.status = 'assigned'"
+    " AND h.dps_id = s.dps_id AND h.registration_id = s.registration_id"
+    " AND (h.hub_host <> lower(s.assigned_hub) OR h.device_id <> s.device_id) RETURNING 1),"
+    " ins AS (INSERT INTO hub_devices AS h (hub_host, device_id, dps_id, registration_id, owner, status, auth_type,"
+    " primary_key, secondary_key, primary_thumbprint, generation_id)"
+    " SELECT lower(s.assigned_hub), s.device_id, s.dps_id, s.registration_id, s.owner, 'enabled', $11, $12, $13, $14,"
+    " (floor(random() * 9e17) + 1e17)::bigint::text FROM s WHERE s.status = 'assigned'"
+    " ON CONFLICT (hub_host, device_id) DO UPDATE SET dps_id = EXCLUDED.dps_id,"
+    " registration_id = EXCLUDED.registration_id, owner = EXCLUDED.owner,"
+    " status_updated_at = CASE WHEN h.status <> 'enabled' THEN now() ELSE h.status_updated_at END,"
+    " status = 'enabled', status_reason = NULL, auth_type = EXCLUDED.auth_type,"
+    " primary_key = EXCLUDED.primary_key, secondary_key = EXCLUDED.secondary_key,"
+    " primary_thumbprint = EXCLUDED.primary_thumbprint, secondary_thumbprint = NULL,"
+    " etag = h.etag + 1, updated_at = now() RETURNING 1)"
+    " SELECT (SELECT count(*) FROM gone), (SELECT count(*) FROM ins) FROM s";
+
 static void dps_job_settle(struct dps_job *j)
 {
     char code[16];
     char *payload = j->payload ? json_dumps(j->payload, JSON_COMPACT | JSON_ENCODE_ANY) : NULL;
     bool assigned = strcmp(j->status, "assigned") == 0;
-    const char *params[10];
+    const char *dps_id = j->d->srv->cfg->prov.dps[j->idx].id;
+    struct hub_auth auth = {0};
+    const char *params[14];
+    /* the identity's credentials (a key opened, derived and sealed again:
+     * microseconds, no I/O); a key that does not open leaves type only */
+    if (assigned && !hub_auth_for_assignment(j->d->srv->env, dps_id, j->kind, j->enr_id, j->doc, j->att_info,
+                                             j->regid, j->hub, j->device_id, &auth)) {
+        log_warn("event=hub_identity_keys_unsealable dps=%s registration=%s", dps_id, j->regid);
+        auth.type = "sas";
+    }
     snprintf(code, sizeof code, "%d", j->err_code);
-    params[0] = j->d->srv->cfg->prov.dps[j->idx].id;
+    params[0] = dps_id;
     params[1] = j->regid;
     params[2] = j->op;
     params[3] = j->status;
@@ -902,12 +939,13 @@ static void dps_job_settle(struct dps_job *j)
     params[7] = assigned ? payload : NULL;
     params[8] = assigned || strcmp(j->status, "failed") != 0 ? NULL : code;
     params[9] = assigned ? NULL : j->err_msg;
-    pgpool_query(j->d->srv->pool,
-                 "UPDATE dps_registrations SET status = $4, substatus = $5, assigned_hub = $6, device_id = $7,"
-                 " payload = $8::jsonb, error_code = $9::integer, error_message = $10,"
-                 " etag = etag + 1, updated_at = now()"
-                 " WHERE dps_id = $1 AND registration_id = $2 AND operation_id = $3 AND status = 'assigning'",
-                 10, params, dps_job_on_update, j);    /* shutting down: the row stays 'assigning' */
+    params[10] = auth.type ? auth.type : "none";
+    params[11] = auth.primary_key;
+    params[12] = auth.secondary_key;
+    params[13] = auth.primary_thumbprint;
+    pgpool_query(j->d->srv->pool, DPS_SETTLE_SQL, 14, params, dps_job_on_update, j);
+    /* shutting down: the row stays 'assigning' */
+    hub_auth_clear(&auth);
     free(payload);
 }
 
@@ -1282,9 +1320,11 @@ static void dps_refresh_counts(struct dps_device *d)
     if (!d->refresh_hubs && pc->n_hubs > 0) {
         d->refresh_hubs = true;   /* until its callback */
         pgpool_query(d->srv->pool,
-                     "SELECT assigned_hub, count(*) FROM dps_registrations"
-                     " WHERE status = 'assigned' AND assigned_hub = ANY($1::text[])"
-                     " GROUP BY assigned_hub",
+                     /* the hub registry's identities (hub_registry.h), of
+                      * every origin: assignments and the registry API */
+                     "SELECT hub_host, count(*) FROM hub_devices"
+                     " WHERE hub_host = ANY (SELECT lower(h) FROM unnest($1::text[]) AS h)"
+                     " GROUP BY hub_host",
                      1, (const char *const *)&d->hub_hosts, dps_on_hub_counts, d);
     }
     if (!d->refresh_groups) {

@@ -6,6 +6,8 @@
  *          /{idScope}/registrations/{id}/operations/{op}     GET   device API
  *          /{idScope}/registrations/{id}                     POST  device API (status lookup)
  *          /enrollmentGroups/…, /enrollments/…, /registrations/…   service API
+ *          /registrationSummary, /registrationIds                   service API (drift extension)
+ *          Host: <a hub's hostName>  /devices/{id}                   that hub's registry
  *          /healthz
  * Collection names of the service API match case-insensitively (the SDK
  * sends both enrollmentGroups and enrollmentgroups).
@@ -25,9 +27,11 @@
 #include <sys/queue.h>
 
 #include "connguard.h"
+#include "dps_drift.h"
 #include "dps_webhook.h"
 #include "dps_secrets.h"
 #include "httputil.h"
+#include "hub_registry.h"
 #include "log.h"
 #include "tls.h"
 #include "util.h"
@@ -204,7 +208,7 @@ static bool dps_take_get_body(struct dps_req *r)
 static bool dps_is_service_collection(const char *seg)
 {
     return strcasecmp(seg, "enrollmentGroups") == 0 || strcasecmp(seg, "enrollments") == 0 ||
-           strcasecmp(seg, "registrations") == 0;
+           strcasecmp(seg, "registrations") == 0 || dps_drift_is_route(seg);
 }
 
 /*
@@ -348,6 +352,15 @@ static void dps_on_request(struct evhttp_request *ev, void *arg)
         }
         dps_reply_json(r, 200, json_pack("{s:s}", "status", "ok"));
         return;
+    }
+    /* a hub's host name: that hub's registry (hub_registry.h); any other
+     * Host keeps the DPS routes */
+    {
+        int hub = hub_registry_hub_of(&s->cfg->prov, dps_req_header(r, "Host"));
+        if (hub >= 0) {
+            hub_registry_handle(r, hub);
+            return;
+        }
     }
     if (r->nsegs >= 1 && dps_is_service_collection(r->segs[0])) {
         dps_service_handle(r);

@@ -20,6 +20,7 @@
  *   GET /enrollmentGroups/{id}/registrationCounts
  *                      {"enrollmentGroupId","assigned","assigning","failed","disabled"}:
  *                      the group's device registrations by status.
+ *   GET /registrationSummary, GET /registrationIds   the drift routes (dps_drift.h)
  *
  * Authentication: "SharedAccessSignature sr=<serviceHostName>&sig=&skn=<policy>&se="
  * signed with one of provisioning.servicePolicies; anything else (AAD Bearer
@@ -36,6 +37,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "dps_drift.h"
 #include "dps_secrets.h"
 #include "dps_server.h"
 #include "dps_svc_doc.h"
@@ -747,6 +749,10 @@ void dps_service_handle(struct dps_req *r)
             dps = &pc->dps[i];
     if (!dps) {
         dps_reply_error(r, 404, DSV_E_NO_INSTANCE, "unknown DPS instance");
+        return;
+    }
+    if (dps_drift_is_route(r->segs[0])) {
+        dps_drift_handle(r, dps->id);
         return;
     }
     op = svc_op_new(r, dps->id);
