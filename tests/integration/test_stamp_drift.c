@@ -42,6 +42,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -67,6 +68,15 @@ static const char *const agent_dps[1] = { D1 };
 static struct ts_tenant *acme;
 
 /* ---- helpers ---- */
+
+/* The host's wall clock in ms: what the reports' times (checkedAt, repairAt) are compared with
+ * (ts_now_ms() is not wall time). The database runs on this host. */
+static int64_t wall_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
 
 static struct ts_resp *drift_at(struct ts_cp *cp, const char *dps)
 {
@@ -153,7 +163,7 @@ static bool report_status_is(void *arg)
 
 static void wait_report_status(const char *status, int timeout_ms)
 {
-    struct want w = { NULL, status, ts_now_ms() };
+    struct want w = { NULL, status, wall_ms() };
     if (!ts_wait_until(report_status_is, &w, timeout_ms))
         ts_fail("no report with status %s within %d ms: %s", status, timeout_ms, ts_jdump(drift()));
 }
@@ -358,9 +368,12 @@ static void test_orphan_reported_and_repaired(void **state)
     json_t *rep, *o, *row;
     int64_t first, due;
     struct want w = { "orph-1", "ok", 0 };
+    int64_t t0;
     (void)state;
+    t0 = ts_now_ms();
     register_directly("orph-1");
     wait_orphan("orph-1");
+    ts_log("orph-1 reported as an orphan %lld ms after its registration began", (long long)(ts_now_ms() - t0));
     rep = drift();
     row = acme_row(rep);
     if (!row)
@@ -378,7 +391,11 @@ static void test_orphan_reported_and_repaired(void **state)
     /* repaired after it: the outbox deletes the registration */
     if (!ts_wait_until(registration_gone, (void *)"orph-1", (GRACE_S + 20) * 1000))
         ts_fail("orph-1 still registered at the stamp %d s after the grace: %s", 20, ts_jdump(drift()));
-    w.after_ms = ts_now_ms();
+    ts_log("orph-1 gone from the stamp %lld ms after its registration began (grace %d s)", (long long)(ts_now_ms() - t0),
+           GRACE_S);
+    if (wall_ms() < due)   /* the database and this test share the host's clock */
+        ts_fail("orph-1 was removed before its repairAt (%lld ms early)", (long long)(due - wall_ms()));
+    w.after_ms = wall_ms();
     if (!ts_wait_until(report_without_orphan, &w, 10000))
         ts_fail("no report without orph-1 and status ok after its repair: %s", ts_jdump(drift()));
     rep = drift();
@@ -399,7 +416,7 @@ static void test_assigned_again_not_removed(void **state)
     r = ts_rt_locate(rt->cp[0], acme, "back-1");
     TS_EXPECT_STATUS(r, 200);
     TS_EXPECT_STREQ(ts_jstr(r->json, "dpsInstance") ? ts_jstr(r->json, "dpsInstance") : D1, D1);
-    w.after_ms = ts_now_ms();
+    w.after_ms = wall_ms();
     if (!ts_wait_until(report_without_orphan, &w, 10000))
         ts_fail("back-1 still an orphan after its assignment: %s", ts_jdump(drift()));
     /* well past the grace: it stays registered, and no orphan again */
