@@ -31,6 +31,8 @@
  *    (service API 404), repaired >= 1, and a later report is "ok";
  *  - a directly made registration whose device the control plane assigns
  *    (locate) before the grace ends is no orphan any more and stays;
+ *  - a device retired through the control plane (the outbox disables it at
+ *    the stamp): its registration stays, no orphan, no difference ("ok");
  *  - the stamp down: status "unreachable" with the orphans seen before
  *    still listed; back up, the orphan is repaired.
  */
@@ -426,6 +428,39 @@ static void test_assigned_again_not_removed(void **state)
     wait_report_status("ok", 5000);
 }
 
+/* A retired device's registration stays at the stamp (disabled): neither an orphan nor a difference. */
+static void test_retired_not_orphan(void **state)
+{
+    const char *scope;
+    struct ts_resp *r;
+    json_t *rep;
+    (void)state;
+    r = ts_rt_locate(rt->cp[0], acme, "ret-1");
+    TS_EXPECT_STATUS(r, 200);
+    scope = ts_jstr(r->json, "idScope");
+    TS_EXPECT_STATUS(ts_stamp_provision(&agent[0], scope, "ret-1",
+                                        ts_device_sas(scope, "ret-1", ts_derive_key(acme->key_b64, "ret-1"), 0), 15000),
+                     200);
+    TS_EXPECT_STATUS(ts_admin(rt->cp[0], "POST", ts_str("/v1/tenants/%s/devices/ret-1/retire", acme->id), "{}"), 200);
+    /* the outbox delivers the retire; then a pass finds nothing to report */
+    {
+        int64_t until = ts_now_ms() + 15000;
+        for (;;) {
+            rep = drift();
+            if (ts_jint(rep, "pendingStampOps", -1) == 0 && strcmp(ts_jstr(rep, "status"), "ok") == 0)
+                break;
+            if (ts_now_ms() > until)
+                ts_fail("no ok report with the retire delivered within 15 s: %s", ts_jdump(rep));
+            ts_sleep_ms(200);
+        }
+    }
+    wait_report_status("ok", 5000);   /* a pass after the delivery */
+    rep = drift();
+    assert_null(orphan_in(rep, "ret-1"));
+    assert_null(acme_row(rep));
+    assert_int_equal(stamp_registration_status("ret-1"), 200);   /* not removed */
+}
+
 static void test_unreachable_keeps_orphans(void **state)
 {
     json_t *rep;
@@ -455,6 +490,7 @@ int main(void)
         cmocka_unit_test(test_in_sync),
         cmocka_unit_test(test_orphan_reported_and_repaired),
         cmocka_unit_test(test_assigned_again_not_removed),
+        cmocka_unit_test(test_retired_not_orphan),
         cmocka_unit_test(test_unreachable_keeps_orphans),
     };
     ts_init("test_stamp_drift");
