@@ -197,9 +197,11 @@ struct ts_rt *ts_rt_start_served(const struct ts_rt_served_opts *so, struct ts_r
     for (int i = 0; i < TS_MAX_GEOS && l->geographies[i]; i++)
         o.geos[i] = l->geographies[i];
     o.layout_refresh_ms = 200;
-    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": %d%s%s}%s%s", ts_pki_ca(),
+    o.extra_json = ts_str("\"dps\": {\"caFile\": \"%s\", \"enrollmentSyncMs\": %d%s%s}", ts_pki_ca(),
                           so->enrollment_sync_ms ? so->enrollment_sync_ms : 300, so->dps_extra ? ", " : "",
-                          so->dps_extra ? so->dps_extra : "", so->cp_extra ? ", " : "", so->cp_extra ? so->cp_extra : "");
+                          so->dps_extra ? so->dps_extra : "");
+    if (so->cp_extra)
+        o.extra_json = ts_str("%s, %s", o.extra_json, so->cp_extra);
     rt = ts_rt_start(&o);
     rt->layout = l;   /* ts_rt_stamp_of_dps below looks in it */
     for (int i = 0; i < n; i++) {

@@ -775,6 +775,16 @@ struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, cons
     return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
 }
 
+struct ts_resp *ts_stamp_hub(const struct ts_stamp *s, const char *hub_host, const char *method, const char *path,
+                             const char *if_match, const char *json_body)
+{
+    const char *h[] = { ts_str("Host: %s", hub_host),
+                        ts_str("Authorization: %s", sas_with(hub_host, s->policy_key, 0, s->policy)),
+                        "Accept: application/json", "Content-Type: application/json; charset=utf-8",
+                        if_match ? ts_str("If-Match: %s", if_match) : NULL, NULL };
+    return ts_https(s->port, method, path, h, json_body, json_body ? strlen(json_body) : 0, NULL, NULL);
+}
+
 void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,
                                const char *secondary_key)
 {

@@ -118,8 +118,8 @@ struct ts_rt_served_opts {
     int ncp;                     /* control planes; 0: 1 */
     int enrollment_sync_ms;      /* the control planes' dps.enrollmentSyncMs; 0: 300 */
     const char *dps_extra;       /* more members of their "dps" section (e.g. "\"maxEnrollmentGroups\": 2"), or NULL */
+    const char *cp_extra;        /* more top-level members of their config (e.g. "\"stampOps\": {...}"), or NULL */
     const char *policy;          /* the agents' service policy; NULL: "provisioningserviceowner" */
-    const char *cp_extra;        /* more top-level members of the control planes' config (e.g. "\"stampDrift\": {...}"), or NULL */
 };
 /*
  * ts_rt_start for the geographies of l (layout refresh 200 ms, the "dps"
@@ -182,6 +182,11 @@ struct ts_resp *ts_https(int port, const char *method, const char *path, const c
  * path includes the query (api-version is the caller's); body NULL: none. */
 struct ts_resp *ts_stamp_service(const struct ts_stamp *s, const char *key, const char *method, const char *path,
                                  const char *json_body);
+/* A call to the hub registry of hub_host served by the stamp (Host: hub_host,
+ * an IoT Hub service SAS with sr = hub_host signed with the stamp's policy);
+ * path includes the query; if_match and json_body may be NULL. */
+struct ts_resp *ts_stamp_hub(const struct ts_stamp *s, const char *hub_host, const char *method, const char *path,
+                             const char *if_match, const char *json_body);
 /* PUT the symmetric-key enrollment group group_id with these keys (base64) through the
  * service API (api-version 2021-10-01); fails the test unless the answer is 200. */
 void ts_stamp_put_symkey_group(const struct ts_stamp *s, const char *group_id, const char *primary_key,

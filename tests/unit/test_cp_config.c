@@ -48,6 +48,10 @@ static void test_minimal_defaults(void **state)
     assert_int_equal(cfg.db_pool_size, 4);
     assert_int_equal(cfg.max_enrollment_groups, 100);
     assert_int_equal(cfg.cache_trust_ms, 1000);
+    assert_true(cfg.stamp_ops_enabled);
+    assert_int_equal(cfg.stamp_ops_poll_ms, 1000);
+    assert_int_equal(cfg.stamp_ops_max_backoff_ms, 300000);
+    assert_int_equal(cfg.stamp_ops_move_grace_s, 86400);
     assert_null(cfg.operator_token);
     cp_config_free(&cfg);
 }
@@ -109,7 +113,8 @@ static void test_full(void **state)
     assert_true(parse("{" GOOD_BASE ",\"listen\":\"[::1]:9000\",\"operatorToken\":\"0123456789abcdef\","
                       "\"maxBodyBytes\":2048,\"staleAfterIntervals\":2,\"downAfterIntervals\":5,"
                       "\"db\":{\"poolSize\":8,\"queryTimeoutMs\":1000},\"logLevel\":\"debug\","
-                      "\"dps\":{\"maxEnrollmentGroups\":2}}",
+                      "\"dps\":{\"maxEnrollmentGroups\":2},"
+                      "\"stampOps\":{\"enabled\":false,\"pollMs\":200,\"maxBackoffMs\":1000,\"moveGraceSeconds\":0}}",
                       &cfg, &e));
     assert_string_equal(cfg.listen_host, "::1");
     assert_int_equal(cfg.listen_port, 9000);
@@ -124,6 +129,10 @@ static void test_full(void **state)
     assert_int_equal(cfg.db_cancel_grace_ms, 1000);
     assert_int_equal(cfg.db_keepalives_idle_s, 10);
     assert_int_equal(cfg.max_enrollment_groups, 2);
+    assert_false(cfg.stamp_ops_enabled);
+    assert_int_equal(cfg.stamp_ops_poll_ms, 200);
+    assert_int_equal(cfg.stamp_ops_max_backoff_ms, 1000);
+    assert_int_equal(cfg.stamp_ops_move_grace_s, 0);
     assert_int_equal(cfg.log_level, 0);
     cp_config_free(&cfg);
     /* stampDrift: defaults, then every key */
@@ -186,6 +195,13 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"stampDrift\":{\"enabled\":\"yes\"}}", "invalid_type", "stampDrift.enabled"},
         {"{" GOOD_BASE ",\"stampDrift\":{\"grace\":5}}", "unknown_field", "stampDrift.grace"},
         {"{" GOOD_BASE ",\"stampDrift\":true}", "invalid_type", "stampDrift"},
+        /* stampOps: the stamp-operation outbox's worker */
+        {"{" GOOD_BASE ",\"stampOps\":{\"pollMS\":100}}", "unknown_field", "stampOps.pollMS"},
+        {"{" GOOD_BASE ",\"stampOps\":{\"pollMs\":49}}", "out_of_range", "stampOps.pollMs"},
+        {"{" GOOD_BASE ",\"stampOps\":{\"maxBackoffMs\":99}}", "out_of_range", "stampOps.maxBackoffMs"},
+        {"{" GOOD_BASE ",\"stampOps\":{\"moveGraceSeconds\":-1}}", "out_of_range", "stampOps.moveGraceSeconds"},
+        {"{" GOOD_BASE ",\"stampOps\":{\"enabled\":\"yes\"}}", "invalid_type", "stampOps.enabled"},
+        {"{" GOOD_BASE ",\"stampOps\":true}", "invalid_type", "stampOps"},
         /* transport: TLS unless plain HTTP is asked for, never both */
         {"{" CORE_BASE "}", "missing_field", "tls"},
         {"{" CORE_BASE ",\"plainHttp\":false}", "missing_field", "tls"},

@@ -1,0 +1,204 @@
+/*
+ * test_stamp_ops_crash - the stamp-operation outbox loses nothing: a stamp
+ * that is down gets its ops when it comes back, and a kill -9 of the router
+ * between the commit of a device change and its delivery does not lose it
+ * (schema/geo/010, controlplane/stamp_ops.c, docs/architecture.md
+ * "Stamp-operation outbox").
+ *
+ * One stamp (eu-west-1, one DPS instance, one hub) served by a real agent;
+ * one control plane with stampOps.pollMs 200, maxBackoffMs 1000.
+ *
+ *  - down stamp: the agent killed (-9), retire is committed (200); the op
+ *    waits with its attempts growing and last_error recorded, the delay
+ *    between attempts capped; the agent back, the op is delivered (the
+ *    enrollment disabled, the hub identity disabled), once;
+ *  - outbox crash: the agent stopped, deprovision committed (200), the
+ *    router killed with SIGKILL, the agent started, a router started: the
+ *    registration and hub identity are gone, the outbox is empty and the
+ *    device history holds exactly one stamp_removed.
+ */
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "ts.h"
+#include "ts_stamp.h"
+
+#define KEY_NAME "provisioningserviceowner"
+#define S1 "eu-west-1"
+#define D1 "eu-west-1-dps"
+
+static struct ts_rt *rt;
+static struct ts_rt_layout layout = {
+    .geographies = { "eu", NULL },
+    .regions = { { "eu-west", "eu" }, { NULL, NULL } },
+    .stamps = {
+        { .id = S1, .region = "eu-west", .dps = { { D1, 0, 0 } }, .hubs = { { "eu-west-1-hub", 0 } } },
+        { .id = NULL },
+    },
+};
+static const char *const dps_ids[1] = { D1 };
+static struct ts_stamp agents[1];
+static struct ts_tenant *acme;
+
+static const char *eu(void) { return ts_rt_geo_db(rt, "eu"); }
+
+static int setup(void **state)
+{
+    struct ts_rt_served_opts o = { .enrollment_sync_ms = 500, .policy = KEY_NAME,
+                                   .cp_extra = "\"stampOps\": {\"pollMs\": 200, \"maxBackoffMs\": 1000}" };
+    (void)state;
+    rt = ts_rt_start_served_ready(&o, &layout, dps_ids, agents, 1);
+    acme = ts_rt_tenant_synced(rt, D1, eu(), TS_RT_ACME_JSON);
+    return 0;
+}
+
+/* locate, then register at the stamp with the group-derived key: the registrationState */
+static json_t *place_and_register(const char *regid)
+{
+    struct ts_resp *r = ts_rt_locate(rt->cp[0], acme, regid);
+    const char *scope;
+    json_t *st;
+    TS_EXPECT_STATUS(r, 200);
+    scope = ts_str("%s", ts_jstr(r->json, "idScope"));
+    r = ts_stamp_provision(&agents[0], scope, regid, ts_device_sas(scope, regid, ts_derive_key(acme->key_b64, regid), 0),
+                           15000);
+    st = r->json ? json_object_get(r->json, "registrationState") : NULL;
+    if (r->status != 200 || !st || !ts_jstr(st, "assignedHub"))
+        ts_fail("%s did not register: %d %s", regid, r->status, ts_resp_str(r));
+    return st;
+}
+
+static void agent_kill(void)
+{
+    ts_proc_kill(agents[0].proc, SIGKILL);
+    ts_proc_wait(agents[0].proc, 5000);
+}
+
+/* wait_healthy: until the control plane sees the stamp healthy again */
+static void agent_start(bool wait_healthy)
+{
+    ts_rt_dps_agent_start(rt, S1, D1, agents[0].db, agents[0].policy, &agents[0]);
+    if (wait_healthy && !ts_rt_wait_health(rt, S1, "healthy", 10000))
+        ts_fail("stamp %s not healthy 10 s after its agent started", S1);
+}
+
+static const char *op_state(const char *regid)
+{
+    return ts_pg_scalar(eu(), ts_str("SELECT attempts || ' | ' || coalesce(last_error, '') || ' | next in ' ||"
+                                     " round(extract(epoch FROM next_at - now()) * 1000) || ' ms'"
+                                     " FROM stamp_ops WHERE registration_id = '%s'", regid));
+}
+
+static long attempts(const char *regid)
+{
+    const char *a = ts_pg_scalar(eu(), ts_str("SELECT attempts FROM stamp_ops WHERE registration_id = '%s'", regid));
+    return a ? atol(a) : -1;
+}
+
+static bool no_ops(void *arg)
+{
+    return ts_pg_count(eu(), ts_str("SELECT count(*) FROM stamp_ops WHERE registration_id = '%s'",
+                                    (const char *)arg)) == 0;
+}
+
+static long events(const char *regid, const char *event)
+{
+    return ts_pg_count(eu(), ts_str("SELECT count(*) FROM device_history WHERE registration_id = '%s'"
+                                    " AND event = '%s'", regid, event));
+}
+
+static void test_down_stamp(void **state)
+{
+    json_t *st = place_and_register("crash-down-1");
+    const char *hub = ts_str("%s", ts_jstr(st, "assignedHub")), *dev = ts_str("%s", ts_jstr(st, "deviceId"));
+    struct ts_resp *r;
+    long a1, a2;
+    const char *max_delay;
+    (void)state;
+
+    agent_kill();
+    TS_EXPECT_STATUS(ts_admin(rt->cp[0], "POST", "/v1/tenants/acme/devices/crash-down-1/retire", NULL), 200);
+    ts_sleep_ms(2000);
+    a1 = attempts("crash-down-1");
+    ts_log("stamp down, 2 s after the retire: %s", op_state("crash-down-1"));
+    if (a1 < 2)
+        ts_fail("the op was not retried while the stamp is down: %s", op_state("crash-down-1"));
+    if (!strstr(op_state("crash-down-1"), "GET registration at " D1))
+        ts_fail("last_error does not say what failed: %s", op_state("crash-down-1"));
+    /* the backoff is capped at maxBackoffMs (1000) */
+    max_delay = ts_pg_scalar(eu(), "SELECT round(extract(epoch FROM next_at - now()) * 1000) FROM stamp_ops"
+                                   " WHERE registration_id = 'crash-down-1'");
+    if (!max_delay || atol(max_delay) > 1000)
+        ts_fail("the next attempt is %s ms away (cap 1000)", max_delay ? max_delay : "?");
+    ts_sleep_ms(2000);
+    a2 = attempts("crash-down-1");
+    ts_log("4 s after: %s", op_state("crash-down-1"));
+    if (a2 <= a1 || a2 > a1 + 6)
+        ts_fail("attempts went from %ld to %ld in 2 s (capped backoff: about 2 more)", a1, a2);
+
+    agent_start(true);
+    if (!ts_wait_until(no_ops, "crash-down-1", 10000))
+        ts_fail("not delivered 10 s after the stamp came back: %s", op_state("crash-down-1"));
+    r = ts_stamp_service(&agents[0], NULL, "GET", "/enrollments/crash-down-1?api-version=2021-10-01&dpsInstance=" D1,
+                         NULL);
+    TS_EXPECT_STATUS(r, 200);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "provisioningStatus"), "disabled");
+    r = ts_stamp_hub(&agents[0], hub, "GET", ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
+    TS_EXPECT_STATUS(r, 200);
+    TS_EXPECT_STREQ(ts_jstr(r->json, "status"), "disabled");
+    assert_int_equal(events("crash-down-1", "stamp_disabled"), 1);
+}
+
+static void test_kill_between_commit_and_delivery(void **state)
+{
+    json_t *st = place_and_register("crash-kill-1");
+    const char *hub = ts_str("%s", ts_jstr(st, "assignedHub")), *dev = ts_str("%s", ts_jstr(st, "deviceId"));
+    struct ts_cp *cp = rt->cp[0];
+    struct ts_resp *r;
+    (void)state;
+
+    agent_kill();
+    TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/tenants/acme/devices/crash-kill-1/deprovision", NULL), 200);
+    ts_proc_kill(cp->proc, SIGKILL);
+    ts_proc_wait(cp->proc, 5000);
+    ts_log("router killed; the op: %s", op_state("crash-kill-1"));
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops WHERE registration_id = 'crash-kill-1'"
+                                       " AND op = 'deprovision'"), 1);
+
+    agent_start(false);   /* the router is dead: nobody to tell us it is healthy */
+    ts_controlplane_spawn(cp);
+    if (!ts_controlplane_wait_ready(cp, 20000))
+        ts_fail("the router did not come back");
+    if (!ts_wait_until(no_ops, "crash-kill-1", 15000))
+        ts_fail("not delivered 15 s after the restart: %s", op_state("crash-kill-1"));
+    r = ts_stamp_service(&agents[0], NULL, "GET", "/registrations/crash-kill-1?api-version=2021-10-01&dpsInstance=" D1,
+                         NULL);
+    assert_int_equal(r->status, 404);
+    assert_int_equal(ts_jint(r->json, "errorCode", 0), 404202);
+    r = ts_stamp_hub(&agents[0], hub, "GET", ts_str("/devices/%s?api-version=2021-04-12", dev), NULL, NULL);
+    assert_int_equal(r->status, 404);
+    if (!strstr(ts_resp_str(r), "DeviceNotFound"))
+        ts_fail("hub registry: %s", ts_resp_str(r));
+    /* exactly once: one delivery in the history, nothing left, nothing more after a while */
+    ts_sleep_ms(1000);
+    assert_int_equal(events("crash-kill-1", "stamp_removed"), 1);
+    assert_int_equal(events("crash-kill-1", "stamp_op_skipped"), 0);
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops"), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_down_stamp),
+        cmocka_unit_test(test_kill_between_commit_and_delivery),
+    };
+    ts_init("test_stamp_ops_crash");
+    return ts_finish(cmocka_run_group_tests(tests, setup, NULL));
+}
