@@ -14,6 +14,7 @@
 #include "cp_config.h"
 #include "dps_client.h"
 #include "enroll_sync.h"
+#include "stamp_drift.h"
 #include "envelope.h"
 #include "jobs.h"
 #include "layout.h"
@@ -51,6 +52,7 @@ struct cp {
     struct assign_cache *cache;
     struct dps_client *dps;                   /* proxy provisioning; NULL if it could not be set up */
     struct enroll_sync *sync;                 /* enrollment groups in the stamps' DPS instances */
+    struct stamp_drift *drift;                /* registration drift pass (stamp_drift.h); NULL: disabled */
     struct envelope *env;                     /* KEKs sealing secrets at rest (cfg.kek_file) */
     struct idempotency *idem;                 /* idempotency.c: the purge of expired Idempotency-Keys */
     struct cp_secrets *secrets;               /* cp_secrets.c: start-up sealing pass, KEK file watch, /v1/admin/kek */

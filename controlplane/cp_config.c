@@ -16,7 +16,7 @@
 static const char *const cp_config_keys[] = {
     "listen", "operatorToken", "globalDatabase", "geographies", "redis", "redisSentinel", "maxBodyBytes",
     "staleAfterIntervals", "downAfterIntervals", "shutdownTimeoutMs", "db", "logLevel",
-    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", "stampOps", NULL,
+    "cacheSize", "cacheTtlMs", "cacheTrustMs", "tenantCacheTtlMs", "layoutRefreshMs", "dps", "tenants", "pseudonymKey", "tls", "plainHttp", "redisAuth", "kekFile", "http", "dns", "stampOps", "stampDrift", NULL,
 };
 static const char *const cp_config_stamp_ops_keys[] = {"enabled", "pollMs", "maxBackoffMs", "moveGraceSeconds", NULL};
 static const char *const cp_config_http_keys[] = {
@@ -25,6 +25,7 @@ static const char *const cp_config_http_keys[] = {
 static const char *const cp_config_tenants_keys[] = {
     "negativeCacheSize", "negativeTtlMs", "unknownFetchesPerSecond", "unknownFetchBurst", "staleOnErrorMs", NULL,
 };
+static const char *const cp_config_drift_keys[] = {"enabled", "intervalMs", "graceSeconds", "samplePage", NULL};
 static const char *const cp_config_tls_keys[] = {"cert", "key", "clientCa", NULL};
 static const char *const cp_config_dps_keys[] = {"caFile", "timeoutMs", "enrollmentSyncMs", "maxEnrollmentGroups", NULL};
 static const char *const cp_config_db_keys[] = {
@@ -60,6 +61,10 @@ static void cp_config_defaults(struct cp_config *cfg)
     cfg->dps_timeout_ms = 30000;
     cfg->enrollment_sync_ms = 10000;
     cfg->max_enrollment_groups = 100;
+    cfg->stamp_drift_enabled = true;
+    cfg->stamp_drift_interval_ms = 60000;
+    cfg->stamp_drift_grace_s = 600;
+    cfg->stamp_drift_sample_page = 1000;
     cfg->stamp_ops_enabled = true;
     cfg->stamp_ops_poll_ms = 1000;
     cfg->stamp_ops_max_backoff_ms = 300000;
@@ -207,6 +212,19 @@ static bool cp_config_parse_http(json_t *root, struct cp_config *cfg, struct jv_
     return true;
 }
 
+/* "stampDrift": the registration drift pass (stamp_drift.c). */
+static bool cp_config_parse_drift(json_t *root, struct cp_config *cfg, struct jv_err *e)
+{
+    json_t *sd = NULL;
+    if (!jv_object(root, "", "stampDrift", false, &sd, e))
+        return false;
+    return !sd || (jv_only_keys(sd, "stampDrift", cp_config_drift_keys, e) &&
+                   jv_bool(sd, "stampDrift", "enabled", false, &cfg->stamp_drift_enabled, e) &&
+                   jv_int(sd, "stampDrift", "intervalMs", false, 200, 86400000, &cfg->stamp_drift_interval_ms, e) &&
+                   jv_int(sd, "stampDrift", "graceSeconds", false, 0, 30 * 86400, &cfg->stamp_drift_grace_s, e) &&
+                   jv_int(sd, "stampDrift", "samplePage", false, 1, 1000, &cfg->stamp_drift_sample_page, e));
+}
+
 /* stampOps: the stamp-operation outbox's delivery worker (stamp_ops.h). */
 static bool cp_config_parse_stamp_ops(json_t *root, struct cp_config *cfg, struct jv_err *e)
 {
@@ -295,7 +313,8 @@ bool cp_config_parse(json_t *root, struct cp_config *cfg, struct jv_err *e)
         if (kek)
             cfg->kek_file = xstrdup(kek);
     }
-    if (!cp_config_parse_http(root, cfg, e) || !cp_config_parse_stamp_ops(root, cfg, e))
+    if (!cp_config_parse_http(root, cfg, e) || !cp_config_parse_stamp_ops(root, cfg, e) ||
+        !cp_config_parse_drift(root, cfg, e))
         return false;
     /* last, so that the other keys' errors come first */
     return cp_config_parse_tls(root, cfg, e);

@@ -56,6 +56,10 @@ struct cp_config {
     char *kek_file;               /* "kekFile": the KEK file sealing secrets at rest (common/envelope.h) */
     int64_t dps_timeout_ms;       /* a proxied registration's deadline */
     int64_t enrollment_sync_ms;   /* how often enrollment groups are reconciled */
+    bool stamp_drift_enabled;             /* stampDrift.enabled: run the registration drift pass */
+    int64_t stamp_drift_interval_ms;      /* stampDrift.intervalMs: a pass per DPS instance this often */
+    int64_t stamp_drift_grace_s;          /* stampDrift.graceSeconds: an orphan's age before its repair */
+    int64_t stamp_drift_sample_page;      /* stampDrift.samplePage: registration ids sampled per pass (<= 1000) */
     bool stamp_ops_enabled;           /* stampOps.enabled: the stamp-operation outbox worker (stamp_ops.h) */
     int64_t stamp_ops_poll_ms;        /* stampOps.pollMs: how often each geography's outbox is read */
     int64_t stamp_ops_max_backoff_ms; /* stampOps.maxBackoffMs: the cap of an op's retry delay */

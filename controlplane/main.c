@@ -228,6 +228,7 @@ static void cp_free(struct cp *cp)
     assign_cache_free(cp->cache);
     dps_client_free(cp->dps);
     enroll_sync_free(cp->sync);
+    stamp_drift_free(cp->drift);
     stamp_ops_free(cp->stamp_ops);   /* before the pools: they drop its queries without callbacks */
     cp_secrets_free(cp->secrets);
     idempotency_free(cp->idem);
@@ -381,6 +382,7 @@ int main(int argc, char **argv)
     tenants_set_envelope(cp.tenants, cp.env);
     cp.keys = apikeys_new(cp.global);
     cp.sync = enroll_sync_new(&cp, (int)cp.cfg.enrollment_sync_ms);
+    cp.drift = stamp_drift_new(&cp);
     cp.secrets = cp_secrets_new(&cp);
     cp.idem = idempotency_new(&cp);
     cp.stampcheck = stampcheck_new(&cp, 1000);

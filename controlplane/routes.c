@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "api_catalog.h"
+#include "api_drift.h"
 #include "api_certificates.h"
 #include "router.h"
 #include "api_installer_tokens.h"
@@ -60,6 +61,8 @@ static void rt_sync_status(struct cp_req *r)
     cpreq_reply_json(r, 200, st);
 }
 
+/* GET /v1/dps-instances/{id}/registration-drift: the last drift pass's report. */
+static void rt_drift(struct cp_req *r) { api_drift_report(r, r->segs[2]); }
 /* GET /v1/dps-instances/{id}/stamp-ops: what waits in the stamp-operation outbox for it. */
 static void rt_stamp_ops(struct cp_req *r)
 {
@@ -143,6 +146,7 @@ const struct route routes_table[] = {
     /* today's only jobs offboard a tenant, whose keys stop working when it starts: platform credentials */
     {GET, "/v1/jobs/{id}", SCOPE_TENANTS_READ, ROUTE_PLATFORM, -1, rt_jobs},
     {GET, "/v1/dps-instances/{id}/enrollment-sync", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_sync_status},
+    {GET, "/v1/dps-instances/{id}/registration-drift", SCOPE_TENANTS_READ, ROUTE_PLATFORM, -1, rt_drift},
     {GET, "/v1/dps-instances/{id}/stamp-ops", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_stamp_ops},
     {GET, "/v1/admin/kek", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},
     {POST, "/v1/admin/kek/rotate", SCOPE_PLATFORM_ADMIN, ROUTE_PLATFORM, -1, rt_kek},

@@ -131,6 +131,20 @@ void ts_rt_dps_agent_start(struct ts_rt *rt, const char *stamp_id, const char *d
     }
 }
 
+void ts_rt_dps_agent_restart(struct ts_rt *rt, const char *stamp_id, struct ts_stamp *a)
+{
+    struct ts_rt_stamp *s = ts_rt_find_stamp(rt, stamp_id);
+    char *argv[] = { (char *)ts_bin("stamp-agent"), "--config", (char *)a->config_path, NULL };
+    if (!s || !a->config_path)
+        ts_fail("no started agent for stamp %s to restart", stamp_id);
+    s->agent = ts_proc_spawn(ts_str("agent-%s-again", s->id), argv, NULL, NULL);
+    a->proc = s->agent;
+    if (!ts_wait_until(agent_listening, s->agent, 20000) || !ts_proc_alive(s->agent)) {
+        ts_proc_dump_log(s->agent, 6000);
+        ts_fail("stamp-agent %s did not start again on %s", s->id, a->hostport);
+    }
+}
+
 bool ts_rt_group_synced(struct ts_rt *rt, const char *dps_id, const char *db, const char *group_id, int64_t after_ms)
 {
     struct ts_resp *r = ts_admin(rt->cp[0], "GET", ts_str("/v1/dps-instances/%s/enrollment-sync", dps_id), NULL);

@@ -99,6 +99,9 @@ void ts_rt_register_layout_served(struct ts_rt *rt, struct ts_rt_layout *l, cons
  */
 void ts_rt_dps_agent_start(struct ts_rt *rt, const char *stamp_id, const char *dps_id, const char *db,
                            const char *policy_name, struct ts_stamp *a);
+/* Start a served agent again (after a kill) with the config ts_rt_dps_agent_start wrote, and wait (20 s)
+ * until its provisioning endpoint listens; fails the test otherwise. */
+void ts_rt_dps_agent_restart(struct ts_rt *rt, const char *stamp_id, struct ts_stamp *a);
 /*
  * Whether a pass of dps_id's enrollment reconciler that ran after after_ms
  * (ms since the epoch) finished in_sync with the group group_id on the

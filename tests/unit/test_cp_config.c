@@ -135,6 +135,20 @@ static void test_full(void **state)
     assert_int_equal(cfg.stamp_ops_move_grace_s, 0);
     assert_int_equal(cfg.log_level, 0);
     cp_config_free(&cfg);
+    /* stampDrift: defaults, then every key */
+    assert_true(parse("{" GOOD_BASE "}", &cfg, &e));
+    assert_true(cfg.stamp_drift_enabled);
+    assert_int_equal(cfg.stamp_drift_interval_ms, 60000);
+    assert_int_equal(cfg.stamp_drift_grace_s, 600);
+    assert_int_equal(cfg.stamp_drift_sample_page, 1000);
+    cp_config_free(&cfg);
+    assert_true(parse("{" GOOD_BASE ",\"stampDrift\":{\"enabled\":false,\"intervalMs\":300,\"graceSeconds\":0,"
+                      "\"samplePage\":1}}", &cfg, &e));
+    assert_false(cfg.stamp_drift_enabled);
+    assert_int_equal(cfg.stamp_drift_interval_ms, 300);
+    assert_int_equal(cfg.stamp_drift_grace_s, 0);
+    assert_int_equal(cfg.stamp_drift_sample_page, 1);
+    cp_config_free(&cfg);
 }
 
 struct bad_case {
@@ -174,6 +188,13 @@ static void test_bad_configs(void **state)
         {"{" GOOD_BASE ",\"http\":{\"requestDeadlineMs\":null}}", "invalid_type", "http.requestDeadlineMs"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":101}}", "out_of_range", "dps.maxEnrollmentGroups"},
         {"{" GOOD_BASE ",\"dps\":{\"maxEnrollmentGroups\":0}}", "out_of_range", "dps.maxEnrollmentGroups"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"samplePage\":1001}}", "out_of_range", "stampDrift.samplePage"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"samplePage\":0}}", "out_of_range", "stampDrift.samplePage"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"intervalMs\":199}}", "out_of_range", "stampDrift.intervalMs"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"graceSeconds\":-1}}", "out_of_range", "stampDrift.graceSeconds"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"enabled\":\"yes\"}}", "invalid_type", "stampDrift.enabled"},
+        {"{" GOOD_BASE ",\"stampDrift\":{\"grace\":5}}", "unknown_field", "stampDrift.grace"},
+        {"{" GOOD_BASE ",\"stampDrift\":true}", "invalid_type", "stampDrift"},
         /* stampOps: the stamp-operation outbox's worker */
         {"{" GOOD_BASE ",\"stampOps\":{\"pollMS\":100}}", "unknown_field", "stampOps.pollMS"},
         {"{" GOOD_BASE ",\"stampOps\":{\"pollMs\":49}}", "out_of_range", "stampOps.pollMs"},
