@@ -44,6 +44,7 @@ build: deps
 	$(CMAKE) --build $(BUILD_DIR) -j$(JOBS)
 
 test: build
+	infra/sdk-node $(BUILD_DIR)/sdk-node
 	STAMPCP_BUILD_DIR=$(BUILD_DIR) $(TEST_ENV) infra/testenv run -- \
 		$(CTEST) --test-dir $(BUILD_DIR) --output-on-failure -j$(JOBS) --timeout 300
 ifeq ($(SANITIZE),0)
