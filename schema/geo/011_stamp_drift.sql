@@ -84,6 +84,7 @@ RETURNS jsonb LANGUAGE plpgsql AS $$
 DECLARE
     v_tenants jsonb := '[]';
     v_unowned bigint := 0;
+    v_unregistered bigint := 0;
     v_checked int := coalesce(jsonb_array_length(p_items), 0);
     v_drift boolean := false;
     v_repaired int := 0;
@@ -164,9 +165,20 @@ BEGIN
                 v_repaired := v_repaired + 1;
             END IF;
         END LOOP;
-        v_drift := jsonb_array_length(v_tenants) > 0 OR EXISTS (SELECT 1 FROM stamp_drift_orphans WHERE dps_id = p_dps);
+        -- Drift is what the stamp holds beyond the control plane's account
+        -- (more registrations than assigned + retired devices, or orphans).
+        -- Fewer is not: with approach 1 a device is assigned first and
+        -- registers at the stamp after, so an assignment without its
+        -- registration is normal until the device comes; it is counted in
+        -- "unregistered" (and its tenant listed), not called drift.
+        v_drift := EXISTS (SELECT 1 FROM jsonb_array_elements(v_tenants) t
+                            WHERE (t->>'difference')::bigint > (t->>'retired')::bigint)
+                   OR EXISTS (SELECT 1 FROM stamp_drift_orphans WHERE dps_id = p_dps);
+        SELECT coalesce(sum(greatest(-(t->>'difference')::bigint, 0)), 0) INTO v_unregistered
+          FROM jsonb_array_elements(v_tenants) t;
         v_report := jsonb_build_object('status', CASE WHEN v_drift THEN 'drift' ELSE 'ok' END,
-                                     'tenantsListed', 'with_difference', 'tenants', v_tenants, 'unowned', v_unowned);
+                                     'tenantsListed', 'with_difference', 'tenants', v_tenants, 'unowned', v_unowned,
+                                     'unregistered', v_unregistered);
         UPDATE stamp_drift_state SET cursor_id = p_next, repaired_total = repaired_total + v_repaired
          WHERE dps_id = p_dps;
     ELSE

@@ -21,11 +21,14 @@
  *    enqueued once past the grace;
  *  - an unknown instance: 404 with the JSON error; a tenant's key: refused
  *    (platform route);
+ *  - a device the control plane assigned that has not registered at the
+ *    stamp yet: counted in "unregistered", listed with difference -1, still
+ *    "ok"; once it registers, nothing is listed;
  *  - a device registered through the control plane: no drift ("ok"), and
  *    both control planes answer the same stored report;
  *  - a registration made directly at the stamp with the tenant's
  *    group-derived key (bypassing the control plane) shows as drift: acme's
- *    row controlPlane 1, stamp 2, difference 1, and an orphan in the sample
+ *    row controlPlane 2, stamp 3, difference 1, and an orphan in the sample
  *    with firstSeenAt/repairAt = firstSeenAt + grace;
  *  - after the grace it is repaired: the registration is gone at the stamp
  *    (service API 404), repaired >= 1, and a later report is "ok";
@@ -338,6 +341,47 @@ static void test_not_found_and_scope(void **state)
     }
 }
 
+static bool report_unregistered_is(void *arg)
+{
+    struct want *w = arg;   /* status: the wanted "unregistered" count as text */
+    json_t *rep = drift();
+    return ts_parse_rfc3339(ts_jstr(rep, "checkedAt")) > w->after_ms &&
+           ts_jint(rep, "unregistered", -1) == strtoll(w->status, NULL, 10);
+}
+
+/* A device the control plane assigned that has not registered at the stamp
+ * yet (approach 1: locate first, register after) is counted, not drift. */
+static void test_assigned_not_registered(void **state)
+{
+    const char *scope;
+    struct ts_resp *r;
+    struct want w = { NULL, "1", wall_ms() };
+    json_t *rep, *row;
+    (void)state;
+    r = ts_rt_locate(rt->cp[0], acme, "dev-unreg");
+    TS_EXPECT_STATUS(r, 200);
+    scope = ts_jstr(r->json, "idScope");
+    if (!ts_wait_until(report_unregistered_is, &w, 10000))
+        ts_fail("no report counting 1 unregistered device within 10 s: %s", ts_jdump(drift()));
+    rep = drift();
+    TS_EXPECT_STREQ(ts_jstr(rep, "status"), "ok");
+    row = acme_row(rep);
+    if (!row)
+        ts_fail("acme is not listed with its difference: %s", ts_jdump(rep));
+    assert_int_equal(ts_jint(row, "difference", 0), -1);
+    /* the device comes: nothing left to report */
+    r = ts_stamp_provision(&agent[0], scope, "dev-unreg",
+                           ts_device_sas(scope, "dev-unreg", ts_derive_key(acme->key_b64, "dev-unreg"), 0), 15000);
+    TS_EXPECT_STATUS(r, 200);
+    w.status = "0";
+    w.after_ms = wall_ms();
+    if (!ts_wait_until(report_unregistered_is, &w, 10000))
+        ts_fail("the registered device is still counted unregistered: %s", ts_jdump(drift()));
+    rep = drift();
+    TS_EXPECT_STREQ(ts_jstr(rep, "status"), "ok");
+    assert_int_equal(json_array_size(json_object_get(rep, "tenants")), 0);
+}
+
 static void test_in_sync(void **state)
 {
     const char *scope;
@@ -380,8 +424,9 @@ static void test_orphan_reported_and_repaired(void **state)
     row = acme_row(rep);
     if (!row)
         ts_fail("acme not listed with a difference: %s", ts_jdump(rep));
-    assert_int_equal(ts_jint(row, "controlPlane", -1), 1);
-    assert_int_equal(ts_jint(row, "stamp", -1), 2);
+    /* dev-ok and dev-unreg (the tests before) are the control plane's; orph-1 is not */
+    assert_int_equal(ts_jint(row, "controlPlane", -1), 2);
+    assert_int_equal(ts_jint(row, "stamp", -1), 3);
     assert_int_equal(ts_jint(row, "difference", -1), 1);
     o = orphan_in(rep, "orph-1");
     TS_EXPECT_STREQ(ts_jstr(o, "tenantId"), acme->id);
@@ -488,6 +533,7 @@ int main(void)
         cmocka_unit_test(test_comparison_sql),
         cmocka_unit_test(test_not_found_and_scope),
         cmocka_unit_test(test_in_sync),
+        cmocka_unit_test(test_assigned_not_registered),
         cmocka_unit_test(test_orphan_reported_and_repaired),
         cmocka_unit_test(test_assigned_again_not_removed),
         cmocka_unit_test(test_retired_not_orphan),
