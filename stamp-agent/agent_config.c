@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "dns.h"
 #include "log.h"
@@ -281,6 +282,32 @@ static const char *agent_dps_scope(const void *b, size_t i) { return ((const str
 static const char *agent_hub_id(const void *b, size_t i) { return ((const struct agent_hub_config *)b)[i].id; }
 static const char *agent_hub_host(const void *b, size_t i) { return ((const struct agent_hub_config *)b)[i].host_name; }
 
+/*
+ * The listener routes a request whose Host (port stripped, any case) names
+ * a hub to that hub's registry (hub_registry.h), and signs both APIs with
+ * the same servicePolicies: hub host names must differ from one another and
+ * from serviceHostName in any case, or the service API would be unreachable
+ * and a service token would open a hub's registry.
+ */
+static bool agent_config_hub_hosts(const struct agent_provisioning_config *pc, struct jv_err *err)
+{
+    size_t svc_len = strcspn(pc->service_host_name, ":");
+    for (size_t i = 0; i < pc->n_hubs; i++) {
+        const char *h = pc->hubs[i].host_name;
+        if (strlen(h) == svc_len && strncasecmp(h, pc->service_host_name, svc_len) == 0) {
+            jv_set(err, "invalid_value", "provisioning.hubs",
+                   "'provisioning.hubs' hostName '%s' is the service host name", h);
+            return false;
+        }
+        for (size_t j = 0; j < i; j++)
+            if (strcasecmp(h, pc->hubs[j].host_name) == 0) {
+                jv_set(err, "invalid_value", "provisioning.hubs", "'provisioning.hubs' repeats '%s'", h);
+                return false;
+            }
+    }
+    return true;
+}
+
 /* provisioning.geography: the geography whose database this stamp serves
  * (checked against the database's geo_identity row on every connection). */
 static bool agent_config_prov_geography(json_t *prov, struct agent_provisioning_config *pc, struct jv_err *err)
@@ -384,7 +411,8 @@ static bool agent_config_provisioning(json_t *root, struct agent_config *cfg, st
         !agent_config_unique("provisioning.instances", pc->n_dps, agent_dps_id, pc->dps, err) ||
         !agent_config_unique("provisioning.instances", pc->n_dps, agent_dps_scope, pc->dps, err) ||
         !agent_config_unique("provisioning.hubs", pc->n_hubs, agent_hub_id, pc->hubs, err) ||
-        !agent_config_unique("provisioning.hubs", pc->n_hubs, agent_hub_host, pc->hubs, err))
+        !agent_config_unique("provisioning.hubs", pc->n_hubs, agent_hub_host, pc->hubs, err) ||
+        !agent_config_hub_hosts(pc, err))
         return false;
     /* Load reports name the same instances and hubs. */
     free(cfg->dps_ids);

@@ -112,8 +112,10 @@ static bool drift_page_args(struct dps_req *r, const char **after, int *limit)
         dps_reply_error(r, 400, DSV_E_INVALID, "limit must be an integer from 1 to %d", DRIFT_LIMIT_MAX);
         return false;
     }
-    if (a && (!*a || strlen(a) > DRIFT_ID_MAX)) {
-        dps_reply_error(r, 400, DSV_E_INVALID, "after must be a registration id of 1 to %d characters", DRIFT_ID_MAX);
+    /* the database refuses a parameter that is not UTF-8 (500): a 400 here */
+    if (a && (!*a || strlen(a) > DRIFT_ID_MAX || !util_utf8_valid(a, strlen(a)))) {
+        dps_reply_error(r, 400, DSV_E_INVALID, "after must be a registration id of 1 to %d characters (UTF-8)",
+                        DRIFT_ID_MAX);
         return false;
     }
     *after = a ? a : "";

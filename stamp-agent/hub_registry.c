@@ -588,8 +588,30 @@ static void hub_delete(struct hub_op *op)
     pgpool_query(op->r->srv->pool, sql_delete, 3, v, hub_on_delete, op);
 }
 
-/* The IoT Hub service SAS: sr = the hub's host name (or below it), a known
- * policy's signature, not expired. */
+/*
+ * Whether the part of sr below the hub host name (rest: "" or "/seg/...")
+ * covers the request's path: as IoT Hub, a token's resource URI is a prefix
+ * of the resources it opens, segment by segment, so a token for
+ * "<hub>/devices/dev-1" opens dev-1 and nothing else (not dev-10, not dev-2).
+ * The collection name compares in any case (the routes do); deviceIds exactly.
+ */
+static bool hub_sr_covers(const char *rest, const struct dps_req *r)
+{
+    int i = 0;
+    while (*rest == '/' && rest[1] != '\0') {
+        const char *seg = rest + 1;
+        size_t len = strcspn(seg, "/");
+        if (i >= r->nsegs || strlen(r->segs[i]) != len ||
+            (i == 0 ? strncasecmp(seg, r->segs[i], len) : strncmp(seg, r->segs[i], len)) != 0)
+            return false;
+        rest = seg + len;
+        i++;
+    }
+    return *rest == '\0' || strcmp(rest, "/") == 0;
+}
+
+/* The IoT Hub service SAS: sr = the hub's host name (or a resource below it
+ * that covers the request), a known policy's signature, not expired. */
 static bool hub_authorized(struct dps_req *r, const char *hub)
 {
     const struct agent_provisioning_config *pc = &r->srv->cfg->prov;
@@ -604,7 +626,8 @@ static bool hub_authorized(struct dps_req *r, const char *hub)
             pol = &pc->policies[i];
     if (!pol || !sas_verify(&t, pol->key, (size_t)pol->keylen) || t.expiry <= util_wall_ms() / 1000)
         return false;
-    return strncasecmp(t.sr_decoded, hub, n) == 0 && (t.sr_decoded[n] == '\0' || t.sr_decoded[n] == '/');
+    return strncasecmp(t.sr_decoded, hub, n) == 0 && (t.sr_decoded[n] == '\0' || t.sr_decoded[n] == '/') &&
+           hub_sr_covers(t.sr_decoded + n, r);
 }
 
 void hub_registry_handle(struct dps_req *r, int hub)

@@ -245,6 +245,24 @@ static void test_auth(void **state)
     TS_EXPECT_STATUS(ts_hub_registry(st, "HUB-A.reg.test.net:443", ts_hub_sas(st, HUB_A "/devices/dev-1", NULL), "GET",
                                      path, NULL, NULL),
                      200);
+    /* a token scoped to one device opens that device only, segment by segment */
+    TS_EXPECT_STATUS(reg(HUB_A, "PUT", "/devices/dev-10" API, NULL, "{\"deviceId\":\"dev-10\"}"), 200);
+    expect_hub_error(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/devices/dev-1", NULL), "GET",
+                                     "/devices/dev-10" API, NULL, NULL),
+                     401, "IotHubUnauthorizedAccess");
+    expect_hub_error(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/devices/dev-1", NULL), "DELETE",
+                                     "/devices/dev-10" API, "*", NULL),
+                     401, "IotHubUnauthorizedAccess");
+    expect_hub_error(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/devices/DEV-1", NULL), "GET", path, NULL,
+                                     NULL),
+                     401, "IotHubUnauthorizedAccess");
+    expect_hub_error(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/twins", NULL), "GET", path, NULL, NULL), 401,
+                     "IotHubUnauthorizedAccess");
+    TS_EXPECT_STATUS(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/devices", NULL), "GET", "/devices/dev-10" API,
+                                     NULL, NULL),
+                     200);
+    TS_EXPECT_STATUS(ts_hub_registry(st, HUB_A, ts_hub_sas(st, HUB_A "/", NULL), "GET", path, NULL, NULL), 200);
+    TS_EXPECT_STATUS(reg(HUB_A, "DELETE", "/devices/dev-10" API, "*", NULL), 204);
     /* the SDK with a wrong key */
     {
         int rc = 0;
@@ -468,7 +486,8 @@ static void test_drift_routes(void **state)
     assert_int_equal((long long)json_array_size(json_object_get(r->json, "items")), total);
     assert_true(json_is_null(json_object_get(r->json, "next")));
     /* bad input */
-    static const char *const bad[] = {"limit=0", "limit=1001", "limit=x", "limit=", "limit=-1", "after=", NULL};
+    static const char *const bad[] = {"limit=0", "limit=1001", "limit=x", "limit=", "limit=-1", "after=",
+                                      "after=%FF%FE", "after=a%C3", NULL};
     for (int i = 0; bad[i]; i++) {
         r = ts_stamp_service(st, NULL, "GET", ts_str("/registrationIds?dpsInstance=" DPS "&%s", bad[i]), NULL);
         if (!ts_is_dps_error(r, 400))

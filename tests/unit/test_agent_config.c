@@ -273,6 +273,31 @@ static void test_prov_limits(void **state)
              "provisioning.http.requestTimeoutMs");
 }
 
+/* hub host names: not the service host name, not repeated in another case
+ * (the listener routes by Host, any case, port stripped) */
+static void test_prov_hub_hosts(void **state)
+{
+#define TEST_HUBS(svc, hubs) "{" TEST_MIN_FIELDS ",\"provisioning\":{\"listen\":\"127.0.0.1:8443\"," \
+    "\"database\":\"postgresql:///x\",\"tls\":{\"cert\":\"c.pem\",\"key\":\"k.pem\"}," svc \
+    "\"servicePolicies\":[{\"name\":\"p\",\"key\":\"MDEyMzQ1Njc4OWFiY2RlZg==\"}]," \
+    "\"instances\":[{\"id\":\"d1\",\"idScope\":\"0ne1\"}],\"hubs\":[" hubs "]}}"
+    struct jv_err err;
+    (void)state;
+    assert_true(test_load(TEST_HUBS("\"serviceHostName\":\"dps.example.net\",",
+                                    "{\"id\":\"a\",\"hostName\":\"a.example.net\"},"
+                                    "{\"id\":\"b\",\"hostName\":\"b.example.net\"}"), &err));
+    test_bad(TEST_HUBS("\"serviceHostName\":\"dps.example.net\",", "{\"id\":\"a\",\"hostName\":\"DPS.example.net\"}"),
+             "invalid_value", "provisioning.hubs");
+    test_bad(TEST_HUBS("\"serviceHostName\":\"dps.example.net:8443\",",
+                       "{\"id\":\"a\",\"hostName\":\"dps.example.net\"}"),
+             "invalid_value", "provisioning.hubs");
+    test_bad(TEST_HUBS("", "{\"id\":\"a\",\"hostName\":\"127.0.0.1\"}"), "invalid_value", "provisioning.hubs");
+    test_bad(TEST_HUBS("\"serviceHostName\":\"dps.example.net\",",
+                       "{\"id\":\"a\",\"hostName\":\"a.example.net\"},{\"id\":\"b\",\"hostName\":\"A.Example.net\"}"),
+             "invalid_value", "provisioning.hubs");
+#undef TEST_HUBS
+}
+
 static void test_missing_file(void **state)
 {
     struct agent_config cfg;
@@ -288,6 +313,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_minimal_defaults),
         cmocka_unit_test(test_prov_limits),
+        cmocka_unit_test(test_prov_hub_hosts),
         cmocka_unit_test(test_full),
         cmocka_unit_test(test_interval_bounds_accepted),
         cmocka_unit_test(test_missing_stamp_id),
