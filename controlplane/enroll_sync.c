@@ -243,7 +243,7 @@ static void es_apply_next(struct es_dps *d)
 {
     struct enroll_sync *es = d->es;
     const char *h[16];
-    char sas[700], path[200], *body = NULL;
+    char sas[700], path[400], *body = NULL;
     struct es_change *c;
 
     if (d->next >= d->nchanges) {
@@ -251,7 +251,9 @@ static void es_apply_next(struct es_dps *d)
         return;
     }
     c = &d->changes[d->next++];
-    snprintf(path, sizeof path, "/enrollmentGroups/%s?api-version=2021-10-01", c->group);
+    /* dpsInstance: a stamp serving several instances on one listener manages
+     * the first unless told (docs/stamp-dps.md, extensions) */
+    snprintf(path, sizeof path, "/enrollmentGroups/%s?api-version=2021-10-01&dpsInstance=%s", c->group, d->id);
     es_headers(d, h, sas, sizeof sas, c->etag);
     if (c->op == ES_PUT)
         body = json_dumps(c->doc, JSON_COMPACT);
@@ -433,7 +435,9 @@ static void es_list(struct es_dps *d, const char *continuation)
     h[n++] = "x-ms-max-item-count"; h[n++] = "100";
     if (continuation) { h[n++] = "x-ms-continuation"; h[n++] = continuation; }
     h[n] = NULL;
-    https_call(d->es->cp->base, d->es->tls, d->endpoint, EVHTTP_REQ_POST, "/enrollmentGroups/query?api-version=2021-10-01",
+    char path[200];
+    snprintf(path, sizeof path, "/enrollmentGroups/query?api-version=2021-10-01&dpsInstance=%s", d->id);
+    https_call(d->es->cp->base, d->es->tls, d->endpoint, EVHTTP_REQ_POST, path,
                h, "{\"query\":\"SELECT * FROM enrollmentGroups\"}", ES_TIMEOUT_MS, es_on_list, d);
 }
 

@@ -19,6 +19,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <openssl/crypto.h>
 #include <openssl/rand.h>
@@ -87,6 +88,7 @@ struct so_op {
     struct so_cred cred, new_cred;
     enum so_step step;
     char hub[300], devid[260], reg_etag[40];
+    char new_hub[300], new_devid[260];   /* the device's registration where it is now, if read */
     json_t *hub_doc;             /* the identity as GET returned it (retire) */
     struct http_call *call;      /* in flight, or NULL */
     bool settling;               /* the done/retry statement is in flight */
@@ -278,17 +280,43 @@ static const char *so_step_name(enum so_step s)
     return names[s];
 }
 
+/* A remove_moved op of a device still at its new instance waits there for
+ * the device (or the grace period); every other op may act at once. */
+static bool so_may_act(const struct so_op *o)
+{
+    return !(strcmp(o->op, "remove_moved") == 0 && strcmp(o->dev_status, "assigned") == 0 &&
+             strcmp(o->dev_dps, o->new_dps) == 0 && o->age_s < (double)o->g->so->grace_s);
+}
+
+/* The old registration's hub identity is the one the device's registration
+ * where it is now uses (both instances on one stamp, the same hub and device
+ * id: the stamp moved the identity over to the new registration). */
+static bool so_identity_moved_on(const struct so_op *o)
+{
+    return o->hub[0] && o->devid[0] && strcasecmp(o->hub, o->new_hub) == 0 && strcmp(o->devid, o->new_devid) == 0;
+}
+
 /* Whether a remove_moved op may act now: the device is registered at its new
  * instance, or the grace period is over. */
 static void so_after_newreg(struct so_op *o, const struct http_result *res)
 {
     const char *st = json_string_value(json_object_get(res->body, "status"));
+    const char *hub = json_string_value(json_object_get(res->body, "assignedHub"));
+    const char *dev = json_string_value(json_object_get(res->body, "deviceId"));
     if (res->status == 200 && st && strcmp(st, "assigned") == 0) {
+        /* Two instances of one stamp share its hubs: the new registration may
+         * have taken over the very identity the old one made (so_after_reg_get). */
+        snprintf(o->new_hub, sizeof o->new_hub, "%s", hub ? hub : "");
+        snprintf(o->new_devid, sizeof o->new_devid, "%s", dev ? dev : "");
         o->step = SO_REG_GET;
         so_step_run(o);
-    } else if (res->status == 200 || (res->status == 404 && so_dps_code(res->body) == SO_DPS_NO_REG)) {
+    } else if ((res->status == 200 || (res->status == 404 && so_dps_code(res->body) == SO_DPS_NO_REG)) &&
+               !so_may_act(o)) {
         so_retry(o, false, "waiting until the device is registered at %s (grace %llds)", o->new_dps,
                  (long long)o->g->so->grace_s);
+    } else if (res->status == 200 || (res->status == 404 && so_dps_code(res->body) == SO_DPS_NO_REG)) {
+        o->step = SO_REG_GET;   /* not registered there: no identity of its to keep */
+        so_step_run(o);
     } else {
         so_retry(o, true, "%s at %s: %s (HTTP %d)", so_step_name(o->step), o->new_dps,
                  res->error ? res->error : "refused", res->status);
@@ -319,6 +347,8 @@ static void so_after_reg_get(struct so_op *o, const struct http_result *res)
     so_if_match(json_object_get(res->body, "etag"), o->reg_etag, sizeof o->reg_etag);
     if (retire)
         o->step = SO_ENR_PUT;
+    else if (so_identity_moved_on(o))
+        o->step = SO_REG_DELETE;   /* the identity is the device's new registration's now: keep it */
     else
         o->step = o->hub[0] && o->devid[0] ? SO_HUB_DELETE : SO_REG_DELETE;
     so_step_run(o);
@@ -373,7 +403,9 @@ static void so_on_http(const struct http_result *res, void *arg)
         return;
     case SO_REG_DELETE:
         if (ok2xx || (res->status == 404 && so_dps_code(res->body) == SO_DPS_NO_REG)) {
-            so_done(o, "stamp_removed", o->hub[0] ? "registration and hub identity deleted" : "registration deleted");
+            so_done(o, "stamp_removed", so_identity_moved_on(o) ? "registration deleted; its hub identity kept (the "
+                                                                  "device's registration where it is now uses it)"
+                                        : o->hub[0] ? "registration and hub identity deleted" : "registration deleted");
             return;
         }
         break;
@@ -454,14 +486,16 @@ static void so_begin(struct so_op *o)
         return;
     }
     o->step = SO_REG_GET;
-    if (strcmp(o->op, "remove_moved") == 0 && strcmp(o->dev_status, "assigned") == 0 &&
-        strcmp(o->dev_dps, o->new_dps) == 0 && o->age_s < (double)o->g->so->grace_s) {
-        if (!o->new_cred.have) {
+    if (strcmp(o->op, "retire") != 0 && o->new_dps[0]) {
+        /* Read the device's registration where it is now first: a moved
+         * remove waits for it, and no op deletes an identity it took over. */
+        if (o->new_cred.have)
+            o->step = SO_NEWREG_GET;
+        else if (!so_may_act(o)) {
             so_retry(o, false, "waiting for the grace period: %s has no service credentials to check the device",
                      o->new_dps);
             return;
         }
-        o->step = SO_NEWREG_GET;
     }
     so_step_run(o);
 }
@@ -529,6 +563,10 @@ static void so_on_claimed(const struct pgq_result *q, void *arg)
         snprintf(o->dev_status, sizeof o->dev_status, "%s", PQgetvalue(r, i, 9));
         snprintf(o->dev_dps, sizeof o->dev_dps, "%s", PQgetvalue(r, i, 10));
         o->other_holder = PQgetvalue(r, i, 11)[0] == 't';
+        /* A device assigned elsewhere now (moved on, or placed again after a
+         * deprovision): its registration there is what a delete must spare. */
+        if (strcmp(o->op, "retire") != 0 && strcmp(o->dev_status, "assigned") == 0 && strcmp(o->dev_dps, o->dps) != 0)
+            snprintf(o->new_dps, sizeof o->new_dps, "%s", o->dev_dps);
         g->ops[g->nops++] = o;
         json_array_append_new(ids, json_string(o->dps));
         if (o->new_dps[0])
