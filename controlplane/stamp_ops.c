@@ -37,10 +37,13 @@
 #define SO_MAX_BODY (1024 * 1024)
 #define SO_API "api-version=2021-10-01"
 #define SO_DPS_NO_REG 404202       /* the stamp's errorCode: no such device registration */
+#define SO_BASE_HOLD_MS 1000      /* the first hold of an instance that did not answer; doubles */
+#define SO_MAX_HOLDS 64            /* DPS instances held back at once (more: the oldest hold goes) */
 
 static const char so_claim_sql[] =
     "UPDATE stamp_ops o SET claimed_until = now() + interval '" SO_LEASE "', claim_token = $1"
     " FROM (SELECT s.id FROM stamp_ops s WHERE s.next_at <= now() AND s.claimed_until < now()"
+    "   AND s.dps_id <> ALL($2::text[])"
     "   AND NOT EXISTS (SELECT 1 FROM stamp_ops e WHERE e.tenant_id = s.tenant_id"
     "                     AND e.registration_id = s.registration_id AND e.id < s.id)"
     "   ORDER BY s.next_at, s.id LIMIT " SO_BATCH " FOR UPDATE SKIP LOCKED) c"
@@ -103,8 +106,19 @@ struct so_geo {
     json_t *backlog;             /* dps id -> backlog, from this geography's last read */
 };
 
+/* A DPS instance that did not answer (down, no credentials): its ops are not
+ * claimed until `until_ms`, so that a stamp down for hours with a million
+ * ops doesn't take every round from the healthy ones. The hold doubles per
+ * failed period (from SO_BASE_HOLD_MS, capped at stampOps.maxBackoffMs)
+ * and ends at the instance's first answer. */
+struct so_hold {
+    char dps[80];
+    int64_t until_ms, step_ms;   /* util_mono_ms() clock */
+};
+
 struct stamp_ops {
     struct cp *cp;
+    struct so_hold holds[SO_MAX_HOLDS];
     SSL_CTX *tls;
     struct event *timer;
     struct so_geo geo[CP_MAX_GEOGRAPHIES];
@@ -113,6 +127,77 @@ struct stamp_ops {
 };
 
 static void so_step_run(struct so_op *o);
+
+/* ---- instances held back ---- */
+
+static struct so_hold *so_hold_find(struct stamp_ops *so, const char *dps)
+{
+    for (int i = 0; i < SO_MAX_HOLDS; i++)
+        if (so->holds[i].dps[0] && strcmp(so->holds[i].dps, dps) == 0)
+            return &so->holds[i];
+    return NULL;
+}
+
+/* The instance did not answer: hold its ops back. The ops of one round fail
+ * together, so the hold grows once per period, not once per op. */
+static void so_instance_failed(struct stamp_ops *so, const char *dps)
+{
+    struct so_hold *h = so_hold_find(so, dps);
+    int64_t now = util_mono_ms();
+    if (!h) {
+        h = &so->holds[0];
+        for (int i = 0; i < SO_MAX_HOLDS; i++) {
+            if (!so->holds[i].dps[0]) {
+                h = &so->holds[i];
+                break;
+            }
+            if (so->holds[i].until_ms < h->until_ms)
+                h = &so->holds[i];
+        }
+        *h = (struct so_hold){.until_ms = 0, .step_ms = 0};
+        snprintf(h->dps, sizeof h->dps, "%s", dps);
+    }
+    if (h->until_ms > now)
+        return;
+    h->step_ms = h->step_ms ? h->step_ms * 2 : SO_BASE_HOLD_MS;
+    if (h->step_ms > so->max_backoff_ms)
+        h->step_ms = so->max_backoff_ms;
+    h->until_ms = now + h->step_ms;
+    log_warn("event=stamp_ops_instance_held dps=%s hold_ms=%lld", dps, (long long)h->step_ms);
+}
+
+static void so_instance_ok(struct stamp_ops *so, const char *dps)
+{
+    struct so_hold *h = so_hold_find(so, dps);
+    if (h)
+        *h = (struct so_hold){.until_ms = 0};
+}
+
+/* The instances held now, as a text[] literal (the claim skips their ops). */
+static char *so_held_list(struct stamp_ops *so)
+{
+    json_t *ids = json_array();
+    int64_t now = util_mono_ms();
+    char *list, *p;
+    for (int i = 0; i < SO_MAX_HOLDS; i++)
+        if (so->holds[i].dps[0] && so->holds[i].until_ms > now)
+            json_array_append_new(ids, json_string(so->holds[i].dps));
+    list = json_dumps(ids, JSON_COMPACT);   /* JSON strings quote as array elements do */
+    json_decref(ids);
+    if (!list) {
+        log_error("event=out_of_memory");
+        abort();
+    }
+    list[0] = '{';
+    if ((p = strrchr(list, ']')))
+        *p = '}';
+    return list;
+}
+
+/* Whether an answer shows the instance up: it answered, and not with "who
+ * are you" (401/403), "slow down" (429), a server error or a 404 that names
+ * nothing (no such route or instance). */
+static bool so_answer_up(const struct http_result *res);
 
 /* ---- settling ---- */
 
@@ -324,11 +409,24 @@ static void so_after_reg_get(struct so_op *o, const struct http_result *res)
     so_step_run(o);
 }
 
+static bool so_answer_up(const struct http_result *res)
+{
+    if (res->status == 0 || res->status >= 500 || res->status == 401 || res->status == 403 || res->status == 429)
+        return false;
+    return res->status != 404 || so_dps_code(res->body) == SO_DPS_NO_REG || so_hub_not_found(res);
+}
+
 static void so_on_http(const struct http_result *res, void *arg)
 {
     struct so_op *o = arg;
     bool ok2xx = res->status >= 200 && res->status < 300;
     o->call = NULL;
+    if (o->step != SO_NEWREG_GET) {   /* a call to the instance acted on: is it up? */
+        if (so_answer_up(res))
+            so_instance_ok(o->g->so, o->dps);
+        else
+            so_instance_failed(o->g->so, o->dps);
+    }
     switch (o->step) {
     case SO_NEWREG_GET:
         so_after_newreg(o, res);
@@ -450,6 +548,7 @@ static void so_begin(struct so_op *o)
         return;
     }
     if (!o->cred.have) {
+        so_instance_failed(o->g->so, o->dps);
         so_retry(o, true, "DPS instance %s has no usable service credentials (serviceKeyName, serviceKey)", o->dps);
         return;
     }
@@ -571,7 +670,8 @@ static void so_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     for (int i = 0; i < so->ngeo; i++) {
         struct so_geo *g = &so->geo[i];
-        const char *v[1];
+        const char *v[2];
+        char *held;
         if (!pgpool_is_ready(g->pool))
             continue;
         if (!g->backlog_busy) {
@@ -582,8 +682,11 @@ static void so_tick(evutil_socket_t fd, short what, void *arg)
             continue;
         g->busy = true;
         util_random_hex(g->token, 16);
+        held = so_held_list(so);
         v[0] = g->token;
-        pgpool_query(g->pool, so_claim_sql, 1, v, so_on_claimed, g);
+        v[1] = held;
+        pgpool_query(g->pool, so_claim_sql, 2, v, so_on_claimed, g);
+        free(held);
     }
     event_add(so->timer, &tv);
 }

@@ -16,6 +16,12 @@
  *    router killed with SIGKILL, the agent started, a router started: the
  *    registration and hub identity are gone, the outbox is empty and the
  *    device history holds exactly one stamp_removed;
+ *  - a stamp that does not answer holds back only its own ops: 60 ops at a
+ *    DPS instance whose endpoint stalls (each call ends at its 10 s deadline)
+ *    are queued before a deprovision at the healthy instance; the deprovision
+ *    is delivered after the first round (~10 s), not after every round of the
+ *    dead instance's ops (~30 s): the worker holds a DPS instance that did
+ *    not answer back from its claims for a while (per-instance backoff);
  *  - shutdown: SIGTERM while a delivery hangs on a stalled connection to the
  *    stamp: exit 0 within 5 s, the op still in the outbox under its lease.
  */
@@ -197,6 +203,43 @@ static void test_kill_between_commit_and_delivery(void **state)
     assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops"), 0);
 }
 
+/* A DPS instance that does not answer must not starve the others: its ops
+ * are held back from the claims for a while after a round of them failed. */
+static void test_dead_instance_holds_back_only_its_ops(void **state)
+{
+    struct ts_tcpproxy *px = ts_tcpproxy_start(agents[0].hostport);
+    struct ts_cp *cp = rt->cp[0];
+    int64_t t0, took;
+    (void)state;
+
+    place_and_register("crash-hol-1");
+    ts_tcpproxy_set_mode(px, TS_PROXY_STALL);
+    ts_admin_post201(cp, "/v1/dps-instances",
+                     ts_json("{'id':'eu-west-1-dead','stamp':'%s','idScope':'%s','endpoint':'%s',"
+                             "'serviceKeyName':'%s','serviceKey':'%s'}", S1, ts_rt_id_scope("eu-west-1-dead"),
+                             ts_tcpproxy_addr(px), agents[0].policy, agents[0].policy_key));
+    /* three rounds' worth (20 a round), all due before the healthy one */
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(cp_stamp_op_enqueue('acme', 'dead-' || i, 'deprovision',"
+                                       " 'eu-west-1-dead', '" S1 "', 'test')) FROM generate_series(1, 60) i"), 60);
+    t0 = ts_now_ms();
+    TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/tenants/acme/devices/crash-hol-1/deprovision", NULL), 200);
+    if (!ts_wait_until(no_ops, "crash-hol-1", 40000))
+        ts_fail("the healthy instance's op was not delivered in 40 s: %s", op_state("crash-hol-1"));
+    took = ts_now_ms() - t0;
+    ts_log("the healthy instance's op delivered %lld ms after its commit; dead instance: %s", (long long)took,
+           ts_pg_scalar(eu(), "SELECT count(*) || ' ops, ' || sum(attempts) || ' attempts' FROM stamp_ops"
+                              " WHERE dps_id = 'eu-west-1-dead'"));
+    if (took > 22000)
+        ts_fail("the healthy instance's op waited %lld ms behind a dead instance's ops", (long long)took);
+    assert_int_equal(events("crash-hol-1", "stamp_removed"), 1);
+    /* the dead instance's ops are still there, not lost */
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops WHERE dps_id = 'eu-west-1-dead'"), 60);
+    ts_pg_count(eu(), "WITH d AS (DELETE FROM stamp_ops WHERE dps_id = 'eu-west-1-dead' RETURNING 1)"
+                      " SELECT count(*) FROM d");
+    ts_admin(cp, "DELETE", "/v1/dps-instances/eu-west-1-dead", NULL);
+    ts_tcpproxy_stop(px);
+}
+
 /* A router stopped (SIGTERM) while a delivery hangs on a stalled stamp
  * connection exits at once and cleanly (exit 0; under ASan: no leak); the op
  * stays in the outbox (its lease brings it back to any router). */
@@ -233,6 +276,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_down_stamp),
         cmocka_unit_test(test_kill_between_commit_and_delivery),
+        cmocka_unit_test(test_dead_instance_holds_back_only_its_ops),
         cmocka_unit_test(test_shutdown_with_op_in_flight),
     };
     ts_init("test_stamp_ops_crash");
