@@ -31,7 +31,7 @@
 #include "util.h"
 
 #define SO_BATCH "20"              /* ops claimed per geography per round */
-#define SO_LEASE "60 seconds"      /* > the steps of one op at SO_CALL_MS each */
+#define SO_LEASE "90 seconds"      /* > the steps of one op (up to 5 calls) at SO_CALL_MS each */
 #define SO_CALL_MS 10000           /* one HTTP call's deadline */
 #define SO_BASE_BACKOFF_MS 500     /* the first retry's delay; doubles per attempt */
 #define SO_MAX_BODY (1024 * 1024)
@@ -56,6 +56,14 @@ static const char so_claim_sql[] =
     "            AND d.registration_id = o.registration_id), ''),"
     "  EXISTS (SELECT 1 FROM devices x WHERE x.dps_id = o.dps_id AND x.registration_id = o.registration_id"
     "          AND x.status = 'assigned' AND x.tenant_id <> o.tenant_id)";
+/* The device as it is now (the claim's columns 9-11): read again between the
+ * GETs and the deletes, so that a device assigned there again after the claim
+ * keeps what it registered (below, SO_RECHECK). */
+static const char so_recheck_sql[] =
+    "SELECT coalesce((SELECT d.status FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2), ''),"
+    " coalesce((SELECT d.dps_id FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2), ''),"
+    " EXISTS (SELECT 1 FROM devices x WHERE x.dps_id = $3 AND x.registration_id = $2"
+    "         AND x.status = 'assigned' AND x.tenant_id <> $1)";
 static const char so_done_sql[] = "SELECT cp_stamp_op_done($1::bigint, $2, $3, $4)";
 static const char so_retry_sql[] = "SELECT cp_stamp_op_retry($1::bigint, $2, $3, $4::bigint, $5::boolean)";
 static const char so_backlog_sql[] =
@@ -75,7 +83,7 @@ struct so_cred {
     size_t keylen;
 };
 
-enum so_step { SO_NEWREG_GET, SO_REG_GET, SO_ENR_PUT, SO_HUB_GET, SO_HUB_PUT, SO_HUB_DELETE, SO_REG_DELETE };
+enum so_step { SO_NEWREG_GET, SO_REG_GET, SO_ENR_PUT, SO_HUB_GET, SO_HUB_PUT, SO_RECHECK, SO_HUB_DELETE, SO_REG_DELETE };
 
 struct so_geo;
 
@@ -89,7 +97,7 @@ struct so_op {
     bool other_holder;           /* another tenant's device holds the id at this instance */
     struct so_cred cred, new_cred;
     enum so_step step;
-    char hub[300], devid[260], reg_etag[40];
+    char hub[300], devid[260], reg_etag[40], hub_etag[40];
     json_t *hub_doc;             /* the identity as GET returned it (retire) */
     struct http_call *call;      /* in flight, or NULL */
     bool settling;               /* the done/retry statement is in flight */
@@ -359,7 +367,7 @@ static const char *so_step_name(enum so_step s)
 {
     static const char *const names[] = {"GET registration at the new instance", "GET registration",
                                         "PUT disabled enrollment", "GET hub identity", "PUT hub identity",
-                                        "DELETE hub identity", "DELETE registration"};
+                                        "device re-check", "DELETE hub identity", "DELETE registration"};
     return names[s];
 }
 
@@ -404,8 +412,8 @@ static void so_after_reg_get(struct so_op *o, const struct http_result *res)
     so_if_match(json_object_get(res->body, "etag"), o->reg_etag, sizeof o->reg_etag);
     if (retire)
         o->step = SO_ENR_PUT;
-    else
-        o->step = o->hub[0] && o->devid[0] ? SO_HUB_DELETE : SO_REG_DELETE;
+    else   /* the identity's etag first: a device registering again changes it */
+        o->step = o->hub[0] && o->devid[0] ? SO_HUB_GET : SO_RECHECK;
     so_step_run(o);
 }
 
@@ -446,11 +454,23 @@ static void so_on_http(const struct http_result *res, void *arg)
         return;
     case SO_HUB_GET:
         if (so_hub_not_found(res)) {
-            so_done(o, "stamp_disabled", "enrollment disabled; no hub identity");
+            if (strcmp(o->op, "retire") == 0) {
+                so_done(o, "stamp_disabled", "enrollment disabled; no hub identity");
+                return;
+            }
+            o->hub[0] = '\0';   /* no identity to delete */
+            o->step = SO_RECHECK;
+            so_step_run(o);
             return;
         }
         if (res->status != 200 || !json_is_object(res->body))
             break;
+        if (strcmp(o->op, "retire") != 0) {
+            so_if_match(json_object_get(res->body, "etag"), o->hub_etag, sizeof o->hub_etag);
+            o->step = SO_RECHECK;
+            so_step_run(o);
+            return;
+        }
         json_decref(o->hub_doc);
         o->hub_doc = json_deep_copy(res->body);
         o->step = SO_HUB_PUT;
@@ -462,6 +482,8 @@ static void so_on_http(const struct http_result *res, void *arg)
                                                : "enrollment disabled; no hub identity");
             return;
         }
+        break;
+    case SO_RECHECK:   /* a query, not a call */
         break;
     case SO_HUB_DELETE:
         if (!ok2xx && !so_hub_not_found(res))
@@ -480,6 +502,36 @@ static void so_on_http(const struct http_result *res, void *arg)
              res->error ? res->error : (res->status == 404 ? "not found (no such route?)" : "refused"), res->status);
 }
 
+static bool so_obsolete(const struct so_op *o);
+static void so_skip(struct so_op *o);
+
+/*
+ * Before deleting: is the device still not assigned at the instance? The
+ * claim said so, but it may have been assigned there again since, and have
+ * registered again. This reads the database AFTER the registration's and
+ * the identity's etags were read, and the deletes carry those etags: a
+ * registration made after a new assignment (which the device can only learn
+ * of after this read said "not assigned") changes both etags, so the
+ * deletes fail (412, tried again, then skipped) instead of removing it.
+ */
+static void so_on_recheck(const struct pgq_result *q, void *arg)
+{
+    struct so_op *o = arg;
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        so_retry(o, true, "device re-check: %s", q->message ? q->message : "no answer");
+        return;
+    }
+    snprintf(o->dev_status, sizeof o->dev_status, "%s", PQgetvalue(q->res, 0, 0));
+    snprintf(o->dev_dps, sizeof o->dev_dps, "%s", PQgetvalue(q->res, 0, 1));
+    o->other_holder = PQgetvalue(q->res, 0, 2)[0] == 't';
+    if (so_obsolete(o)) {
+        so_skip(o);
+        return;
+    }
+    o->step = o->hub[0] && o->devid[0] ? SO_HUB_DELETE : SO_REG_DELETE;
+    so_step_run(o);
+}
+
 static void so_step_run(struct so_op *o)
 {
     char path[700];
@@ -489,6 +541,11 @@ static void so_step_run(struct so_op *o)
         snprintf(path, sizeof path, "/registrations/%s", ereg);
         so_call(o, &o->new_cred, NULL, EVHTTP_REQ_GET, path, NULL, NULL);
         break;
+    case SO_RECHECK: {
+        const char *v[3] = {o->tenant, o->reg, o->dps};
+        pgpool_query(o->g->pool, so_recheck_sql, 3, v, so_on_recheck, o);
+        break;
+    }
     case SO_REG_GET:
         snprintf(path, sizeof path, "/registrations/%s", ereg);
         so_call(o, &o->cred, NULL, EVHTTP_REQ_GET, path, NULL, NULL);
@@ -518,7 +575,7 @@ static void so_step_run(struct so_op *o)
     }
     case SO_HUB_DELETE:
         snprintf(path, sizeof path, "/devices/%s", edev);
-        so_call(o, &o->cred, o->hub, EVHTTP_REQ_DELETE, path, "*", NULL);
+        so_call(o, &o->cred, o->hub, EVHTTP_REQ_DELETE, path, o->hub_etag[0] ? o->hub_etag : "*", NULL);
         break;
     case SO_REG_DELETE:
         snprintf(path, sizeof path, "/registrations/%s", ereg);
@@ -540,11 +597,16 @@ static bool so_obsolete(const struct so_op *o)
     return (strcmp(o->dev_status, "assigned") == 0 && strcmp(o->dev_dps, o->dps) == 0) || o->other_holder;
 }
 
+static void so_skip(struct so_op *o)
+{
+    so_done(o, "stamp_op_skipped", o->other_holder ? "another tenant's device holds the id there"
+                                                   : "the device is assigned there again");
+}
+
 static void so_begin(struct so_op *o)
 {
     if (so_obsolete(o)) {
-        so_done(o, "stamp_op_skipped", o->other_holder ? "another tenant's device holds the id there"
-                                                       : "the device is assigned there again");
+        so_skip(o);
         return;
     }
     if (!o->cred.have) {
