@@ -27,6 +27,8 @@
  *    calls held by a stalled proxy; meanwhile the device is assigned again
  *    and registers again at the stamp; released, the op must not delete the
  *    new registration nor the new hub identity (it is skipped);
+ *  - GET /v1/dps-instances/{id}/stamp-ops refuses a tenant's key (403, the
+ *    JSON error), whatever its scopes;
  *  - shutdown: SIGTERM while a delivery hangs on a stalled connection to the
  *    stamp: exit 0 within 5 s, the op still in the outbox under its lease.
  */
@@ -305,6 +307,19 @@ static void test_reprovisioned_during_delivery(void **state)
     ts_tcpproxy_stop(px);
 }
 
+/* GET /v1/dps-instances/{id}/stamp-ops is a platform route: a tenant's key,
+ * whatever its scopes, gets the JSON error (403), never the backlog. */
+static void test_stamp_ops_route_platform_only(void **state)
+{
+    const char *key = ts_api_key(rt->cp[0], NULL, acme->id,
+                                 "[\"tenants:read\", \"tenants:write\", \"devices:read\", \"devices:write\"]", NULL);
+    struct ts_resp *r = ts_call(rt->cp[0], key, "GET", "/v1/dps-instances/" D1 "/stamp-ops", NULL);
+    (void)state;
+    TS_EXPECT_ERROR(r, 403, "insufficient_scope");
+    if (strstr(ts_resp_str(r), "undelivered"))
+        ts_fail("a tenant key read the backlog: %s", ts_resp_str(r));
+}
+
 /* A router stopped (SIGTERM) while a delivery hangs on a stalled stamp
  * connection exits at once and cleanly (exit 0; under ASan: no leak); the op
  * stays in the outbox (its lease brings it back to any router). */
@@ -343,6 +358,7 @@ int main(void)
         cmocka_unit_test(test_kill_between_commit_and_delivery),
         cmocka_unit_test(test_dead_instance_holds_back_only_its_ops),
         cmocka_unit_test(test_reprovisioned_during_delivery),
+        cmocka_unit_test(test_stamp_ops_route_platform_only),
         cmocka_unit_test(test_shutdown_with_op_in_flight),
     };
     ts_init("test_stamp_ops_crash");
