@@ -32,16 +32,19 @@
 #include "util.h"
 
 #define SO_BATCH "20"              /* ops claimed per geography per round */
-#define SO_LEASE "60 seconds"      /* > the steps of one op at SO_CALL_MS each */
+#define SO_LEASE "90 seconds"      /* > the steps of one op (up to 5 calls) at SO_CALL_MS each */
 #define SO_CALL_MS 10000           /* one HTTP call's deadline */
 #define SO_BASE_BACKOFF_MS 500     /* the first retry's delay; doubles per attempt */
 #define SO_MAX_BODY (1024 * 1024)
 #define SO_API "api-version=2021-10-01"
 #define SO_DPS_NO_REG 404202       /* the stamp's errorCode: no such device registration */
+#define SO_BASE_HOLD_MS 1000      /* the first hold of an instance that did not answer; doubles */
+#define SO_MAX_HOLDS 64            /* DPS instances held back at once (more: the oldest hold goes) */
 
 static const char so_claim_sql[] =
     "UPDATE stamp_ops o SET claimed_until = now() + interval '" SO_LEASE "', claim_token = $1"
     " FROM (SELECT s.id FROM stamp_ops s WHERE s.next_at <= now() AND s.claimed_until < now()"
+    "   AND s.dps_id <> ALL($2::text[])"
     "   AND NOT EXISTS (SELECT 1 FROM stamp_ops e WHERE e.tenant_id = s.tenant_id"
     "                     AND e.registration_id = s.registration_id AND e.id < s.id)"
     "   ORDER BY s.next_at, s.id LIMIT " SO_BATCH " FOR UPDATE SKIP LOCKED) c"
@@ -54,6 +57,14 @@ static const char so_claim_sql[] =
     "            AND d.registration_id = o.registration_id), ''),"
     "  EXISTS (SELECT 1 FROM devices x WHERE x.dps_id = o.dps_id AND x.registration_id = o.registration_id"
     "          AND x.status = 'assigned' AND x.tenant_id <> o.tenant_id)";
+/* The device as it is now (the claim's columns 9-11): read again between the
+ * GETs and the deletes, so that a device assigned there again after the claim
+ * keeps what it registered (below, SO_RECHECK). */
+static const char so_recheck_sql[] =
+    "SELECT coalesce((SELECT d.status FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2), ''),"
+    " coalesce((SELECT d.dps_id FROM devices d WHERE d.tenant_id = $1 AND d.registration_id = $2), ''),"
+    " EXISTS (SELECT 1 FROM devices x WHERE x.dps_id = $3 AND x.registration_id = $2"
+    "         AND x.status = 'assigned' AND x.tenant_id <> $1)";
 static const char so_done_sql[] = "SELECT cp_stamp_op_done($1::bigint, $2, $3, $4)";
 static const char so_retry_sql[] = "SELECT cp_stamp_op_retry($1::bigint, $2, $3, $4::bigint, $5::boolean)";
 static const char so_backlog_sql[] =
@@ -73,7 +84,7 @@ struct so_cred {
     size_t keylen;
 };
 
-enum so_step { SO_NEWREG_GET, SO_REG_GET, SO_ENR_PUT, SO_HUB_GET, SO_HUB_PUT, SO_HUB_DELETE, SO_REG_DELETE };
+enum so_step { SO_NEWREG_GET, SO_REG_GET, SO_ENR_PUT, SO_HUB_GET, SO_HUB_PUT, SO_RECHECK, SO_HUB_DELETE, SO_REG_DELETE };
 
 struct so_geo;
 
@@ -87,7 +98,7 @@ struct so_op {
     bool other_holder;           /* another tenant's device holds the id at this instance */
     struct so_cred cred, new_cred;
     enum so_step step;
-    char hub[300], devid[260], reg_etag[40];
+    char hub[300], devid[260], reg_etag[40], hub_etag[40];
     char new_hub[300], new_devid[260];   /* the device's registration where it is now, if read */
     json_t *hub_doc;             /* the identity as GET returned it (retire) */
     struct http_call *call;      /* in flight, or NULL */
@@ -105,8 +116,19 @@ struct so_geo {
     json_t *backlog;             /* dps id -> backlog, from this geography's last read */
 };
 
+/* A DPS instance that did not answer (down, no credentials): its ops are not
+ * claimed until `until_ms`, so that a stamp down for hours with a million
+ * ops doesn't take every round from the healthy ones. The hold doubles per
+ * failed period (from SO_BASE_HOLD_MS, capped at stampOps.maxBackoffMs)
+ * and ends at the instance's first answer. */
+struct so_hold {
+    char dps[80];
+    int64_t until_ms, step_ms;   /* util_mono_ms() clock */
+};
+
 struct stamp_ops {
     struct cp *cp;
+    struct so_hold holds[SO_MAX_HOLDS];
     SSL_CTX *tls;
     struct event *timer;
     struct so_geo geo[CP_MAX_GEOGRAPHIES];
@@ -115,6 +137,77 @@ struct stamp_ops {
 };
 
 static void so_step_run(struct so_op *o);
+
+/* ---- instances held back ---- */
+
+static struct so_hold *so_hold_find(struct stamp_ops *so, const char *dps)
+{
+    for (int i = 0; i < SO_MAX_HOLDS; i++)
+        if (so->holds[i].dps[0] && strcmp(so->holds[i].dps, dps) == 0)
+            return &so->holds[i];
+    return NULL;
+}
+
+/* The instance did not answer: hold its ops back. The ops of one round fail
+ * together, so the hold grows once per period, not once per op. */
+static void so_instance_failed(struct stamp_ops *so, const char *dps)
+{
+    struct so_hold *h = so_hold_find(so, dps);
+    int64_t now = util_mono_ms();
+    if (!h) {
+        h = &so->holds[0];
+        for (int i = 0; i < SO_MAX_HOLDS; i++) {
+            if (!so->holds[i].dps[0]) {
+                h = &so->holds[i];
+                break;
+            }
+            if (so->holds[i].until_ms < h->until_ms)
+                h = &so->holds[i];
+        }
+        *h = (struct so_hold){.until_ms = 0, .step_ms = 0};
+        snprintf(h->dps, sizeof h->dps, "%s", dps);
+    }
+    if (h->until_ms > now)
+        return;
+    h->step_ms = h->step_ms ? h->step_ms * 2 : SO_BASE_HOLD_MS;
+    if (h->step_ms > so->max_backoff_ms)
+        h->step_ms = so->max_backoff_ms;
+    h->until_ms = now + h->step_ms;
+    log_warn("event=stamp_ops_instance_held dps=%s hold_ms=%lld", dps, (long long)h->step_ms);
+}
+
+static void so_instance_ok(struct stamp_ops *so, const char *dps)
+{
+    struct so_hold *h = so_hold_find(so, dps);
+    if (h)
+        *h = (struct so_hold){.until_ms = 0};
+}
+
+/* The instances held now, as a text[] literal (the claim skips their ops). */
+static char *so_held_list(struct stamp_ops *so)
+{
+    json_t *ids = json_array();
+    int64_t now = util_mono_ms();
+    char *list, *p;
+    for (int i = 0; i < SO_MAX_HOLDS; i++)
+        if (so->holds[i].dps[0] && so->holds[i].until_ms > now)
+            json_array_append_new(ids, json_string(so->holds[i].dps));
+    list = json_dumps(ids, JSON_COMPACT);   /* JSON strings quote as array elements do */
+    json_decref(ids);
+    if (!list) {
+        log_error("event=out_of_memory");
+        abort();
+    }
+    list[0] = '{';
+    if ((p = strrchr(list, ']')))
+        *p = '}';
+    return list;
+}
+
+/* Whether an answer shows the instance up: it answered, and not with "who
+ * are you" (401/403), "slow down" (429), a server error or a 404 that names
+ * nothing (no such route or instance). */
+static bool so_answer_up(const struct http_result *res);
 
 /* ---- settling ---- */
 
@@ -276,7 +369,7 @@ static const char *so_step_name(enum so_step s)
 {
     static const char *const names[] = {"GET registration at the new instance", "GET registration",
                                         "PUT disabled enrollment", "GET hub identity", "PUT hub identity",
-                                        "DELETE hub identity", "DELETE registration"};
+                                        "device re-check", "DELETE hub identity", "DELETE registration"};
     return names[s];
 }
 
@@ -348,10 +441,17 @@ static void so_after_reg_get(struct so_op *o, const struct http_result *res)
     if (retire)
         o->step = SO_ENR_PUT;
     else if (so_identity_moved_on(o))
-        o->step = SO_REG_DELETE;   /* the identity is the device's new registration's now: keep it */
-    else
-        o->step = o->hub[0] && o->devid[0] ? SO_HUB_DELETE : SO_REG_DELETE;
+        o->step = SO_RECHECK;   /* the identity is the device's registration's where it is now: keep it */
+    else   /* the identity's etag first: a device registering again changes it */
+        o->step = o->hub[0] && o->devid[0] ? SO_HUB_GET : SO_RECHECK;
     so_step_run(o);
+}
+
+static bool so_answer_up(const struct http_result *res)
+{
+    if (res->status == 0 || res->status >= 500 || res->status == 401 || res->status == 403 || res->status == 429)
+        return false;
+    return res->status != 404 || so_dps_code(res->body) == SO_DPS_NO_REG || so_hub_not_found(res);
 }
 
 static void so_on_http(const struct http_result *res, void *arg)
@@ -359,6 +459,12 @@ static void so_on_http(const struct http_result *res, void *arg)
     struct so_op *o = arg;
     bool ok2xx = res->status >= 200 && res->status < 300;
     o->call = NULL;
+    if (o->step != SO_NEWREG_GET) {   /* a call to the instance acted on: is it up? */
+        if (so_answer_up(res))
+            so_instance_ok(o->g->so, o->dps);
+        else
+            so_instance_failed(o->g->so, o->dps);
+    }
     switch (o->step) {
     case SO_NEWREG_GET:
         so_after_newreg(o, res);
@@ -378,11 +484,23 @@ static void so_on_http(const struct http_result *res, void *arg)
         return;
     case SO_HUB_GET:
         if (so_hub_not_found(res)) {
-            so_done(o, "stamp_disabled", "enrollment disabled; no hub identity");
+            if (strcmp(o->op, "retire") == 0) {
+                so_done(o, "stamp_disabled", "enrollment disabled; no hub identity");
+                return;
+            }
+            o->hub[0] = '\0';   /* no identity to delete */
+            o->step = SO_RECHECK;
+            so_step_run(o);
             return;
         }
         if (res->status != 200 || !json_is_object(res->body))
             break;
+        if (strcmp(o->op, "retire") != 0) {
+            so_if_match(json_object_get(res->body, "etag"), o->hub_etag, sizeof o->hub_etag);
+            o->step = SO_RECHECK;
+            so_step_run(o);
+            return;
+        }
         json_decref(o->hub_doc);
         o->hub_doc = json_deep_copy(res->body);
         o->step = SO_HUB_PUT;
@@ -394,6 +512,8 @@ static void so_on_http(const struct http_result *res, void *arg)
                                                : "enrollment disabled; no hub identity");
             return;
         }
+        break;
+    case SO_RECHECK:   /* a query, not a call */
         break;
     case SO_HUB_DELETE:
         if (!ok2xx && !so_hub_not_found(res))
@@ -414,6 +534,36 @@ static void so_on_http(const struct http_result *res, void *arg)
              res->error ? res->error : (res->status == 404 ? "not found (no such route?)" : "refused"), res->status);
 }
 
+static bool so_obsolete(const struct so_op *o);
+static void so_skip(struct so_op *o);
+
+/*
+ * Before deleting: is the device still not assigned at the instance? The
+ * claim said so, but it may have been assigned there again since, and have
+ * registered again. This reads the database AFTER the registration's and
+ * the identity's etags were read, and the deletes carry those etags: a
+ * registration made after a new assignment (which the device can only learn
+ * of after this read said "not assigned") changes both etags, so the
+ * deletes fail (412, tried again, then skipped) instead of removing it.
+ */
+static void so_on_recheck(const struct pgq_result *q, void *arg)
+{
+    struct so_op *o = arg;
+    if (q->status != PGQ_OK || PQntuples(q->res) != 1) {
+        so_retry(o, true, "device re-check: %s", q->message ? q->message : "no answer");
+        return;
+    }
+    snprintf(o->dev_status, sizeof o->dev_status, "%s", PQgetvalue(q->res, 0, 0));
+    snprintf(o->dev_dps, sizeof o->dev_dps, "%s", PQgetvalue(q->res, 0, 1));
+    o->other_holder = PQgetvalue(q->res, 0, 2)[0] == 't';
+    if (so_obsolete(o)) {
+        so_skip(o);
+        return;
+    }
+    o->step = o->hub[0] && o->devid[0] && !so_identity_moved_on(o) ? SO_HUB_DELETE : SO_REG_DELETE;
+    so_step_run(o);
+}
+
 static void so_step_run(struct so_op *o)
 {
     char path[700];
@@ -423,6 +573,11 @@ static void so_step_run(struct so_op *o)
         snprintf(path, sizeof path, "/registrations/%s", ereg);
         so_call(o, &o->new_cred, NULL, EVHTTP_REQ_GET, path, NULL, NULL);
         break;
+    case SO_RECHECK: {
+        const char *v[3] = {o->tenant, o->reg, o->dps};
+        pgpool_query(o->g->pool, so_recheck_sql, 3, v, so_on_recheck, o);
+        break;
+    }
     case SO_REG_GET:
         snprintf(path, sizeof path, "/registrations/%s", ereg);
         so_call(o, &o->cred, NULL, EVHTTP_REQ_GET, path, NULL, NULL);
@@ -452,7 +607,7 @@ static void so_step_run(struct so_op *o)
     }
     case SO_HUB_DELETE:
         snprintf(path, sizeof path, "/devices/%s", edev);
-        so_call(o, &o->cred, o->hub, EVHTTP_REQ_DELETE, path, "*", NULL);
+        so_call(o, &o->cred, o->hub, EVHTTP_REQ_DELETE, path, o->hub_etag[0] ? o->hub_etag : "*", NULL);
         break;
     case SO_REG_DELETE:
         snprintf(path, sizeof path, "/registrations/%s", ereg);
@@ -474,14 +629,20 @@ static bool so_obsolete(const struct so_op *o)
     return (strcmp(o->dev_status, "assigned") == 0 && strcmp(o->dev_dps, o->dps) == 0) || o->other_holder;
 }
 
+static void so_skip(struct so_op *o)
+{
+    so_done(o, "stamp_op_skipped", o->other_holder ? "another tenant's device holds the id there"
+                                                   : "the device is assigned there again");
+}
+
 static void so_begin(struct so_op *o)
 {
     if (so_obsolete(o)) {
-        so_done(o, "stamp_op_skipped", o->other_holder ? "another tenant's device holds the id there"
-                                                       : "the device is assigned there again");
+        so_skip(o);
         return;
     }
     if (!o->cred.have) {
+        so_instance_failed(o->g->so, o->dps);
         so_retry(o, true, "DPS instance %s has no usable service credentials (serviceKeyName, serviceKey)", o->dps);
         return;
     }
@@ -609,7 +770,8 @@ static void so_tick(evutil_socket_t fd, short what, void *arg)
     (void)fd; (void)what;
     for (int i = 0; i < so->ngeo; i++) {
         struct so_geo *g = &so->geo[i];
-        const char *v[1];
+        const char *v[2];
+        char *held;
         if (!pgpool_is_ready(g->pool))
             continue;
         if (!g->backlog_busy) {
@@ -620,8 +782,11 @@ static void so_tick(evutil_socket_t fd, short what, void *arg)
             continue;
         g->busy = true;
         util_random_hex(g->token, 16);
+        held = so_held_list(so);
         v[0] = g->token;
-        pgpool_query(g->pool, so_claim_sql, 1, v, so_on_claimed, g);
+        v[1] = held;
+        pgpool_query(g->pool, so_claim_sql, 2, v, so_on_claimed, g);
+        free(held);
     }
     event_add(so->timer, &tv);
 }

@@ -9,14 +9,18 @@
  * device is still undelivered, and delivers each through the DPS instance's
  * service API and the hub registry of the stamp (docs/architecture.md,
  * "Stamp-operation outbox"):
- *   deprovision   GET the registration; DELETE its hub identity; DELETE it
- *                 (skipped when the device is again assigned at that instance)
+ *   deprovision   GET the registration and its hub identity; the device read
+ *                 again; DELETE the identity, then the registration, each with
+ *                 the etag read (skipped when the device is again assigned at
+ *                 that instance, at the claim or at the re-read)
  *   retire        PUT a disabled individual enrollment for the id; the hub
  *                 identity disabled
  *   remove_moved  like deprovision, once the device is assigned at its new
  *                 instance (or after stampOps.moveGraceSeconds)
  * A 404 is "already done". A failure puts the op back with an exponential
  * backoff (capped at stampOps.maxBackoffMs), attempts and last_error kept.
+ * An instance that does not answer is held back from the claims for a while
+ * (per-instance backoff), so that its ops don't fill every round.
  * Delivery writes a device_history event ('stamp_removed', 'stamp_disabled',
  * 'stamp_op_skipped').
  *

@@ -350,13 +350,17 @@ int ts_redis_daemon_clients(const char *addr);
  *   STALL  keep every connection open and accept new ones (connected to the
  *          target), but relay no byte either way: a silent partition, no FIN,
  *          no RST; the daemon can only notice by its own deadlines.
+ *   HOLD   as STALL, but a connection accepted now reaches the target only
+ *          when PASS comes back (the target sees nothing before: its own idle
+ *          timeouts can't end it), so a request can be held for a while and
+ *          then served.
  *
  * Back to PASS relays again: what was held in a stall is delivered then.
  * ts_tcpproxy_set_mode returns once the thread has applied the mode. At most
  * 64 connections at once (more are closed). Stopped and freed by ts_finish
  * (ts_tcpproxy_stop earlier is optional). Test thread only.
  */
-enum ts_proxy_mode { TS_PROXY_PASS, TS_PROXY_CUT, TS_PROXY_STALL };
+enum ts_proxy_mode { TS_PROXY_PASS, TS_PROXY_CUT, TS_PROXY_STALL, TS_PROXY_HOLD };
 struct ts_tcpproxy;
 struct ts_tcpproxy *ts_tcpproxy_start(const char *target_ipv4_port);
 /* "127.0.0.1:PORT" (owned by the proxy). */

@@ -122,6 +122,8 @@ static void tp_accept(struct ts_tcpproxy *p)
         return;
     }
     p->conns[slot].client = fd;
+    if (p->mode == TS_PROXY_HOLD)   /* connected to the target when PASS comes back */
+        return;
     p->conns[slot].upstream = tp_connect_upstream(p);
     if (p->conns[slot].upstream < 0)
         tp_close_conn(&p->conns[slot]);
@@ -157,6 +159,11 @@ static void tp_apply_mode(struct ts_tcpproxy *p)
     if (p->mode == TS_PROXY_CUT)
         for (int i = 0; i < TP_MAX_CONNS; i++)
             tp_close_conn(&p->conns[i]);
+    if (p->mode == TS_PROXY_PASS)   /* connections a HOLD accepted reach the target now */
+        for (int i = 0; i < TP_MAX_CONNS; i++)
+            if (p->conns[i].client >= 0 && p->conns[i].upstream < 0 &&
+                (p->conns[i].upstream = tp_connect_upstream(p)) < 0)
+                tp_close_conn(&p->conns[i]);
     p->live = tp_count_live(p);
     p->applied_gen = p->want_gen;
     pthread_cond_broadcast(&p->applied_cv);
@@ -293,7 +300,7 @@ const char *ts_tcpproxy_addr(const struct ts_tcpproxy *p)
 
 static const char *tp_mode_name(enum ts_proxy_mode m)
 {
-    return m == TS_PROXY_PASS ? "pass" : m == TS_PROXY_CUT ? "cut" : "stall";
+    return m == TS_PROXY_PASS ? "pass" : m == TS_PROXY_CUT ? "cut" : m == TS_PROXY_HOLD ? "hold" : "stall";
 }
 
 void ts_tcpproxy_set_mode(struct ts_tcpproxy *p, enum ts_proxy_mode mode)
