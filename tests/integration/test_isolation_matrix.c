@@ -249,6 +249,8 @@ static void p_job(struct call *c)
 }
 static void p_audit(struct call *c) { c->path = "/v1/audit?tenant=" OWN; }
 static void p_sync(struct call *c) { c->path = "/v1/dps-instances/eu-west-1-dps/enrollment-sync"; }
+static void p_drift(struct call *c) { c->path = "/v1/dps-instances/eu-west-1-dps/registration-drift"; }
+static void p_stamp_ops(struct call *c) { c->path = "/v1/dps-instances/eu-west-1-dps/stamp-ops"; }
 static void p_kek(struct call *c) { c->path = "/v1/admin/kek"; }
 static void p_kek_rotate(struct call *c) { c->path = "/v1/admin/kek/rotate"; }
 
@@ -365,6 +367,8 @@ static const struct fixture fixtures[] = {
     {"GET", "/v1/audit", 200, NULL, p_audit},
     {"GET", "/v1/jobs/{id}", 200, NULL, p_job},
     {"GET", "/v1/dps-instances/{id}/enrollment-sync", 200, NULL, p_sync},
+    {"GET", "/v1/dps-instances/{id}/registration-drift", 200, NULL, p_drift},
+    {"GET", "/v1/dps-instances/{id}/stamp-ops", 200, NULL, p_stamp_ops},
     {"GET", "/v1/admin/kek", 200, NULL, p_kek},
     {"POST", "/v1/admin/kek/rotate", 200, NULL, p_kek_rotate},
     {"GET", "/v1/geographies", 200, "\"eu\"", p_geos},
