@@ -336,9 +336,12 @@ static void test_shutdown_with_op_in_flight(void **state)
     TS_EXPECT_STATUS(ts_admin(cp, "PATCH", "/v1/dps-instances/" D1, ts_json("{'endpoint':'%s'}", ts_tcpproxy_addr(px))),
                      200);
     TS_EXPECT_STATUS(ts_admin(cp, "POST", "/v1/tenants/acme/devices/crash-stop-1/deprovision", NULL), 200);
-    for (int i = 0; i < 50 && ts_tcpproxy_live(px) == 0; i++)
+    /* the op claimed and a call hanging on the stall (the enrollment sync and
+     * the drift pass call the same endpoint: a live connection alone is not
+     * the op's; under ASan the op's first call may also have ended before) */
+    for (int i = 0; i < 100 && !(ts_tcpproxy_live(px) > 0 && op_claimed("crash-stop-1")); i++)
         ts_sleep_ms(100);
-    if (ts_tcpproxy_live(px) == 0)
+    if (ts_tcpproxy_live(px) == 0 || !op_claimed("crash-stop-1"))
         ts_fail("no delivery reached the stalled stamp connection");
     t0 = ts_now_ms();
     rc = ts_controlplane_stop(cp, 8000);
@@ -346,8 +349,8 @@ static void test_shutdown_with_op_in_flight(void **state)
     assert_int_equal(rc, 0);
     if (ts_now_ms() - t0 > 5000)
         ts_fail("the router took %lld ms to stop", (long long)(ts_now_ms() - t0));
-    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops WHERE registration_id = 'crash-stop-1'"
-                                       " AND claimed_until > now()"), 1);
+    /* nothing lost: the op is still in the outbox, for any router to take */
+    assert_int_equal(ts_pg_count(eu(), "SELECT count(*) FROM stamp_ops WHERE registration_id = 'crash-stop-1'"), 1);
     ts_tcpproxy_stop(px);
 }
 
