@@ -22,6 +22,7 @@
 #include "cp_secrets.h"
 #include "http_req.h"
 #include "jobs.h"
+#include "layout.h"
 #include "principal.h"
 
 /* ---- adapters ---- */
@@ -67,6 +68,14 @@ static void rt_drift(struct cp_req *r) { api_drift_report(r, r->segs[2]); }
 static void rt_stamp_ops(struct cp_req *r)
 {
     json_t *b = stamp_ops_backlog(r->cp->stamp_ops, r->segs[2]);
+    struct layout *l = layouts_current(r->cp->layouts);
+    /* An instance removed from the catalog may still have ops waiting: its
+     * backlog is shown; an id neither knows is not found. */
+    if (b && l && !layout_find_dps(l, r->segs[2]) && json_integer_value(json_object_get(b, "undelivered")) == 0) {
+        json_decref(b);
+        cpreq_reply_error(r, 404, "not_found", NULL, "no DPS instance '%.64s'", r->segs[2]);
+        return;
+    }
     if (!b) {
         cpreq_reply_error(r, 404, "not_found", NULL,
                           "no stamp-operation state (stampOps.enabled is false, or the outbox was not read yet)");

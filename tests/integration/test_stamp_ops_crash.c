@@ -318,6 +318,9 @@ static void test_stamp_ops_route_platform_only(void **state)
     TS_EXPECT_ERROR(r, 403, "insufficient_scope");
     if (strstr(ts_resp_str(r), "undelivered"))
         ts_fail("a tenant key read the backlog: %s", ts_resp_str(r));
+    /* no credential: 401 before any lookup; an instance nobody knows: 404 */
+    TS_EXPECT_ERROR(ts_call(rt->cp[0], NULL, "GET", "/v1/dps-instances/" D1 "/stamp-ops", NULL), 401, "unauthorized");
+    TS_EXPECT_ERROR(ts_admin(rt->cp[0], "GET", "/v1/dps-instances/no-such-dps/stamp-ops", NULL), 404, "not_found");
 }
 
 /* A router stopped (SIGTERM) while a delivery hangs on a stalled stamp
