@@ -24,6 +24,7 @@
 #include "sas.h"
 #include "strmap.h"
 #include "tls.h"
+#include "svcapi.h"
 #include "util.h"
 
 #define ES_MANAGED_BY "stampcp"
@@ -132,14 +133,7 @@ static void es_arm(struct enroll_sync *es, int ms)
 
 static void es_headers(struct es_dps *d, const char **h, char *sas, size_t saslen, const char *if_match)
 {
-    int n = 0;
-    sas_build(d->host, d->key, (size_t)d->keylen, util_wall_ms() / 1000 + 3600, d->key_name, sas, saslen);
-    h[n++] = "Authorization"; h[n++] = sas;
-    h[n++] = "Accept"; h[n++] = "application/json";
-    h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
-    h[n++] = "User-Agent"; h[n++] = "stampcp-controlplane";
-    if (if_match && *if_match) { h[n++] = "If-Match"; h[n++] = if_match; }
-    h[n] = NULL;
+    svcapi_headers(h, sas, saslen, d->host, d->key, d->keylen > 0 ? (size_t)d->keylen : 0, d->key_name, if_match);
 }
 
 static void es_dps_clear(struct es_dps *d)
@@ -507,12 +501,7 @@ static void es_on_catalog(const struct pgq_result *q, void *arg)
         snprintf(d->endpoint, sizeof d->endpoint, "%s", json_string_value(json_object_get(row, "endpoint")));
         snprintf(d->host, sizeof d->host, "%s", json_string_value(json_object_get(row, "host")));
         snprintf(d->key_name, sizeof d->key_name, "%s", json_string_value(json_object_get(row, "keyName")));
-        {   /* the service key is stored sealed (envelope.h) */
-            char aad[ENVELOPE_AAD_MAX];
-            size_t klen = 0;
-            envelope_aad_service_key(aad, sizeof aad, d->id);
-            d->keylen = key && envelope_open_b64key(es->cp->env, key, aad, d->key, sizeof d->key, &klen) ? (int)klen : -1;
-        }
+        d->keylen = svcapi_key_open(es->cp->env, d->id, key, d->key, sizeof d->key);
         d->desired = json_object();
         d->actual = json_object();
         d->refused = json_object();

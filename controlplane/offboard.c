@@ -22,6 +22,7 @@
 #include "tenant_change.h"
 #include "sas.h"
 #include "tls.h"
+#include "svcapi.h"
 #include "util.h"
 
 #define OB_BATCH 25            /* devices released per slice */
@@ -117,15 +118,10 @@ static void ob_pg_fail(struct ob_state *st, const char *what, const struct pgq_r
     ob_fail(st, "%s: %s", what, q->status == PGQ_UNAVAILABLE ? "database unavailable" : "SQL error");
 }
 
-static void ob_headers(struct ob_dps *d, const char **h, char *sas, size_t saslen)
+static int ob_headers(struct ob_dps *d, const char **h, char *sas, size_t saslen)
 {
-    int n = 0;
     /* room for the caller's extra pairs after these (h holds at least 14) */
-    sas_build(d->host, d->key, (size_t)d->keylen, util_wall_ms() / 1000 + 3600, d->key_name, sas, saslen);
-    h[n++] = "Authorization"; h[n++] = sas;
-    h[n++] = "Accept"; h[n++] = "application/json";
-    h[n++] = "User-Agent"; h[n++] = "stampcp-controlplane";
-    h[n] = NULL;
+    return svcapi_headers(h, sas, saslen, d->host, d->key, d->keylen > 0 ? (size_t)d->keylen : 0, d->key_name, NULL);
 }
 
 static struct ob_dps *ob_find_dps(struct ob_state *st, const char *id)
@@ -183,8 +179,6 @@ static bool ob_read_catalog(struct ob_state *st, const struct pgq_result *q)
     json_array_foreach(dpsl, i, v) {
         struct ob_dps *d;
         const char *key = json_string_value(json_object_get(v, "key"));
-        char aad[ENVELOPE_AAD_MAX];
-        size_t klen = 0;
         if (st->ndps == OB_MAX_DPS)
             break;
         d = &st->dps[st->ndps++];
@@ -192,8 +186,7 @@ static bool ob_read_catalog(struct ob_state *st, const struct pgq_result *q)
         snprintf(d->endpoint, sizeof d->endpoint, "%s", json_string_value(json_object_get(v, "endpoint")));
         snprintf(d->host, sizeof d->host, "%s", json_string_value(json_object_get(v, "host")));
         snprintf(d->key_name, sizeof d->key_name, "%s", json_string_value(json_object_get(v, "keyName")));
-        envelope_aad_service_key(aad, sizeof aad, d->id);
-        d->keylen = key && envelope_open_b64key(cp->env, key, aad, d->key, sizeof d->key, &klen) ? (int)klen : -1;
+        d->keylen = svcapi_key_open(cp->env, d->id, key, d->key, sizeof d->key);
     }
     snprintf(st->groups[st->ngroups++], sizeof st->groups[0], "%s", st->run->tenant);
     json_array_foreach(cas, i, v) {
@@ -380,10 +373,7 @@ static void ob_sweep_page(struct ob_sweep *sw)
     const char *h[20];
     char sas[700];
     int n;
-    ob_headers(sw->d, h, sas, sizeof sas);
-    for (n = 0; h[n]; n++)
-        ;
-    h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
+    n = ob_headers(sw->d, h, sas, sizeof sas);
     h[n++] = "x-ms-max-item-count"; h[n++] = "100";
     if (sw->cont[0]) { h[n++] = "x-ms-continuation"; h[n++] = sw->cont; }
     h[n] = NULL;
@@ -640,10 +630,7 @@ static void ob_regs_on_catalog(const struct pgq_result *q, void *arg)
             p->d = d;
             p->group = st->groups[i % st->ngroups];
             snprintf(path, sizeof path, "/registrations/%s/query?" OB_API, p->group);
-            ob_headers(d, h, sas, sizeof sas);
-            for (n = 0; h[n]; n++)
-                ;
-            h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
+            n = ob_headers(d, h, sas, sizeof sas);
             h[n++] = "x-ms-max-item-count"; h[n++] = OB_STR(OB_BATCH);
             h[n] = NULL;
             st->pending++;

@@ -25,6 +25,7 @@
 #include "log.h"
 #include "sas.h"
 #include "tls.h"
+#include "svcapi.h"
 #include "util.h"
 
 #define SD_TIMEOUT_MS 10000
@@ -155,12 +156,7 @@ static void sd_record(struct sd_dps *d)
 
 static void sd_headers(struct sd_dps *d, const char **h, char *sas, size_t saslen)
 {
-    int n = 0;
-    sas_build(d->host, d->key, (size_t)d->keylen, util_wall_ms() / 1000 + 3600, d->key_name, sas, saslen);
-    h[n++] = "Authorization"; h[n++] = sas;
-    h[n++] = "Accept"; h[n++] = "application/json";
-    h[n++] = "User-Agent"; h[n++] = "stampcp-controlplane";
-    h[n] = NULL;
+    svcapi_headers(h, sas, saslen, d->host, d->key, d->keylen > 0 ? (size_t)d->keylen : 0, d->key_name, NULL);
 }
 
 /* A stamp answer that is not what contract R promises: the stamp could not be asked. */
@@ -258,8 +254,6 @@ static void sd_claim(struct sd_dps *d)
 
 static void sd_dps_init(struct stamp_drift *sd, struct sd_dps *d, const PGresult *res, int row)
 {
-    char aad[ENVELOPE_AAD_MAX];
-    size_t klen = 0;
     d->sd = sd;
     d->state = SD_CLAIM;
     snprintf(d->id, sizeof d->id, "%s", PQgetvalue(res, row, 0));
@@ -268,9 +262,7 @@ static void sd_dps_init(struct stamp_drift *sd, struct sd_dps *d, const PGresult
     snprintf(d->key_name, sizeof d->key_name, "%s", PQgetvalue(res, row, 3));
     snprintf(d->stamp, sizeof d->stamp, "%s", PQgetvalue(res, row, 5));
     d->g = device_store_geo_index(sd->cp, PQgetvalue(res, row, 6));
-    envelope_aad_service_key(aad, sizeof aad, d->id);   /* the service key is stored sealed (envelope.h) */
-    d->keylen = envelope_open_b64key(sd->cp->env, PQgetvalue(res, row, 4), aad, d->key, sizeof d->key, &klen)
-                    ? (int)klen : -1;
+    d->keylen = svcapi_key_open(sd->cp->env, d->id, PQgetvalue(res, row, 4), d->key, sizeof d->key);
 }
 
 static void sd_on_catalog(const struct pgq_result *q, void *arg)

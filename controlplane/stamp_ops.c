@@ -28,6 +28,7 @@
 #include "http_call.h"
 #include "log.h"
 #include "sas.h"
+#include "svcapi.h"
 #include "tls.h"
 #include "util.h"
 
@@ -322,15 +323,8 @@ static void so_call(struct so_op *o, const struct so_cred *c, const char *to_hub
     char sas[700], target[700];
     const char *h[16];
     char *body = doc ? json_dumps(doc, JSON_COMPACT) : NULL;
-    int n = 0;
-    sas_build(to_hub ? to_hub : c->svc_host, c->key, c->keylen, util_wall_ms() / 1000 + 3600, c->key_name, sas,
-              sizeof sas);
-    h[n++] = "Authorization"; h[n++] = sas;
-    h[n++] = "Accept"; h[n++] = "application/json";
-    h[n++] = "Content-Type"; h[n++] = "application/json; charset=utf-8";
-    h[n++] = "User-Agent"; h[n++] = "stampcp-controlplane";
-    if (if_match) { h[n++] = "If-Match"; h[n++] = if_match; }
-    h[n] = NULL;
+    /* the registry of a hub is signed for the hub (contract R) */
+    svcapi_headers(h, sas, sizeof sas, to_hub ? to_hub : c->svc_host, c->key, c->keylen, c->key_name, if_match);
     if (to_hub)
         snprintf(target, sizeof target, "%s?" SO_API, path);
     else
@@ -663,14 +657,12 @@ static void so_begin(struct so_op *o)
 
 static void so_cred_read(struct stamp_ops *so, const PGresult *res, int row, struct so_cred *c)
 {
-    char aad[ENVELOPE_AAD_MAX];
-    const char *key = PQgetvalue(res, row, 4);
+    int keylen = svcapi_key_open(so->cp->env, PQgetvalue(res, row, 0), PQgetvalue(res, row, 4), c->key, sizeof c->key);
     snprintf(c->endpoint, sizeof c->endpoint, "%s", PQgetvalue(res, row, 1));
     snprintf(c->svc_host, sizeof c->svc_host, "%s", PQgetvalue(res, row, 2));
     snprintf(c->key_name, sizeof c->key_name, "%s", PQgetvalue(res, row, 3));
-    envelope_aad_service_key(aad, sizeof aad, PQgetvalue(res, row, 0));   /* the key is stored sealed */
-    c->have = util_parse_hostport(c->endpoint, c->host, sizeof c->host, &c->port) &&
-              envelope_open_b64key(so->cp->env, key, aad, c->key, sizeof c->key, &c->keylen) && c->keylen > 0;
+    c->keylen = keylen > 0 ? (size_t)keylen : 0;
+    c->have = keylen > 0 && util_parse_hostport(c->endpoint, c->host, sizeof c->host, &c->port);
 }
 
 static void so_on_creds(const struct pgq_result *q, void *arg)
